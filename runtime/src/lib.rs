@@ -1,0 +1,12 @@
+//! berth's runtime: everything that knows about images, plans, namespaces, mounts, host
+//! injection and configuration. Frontends (the `berth` launcher, the SPANK plugin, `berth-pbs`)
+//! turn what was asked into a [`request::Request`] and call in here.
+//!
+//! Data flow: `request` -> `plan` (pure) -> `apply` (syscalls, through the `sys` trait) -> exec.
+
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod request;
+
+pub use error::{Error, Result};
