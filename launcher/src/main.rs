@@ -1,1 +1,290 @@
-fn main(){}
+//! `berth`: run single-file container images as the user.
+//!
+//! Thin frontend: turns the command line into a runtime `Request`, plans, and applies.
+//! Every failure prints one `berth: ...` message and exits 255; the contained program's exit
+//! status and signals pass through unchanged.
+
+mod inspect;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use berth_runtime::config::Config;
+use berth_runtime::container;
+use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::plan::{self, HostFacts};
+use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
+use berth_runtime::sys::process;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command inside an image: berth exec IMAGE COMMAND [ARGS...]
+    Exec(ExecArgs),
+    /// Run the image's runscript: berth run IMAGE [ARGS...]
+    Run(RunArgs),
+    /// Start an interactive shell inside an image
+    Shell(ShellArgs),
+    /// Show what an image holds (format, partitions, labels, runscript, environment, help)
+    Inspect(inspect::InspectArgs),
+    /// Set a container up once and keep it for others to join (one per node per job step)
+    Holder(HolderArgs),
+    /// Stop a held container
+    Stop {
+        /// The holder's name
+        name: String,
+    },
+    /// Check the site configuration and this node's prerequisites
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate berth.toml (BERTH_CONFIG overrides the path) and the node's prerequisites
+    Check,
+    /// Print the effective configuration as TOML
+    Show,
+}
+
+#[derive(Args, Clone, Default)]
+struct ContainerOpts {
+    /// Bind SRC[:DST[:ro|rw]] (repeatable, comma lists; also BERTH_BIND)
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    bind: Vec<String>,
+    /// Set NAME=VALUE inside (repeatable; also BERTH_ENV_NAME=VALUE)
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Do not pass the host environment (scheduler and MPI variables are kept)
+    #[arg(short = 'e', long)]
+    cleanenv: bool,
+    /// Working directory inside (default: the current directory, else $HOME, else /)
+    #[arg(long, visible_alias = "pwd", value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Do not bind your home directory
+    #[arg(long)]
+    no_home: bool,
+    /// A throwaway writable layer over the image
+    #[arg(long)]
+    writable_tmpfs: bool,
+    /// Print the plan (every mount, file and env rule) instead of running
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: print the plan as JSON
+    #[arg(long, requires = "dry_run")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    opts: ContainerOpts,
+    /// Join the held container NAME instead of starting one (then no IMAGE is given)
+    #[arg(long, value_name = "NAME")]
+    join: Option<String>,
+    /// IMAGE then COMMAND [ARGS...] (COMMAND [ARGS...] alone with --join)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "IMAGE COMMAND")]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    opts: ContainerOpts,
+    image: PathBuf,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    #[command(flatten)]
+    opts: ContainerOpts,
+    image: PathBuf,
+}
+
+#[derive(Args)]
+struct HolderArgs {
+    #[command(flatten)]
+    opts: ContainerOpts,
+    /// Name joiners use (letters, digits, . _ - + @)
+    #[arg(long)]
+    name: String,
+    /// Write "ready" to this descriptor once joiners may come (default: stdout)
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
+    image: PathBuf,
+}
+
+fn main() {
+    // `run-singularity IMAGE ARGS` is the interpreter named by Singularity/SIF launch lines:
+    // installed as a link to berth, it makes `./app.sif args` work.
+    let mut argv: Vec<String> = std::env::args().collect();
+    if argv.first().and_then(|a| a.rsplit('/').next()) == Some("run-singularity") {
+        argv.insert(1, "run".into());
+    }
+    let cli = Cli::parse_from(argv);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    let code = match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code)
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    let (cfg, cfg_path) = Config::load()?;
+    match cmd {
+        Cmd::Exec(a) => {
+            if let Some(name) = a.join {
+                return exec_joined(&cfg, &name, a.args);
+            }
+            let mut args = a.args.into_iter();
+            let image = PathBuf::from(args.next().unwrap_or_default());
+            let argv: Vec<String> = args.collect();
+            if argv.is_empty() {
+                return Err(Error::request("berth exec", "no command given", "usage: berth exec IMAGE COMMAND [ARGS...]"));
+            }
+            start(&cfg, &a.opts, image, Action::Exec(argv))
+        }
+        Cmd::Run(a) => start(&cfg, &a.opts, a.image, Action::Run(a.args)),
+        Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
+        Cmd::Inspect(a) => inspect::run(&cfg, a),
+        Cmd::Holder(a) => {
+            let (req, plan) = make_plan(&cfg, &a.opts, a.image, Action::Shell)?;
+            if a.opts.dry_run {
+                return print_plan(&plan, a.opts.json);
+            }
+            let ready = match a.ready_fd {
+                // SAFETY: the caller handed us this descriptor number for our exclusive use.
+                Some(fd) => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+                None => std::io::Write::flush(&mut std::io::stdout()).ok().and_then(|_| {
+                    nix::unistd::dup(1).ok().map(|fd| {
+                        // SAFETY: `dup` just returned this descriptor; we own it.
+                        unsafe { OwnedFd::from_raw_fd(fd) }
+                    })
+                }),
+            };
+            container::hold(&plan, req.cleanenv, &a.name, ready)
+        }
+        Cmd::Stop { name } => {
+            container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
+            Ok(0)
+        }
+        Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
+        Cmd::Config { what: ConfigCmd::Show } => {
+            print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
+            Ok(0)
+        }
+    }
+}
+
+fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<Request, Error> {
+    let mut req = Request::new(image, action);
+    if let Ok(list) = std::env::var("BERTH_BIND") {
+        req.binds.extend(BindSpec::parse_list(&list)?);
+    }
+    for b in &opts.bind {
+        req.binds.extend(BindSpec::parse_list(b)?);
+    }
+    for e in &opts.env {
+        req.env.push(parse_env_assignment(e)?);
+    }
+    req.cleanenv = opts.cleanenv;
+    req.workdir = opts.workdir.clone();
+    req.mount_home = !opts.no_home;
+    req.writable_tmpfs = opts.writable_tmpfs;
+    Ok(req)
+}
+
+fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<(Request, plan::Plan), Error> {
+    let req = make_request(opts, image, action)?;
+    let img = berth_runtime::image::open(&req.image)?;
+    let host = HostFacts::probe()?;
+    let plan = plan::plan(&req, &img, cfg, &host)?;
+    Ok((req, plan))
+}
+
+fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
+    } else {
+        print!("{plan}");
+    }
+    Ok(0)
+}
+
+fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<i32, Error> {
+    let (_, plan) = make_plan(cfg, opts, image, action)?;
+    if opts.dry_run {
+        return print_plan(&plan, opts.json);
+    }
+    let ended = container::run(&plan)?;
+    process::exit_like(ended)
+}
+
+fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error> {
+    if argv.is_empty() {
+        return Err(Error::request("berth exec --join", "no command given", "usage: berth exec --join NAME COMMAND [ARGS...]"));
+    }
+    let host = HostFacts::probe()?;
+    let joined = container::join_in_process(cfg, host.user.uid, name)?;
+    let env = joined.env(cfg, &host);
+    let workdir = joined.workdir(host.cwd.as_deref())?;
+    nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
+    process::harden_before_exec()?;
+    Err(process::exec(&argv, env.vars()))
+}
+
+fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
+    match &path {
+        Some(p) => println!("config: {} is valid", p.display()),
+        None => println!("config: no file ({} absent); built-in defaults", berth_runtime::config::DEFAULT_PATH),
+    }
+    let mut problems = 0;
+    let mut check = |ok: bool, what: String, fix: &str| {
+        println!("{} {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            println!("     fix: {fix}");
+            problems += 1;
+        }
+    };
+    let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    check(userns > 0, format!("user namespaces (user.max_user_namespaces = {userns})"), "sysctl -w user.max_user_namespaces=15000");
+    let fuse = std::fs::metadata("/dev/fuse").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o666 == 0o666);
+    check(matches!(fuse, Ok(true)), "/dev/fuse usable by users (mode 0666)".into(), "modprobe fuse; chmod 0666 /dev/fuse");
+    let sq = which(&cfg.squashfuse);
+    check(sq.is_some(), format!("FUSE SquashFS server {:?} found{}", cfg.squashfuse, sq.map(|p| format!(" at {}", p.display())).unwrap_or_default()), "apt-get install squashfuse (or set `squashfuse` in berth.toml)");
+    if problems > 0 {
+        return Err(Error::request("config check", format!("{problems} problem(s) found"), "see the FAIL lines above"));
+    }
+    Ok(0)
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog)).filter(|p| p.exists());
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|p| p.is_file()))
+        .unwrap_or(None)
+}
+
+#[allow(dead_code)]
+const _: i32 = EXIT_BERTH_ERROR;

@@ -10,3 +10,9 @@ pub mod image;
 pub mod request;
 
 pub use error::{Error, Result};
+pub mod apply;
+pub mod container;
+pub mod env;
+pub mod metadata;
+pub mod plan;
+pub mod sys;

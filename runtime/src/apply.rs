@@ -1,0 +1,229 @@
+//! Apply a [`Plan`]'s mount steps through [`MountOps`]. The caller has already entered fresh
+//! user and mount namespaces; everything done here is private to them and disappears with them.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::error::{Error, Result};
+use crate::plan::{ImageMount, PathKind, Plan, Step};
+use crate::sys::{Attrs, MountOps};
+
+/// Symlinks every Linux `/dev` has.
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+    ("core", "/proc/kcore"),
+];
+
+/// The new root inside the staging area.
+pub fn new_root(plan: &Plan) -> PathBuf {
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Overlay { at, .. } => Some(at.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| plan.state_dir.join("mnt/root"))
+}
+
+pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
+    let root = new_root(plan);
+    let mut staging = PathBuf::new();
+    for step in &plan.steps {
+        match step {
+            Step::Staging { at } => {
+                sys.mkdir_all(at)?;
+                sys.mount(Some(Path::new("tmpfs")), at, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+                sys.mount(None, at, None, MsFlags::MS_UNBINDABLE, None)?;
+                staging = at.clone();
+            }
+            Step::Image { mount, at } => {
+                sys.mkdir_all(at)?;
+                match mount {
+                    ImageMount::Squashfuse { program, image, offset } => {
+                        sys.start_squashfuse(program, image, *offset, at)?
+                    }
+                    ImageMount::Directory { path } => {
+                        sys.mount(Some(path), at, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+                        sys.set_attrs(at, true, Attrs::SAFE_RO)?;
+                    }
+                }
+            }
+            Step::Overlay { lower, upper, work, at } => {
+                // overlayfs clones the upper layer's mount, which the unbindable staging mount
+                // forbids: the layers get a tmpfs of their own.
+                let layers = upper.parent().unwrap_or(upper);
+                sys.mkdir_all(layers)?;
+                sys.mount(Some(Path::new("tmpfs")), layers, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+                for d in [upper, work, at] {
+                    sys.mkdir_all(d)?;
+                }
+                prepare_mount_points(plan, sys, lower, upper)?;
+                let opts = format!("lowerdir={},upperdir={},workdir={},userxattr", lower.display(), upper.display(), work.display());
+                sys.mount(Some(Path::new("overlay")), at, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&opts))?;
+            }
+            Step::Dev { nodes, dirs } => {
+                let dev = sys.resolve_in_root(&root, Path::new("/dev"))?;
+                sys.mkdir_all(&dev)?;
+                sys.mount(
+                    Some(Path::new("tmpfs")),
+                    &dev,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    Some("mode=0755,size=65536k"),
+                )?;
+                for n in nodes {
+                    let t = dev.join(n.strip_prefix("/dev").unwrap_or(n));
+                    sys.ensure_file(&t)?;
+                    sys.mount(Some(n), &t, None, MsFlags::MS_BIND, None)?;
+                    sys.set_attrs(&t, false, Attrs { nosuid: true, noexec: true, ..Attrs::default() })?;
+                }
+                for d in dirs {
+                    let t = dev.join(d.strip_prefix("/dev").unwrap_or(d));
+                    sys.mkdir_all(&t)?;
+                    sys.mount(Some(d), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+                    sys.set_attrs(&t, true, Attrs::SAFE)?;
+                }
+                for (name, target) in DEV_LINKS {
+                    sys.symlink(Path::new(target), &dev.join(name))?;
+                }
+            }
+            Step::Bind { src, dst, kind, readonly, why } => {
+                let target = sys.resolve_in_root(&root, dst)?;
+                match kind {
+                    PathKind::Dir => sys.mkdir_all(&target),
+                    PathKind::File => sys.ensure_file(&target),
+                }
+                .map_err(|e| bind_error(src, dst, why, e))?;
+                sys.mount(Some(src), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+                    .map_err(|e| bind_error(src, dst, why, e))?;
+                sys.set_attrs(&target, true, if *readonly { Attrs::SAFE_RO } else { Attrs::SAFE })?;
+            }
+            Step::UserDb { dst, entry, key } => {
+                let target = sys.resolve_in_root(&root, dst)?;
+                let image_copy = sys.read_file(&target).unwrap_or_default();
+                let merged = merge_user_db(&image_copy, key, entry);
+                // On the layers' tmpfs: nothing can be bound from the unbindable staging mount.
+                let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
+                sys.mkdir_all(file.parent().unwrap_or(&staging))?;
+                sys.write_file(&file, merged.as_bytes())?;
+                sys.ensure_file(&target)?;
+                sys.mount(Some(&file), &target, None, MsFlags::MS_BIND, None)?;
+                sys.set_attrs(&target, false, Attrs::SAFE_RO)?;
+            }
+            Step::ReadonlyRoot => sys.set_attrs(&root, false, Attrs::RO)?,
+            Step::PivotRoot => sys.pivot_root(&root)?,
+        }
+    }
+    Ok(())
+}
+
+/// Create, in the overlay's upper layer and before the overlay is mounted, every mount point
+/// the image lacks. Through the mounted overlay the user could not: the image's directories
+/// belong to root, who is not mapped in the user's namespace.
+fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper: &Path) -> Result<()> {
+    let mut wanted: Vec<(&Path, PathKind)> = vec![];
+    for s in &plan.steps {
+        match s {
+            Step::Dev { .. } => wanted.push((Path::new("/dev"), PathKind::Dir)),
+            Step::Bind { dst, kind, .. } => wanted.push((dst, *kind)),
+            Step::UserDb { dst, .. } => wanted.push((dst, PathKind::File)),
+            _ => {}
+        }
+    }
+    for (dst, kind) in wanted {
+        let in_image = sys.resolve_in_root(lower, dst)?;
+        if sys.exists(&in_image) {
+            continue;
+        }
+        let rel = in_image.strip_prefix(lower).unwrap_or(&in_image);
+        // Parent directories keep the image's permission bits where the image has them.
+        let mut cur_lower = lower.to_path_buf();
+        let mut cur_upper = upper.to_path_buf();
+        let comps: Vec<_> = rel.components().collect();
+        for (i, c) in comps.iter().enumerate() {
+            cur_lower.push(c);
+            cur_upper.push(c);
+            let last = i + 1 == comps.len();
+            if last && kind == PathKind::File {
+                sys.ensure_file(&cur_upper)?;
+            } else if !sys.exists(&cur_upper) {
+                sys.mkdir_all(&cur_upper)?;
+                let mode = sys.dir_mode(&cur_lower).unwrap_or(0o755);
+                sys.chmod(&cur_upper, mode)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bind_error(src: &Path, dst: &Path, why: &str, e: Error) -> Error {
+    Error::request(
+        format!("bind {} -> {} ({why})", src.display(), dst.display()),
+        e.to_string(),
+        "check that the source is readable by you and the destination is a valid path in the image",
+    )
+}
+
+/// The image's passwd/group file with the user's entry replacing any entry of the same name.
+pub fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
+    let mut out: String = image_copy
+        .lines()
+        .filter(|l| l.split(':').next() != Some(key))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(entry);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::plan::tests::{facts, sqfs_image};
+    use crate::request::{Action, Request};
+    use crate::sys::Recorder;
+
+    #[test]
+    fn mount_sequence_for_a_sif_image() {
+        let req = Request::new("app.sif".into(), Action::Shell);
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let mut rec = Recorder::default();
+        rec.files.push(("/tmp/berth-1001/mnt/root/etc/passwd".into(), "root:x:0:0::/root:/bin/sh\nalice:x:5:5::/:/bin/false\n".into()));
+        apply(&plan, &mut rec).unwrap();
+        let ops = rec.ops.join("\n");
+        let pos = |needle: &str| ops.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{ops}"));
+        // Staging first, unbindable; then the image at its offset; then the overlay root.
+        assert!(pos("mount tmpfs /tmp/berth-1001/mnt tmpfs") < pos("MS_UNBINDABLE"));
+        assert!(pos("MS_UNBINDABLE") < pos("squashfuse squashfuse_ll /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image"));
+        assert!(pos("offset=4096") < pos("mount overlay /tmp/berth-1001/mnt/root overlay"));
+        // Binds land under the new root, recursive, then made nosuid,nodev.
+        assert!(pos("mount /home/alice /tmp/berth-1001/mnt/root/home/alice - MS_BIND | MS_REC")
+            < pos("attrs /tmp/berth-1001/mnt/root/home/alice rec=true Attrs { readonly: false, nosuid: true, nodev: true"));
+        assert!(ops.contains("attrs /tmp/berth-1001/mnt/root/etc/hosts rec=true Attrs { readonly: true"));
+        // The user's passwd entry replaces the image's one of the same name.
+        assert!(ops.contains(r#"write /tmp/berth-1001/mnt/overlay/files/passwd "root:x:0:0::/root:/bin/sh\nalice:x:1001:1001:alice:/home/alice:/bin/sh\n""#), "{ops}");
+        // Read-only root, then pivot, last.
+        let n = rec.ops.len();
+        assert!(rec.ops[n - 2].starts_with("attrs /tmp/berth-1001/mnt/root rec=false Attrs { readonly: true"));
+        assert_eq!(rec.ops[n - 1], "pivot_root /tmp/berth-1001/mnt/root");
+    }
+
+    #[test]
+    fn minimal_dev_keeps_device_access() {
+        let req = Request::new("app.sif".into(), Action::Shell);
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let mut rec = Recorder::default();
+        apply(&plan, &mut rec).unwrap();
+        let ops = rec.ops.join("\n");
+        assert!(ops.contains("mount /dev/null /tmp/berth-1001/mnt/root/dev/null - MS_BIND -"), "{ops}");
+        assert!(ops.contains("attrs /tmp/berth-1001/mnt/root/dev/null rec=false Attrs { readonly: false, nosuid: true, nodev: false, noexec: true }"));
+        assert!(ops.contains("mount /dev/shm /tmp/berth-1001/mnt/root/dev/shm - MS_BIND | MS_REC"));
+        assert!(ops.contains("symlink /tmp/berth-1001/mnt/root/dev/fd -> /proc/self/fd"));
+    }
+}

@@ -1,0 +1,386 @@
+//! Container lifecycle: set up (namespaces + plan), then run a program, hold the container for
+//! others to join, or join one.
+//!
+//! One container per node per job step; tasks join it. A holder sets the container up once and
+//! records how to find it; joiners `setns()` into its user and mount namespaces, so processes
+//! of one step share namespaces (and so shared memory transports between MPI ranks work).
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::env::{compose, Env};
+use crate::error::{Error, Result};
+use crate::metadata::{self, Metadata};
+use crate::plan::{EnvPlan, HostFacts, Plan};
+use crate::request::Action;
+use crate::sys::process::{self, Ended};
+use crate::sys::real::{FuseServer, RealSys};
+
+/// A container set up in this process's namespaces, root already pivoted.
+pub struct Entered {
+    pub fuse: Option<FuseServer>,
+    pub meta: Metadata,
+    pub env: Env,
+    pub workdir: PathBuf,
+}
+
+/// Make sure the per-user state directory exists, is ours and is private. It may live in a
+/// world-writable place such as /tmp, so anything we did not create ourselves is refused.
+pub fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("cannot create", dir, e))?
+        }
+        Err(e) => return Err(Error::io("cannot create", dir, e)),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(Error::Io {
+            what: "unsafe state directory".into(),
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "must be a directory owned by uid {uid} with mode 0700 (it is owned by {} with mode {:o})",
+                m.uid(),
+                m.mode() & 0o7777
+            )),
+            hint: "remove it, or set state_dir in berth.toml".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Set up the container of `plan` in this process: new namespaces, mounts, pivot_root.
+pub fn enter(plan: &Plan) -> Result<Entered> {
+    ensure_state_dir(&plan.state_dir, plan.user.uid)?;
+    process::enter_user_and_mount_ns(plan.user.uid, plan.user.gid)?;
+    let mut sys = RealSys::new(plan.user.uid, plan.user.gid);
+    crate::apply::apply(plan, &mut sys)?;
+    let meta = metadata::read(Path::new("/"));
+    let env = compose(&plan.env, &meta.env_files);
+    let workdir = choose_workdir(&plan.workdir, plan.workdir_required)?;
+    Ok(Entered { fuse: sys.fuse.take(), meta, env, workdir })
+}
+
+fn choose_workdir(candidates: &[PathBuf], required: bool) -> Result<PathBuf> {
+    for (i, w) in candidates.iter().enumerate() {
+        if w.is_dir() {
+            return Ok(w.clone());
+        }
+        if required && i == 0 {
+            return Err(Error::request(
+                format!("workdir {}", w.display()),
+                "does not exist in the container",
+                "create it in the image or bind a host directory there (-B host_dir:/path)",
+            ));
+        }
+    }
+    Ok(PathBuf::from("/"))
+}
+
+/// The argv an action runs, given the image's metadata.
+pub fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result<Vec<String>> {
+    Ok(match action {
+        Action::Exec(argv) => argv.clone(),
+        Action::Run(args) => {
+            if meta.runscript.is_some() {
+                let mut v = vec!["/bin/sh".to_string(), format!("/{}/runscript", metadata::META_DIR)];
+                v.extend(args.iter().cloned());
+                v
+            } else {
+                return Err(Error::request(
+                    "berth run",
+                    "the image has no runscript",
+                    "use `berth exec IMAGE COMMAND` to run a program from it",
+                ));
+            }
+        }
+        Action::Shell => {
+            let shell = env
+                .get("SHELL")
+                .filter(|s| Path::new(s).exists())
+                .map(str::to_string)
+                .or_else(|| ["/bin/bash", "/bin/sh"].iter().find(|s| Path::new(s).exists()).map(|s| s.to_string()))
+                .ok_or_else(|| Error::request("berth shell", "the image has no /bin/sh", "use `berth exec` with a program it has"))?;
+            vec![shell]
+        }
+    })
+}
+
+/// Run the plan's action in a new container and return how it ended. The FUSE server is
+/// stopped before returning; all mounts go with the namespace.
+pub fn run(plan: &Plan) -> Result<Ended> {
+    let mut entered = enter(plan)?;
+    if matches!(plan.action, Action::Shell) {
+        entered.env.set("PS1", "Berth> ");
+    }
+    let argv = action_argv(&plan.action, &entered.meta, &entered.env)?;
+    let env = entered.env.vars().to_vec();
+    let workdir = entered.workdir.clone();
+    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
+    let ended = process::fork_and_wait(
+        || {
+            if let Err(e) = nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e)) {
+                eprintln!("berth: {e}");
+                return crate::error::EXIT_BERTH_ERROR;
+            }
+            if let Err(e) = process::harden_before_exec() {
+                eprintln!("berth: {e}");
+                return crate::error::EXIT_BERTH_ERROR;
+            }
+            let e = process::exec(&argv, &env);
+            eprintln!("berth: {e}");
+            e.exit_code()
+        },
+        |pid, st| {
+            if Some(pid.as_raw()) == fuse_pid {
+                tracing::warn!("the image's FUSE server ended early: {st:?}");
+            }
+        },
+    );
+    if let Some(f) = entered.fuse.take() {
+        f.stop();
+    }
+    ended
+}
+
+/// What a holder records so joiners can find and verify it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderState {
+    pub name: String,
+    pub pid: i32,
+    /// Process start time (clock ticks since boot), guards against pid reuse.
+    pub start_time: u64,
+    pub user_ns: u64,
+    pub mnt_ns: u64,
+    pub image: PathBuf,
+    pub env: EnvPlan,
+    pub cleanenv: bool,
+    pub workdir: Vec<PathBuf>,
+    pub workdir_required: bool,
+}
+
+pub fn valid_holder_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
+}
+
+pub fn holders_dir(cfg: &Config, uid: u32) -> PathBuf {
+    cfg.state_dir_for(uid).join("holders")
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if valid_holder_name(name) {
+        Ok(())
+    } else {
+        Err(Error::request(
+            format!("container name {name:?}"),
+            "may hold only letters, digits and . _ - + @, and must not start with '.'",
+            "",
+        ))
+    }
+}
+
+fn proc_start_time(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may contain spaces, so count from its closing ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Set up the container and keep it until SIGTERM/SIGINT/SIGHUP, so others can join it.
+/// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
+pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>) -> Result<i32> {
+    check_name(name)?;
+    ensure_state_dir(&plan.state_dir, plan.user.uid)?;
+    let dir = plan.state_dir.join("holders");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+    if let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}.json"))) {
+        if let Ok(old) = serde_json::from_str::<HolderState>(&text) {
+            if proc_start_time(&old.pid.to_string()) == Some(old.start_time) {
+                return Err(Error::request(
+                    format!("container {name}"),
+                    format!("already running (holder pid {})", old.pid),
+                    format!("join it with `berth exec --join {name} ...` or stop it with `berth stop {name}`"),
+                ));
+            }
+        }
+    }
+    // Kept open across pivot_root: the state file is written once the container is complete.
+    let dirfd = std::fs::File::open(&dir).map_err(|e| Error::io("cannot open", &dir, e))?;
+    let mut entered = enter(plan)?;
+    let state = HolderState {
+        name: name.to_string(),
+        pid: std::process::id() as i32,
+        start_time: proc_start_time("self").unwrap_or(0),
+        user_ns: ns_inode("self", "user").unwrap_or(0),
+        mnt_ns: ns_inode("self", "mnt").unwrap_or(0),
+        image: plan.image.path.clone(),
+        env: plan.env.clone(),
+        cleanenv,
+        workdir: plan.workdir.clone(),
+        workdir_required: plan.workdir_required,
+    };
+    let state_path = format!("/proc/self/fd/{}/{name}.json", dirfd.as_raw_fd());
+    let tmp_path = format!("/proc/self/fd/{}/.{name}.json.tmp", dirfd.as_raw_fd());
+    std::fs::write(&tmp_path, serde_json::to_vec_pretty(&state).unwrap_or_default())
+        .and_then(|_| std::fs::rename(&tmp_path, &state_path))
+        .map_err(|e| Error::io("cannot record container", &dir.join(format!("{name}.json")), e))?;
+    if let Some(fd) = ready {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(b"ready\n");
+    }
+    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
+    let stopped = process::wait_for_stop(|pid, _| Some(pid.as_raw()) == fuse_pid);
+    let _ = std::fs::remove_file(&state_path);
+    if let Some(f) = entered.fuse.take() {
+        f.stop();
+    }
+    match stopped? {
+        Some(_) => Ok(0),
+        None => Err(Error::image(&plan.image.path, "the FUSE server ended while the container was held", "")),
+    }
+}
+
+/// Read and verify the state of holder `name`.
+pub fn find_holder(cfg: &Config, uid: u32, name: &str) -> Result<HolderState> {
+    check_name(name)?;
+    let path = holders_dir(cfg, uid).join(format!("{name}.json"));
+    let gone = || {
+        Error::request(
+            format!("container {name}"),
+            "is not running on this node",
+            "start it with `berth holder --name NAME IMAGE` (the Slurm and PBS plugins do this per job step)",
+        )
+    };
+    let text = std::fs::read_to_string(&path).map_err(|_| gone())?;
+    let st: HolderState = serde_json::from_str(&text).map_err(|_| gone())?;
+    if proc_start_time(&st.pid.to_string()) != Some(st.start_time) {
+        let _ = std::fs::remove_file(&path);
+        return Err(gone());
+    }
+    Ok(st)
+}
+
+/// A process that joined a held container (cwd `/` of the container).
+pub struct Joined {
+    pub state: HolderState,
+    pub meta: Metadata,
+}
+
+/// Join holder `name` in this process (must be single-threaded). Used by `berth exec --join`
+/// and by the Slurm plugin in each task.
+pub fn join_in_process(cfg: &Config, uid: u32, name: &str) -> Result<Joined> {
+    let state = find_holder(cfg, uid, name)?;
+    process::join_namespaces(state.pid, state.user_ns, state.mnt_ns)?;
+    Ok(Joined { meta: metadata::read(Path::new("/")), state })
+}
+
+impl Joined {
+    /// The environment for a joining task: its own host variables filtered like the holder's,
+    /// the image's environment, then the holder's overrides.
+    pub fn env(&self, cfg: &Config, host: &HostFacts) -> Env {
+        let mut envplan = crate::plan::filter_host_env(&host.env, self.state.cleanenv, cfg);
+        envplan.overrides = self.state.env.overrides.clone();
+        envplan.ld_library_path_prepend = self.state.env.ld_library_path_prepend.clone();
+        compose(&envplan, &self.meta.env_files)
+    }
+
+    pub fn workdir(&self, cwd: Option<&Path>) -> Result<PathBuf> {
+        let mut cands = self.state.workdir.clone();
+        if !self.state.workdir_required {
+            if let Some(c) = cwd {
+                cands.insert(0, c.to_path_buf());
+            }
+        }
+        choose_workdir(&cands, self.state.workdir_required)
+    }
+}
+
+/// Stop holder `name`: SIGTERM, then SIGKILL after `grace`.
+pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> Result<()> {
+    let st = find_holder(cfg, uid, name)?;
+    let pid = nix::unistd::Pid::from_raw(st.pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t0 = std::time::Instant::now();
+    while proc_start_time(&st.pid.to_string()) == Some(st.start_time) {
+        if t0.elapsed() > grace {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if t0.elapsed() > grace * 2 {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(holders_dir(cfg, uid).join(format!("{name}.json")));
+    Ok(())
+}
+
+/// Read an image's metadata without starting anything in it: a short-lived child mounts the
+/// image in its own namespaces and sends the metadata back as JSON.
+pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<Metadata> {
+    use crate::image::{FsType, RootFs};
+    let (offset, path) = match &image.root {
+        RootFs::Directory { path } => return Ok(metadata::read(path)),
+        RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => (*offset, image.path.clone()),
+        RootFs::Embedded { fs: FsType::Ext3, .. } => return Ok(Metadata::default()),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let state = cfg.state_dir_for(uid);
+    ensure_state_dir(&state, uid)?;
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    // An unlinked file rather than a pipe: the child can write any amount without waiting
+    // for a reader.
+    let scratch = state.join(format!(".meta-{}", std::process::id()));
+    let out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&scratch)
+        .map_err(|e| Error::io("cannot create", &scratch, e))?;
+    let _ = std::fs::remove_file(&scratch);
+    let mut out_child = out.try_clone().map_err(|e| Error::io("cannot dup", &scratch, e))?;
+    let program = cfg.squashfuse.clone();
+    let ended = process::fork_and_wait(
+        move || {
+            let result = (|| -> Result<Metadata> {
+                use crate::sys::MountOps;
+                process::enter_user_and_mount_ns(uid, gid)?;
+                let mut sys = RealSys::new(uid, gid);
+                let at = state.join("mnt");
+                sys.mkdir_all(&at)?;
+                sys.mount(Some(Path::new("tmpfs")), &at, Some("tmpfs"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, None)?;
+                let img = at.join("image");
+                sys.mkdir_all(&img)?;
+                sys.start_squashfuse(&program, &path, offset, &img)?;
+                Ok(metadata::read(&img))
+            })();
+            let msg = match result {
+                Ok(m) => serde_json::json!({ "ok": m }),
+                Err(e) => serde_json::json!({ "err": e.to_string() }),
+            };
+            let _ = out_child.write_all(msg.to_string().as_bytes());
+            0
+        },
+        |_, _| {},
+    )?;
+    let mut text = String::new();
+    let mut out = out;
+    std::io::Seek::rewind(&mut out).map_err(|e| Error::io("cannot read", &scratch, e))?;
+    std::io::Read::read_to_string(&mut out, &mut text).map_err(|e| Error::io("cannot read", &scratch, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+        Error::image(&image.path, format!("reading its metadata failed ({ended:?})"), "")
+    })?;
+    if let Some(e) = v.get("err").and_then(|e| e.as_str()) {
+        return Err(Error::image(&image.path, format!("cannot read metadata: {e}"), ""));
+    }
+    serde_json::from_value(v["ok"].clone()).map_err(|e| Error::image(&image.path, format!("bad metadata: {e}"), ""))
+}

@@ -1,0 +1,338 @@
+//! The container's environment: host variables (filtered by the plan), then the image's own
+//! environment files, then the user's overrides.
+//!
+//! Image environment files (`/.singularity.d/env/*.sh`, written by `berth build` and by
+//! Apptainer) are shell fragments. Like Apptainer, berth does not start a shell to read them: it
+//! evaluates the assignments they contain (`export A=B`, `A="${A:-x}:$B"`, quotes, `${V}`
+//! expansions) and ignores what is not an assignment, so start-up costs no extra process and an
+//! image without `/bin/sh` still works.
+
+use std::collections::HashMap;
+
+use crate::plan::{EnvPlan, DEFAULT_PATH};
+
+/// An ordered environment where setting a variable again keeps its first position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    vars: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Env {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.index.get(k).map(|&i| self.vars[i].1.as_str())
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) {
+        match self.index.get(k) {
+            Some(&i) => self.vars[i].1 = v.to_string(),
+            None => {
+                self.index.insert(k.to_string(), self.vars.len());
+                self.vars.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+
+    pub fn unset(&mut self, k: &str) {
+        if let Some(i) = self.index.remove(k) {
+            self.vars.remove(i);
+            for v in self.index.values_mut() {
+                if *v > i {
+                    *v -= 1;
+                }
+            }
+        }
+    }
+
+    pub fn vars(&self) -> &[(String, String)] {
+        &self.vars
+    }
+
+    pub fn into_vars(self) -> Vec<(String, String)> {
+        self.vars
+    }
+}
+
+/// Compose the final environment: `plan.host`, `PATH` default, each image env file in order,
+/// then `plan.overrides` and the injected library directories.
+pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
+    let mut env = Env::default();
+    for (k, v) in &plan.host {
+        env.set(k, v);
+    }
+    env.set("PATH", DEFAULT_PATH);
+    for (name, text) in image_env_files {
+        eval_assignments(text, &mut env, name);
+    }
+    for (k, v) in &plan.overrides {
+        env.set(k, v);
+    }
+    if !plan.ld_library_path_prepend.is_empty() {
+        let mut parts: Vec<String> = plan.ld_library_path_prepend.iter().map(|p| p.display().to_string()).collect();
+        if let Some(old) = env.get("LD_LIBRARY_PATH").filter(|s| !s.is_empty()) {
+            parts.push(old.to_string());
+        }
+        env.set("LD_LIBRARY_PATH", &parts.join(":"));
+    }
+    env
+}
+
+/// Evaluate the assignments of a shell fragment into `env`.
+pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
+    for (n, raw) in logical_lines(text).into_iter().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_suffix(';').unwrap_or(line).trim();
+        let (exported, rest) = match line.strip_prefix("export ") {
+            Some(r) => (true, r.trim_start()),
+            None => (false, line),
+        };
+        match parse_words(rest, env) {
+            Some(words) if !words.is_empty() => {
+                let mut all_ok = true;
+                let mut assigns = vec![];
+                for w in &words {
+                    match w.split_once('=') {
+                        Some((k, v)) if crate::request::valid_env_name(k) => assigns.push((k.to_string(), v.to_string())),
+                        None if exported && crate::request::valid_env_name(w) => {}
+                        _ => all_ok = false,
+                    }
+                }
+                if all_ok {
+                    for (k, v) in assigns {
+                        env.set(&k, &v);
+                    }
+                } else {
+                    tracing::debug!("{source}:{}: not an assignment, ignored: {line}", n + 1);
+                }
+            }
+            _ => tracing::debug!("{source}:{}: not understood, ignored: {line}", n + 1),
+        }
+    }
+}
+
+/// Join backslash-continued lines.
+fn logical_lines(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    for l in text.lines() {
+        if let Some(s) = l.strip_suffix('\\') {
+            cur.push_str(s);
+        } else {
+            cur.push_str(l);
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Split into words with shell quoting and `$V`, `${V}`, `${V:-d}`, `${V-d}`, `${V:+a}`
+/// expansion. Returns None for constructs we do not evaluate (command substitution,
+/// unbalanced quotes, operators), so such lines are skipped whole.
+fn parse_words(s: &str, env: &Env) -> Option<Vec<String>> {
+    let mut words = vec![];
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        ch => cur.push(ch),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            ch @ ('"' | '\\' | '$' | '`') => cur.push(ch),
+                            ch => {
+                                cur.push('\\');
+                                cur.push(ch);
+                            }
+                        },
+                        '$' => cur.push_str(&expand(&mut chars, env)?),
+                        '`' => return None,
+                        ch => cur.push(ch),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(chars.next()?);
+            }
+            '$' => {
+                in_word = true;
+                cur.push_str(&expand(&mut chars, env)?);
+            }
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' => return None,
+            ch => {
+                in_word = true;
+                cur.push(ch);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Some(words)
+}
+
+fn expand(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, env: &Env) -> Option<String> {
+    let lookup = |k: &str| env.get(k).map(str::to_string);
+    match chars.peek() {
+        Some('{') => {
+            chars.next();
+            let mut inner = String::new();
+            loop {
+                match chars.next()? {
+                    '}' => break,
+                    ch => inner.push(ch),
+                }
+            }
+            let (name, op, word) = split_param(&inner);
+            if !crate::request::valid_env_name(name) {
+                return None;
+            }
+            let val = lookup(name);
+            let word = || parse_words(word, env).map(|w| w.join(" "));
+            Some(match op {
+                "" => val.unwrap_or_default(),
+                ":-" => match val.filter(|v| !v.is_empty()) {
+                    Some(v) => v,
+                    None => word()?,
+                },
+                "-" => match val {
+                    Some(v) => v,
+                    None => word()?,
+                },
+                ":+" => {
+                    if val.is_some_and(|v| !v.is_empty()) {
+                        word()?
+                    } else {
+                        String::new()
+                    }
+                }
+                "+" => {
+                    if val.is_some() {
+                        word()?
+                    } else {
+                        String::new()
+                    }
+                }
+                _ => return None,
+            })
+        }
+        Some(c) if c.is_ascii_alphabetic() || *c == '_' => {
+            let mut name = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    name.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            Some(lookup(&name).unwrap_or_default())
+        }
+        Some('(') => None,
+        _ => Some("$".into()),
+    }
+}
+
+fn split_param(inner: &str) -> (&str, &str, &str) {
+    for op in [":-", ":+", "-", "+"] {
+        if let Some(i) = inner.find(op) {
+            return (&inner[..i], op, &inner[i + op.len()..]);
+        }
+    }
+    (inner, "", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str, start: &[(&str, &str)]) -> Env {
+        let mut env = Env::default();
+        for (k, v) in start {
+            env.set(k, v);
+        }
+        eval_assignments(text, &mut env, "test.sh");
+        env
+    }
+
+    #[test]
+    fn assignments_and_expansions() {
+        let env = run(
+            "# comment\nexport PATH=/opt/app/bin:$PATH\nA='lit $PATH'\nexport B=\"x ${A}\" C=2\nD=${NOPE:-def}\nE=${B:+set}\nexport F\n",
+            &[("PATH", "/usr/bin")],
+        );
+        assert_eq!(env.get("PATH"), Some("/opt/app/bin:/usr/bin"));
+        assert_eq!(env.get("A"), Some("lit $PATH"));
+        assert_eq!(env.get("B"), Some("x lit $PATH"));
+        assert_eq!(env.get("C"), Some("2"));
+        assert_eq!(env.get("D"), Some("def"));
+        assert_eq!(env.get("E"), Some("set"));
+        assert_eq!(env.get("F"), None);
+    }
+
+    #[test]
+    fn non_assignments_are_skipped_whole() {
+        let env = run(
+            "if [ -z \"$X\" ]; then\n  X=1\nfi\nY=$(uname)\nZ=`date`\necho hi\nW=ok\n",
+            &[],
+        );
+        assert_eq!(env.get("X"), Some("1"), "assignments inside blocks are taken");
+        assert_eq!(env.get("Y"), None);
+        assert_eq!(env.get("Z"), None);
+        assert_eq!(env.get("W"), Some("ok"));
+        assert_eq!(env.vars().len(), 2);
+    }
+
+    #[test]
+    fn compose_order() {
+        let plan = EnvPlan {
+            host: vec![("TERM".into(), "xterm".into()), ("LANG".into(), "C".into())],
+            overrides: vec![("LANG".into(), "C.UTF-8".into())],
+            ld_library_path_prepend: vec!["/.berth/host/lib".into()],
+        };
+        let files = vec![(
+            "90-environment.sh".into(),
+            "export PATH=/opt/vasp/bin:$PATH\nexport LANG=en_US\nLD_LIBRARY_PATH=/opt/vasp/lib".into(),
+        )];
+        let env = compose(&plan, &files);
+        assert_eq!(env.get("PATH"), Some(&*format!("/opt/vasp/bin:{DEFAULT_PATH}")));
+        assert_eq!(env.get("LANG"), Some("C.UTF-8"));
+        assert_eq!(env.get("LD_LIBRARY_PATH"), Some("/.berth/host/lib:/opt/vasp/lib"));
+        assert_eq!(env.vars()[0].0, "TERM");
+    }
+
+    #[test]
+    fn unset_keeps_order() {
+        let mut e = Env::default();
+        e.set("A", "1");
+        e.set("B", "2");
+        e.set("C", "3");
+        e.unset("A");
+        e.set("B", "x");
+        assert_eq!(e.vars(), &[("B".to_string(), "x".to_string()), ("C".to_string(), "3".to_string())]);
+    }
+}

@@ -1,0 +1,590 @@
+//! Planning: a [`Request`] plus host facts become a [`Plan`], plain data listing every mount,
+//! generated file, environment rule and check, in the order `apply` performs them.
+//!
+//! Planning has no side effects: it only reads the facts it is given, so every rule here is
+//! unit-tested without root, and `berth exec --dry-run` prints exactly what would happen.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::image::{FsType, Image, RootFs};
+use crate::request::{Action, BindSpec, Request};
+
+/// The user the container runs as (always the invoking user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+}
+
+/// Facts about the host that planning depends on, gathered by [`HostFacts::probe`] (or made up
+/// by tests).
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub user: UserInfo,
+    pub cwd: Option<PathBuf>,
+    /// The host environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Which host paths exist, and whether they are directories (asked by the planner).
+    pub path_kind: fn(&Path) -> Option<PathKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    Dir,
+    File,
+}
+
+pub fn host_path_kind(p: &Path) -> Option<PathKind> {
+    std::fs::metadata(p).ok().map(|m| if m.is_dir() { PathKind::Dir } else { PathKind::File })
+}
+
+impl HostFacts {
+    /// Read the facts from this host for the calling user.
+    pub fn probe() -> Result<HostFacts> {
+        let uid = nix::unistd::getuid();
+        let gid = nix::unistd::getgid();
+        let pw = nix::unistd::User::from_uid(uid).ok().flatten();
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let home_env = env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| PathBuf::from(v));
+        let user = UserInfo {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            name: pw.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| uid.to_string()),
+            home: home_env.or_else(|| pw.as_ref().map(|p| p.dir.clone())).unwrap_or_else(|| "/".into()),
+            shell: pw.as_ref().map(|p| p.shell.clone()).unwrap_or_else(|| "/bin/sh".into()),
+        };
+        Ok(HostFacts { user, cwd: std::env::current_dir().ok(), env, path_kind: host_path_kind })
+    }
+}
+
+/// How the image's root filesystem gets mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "via")]
+pub enum ImageMount {
+    /// FUSE: berth mounts `/dev/fuse` itself, then `squashfuse_ll` serves it from `offset`.
+    Squashfuse { program: String, image: PathBuf, offset: u64 },
+    /// A directory image, bound read-only.
+    Directory { path: PathBuf },
+}
+
+/// One mount-namespace operation, in order. Container paths are relative to the new root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum Step {
+    /// Private tmpfs holding the image mount, the overlay's upper layer and generated files;
+    /// unbindable so recursive binds of its parent (e.g. `/tmp`) never copy it.
+    Staging { at: PathBuf },
+    Image { mount: ImageMount, at: PathBuf },
+    /// Overlay over the read-only image so mount points can be created for destinations the
+    /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer.
+    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf, at: PathBuf },
+    /// A minimal `/dev`: tmpfs plus the host's standard nodes.
+    Dev { nodes: Vec<PathBuf>, dirs: Vec<PathBuf> },
+    Bind { src: PathBuf, dst: PathBuf, kind: PathKind, readonly: bool, why: String },
+    /// A file generated from the image's own copy plus the user's entry.
+    UserDb { dst: PathBuf, entry: String, key: String },
+    /// Make the root read-only (unless `--writable-tmpfs`).
+    ReadonlyRoot,
+    PivotRoot,
+}
+
+/// The environment rules; resolved at apply time, when the image's own env files are readable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EnvPlan {
+    /// Host variables passed in (already filtered).
+    pub host: Vec<(String, String)>,
+    /// Set after the image's environment (user `--env`, `BERTH_ENV_*`, and berth's own).
+    pub overrides: Vec<(String, String)>,
+    /// Directories put first in `LD_LIBRARY_PATH` (host injection).
+    pub ld_library_path_prepend: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub image: Image,
+    pub user: UserInfo,
+    pub state_dir: PathBuf,
+    pub steps: Vec<Step>,
+    pub env: EnvPlan,
+    /// Working directories to try, first that exists inside wins; the first is required when
+    /// the user asked for it explicitly.
+    pub workdir: Vec<PathBuf>,
+    pub workdir_required: bool,
+    pub action: Action,
+    pub writable: bool,
+}
+
+/// Default PATH inside when the image defines none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host variables never passed in: they describe the host's own software layout or session
+/// and would break programs inside the image.
+const HOST_ENV_BLOCKED: &[&str] = &[
+    "PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", "PYTHONPATH", "PYTHONHOME", "PS1", "PROMPT_COMMAND",
+    "BASH_ENV", "ENV", "MANPATH", "INFOPATH", "PKG_CONFIG_PATH", "CPATH", "LIBRARY_PATH",
+];
+
+/// Host variables kept with `--cleanenv`: the terminal, the locale, and the scheduler's and
+/// MPI's variables, without which a rank cannot find its peers.
+const CLEANENV_KEEP_PREFIXES: &[&str] =
+    &["SLURM_", "SLURMD_", "PMIX_", "PMI_", "OMPI_", "PRTE_", "PBS_", "HYDRA_", "MPICH_", "UCX_", "FI_"];
+const CLEANENV_KEEP: &[&str] = &["TERM", "LANG", "LC_ALL", "TZ", "DISPLAY", "XAUTHORITY"];
+
+/// Host files for a minimal `/dev`.
+const DEV_NODES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+/// Host directories recursively bound into the minimal `/dev` (pseudo-terminals, POSIX shared
+/// memory, message queues, huge pages).
+const DEV_DIRS: &[&str] = &["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/hugepages"];
+
+/// Host directories never bound as "the current directory": binding them would hide the
+/// image's own system files.
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/var", "/opt", "/proc", "/sys",
+    "/dev", "/boot", "/run", "/srv", "/root", "/.berth", "/.singularity.d",
+];
+
+fn is_system_path(p: &Path) -> bool {
+    SYSTEM_DIRS.iter().any(|s| {
+        let s = Path::new(s);
+        p == s || (s != Path::new("/") && p.starts_with(s) && !p.starts_with("/var/tmp") && !p.starts_with("/run/user"))
+    })
+}
+
+/// Build the plan. Pure: reads only `req`, `image`, `cfg` and `host`.
+pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts) -> Result<Plan> {
+    let state_dir = cfg.state_dir_for(host.user.uid);
+    let staging = state_dir.join("mnt");
+    let mut steps = vec![Step::Staging { at: staging.clone() }];
+
+    let image_mount = match &image.root {
+        RootFs::Directory { path } => ImageMount::Directory { path: path.clone() },
+        RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => ImageMount::Squashfuse {
+            program: cfg.squashfuse.clone(),
+            image: absolute(&image.path, host),
+            offset: *offset,
+        },
+        RootFs::Embedded { fs: FsType::Ext3, .. } => {
+            return Err(Error::image(
+                &image.path,
+                "holds an ext3 root filesystem (Singularity 2.x image), which only the privileged mount mode can mount",
+                "convert it once to SquashFS (e.g. `apptainer build new.sif old.img`), or ask your site to enable privileged mounting",
+            ))
+        }
+    };
+    steps.push(Step::Image { mount: image_mount, at: staging.join("image") });
+    steps.push(Step::Overlay {
+        lower: staging.join("image"),
+        upper: staging.join("overlay/upper"),
+        work: staging.join("overlay/work"),
+        at: staging.join("root"),
+    });
+
+    // Kernel interfaces and a minimal /dev.
+    steps.push(bind_host("/proc", "/proc", PathKind::Dir, false, "kernel process interface"));
+    steps.push(bind_host("/sys", "/sys", PathKind::Dir, false, "kernel device interface"));
+    steps.push(Step::Dev {
+        nodes: DEV_NODES.iter().map(PathBuf::from).filter(|p| (host.path_kind)(p).is_some()).collect(),
+        dirs: DEV_DIRS.iter().map(PathBuf::from).filter(|p| (host.path_kind)(p) == Some(PathKind::Dir)).collect(),
+    });
+
+    // Default binds, as HPC users expect them.
+    if cfg.binds.tmp && (host.path_kind)(Path::new("/tmp")) == Some(PathKind::Dir) {
+        steps.push(bind_host("/tmp", "/tmp", PathKind::Dir, false, "host /tmp"));
+    }
+    for f in &cfg.binds.host_files {
+        if let Some(kind) = (host.path_kind)(Path::new(f)) {
+            steps.push(bind_host(f, f, kind, true, "host file"));
+        }
+    }
+    let home = &host.user.home;
+    let home_bound = req.mount_home
+        && cfg.binds.home
+        && home != Path::new("/")
+        && !is_system_path(home)
+        && (host.path_kind)(home) == Some(PathKind::Dir);
+    if home_bound {
+        steps.push(Step::Bind {
+            src: home.clone(),
+            dst: home.clone(),
+            kind: PathKind::Dir,
+            readonly: false,
+            why: "your home directory".into(),
+        });
+    }
+    let covered = |p: &Path, steps: &[Step]| {
+        steps.iter().any(|s| matches!(s, Step::Bind { dst, kind: PathKind::Dir, .. } if p.starts_with(dst)))
+    };
+    if cfg.binds.cwd {
+        if let Some(cwd) = &host.cwd {
+            if !is_system_path(cwd) && !covered(cwd, &steps) {
+                steps.push(Step::Bind {
+                    src: cwd.clone(),
+                    dst: cwd.clone(),
+                    kind: PathKind::Dir,
+                    readonly: false,
+                    why: "the current directory".into(),
+                });
+            }
+        }
+    }
+
+    // Site binds, then the user's, in order; sources must exist on the host.
+    let site: Vec<BindSpec> = cfg.binds.site.iter().filter_map(|s| BindSpec::parse(s).ok()).collect();
+    for (b, why) in site.iter().map(|b| (b, "site bind")).chain(req.binds.iter().map(|b| (b, "your bind"))) {
+        let src = absolute(&b.src, host);
+        let kind = (host.path_kind)(&src).ok_or_else(|| {
+            Error::request(
+                format!("bind {}:{}", b.src.display(), b.dst.display()),
+                format!("the source {} does not exist on this host", src.display()),
+                "create it first or fix the path (relative sources are taken from the current directory)",
+            )
+        })?;
+        steps.push(Step::Bind { src, dst: b.dst.clone(), kind, readonly: b.readonly, why: why.into() });
+    }
+
+    // The user's passwd/group entries, so `id`, `ls -l` and `getpwuid()` work inside.
+    let u = &host.user;
+    steps.push(Step::UserDb {
+        dst: "/etc/passwd".into(),
+        key: u.name.clone(),
+        entry: format!("{}:x:{}:{}:{}:{}:/bin/sh", u.name, u.uid, u.gid, u.name, u.home.display()),
+    });
+    let group_name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(u.gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| u.name.clone());
+    steps.push(Step::UserDb {
+        dst: "/etc/group".into(),
+        key: group_name.clone(),
+        entry: format!("{}:x:{}:", group_name, u.gid),
+    });
+
+    if !req.writable_tmpfs {
+        steps.push(Step::ReadonlyRoot);
+    }
+    steps.push(Step::PivotRoot);
+
+    let env = plan_env(req, cfg, host);
+    let (workdir, workdir_required) = match &req.workdir {
+        Some(w) => {
+            crate::request::check_container_path(w)
+                .map_err(|r| Error::request("--workdir", r, "give an absolute path inside the image"))?;
+            (vec![w.clone()], true)
+        }
+        None => {
+            let mut v = vec![];
+            if let Some(cwd) = &host.cwd {
+                v.push(cwd.clone());
+            }
+            if home_bound {
+                v.push(home.clone());
+            }
+            v.push(PathBuf::from("/"));
+            (v, false)
+        }
+    };
+
+    Ok(Plan {
+        image: image.clone(),
+        user: host.user.clone(),
+        state_dir,
+        steps,
+        env,
+        workdir,
+        workdir_required,
+        action: req.action.clone(),
+        writable: req.writable_tmpfs,
+    })
+}
+
+fn bind_host(src: &str, dst: &str, kind: PathKind, readonly: bool, why: &str) -> Step {
+    Step::Bind { src: src.into(), dst: dst.into(), kind, readonly, why: why.into() }
+}
+
+fn absolute(p: &Path, host: &HostFacts) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        host.cwd.as_deref().unwrap_or(Path::new("/")).join(p)
+    }
+}
+
+/// Prefixes by which host variables set variables inside (Apptainer's and Singularity's too, so
+/// existing job scripts keep working).
+pub const ENV_PREFIXES: &[&str] = &["BERTH_ENV_", "APPTAINERENV_", "SINGULARITYENV_"];
+
+/// The host variables passed in, and those given by prefix (`BERTH_ENV_X=v` sets `X=v`).
+pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Config) -> EnvPlan {
+    let blocked = |k: &str| HOST_ENV_BLOCKED.contains(&k) || cfg.env.block.iter().any(|b| b == k);
+    let kept_clean = |k: &str| {
+        CLEANENV_KEEP.contains(&k)
+            || CLEANENV_KEEP_PREFIXES.iter().any(|p| k.starts_with(p))
+            || cfg.env.keep.iter().any(|b| b == k)
+    };
+    let mut env = EnvPlan::default();
+    for (k, v) in host_env {
+        if let Some(name) = ENV_PREFIXES.iter().find_map(|p| k.strip_prefix(p)) {
+            if crate::request::valid_env_name(name) {
+                env.overrides.push((name.to_string(), v.clone()));
+            }
+            continue;
+        }
+        if k.starts_with("BERTH_") || blocked(k) || (cleanenv && !kept_clean(k)) {
+            continue;
+        }
+        env.host.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+fn plan_env(req: &Request, cfg: &Config, host: &HostFacts) -> EnvPlan {
+    let mut env = filter_host_env(&host.env, req.cleanenv, cfg);
+    let prefixed = std::mem::take(&mut env.overrides);
+    let u = &host.user;
+    env.overrides.push(("USER".into(), u.name.clone()));
+    env.overrides.push(("LOGNAME".into(), u.name.clone()));
+    env.overrides.push(("HOME".into(), u.home.display().to_string()));
+    env.overrides.push(("BERTH_CONTAINER".into(), req.image.display().to_string()));
+    env.overrides.extend(prefixed);
+    env.overrides.extend(req.env.iter().cloned());
+    env
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "image   {} ({:?})", self.image.path.display(), self.image.format)?;
+        writeln!(f, "user    {} (uid {}, gid {}), mapped to itself", self.user.name, self.user.uid, self.user.gid)?;
+        writeln!(f, "state   {}", self.state_dir.display())?;
+        writeln!(f, "steps:")?;
+        for (i, s) in self.steps.iter().enumerate() {
+            write!(f, "  {:2}. ", i + 1)?;
+            match s {
+                Step::Staging { at } => writeln!(f, "tmpfs {} (private, unbindable, nosuid,nodev)", at.display())?,
+                Step::Image { mount: ImageMount::Squashfuse { program, image, offset }, at } => writeln!(
+                    f,
+                    "mount {} at offset {} on {} with {} (ro,nosuid,nodev)",
+                    image.display(),
+                    offset,
+                    at.display(),
+                    program
+                )?,
+                Step::Image { mount: ImageMount::Directory { path }, at } => {
+                    writeln!(f, "bind directory image {} on {} (ro,nosuid,nodev)", path.display(), at.display())?
+                }
+                Step::Overlay { at, .. } => writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?,
+                Step::Dev { nodes, dirs } => writeln!(
+                    f,
+                    "minimal /dev: {} nodes, {} dirs ({})",
+                    nodes.len(),
+                    dirs.len(),
+                    nodes.iter().chain(dirs).map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+                )?,
+                Step::Bind { src, dst, readonly, why, .. } => writeln!(
+                    f,
+                    "bind {} -> {} ({}nosuid,nodev) [{}]",
+                    src.display(),
+                    dst.display(),
+                    if *readonly { "ro," } else { "" },
+                    why
+                )?,
+                Step::UserDb { dst, entry, .. } => writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?,
+                Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
+                Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
+            }
+        }
+        writeln!(f, "env: {} host variables passed; then the image's environment; then:", self.env.host.len())?;
+        for (k, v) in &self.env.overrides {
+            writeln!(f, "  {k}={v}")?;
+        }
+        for d in &self.env.ld_library_path_prepend {
+            writeln!(f, "  LD_LIBRARY_PATH first: {}", d.display())?;
+        }
+        writeln!(
+            f,
+            "workdir: {}{}",
+            self.workdir.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", else "),
+            if self.workdir_required { " (required)" } else { "" }
+        )?;
+        match &self.action {
+            Action::Exec(argv) => writeln!(f, "exec: {argv:?}"),
+            Action::Run(args) => writeln!(f, "run: the image's runscript with {args:?}"),
+            Action::Shell => writeln!(f, "shell: an interactive shell"),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::image::Format;
+
+    pub fn fake_kind(p: &Path) -> Option<PathKind> {
+        let s = p.to_str().unwrap();
+        if s.ends_with(".txt") || s.starts_with("/etc/") || s.starts_with("/dev/") && !s.ends_with("pts") && !s.ends_with("shm") {
+            return Some(PathKind::File);
+        }
+        if s.contains("missing") || s == "/dev/mqueue" || s == "/dev/hugepages" {
+            return None;
+        }
+        Some(PathKind::Dir)
+    }
+
+    pub fn facts() -> HostFacts {
+        HostFacts {
+            user: UserInfo {
+                uid: 1001,
+                gid: 1001,
+                name: "alice".into(),
+                home: "/home/alice".into(),
+                shell: "/bin/bash".into(),
+            },
+            cwd: Some("/scratch/alice/run1".into()),
+            env: vec![
+                ("PATH".into(), "/host/bin".into()),
+                ("TERM".into(), "xterm".into()),
+                ("SLURM_JOB_ID".into(), "7".into()),
+                ("MYVAR".into(), "1".into()),
+                ("BERTH_ENV_FOO".into(), "bar".into()),
+                ("LD_LIBRARY_PATH".into(), "/host/lib".into()),
+            ],
+            path_kind: fake_kind,
+        }
+    }
+
+    pub fn sqfs_image() -> Image {
+        Image {
+            path: "/images/app.sif".into(),
+            format: Format::Sif,
+            root: RootFs::Embedded { fs: FsType::Squashfs, offset: 4096, size: 1 << 20 },
+            file_size: 2 << 20,
+            partitions: vec![],
+            embedded_objects: vec![],
+        }
+    }
+
+    fn binds(p: &Plan) -> Vec<(String, String)> {
+        p.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Bind { src, dst, .. } => Some((src.display().to_string(), dst.display().to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_plan_order_and_binds() {
+        let req = Request::new("app.sif".into(), Action::Exec(vec!["true".into()]));
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        assert!(matches!(p.steps[0], Step::Staging { .. }));
+        match &p.steps[1] {
+            Step::Image { mount: ImageMount::Squashfuse { offset, image, .. }, .. } => {
+                assert_eq!(*offset, 4096);
+                assert_eq!(image, Path::new("/images/app.sif"));
+            }
+            s => panic!("unexpected {s:?}"),
+        }
+        assert!(matches!(p.steps[2], Step::Overlay { .. }));
+        let b = binds(&p);
+        let dsts: Vec<&str> = b.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(
+            dsts,
+            ["/proc", "/sys", "/tmp", "/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/home/alice", "/scratch/alice/run1"]
+        );
+        assert!(matches!(p.steps[p.steps.len() - 2], Step::ReadonlyRoot));
+        assert!(matches!(p.steps.last(), Some(Step::PivotRoot)));
+        assert_eq!(p.workdir, vec![PathBuf::from("/scratch/alice/run1"), "/home/alice".into(), "/".into()]);
+        assert!(!p.workdir_required);
+    }
+
+    #[test]
+    fn cwd_under_home_or_system_dir_is_not_bound_again() {
+        let req = Request::new("app.sif".into(), Action::Shell);
+        let mut f = facts();
+        f.cwd = Some("/home/alice/proj".into());
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        assert_eq!(binds(&p).iter().filter(|(s, _)| s.starts_with("/home")).count(), 1);
+        f.cwd = Some("/usr/share".into());
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        assert!(!binds(&p).iter().any(|(s, _)| s == "/usr/share"));
+    }
+
+    #[test]
+    fn user_and_site_binds_follow_defaults_and_need_sources() {
+        let mut cfg = Config::default();
+        cfg.binds.site = vec!["/lustre:/scratch".into()];
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.binds = BindSpec::parse_list("/data:/in:ro,rel.txt:/etc/app.conf").unwrap();
+        let p = plan(&req, &sqfs_image(), &cfg, &facts()).unwrap();
+        let b = binds(&p);
+        let n = b.len();
+        assert_eq!(b[n - 3], ("/lustre".into(), "/scratch".into()));
+        assert_eq!(b[n - 2], ("/data".into(), "/in".into()));
+        assert_eq!(b[n - 1], ("/scratch/alice/run1/rel.txt".into(), "/etc/app.conf".into()));
+
+        req.binds = BindSpec::parse_list("/missing/dir:/x").unwrap();
+        let e = plan(&req, &sqfs_image(), &cfg, &facts()).unwrap_err().to_string();
+        assert!(e.contains("/missing/dir does not exist"), "{e}");
+    }
+
+    #[test]
+    fn no_home_and_writable() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.mount_home = false;
+        req.writable_tmpfs = true;
+        let mut f = facts();
+        f.cwd = None;
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        assert!(!binds(&p).iter().any(|(s, _)| s == "/home/alice"));
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
+        assert_eq!(p.workdir, vec![PathBuf::from("/")]);
+    }
+
+    #[test]
+    fn env_rules() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.env = vec![("FOO".into(), "cli".into())];
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(host, ["TERM", "SLURM_JOB_ID", "MYVAR"]);
+        let ov = &p.env.overrides;
+        let foo: Vec<&str> = ov.iter().filter(|(k, _)| k == "FOO").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(foo, ["bar", "cli"], "BERTH_ENV_FOO then --env, later wins");
+
+        req.cleanenv = true;
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(host, ["TERM", "SLURM_JOB_ID"]);
+    }
+
+    #[test]
+    fn explicit_workdir_is_required_and_absolute() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.workdir = Some("/work".into());
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        assert_eq!((p.workdir.clone(), p.workdir_required), (vec![PathBuf::from("/work")], true));
+        req.workdir = Some("work".into());
+        assert!(plan(&req, &sqfs_image(), &Config::default(), &facts()).is_err());
+    }
+
+    #[test]
+    fn ext3_refused_unprivileged() {
+        let mut img = sqfs_image();
+        img.root = RootFs::Embedded { fs: FsType::Ext3, offset: 31, size: 100 };
+        let req = Request::new("old.img".into(), Action::Shell);
+        let e = plan(&req, &img, &Config::default(), &facts()).unwrap_err().to_string();
+        assert!(e.contains("ext3") && e.contains("privileged"), "{e}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The only place with system calls for container entry. `apply` talks to the [`MountOps`]
+//! trait, so mount sequences are unit-tested with a recorder and run for real with
+//! [`real::RealSys`]. Every `unsafe` block here carries a `// SAFETY:` comment.
+
+pub mod process;
+pub mod real;
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::error::Result;
+
+/// Mount attributes that berth sets (never clears) on a mount and, optionally, its submounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    pub readonly: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+}
+
+impl Attrs {
+    pub const SAFE: Attrs = Attrs { readonly: false, nosuid: true, nodev: true, noexec: false };
+    pub const SAFE_RO: Attrs = Attrs { readonly: true, nosuid: true, nodev: true, noexec: false };
+    pub const RO: Attrs = Attrs { readonly: true, nosuid: false, nodev: false, noexec: false };
+}
+
+/// What container set-up needs from the kernel.
+pub trait MountOps {
+    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+        -> Result<()>;
+    /// Add attributes without dropping flags the kernel has locked (e.g. on mounts inherited
+    /// from the host into a user namespace).
+    fn set_attrs(&mut self, target: &Path, recursive: bool, attrs: Attrs) -> Result<()>;
+    fn mkdir_all(&mut self, path: &Path) -> Result<()>;
+    /// Create an empty file as a mount point if nothing is there.
+    fn ensure_file(&mut self, path: &Path) -> Result<()>;
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()>;
+    fn read_file(&mut self, path: &Path) -> Option<String>;
+    /// Permission bits of an existing directory, or None when nothing (or not a directory) is
+    /// there.
+    fn dir_mode(&mut self, path: &Path) -> Option<u32>;
+    /// Whether anything (even a dangling symlink) exists at `path`.
+    fn exists(&mut self, path: &Path) -> bool;
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()>;
+    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()>;
+    /// Resolve `path` inside `root` as if `root` were `/` (symlinks in the image cannot point
+    /// a mount outside the new root).
+    fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf>;
+    /// Mount `/dev/fuse` on `at` and start the SquashFS server on it.
+    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()>;
+    fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
+}
+
+/// Records operations instead of performing them (tests, and reading a plan as operations).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub ops: Vec<String>,
+    /// Files `read_file` returns.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+impl MountOps for Recorder {
+    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+        -> Result<()> {
+        self.ops.push(format!(
+            "mount {} {} {} {:?} {}",
+            src.map(|p| p.display().to_string()).unwrap_or("-".into()),
+            target.display(),
+            fstype.unwrap_or("-"),
+            flags,
+            data.unwrap_or("-")
+        ));
+        Ok(())
+    }
+    fn set_attrs(&mut self, target: &Path, recursive: bool, a: Attrs) -> Result<()> {
+        self.ops.push(format!("attrs {} rec={} {:?}", target.display(), recursive, a));
+        Ok(())
+    }
+    fn mkdir_all(&mut self, path: &Path) -> Result<()> {
+        self.ops.push(format!("mkdir {}", path.display()));
+        Ok(())
+    }
+    fn ensure_file(&mut self, path: &Path) -> Result<()> {
+        self.ops.push(format!("touch {}", path.display()));
+        Ok(())
+    }
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()> {
+        self.ops.push(format!("write {} {:?}", path.display(), String::from_utf8_lossy(data)));
+        Ok(())
+    }
+    fn read_file(&mut self, path: &Path) -> Option<String> {
+        self.files.iter().find(|(p, _)| p == path).map(|(_, s)| s.clone())
+    }
+    fn dir_mode(&mut self, _path: &Path) -> Option<u32> {
+        None
+    }
+    fn exists(&mut self, path: &Path) -> bool {
+        self.files.iter().any(|(p, _)| p == path)
+    }
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
+        self.ops.push(format!("chmod {} {mode:o}", path.display()));
+        Ok(())
+    }
+    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
+        self.ops.push(format!("symlink {} -> {}", link.display(), target.display()));
+        Ok(())
+    }
+    fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf> {
+        Ok(root.join(path.strip_prefix("/").unwrap_or(path)))
+    }
+    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
+        self.ops.push(format!("squashfuse {program} {} offset={offset} on {}", image.display(), at.display()));
+        Ok(())
+    }
+    fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
+        self.ops.push(format!("pivot_root {}", new_root.display()));
+        Ok(())
+    }
+}

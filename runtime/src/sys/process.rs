@@ -1,0 +1,218 @@
+//! Process-level system calls: entering namespaces, starting the contained program, passing
+//! signals and exit status through.
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::error::{Error, Result, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+use crate::plan::DEFAULT_PATH;
+
+/// Enter new user and mount namespaces, mapping the user (and their group) to themselves.
+/// Must be called while the process is single-threaded (a kernel rule for user namespaces).
+pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::sys("unshare", "user and mount namespaces", e))?;
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| Error::io("cannot write", Path::new(file), e))
+    };
+    // An unprivileged process may map only its own ids, and only after giving up setgroups();
+    // its supplementary groups still count for file access on the host.
+    if uid != 0 {
+        write("setgroups", "deny".into())?;
+    }
+    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    write("gid_map", format!("{gid} {gid} 1\n"))?;
+    // Our mounts must never propagate back to the host; the host's unmounts still reach us.
+    nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| Error::sys("make mounts private on", "/", e))
+}
+
+/// Join the user and mount namespaces of `pid` (a holder), checking they are the ones recorded.
+pub fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let open = |ns: &str, want: u64| -> Result<std::fs::File> {
+        let p = format!("/proc/{pid}/ns/{ns}");
+        let f = std::fs::File::open(&p).map_err(|e| Error::io("cannot open namespace", Path::new(&p), e))?;
+        let ino = f.metadata().map_err(|e| Error::io("cannot stat", Path::new(&p), e))?.ino();
+        if ino != want {
+            return Err(Error::request(
+                format!("container holder {pid}"),
+                format!("its {ns} namespace changed (process id reused?)"),
+                "the container is gone; start it again",
+            ));
+        }
+        Ok(f)
+    };
+    let user = open("user", user_ino)?;
+    let mnt = open("mnt", mnt_ino)?;
+    // The user namespace first: it grants the capability needed to join its mount namespace.
+    // Joining one's own namespace again is refused (EINVAL), which happens when a process
+    // inside the container starts another joiner: then there is nothing to do.
+    let own = std::fs::metadata("/proc/self/ns/user").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    if own != Some(user_ino) {
+        nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| Error::sys("setns", "user namespace", e))?;
+    }
+    nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS).map_err(|e| Error::sys("setns", "mount namespace", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir", "/", e))
+}
+
+/// The last steps before the user's program: no privilege can be gained by `execve` from here.
+pub fn harden_before_exec() -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl", "no_new_privs", e))
+}
+
+/// Replace this process with `argv`, searching `PATH` from the container's `env` (not the
+/// host's). Returns only on failure, with a shell-like error (127 not found, 126 not executable).
+pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
+    let Some(cmd) = argv.first() else {
+        return Error::Exec { cmd: "berth".into(), reason: "no command given".into(), code: EXIT_NOT_FOUND };
+    };
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let c_argv: Vec<CString> = argv.iter().map(|a| to_c(a)).collect();
+    let c_env: Vec<CString> = env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+    let candidates: Vec<String> = if cmd.contains('/') {
+        vec![cmd.clone()]
+    } else {
+        path.split(':').map(|d| if d.is_empty() { cmd.clone() } else { format!("{d}/{cmd}") }).collect()
+    };
+    let mut denied = false;
+    for c in candidates {
+        match nix::unistd::execve(&to_c(&c), &c_argv, &c_env) {
+            Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => continue,
+            Err(nix::Error::EACCES) => denied = true,
+            Err(nix::Error::ENOEXEC) => {
+                // A script without a #! line: run it with the image's shell, as shells do.
+                let mut sh_argv = vec![to_c("/bin/sh"), to_c(&c)];
+                sh_argv.extend(c_argv.iter().skip(1).cloned());
+                let e = nix::unistd::execve(&to_c("/bin/sh"), &sh_argv, &c_env).unwrap_err();
+                return Error::Exec { cmd: cmd.clone(), reason: format!("cannot run: {e}"), code: EXIT_NOT_EXECUTABLE };
+            }
+            Err(e) => return Error::Exec { cmd: cmd.clone(), reason: e.desc().to_lowercase(), code: EXIT_NOT_EXECUTABLE },
+            Ok(never) => match never {},
+        }
+    }
+    if denied {
+        Error::Exec { cmd: cmd.clone(), reason: "Permission denied".into(), code: EXIT_NOT_EXECUTABLE }
+    } else {
+        let reason = if cmd.contains('/') { "No such file or directory in the image" } else { "command not found in the image" };
+        Error::Exec { cmd: cmd.clone(), reason: reason.into(), code: EXIT_NOT_FOUND }
+    }
+}
+
+/// How the contained program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Signaled(Signal),
+}
+
+/// Signals berth passes on to the contained program.
+const FORWARDED: &[Signal] =
+    &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM];
+
+/// Run `child` in a forked process and wait for it, forwarding signals sent to berth.
+/// `on_other_child` is told about other children that end (the FUSE server).
+pub fn fork_and_wait(child: impl FnOnce() -> i32, mut on_other_child: impl FnMut(Pid, WaitStatus)) -> Result<Ended> {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(|e| Error::sys("sigprocmask", "", e))?;
+    // SAFETY: berth is single-threaded here, so the child may run any code before exec.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", "", e))? {
+        ForkResult::Child => {
+            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            // If berth is killed outright, the contained program goes too (no orphans left
+            // running on a node after the FUSE server is gone).
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            let code = child();
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            let sfd = SignalFd::new(&set).map_err(|e| Error::sys("signalfd", "", e))?;
+            loop {
+                let Ok(Some(info)) = sfd.read_signal() else { continue };
+                let sig = Signal::try_from(info.ssi_signo as i32).ok();
+                if sig == Some(Signal::SIGCHLD) {
+                    while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        match st {
+                            WaitStatus::StillAlive => break,
+                            WaitStatus::Exited(p, code) if p == child => return Ok(Ended::Exited(code)),
+                            WaitStatus::Signaled(p, s, _) if p == child => return Ok(Ended::Signaled(s)),
+                            other => {
+                                if let Some(p) = other.pid() {
+                                    on_other_child(p, other)
+                                }
+                            }
+                        }
+                    }
+                } else if let Some(s) = sig {
+                    // A signal from the terminal already reached the whole foreground process
+                    // group, the program included: pass on only those sent to berth itself.
+                    if info.ssi_code != libc::SI_KERNEL {
+                        let _ = nix::sys::signal::kill(child, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Leave the way the contained program did: same exit code, or the same signal.
+pub fn exit_like(ended: Ended) -> ! {
+    match ended {
+        Ended::Exited(code) => std::process::exit(code),
+        Ended::Signaled(sig) => {
+            // SAFETY: restoring the default action of one signal; no handler state is shared.
+            unsafe {
+                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+            }
+            let mut set = SigSet::empty();
+            set.add(sig);
+            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+            let _ = nix::sys::signal::raise(sig);
+            std::process::exit(128 + sig as i32)
+        }
+    }
+}
+
+/// Wait for signals that end a holder; returns the signal, or None if `stop` says so.
+pub fn wait_for_stop(mut child_ended: impl FnMut(Pid, WaitStatus) -> bool) -> Result<Option<Signal>> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        set.add(s);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| Error::sys("sigprocmask", "", e))?;
+    let sfd = SignalFd::new(&set).map_err(|e| Error::sys("signalfd", "", e))?;
+    loop {
+        let Ok(Some(info)) = sfd.read_signal() else { continue };
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGCHLD) => {
+                while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    match st.pid() {
+                        None => break,
+                        Some(p) => {
+                            if child_ended(p, st) {
+                                return Ok(None);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(s) => return Ok(Some(s)),
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! [`MountOps`] with real system calls.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{statvfs, FsFlags};
+
+use super::{Attrs, MountOps};
+use crate::error::{Error, Result};
+
+/// Real system calls, plus the FUSE server it started (owned: killed when dropped).
+pub struct RealSys {
+    uid: u32,
+    gid: u32,
+    pub fuse: Option<FuseServer>,
+}
+
+/// A running `squashfuse_ll`. Dropping it stops the server; the mount goes with the namespace.
+pub struct FuseServer {
+    pub child: Child,
+    pub image: PathBuf,
+}
+
+impl FuseServer {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Stop the server: SIGTERM (it unmounts and exits), SIGKILL if it lingers.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RealSys {
+    pub fn new(uid: u32, gid: u32) -> Self {
+        RealSys { uid, gid, fuse: None }
+    }
+}
+
+impl Drop for RealSys {
+    fn drop(&mut self) {
+        if let Some(f) = self.fuse.take() {
+            f.stop();
+        }
+    }
+}
+
+fn io_err(what: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::io(what, p, e)
+}
+
+// Constants of mount_setattr(2) (linux/mount.h), not yet in the libc crate for all targets.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2): sets attributes on a whole subtree in one call, leaving locked flags
+/// alone. Returns ENOSYS on kernels before 5.12.
+fn mount_setattr(target: &Path, recursive: bool, a: Attrs) -> nix::Result<()> {
+    let mut set = 0;
+    if a.readonly {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if a.nosuid {
+        set |= MOUNT_ATTR_NOSUID;
+    }
+    if a.nodev {
+        set |= MOUNT_ATTR_NODEV;
+    }
+    if a.noexec {
+        set |= MOUNT_ATTR_NOEXEC;
+    }
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)?;
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path and `attr` a properly laid out mount_attr
+    // that outlives the call; the kernel reads exactly `size_of::<MountAttr>()` bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
+}
+
+/// Fallback for old kernels: remount the top mount only, re-stating the flags it already has
+/// (a user namespace may not clear locked flags, so they must be repeated).
+fn remount_keep_flags(target: &Path, a: Attrs) -> nix::Result<()> {
+    let st = statvfs(target)?;
+    let have = st.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    for (f, m) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(f) {
+            flags |= m;
+        }
+    }
+    if a.readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if a.nosuid {
+        flags |= MsFlags::MS_NOSUID;
+    }
+    if a.nodev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if a.noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+}
+
+impl MountOps for RealSys {
+    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+        -> Result<()> {
+        mount(src, target, fstype, flags, data).map_err(|e| {
+            Error::sys(
+                format!("mount {}", src.map(|s| s.display().to_string()).unwrap_or_else(|| format!("{flags:?}"))),
+                target.display(),
+                e,
+            )
+        })
+    }
+
+    fn set_attrs(&mut self, target: &Path, recursive: bool, a: Attrs) -> Result<()> {
+        match mount_setattr(target, recursive, a) {
+            Ok(()) => Ok(()),
+            Err(nix::Error::ENOSYS) => remount_keep_flags(target, a),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| Error::sys("set mount attributes on", target.display(), e))
+    }
+
+    fn mkdir_all(&mut self, path: &Path) -> Result<()> {
+        std::fs::create_dir_all(path).map_err(|e| io_err("cannot create directory", path, e))
+    }
+
+    fn ensure_file(&mut self, path: &Path) -> Result<()> {
+        if path.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            self.mkdir_all(parent)?;
+        }
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map(drop)
+            .map_err(|e| io_err("cannot create mount point", path, e))
+    }
+
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()> {
+        std::fs::write(path, data).map_err(|e| io_err("cannot write", path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| io_err("cannot chmod", path, e))
+    }
+
+    fn read_file(&mut self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+
+    fn dir_mode(&mut self, path: &Path) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| m.mode() & 0o7777)
+    }
+
+    fn exists(&mut self, path: &Path) -> bool {
+        path.symlink_metadata().is_ok()
+    }
+
+    fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io_err("cannot chmod", path, e))
+    }
+
+    fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err("cannot create symlink", link, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf> {
+        resolve_in_root(root, path)
+    }
+
+    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
+        // berth mounts /dev/fuse itself and hands the open descriptor to the server as
+        // `/dev/fd/N` (libfuse >= 3.3): the mount exists with our flags before the server runs,
+        // so there is no wait-for-mount polling and no fusermount helper.
+        let fuse: OwnedFd = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+            .map(|fd| {
+                // SAFETY: `open` just returned this descriptor and nothing else owns it.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+            })
+            .map_err(|e| Error::Sys {
+                op: "open".into(),
+                target: "/dev/fuse".into(),
+                source: e,
+                hint: "FUSE must be usable by users (ask your administrator: modprobe fuse; chmod 0666 /dev/fuse)".into(),
+            })?;
+        let fd = fuse.as_raw_fd();
+        let opts = format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
+        self.mount(
+            Some(Path::new("squashfuse")),
+            at,
+            Some("fuse.squashfuse"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&opts),
+        )?;
+        let mut cmd = Command::new(program);
+        cmd.arg("-f");
+        if offset > 0 {
+            cmd.arg("-o").arg(format!("offset={offset}"));
+        }
+        cmd.arg(image).arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
+        // safe calls (fcntl, prctl) on the descriptor we own.
+        unsafe {
+            cmd.pre_exec(move || {
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| Error::Io {
+            what: format!("cannot start {program}"),
+            path: image.to_path_buf(),
+            source: e,
+            hint: "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml".into(),
+        })?;
+        drop(fuse);
+        self.fuse = Some(FuseServer { child, image: image.to_path_buf() });
+        // First access waits for the server's INIT; if the server died, the kernel answers
+        // ENOTCONN at once, so this never hangs.
+        if let Err(e) = std::fs::read_dir(at) {
+            let status = self.fuse.as_mut().and_then(|f| f.child.try_wait().ok().flatten());
+            return Err(Error::image(
+                image,
+                format!("{program} could not serve the image ({e}{})", status.map(|s| format!(", {s}")).unwrap_or_default()),
+                "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
+            ));
+        }
+        Ok(())
+    }
+
+    fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
+        // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
+        // the container's tree, with no directory needed for the old root.
+        let fail = |op: &str, e| Error::sys(op, new_root.display(), e);
+        nix::unistd::chdir(new_root).map_err(|e| fail("chdir", e))?;
+        nix::unistd::pivot_root(".", ".").map_err(|e| fail("pivot_root", e))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach the old root from", e))?;
+        nix::unistd::chdir("/").map_err(|e| fail("chdir", e))
+    }
+}
+
+/// Resolve `path` under `root`, following symlinks as if `root` were `/`, so a link in the image
+/// (say `/etc/localtime -> /usr/share/zoneinfo/UTC`) resolves inside the image, never on the host.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
+    let mut todo: Vec<PathBuf> = path.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
+    let mut out = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match Path::new(&c).components().next() {
+            None | Some(Component::RootDir) | Some(Component::CurDir) => {}
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(_) => {
+                let cand = root.join(&out).join(&c);
+                match std::fs::symlink_metadata(&cand) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        links += 1;
+                        if links > 40 {
+                            return Err(Error::request(
+                                format!("path {} in the image", path.display()),
+                                "too many levels of symbolic links",
+                                "",
+                            ));
+                        }
+                        let target = std::fs::read_link(&cand).map_err(|e| io_err("cannot read link", &cand, e))?;
+                        if target.is_absolute() {
+                            out.clear();
+                        }
+                        todo.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
+                    }
+                    _ => out.push(&c),
+                }
+            }
+        }
+    }
+    Ok(root.join(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("usr/share/zoneinfo")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", r.join("etc/localtime")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc", r.join("usr/share/escape")).unwrap();
+        assert_eq!(resolve_in_root(r, Path::new("/etc/localtime")).unwrap(), r.join("usr/share/zoneinfo/UTC"));
+        assert_eq!(resolve_in_root(r, Path::new("/usr/share/escape/passwd")).unwrap(), r.join("etc/passwd"));
+        assert_eq!(resolve_in_root(r, Path::new("/new/dir")).unwrap(), r.join("new/dir"));
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert!(resolve_in_root(r, Path::new("/loop/x")).is_err());
+    }
+}
