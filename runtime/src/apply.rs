@@ -203,7 +203,7 @@ mod tests {
         assert!(pos("MS_UNBINDABLE") < pos("squashfuse squashfuse_ll /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image"));
         assert!(pos("offset=4096") < pos("mount overlay /tmp/berth-1001/mnt/root overlay"));
         // Binds land under the new root, recursive, then made nosuid,nodev.
-        assert!(pos("mount /home/alice /tmp/berth-1001/mnt/root/home/alice - MS_BIND | MS_REC")
+        assert!(pos("mount /home/alice /tmp/berth-1001/mnt/root/home/alice - MsFlags(MS_BIND | MS_REC)")
             < pos("attrs /tmp/berth-1001/mnt/root/home/alice rec=true Attrs { readonly: false, nosuid: true, nodev: true"));
         assert!(ops.contains("attrs /tmp/berth-1001/mnt/root/etc/hosts rec=true Attrs { readonly: true"));
         // The user's passwd entry replaces the image's one of the same name.
@@ -221,9 +221,12 @@ mod tests {
         let mut rec = Recorder::default();
         apply(&plan, &mut rec).unwrap();
         let ops = rec.ops.join("\n");
-        assert!(ops.contains("mount /dev/null /tmp/berth-1001/mnt/root/dev/null - MS_BIND -"), "{ops}");
+        assert!(ops.contains("mount /dev/null /tmp/berth-1001/mnt/root/dev/null - MsFlags(MS_BIND) -"), "{ops}");
         assert!(ops.contains("attrs /tmp/berth-1001/mnt/root/dev/null rec=false Attrs { readonly: false, nosuid: true, nodev: false, noexec: true }"));
-        assert!(ops.contains("mount /dev/shm /tmp/berth-1001/mnt/root/dev/shm - MS_BIND | MS_REC"));
+        assert!(ops.contains("mount /dev/shm /tmp/berth-1001/mnt/root/dev/shm - MsFlags(MS_BIND | MS_REC)"));
         assert!(ops.contains("symlink /tmp/berth-1001/mnt/root/dev/fd -> /proc/self/fd"));
+        // Mount points the image lacks are made in the upper layer before the overlay exists.
+        assert!(ops.find("mkdir /tmp/berth-1001/mnt/overlay/upper/home/alice").unwrap() < ops.find("mount overlay").unwrap());
+        assert_eq!(rec.ops.iter().filter(|o| *o == "mkdir /tmp/berth-1001/mnt/overlay/upper/etc").count(), 1);
     }
 }

@@ -57,7 +57,7 @@ pub trait MountOps {
 #[derive(Debug, Default)]
 pub struct Recorder {
     pub ops: Vec<String>,
-    /// Files `read_file` returns.
+    /// Files `read_file` returns; paths created so far count as existing too.
     pub files: Vec<(PathBuf, String)>,
 }
 
@@ -80,10 +80,12 @@ impl MountOps for Recorder {
     }
     fn mkdir_all(&mut self, path: &Path) -> Result<()> {
         self.ops.push(format!("mkdir {}", path.display()));
+        self.files.push((path.to_path_buf(), String::new()));
         Ok(())
     }
     fn ensure_file(&mut self, path: &Path) -> Result<()> {
         self.ops.push(format!("touch {}", path.display()));
+        self.files.push((path.to_path_buf(), String::new()));
         Ok(())
     }
     fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()> {
