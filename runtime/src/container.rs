@@ -291,7 +291,7 @@ impl Joined {
     /// The environment for a joining task: its own host variables filtered like the holder's,
     /// the image's environment, then the holder's overrides.
     pub fn env(&self, cfg: &Config, host: &HostFacts) -> Env {
-        let mut envplan = crate::plan::filter_host_env(&host.env, self.state.cleanenv, cfg);
+        let mut envplan = crate::plan::filter_host_env(&host.env, self.state.cleanenv, cfg, &host.user);
         envplan.overrides = self.state.env.overrides.clone();
         envplan.ld_library_path_prepend = self.state.env.ld_library_path_prepend.clone();
         compose(&envplan, &self.meta.env_files)

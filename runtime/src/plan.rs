@@ -326,7 +326,9 @@ fn absolute(p: &Path, host: &HostFacts) -> PathBuf {
 pub const ENV_PREFIXES: &[&str] = &["BERTH_ENV_", "APPTAINERENV_", "SINGULARITYENV_"];
 
 /// The host variables passed in, and those given by prefix (`BERTH_ENV_X=v` sets `X=v`).
-pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Config) -> EnvPlan {
+/// The user's identity (`USER`, `LOGNAME`, `HOME`) comes first, so the image's environment
+/// files can use it.
+pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Config, user: &UserInfo) -> EnvPlan {
     let blocked = |k: &str| HOST_ENV_BLOCKED.contains(&k) || cfg.env.block.iter().any(|b| b == k);
     let kept_clean = |k: &str| {
         CLEANENV_KEEP.contains(&k)
@@ -341,21 +343,23 @@ pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Conf
             }
             continue;
         }
-        if k.starts_with("BERTH_") || blocked(k) || (cleanenv && !kept_clean(k)) {
+        if k.starts_with("BERTH_") || blocked(k) || (cleanenv && !kept_clean(k)) || IDENTITY.contains(&k.as_str()) {
             continue;
         }
         env.host.push((k.clone(), v.clone()));
     }
+    let home = user.home.display().to_string();
+    for (k, v) in [("USER", &user.name), ("LOGNAME", &user.name), ("HOME", &home)] {
+        env.host.push((k.to_string(), v.clone()));
+    }
     env
 }
 
+const IDENTITY: &[&str] = &["USER", "LOGNAME", "HOME"];
+
 fn plan_env(req: &Request, cfg: &Config, host: &HostFacts) -> EnvPlan {
-    let mut env = filter_host_env(&host.env, req.cleanenv, cfg);
+    let mut env = filter_host_env(&host.env, req.cleanenv, cfg, &host.user);
     let prefixed = std::mem::take(&mut env.overrides);
-    let u = &host.user;
-    env.overrides.push(("USER".into(), u.name.clone()));
-    env.overrides.push(("LOGNAME".into(), u.name.clone()));
-    env.overrides.push(("HOME".into(), u.home.display().to_string()));
     env.overrides.push(("BERTH_CONTAINER".into(), req.image.display().to_string()));
     env.overrides.extend(prefixed);
     env.overrides.extend(req.env.iter().cloned());
@@ -558,7 +562,7 @@ pub(crate) mod tests {
         req.env = vec![("FOO".into(), "cli".into())];
         let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
         let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(host, ["TERM", "SLURM_JOB_ID", "MYVAR"]);
+        assert_eq!(host, ["TERM", "SLURM_JOB_ID", "MYVAR", "USER", "LOGNAME", "HOME"]);
         let ov = &p.env.overrides;
         let foo: Vec<&str> = ov.iter().filter(|(k, _)| k == "FOO").map(|(_, v)| v.as_str()).collect();
         assert_eq!(foo, ["bar", "cli"], "BERTH_ENV_FOO then --env, later wins");
@@ -566,7 +570,7 @@ pub(crate) mod tests {
         req.cleanenv = true;
         let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
         let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(host, ["TERM", "SLURM_JOB_ID"]);
+        assert_eq!(host, ["TERM", "SLURM_JOB_ID", "USER", "LOGNAME", "HOME"]);
     }
 
     #[test]

@@ -120,7 +120,12 @@ const FORWARDED: &[Signal] =
 
 /// Run `child` in a forked process and wait for it, forwarding signals sent to berth.
 /// `on_other_child` is told about other children that end (the FUSE server).
+///
+/// berth is a child subreaper meanwhile: whatever the program leaves running in the background
+/// is re-parented to berth and killed once the program ends, since the image's FUSE server
+/// stops then and such processes could only fail (nothing is left behind on a node).
 pub fn fork_and_wait(child: impl FnOnce() -> i32, mut on_other_child: impl FnMut(Pid, WaitStatus)) -> Result<Ended> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::sys("prctl", "child subreaper", e))?;
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(*s);
@@ -147,16 +152,19 @@ pub fn fork_and_wait(child: impl FnOnce() -> i32, mut on_other_child: impl FnMut
                 let sig = Signal::try_from(info.ssi_signo as i32).ok();
                 if sig == Some(Signal::SIGCHLD) {
                     while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                        match st {
+                        let ended = match st {
                             WaitStatus::StillAlive => break,
-                            WaitStatus::Exited(p, code) if p == child => return Ok(Ended::Exited(code)),
-                            WaitStatus::Signaled(p, s, _) if p == child => return Ok(Ended::Signaled(s)),
+                            WaitStatus::Exited(p, code) if p == child => Ended::Exited(code),
+                            WaitStatus::Signaled(p, s, _) if p == child => Ended::Signaled(s),
                             other => {
                                 if let Some(p) = other.pid() {
                                     on_other_child(p, other)
                                 }
+                                continue;
                             }
-                        }
+                        };
+                        kill_orphans(&mut on_other_child);
+                        return Ok(ended);
                     }
                 } else if let Some(s) = sig {
                     // A signal from the terminal already reached the whole foreground process
@@ -165,6 +173,39 @@ pub fn fork_and_wait(child: impl FnOnce() -> i32, mut on_other_child: impl FnMut
                         let _ = nix::sys::signal::kill(child, s);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Our children other than those that serve the container (the FUSE server is started before
+/// and reaped by its owner): orphans of the contained program, re-parented to us.
+fn children() -> Vec<Pid> {
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok().map(Pid::from_raw))
+        .collect()
+}
+
+fn kill_orphans(on_other_child: &mut impl FnMut(Pid, WaitStatus)) {
+    let servers: Vec<Pid> = children();
+    let is_server = |p: &Pid| {
+        std::fs::read_to_string(format!("/proc/{p}/cmdline")).map(|c| c.contains("/dev/fd/")).unwrap_or(false)
+    };
+    let servers: Vec<Pid> = servers.into_iter().filter(is_server).collect();
+    for _round in 0..100 {
+        let orphans: Vec<Pid> = children().into_iter().filter(|p| !servers.contains(p)).collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for p in &orphans {
+            let _ = nix::sys::signal::kill(*p, Signal::SIGKILL);
+        }
+        for p in &orphans {
+            if let Ok(st) = waitpid(*p, None) {
+                on_other_child(*p, st);
             }
         }
     }

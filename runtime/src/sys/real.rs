@@ -258,7 +258,18 @@ impl MountOps for RealSys {
         if offset > 0 {
             cmd.arg("-o").arg(format!("offset={offset}"));
         }
+        // The server's own complaints ("Something went wrong...") go to an anonymous file and
+        // into our message, so the user sees one clear error.
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(at.parent().unwrap_or(Path::new("/tmp")))
+            .ok();
+        let log_for_child = log.as_ref().and_then(|f| f.try_clone().ok());
         cmd.arg(image).arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
         // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
         // safe calls (fcntl, prctl) on the descriptor we own.
         unsafe {
@@ -280,9 +291,19 @@ impl MountOps for RealSys {
         // ENOTCONN at once, so this never hangs.
         if let Err(e) = std::fs::read_dir(at) {
             let status = self.fuse.as_mut().and_then(|f| f.child.try_wait().ok().flatten());
+            let said = log
+                .map(|mut f| {
+                    use std::io::{Read, Seek};
+                    let mut s = String::new();
+                    let _ = f.rewind().and_then(|_| f.take(4096).read_to_string(&mut s));
+                    s.split_whitespace().collect::<Vec<_>>().join(" ")
+                })
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             return Err(Error::image(
                 image,
-                format!("{program} could not serve the image ({e}{})", status.map(|s| format!(", {s}")).unwrap_or_default()),
+                format!("{program} could not serve the image{said} ({e}{})", status.map(|s| format!(", {s}")).unwrap_or_default()),
                 "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
             ));
         }

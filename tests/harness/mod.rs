@@ -1,0 +1,201 @@
+//! Test harness: a real unprivileged user, real images built in the run (busybox-static +
+//! mksquashfs, Singularity 2.x and SIF layouts), and `berth` run as that user exactly as a
+//! person would. Needs root (to create the user); CI runs as root.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const USER: &str = "berthtest";
+
+pub struct World {
+    /// World-readable scratch tree for this test run.
+    pub dir: PathBuf,
+    pub berth: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// The standard busybox image (SquashFS).
+    pub image: PathBuf,
+    /// Its root tree (also usable as a directory image).
+    pub rootfs: PathBuf,
+}
+
+static WORLD: OnceLock<World> = OnceLock::new();
+
+pub fn world() -> &'static World {
+    WORLD.get_or_init(setup)
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "setup command failed: {cmd}");
+}
+
+fn setup() -> World {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the integration tests create an unprivileged user and must run as root (CI does); see README.md"
+    );
+    for tool in ["mksquashfs", "squashfuse_ll", "busybox", "cc"] {
+        assert!(
+            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().unwrap().success(),
+            "{tool} is missing: run .ci/run or `apt-get install squashfs-tools squashfuse busybox-static gcc`"
+        );
+    }
+    // Real systems have /dev/fuse 0666; this machine ships it 0600.
+    sh("chmod 0666 /dev/fuse");
+    sh(&format!("id -u {USER} >/dev/null 2>&1 || useradd -m -s /bin/sh {USER}"));
+    let pw = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    let dir = std::env::temp_dir().join(format!("berth-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The binary may sit under a private directory (e.g. /root): copy it where the user can run it.
+    let berth = dir.join("berth");
+    std::fs::copy(env!("CARGO_BIN_EXE_berth"), &berth).unwrap();
+    let rootfs = dir.join("rootfs");
+    build_busybox_root(&rootfs);
+    let image = dir.join("app.sqsh");
+    mksquashfs(&rootfs, &image);
+    World { dir, berth, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir, image, rootfs }
+}
+
+/// A small image: busybox-static, a static POSIX-shm probe, Apptainer-layout metadata.
+pub fn build_busybox_root(root: &Path) {
+    let _ = std::fs::remove_dir_all(root);
+    for d in ["bin", "etc", "data", "opt/app/bin", ".singularity.d/env", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let helpers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/helpers");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(root.join("usr/bin/shmtool"))
+        .arg(helpers.join("shmtool.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the shm probe failed");
+    let w = |p: &str, s: &str| std::fs::write(root.join(p), s).unwrap();
+    w("etc/os-release", "PRETTY_NAME=\"berth test image\"\nNAME=\"berth-busybox\"\nID=berthtest\n");
+    w("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    w("etc/group", "root:x:0:\n");
+    w("opt/app/bin/hello", "#!/bin/sh\necho \"hello from the image, args: $*\"\n");
+    w(".singularity.d/runscript", "#!/bin/sh\necho \"runscript got: $*\"\nexit 0\n");
+    w(".singularity.d/env/90-environment.sh", "export APP_HOME=/opt/app\nexport PATH=/opt/app/bin:$PATH\nexport GREETING=\"hi ${USER:-nobody}\"\n");
+    w(".singularity.d/labels.json", "{\"org.label-schema.name\": \"berth-busybox\", \"Maintainer\": \"berth tests\"}\n");
+    w(".singularity.d/runscript.help", "This image says hello.\n");
+    w(".singularity.d/Singularity", "Bootstrap: scratch\n%runscript\n  echo hi\n");
+    std::fs::set_permissions(root.join("opt/app/bin/hello"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join(".singularity.d/runscript"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A world-writable directory, to tell --writable-tmpfs from a read-only root.
+    std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+pub fn mksquashfs(root: &Path, out: &Path) {
+    let st = Command::new("mksquashfs")
+        .arg(root)
+        .arg(out)
+        .args(["-noappend", "-quiet", "-all-root", "-comp", "gzip", "-no-progress"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mksquashfs failed");
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+impl World {
+    /// A command running `berth ARGS` as the test user, from `cwd`, with a plain environment.
+    pub fn berth(&self, args: &[&str]) -> Command {
+        self.command(&self.berth, args)
+    }
+
+    /// `program ARGS` as the test user (e.g. berth under another name).
+    pub fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("USER", USER)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TEST_HOST_MARK", "host")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        Out(self.berth(args).output().expect("run berth"))
+    }
+
+    pub fn image(&self) -> &str {
+        self.image.to_str().unwrap()
+    }
+
+    /// A path under the run's scratch dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A file the test user owns, with `contents`.
+    pub fn user_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, contents).unwrap();
+        nix::unistd::chown(&p, Some(self.uid.into()), Some(self.gid.into())).unwrap();
+        p
+    }
+
+    /// Processes of the test user still running (none must be left after a test).
+    pub fn user_processes(&self) -> Vec<String> {
+        let mut v = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = e.metadata() else { continue };
+            if m.uid() == self.uid && e.file_name().to_string_lossy().parse::<u32>().is_ok() {
+                if let Ok(cmd) = std::fs::read_to_string(e.path().join("cmdline")) {
+                    v.push(cmd.replace('\0', " "));
+                }
+            }
+        }
+        v
+    }
+}
+
+pub struct Out(pub Output);
+
+impl Out {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.0.status.code()
+    }
+    /// Assert success and return stdout.
+    pub fn ok(&self) -> String {
+        assert!(self.0.status.success(), "berth failed ({:?}):\nstdout: {}\nstderr: {}", self.0.status, self.stdout(), self.stderr());
+        self.stdout()
+    }
+    /// Assert berth's own failure (255) with one `berth:` message containing every needle.
+    pub fn fails_with(&self, needles: &[&str]) -> String {
+        let err = self.stderr();
+        assert_eq!(self.code(), Some(255), "expected berth's error exit; stderr: {err}; stdout: {}", self.stdout());
+        assert!(err.starts_with("berth: "), "message must start with 'berth: ': {err}");
+        assert_eq!(err.matches("berth: ").count(), 1, "one message expected: {err}");
+        for n in needles {
+            assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+        }
+        err
+    }
+}
