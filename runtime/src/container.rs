@@ -192,7 +192,12 @@ fn check_name(name: &str) -> Result<()> {
 fn proc_start_time(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22; the command name (field 2) may contain spaces, so count from its closing ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    // A zombie (state Z) has ended already: it only waits for its parent to reap it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
@@ -308,9 +313,24 @@ impl Joined {
     }
 }
 
-/// Stop holder `name`: SIGTERM, then SIGKILL after `grace`.
+/// Processes (other than the holder) inside the container's mount namespace.
+pub fn members(st: &HolderState) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != st.pid && ns_inode(&pid.to_string(), "mnt") == Some(st.mnt_ns))
+        .collect()
+}
+
+/// Stop holder `name`: its remaining member processes first (they would only fail once the
+/// image is unmounted), then the holder with SIGTERM, SIGKILL after `grace`.
 pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> Result<()> {
     let st = find_holder(cfg, uid, name)?;
+    for pid in members(&st) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
     let pid = nix::unistd::Pid::from_raw(st.pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let t0 = std::time::Instant::now();
