@@ -313,7 +313,13 @@ impl Joined {
     }
 }
 
-/// Processes (other than the holder) inside the container's mount namespace.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Processes inside the container's mount namespace other than the holder and the FUSE
+/// server it owns.
 pub fn members(st: &HolderState) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -321,6 +327,7 @@ pub fn members(st: &HolderState) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != st.pid && ns_inode(&pid.to_string(), "mnt") == Some(st.mnt_ns))
+        .filter(|&pid| parent_pid(pid) != Some(st.pid))
         .collect()
 }
 
