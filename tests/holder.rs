@@ -60,15 +60,16 @@ fn names_are_unique_and_stop_cleans_up() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let holder_pid = h.child.id();
+    let fuse_pid = std::fs::read_to_string(format!("/proc/{holder_pid}/task/{holder_pid}/children")).unwrap();
+    let fuse_pid = fuse_pid.trim();
+    assert!(std::fs::read_to_string(format!("/proc/{fuse_pid}/cmdline")).unwrap().starts_with("squashfuse_ll"));
     stop(w, h);
     let _ = bg.wait();
-    let left: Vec<String> = w
-        .user_processes()
-        .into_iter()
-        .filter(|p| p.starts_with("sleep 8888") || p.contains("step-stop") || p.contains("squashfuse"))
-        .collect();
+    let left: Vec<String> =
+        w.user_processes().into_iter().filter(|p| p.starts_with("sleep 8888") || p.contains("step-stop")).collect();
     assert!(left.is_empty(), "left after stop: {left:?}");
     assert!(!std::path::Path::new(&format!("/proc/{holder_pid}")).exists());
+    assert!(!std::path::Path::new(&format!("/proc/{fuse_pid}")).exists(), "FUSE server stopped");
     join(w, "step-stop", "true").fails_with(&["step-stop", "not running"]);
 }
 
