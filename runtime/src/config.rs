@@ -202,6 +202,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_exactly_the_defaults() {
+        let text = include_str!("../../packaging/berth.toml");
+        assert_eq!(Config::parse(text, Path::new("packaging/berth.toml")).unwrap(), Config::default());
+    }
+
+    #[test]
     fn state_dir_substitutes_uid() {
         assert_eq!(Config::default().state_dir_for(1001), PathBuf::from("/tmp/berth-1001"));
     }

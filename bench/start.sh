@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Container start-up cost, measured in one run on one machine:
+#   /bin/true natively; `berth exec IMG true` on a SquashFS file; Charliecloud's ch-run on the
+#   same file and on the unpacked directory; joining a held container; and berth on a 10 MB
+#   vs a 2 GB image (start cost must not grow with image size: berth mounts, never unpacks).
+# Prints a table of medians and ratios. Run as root (it creates the unprivileged user that
+# runs everything); needs: hyperfine, charliecloud-runtime, squashfs-tools, squashfuse, busybox-static.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+user=${BENCH_USER:-berthbench}
+runs=${BENCH_RUNS:-200}
+work=${BENCH_DIR:-/var/tmp/berth-bench}
+
+for t in hyperfine ch-run mksquashfs squashfuse_ll busybox; do
+  command -v "$t" >/dev/null || { echo "bench: $t missing (apt-get install hyperfine charliecloud-runtime squashfs-tools squashfuse busybox-static)" >&2; exit 2; }
+done
+chmod 0666 /dev/fuse
+id -u "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
+(cd "$here" && cargo build --release -q -p berth)
+install -d -m 0755 "$work"
+install -m 0755 "$here/target/release/berth" "$work/berth"
+
+make_root() { # DIR EXTRA_MB
+  rm -rf "$1"; mkdir -p "$1"/{bin,etc,tmp,proc,sys,dev,home}
+  cp /bin/busybox "$1/bin/"; for a in sh true cat ls; do ln -sf busybox "$1/bin/$a"; done
+  printf 'root:x:0:0::/root:/bin/sh\n%s:x:%s:%s::/home/%s:/bin/sh\n' "$user" "$(id -u "$user")" "$(id -g "$user")" "$user" > "$1/etc/passwd"
+  printf 'root:x:0:\n%s:x:%s:\n' "$user" "$(id -g "$user")" > "$1/etc/group"
+  if [ "$2" -gt 0 ]; then mkdir -p "$1/data"; head -c "$(( $2 * 1024 * 1024 ))" /dev/urandom > "$1/data/blob"; fi
+}
+if [ ! -f "$work/small.sqsh" ]; then
+  make_root "$work/small" 10
+  mksquashfs "$work/small" "$work/small.sqsh" -noappend -quiet -no-progress -all-root >/dev/null
+fi
+if [ ! -f "$work/big.sqsh" ]; then
+  echo "bench: building a 2 GB image once (cached in $work)" >&2
+  make_root "$work/big" 2048
+  # Random data does not compress: store it as is, which is also the fastest to build.
+  mksquashfs "$work/big" "$work/big.sqsh" -noappend -quiet -no-progress -all-root -noI -noD -noF -noX >/dev/null
+  rm -rf "$work/big"
+fi
+chmod -R a+rX "$work"
+
+as_user() { runuser -u "$user" -- env -i HOME="/home/$user" USER="$user" PATH=/usr/bin:/bin "$@"; }
+json="$work/results.json"
+as_user bash -c "cd /tmp && $work/berth holder --name bench $work/small.sqsh > $work/holder.out 2>&1 &"
+for _ in $(seq 100); do grep -q ready "$work/holder.out" 2>/dev/null && break; sleep 0.05; done
+trap 'as_user "$work/berth" stop bench >/dev/null 2>&1 || true' EXIT
+
+as_user hyperfine -N --warmup 10 --runs "$runs" --export-json "$json" --style none \
+  -n native '/bin/true' \
+  -n 'berth squashfs' "$work/berth exec $work/small.sqsh /bin/true" \
+  -n 'ch-run squashfs' "ch-run $work/small.sqsh -- /bin/true" \
+  -n 'ch-run directory' "ch-run $work/small -- /bin/true" \
+  -n 'berth join' "$work/berth exec --join bench /bin/true" \
+  -n 'berth 10 MB image' "$work/berth exec $work/small.sqsh /bin/true" \
+  -n 'berth 2 GB image' "$work/berth exec $work/big.sqsh /bin/true" >/dev/null
+
+python3 - "$json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+med = {k: v["median"] * 1000 for k, v in r.items()}
+print(f"{'case':<20} {'median ms':>10} {'mean ms':>9} {'stddev':>8}")
+for k, v in r.items():
+    print(f"{k:<20} {med[k]:>10.3f} {v['mean']*1000:>9.3f} {v['stddev']*1000:>8.3f}")
+print()
+def ratio(a, b, target, cmp):
+    x = med[a] / med[b]
+    ok = x <= target if cmp == "<=" else x >= target
+    print(f"{a + ' / ' + b:<42} {x:>7.3f}   target {cmp} {target}  {'OK' if ok else 'MISSED'}")
+ratio("berth squashfs", "ch-run squashfs", 0.5, "<=")
+ratio("berth squashfs", "ch-run directory", 1e9, "<=")
+ratio("berth squashfs", "native", 1e9, "<=")
+ratio("berth 2 GB image", "berth 10 MB image", 1.05, "<=")
+join = med["berth join"] - med["native"]
+print(f"{'join overhead (berth join - native)':<42} {join:>7.3f} ms target <= 1 ms  {'OK' if join <= 1 else 'MISSED'}")
+PY

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what berth needs to build, run and be tested on Debian 12. Idempotent; apt's own
+# cache (/var/cache/apt/archives) makes repeated runs on one machine fast.
+set -euo pipefail
+pkgs=(
+  # run time: FUSE SquashFS server, image tools
+  squashfuse fuse3 squashfs-tools e2fsprogs
+  # build
+  build-essential pkg-config libclang-dev
+  # tests: static busybox and static libc for test images, peers for the benchmarks
+  busybox-static libc6-dev hyperfine charliecloud-runtime
+  util-linux procps iproute2
+)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || {
+  echo "install-deps: no Rust toolchain: install one with rustup (Rust >= 1.75; Debian 12's cargo is too old)" >&2
+  exit 1
+}
+# Real systems let users open /dev/fuse; some minimal VMs ship it 0600.
+[ -c /dev/fuse ] && chmod 0666 /dev/fuse
+exit 0
