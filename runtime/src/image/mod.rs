@@ -249,6 +249,11 @@ fn guess_kind(head: &[u8]) -> (Option<&'static str>, &'static str) {
             Some("a bare ext2/3/4 filesystem, without a Singularity launch line"),
             "convert it: mount it (or use fuse2fs) and run `mksquashfs MOUNTPOINT IMAGE.sqsh`",
         );
+    } else if reader::bytes_at(head, sif::MAGIC_AT, 4) == b"SIF_" {
+        return (
+            Some("a SIF file whose header is damaged (SIF_MAGIC is garbled at byte 32)"),
+            HINT_COPY_AGAIN,
+        );
     } else if head.starts_with(b"#!") {
         "a script"
     } else {
@@ -256,3 +261,6 @@ fn guess_kind(head: &[u8]) -> (Option<&'static str>, &'static str) {
     };
     (Some(guess), HINT_FORMATS)
 }
+
+#[cfg(test)]
+mod tests;

@@ -204,7 +204,9 @@ pub(crate) mod tests {
         let tree = dir.join("tree");
         std::fs::create_dir_all(tree.join("bin")).ok()?;
         std::fs::write(tree.join("bin/hello"), b"#!/bin/sh\necho hello\n").ok()?;
-        std::fs::write(tree.join("README"), vec![b'x'; 10_000]).ok()?;
+        // Incompressible bytes, so the filesystem is large enough to cut in interesting places.
+        let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        std::fs::write(tree.join("README"), noise).ok()?;
         let out = dir.join("root.sqsh");
         let status = Command::new("mksquashfs")
             .arg(&tree)
