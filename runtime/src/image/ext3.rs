@@ -70,7 +70,7 @@ pub(crate) fn read_superblock(file: &ImageFile, offset: u64, available: u64, hol
     if le_u32(&sb, FEATURE_INCOMPAT) & INCOMPAT_64BIT != 0 {
         blocks_count |= u64::from(le_u32(&sb, BLOCKS_COUNT_HI)) << 32;
     }
-    let size = blocks_count.checked_mul(block_size).unwrap_or(u64::MAX);
+    let size = blocks_count.saturating_mul(block_size);
     if size > available {
         return Err(Error::image(
             path,

@@ -22,9 +22,9 @@ pub const DESCRIPTOR_LEN: usize = 585;
 pub const GROUP_MASK: u32 = 0xf000_0000;
 /// Objects larger than this are listed but not copied into `Image::embedded_objects`.
 pub const MAX_EMBEDDED_OBJECT: u64 = 1 << 20;
-/// A sanity cap on the descriptor count, so a corrupt header cannot make berth allocate
-/// gigabytes (sylabs writes 48 by default).
-const MAX_DESCRIPTORS: i64 = 1 << 16;
+/// A sanity cap on the descriptor count, so a corrupt header cannot make berth read and
+/// allocate a huge table (sylabs writes 48 by default; 4096 is 2.4 MB).
+const MAX_DESCRIPTORS: i64 = 4096;
 
 // Global header field offsets.
 const VERSION_AT: usize = 42;

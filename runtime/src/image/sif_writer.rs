@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::reader::ImageFile;
@@ -85,7 +86,7 @@ pub fn write_sif(out: &Path, root_squashfs: &Path, objects: &[SifObject], launch
     let root_len = checked_squashfs_len(root_squashfs)?;
     let mut tmp = TempFile::create_beside(out)?;
     write_contents(&mut tmp.file, &launch, root_squashfs, root_len, objects)
-        .map_err(|e| Error::io("cannot write the image", &tmp.path, e))?;
+        .map_err(|e| write_error("cannot write the image", &tmp.path, e))?;
     tmp.commit(out)
 }
 
@@ -257,6 +258,15 @@ fn random_uuid() -> [u8; 16] {
     id
 }
 
+fn write_error(what: &str, path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source,
+        hint: "check that the destination directory is writable by you and has room for the image".into(),
+    }
+}
+
 /// A file written beside its destination and renamed over it on success; removed otherwise.
 struct TempFile {
     /// Emptied once renamed, so `drop` leaves the result alone.
@@ -271,7 +281,10 @@ impl TempFile {
             _ => PathBuf::from("."),
         };
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        let path = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        // pid + a counter: unique even when threads of one process write images side by side.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
         // 0755 (less the umask): SIF files are meant to be executed (`./image.sif`), and sylabs/sif
         // creates them so.
         let file = OpenOptions::new()
@@ -279,12 +292,12 @@ impl TempFile {
             .create_new(true)
             .mode(0o755)
             .open(&path)
-            .map_err(|e| Error::io("cannot create the image", &path, e))?;
+            .map_err(|e| write_error("cannot create the image", &path, e))?;
         Ok(TempFile { path, file })
     }
 
     fn commit(mut self, out: &Path) -> Result<()> {
-        std::fs::rename(&self.path, out).map_err(|e| Error::io("cannot move the image into place at", out, e))?;
+        std::fs::rename(&self.path, out).map_err(|e| write_error("cannot move the image into place at", out, e))?;
         self.path = PathBuf::new();
         Ok(())
     }

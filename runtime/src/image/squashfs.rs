@@ -59,6 +59,19 @@ pub fn compression_name(id: u16) -> Option<&'static str> {
     })
 }
 
+/// Reads and checks the SquashFS superblock at `offset` in the file at `path` (for `berth build`
+/// and `inspect`; `open()` does this for the root filesystem of every image).
+pub fn superblock_at(path: &std::path::Path, offset: u64) -> Result<Superblock> {
+    let file = ImageFile::open(path)?;
+    let place = Place {
+        offset,
+        available: file.available_from(offset),
+        holder: "the file",
+        truncated_hint: super::reader::HINT_COPY_AGAIN,
+    };
+    read_superblock(&file, &place)
+}
+
 /// Where a SquashFS is expected, for error messages: `holder` names what contains it ("the
 /// file", "SIF partition 2") and `available` is how many bytes it holds from `offset` on.
 pub(crate) struct Place<'a> {
@@ -249,6 +262,9 @@ pub(crate) mod tests {
         assert!(sb.bytes_used <= file.size());
         assert_eq!(sb.block_size, 131072);
         assert_eq!(sb.compression, "gzip");
+        assert_eq!(superblock_at(&sqsh, 0).unwrap(), sb);
+        let msg = superblock_at(&sqsh, 1).unwrap_err().to_string();
+        assert!(msg.contains("no SquashFS superblock at offset 1"), "{msg}");
     }
 
     #[test]
