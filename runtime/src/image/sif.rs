@@ -178,8 +178,11 @@ struct Descriptor {
     id: u32,
     group: u32,
     link: u32,
+    /// Only meaningful once `check_in_file` has passed (offset and size then fit the file).
     offset: u64,
     size: u64,
+    /// Whether the on-disk offset or size was negative (corrupt; i64 on disk).
+    negative: bool,
     name: String,
     fs_type: i32,
     part_type: i32,
@@ -322,14 +325,15 @@ fn decode_descriptor(raw: &[u8]) -> Option<Descriptor> {
     }
     let mut arch = [0u8; 3];
     arch.copy_from_slice(bytes_at(raw, P_ARCH, 3).get(..3)?);
+    let (offset, size) = (le_i64(raw, D_OFFSET), le_i64(raw, D_SIZE));
     Some(Descriptor {
         data_type: le_i32(raw, D_TYPE),
         id: le_u32(raw, D_ID),
         group: le_u32(raw, D_GROUP),
         link: le_u32(raw, D_LINK),
-        // Negative offsets or sizes are corrupt; map them to values `check_in_file` rejects.
-        offset: u64::try_from(le_i64(raw, D_OFFSET)).unwrap_or(u64::MAX),
-        size: u64::try_from(le_i64(raw, D_SIZE)).unwrap_or(u64::MAX),
+        offset: offset.max(0) as u64,
+        size: size.max(0) as u64,
+        negative: offset < 0 || size < 0,
         name: c_string(bytes_at(raw, D_NAME, D_NAME_LEN)),
         fs_type: le_i32(raw, P_FS_TYPE),
         part_type: le_i32(raw, P_PART_TYPE),
@@ -338,21 +342,28 @@ fn decode_descriptor(raw: &[u8]) -> Option<Descriptor> {
 }
 
 fn check_in_file(file: &ImageFile, d: &Descriptor) -> Result<()> {
-    let end = d.offset.checked_add(d.size);
-    match end {
-        Some(end) if end <= file.size() => Ok(()),
-        _ => Err(Error::image(
+    if d.negative {
+        return Err(Error::image(
             file.path(),
-            format!(
-                "truncated: SIF {} spans bytes {}..{} but the file holds only {} bytes",
-                d.describe(),
-                d.offset,
-                end.map_or_else(|| "(overflow)".to_string(), |e| e.to_string()),
-                file.size()
-            ),
-            HINT_COPY_AGAIN,
-        )),
+            format!("corrupt SIF descriptor: {} has a negative offset or size", d.describe()),
+            "the image is damaged; copy it again or rebuild it",
+        ));
     }
+    // Both are below 2^63 here, so the sum cannot overflow.
+    let end = d.offset.saturating_add(d.size);
+    if end <= file.size() {
+        return Ok(());
+    }
+    Err(Error::image(
+        file.path(),
+        format!(
+            "truncated: SIF {} spans bytes {}..{end} but the file holds only {} bytes",
+            d.describe(),
+            d.offset,
+            file.size()
+        ),
+        HINT_COPY_AGAIN,
+    ))
 }
 
 /// The one partition marked "primary system", with a message that names the fix otherwise.

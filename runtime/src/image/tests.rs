@@ -292,7 +292,9 @@ fn sif_truncated_partition() {
 #[test]
 fn sif_negative_object_size() {
     let Some(r) = damaged_one_group(|b| put_i64(b, descriptor(0) + 25, -5)) else { return };
-    assert_error(r, &["SIF partition 1 (raw, system) spans bytes 32768..(overflow)"]);
+    assert_error(r, &["corrupt SIF descriptor: partition 1 (raw, system) has a negative offset or size"]);
+    let Some(r) = damaged_one_group(|b| put_i64(b, descriptor(0) + 25, i64::MAX)) else { return };
+    assert_error(r, &["SIF partition 1 (raw, system) spans bytes 32768..9223372036854808575 but the file holds only 40960"]);
 }
 
 #[test]
