@@ -100,6 +100,8 @@ pub struct Image {
     pub embedded_objects: Vec<(String, Vec<u8>)>,
     /// The root SquashFS's superblock (compression, inode count...), when the root is SquashFS.
     pub squashfs: Option<SquashfsInfo>,
+    /// The root ext3's superblock details, when the root is ext3.
+    pub ext3: Option<Ext3Info>,
     /// SIF global header details (SIF only).
     pub sif: Option<SifInfo>,
 }
@@ -114,6 +116,7 @@ impl Image {
             partitions: vec![],
             embedded_objects: vec![],
             squashfs: None,
+            ext3: None,
             sif: None,
         }
     }
@@ -183,6 +186,7 @@ fn open_sif(file: &ImageFile) -> Result<Image> {
     image.partitions = parsed.partitions;
     image.embedded_objects = parsed.embedded_objects;
     image.squashfs = parsed.squashfs;
+    image.ext3 = parsed.ext3;
     image.sif = Some(parsed.info);
     Ok(image)
 }
@@ -196,7 +200,9 @@ fn open_singularity2(file: &ImageFile, head: &[u8]) -> Result<Image> {
     if ext3::has_magic(file, offset)? {
         let info = ext3::read_superblock(file, offset, file.available_from(offset), "the file")?;
         let root = RootFs::Embedded { fs: FsType::Ext3, offset, size: info.size };
-        return Ok(Image::new(file.path(), Format::Singularity2Ext3, root, file.size()));
+        let mut image = Image::new(file.path(), Format::Singularity2Ext3, root, file.size());
+        image.ext3 = Some(info);
+        return Ok(image);
     }
     if file.size() <= offset + 4 {
         return Err(Error::image(

@@ -223,6 +223,7 @@ impl Descriptor {
 pub(crate) struct Parsed {
     pub root: RootFs,
     pub squashfs: Option<squashfs::Superblock>,
+    pub ext3: Option<ext3::Ext3Info>,
     pub info: SifInfo,
     pub partitions: Vec<Partition>,
     pub embedded_objects: Vec<(String, Vec<u8>)>,
@@ -237,10 +238,15 @@ pub(crate) fn parse(file: &ImageFile) -> Result<Parsed> {
         check_in_file(file, d)?;
     }
     let primary = primary_partition(file, &descriptors)?;
-    let (root, squashfs) = root_of(file, primary)?;
+    let (root, fs_info) = root_of(file, primary)?;
+    let (squashfs, ext3) = match fs_info {
+        RootFsInfo::Squashfs(sb) => (Some(sb), None),
+        RootFsInfo::Ext3(info) => (None, Some(info)),
+    };
     Ok(Parsed {
         root,
         squashfs,
+        ext3,
         info: info_of(&header),
         partitions: descriptors.iter().map(Descriptor::to_partition).collect(),
         embedded_objects: embedded_objects(file, &descriptors)?,
@@ -404,8 +410,14 @@ fn primary_partition<'a>(file: &ImageFile, descriptors: &'a [Descriptor]) -> Res
     }
 }
 
+/// What the primary partition's superblock says.
+enum RootFsInfo {
+    Squashfs(squashfs::Superblock),
+    Ext3(ext3::Ext3Info),
+}
+
 /// Locates and checks the filesystem inside the primary partition.
-fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, Option<squashfs::Superblock>)> {
+fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, RootFsInfo)> {
     let holder = format!("SIF partition {}", primary.id);
     match primary.fs_type {
         FS_SQUASHFS => {
@@ -417,11 +429,12 @@ fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, Option<squ
             };
             let sb = squashfs::read_superblock(file, &place)?;
             let root = RootFs::Embedded { fs: FsType::Squashfs, offset: primary.offset, size: sb.bytes_used };
-            Ok((root, Some(sb)))
+            Ok((root, RootFsInfo::Squashfs(sb)))
         }
         FS_EXT3 => {
             let info = ext3::read_superblock(file, primary.offset, primary.size, &holder)?;
-            Ok((RootFs::Embedded { fs: FsType::Ext3, offset: primary.offset, size: info.size }, None))
+            let root = RootFs::Embedded { fs: FsType::Ext3, offset: primary.offset, size: info.size };
+            Ok((root, RootFsInfo::Ext3(info)))
         }
         FS_ENCRYPTED_SQUASHFS => Err(Error::image(
             file.path(),

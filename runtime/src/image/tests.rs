@@ -344,6 +344,7 @@ fn sif_ext3_primary_partition() {
     let image = open_bytes(dir.path(), &bytes).unwrap();
     assert_eq!(image.root, RootFs::Embedded { fs: FsType::Ext3, offset: 40960, size: 262144 });
     assert!(image.squashfs.is_none());
+    assert_eq!(image.ext3, Some(Ext3Info { block_size: 4096, blocks_count: 64, size: 262144 }));
 
     // One block more than the partition holds.
     put_i32(&mut bytes, 40960 + 1024 + 4, 65);
