@@ -41,10 +41,12 @@ fi
 chmod -R a+rX "$work"
 
 as_user() { runuser -u "$user" -- env -i HOME="/home/$user" USER="$user" PATH=/usr/bin:/bin "$@"; }
-json="$work/results.json"
-as_user bash -c "cd /tmp && $work/berth holder --name bench $work/small.sqsh > $work/holder.out 2>&1 &"
-for _ in $(seq 100); do grep -q ready "$work/holder.out" 2>/dev/null && break; sleep 0.05; done
-trap 'as_user "$work/berth" stop bench >/dev/null 2>&1 || true' EXIT
+json=$(mktemp --suffix=.json); chown "$user" "$json"
+hout=$(mktemp); chown "$user" "$hout"
+as_user bash -c "cd /tmp && $work/berth holder --name bench $work/small.sqsh > $hout 2>&1 &"
+for _ in $(seq 100); do grep -q ready "$hout" && break; sleep 0.05; done
+grep -q ready "$hout" || { echo "bench: holder did not start: $(cat "$hout")" >&2; exit 1; }
+trap 'as_user "$work/berth" stop bench >/dev/null 2>&1 || true; rm -f "$hout" "$json"' EXIT
 
 as_user hyperfine -N --warmup 10 --runs "$runs" --export-json "$json" --style none \
   -n native '/bin/true' \

@@ -475,6 +475,9 @@ pub(crate) mod tests {
             file_size: 2 << 20,
             partitions: vec![],
             embedded_objects: vec![],
+            squashfs: None,
+            ext3: None,
+            sif: None,
         }
     }
 
