@@ -34,16 +34,10 @@ impl FuseServer {
         self.child.id() as i32
     }
 
-    /// Stop the server: SIGTERM (it unmounts and exits), SIGKILL if it lingers.
+    /// Stop the server once nothing uses the container any more. The image is read-only and
+    /// the mount lives only in our namespace, so there is nothing to flush: SIGKILL ends it
+    /// at once, and we reap it so no process is left.
     pub fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid());
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
