@@ -257,3 +257,76 @@ fn config_check_reports_prerequisites() {
     assert!(out.contains("ok   user namespaces"), "{out}");
     assert!(out.contains("ok   /dev/fuse"), "{out}");
 }
+
+fn fixture(name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sif").join(name);
+    p.exists().then_some(p)
+}
+
+#[test]
+fn sif_images_run_and_execute_directly() {
+    use berth_runtime::image::{write_sif, SifObject, SifObjectKind};
+    let w = world();
+    let sif = w.path("app.sif");
+    write_sif(
+        &sif,
+        &w.image,
+        &[SifObject { kind: SifObjectKind::Deffile, name: "Singularity".into(), data: b"Bootstrap: scratch\n".to_vec() }],
+        None,
+    )
+    .unwrap();
+    std::fs::set_permissions(&sif, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = w.run(&["exec", sif.to_str().unwrap(), "cat", "/etc/os-release"]).ok();
+    assert!(out.contains("berth-busybox"), "{out}");
+    let info = w.run(&["inspect", sif.to_str().unwrap()]).ok();
+    assert!(info.contains("format:    Sif") && info.contains("primary-system"), "{info}");
+    // `./app.sif args` runs the runscript through the `run-singularity` link to berth.
+    let bin = w.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let _ = std::os::unix::fs::symlink(&w.berth, bin.join("run-singularity"));
+    let out = w
+        .command(&sif, &["direct", "call"])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "runscript got: direct call\n", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn broken_sif_files_get_one_clear_message() {
+    let w = world();
+    let Some(empty) = fixture("empty.sif") else {
+        eprintln!("skipped: ../shared/fixtures/sif is absent");
+        return;
+    };
+    w.run(&["exec", empty.to_str().unwrap(), "true"]).fails_with(&["empty.sif", "primary"]);
+    let good = std::fs::read(fixture("one-group.sif").unwrap()).unwrap();
+    let mut bad_magic = good.clone();
+    bad_magic[32..41].copy_from_slice(b"XIF_MAGIC");
+    let p = w.user_file("bad-magic.sif", &bad_magic);
+    w.run(&["exec", p.to_str().unwrap(), "true"]).fails_with(&["bad-magic.sif"]);
+    let mut bad_version = good.clone();
+    bad_version[42..44].copy_from_slice(b"02");
+    let p = w.user_file("bad-version.sif", &bad_version);
+    w.run(&["exec", p.to_str().unwrap(), "true"]).fails_with(&["bad-version.sif", "version"]);
+    let p = w.user_file("short.sif", &good[..200]);
+    w.run(&["exec", p.to_str().unwrap(), "true"]).fails_with(&["short.sif"]);
+}
+
+#[test]
+fn singularity2_ext3_images_are_refused_unprivileged_with_the_fix() {
+    let w = world();
+    let fs = w.path("legacy.ext3");
+    let st = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext3", "-d"])
+        .arg(&w.rootfs)
+        .arg(&fs)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success(), "mke2fs failed");
+    let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
+    bytes.extend(std::fs::read(&fs).unwrap());
+    let img = w.user_file("legacy-ext3.img", &bytes);
+    w.run(&["exec", img.to_str().unwrap(), "true"]).fails_with(&["legacy-ext3.img", "ext3", "privileged", "convert"]);
+}
