@@ -289,7 +289,8 @@ pub struct Joined {
 pub fn join_in_process(cfg: &Config, uid: u32, name: &str) -> Result<Joined> {
     let state = find_holder(cfg, uid, name)?;
     process::join_namespaces(state.pid, state.user_ns, state.mnt_ns)?;
-    Ok(Joined { meta: metadata::read(Path::new("/")), state })
+    let meta = Metadata { env_files: metadata::read_env_files(Path::new("/")), ..Metadata::default() };
+    Ok(Joined { meta, state })
 }
 
 impl Joined {

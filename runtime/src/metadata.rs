@@ -31,8 +31,8 @@ fn read_small(p: &Path) -> Option<String> {
     std::fs::read(p).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-/// Read what the image at `root` carries. Missing pieces are simply absent.
-pub fn read(root: &Path) -> Metadata {
+/// The image's environment files, in the order they apply (all a joining task needs).
+pub fn read_env_files(root: &Path) -> Vec<(String, String)> {
     let dir = root.join(META_DIR);
     let mut env_files: Vec<(String, String)> = std::fs::read_dir(dir.join("env"))
         .into_iter()
@@ -47,6 +47,13 @@ pub fn read(root: &Path) -> Metadata {
         })
         .collect();
     env_files.sort();
+    env_files
+}
+
+/// Read what the image at `root` carries. Missing pieces are simply absent.
+pub fn read(root: &Path) -> Metadata {
+    let dir = root.join(META_DIR);
+    let env_files = read_env_files(root);
     let labels = read_small(&dir.join("labels.json"))
         .and_then(|t| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&t).ok())
         .map(|m| {
