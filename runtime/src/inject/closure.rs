@@ -125,9 +125,10 @@ impl LibResolver {
         Ok(LibResolver { root: root.to_path_buf(), arch, cache, extra_dirs })
     }
 
-    /// Candidate logical paths for `soname`, in search order.
-    fn candidates(&self, soname: &str) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = self.extra_dirs.iter().map(|d| d.join(soname)).collect();
+    /// Candidate logical paths for `soname`, in search order: the needing library's own
+    /// RUNPATH, the site's directories, the cache, the standard directories.
+    fn candidates(&self, soname: &str, first: &[PathBuf]) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = first.iter().chain(&self.extra_dirs).map(|d| d.join(soname)).collect();
         if let Some(p) = self.cache.as_ref().and_then(|c| c.lookup(soname, self.arch)) {
             out.push(p.to_path_buf());
         }
@@ -138,7 +139,12 @@ impl LibResolver {
     /// Find `soname`. `Ok(None)`: not on this system. Errors: a broken symlink or an unreadable
     /// file where the library should be (the message names both ends of the link).
     pub fn find(&self, soname: &str) -> Result<Option<FoundLib>> {
-        for listed in self.candidates(soname) {
+        self.find_from(soname, &[])
+    }
+
+    /// Like [`find`](Self::find), searching the logical directories `first` before anything else.
+    pub fn find_from(&self, soname: &str, first: &[PathBuf]) -> Result<Option<FoundLib>> {
+        for listed in self.candidates(soname, first) {
             if let Some(found) = self.try_path(soname, &listed)? {
                 return Ok(Some(found));
             }
@@ -185,19 +191,22 @@ impl LibResolver {
         let mut seen: BTreeSet<String> = skip.clone();
         seen.extend(roots.iter().map(|r| r.soname.clone()));
         seen.extend(roots.iter().filter_map(|r| r.facts.soname.clone()));
-        let mut queue: VecDeque<(String, String)> = roots
-            .iter()
-            .flat_map(|r| r.facts.needed.iter().map(move |n| (r.soname.clone(), n.clone())))
-            .collect();
+        // (needing library, its RUNPATH directories, needed SONAME)
+        let mut queue: VecDeque<(String, Vec<PathBuf>, String)> = VecDeque::new();
+        for r in roots {
+            let dirs = search_dirs(r);
+            queue.extend(r.facts.needed.iter().map(|n| (r.soname.clone(), dirs.clone(), n.clone())));
+        }
         let mut found = Vec::new();
         let mut notes = Vec::new();
-        while let Some((parent, name)) = queue.pop_front() {
+        while let Some((parent, dirs, name)) = queue.pop_front() {
             if is_glibc_core(&name) || !seen.insert(name.clone()) {
                 continue;
             }
-            match self.find(&name)? {
+            match self.find_from(&name, &dirs)? {
                 Some(lib) => {
-                    queue.extend(lib.facts.needed.iter().map(|n| (name.clone(), n.clone())));
+                    let dirs = search_dirs(&lib);
+                    queue.extend(lib.facts.needed.iter().map(|n| (name.clone(), dirs.clone(), n.clone())));
                     found.push(lib);
                 }
                 None => notes.push(format!("host {parent} needs {name}, which the host does not have; the image must provide it")),
@@ -205,6 +214,17 @@ impl LibResolver {
         }
         Ok((found, notes))
     }
+}
+
+/// A library's RUNPATH/RPATH as logical directories, `$ORIGIN` being its own directory.
+fn search_dirs(lib: &FoundLib) -> Vec<PathBuf> {
+    let origin = lib.real.parent().unwrap_or(Path::new("/")).to_string_lossy().to_string();
+    lib.facts
+        .search_paths
+        .iter()
+        .map(|p| PathBuf::from(p.replace("${ORIGIN}", &origin).replace("$ORIGIN", &origin)))
+        .filter(|p| p.is_absolute())
+        .collect()
 }
 
 #[cfg(test)]

@@ -123,9 +123,50 @@ impl Default for InjectConfig {
     }
 }
 
+impl InjectConfig {
+    /// Problems a site administrator should fix, as `(key, message)`; for `berth config check`
+    /// and for the `[inject]` section of [`crate::config::Config`] validation.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.mpi_allowed.contains(&self.mpi) {
+            return Err(("mpi", format!("the default model \"{}\" is not in mpi_allowed", self.mpi)));
+        }
+        for cap in &self.nvidia_capabilities {
+            if crate::inject::nvidia::capability_libs(cap).is_none() {
+                return Err((
+                    "nvidia_capabilities",
+                    format!("unknown capability {cap:?} (use compute, utility, video, graphics or ngx)"),
+                ));
+            }
+        }
+        for (key, dir) in [("container_lib_dir", &self.container_lib_dir), ("container_bin_dir", &self.container_bin_dir)] {
+            crate::request::check_container_path(dir).map_err(|e| (key, e))?;
+        }
+        if let Some(d) = self.extra_lib_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(("extra_lib_dirs", format!("{} must be an absolute path", d.display())));
+        }
+        if let Some(l) = self.extra_libs.iter().find(|l| l.contains('/') && !l.starts_with('/')) {
+            return Err(("extra_libs", format!("{l:?}: give a SONAME (libfoo.so.1) or an absolute path")));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inject_config_validate_names_the_key() {
+        assert!(InjectConfig::default().validate().is_ok());
+        let c = InjectConfig { mpi: MpiMode::Host, mpi_allowed: vec![MpiMode::Hybrid], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().0, "mpi");
+        let c = InjectConfig { nvidia_capabilities: vec!["display".into()], ..Default::default() };
+        assert!(c.validate().unwrap_err().1.contains("display"));
+        let c = InjectConfig { container_lib_dir: "host/lib".into(), ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().0, "container_lib_dir");
+        let c = InjectConfig { extra_lib_dirs: vec!["opt/lib".into()], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().0, "extra_lib_dirs");
+    }
 
     #[test]
     fn inject_config_parses_section_and_rejects_typos() {

@@ -58,6 +58,9 @@ pub struct ElfFacts {
     pub glibc_needed: Option<GlibcVersion>,
     /// The highest `GLIBC_x.y` this object defines (only libc.so.6 and friends define them).
     pub glibc_defined: Option<GlibcVersion>,
+    /// `DT_RUNPATH` then `DT_RPATH` directories, as written (may contain `$ORIGIN`). Vendor
+    /// stacks under /opt (HPC-X, Cray, Intel MPI) find their own libraries this way.
+    pub search_paths: Vec<String>,
     /// Has a `PT_INTERP` or a dynamic section: a dynamically linked object.
     pub is_dynamic: bool,
 }
@@ -83,6 +86,14 @@ pub fn parse_elf(bytes: &[u8]) -> std::result::Result<ElfFacts, String> {
         soname: elf.soname.map(str::to_string),
         needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
         is_dynamic: elf.dynamic.is_some() || elf.interpreter.is_some(),
+        search_paths: elf
+            .runpaths
+            .iter()
+            .chain(elf.rpaths.iter())
+            .flat_map(|p| p.split(':'))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
         ..Default::default()
     };
     if let Some(verneed) = &elf.verneed {

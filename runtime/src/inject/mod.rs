@@ -35,7 +35,7 @@ pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
 pub use self::elf::GlibcVersion;
 pub use self::ldcache::Arch;
 pub use self::mpi::MpiInfo;
-use self::closure::{resolve_in_root, rooted, FoundLib, LibResolver};
+use self::closure::{rooted, FoundLib, LibResolver};
 use crate::error::{Error, Result};
 
 /// Which GPUs the job may use.
@@ -201,6 +201,13 @@ impl LibSet {
 /// environment (the job's, under a scheduler).
 pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: &dyn Fn(&str) -> Option<String>) -> Result<InjectPlan> {
     let mode = req.mpi.unwrap_or(cfg.mpi);
+    if req.mpi.is_none() && !cfg.mpi_allowed.contains(&mode) {
+        return Err(Error::inject(
+            "berth.toml [inject]",
+            format!("the default MPI model mpi = \"{mode}\" is not in inject.mpi_allowed"),
+            "fix the site configuration (berth config check)",
+        ));
+    }
     if !cfg.mpi_allowed.contains(&mode) {
         let allowed: Vec<String> = cfg.mpi_allowed.iter().map(|m| m.to_string()).collect();
         return Err(Error::inject(
@@ -600,11 +607,6 @@ pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<Injec
         plan.notes.push(format!("replaced in the image: {}", replaced.join(", ")));
     }
     Ok(plan)
-}
-
-/// Resolve `path` inside `root` (symlinks stay inside), for callers that need it.
-pub fn resolve_under(root: &Path, path: &Path) -> std::io::Result<PathBuf> {
-    resolve_in_root(root, path)
 }
 
 #[cfg(test)]

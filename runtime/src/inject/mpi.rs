@@ -68,21 +68,37 @@ fn leading_version(s: &str) -> Option<Vec<u32>> {
     (parts.len() >= 2).then_some(parts)
 }
 
+/// Position of `needle` in `hay` at or after `from` (first-byte scan: much faster than
+/// comparing every window, which matters for multi-megabyte libraries in debug builds).
+fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut i = from;
+    while i + needle.len() <= hay.len() {
+        i += hay[i..].iter().position(|&b| b == first)?;
+        if hay[i..].starts_with(needle) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The first version number (`4.1.4`) right after an occurrence of `needle`.
 fn find_after(hay: &[u8], needle: &[u8]) -> Option<Vec<u32>> {
-    let mut start = 0;
-    while let Some(pos) = hay[start..].windows(needle.len()).position(|w| w == needle) {
-        let at = start + pos + needle.len();
+    let mut from = 0;
+    while let Some(pos) = find_from(hay, needle, from) {
+        let at = pos + needle.len();
         let tail = &hay[at..hay.len().min(at + 32)];
         if let Some(v) = leading_version(&String::from_utf8_lossy(tail)) {
             return Some(v);
         }
-        start = at;
+        from = at;
     }
     None
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    find_from(hay, needle, 0).is_some()
 }
 
 /// The libtool version from a real file name: `libmpi.so.40.30.4` -> `[40, 30, 4]`.
@@ -105,13 +121,47 @@ pub fn identify(soname: &str, real_path: &Path) -> Result<MpiInfo> {
     })
 }
 
+/// The read-only data of an ELF file, where version strings live: scanning only these keeps
+/// a 40 MB libmpich (mostly code) cheap. Anything that is not ELF is scanned whole.
+fn string_data(bytes: &[u8]) -> Vec<&[u8]> {
+    let Ok(elf) = goblin::elf::Elf::parse(bytes) else { return vec![bytes] };
+    let parts: Vec<&[u8]> = elf
+        .section_headers
+        .iter()
+        .filter(|sh| matches!(elf.shdr_strtab.get_at(sh.sh_name), Some(".rodata" | ".data" | ".data.rel.ro")))
+        .filter(|sh| sh.sh_type != goblin::elf::section_header::SHT_NOBITS)
+        .filter_map(|sh| {
+            let start = usize::try_from(sh.sh_offset).ok()?;
+            let end = start.checked_add(usize::try_from(sh.sh_size).ok()?)?;
+            bytes.get(start..end)
+        })
+        .collect();
+    if parts.is_empty() {
+        vec![bytes]
+    } else {
+        parts
+    }
+}
+
 /// Identify from the library's bytes and its real file name.
-pub fn identify_bytes(soname: &str, file_name: &str, bytes: &[u8]) -> Option<MpiInfo> {
+pub fn identify_bytes(soname: &str, file_name: &str, whole: &[u8]) -> Option<MpiInfo> {
+    let data = string_data(whole);
+    let contains = |needle: &[u8]| data.iter().any(|d| contains(d, needle));
+    let find_after = |needle: &[u8]| data.iter().find_map(|d| find_after(d, needle));
+    identify_with(soname, file_name, &contains, &find_after)
+}
+
+fn identify_with(
+    soname: &str,
+    file_name: &str,
+    contains: &dyn Fn(&[u8]) -> bool,
+    find_after: &dyn Fn(&[u8]) -> Option<Vec<u32>>,
+) -> Option<MpiInfo> {
     let libtool = libtool_version(file_name);
-    let open_mpi = contains(bytes, b"Open MPI v") || contains(bytes, b"OPAL_") || soname.starts_with("libmpi.so.40");
+    let open_mpi = contains(b"Open MPI v") || contains(b"OPAL_") || soname.starts_with("libmpi.so.40");
     if open_mpi && soname.starts_with("libmpi") && !soname.ends_with(".so.12") {
         // "Open MPI v4.1.4" if the literal is there, else the series from the libtool version.
-        let version = find_after(bytes, b"Open MPI v").or_else(|| {
+        let version = find_after(b"Open MPI v").or_else(|| {
             let lt = libtool.as_ref()?;
             let series = match (lt.first()?, lt.get(1)?) {
                 (40, 0) => vec![3, 0],
@@ -126,14 +176,14 @@ pub fn identify_bytes(soname: &str, file_name: &str, bytes: &[u8]) -> Option<Mpi
         return Some(MpiInfo { soname: soname.into(), family: MpiFamily::OpenMpi, vendor: "Open MPI".into(), version, libtool });
     }
     if soname.ends_with(".so.12") {
-        let (vendor, version) = if contains(bytes, b"Intel(R) MPI Library") {
-            ("Intel MPI", find_after(bytes, b"Intel(R) MPI Library "))
-        } else if contains(bytes, b"MVAPICH2 Version") {
-            ("MVAPICH2", find_after(bytes, b"MVAPICH2 Version:\t"))
-        } else if contains(bytes, b"CRAY MPICH") || contains(bytes, b"Cray MPICH") {
-            ("Cray MPICH", find_after(bytes, b"MPICH Version:\t").or_else(|| find_after(bytes, b"MPICH Version: ")))
+        let (vendor, version) = if contains(b"Intel(R) MPI Library") {
+            ("Intel MPI", find_after(b"Intel(R) MPI Library "))
+        } else if contains(b"MVAPICH2 Version") {
+            ("MVAPICH2", find_after(b"MVAPICH2 Version:\t"))
+        } else if contains(b"CRAY MPICH") || contains(b"Cray MPICH") {
+            ("Cray MPICH", find_after(b"MPICH Version:\t").or_else(|| find_after(b"MPICH Version: ")))
         } else {
-            ("MPICH", find_after(bytes, b"MPICH Version:\t").or_else(|| find_after(bytes, b"/mpich-")))
+            ("MPICH", find_after(b"MPICH Version:\t").or_else(|| find_after(b"/mpich-")))
         };
         return Some(MpiInfo { soname: soname.into(), family: MpiFamily::MpichAbi, vendor: vendor.into(), version, libtool });
     }

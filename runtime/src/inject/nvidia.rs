@@ -346,6 +346,7 @@ pub fn discover(
                 .iter()
                 .flat_map(|c| c.with_prefix(prefix, resolver.arch))
                 .map(|e| e.name.clone())
+                .chain(names_in_dirs(resolver, prefix))
                 .filter(|n| n.len() > prefix.len() && n.as_bytes()[prefix.len()] == b'.')
                 .collect();
             names.sort();
@@ -404,6 +405,23 @@ pub fn discover(
         part.items.push(item(proc_nv, "/proc/driver/nvidia", ItemKind::Dir, true, "NVIDIA driver state".into()));
     }
     Ok(part)
+}
+
+/// SONAME-like names (`libcuda.so.1`) under the site's extra library directories: drivers
+/// installed outside the cache (e.g. a driver under /opt on diskless nodes).
+fn names_in_dirs(resolver: &LibResolver, prefix: &str) -> Vec<String> {
+    let mut out = vec![];
+    for dir in &resolver.extra_dirs {
+        let Ok(rd) = std::fs::read_dir(rooted(&resolver.root, dir)) else { continue };
+        for e in rd.flatten() {
+            let Ok(name) = e.file_name().into_string() else { continue };
+            // Only the SONAME link (libcuda.so.1), not the versioned file (libcuda.so.535.104.05).
+            if name.starts_with(prefix) && name[prefix.len()..].matches('.').count() == 1 {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 fn item(host_path: PathBuf, container: &str, kind: ItemKind, readonly: bool, why: String) -> InjectItem {

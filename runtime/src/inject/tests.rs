@@ -491,6 +491,32 @@ fn inject_bad_broken_symlink_in_host_lib_dir() {
 }
 
 #[test]
+fn inject_closure_follows_runpath_origin_outside_the_cache() {
+    if !can_compile() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("host");
+    let vendor = root.join("opt/vendor/lib");
+    cc_shared(tmp.path(), "int vdep(void){return 2;}\n", "libvdep.so.2", &vendor.join("libvdep.so.2"), &[]);
+    let dep = vendor.join("libvdep.so.2").to_string_lossy().to_string();
+    cc_shared(
+        tmp.path(),
+        "int vdep(void);\nint vmpi(void){return vdep();}\n",
+        "libvmpi.so.1",
+        &vendor.join("libvmpi.so.1"),
+        &[&dep, "-Wl,-rpath,$ORIGIN", "-Wl,--enable-new-dtags"],
+    );
+    write_fake_cache(&root, &[TRIPLET_DIR]);
+    let cfg = InjectConfig { extra_libs: vec!["/opt/vendor/lib/libvmpi.so.1".into()], ..Default::default() };
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let plan = discover(&cfg, &HostFacts::at(&root), &req, &no_env).unwrap();
+    let paths = container_paths(&plan);
+    assert!(paths.contains(&"/.berth/host/lib/libvmpi.so.1".to_string()), "{paths:?}");
+    assert!(paths.contains(&"/.berth/host/lib/libvdep.so.2".to_string()), "RUNPATH $ORIGIN not followed: {paths:?}");
+}
+
+#[test]
 fn inject_bad_unknown_nvidia_capability() {
     if !can_compile() {
         return;
