@@ -64,7 +64,7 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
         if meta.file_type().is_symlink() {
             hops += 1;
             if hops > 40 {
-                return Err(io::Error::new(io::ErrorKind::Other, "too many levels of symbolic links"));
+                return Err(io::Error::other("too many levels of symbolic links"));
             }
             let target = std::fs::read_link(rooted(root, &candidate))?;
             if target.is_absolute() {

@@ -101,9 +101,7 @@ pub fn parse_elf(bytes: &[u8]) -> std::result::Result<ElfFacts, String> {
             for aux in need.iter() {
                 let Some(name) = elf.dynstrtab.get_at(aux.vna_name) else { continue };
                 if let Some(v) = GlibcVersion::parse(name).filter(|_| name.starts_with("GLIBC_")) {
-                    if facts.glibc_needed.as_ref().map_or(true, |cur| v > *cur) {
-                        facts.glibc_needed = Some(v);
-                    }
+                    raise(&mut facts.glibc_needed, v);
                 }
             }
         }
@@ -113,14 +111,20 @@ pub fn parse_elf(bytes: &[u8]) -> std::result::Result<ElfFacts, String> {
             for aux in def.iter() {
                 let Some(name) = elf.dynstrtab.get_at(aux.vda_name) else { continue };
                 if let Some(v) = GlibcVersion::parse(name).filter(|_| name.starts_with("GLIBC_")) {
-                    if facts.glibc_defined.as_ref().map_or(true, |cur| v > *cur) {
-                        facts.glibc_defined = Some(v);
-                    }
+                    raise(&mut facts.glibc_defined, v);
                 }
             }
         }
     }
     Ok(facts)
+}
+
+/// Keep the highest version seen.
+fn raise(slot: &mut Option<GlibcVersion>, v: GlibcVersion) {
+    *slot = Some(match slot.take() {
+        Some(cur) if cur >= v => cur,
+        _ => v,
+    });
 }
 
 #[cfg(test)]

@@ -320,7 +320,7 @@ mod tests {
         let mut bytes = b"ld.so-1.7.0\0".to_vec();
         bytes.extend_from_slice(&1u32.to_le_bytes());
         bytes.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        while bytes.len() % 8 != 0 {
+        while bytes.len() & 7 != 0 {
             bytes.push(0);
         }
         let new = write_cache(&[("libz.so.1".into(), PathBuf::from("/lib/libz.so.1"), 0x303)]);
