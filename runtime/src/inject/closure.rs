@@ -120,8 +120,11 @@ impl LibResolver {
     /// A resolver for `root`, reading `root/etc/ld.so.cache` if there is one. A missing cache is
     /// not an error (minimal images have none); an unreadable or corrupt one is.
     pub fn new(root: &Path, arch: Arch, extra_dirs: Vec<PathBuf>) -> Result<LibResolver> {
-        let cache_path = root.join("etc/ld.so.cache");
-        let cache = if cache_path.exists() { Some(LdCache::load(&cache_path)?) } else { None };
+        // An image's /etc/ld.so.cache may be a symlink; follow it inside the root.
+        let cache = match resolve_in_root(root, Path::new("/etc/ld.so.cache")) {
+            Ok(logical) if rooted(root, &logical).is_file() => Some(LdCache::load(&rooted(root, &logical))?),
+            _ => None,
+        };
         Ok(LibResolver { root: root.to_path_buf(), arch, cache, extra_dirs })
     }
 

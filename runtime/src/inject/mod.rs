@@ -128,6 +128,14 @@ pub enum Check {
     CudaDriver { driver: String },
 }
 
+/// A host MPI library that replaces the image's library of the same SONAME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MpiReplacement {
+    pub soname: String,
+    /// Where this process finds the host's file (root prefix applied).
+    pub host_path: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InjectPlan {
     pub arch: Arch,
@@ -143,6 +151,9 @@ pub struct InjectPlan {
     /// Container directories to append to `PATH` (injected programs such as nvidia-smi).
     pub bin_dirs: Vec<PathBuf>,
     pub checks: Vec<Check>,
+    /// `--mpi=host`: host MPI libraries to bind over the image's of the same SONAME
+    /// ([`finish_for_image`] turns them into items once the image is known).
+    pub mpi_replace: Vec<MpiReplacement>,
     /// What was skipped or adjusted, for `--dry-run` and `-v`.
     pub notes: Vec<String>,
     /// The libraries are a default, not something the user asked for: on an image without
@@ -162,6 +173,7 @@ impl InjectPlan {
             lib_dirs: vec![],
             bin_dirs: vec![],
             checks: vec![],
+            mpi_replace: vec![],
             notes: vec![],
             libs_optional: true,
         }
@@ -444,6 +456,7 @@ fn host_mpi(cfg: &InjectConfig, resolver: &LibResolver, plan: &mut InjectPlan, s
                 }
             }
         }
+        plan.mpi_replace.push(MpiReplacement { soname: name.clone(), host_path: lib.rooted.clone() });
         set.add(lib, format!("host MPI library ({name})"));
     }
     if !primary_found {
@@ -467,10 +480,12 @@ pub struct ImageFacts {
     /// The glibc the image provides (highest `GLIBC_x.y` its libc.so.6 defines); `None`: no
     /// glibc (static or musl image).
     pub glibc: Option<GlibcVersion>,
+    /// Logical path of the image's libc.so.6.
     pub libc_path: Option<PathBuf>,
 }
 
-/// Read what the checks need from the image tree at `image_root`.
+/// Read what the checks need from the image tree at `image_root` (symlinks, absolute ones
+/// included, are followed inside the image).
 pub fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
     let r = LibResolver::new(image_root, arch, vec![])?;
     match r.find("libc.so.6")? {
@@ -479,52 +494,60 @@ pub fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
     }
 }
 
+/// Why the image cannot load the injected libraries, if it cannot: no glibc at all, or an
+/// older glibc than they need. Both sides are named.
+fn library_problem(plan: &InjectPlan, image: &ImageFacts) -> Option<String> {
+    if !plan.has_libraries() {
+        return None;
+    }
+    let Some(image_glibc) = &image.glibc else {
+        let mut libs = plan.library_names();
+        let more = if libs.len() > 4 { ", ..." } else { "" };
+        libs.truncate(4);
+        return Some(format!(
+            "the image has no glibc (no libc.so.6 in its ld.so.cache or standard directories), so it cannot load the host's dynamic libraries ({}{more})",
+            libs.join(", ")
+        ));
+    };
+    let mut too_new: Vec<(String, GlibcVersion)> = plan
+        .checks
+        .iter()
+        .filter_map(|c| match c {
+            Check::Glibc { library, needs: Some(needs) } if needs > image_glibc => Some((library.clone(), needs.clone())),
+            _ => None,
+        })
+        .collect();
+    too_new.sort_by(|a, b| b.1.cmp(&a.1));
+    let (lib, needs) = too_new.first()?;
+    let others: Vec<&str> = too_new.iter().skip(1).map(|(l, _)| l.as_str()).collect();
+    let also = if others.is_empty() { String::new() } else { format!(" (also: {})", others.join(", ")) };
+    Some(format!("host {lib} needs GLIBC_{needs}, image has {image_glibc}{also}"))
+}
+
+const LIBRARY_HINT: &str = "use an image built on a newer distribution (with glibc), point inject.extra_lib_dirs at host libraries built for an older glibc, or run with --mpi=none and without --nv";
+
 /// Check `plan` against the image mounted at `image_root`: glibc versions, the MPI ABI for
 /// `--mpi=host` and the driver for the image's CUDA. Every refusal names both sides.
+///
+/// Library problems are refused only when the user asked for the injection (`--mpi=...`,
+/// `--nv`); for the site default they are not errors: [`finish_for_image`] drops the
+/// libraries with a note, so that `berth shell old.img` still works.
 pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
     let image = image_facts(image_root, plan.arch)?;
-    if plan.has_libraries() {
-        let Some(image_glibc) = &image.glibc else {
-            if plan.libs_optional {
-                return Ok(()); // finish_for_image drops them.
-            }
-            let mut libs = plan.library_names();
-            libs.truncate(5);
-            return Err(Error::inject(
-                "host library injection",
-                format!(
-                    "the image has no glibc (no libc.so.6 in its ld.so.cache or standard directories), so it cannot load the host's dynamic libraries ({}...)",
-                    libs.join(", ")
-                ),
-                "a static or musl image (busybox) cannot use the host's MPI, fabric or GPU libraries: use --mpi=none without --nv, or an image with glibc",
-            ));
-        };
-        let mut too_new: Vec<(String, GlibcVersion)> = plan
-            .checks
-            .iter()
-            .filter_map(|c| match c {
-                Check::Glibc { library, needs: Some(needs) } if needs > image_glibc => Some((library.clone(), needs.clone())),
-                _ => None,
-            })
-            .collect();
-        too_new.sort_by(|a, b| b.1.cmp(&a.1));
-        if let Some((lib, needs)) = too_new.first() {
-            let others: Vec<&str> = too_new.iter().skip(1).map(|(l, _)| l.as_str()).collect();
-            let also = if others.is_empty() { String::new() } else { format!(" (also: {})", others.join(", ")) };
-            return Err(Error::inject(
-                "host library injection",
-                format!("host {lib} needs GLIBC_{needs}, image has {image_glibc}{also}"),
-                "use an image built on a newer distribution, or a host library built for an older glibc (inject.extra_lib_dirs), or --mpi=none",
-            ));
+    if let Some(why) = library_problem(plan, &image) {
+        if !plan.libs_optional {
+            return Err(Error::inject("host library injection", why, LIBRARY_HINT));
         }
+        return Ok(());
     }
+    let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
     for check in &plan.checks {
         match check {
             Check::MpiAbi { host, .. } => {
-                let Some((image_lib_path, _)) = image_mpi(image_root, plan.arch, &host.soname)? else {
-                    continue; // which SONAMEs the image has is settled in finish_for_image
+                let Some(image_lib) = image_libs.find(&host.soname)? else {
+                    continue; // whether the image has any MPI to replace is settled in finish_for_image
                 };
-                let image_info = mpi::identify(&host.soname, &image_lib_path)?;
+                let image_info = mpi::identify(&host.soname, &image_lib.rooted)?;
                 mpi::check_abi(host, &image_info).map_err(|why| {
                     Error::inject("--mpi=host", why, "use --mpi=hybrid (the image's own MPI over the host's fabric)")
                 })?;
@@ -546,48 +569,33 @@ pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The image's library of `soname`: (rooted real path, logical path as listed).
-fn image_mpi(image_root: &Path, arch: Arch, soname: &str) -> Result<Option<(PathBuf, PathBuf)>> {
-    let r = LibResolver::new(image_root, arch, vec![])?;
-    Ok(r.find(soname)?.map(|l| (l.rooted, l.listed)))
-}
-
 /// Check `plan` against the image at `image_root` and complete it for that image: for
-/// `--mpi=host`, bind each host MPI library over the image's file of the same SONAME; on an
-/// image without glibc, drop default (not requested) library injection with a note.
+/// `--mpi=host`, bind each host MPI library over the image's file of the same SONAME; when the
+/// image cannot load host libraries and nobody asked for them, drop them with a note.
 pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<InjectPlan> {
     check_against_image(&plan, image_root)?;
     let image = image_facts(image_root, plan.arch)?;
-    if image.glibc.is_none() && plan.has_libraries() && plan.libs_optional {
-        let before = plan.items.len();
-        plan.items.retain(|i| i.kind == ItemKind::Device || i.kind == ItemKind::Socket || i.container_path.starts_with("/dev"));
-        plan.checks.retain(|c| !matches!(c, Check::Glibc { .. }));
-        plan.lib_dirs.clear();
-        plan.env.retain(|(k, _)| k != "FI_PROVIDER_PATH");
-        plan.notes.push(format!("the image has no glibc: {} host library items not injected", before - plan.items.len()));
+    if let Some(why) = library_problem(&plan, &image) {
+        // Only reached for the site default (check_against_image refused the rest).
+        drop_libraries(&mut plan);
+        plan.notes.push(format!("host libraries not injected: {why}"));
         return Ok(plan);
     }
     if plan.mpi == MpiMode::Host {
-        let r = LibResolver::new(image_root, plan.arch, vec![])?;
-        let host_mpis: Vec<(String, PathBuf)> = plan
-            .items
-            .iter()
-            .filter(|i| i.why.starts_with("host MPI library"))
-            .filter_map(|i| Some((i.container_path.file_name()?.to_string_lossy().to_string(), i.host_path.clone())))
-            .collect();
+        let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
         let mut replaced = vec![];
-        for (soname, host_path) in host_mpis {
-            let Some(image_lib) = r.find(&soname)? else { continue };
-            // Bind over the file the image's loader would open, and over the SONAME link if the
-            // cache lists it separately (a symlink cannot be a bind target: use the real file).
+        for rep in plan.mpi_replace.clone() {
+            let Some(image_lib) = image_libs.find(&rep.soname)? else { continue };
+            // Bind over the real file the image's SONAME leads to (a bind cannot target the
+            // symlink itself), so programs with an RPATH into the image's MPI get the host's too.
             plan.items.push(InjectItem {
-                host_path,
+                host_path: rep.host_path.clone(),
                 container_path: image_lib.real.clone(),
                 kind: ItemKind::File,
                 readonly: true,
-                why: format!("host MPI replaces the image's {soname} (--mpi=host)"),
+                why: format!("host MPI replaces the image's {} (--mpi=host)", rep.soname),
             });
-            replaced.push(soname);
+            replaced.push(rep.soname);
         }
         if !replaced.iter().any(|s| is_primary_mpi(s)) {
             let host: Vec<String> = plan
@@ -607,6 +615,16 @@ pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<Injec
         plan.notes.push(format!("replaced in the image: {}", replaced.join(", ")));
     }
     Ok(plan)
+}
+
+/// Remove every library-related item, keeping devices, sockets and GPU state.
+fn drop_libraries(plan: &mut InjectPlan) {
+    plan.items.retain(|i| matches!(i.kind, ItemKind::Device | ItemKind::Socket) || i.container_path.starts_with("/dev"));
+    plan.checks.retain(|c| !matches!(c, Check::Glibc { .. } | Check::MpiAbi { .. }));
+    plan.mpi_replace.clear();
+    plan.lib_dirs.clear();
+    plan.bin_dirs.clear();
+    plan.env.retain(|(k, _)| k != "FI_PROVIDER_PATH");
 }
 
 #[cfg(test)]

@@ -122,25 +122,28 @@ pub fn check_driver_for_cuda(driver: &str, cuda: &str) -> std::result::Result<()
 /// The CUDA version an image was built for: `/usr/local/cuda/version.json`, then
 /// `/usr/local/cuda/version.txt`, then `CUDA_VERSION=` in the image's environment scripts.
 pub fn image_cuda_version(image_root: &Path) -> Option<String> {
-    let cuda = image_root.join("usr/local/cuda");
-    if let Ok(text) = std::fs::read_to_string(cuda.join("version.json")) {
+    // In NVIDIA's images /usr/local/cuda -> /etc/alternatives/cuda -> /usr/local/cuda-12.2:
+    // absolute links, which must be followed inside the image, not on the host.
+    let in_image = |p: &str| super::closure::resolve_in_root(image_root, Path::new(p)).ok().map(|l| rooted(image_root, &l));
+    let read = |p: &str| in_image(p).and_then(|f| std::fs::read_to_string(f).ok());
+    if let Some(text) = read("/usr/local/cuda/version.json") {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             if let Some(s) = v.pointer("/cuda/version").and_then(|s| s.as_str()) {
                 return Some(s.to_string());
             }
         }
     }
-    if let Ok(text) = std::fs::read_to_string(cuda.join("version.txt")) {
+    if let Some(text) = read("/usr/local/cuda/version.txt") {
         // "CUDA Version 11.8.0"
         if let Some(v) = text.split_whitespace().find(|w| is_driver_version(w)) {
             return Some(v.to_string());
         }
     }
-    let env_dir = image_root.join(".singularity.d/env");
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(env_dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let env_dir = in_image("/.singularity.d/env")?;
+    let mut scripts: Vec<String> = std::fs::read_dir(env_dir).ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     scripts.sort();
     for s in scripts {
-        let Ok(text) = std::fs::read_to_string(&s) else { continue };
+        let Some(text) = read(&format!("/.singularity.d/env/{s}")) else { continue };
         for line in text.lines() {
             let line = line.trim().trim_start_matches("export ").trim();
             if let Some(v) = line.strip_prefix("CUDA_VERSION=") {
@@ -469,6 +472,12 @@ mod tests {
         std::fs::write(root.join("usr/local/cuda/version.txt"), "CUDA Version 11.4.3\n").unwrap();
         assert_eq!(image_cuda_version(root).as_deref(), Some("11.4.3"));
         std::fs::write(root.join("usr/local/cuda/version.json"), r#"{"cuda":{"name":"CUDA SDK","version":"12.2.2"}}"#).unwrap();
+        assert_eq!(image_cuda_version(root).as_deref(), Some("12.2.2"));
+        // NVIDIA's layout: absolute links, resolved inside the image.
+        std::fs::rename(root.join("usr/local/cuda"), root.join("usr/local/cuda-12.2")).unwrap();
+        std::fs::create_dir_all(root.join("etc/alternatives")).unwrap();
+        std::os::unix::fs::symlink("/usr/local/cuda-12.2", root.join("etc/alternatives/cuda")).unwrap();
+        std::os::unix::fs::symlink("/etc/alternatives/cuda", root.join("usr/local/cuda")).unwrap();
         assert_eq!(image_cuda_version(root).as_deref(), Some("12.2.2"));
     }
 }

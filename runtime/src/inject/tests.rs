@@ -325,6 +325,13 @@ fn inject_check_glibc_too_old_in_image_names_both_versions() {
     let new = tmp.path().join("image-2.36");
     fake_image_libc(&new, tmp.path(), "2.36");
     check_against_image(&plan, &new).unwrap();
+
+    // Nothing asked (site default): the old image still starts, without the libraries, and
+    // the note says why.
+    let plan = discover(&cfg, &HostFacts::at(&root), &InjectRequest::default(), &no_env).unwrap();
+    let done = finish_for_image(plan, &old).unwrap();
+    assert!(done.items.is_empty() && done.lib_dirs.is_empty(), "{:?}", done.items);
+    assert!(done.notes.iter().any(|n| n.contains("needs GLIBC_2.34, image has 2.31")), "{:?}", done.notes);
 }
 
 #[test]
