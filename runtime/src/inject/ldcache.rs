@@ -315,6 +315,21 @@ mod tests {
     }
 
     #[test]
+    fn inject_ldcache_writer_output_is_read_by_glibc_ldconfig() {
+        let Ok(probe) = Command::new("ldconfig").arg("--version").output() else { return };
+        if !probe.status.success() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ld.so.cache");
+        let entries = vec![("libfake.so.7".to_string(), PathBuf::from("/opt/x/libfake.so.7"), Arch::X86_64.cache_flags())];
+        std::fs::write(&path, write_cache(&entries)).unwrap();
+        let out = Command::new("ldconfig").arg("-p").arg("-C").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("1 libs found") && text.contains("libfake.so.7 (libc6,x86-64) => /opt/x/libfake.so.7"), "{text}");
+    }
+
+    #[test]
     fn inject_ldcache_old_format_prefix_is_skipped() {
         // An old-format header with one entry, padded to 8, then a new-format cache.
         let mut bytes = b"ld.so-1.7.0\0".to_vec();

@@ -302,9 +302,6 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
         let why = format!("needed by injected host libraries ({})", dep.soname);
         set.add(dep, why);
     }
-    for plugin in &plugins {
-        push_glibc_check(&mut plan, plugin);
-    }
     for (lib, why) in &set.libs {
         push_glibc_check(&mut plan, lib);
         plan.items.push(InjectItem {
@@ -314,6 +311,10 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
             readonly: true,
             why: why.clone(),
         });
+    }
+    // Plugins last, so that messages name the libraries people know first.
+    for plugin in &plugins {
+        push_glibc_check(&mut plan, plugin);
     }
     if !set.libs.is_empty() || plan.items.iter().any(|i| i.container_path.starts_with(lib_dir)) {
         plan.lib_dirs.push(lib_dir.clone());

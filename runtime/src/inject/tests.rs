@@ -447,6 +447,38 @@ fn inject_mpi_host_real_open_mpi_4_vs_image_open_mpi_3_is_refused() {
 }
 
 #[test]
+fn inject_mpi_host_real_mpich_4_vs_image_mpich_3() {
+    if !can_compile() {
+        return;
+    }
+    let Some(real) = HostFacts::real() else { return };
+    let (mut cfg, req) = host_mode();
+    cfg.mpi_libs = vec!["libmpich.so.12".into()];
+    let plan = match discover(&cfg, &real, &req, &no_env) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipped: no host MPICH ({e})");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // MPICH 3.3 (ABI 12.1) in the image: the host's 4.0 (ABI 12.2) may replace it.
+    let image = tmp.path().join("image33");
+    stub_mpi(tmp.path(), &image, "libmpich.so.12", "libmpich.so.12.1.8", "MPICH Version:\\t3.3.2");
+    fake_image_libc(&image, tmp.path(), "2.36");
+    make_cache(&image, &[TRIPLET_DIR]);
+    let done = finish_for_image(plan.clone(), &image).unwrap();
+    assert!(done.items.iter().any(|i| i.container_path == Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12.1.8")));
+    // An image built against a newer ABI minor than the host's: refused, both named.
+    let image = tmp.path().join("image-newer");
+    stub_mpi(tmp.path(), &image, "libmpich.so.12", "libmpich.so.12.9.0", "MPICH Version:\\t9.9.0");
+    fake_image_libc(&image, tmp.path(), "2.36");
+    make_cache(&image, &[TRIPLET_DIR]);
+    let e = finish_for_image(plan, &image).unwrap_err().to_string();
+    assert!(e.contains("MPICH 9.9.0") && e.contains("MPICH 4.0.2") && e.contains("12.2.2"), "{e}");
+}
+
+#[test]
 fn inject_mpi_host_mode_conflicts_with_hybrid_only_site() {
     let cfg = InjectConfig { mpi_allowed: vec![MpiMode::Hybrid, MpiMode::None], ..Default::default() };
     let req = InjectRequest { mpi: Some(MpiMode::Host), ..Default::default() };
