@@ -1,5 +1,16 @@
 //! The `[inject]` section of berth.toml: what to take from the host, with defaults that work on
 //! a typical InfiniBand + NVIDIA cluster and do nothing harmful elsewhere.
+//!
+//! ```toml
+//! [inject]
+//! mpi = "hybrid"                       # default model: hybrid | host | none
+//! mpi_allowed = ["hybrid", "none"]     # this site never binds its MPI into images
+//! extra_lib_dirs = ["/opt/hpcx/ucx/lib"]
+//! extra_libs = ["libhcoll.so.1"]       # must exist on every node
+//! fabric_required = true               # IB-only partition: a node without verbs is broken
+//! nvidia = "auto"                      # auto | always | never
+//! nvidia_capabilities = ["compute", "utility"]
+//! ```
 
 use std::path::PathBuf;
 
