@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod image;
+pub mod inject;
 pub mod request;
 
 pub use error::{Error, Result};

@@ -1,0 +1,632 @@
+//! Host injection: the host's fabric userspace, MPI and NVIDIA driver stack, discovered from
+//! the host (its ld.so.cache and the ELF `DT_NEEDED` closure, never hard-coded paths) and
+//! checked against the image before anything is bound (design.md §6).
+//!
+//! Two steps, both pure planning (no mounts here; the container code applies the plan):
+//! 1. [`discover`] looks at the host (under [`HostFacts::root`], "/" in production, a fake
+//!    tree in tests) and returns an [`InjectPlan`]: what to bind where, env changes, the
+//!    container library directories to prepend to `LD_LIBRARY_PATH`, and the checks the image
+//!    must pass.
+//! 2. [`finish_for_image`] runs [`check_against_image`] on the mounted image tree (glibc
+//!    versions, MPI ABI, CUDA driver), and for `--mpi=host` adds the binds of the host MPI over
+//!    the image's library of the same SONAME.
+//!
+//! Path convention: [`InjectItem::host_path`] is where this process finds the object, i.e.
+//! with the host root prefix applied (identical to the host path in production, where the root
+//! is "/"); [`InjectItem::container_path`] is the absolute path inside the container.
+//! Libraries go into one container directory ([`InjectConfig::container_lib_dir`],
+//! `/.berth/host/lib`), named by SONAME, rather than over the image's files. Exceptions, where
+//! the consumer has a compiled-in path: libibverbs provider plugins and `/etc/libibverbs.d`
+//! appear at the host's own paths, and `--mpi=host` binds over the image's MPI.
+
+pub mod closure;
+pub mod config;
+pub mod elf;
+pub mod ldcache;
+pub mod mpi;
+pub mod nvidia;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
+pub use self::elf::GlibcVersion;
+pub use self::ldcache::Arch;
+pub use self::mpi::MpiInfo;
+use self::closure::{rooted, FoundLib, LibResolver};
+use crate::error::{Error, Result};
+
+/// Which GPUs the job may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSelection {
+    /// From the scheduler: `SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, else a numeric
+    /// `CUDA_VISIBLE_DEVICES`, else all.
+    #[default]
+    FromEnvironment,
+    All,
+    /// `/dev/nvidiaN` minors.
+    Minors(Vec<u32>),
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct InjectRequest {
+    /// `--mpi=...`; `None`: the site default ([`InjectConfig::mpi`]).
+    pub mpi: Option<MpiMode>,
+    /// `--nv`.
+    pub nvidia: bool,
+    pub gpus: GpuSelection,
+}
+
+/// How strictly device nodes are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceCheck {
+    /// Device nodes must be character devices (with the NVIDIA major where it is fixed).
+    #[default]
+    CharDevicesOnly,
+    /// Regular files stand in for device nodes. Only for tests, whose fake host trees cannot
+    /// mknod without root.
+    AcceptRegularFiles,
+}
+
+/// Where and what the host is.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// "/" normally; a fake host tree in tests.
+    pub root: PathBuf,
+    pub arch: Arch,
+    pub device_check: DeviceCheck,
+}
+
+impl HostFacts {
+    /// The real host. `None` on an architecture berth does not inject for.
+    pub fn real() -> Option<HostFacts> {
+        Some(HostFacts { root: PathBuf::from("/"), arch: Arch::native()?, device_check: DeviceCheck::CharDevicesOnly })
+    }
+
+    /// A host tree under `root`, of this machine's architecture.
+    pub fn at(root: impl Into<PathBuf>) -> HostFacts {
+        HostFacts { root: root.into(), arch: Arch::native().unwrap_or(Arch::X86_64), device_check: DeviceCheck::CharDevicesOnly }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemKind {
+    File,
+    Dir,
+    Device,
+    Socket,
+}
+
+/// One thing to bind from the host into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InjectItem {
+    /// Where this process finds it: the host path with [`HostFacts::root`] applied.
+    pub host_path: PathBuf,
+    /// Absolute path inside the container.
+    pub container_path: PathBuf,
+    pub kind: ItemKind,
+    pub readonly: bool,
+    /// Why it is there, for `--dry-run` and messages ("libibverbs provider plugins").
+    pub why: String,
+}
+
+/// A check the image must pass before the plan is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "check")]
+pub enum Check {
+    /// An injected host library needs this glibc from the image.
+    /// `needs: None`: a dynamic library without glibc version needs (still needs a glibc).
+    Glibc { library: String, needs: Option<GlibcVersion> },
+    /// `--mpi=host`: the host MPI replaces the image's library of this SONAME.
+    MpiAbi { host: MpiInfo, host_path: PathBuf },
+    /// `--nv`: the image's CUDA must be supported by this driver.
+    CudaDriver { driver: String },
+}
+
+/// A host MPI library that replaces the image's library of the same SONAME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MpiReplacement {
+    pub soname: String,
+    /// Where this process finds the host's file (root prefix applied).
+    pub host_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InjectPlan {
+    pub arch: Arch,
+    pub mpi: MpiMode,
+    pub nvidia: bool,
+    pub items: Vec<InjectItem>,
+    /// Variables to set inside (after the user's environment is built).
+    pub env: Vec<(String, String)>,
+    /// Host variables with these prefixes pass into the container even with `--cleanenv`.
+    pub pass_env_prefixes: Vec<String>,
+    /// Container directories to prepend to `LD_LIBRARY_PATH`.
+    pub lib_dirs: Vec<PathBuf>,
+    /// Container directories to append to `PATH` (injected programs such as nvidia-smi).
+    pub bin_dirs: Vec<PathBuf>,
+    pub checks: Vec<Check>,
+    /// `--mpi=host`: host MPI libraries to bind over the image's of the same SONAME
+    /// ([`finish_for_image`] turns them into items once the image is known).
+    pub mpi_replace: Vec<MpiReplacement>,
+    /// What was skipped or adjusted, for `--dry-run` and `-v`.
+    pub notes: Vec<String>,
+    /// The libraries are a default, not something the user asked for: on an image without
+    /// glibc they are dropped with a note instead of refusing to start.
+    pub libs_optional: bool,
+}
+
+impl InjectPlan {
+    fn empty(arch: Arch, mpi: MpiMode) -> InjectPlan {
+        InjectPlan {
+            arch,
+            mpi,
+            nvidia: false,
+            items: vec![],
+            env: vec![],
+            pass_env_prefixes: vec![],
+            lib_dirs: vec![],
+            bin_dirs: vec![],
+            checks: vec![],
+            mpi_replace: vec![],
+            notes: vec![],
+            libs_optional: true,
+        }
+    }
+
+    /// Names of the injected host libraries (for messages).
+    pub fn library_names(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::Glibc { library, .. } => Some(library.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has_libraries(&self) -> bool {
+        self.checks.iter().any(|c| matches!(c, Check::Glibc { .. } | Check::MpiAbi { .. }))
+    }
+}
+
+/// Libraries to bind into the container library directory, deduplicated by SONAME.
+struct LibSet {
+    libs: Vec<(FoundLib, String)>,
+    names: BTreeSet<String>,
+}
+
+impl LibSet {
+    fn add(&mut self, lib: FoundLib, why: impl Into<String>) {
+        if self.names.insert(lib.soname.clone()) {
+            self.libs.push((lib, why.into()));
+        }
+    }
+}
+
+/// Plan the injection for `req` on `host`, as configured by `cfg`. `env` reads the caller's
+/// environment (the job's, under a scheduler).
+pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: &dyn Fn(&str) -> Option<String>) -> Result<InjectPlan> {
+    let mode = req.mpi.unwrap_or(cfg.mpi);
+    if req.mpi.is_none() && !cfg.mpi_allowed.contains(&mode) {
+        return Err(Error::inject(
+            "berth.toml [inject]",
+            format!("the default MPI model mpi = \"{mode}\" is not in inject.mpi_allowed"),
+            "fix the site configuration (berth config check)",
+        ));
+    }
+    if !cfg.mpi_allowed.contains(&mode) {
+        let allowed: Vec<String> = cfg.mpi_allowed.iter().map(|m| m.to_string()).collect();
+        return Err(Error::inject(
+            format!("--mpi={mode}"),
+            format!("this site allows only {} (inject.mpi_allowed in berth.toml)", allowed.join(", ")),
+            format!("use --mpi={}", cfg.mpi),
+        ));
+    }
+    let nvidia = match cfg.nvidia {
+        NvidiaMode::Never if req.nvidia => {
+            return Err(Error::inject("--nv", "GPU support is turned off on this site (inject.nvidia = \"never\" in berth.toml)", "drop --nv"));
+        }
+        NvidiaMode::Never => false,
+        NvidiaMode::Always => true,
+        NvidiaMode::Auto => req.nvidia || env("SLURM_STEP_GPUS").is_some_and(|v| !v.trim().is_empty()),
+    };
+
+    let mut plan = InjectPlan::empty(host.arch, mode);
+    plan.nvidia = nvidia;
+    plan.libs_optional = req.mpi.is_none() && !nvidia;
+    if mode == MpiMode::None && !nvidia && cfg.extra_libs.is_empty() {
+        return Ok(plan);
+    }
+    plan.pass_env_prefixes = cfg.pass_env_prefixes.clone();
+
+    let resolver = LibResolver::new(&host.root, host.arch, cfg.extra_lib_dirs.clone())?;
+    if resolver.cache.is_none() {
+        plan.notes.push(format!("{} has no etc/ld.so.cache; searched the standard directories only", host.root.display()));
+    }
+    let lib_dir = &cfg.container_lib_dir;
+    let mut set = LibSet { libs: vec![], names: BTreeSet::new() };
+    // Plugins loaded with dlopen: their dependencies belong in the closure, but they are bound
+    // as part of their directory.
+    let mut plugins: Vec<FoundLib> = vec![];
+
+    if mode != MpiMode::None {
+        fabric(cfg, host, &resolver, &mut plan, &mut set, &mut plugins)?;
+    }
+    if mode == MpiMode::Host {
+        host_mpi(cfg, &resolver, &mut plan, &mut set)?;
+    }
+    for name in &cfg.extra_libs {
+        let found = if name.starts_with('/') {
+            let soname = Path::new(name).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+            resolver.try_path(&soname, Path::new(name))?
+        } else {
+            resolver.find(name)?
+        };
+        let lib = found.ok_or_else(|| {
+            Error::inject(
+                format!("host library {name}"),
+                "not found on this host (listed in inject.extra_libs in berth.toml)",
+                "install it, add its directory to inject.extra_lib_dirs, or remove it from inject.extra_libs",
+            )
+        })?;
+        set.add(lib, "site library (inject.extra_libs)");
+    }
+    if nvidia {
+        let part = nvidia::discover(&host.root, &resolver, &cfg.nvidia_capabilities, &req.gpus, host.device_check, &cfg.container_bin_dir, env)?;
+        plan.items.extend(part.items);
+        plan.env.extend(part.env);
+        plan.notes.extend(part.notes);
+        for (lib, why) in part.libs {
+            set.add(lib, why);
+        }
+        if let Some(driver) = part.driver_version {
+            plan.checks.push(Check::CudaDriver { driver });
+        }
+        if plan.items.iter().any(|i| i.container_path.starts_with(&cfg.container_bin_dir)) {
+            plan.bin_dirs.push(cfg.container_bin_dir.clone());
+        }
+    }
+
+    // Everything those libraries and plugins need, except glibc, which the image brings.
+    let mut roots: Vec<FoundLib> = set.libs.iter().map(|(l, _)| l.clone()).collect();
+    roots.extend(plugins.iter().cloned());
+    let (deps, notes) = resolver.closure(&roots, &set.names)?;
+    plan.notes.extend(notes);
+    for dep in deps {
+        let why = format!("needed by injected host libraries ({})", dep.soname);
+        set.add(dep, why);
+    }
+    for (lib, why) in &set.libs {
+        push_glibc_check(&mut plan, lib);
+        plan.items.push(InjectItem {
+            host_path: lib.rooted.clone(),
+            container_path: lib_dir.join(&lib.soname),
+            kind: ItemKind::File,
+            readonly: true,
+            why: why.clone(),
+        });
+    }
+    // Plugins last, so that messages name the libraries people know first.
+    for plugin in &plugins {
+        push_glibc_check(&mut plan, plugin);
+    }
+    if !set.libs.is_empty() || plan.items.iter().any(|i| i.container_path.starts_with(lib_dir)) {
+        plan.lib_dirs.push(lib_dir.clone());
+    }
+    Ok(plan)
+}
+
+fn push_glibc_check(plan: &mut InjectPlan, lib: &FoundLib) {
+    plan.checks.push(Check::Glibc { library: lib.soname.clone(), needs: lib.facts.glibc_needed.clone() });
+}
+
+/// Plugin `.so` files in a host directory (following symlinks; broken ones are noted, not
+/// fatal: one stale provider must not stop every job on the node).
+fn plugins_in(resolver: &LibResolver, logical_dir: &Path, plan: &mut InjectPlan) -> Vec<FoundLib> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir(rooted(&resolver.root, logical_dir)) else { return out };
+    let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains(".so")).collect();
+    names.sort();
+    for name in names {
+        match resolver.try_path(&name, &logical_dir.join(&name)) {
+            Ok(Some(lib)) => out.push(lib),
+            Ok(None) => {}
+            Err(e) => plan.notes.push(format!("skipped plugin: {e}")),
+        }
+    }
+    out
+}
+
+/// The hybrid model's fabric userspace (also used with the host's MPI).
+fn fabric(
+    cfg: &InjectConfig,
+    host: &HostFacts,
+    resolver: &LibResolver,
+    plan: &mut InjectPlan,
+    set: &mut LibSet,
+    plugins: &mut Vec<FoundLib>,
+) -> Result<()> {
+    let lib_dir = &cfg.container_lib_dir;
+    for name in &cfg.fabric_libs {
+        let Some(lib) = resolver.find(name)? else {
+            if cfg.fabric_required {
+                return Err(Error::inject(
+                    format!("host library {name}"),
+                    "not found on this host (listed in inject.fabric_libs, and inject.fabric_required = true)",
+                    "install it, add its directory to inject.extra_lib_dirs, or remove it from inject.fabric_libs",
+                ));
+            }
+            plan.notes.push(format!("{name} (inject.fabric_libs) is not on this host; not injected"));
+            continue;
+        };
+        let real_dir = lib.real.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if name.starts_with("libibverbs.so") {
+            // libibverbs loads providers from its compiled-in directory (VERBS_PROVIDER_DIR,
+            // `<libdir>/libibverbs`) as configured by /etc/libibverbs.d: both must appear at
+            // the host's paths, whatever the image has there.
+            let providers = real_dir.join("libibverbs");
+            if rooted(&host.root, &providers).is_dir() {
+                plugins.extend(plugins_in(resolver, &providers, plan));
+                plan.items.push(InjectItem {
+                    host_path: rooted(&host.root, &providers),
+                    container_path: providers.clone(),
+                    kind: ItemKind::Dir,
+                    readonly: true,
+                    why: "libibverbs provider plugins (mlx5, efa, ...)".into(),
+                });
+            } else {
+                plan.notes.push(format!("{} has no provider directory {}", name, providers.display()));
+            }
+            let conf = Path::new("/etc/libibverbs.d");
+            if rooted(&host.root, conf).is_dir() {
+                plan.items.push(InjectItem {
+                    host_path: rooted(&host.root, conf),
+                    container_path: conf.to_path_buf(),
+                    kind: ItemKind::Dir,
+                    readonly: true,
+                    why: "libibverbs provider configuration".into(),
+                });
+            }
+            let ib = Path::new("/dev/infiniband");
+            if rooted(&host.root, ib).is_dir() {
+                plan.items.push(InjectItem {
+                    host_path: rooted(&host.root, ib),
+                    container_path: ib.to_path_buf(),
+                    kind: ItemKind::Dir,
+                    readonly: false,
+                    why: "InfiniBand devices (uverbs, rdma_cm)".into(),
+                });
+            } else {
+                plan.notes.push("no /dev/infiniband on this host: verbs will find no device".into());
+            }
+        }
+        // libfabric and UCX find their plugins next to themselves (UCX relative to libucs via
+        // dladdr; libfabric through FI_PROVIDER_PATH, which we set).
+        for (lib_prefix, sub, env_var) in [("libfabric.so", "libfabric", Some("FI_PROVIDER_PATH")), ("libucs.so", "ucx", None)] {
+            if !name.starts_with(lib_prefix) {
+                continue;
+            }
+            let dir = real_dir.join(sub);
+            if rooted(&host.root, &dir).is_dir() {
+                plugins.extend(plugins_in(resolver, &dir, plan));
+                let inside = lib_dir.join(sub);
+                plan.items.push(InjectItem {
+                    host_path: rooted(&host.root, &dir),
+                    container_path: inside.clone(),
+                    kind: ItemKind::Dir,
+                    readonly: true,
+                    why: format!("{sub} provider plugins"),
+                });
+                if let Some(var) = env_var {
+                    plan.env.push((var.to_string(), inside.to_string_lossy().to_string()));
+                }
+            }
+        }
+        set.add(lib, format!("host fabric library ({name})"));
+    }
+    Ok(())
+}
+
+/// `--mpi=host`: the host's MPI libraries, to be bound over the image's.
+fn host_mpi(cfg: &InjectConfig, resolver: &LibResolver, plan: &mut InjectPlan, set: &mut LibSet) -> Result<()> {
+    let mut primary_found = false;
+    for name in &cfg.mpi_libs {
+        let Some(lib) = resolver.find(name)? else { continue };
+        if is_primary_mpi(name) {
+            let info = mpi::identify(name, &lib.rooted)?;
+            plan.checks.push(Check::MpiAbi { host: info.clone(), host_path: lib.rooted.clone() });
+            plan.notes.push(format!("host MPI: {} at {}", info.describe(), lib.listed.display()));
+            primary_found = true;
+            if info.family == mpi::MpiFamily::OpenMpi {
+                // Open MPI dlopens its components from a compiled-in directory.
+                let comp = lib.real.parent().unwrap_or(Path::new("/")).join("openmpi");
+                if rooted(&resolver.root, &comp).is_dir() {
+                    plan.items.push(InjectItem {
+                        host_path: rooted(&resolver.root, &comp),
+                        container_path: comp,
+                        kind: ItemKind::Dir,
+                        readonly: true,
+                        why: "Open MPI components".into(),
+                    });
+                }
+            }
+        }
+        plan.mpi_replace.push(MpiReplacement { soname: name.clone(), host_path: lib.rooted.clone() });
+        set.add(lib, format!("host MPI library ({name})"));
+    }
+    if !primary_found {
+        return Err(Error::inject(
+            "--mpi=host",
+            format!("no host MPI library found (looked for {} from inject.mpi_libs)", cfg.mpi_libs.join(", ")),
+            "add the host MPI's directory to inject.extra_lib_dirs, or use --mpi=hybrid",
+        ));
+    }
+    Ok(())
+}
+
+/// The libraries whose ABI decides (the bindings follow them).
+fn is_primary_mpi(soname: &str) -> bool {
+    soname.starts_with("libmpi.so.") || soname.starts_with("libmpich.so.")
+}
+
+/// Facts of a mounted image tree that the checks need.
+#[derive(Debug, Clone)]
+pub struct ImageFacts {
+    /// The glibc the image provides (highest `GLIBC_x.y` its libc.so.6 defines); `None`: no
+    /// glibc (static or musl image).
+    pub glibc: Option<GlibcVersion>,
+    /// Logical path of the image's libc.so.6.
+    pub libc_path: Option<PathBuf>,
+}
+
+/// Read what the checks need from the image tree at `image_root` (symlinks, absolute ones
+/// included, are followed inside the image).
+pub fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
+    let r = LibResolver::new(image_root, arch, vec![])?;
+    match r.find("libc.so.6")? {
+        Some(libc) => Ok(ImageFacts { glibc: libc.facts.glibc_defined.clone(), libc_path: Some(libc.real) }),
+        None => Ok(ImageFacts { glibc: None, libc_path: None }),
+    }
+}
+
+/// Why the image cannot load the injected libraries, if it cannot: no glibc at all, or an
+/// older glibc than they need. Both sides are named.
+fn library_problem(plan: &InjectPlan, image: &ImageFacts) -> Option<String> {
+    if !plan.has_libraries() {
+        return None;
+    }
+    let Some(image_glibc) = &image.glibc else {
+        let mut libs = plan.library_names();
+        let more = if libs.len() > 4 { ", ..." } else { "" };
+        libs.truncate(4);
+        return Some(format!(
+            "the image has no glibc (no libc.so.6 in its ld.so.cache or standard directories), so it cannot load the host's dynamic libraries ({}{more})",
+            libs.join(", ")
+        ));
+    };
+    let mut too_new: Vec<(String, GlibcVersion)> = plan
+        .checks
+        .iter()
+        .filter_map(|c| match c {
+            Check::Glibc { library, needs: Some(needs) } if needs > image_glibc => Some((library.clone(), needs.clone())),
+            _ => None,
+        })
+        .collect();
+    too_new.sort_by(|a, b| b.1.cmp(&a.1));
+    let (lib, needs) = too_new.first()?;
+    let others: Vec<&str> = too_new.iter().skip(1).map(|(l, _)| l.as_str()).collect();
+    let also = if others.is_empty() { String::new() } else { format!(" (also: {})", others.join(", ")) };
+    Some(format!("host {lib} needs GLIBC_{needs}, image has {image_glibc}{also}"))
+}
+
+const LIBRARY_HINT: &str = "use an image built on a newer distribution (with glibc), point inject.extra_lib_dirs at host libraries built for an older glibc, or run with --mpi=none and without --nv";
+
+/// Check `plan` against the image mounted at `image_root`: glibc versions, the MPI ABI for
+/// `--mpi=host` and the driver for the image's CUDA. Every refusal names both sides.
+///
+/// Library problems are refused only when the user asked for the injection (`--mpi=...`,
+/// `--nv`); for the site default they are not errors: [`finish_for_image`] drops the
+/// libraries with a note, so that `berth shell old.img` still works.
+pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
+    let image = image_facts(image_root, plan.arch)?;
+    if let Some(why) = library_problem(plan, &image) {
+        if !plan.libs_optional {
+            return Err(Error::inject("host library injection", why, LIBRARY_HINT));
+        }
+        return Ok(());
+    }
+    let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
+    for check in &plan.checks {
+        match check {
+            Check::MpiAbi { host, .. } => {
+                let Some(image_lib) = image_libs.find(&host.soname)? else {
+                    continue; // whether the image has any MPI to replace is settled in finish_for_image
+                };
+                let image_info = mpi::identify(&host.soname, &image_lib.rooted)?;
+                mpi::check_abi(host, &image_info).map_err(|why| {
+                    Error::inject("--mpi=host", why, "use --mpi=hybrid (the image's own MPI over the host's fabric)")
+                })?;
+            }
+            Check::CudaDriver { driver } => {
+                if let Some(cuda) = nvidia::image_cuda_version(image_root) {
+                    nvidia::check_driver_for_cuda(driver, &cuda).map_err(|why| {
+                        Error::inject(
+                            "--nv",
+                            why,
+                            "ask for nodes with a newer driver, use an image with an older CUDA, or ship NVIDIA's cuda-compat libraries in the image",
+                        )
+                    })?;
+                }
+            }
+            Check::Glibc { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Check `plan` against the image at `image_root` and complete it for that image: for
+/// `--mpi=host`, bind each host MPI library over the image's file of the same SONAME; when the
+/// image cannot load host libraries and nobody asked for them, drop them with a note.
+pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<InjectPlan> {
+    check_against_image(&plan, image_root)?;
+    let image = image_facts(image_root, plan.arch)?;
+    if let Some(why) = library_problem(&plan, &image) {
+        // Only reached for the site default (check_against_image refused the rest).
+        drop_libraries(&mut plan);
+        plan.notes.push(format!("host libraries not injected: {why}"));
+        return Ok(plan);
+    }
+    if plan.mpi == MpiMode::Host {
+        let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
+        let mut replaced = vec![];
+        for rep in plan.mpi_replace.clone() {
+            let Some(image_lib) = image_libs.find(&rep.soname)? else { continue };
+            // Bind over the real file the image's SONAME leads to (a bind cannot target the
+            // symlink itself), so programs with an RPATH into the image's MPI get the host's too.
+            plan.items.push(InjectItem {
+                host_path: rep.host_path.clone(),
+                container_path: image_lib.real.clone(),
+                kind: ItemKind::File,
+                readonly: true,
+                why: format!("host MPI replaces the image's {} (--mpi=host)", rep.soname),
+            });
+            replaced.push(rep.soname);
+        }
+        if !replaced.iter().any(|s| is_primary_mpi(s)) {
+            let host: Vec<String> = plan
+                .checks
+                .iter()
+                .filter_map(|c| match c {
+                    Check::MpiAbi { host, .. } => Some(host.describe()),
+                    _ => None,
+                })
+                .collect();
+            return Err(Error::inject(
+                "--mpi=host",
+                format!("the image has no MPI library to replace (host has {})", host.join(", ")),
+                "use --mpi=hybrid, or an image built against an MPI with the host's ABI",
+            ));
+        }
+        plan.notes.push(format!("replaced in the image: {}", replaced.join(", ")));
+    }
+    Ok(plan)
+}
+
+/// Remove every library-related item, keeping devices, sockets and GPU state.
+fn drop_libraries(plan: &mut InjectPlan) {
+    plan.items.retain(|i| matches!(i.kind, ItemKind::Device | ItemKind::Socket) || i.container_path.starts_with("/dev"));
+    plan.checks.retain(|c| !matches!(c, Check::Glibc { .. } | Check::MpiAbi { .. }));
+    plan.mpi_replace.clear();
+    plan.lib_dirs.clear();
+    plan.bin_dirs.clear();
+    plan.env.retain(|(k, _)| k != "FI_PROVIDER_PATH");
+}
+
+#[cfg(test)]
+mod tests;
