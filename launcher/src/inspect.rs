@@ -11,12 +11,52 @@ use clap::Args;
 pub struct InspectArgs {
     /// Print JSON instead of text
     #[arg(long)]
-    json: bool,
-    image: PathBuf,
+    pub json: bool,
+    /// Show what this host would inject (MPI, fabric, NVIDIA) and why, instead of an image
+    #[arg(long, conflicts_with = "image")]
+    pub host: bool,
+    /// With --host: the MPI model to show (hybrid, host, none)
+    #[arg(long, value_name = "MODEL", value_parser = crate::parse_mpi, requires = "host")]
+    pub mpi: Option<berth_runtime::inject::MpiMode>,
+    /// With --host: include the NVIDIA driver stack
+    #[arg(long, requires = "host")]
+    pub nv: bool,
+    #[arg(required_unless_present = "host")]
+    image: Option<PathBuf>,
+}
+
+/// `berth inspect --host`: the injection plan for this host.
+pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Result<i32, Error> {
+    let Some(plan) = plan else {
+        println!("host injection: not supported on this architecture");
+        return Ok(0);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+        return Ok(0);
+    }
+    println!("host injection for this node (mpi: {:?}, nvidia: {}):", plan.mpi, plan.nvidia);
+    for i in &plan.items {
+        println!("  {} -> {}  [{}]", i.host_path.display(), i.container_path.display(), i.why);
+    }
+    for r in &plan.mpi_replace {
+        println!("  host MPI {} replaces the image's {}", r.host_path.display(), r.soname);
+    }
+    for (k, v) in &plan.env {
+        println!("  env {k}={v}");
+    }
+    for d in &plan.lib_dirs {
+        println!("  LD_LIBRARY_PATH first: {}", d.display());
+    }
+    for n in &plan.notes {
+        println!("  note: {n}");
+    }
+    println!("checked against each image before use: glibc versions, MPI ABI, CUDA driver");
+    Ok(0)
 }
 
 pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
-    let img = image::open(&a.image)?;
+    let img = image::open(a.image.as_deref().unwrap_or(std::path::Path::new("")))?;
     let meta = berth_runtime::container::read_image_metadata(&img, cfg)?;
     if a.json {
         let v = serde_json::json!({

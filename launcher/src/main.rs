@@ -11,11 +11,21 @@ use std::path::PathBuf;
 
 use berth_runtime::config::Config;
 use berth_runtime::container;
-use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::error::Error;
 use berth_runtime::plan::{self, HostFacts};
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
 use berth_runtime::sys::process;
+use berth_runtime::inject::{self, MpiMode};
 use clap::{Args, Parser, Subcommand};
+
+fn parse_mpi(s: &str) -> Result<MpiMode, String> {
+    match s {
+        "hybrid" => Ok(MpiMode::Hybrid),
+        "host" => Ok(MpiMode::Host),
+        "none" => Ok(MpiMode::None),
+        _ => Err(format!("{s:?}: use hybrid, host or none")),
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself")]
@@ -76,6 +86,13 @@ struct ContainerOpts {
     /// A throwaway writable layer over the image
     #[arg(long)]
     writable_tmpfs: bool,
+    /// MPI model: hybrid (image MPI + host fabric libraries), host (host MPI replaces the
+    /// image's, ABI checked), none (default: the site's, usually hybrid)
+    #[arg(long, value_name = "MODEL", value_parser = parse_mpi)]
+    mpi: Option<MpiMode>,
+    /// Bind the host's NVIDIA driver stack and the job's GPUs
+    #[arg(long)]
+    nv: bool,
     /// Print the plan (every mount, file and env rule) instead of running
     #[arg(long)]
     dry_run: bool,
@@ -166,6 +183,10 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Run(a) => start(&cfg, &a.opts, a.image, Action::Run(a.args)),
         Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
+        Cmd::Inspect(a) if a.host => {
+            let req = make_request(&ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() }, PathBuf::new(), Action::Shell)?;
+            inspect::host(discover_injection(&cfg, &req)?, a.json)
+        }
         Cmd::Inspect(a) => inspect::run(&cfg, a),
         Cmd::Holder(a) => {
             let (req, plan) = make_plan(&cfg, &a.opts, a.image, Action::Shell)?;
@@ -211,6 +232,8 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     req.workdir = opts.workdir.clone();
     req.mount_home = !opts.no_home;
     req.writable_tmpfs = opts.writable_tmpfs;
+    req.mpi = opts.mpi;
+    req.nvidia = opts.nv;
     Ok(req)
 }
 
@@ -218,8 +241,16 @@ fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action)
     let req = make_request(opts, image, action)?;
     let img = berth_runtime::image::open(&req.image)?;
     let host = HostFacts::probe()?;
-    let plan = plan::plan(&req, &img, cfg, &host)?;
+    let injected = discover_injection(cfg, &req)?;
+    let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;
     Ok((req, plan))
+}
+
+/// What this host would inject for `req` (None on an architecture berth does not inject for).
+fn discover_injection(cfg: &Config, req: &Request) -> Result<Option<inject::InjectPlan>, Error> {
+    let Some(host) = inject::HostFacts::real() else { return Ok(None) };
+    let ireq = inject::InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: Default::default() };
+    inject::discover(&cfg.inject, &host, &ireq, &|k| std::env::var(k).ok()).map(Some)
 }
 
 fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {
@@ -290,5 +321,3 @@ fn which(prog: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-#[allow(dead_code)]
-const _: i32 = EXIT_BERTH_ERROR;

@@ -103,6 +103,20 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     .map_err(|e| bind_error(src, dst, why, e))?;
                 sys.set_attrs(&target, true, if *readonly { Attrs::SAFE_RO } else { Attrs::SAFE })?;
             }
+            Step::Inject { plan: injected } => {
+                let lower = plan
+                    .steps
+                    .iter()
+                    .find_map(|s| match s {
+                        Step::Overlay { lower, .. } => Some(lower.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| root.clone());
+                let finished = sys.finish_inject(injected, &lower)?;
+                for item in &finished.items {
+                    bind_injected(sys, &root, item)?;
+                }
+            }
             Step::UserDb { dst, entry, key } => {
                 let target = sys.resolve_in_root(&root, dst)?;
                 let image_copy = sys.read_file(&target).unwrap_or_default();
@@ -132,6 +146,15 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
             Step::Dev { .. } => wanted.push((Path::new("/dev"), PathKind::Dir)),
             Step::Bind { dst, kind, .. } => wanted.push((dst, *kind)),
             Step::UserDb { dst, .. } => wanted.push((dst, PathKind::File)),
+            Step::Inject { plan } => {
+                for i in &plan.items {
+                    // Devices go into berth's own /dev tmpfs, made later.
+                    if !i.container_path.starts_with("/dev") {
+                        let kind = if i.kind == crate::inject::ItemKind::Dir { PathKind::Dir } else { PathKind::File };
+                        wanted.push((&i.container_path, kind));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -159,6 +182,24 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
         }
     }
     Ok(())
+}
+
+fn bind_injected(sys: &mut dyn MountOps, root: &Path, item: &crate::inject::InjectItem) -> Result<()> {
+    use crate::inject::ItemKind;
+    let target = sys.resolve_in_root(root, &item.container_path)?;
+    match item.kind {
+        ItemKind::Dir => sys.mkdir_all(&target)?,
+        _ => sys.ensure_file(&target)?,
+    }
+    let recursive = if item.kind == ItemKind::Dir { MsFlags::MS_REC } else { MsFlags::empty() };
+    sys.mount(Some(&item.host_path), &target, None, MsFlags::MS_BIND | recursive, None)
+        .map_err(|e| bind_error(&item.host_path, &item.container_path, &item.why, e))?;
+    // Device nodes must stay usable (no nodev); nothing injected may gain privileges.
+    let attrs = match item.kind {
+        ItemKind::Device => Attrs { readonly: item.readonly, nosuid: true, noexec: true, nodev: false },
+        _ => Attrs { readonly: item.readonly, ..Attrs::SAFE },
+    };
+    sys.set_attrs(&target, item.kind == ItemKind::Dir, attrs)
 }
 
 fn bind_error(src: &Path, dst: &Path, why: &str, e: Error) -> Error {
@@ -192,7 +233,7 @@ mod tests {
     #[test]
     fn mount_sequence_for_a_sif_image() {
         let req = Request::new("app.sif".into(), Action::Shell);
-        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         let mut rec = Recorder::default();
         rec.files.push(("/tmp/berth-1001/mnt/root/etc/passwd".into(), "root:x:0:0::/root:/bin/sh\nalice:x:5:5::/:/bin/false\n".into()));
         apply(&plan, &mut rec).unwrap();
@@ -217,7 +258,7 @@ mod tests {
     #[test]
     fn minimal_dev_keeps_device_access() {
         let req = Request::new("app.sif".into(), Action::Shell);
-        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         let mut rec = Recorder::default();
         apply(&plan, &mut rec).unwrap();
         let ops = rec.ops.join("\n");

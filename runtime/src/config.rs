@@ -35,6 +35,8 @@ pub struct Config {
     pub binds: BindsConfig,
     pub env: EnvConfig,
     pub privileged: PrivilegedConfig,
+    /// Host MPI / fabric / NVIDIA injection.
+    pub inject: crate::inject::InjectConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ impl Default for Config {
             binds: BindsConfig::default(),
             env: EnvConfig::default(),
             privileged: PrivilegedConfig::default(),
+            inject: crate::inject::InjectConfig::default(),
         }
     }
 }
@@ -157,6 +160,9 @@ impl Config {
         };
         if !self.state_dir.starts_with('/') {
             return Err(err("state_dir", format!("state_dir must be an absolute path, not {:?}", self.state_dir)));
+        }
+        if let Err((key, msg)) = self.inject.validate() {
+            return Err(err(key, format!("[inject] {msg}")));
         }
         for spec in &self.binds.site {
             crate::request::BindSpec::parse(spec)

@@ -67,6 +67,14 @@ pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
     for (k, v) in &plan.overrides {
         env.set(k, v);
     }
+    if !plan.path_append.is_empty() {
+        let mut path = env.get("PATH").unwrap_or(DEFAULT_PATH).to_string();
+        for d in &plan.path_append {
+            path.push(':');
+            path.push_str(&d.display().to_string());
+        }
+        env.set("PATH", &path);
+    }
     if !plan.ld_library_path_prepend.is_empty() {
         let mut parts: Vec<String> = plan.ld_library_path_prepend.iter().map(|p| p.display().to_string()).collect();
         if let Some(old) = env.get("LD_LIBRARY_PATH").filter(|s| !s.is_empty()) {
@@ -313,13 +321,14 @@ mod tests {
             host: vec![("TERM".into(), "xterm".into()), ("LANG".into(), "C".into())],
             overrides: vec![("LANG".into(), "C.UTF-8".into())],
             ld_library_path_prepend: vec!["/.berth/host/lib".into()],
+            path_append: vec!["/.berth/host/bin".into()],
         };
         let files = vec![(
             "90-environment.sh".into(),
             "export PATH=/opt/vasp/bin:$PATH\nexport LANG=en_US\nLD_LIBRARY_PATH=/opt/vasp/lib".into(),
         )];
         let env = compose(&plan, &files);
-        assert_eq!(env.get("PATH"), Some(&*format!("/opt/vasp/bin:{DEFAULT_PATH}")));
+        assert_eq!(env.get("PATH"), Some(&*format!("/opt/vasp/bin:{DEFAULT_PATH}:/.berth/host/bin")));
         assert_eq!(env.get("LANG"), Some("C.UTF-8"));
         assert_eq!(env.get("LD_LIBRARY_PATH"), Some("/.berth/host/lib:/opt/vasp/lib"));
         assert_eq!(env.vars()[0].0, "TERM");

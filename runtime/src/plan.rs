@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::{FsType, Image, RootFs};
+use crate::inject::InjectPlan;
 use crate::request::{Action, BindSpec, Request};
 
 /// The user the container runs as (always the invoking user).
@@ -92,6 +93,9 @@ pub enum Step {
     /// A minimal `/dev`: tmpfs plus the host's standard nodes.
     Dev { nodes: Vec<PathBuf>, dirs: Vec<PathBuf> },
     Bind { src: PathBuf, dst: PathBuf, kind: PathKind, readonly: bool, why: String },
+    /// Host libraries, devices and files (fabric, MPI, NVIDIA), checked against the image
+    /// (glibc, MPI ABI, CUDA driver) once it is mounted, then bound.
+    Inject { plan: Box<InjectPlan> },
     /// A file generated from the image's own copy plus the user's entry.
     UserDb { dst: PathBuf, entry: String, key: String },
     /// Make the root read-only (unless `--writable-tmpfs`).
@@ -108,6 +112,9 @@ pub struct EnvPlan {
     pub overrides: Vec<(String, String)>,
     /// Directories put first in `LD_LIBRARY_PATH` (host injection).
     pub ld_library_path_prepend: Vec<PathBuf>,
+    /// Directories added at the end of `PATH` (injected host programs such as nvidia-smi).
+    #[serde(default)]
+    pub path_append: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,8 +168,9 @@ fn is_system_path(p: &Path) -> bool {
     })
 }
 
-/// Build the plan. Pure: reads only `req`, `image`, `cfg` and `host`.
-pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts) -> Result<Plan> {
+/// Build the plan. Pure: reads only `req`, `image`, `cfg`, `host` and what host injection
+/// discovery found (`injected`, from [`crate::inject::discover`]).
+pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts, injected: Option<&InjectPlan>) -> Result<Plan> {
     let state_dir = cfg.state_dir_for(host.user.uid);
     let staging = state_dir.join("mnt");
     let mut steps = vec![Step::Staging { at: staging.clone() }];
@@ -253,6 +261,10 @@ pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts) -> Res
         steps.push(Step::Bind { src, dst: b.dst.clone(), kind, readonly: b.readonly, why: why.into() });
     }
 
+    if let Some(ip) = injected.filter(|ip| !ip.items.is_empty() || !ip.mpi_replace.is_empty()) {
+        steps.push(Step::Inject { plan: Box::new(ip.clone()) });
+    }
+
     // The user's passwd/group entries, so `id`, `ls -l` and `getpwuid()` work inside.
     let u = &host.user;
     steps.push(Step::UserDb {
@@ -276,7 +288,16 @@ pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts) -> Res
     }
     steps.push(Step::PivotRoot);
 
-    let env = plan_env(req, cfg, host);
+    let mut env = plan_env(req, cfg, host);
+    if let Some(ip) = injected {
+        // Injection's variables (e.g. FI_PROVIDER_PATH) come before the user's own overrides,
+        // so a user can still change them.
+        let user_overrides = std::mem::take(&mut env.overrides);
+        env.overrides.extend(ip.env.iter().cloned());
+        env.overrides.extend(user_overrides);
+        env.ld_library_path_prepend.extend(ip.lib_dirs.iter().cloned());
+        env.path_append.extend(ip.bin_dirs.iter().cloned());
+    }
     let (workdir, workdir_required) = match &req.workdir {
         Some(w) => {
             crate::request::check_container_path(w)
@@ -333,6 +354,7 @@ pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Conf
     let kept_clean = |k: &str| {
         CLEANENV_KEEP.contains(&k)
             || CLEANENV_KEEP_PREFIXES.iter().any(|p| k.starts_with(p))
+            || cfg.inject.pass_env_prefixes.iter().any(|p| k.starts_with(p.as_str()))
             || cfg.env.keep.iter().any(|b| b == k)
     };
     let mut env = EnvPlan::default();
@@ -403,6 +425,18 @@ impl fmt::Display for Plan {
                     if *readonly { "ro," } else { "" },
                     why
                 )?,
+                Step::Inject { plan } => {
+                    writeln!(f, "host injection (mpi: {:?}, nvidia: {}), after checking the image:", plan.mpi, plan.nvidia)?;
+                    for i in &plan.items {
+                        writeln!(f, "        bind {} -> {} [{}]", i.host_path.display(), i.container_path.display(), i.why)?;
+                    }
+                    for r in &plan.mpi_replace {
+                        writeln!(f, "        host MPI {} over the image's {}", r.host_path.display(), r.soname)?;
+                    }
+                    for n in &plan.notes {
+                        writeln!(f, "        note: {n}")?;
+                    }
+                }
                 Step::UserDb { dst, entry, .. } => writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?,
                 Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
                 Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
@@ -414,6 +448,9 @@ impl fmt::Display for Plan {
         }
         for d in &self.env.ld_library_path_prepend {
             writeln!(f, "  LD_LIBRARY_PATH first: {}", d.display())?;
+        }
+        for d in &self.env.path_append {
+            writeln!(f, "  PATH last: {}", d.display())?;
         }
         writeln!(
             f,
@@ -494,7 +531,7 @@ pub(crate) mod tests {
     #[test]
     fn default_plan_order_and_binds() {
         let req = Request::new("app.sif".into(), Action::Exec(vec!["true".into()]));
-        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         assert!(matches!(p.steps[0], Step::Staging { .. }));
         match &p.steps[1] {
             Step::Image { mount: ImageMount::Squashfuse { offset, image, .. }, .. } => {
@@ -521,10 +558,10 @@ pub(crate) mod tests {
         let req = Request::new("app.sif".into(), Action::Shell);
         let mut f = facts();
         f.cwd = Some("/home/alice/proj".into());
-        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f, None).unwrap();
         assert_eq!(binds(&p).iter().filter(|(s, _)| s.starts_with("/home")).count(), 1);
         f.cwd = Some("/usr/share".into());
-        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f, None).unwrap();
         assert!(!binds(&p).iter().any(|(s, _)| s == "/usr/share"));
     }
 
@@ -534,7 +571,7 @@ pub(crate) mod tests {
         cfg.binds.site = vec!["/lustre:/scratch".into()];
         let mut req = Request::new("app.sif".into(), Action::Shell);
         req.binds = BindSpec::parse_list("/data:/in:ro,rel.txt:/etc/app.conf").unwrap();
-        let p = plan(&req, &sqfs_image(), &cfg, &facts()).unwrap();
+        let p = plan(&req, &sqfs_image(), &cfg, &facts(), None).unwrap();
         let b = binds(&p);
         let n = b.len();
         assert_eq!(b[n - 3], ("/lustre".into(), "/scratch".into()));
@@ -542,7 +579,7 @@ pub(crate) mod tests {
         assert_eq!(b[n - 1], ("/scratch/alice/run1/rel.txt".into(), "/etc/app.conf".into()));
 
         req.binds = BindSpec::parse_list("/missing/dir:/x").unwrap();
-        let e = plan(&req, &sqfs_image(), &cfg, &facts()).unwrap_err().to_string();
+        let e = plan(&req, &sqfs_image(), &cfg, &facts(), None).unwrap_err().to_string();
         assert!(e.contains("/missing/dir does not exist"), "{e}");
     }
 
@@ -553,7 +590,7 @@ pub(crate) mod tests {
         req.writable_tmpfs = true;
         let mut f = facts();
         f.cwd = None;
-        let p = plan(&req, &sqfs_image(), &Config::default(), &f).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &f, None).unwrap();
         assert!(!binds(&p).iter().any(|(s, _)| s == "/home/alice"));
         assert!(!p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
         assert_eq!(p.workdir, vec![PathBuf::from("/")]);
@@ -563,7 +600,7 @@ pub(crate) mod tests {
     fn env_rules() {
         let mut req = Request::new("app.sif".into(), Action::Shell);
         req.env = vec![("FOO".into(), "cli".into())];
-        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(host, ["TERM", "SLURM_JOB_ID", "MYVAR", "USER", "LOGNAME", "HOME"]);
         let ov = &p.env.overrides;
@@ -571,7 +608,7 @@ pub(crate) mod tests {
         assert_eq!(foo, ["bar", "cli"], "BERTH_ENV_FOO then --env, later wins");
 
         req.cleanenv = true;
-        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         let host: Vec<&str> = p.env.host.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(host, ["TERM", "SLURM_JOB_ID", "USER", "LOGNAME", "HOME"]);
     }
@@ -580,10 +617,10 @@ pub(crate) mod tests {
     fn explicit_workdir_is_required_and_absolute() {
         let mut req = Request::new("app.sif".into(), Action::Shell);
         req.workdir = Some("/work".into());
-        let p = plan(&req, &sqfs_image(), &Config::default(), &facts()).unwrap();
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         assert_eq!((p.workdir.clone(), p.workdir_required), (vec![PathBuf::from("/work")], true));
         req.workdir = Some("work".into());
-        assert!(plan(&req, &sqfs_image(), &Config::default(), &facts()).is_err());
+        assert!(plan(&req, &sqfs_image(), &Config::default(), &facts(), None).is_err());
     }
 
     #[test]
@@ -591,7 +628,7 @@ pub(crate) mod tests {
         let mut img = sqfs_image();
         img.root = RootFs::Embedded { fs: FsType::Ext3, offset: 31, size: 100 };
         let req = Request::new("old.img".into(), Action::Shell);
-        let e = plan(&req, &img, &Config::default(), &facts()).unwrap_err().to_string();
+        let e = plan(&req, &img, &Config::default(), &facts(), None).unwrap_err().to_string();
         assert!(e.contains("ext3") && e.contains("privileged"), "{e}");
     }
 }

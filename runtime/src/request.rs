@@ -92,6 +92,10 @@ pub struct Request {
     pub mount_home: bool,
     /// A throwaway writable layer over the image.
     pub writable_tmpfs: bool,
+    /// `--mpi=hybrid|host|none`; None: the site default.
+    pub mpi: Option<crate::inject::MpiMode>,
+    /// `--nv`: the host's NVIDIA driver stack and the job's GPUs.
+    pub nvidia: bool,
 }
 
 impl Request {
@@ -105,6 +109,8 @@ impl Request {
             workdir: None,
             mount_home: true,
             writable_tmpfs: false,
+            mpi: None,
+            nvidia: false,
         }
     }
 }
