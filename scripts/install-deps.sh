@@ -9,6 +9,8 @@ pkgs=(
   build-essential pkg-config libclang-dev
   # tests: static busybox and static libc for test images, peers for the benchmarks
   busybox-static libc6-dev hyperfine charliecloud-runtime
+  # host injection tests: real rdma-core libraries and a verbs tool
+  ibverbs-utils ibverbs-providers librdmacm1 libibverbs1
   util-linux procps iproute2
 )
 missing=()

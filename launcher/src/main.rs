@@ -248,7 +248,8 @@ fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action)
 
 /// What this host would inject for `req` (None on an architecture berth does not inject for).
 fn discover_injection(cfg: &Config, req: &Request) -> Result<Option<inject::InjectPlan>, Error> {
-    let Some(host) = inject::HostFacts::real() else { return Ok(None) };
+    let Some(mut host) = inject::HostFacts::real() else { return Ok(None) };
+    host.root = cfg.inject.host_root.clone();
     let ireq = inject::InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: Default::default() };
     inject::discover(&cfg.inject, &host, &ireq, &|k| std::env::var(k).ok()).map(Some)
 }

@@ -148,8 +148,9 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
             Step::UserDb { dst, .. } => wanted.push((dst, PathKind::File)),
             Step::Inject { plan } => {
                 for i in &plan.items {
-                    // Devices go into berth's own /dev tmpfs, made later.
-                    if !i.container_path.starts_with("/dev") {
+                    // Devices go into berth's own /dev tmpfs, made later; /proc and /sys are
+                    // the kernel's.
+                    if !["/dev", "/proc", "/sys"].iter().any(|k| i.container_path.starts_with(k)) {
                         let kind = if i.kind == crate::inject::ItemKind::Dir { PathKind::Dir } else { PathKind::File };
                         wanted.push((&i.container_path, kind));
                     }
@@ -187,6 +188,12 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
 fn bind_injected(sys: &mut dyn MountOps, root: &Path, item: &crate::inject::InjectItem) -> Result<()> {
     use crate::inject::ItemKind;
     let target = sys.resolve_in_root(root, &item.container_path)?;
+    // /proc and /sys are the kernel's (bound from the host): what the kernel does not show
+    // there cannot be created, and what it shows is already the host's.
+    if (item.container_path.starts_with("/proc") || item.container_path.starts_with("/sys")) && !sys.exists(&target) {
+        tracing::debug!("{} is not provided by this kernel; not bound", item.container_path.display());
+        return Ok(());
+    }
     match item.kind {
         ItemKind::Dir => sys.mkdir_all(&target)?,
         _ => sys.ensure_file(&target)?,

@@ -82,6 +82,9 @@ pub struct InjectConfig {
     /// Host environment variables with these prefixes are passed into the container even with
     /// `--cleanenv` (network and MPI tuning).
     pub pass_env_prefixes: Vec<String>,
+    /// Where the host's files are found: "/" normally; another tree where the node's system is
+    /// mounted elsewhere (and in tests, a fake host tree with stub drivers).
+    pub host_root: PathBuf,
     /// Where injected libraries appear inside the container (prepended to LD_LIBRARY_PATH).
     pub container_lib_dir: PathBuf,
     /// Where injected programs (nvidia-smi, ...) appear inside the container (appended to PATH).
@@ -128,6 +131,7 @@ impl Default for InjectConfig {
                 "UCX_", "OMPI_MCA_", "FI_", "MLX5_", "IBV_", "RDMAV_", "PSM2_", "HFI_", "NCCL_", "MPICH_",
                 "MPIR_CVAR_", "I_MPI_", "PMIX_", "CUDA_MPS_",
             ]),
+            host_root: PathBuf::from("/"),
             container_lib_dir: PathBuf::from("/.berth/host/lib"),
             container_bin_dir: PathBuf::from("/.berth/host/bin"),
         }
