@@ -11,6 +11,8 @@ pkgs=(
   busybox-static libc6-dev hyperfine charliecloud-runtime
   # host injection tests: real rdma-core libraries and a verbs tool
   ibverbs-utils ibverbs-providers librdmacm1 libibverbs1
+  # MPI: the replace-model test, the MPI images and the Slurm tests
+  mpich libmpich-dev openmpi-bin libopenmpi-dev
   util-linux procps iproute2
 )
 missing=()

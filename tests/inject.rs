@@ -24,7 +24,10 @@ fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
     for d in ["bin", "usr/bin", "etc", "lib/x86_64-linux-gnu", "lib64", "tmp"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", root.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+    // glibc's libraries, as any glibc-based image has them.
+    for lib in ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libresolv.so.2"] {
+        std::fs::copy(Path::new("/lib/x86_64-linux-gnu").join(lib), root.join("lib/x86_64-linux-gnu").join(lib)).unwrap();
+    }
     std::fs::copy("/lib64/ld-linux-x86-64.so.2", root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
     std::fs::copy("/bin/dash", root.join("bin/sh")).unwrap();
     // coreutils need more than libc (libselinux...): the image gets busybox's tools.
@@ -157,4 +160,48 @@ fn bad_injection_settings_get_one_clear_message() {
     std::fs::write(&cfg, "[inject]\nmpi_allowed = [\"hybrid\"]\n").unwrap();
     harness::Out(w.berth(&["exec", "--mpi=host", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap())
         .fails_with(&["host"]);
+}
+
+/// An image with its own (stub) MPICH-ABI library and an application linked against it.
+fn mpich_abi_image() -> PathBuf {
+    let w = world();
+    let dir = w.path("mpi-build");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("stub.c"),
+        "#include <string.h>\n__attribute__((used)) const char mpich_version[] = \"MPICH Version:\\t4.0.0\";\n\
+         int MPI_Get_library_version(char *s, int *len) { strcpy(s, \"IMAGE STUB MPI\"); *len = 14; return 0; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("app.c"),
+        "#include <stdio.h>\nint MPI_Get_library_version(char *, int *);\n\
+         int main(void) { static char b[8192]; int l = 0; MPI_Get_library_version(b, &l); printf(\"%s\\n\", b); return 0; }\n",
+    )
+    .unwrap();
+    let d = dir.display();
+    sh(&format!("cc -shared -fPIC -Wl,-soname,libmpich.so.12 -o {d}/libmpich.so.12.0.0 {d}/stub.c && ln -sf libmpich.so.12.0.0 {d}/libmpich.so"));
+    sh(&format!("cc -o {d}/mpi-version {d}/app.c -L{d} -lmpich"));
+    glibc_image(
+        "mpich-abi",
+        &[(&dir.join("libmpich.so.12.0.0"), "/lib/x86_64-linux-gnu/libmpich.so.12.0.0"), (&dir.join("mpi-version"), "/usr/bin/mpi-version")],
+    )
+}
+
+#[test]
+fn replace_model_runs_the_image_application_on_the_host_mpi() {
+    let w = world();
+    assert!(Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12").exists(), "scripts/install-deps.sh installs libmpich-dev");
+    let img = mpich_abi_image();
+    let img = img.to_str().unwrap();
+    assert_eq!(w.run(&["exec", "--mpi=none", img, "mpi-version"]).ok(), "IMAGE STUB MPI\n");
+    let out = w.run(&["exec", "--mpi=host", img, "mpi-version"]).ok();
+    assert!(out.starts_with("MPICH Version:") && out.contains("4.0.2"), "the host's MPICH answered: {out}");
+    let plan = w.run(&["exec", "--dry-run", "--mpi=host", img, "mpi-version"]).ok();
+    assert!(plan.contains("host MPI") && plan.contains("libmpich.so.12"), "{plan}");
+    // A host Open MPI cannot stand in for an MPICH-ABI library: refused, both sides named.
+    let cfg = w.path("ompi-host.toml");
+    std::fs::write(&cfg, "[inject]\nmpi_libs = [\"libmpi.so.40\"]\n").unwrap();
+    harness::Out(w.berth(&["exec", "--mpi=host", img, "mpi-version"]).env("BERTH_CONFIG", &cfg).output().unwrap())
+        .fails_with(&["libmpi.so.40"]);
 }
