@@ -29,7 +29,10 @@ make_root() { # DIR EXTRA_MB
 }
 if [ ! -f "$work/small.sqsh" ]; then
   make_root "$work/small" 10
+  # mksquashfs's default (gzip) and the faster-to-decompress choices, same content.
   mksquashfs "$work/small" "$work/small.sqsh" -noappend -quiet -no-progress -all-root >/dev/null
+  for c in lz4 zstd; do mksquashfs "$work/small" "$work/small-$c.sqsh" -comp $c -noappend -quiet -no-progress -all-root >/dev/null; done
+  mksquashfs "$work/small" "$work/small-none.sqsh" -noI -noD -noF -noX -noappend -quiet -no-progress -all-root >/dev/null
 fi
 if [ ! -f "$work/big.sqsh" ]; then
   echo "bench: building a 2 GB image once (cached in $work)" >&2
@@ -52,6 +55,13 @@ as_user hyperfine -N --warmup 10 --runs "$runs" --export-json "$json" --style no
   -n native '/bin/true' \
   -n 'berth squashfs' "$work/berth exec $work/small.sqsh /bin/true" \
   -n 'ch-run squashfs' "ch-run $work/small.sqsh -- /bin/true" \
+  -n 'berth lz4' "$work/berth exec $work/small-lz4.sqsh /bin/true" \
+  -n 'ch-run lz4' "ch-run $work/small-lz4.sqsh -- /bin/true" \
+  -n 'berth zstd' "$work/berth exec $work/small-zstd.sqsh /bin/true" \
+  -n 'ch-run zstd' "ch-run $work/small-zstd.sqsh -- /bin/true" \
+  -n 'berth uncompressed' "$work/berth exec $work/small-none.sqsh /bin/true" \
+  -n 'ch-run uncompressed' "ch-run $work/small-none.sqsh -- /bin/true" \
+  -n 'berth directory' "$work/berth exec $work/small /bin/true" \
   -n 'ch-run directory' "ch-run $work/small -- /bin/true" \
   -n 'berth join' "$work/berth exec --join bench /bin/true" \
   -n 'berth 10 MB image' "$work/berth exec $work/small.sqsh /bin/true" \
@@ -70,7 +80,9 @@ def ratio(a, b, target, cmp):
     ok = x <= target if cmp == "<=" else x >= target
     print(f"{a + ' / ' + b:<42} {x:>7.3f}   target {cmp} {target}  {'OK' if ok else 'MISSED'}")
 ratio("berth squashfs", "ch-run squashfs", 0.5, "<=")
-ratio("berth squashfs", "ch-run directory", 1e9, "<=")
+for c in ("lz4", "zstd", "uncompressed"):
+    ratio(f"berth {c}", f"ch-run {c}", 0.5, "<=")
+ratio("berth directory", "ch-run directory", 1e9, "<=")
 ratio("berth squashfs", "native", 1e9, "<=")
 ratio("berth 2 GB image", "berth 10 MB image", 1.05, "<=")
 join = med["berth join"] - med["native"]
