@@ -12,6 +12,8 @@
 #   bnodeN:       netns bsnodeN, veth bsvN <-> eth0 $NET.(10+N), own UTS ns (hostname bnodeN) and
 #                 own mount ns (propagation slave), slurmd -N bnodeN, per-node spool and TmpFS
 #   everything else (config, state, spool, logs, munge key) lives under $DIR; nothing in /etc/slurm.
+#   When $DIR is /tmp/NAME, each node sees its own /tmp ($DIR/nodes/N/roottmp, with $DIR at
+#   its usual place inside): put test images and scripts under $DIR, e.g. $DIR/work.
 #   The namespaces have no default route: nodes reach only $NET.0/24 and their own loopback.
 #
 # Knobs (environment):
@@ -198,9 +200,18 @@ start_slurmd() {
         pid=$(pidfile "$DIR/run/slurmd-$n.pid")
         is "$pid" slurmd && continue
         rm -f "$DIR/run/slurmd-$n.pid"
+        # Each node gets its own /tmp, as real nodes have (berth keeps per-node holder state in
+        # /tmp/berth-<uid>): $DIR/nodes/N/roottmp over /tmp, with $DIR itself bound back at its
+        # place inside it. Only when $DIR is directly under /tmp.
+        local setup_tmp=""
+        if [ "$(dirname "$DIR")" = /tmp ]; then
+            install -d -m 1777 "$DIR/nodes/$n/roottmp"
+            install -d -m 0755 "$DIR/nodes/$n/roottmp/$(basename "$DIR")"
+            setup_tmp="mount --bind $DIR $DIR/nodes/$n/roottmp/$(basename "$DIR") && mount --rbind $DIR/nodes/$n/roottmp /tmp &&"
+        fi
         # nsenter --net, NOT `ip netns exec` (that remounts /sys and hides the cgroup v1 trees).
         nsenter --net="/run/netns/bsnode$i" unshare --uts --mount --propagation slave \
-            sh -c "hostname $n && exec /usr/sbin/slurmd -N $n"
+            sh -c "hostname $n && $setup_tmp exec /usr/sbin/slurmd -N $n"
         for _ in $(seq 100); do [ -s "$DIR/run/slurmd-$n.pid" ] && break; sleep 0.1; done
         [ -s "$DIR/run/slurmd-$n.pid" ] || die "slurmd $n did not start; see $DIR/log/slurmd-$n.log"
     done

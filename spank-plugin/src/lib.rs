@@ -1,0 +1,73 @@
+//! `spank_berth.so`: Slurm's `--container=IMG` (and pyxis' `--container-*` options) run every
+//! task of a step inside a berth image, one container per node per step.
+//!
+//! Flow of one `srun -N2 --container=img.sqsh prog` (callbacks in the order Slurm calls them):
+//! - srun, `slurm_spank_init` (local): register options; take the inherited image out of
+//!   `SLURM_CONTAINER` so a nested `srun --container=other` gets its own value.
+//! - srun, `slurm_spank_init_post_opt`: choose the image (`--container`, `--container-image`,
+//!   or inherited), resolve it against the submit dir, put it in `BERTH_CONTAINER_IMAGE`.
+//! - slurmstepd on each node, `slurm_spank_user_init`: start `berth holder` as the user; wait
+//!   until it is ready. A failure is recorded, not returned (that would drain the node).
+//! - each task, `slurm_spank_task_init`: join the holder's namespaces, set the image's
+//!   environment and working directory; or print the recorded failure and fail the task.
+//! - slurmstepd, `slurm_spank_exit`: stop the holder.
+//!
+//! The callbacks below are one line each; [`plugin`] holds the logic, [`sys`] all `unsafe`.
+
+use std::os::raw::{c_char, c_int, c_uint};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub mod holder;
+pub mod plugin;
+pub mod settings;
+mod sys;
+
+// The four symbols Slurm's plugin loader looks for (what SPANK_PLUGIN(berth, 1) defines in C).
+// plugin_version pins the plugin to the Slurm release it was built against.
+#[no_mangle]
+pub static plugin_name: [u8; 6] = *b"berth\0";
+#[no_mangle]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+#[no_mangle]
+pub static plugin_version: c_uint = sys::SLURM_VERSION_NUMBER;
+#[no_mangle]
+pub static spank_plugin_version: c_uint = 1;
+
+/// `spank_t` as the callbacks receive it (opaque; [`sys::Spank`] gives it its type back).
+type Handle = *mut std::ffi::c_void;
+
+/// Run a callback body: errors are logged and become -1, panics never cross into Slurm.
+pub(crate) fn guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(msg)) => {
+            if !msg.is_empty() {
+                plugin::log_error(&msg);
+            }
+            -1
+        }
+        Err(_) => {
+            plugin::log_error(&format!("internal error (panic) in {what}; please report it"));
+            -1
+        }
+    }
+}
+
+macro_rules! callback {
+    ($sym:ident => $body:path) => {
+        #[no_mangle]
+        pub extern "C" fn $sym(sp: Handle, ac: c_int, av: *mut *mut c_char) -> c_int {
+            guard(stringify!($sym), || {
+                // SAFETY: sp, ac and av are exactly what Slurm passed to this callback.
+                let (spank, args) = unsafe { (sys::Spank::from_raw(sp), sys::args(ac, av)) };
+                $body(&spank, &args)
+            })
+        }
+    };
+}
+
+callback!(slurm_spank_init => plugin::init);
+callback!(slurm_spank_init_post_opt => plugin::init_post_opt);
+callback!(slurm_spank_user_init => plugin::user_init);
+callback!(slurm_spank_task_init => plugin::task_init);
+callback!(slurm_spank_exit => plugin::exit);
