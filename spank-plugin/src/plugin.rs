@@ -141,8 +141,8 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
     let oci = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
     if oci.exists() {
         st.failure.get_or_insert(format!(
-            "this node runs Slurm's own OCI containers ({} exists), so --container is Slurm's here, \
-             not berth's; use --container-image={} for berth, or ask the administrator",
+            "this node is set up for Slurm's own OCI containers ({} exists), which own --container; \
+             berth does not run here (image {}); ask the administrator",
             oci.display(),
             image.display()
         ));
