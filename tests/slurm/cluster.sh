@@ -209,6 +209,12 @@ start_slurmd() {
             install -d -m 0755 "$DIR/nodes/$n/roottmp/$(basename "$DIR")"
             setup_tmp="mount --bind $DIR $DIR/nodes/$n/roottmp/$(basename "$DIR") && mount --rbind $DIR/nodes/$n/roottmp /tmp &&"
         fi
+        # Each node gets its own boot id: UCX takes /proc/sys/kernel/random/boot_id as the host's
+        # identity, so with one shared id it treats all nodes as one host and tries shared memory
+        # between them (that fails once ranks of two nodes sit in two containers' user namespaces).
+        [ -s "$DIR/nodes/$n/boot_id" ] || cat /proc/sys/kernel/random/uuid > "$DIR/nodes/$n/boot_id"
+        chmod 0444 "$DIR/nodes/$n/boot_id"
+        setup_tmp="mount --bind $DIR/nodes/$n/boot_id /proc/sys/kernel/random/boot_id && $setup_tmp"
         # nsenter --net, NOT `ip netns exec` (that remounts /sys and hides the cgroup v1 trees).
         nsenter --net="/run/netns/bsnode$i" unshare --uts --mount --propagation slave \
             sh -c "hostname $n && $setup_tmp exec /usr/sbin/slurmd -N $n"
