@@ -109,7 +109,7 @@ fn stderr_tail(f: &std::fs::File) -> Option<String> {
     let mut s = String::new();
     f.seek(SeekFrom::Start(0)).ok()?;
     f.take(64 * 1024).read_to_string(&mut s).ok()?;
-    let line = s.lines().map(str::trim).filter(|l| !l.is_empty()).last()?;
+    let line = s.lines().map(str::trim).rfind(|l| !l.is_empty())?;
     Some(line.strip_prefix("berth: ").unwrap_or(line).to_string())
 }
 

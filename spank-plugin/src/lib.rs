@@ -55,13 +55,11 @@ pub(crate) fn guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> c_int
 
 macro_rules! callback {
     ($sym:ident => $body:path) => {
+        /// # Safety
+        /// Called by Slurm only, with the handle and plugstack.conf arguments of this callback.
         #[no_mangle]
-        pub extern "C" fn $sym(sp: Handle, ac: c_int, av: *mut *mut c_char) -> c_int {
-            guard(stringify!($sym), || {
-                // SAFETY: sp, ac and av are exactly what Slurm passed to this callback.
-                let (spank, args) = unsafe { (sys::Spank::from_raw(sp), sys::args(ac, av)) };
-                $body(&spank, &args)
-            })
+        pub unsafe extern "C" fn $sym(sp: Handle, ac: c_int, av: *mut *mut c_char) -> c_int {
+            sys::dispatch(stringify!($sym), sp, ac, av, $body)
         }
     };
 }

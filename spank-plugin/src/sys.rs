@@ -99,7 +99,7 @@ pub struct Spank(bindings::spank_t);
 impl Spank {
     /// # Safety
     /// `sp` must be the handle Slurm passed to the running callback.
-    pub unsafe fn from_raw(sp: *mut std::ffi::c_void) -> Spank {
+    unsafe fn from_raw(sp: *mut std::ffi::c_void) -> Spank {
         Spank(sp as bindings::spank_t)
     }
 
@@ -211,11 +211,30 @@ unsafe extern "C" fn option_cb(val: c_int, optarg: *const c_char, remote: c_int)
     crate::guard("option", || crate::plugin::on_option(val, arg.as_deref(), remote != 0))
 }
 
+/// Run the body of callback `name` with a typed handle and its plugstack.conf arguments, under
+/// [`crate::guard`] (no panic crosses into Slurm).
+///
+/// # Safety
+/// `sp`, `ac` and `av` must be exactly what Slurm passed to the running callback.
+pub unsafe fn dispatch(
+    name: &str,
+    sp: *mut std::ffi::c_void,
+    ac: c_int,
+    av: *mut *mut c_char,
+    body: fn(&Spank, &[String]) -> Result<(), String>,
+) -> c_int {
+    crate::guard(name, || {
+        // SAFETY: caller contract: the handle and argv of the running callback.
+        let (spank, args) = unsafe { (Spank::from_raw(sp), args(ac, av)) };
+        body(&spank, &args)
+    })
+}
+
 /// The `argv` Slurm passed to a callback (plugstack.conf arguments), as strings.
 ///
 /// # Safety
 /// `ac`/`av` must be the values Slurm passed to the running callback.
-pub unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
+unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
     if av.is_null() || ac <= 0 {
         return vec![];
     }
