@@ -192,6 +192,13 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     if let Some(d) = pmix_server_dir(job, step) {
         binds.push(d.display().to_string());
     }
+    // The job's TMPDIR when it is not /tmp (a per-job tmp from a site prolog, for example).
+    // Bound as the user inside the user namespace, so the kernel checks the user's access.
+    if let Some(t) = sp.getenv("TMPDIR").filter(|t| t.starts_with('/') && t.trim_end_matches('/') != "/tmp") {
+        if Path::new(&t).is_dir() && !t.contains([':', ',']) {
+            binds.push(t.trim_end_matches('/').to_string());
+        }
+    }
     binds.extend(st.site.binds.iter().cloned());
     binds.extend(st.opts.mounts.iter().cloned());
 
