@@ -36,21 +36,25 @@ pub static spank_plugin_version: c_uint = 1;
 /// `spank_t` as the callbacks receive it (opaque; [`sys::Spank`] gives it its type back).
 type Handle = *mut std::ffi::c_void;
 
-/// Run a callback body: errors are logged and become -1, panics never cross into Slurm.
+/// Run a callback body; panics never cross into Slurm.
+///
+/// An error (or panic) becomes -1, except in slurmstepd before the tasks run: a failing
+/// `init`, `init_post_opt`, `user_init` or option callback there drains the node in a batch
+/// job, so the error is kept and reported by `task_init`, which fails only the step.
 pub(crate) fn guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(msg)) => {
-            if !msg.is_empty() {
-                plugin::log_error(&msg);
-            }
-            -1
-        }
-        Err(_) => {
-            plugin::log_error(&format!("internal error (panic) in {what}; please report it"));
-            -1
-        }
+    let msg = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return 0,
+        Ok(Err(msg)) => msg,
+        Err(_) => format!("internal error (panic) in {what}; please report it"),
+    };
+    let before_tasks = !matches!(what, "slurm_spank_task_init" | "slurm_spank_exit");
+    if before_tasks && plugin::defer_in_slurmstepd(&msg) {
+        return 0;
     }
+    if !msg.is_empty() {
+        plugin::log_error(&msg);
+    }
+    -1
 }
 
 macro_rules! callback {

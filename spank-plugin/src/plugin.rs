@@ -43,6 +43,16 @@ fn log_verbose(msg: &str) {
     sys::log(Level::Verbose, &format!("berth: {msg}"));
 }
 
+/// In slurmstepd: log `msg` and keep it for `task_init` to report (true). Elsewhere: false.
+pub(crate) fn defer_in_slurmstepd(msg: &str) -> bool {
+    if sys::context() != Context::Remote {
+        return false;
+    }
+    log_error(msg);
+    state().failure.get_or_insert_with(|| msg.to_string());
+    true
+}
+
 fn client(ctx: Context) -> bool {
     matches!(ctx, Context::Local | Context::Allocator)
 }
@@ -81,17 +91,10 @@ pub fn init(sp: &Spank, args: &[String]) -> Result<(), String> {
 
 /// Option callback (all contexts). Slurm calls remote callbacks twice: setting is idempotent.
 pub fn on_option(val: i32, arg: Option<&str>, _remote: bool) -> Result<(), String> {
+    // In slurmstepd an error here (already validated by srun/sbatch) fails the step, not the
+    // node: see `guard`.
     let opt = Opt::from_val(val).ok_or_else(|| format!("unknown option value {val}"))?;
-    let mut st = state();
-    match st.opts.set(opt, arg) {
-        Ok(()) => Ok(()),
-        Err(e) if sys::context() == Context::Remote => {
-            // Already validated by srun/sbatch; if it still fails here, fail the step, not the node.
-            st.failure = Some(e);
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    state().opts.set(opt, arg)
 }
 
 /// `slurm_spank_init_post_opt`: client: choose the image; slurmstepd: decide whether this step
