@@ -310,12 +310,7 @@ pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
 /// Slurm's pmix plugin has already put it in slurmstepd's own environment; failing that, find
 /// it where slurmstepd's PMIx server has it mapped or open. None under --mpi=none/pmi2.
 fn pmix_server_dir(job: u32, step: u32) -> Option<PathBuf> {
-    let needle = format!("/pmix.{job}.{step}");
-    let from = |p: &str| -> Option<PathBuf> {
-        let i = p.find(&needle)?;
-        let end = i + needle.len();
-        (p.starts_with('/') && (p.len() == end || p[end..].starts_with('/'))).then(|| PathBuf::from(&p[..end]))
-    };
+    let from = |p: &str| settings::pmix_dir_in(p, job, step);
     if let Some(d) = std::env::var("PMIX_SERVER_TMPDIR").ok().as_deref().and_then(from) {
         return Some(d);
     }

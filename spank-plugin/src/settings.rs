@@ -297,6 +297,13 @@ pub fn is_scheduler_var(name: &str) -> bool {
         || matches!(name, "BERTH_CONTAINER_IMAGE" | "HOME" | "USER" | "LOGNAME" | "TMPDIR")
 }
 
+/// The step's PMIx server directory (`.../pmix.JOB.STEP`) if the absolute path `p` is in it.
+pub fn pmix_dir_in(p: &str, job: u32, step: u32) -> Option<PathBuf> {
+    let needle = format!("/pmix.{job}.{step}");
+    let end = p.find(&needle)? + needle.len();
+    (p.starts_with('/') && (p.len() == end || p[end..].starts_with('/'))).then(|| PathBuf::from(&p[..end]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +389,17 @@ mod tests {
             s(&["holder", "--name", "slurm-1.0", "--ready-fd", "3", "--bind", "/var/spool/slurmd/pmix.1.0",
                 "--env", "A=b", "--workdir", "/work", "--writable-tmpfs", "/i.sqsh"])
         );
+    }
+
+    #[test]
+    fn pmix_dir() {
+        let d = Some(PathBuf::from("/var/spool/slurmd/pmix.7.0"));
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/pmix_dstor_ds21_1/initial-pmix_shared-segment-0", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.01/x", 7, 0), None);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.17.0/x", 7, 0), None);
+        assert_eq!(pmix_dir_in("socket:[1234]", 7, 0), None);
     }
 
     #[test]
