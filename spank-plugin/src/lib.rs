@@ -18,6 +18,7 @@ use std::os::raw::{c_char, c_int, c_uint};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod holder;
+mod logging;
 pub mod plugin;
 pub mod settings;
 mod sys;

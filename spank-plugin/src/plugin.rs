@@ -63,6 +63,7 @@ pub fn init(sp: &Spank, args: &[String]) -> Result<(), String> {
     if !client(ctx) && ctx != Context::Remote {
         return Ok(());
     }
+    crate::logging::init();
     let mut st = state();
     match Site::parse(args) {
         Ok(site) => st.site = site,
