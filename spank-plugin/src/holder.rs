@@ -1,0 +1,198 @@
+//! Start, join and stop the per-node, per-step `berth holder`.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::settings::{holder_args, HolderSpec};
+use crate::sys;
+
+pub use crate::sys::Creds;
+
+/// A running holder, as slurmstepd remembers it until `slurm_spank_exit`.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub pid: i32,
+    /// Field 22 of /proc/PID/stat, to never signal a recycled pid.
+    pub start_time: Option<u64>,
+    pub name: String,
+    pub uid: u32,
+}
+
+/// What the holder needs besides its command line.
+pub struct Launch<'a> {
+    pub berth: &'a Path,
+    pub config: Option<&'a Path>,
+    pub creds: Creds,
+    /// The job's HOME, USER, ... (the holder's own environment; the container's comes from
+    /// the image and `--env`).
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// Start `berth holder` as the job's user and wait for its "ready" line.
+/// Errors are one message for people (the holder's own stderr line when it has one).
+pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
+    let berth = launch.berth;
+    if !berth.is_file() {
+        return Err(format!(
+            "the berth binary {} does not exist on this node; the administrator sets it with berth=PATH in plugstack.conf",
+            berth.display()
+        ));
+    }
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let errfile = sys::memfd("berth-holder-stderr").map_err(|e| format!("memfd: {e}"))?;
+    let mut cmd = Command::new(berth);
+    cmd.args(holder_args(spec))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(errfile.try_clone().map_err(|e| format!("memfd: {e}"))?);
+    if let Some(c) = launch.config {
+        cmd.env("BERTH_CONFIG", c);
+    }
+    sys::run_as(&mut cmd, launch.creds.clone(), ready_w.as_raw_fd());
+    let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", berth.display()))?;
+    drop(ready_w);
+    let pid = child.id() as i32;
+    // The Child handle is dropped without wait: slurmstepd reaps children itself, and
+    // slurm_spank_exit reaps the holder by pid.
+    drop(child);
+
+    let mut ready = std::fs::File::from(ready_r);
+    let deadline = Instant::now() + launch.timeout;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            sys::kill(pid, libc::SIGKILL);
+            wait_gone(pid, Duration::from_secs(2));
+            return Err(format!(
+                "the container for {} was not ready after {}s{}",
+                spec.image.display(),
+                launch.timeout.as_secs(),
+                stderr_tail(&errfile).map(|m| format!(": {m}")).unwrap_or_default()
+            ));
+        }
+        if !sys::poll_readable(ready.as_raw_fd(), left.as_millis().min(i32::MAX as u128) as i32) {
+            continue;
+        }
+        let mut buf = [0u8; 64];
+        match ready.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.starts_with(b"ready\n") {
+                    return Ok(Running { pid, start_time: start_time(pid), name: spec.name.clone(), uid: launch.creds.uid });
+                }
+            }
+        }
+    }
+    // EOF without "ready": the holder failed.
+    let status = wait_gone(pid, Duration::from_secs(5));
+    let why = stderr_tail(&errfile).unwrap_or_else(|| match status {
+        Some(s) if libc::WIFEXITED(s) => format!("berth holder exited with status {}", libc::WEXITSTATUS(s)),
+        Some(s) if libc::WIFSIGNALED(s) => format!("berth holder was killed by signal {}", libc::WTERMSIG(s)),
+        _ => "berth holder stopped before it was ready".into(),
+    });
+    Err(why)
+}
+
+/// The last non-empty line the holder wrote to stderr (its message for people).
+fn stderr_tail(f: &std::fs::File) -> Option<String> {
+    let mut f = f;
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.take(64 * 1024).read_to_string(&mut s).ok()?;
+    let line = s.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(line.strip_prefix("berth: ").unwrap_or(line).to_string())
+}
+
+/// Reap our child `pid` within `timeout`; its wait status if we reaped it.
+fn wait_gone(pid: i32, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = sys::try_reap(pid) {
+            return (st >= 0).then_some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces: fields after the last ')' start at field 3.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Stop the holder: SIGTERM, then SIGKILL after `grace`; reap it; remove its state file if
+/// it left one. Runs in slurmstepd (root) in `slurm_spank_exit`.
+pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
+    if start_time(h.pid).is_some() && start_time(h.pid) == h.start_time {
+        sys::kill(h.pid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while start_time(h.pid) == h.start_time && Instant::now() < deadline {
+            if sys::try_reap(h.pid).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if start_time(h.pid) == h.start_time && sys::try_reap(h.pid).is_none() {
+            sys::kill(h.pid, libc::SIGKILL);
+            wait_gone(h.pid, Duration::from_secs(2));
+        }
+    }
+    if let Some(f) = state_file {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Where the holder keeps its state (`<state_dir>/holders/NAME.json`).
+pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> PathBuf {
+    cfg.state_dir_for(uid).join("holders").join(format!("{name}.json"))
+}
+
+/// What joining gives the task: the image's environment and its working directory.
+#[derive(Debug, Clone, Default)]
+pub struct Joined {
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+}
+
+/// Join the holder's user and mount namespaces from inside the (single-threaded) task.
+///
+/// INTEGRATION POINT (runtime): replace the body with
+/// `berth_runtime::holder::join_in_process(cfg, uid, name)` (same signature, its `Joined`)
+/// once the runtime has it. Until then this shim implements the contract's minimum: it reads
+/// `pid` (and optional `env` [[k, v], ...], `workdir`) from the holder's state file and
+/// `setns()`es into `/proc/PID/ns/{user,mnt}`.
+pub fn join_in_process(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> Result<Joined, String> {
+    let path = state_file(cfg, uid, name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the container's state {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not holder state: {e}", path.display()))?;
+    let pid = v["pid"].as_i64().ok_or_else(|| format!("{}: no pid", path.display()))?;
+    sys::setns(Path::new(&format!("/proc/{pid}/ns/user")), sys::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot join the container's user namespace (holder pid {pid}): {e}"))?;
+    sys::setns(Path::new(&format!("/proc/{pid}/ns/mnt")), sys::CLONE_NEWNS)
+        .map_err(|e| format!("cannot join the container's mount namespace (holder pid {pid}): {e}"))?;
+    let env = v["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let workdir = v["workdir"].as_str().map(PathBuf::from);
+    Ok(Joined { env, workdir })
+}

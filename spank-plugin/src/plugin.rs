@@ -1,0 +1,327 @@
+//! What each SPANK callback does, in plain Rust. See the crate docs for the order.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use crate::holder::{self, Creds, Launch, Running};
+use crate::settings::{self, BatchMode, HolderSpec, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
+use crate::sys::{self, Context, Level, Spank};
+
+/// Where the client keeps the chosen image for the step; it travels to slurmstepd in the job
+/// environment and down to nested sruns.
+pub const IMAGE_VAR: &str = "BERTH_CONTAINER_IMAGE";
+/// Slurm's own variable for `--container` (its OCI bundle option).
+pub const SLURM_CONTAINER: &str = "SLURM_CONTAINER";
+
+/// Per-process state: srun/sbatch, or one slurmstepd (whose task children inherit a copy).
+#[derive(Default)]
+struct State {
+    site: Site,
+    opts: UserOpts,
+    /// Client: the image the enclosing job passed down (taken out of the env in init).
+    inherited: Option<String>,
+    /// slurmstepd: this step's image, when the step runs in a container.
+    image: Option<PathBuf>,
+    /// slurmstepd: the running holder.
+    holder: Option<Running>,
+    /// slurmstepd: a failure for the user, reported by every task of the step.
+    failure: Option<String>,
+}
+
+fn state() -> MutexGuard<'static, State> {
+    static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+    STATE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn log_error(msg: &str) {
+    sys::log(Level::Error, &format!("berth: {msg}"));
+}
+fn log_info(msg: &str) {
+    sys::log(Level::Info, &format!("berth: {msg}"));
+}
+fn log_verbose(msg: &str) {
+    sys::log(Level::Verbose, &format!("berth: {msg}"));
+}
+
+/// In slurmstepd: log `msg` and keep it for `task_init` to report (true). Elsewhere: false.
+pub(crate) fn defer_in_slurmstepd(msg: &str) -> bool {
+    if sys::context() != Context::Remote {
+        return false;
+    }
+    log_error(msg);
+    state().failure.get_or_insert_with(|| msg.to_string());
+    true
+}
+
+fn client(ctx: Context) -> bool {
+    matches!(ctx, Context::Local | Context::Allocator)
+}
+
+/// `slurm_spank_init`: site settings, options, and (client) the inherited image.
+pub fn init(sp: &Spank, args: &[String]) -> Result<(), String> {
+    let ctx = sys::context();
+    if !client(ctx) && ctx != Context::Remote {
+        return Ok(());
+    }
+    crate::logging::init();
+    let mut st = state();
+    match Site::parse(args) {
+        Ok(site) => st.site = site,
+        // A broken plugstack.conf fails srun/sbatch at once; in slurmstepd it must not drain
+        // the node, so it fails only the steps that ask for a container.
+        Err(e) if client(ctx) => return Err(e),
+        Err(e) => {
+            log_error(&e);
+            st.failure = Some(format!("the site's berth configuration is broken: {e}"));
+        }
+    }
+    for (opt, name, arg, usage) in Opt::ALL {
+        if let Err(e) = sp.register_option(name, arg, usage, opt as i32) {
+            log_error(&e);
+        }
+    }
+    if client(ctx) {
+        // Save and unset, so that this command's own --container can set SLURM_CONTAINER again
+        // (Slurm sets it only when unset) and we can tell the two apart in init_post_opt.
+        let inherited = std::env::var(IMAGE_VAR).ok().or_else(|| std::env::var(SLURM_CONTAINER).ok());
+        st.inherited = inherited.filter(|s| !s.is_empty());
+        std::env::remove_var(SLURM_CONTAINER);
+    }
+    Ok(())
+}
+
+/// Option callback (all contexts). Slurm calls remote callbacks twice: setting is idempotent.
+pub fn on_option(val: i32, arg: Option<&str>, _remote: bool) -> Result<(), String> {
+    // In slurmstepd an error here (already validated by srun/sbatch) fails the step, not the
+    // node: see `guard`.
+    let opt = Opt::from_val(val).ok_or_else(|| format!("unknown option value {val}"))?;
+    state().opts.set(opt, arg)
+}
+
+/// `slurm_spank_init_post_opt`: client: choose the image; slurmstepd: decide whether this step
+/// runs in a container.
+pub fn init_post_opt(sp: &Spank, _args: &[String]) -> Result<(), String> {
+    match sys::context() {
+        Context::Local | Context::Allocator => choose_client_image(),
+        Context::Remote => choose_step_image(sp),
+        _ => Ok(()),
+    }
+}
+
+fn choose_client_image() -> Result<(), String> {
+    let st = state();
+    let cli = std::env::var(SLURM_CONTAINER).ok();
+    let Some(image) = settings::choose_image(cli.as_deref(), st.opts.image.as_deref(), st.inherited.as_deref())?
+    else {
+        return Ok(());
+    };
+    let cwd = std::env::current_dir().ok();
+    let image = settings::resolve_image(&image, cwd.as_deref());
+    log_verbose(&format!("image {}", image.display()));
+    std::env::set_var(IMAGE_VAR, &image);
+    Ok(())
+}
+
+fn choose_step_image(sp: &Spank) -> Result<(), String> {
+    let mut st = state();
+    let slurm_container = sp.getenv(SLURM_CONTAINER).filter(|s| !s.is_empty());
+    let chosen = sp
+        .getenv(IMAGE_VAR)
+        .filter(|s| !s.is_empty())
+        .or_else(|| st.opts.image.clone())
+        .or(slurm_container);
+    // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
+    sp.unsetenv(SLURM_CONTAINER);
+    let Some(image) = chosen else { return Ok(()) };
+    let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
+    let image = settings::resolve_image(&image, submit_dir.as_deref());
+    let _ = sp.setenv(IMAGE_VAR, &image.display().to_string());
+
+    let step = sp.step_id().unwrap_or(0);
+    let batch_mode = st.opts.batch.unwrap_or(st.site.batch);
+    if step == EXTERN_STEP || (step == BATCH_STEP && batch_mode == BatchMode::Host) {
+        return Ok(());
+    }
+    let oci = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
+    if oci.exists() {
+        st.failure.get_or_insert(format!(
+            "this node is set up for Slurm's own OCI containers ({} exists), which own --container; \
+             berth does not run here (image {}); ask the administrator",
+            oci.display(),
+            image.display()
+        ));
+    }
+    st.image = Some(image);
+    Ok(())
+}
+
+/// `slurm_spank_user_init` (slurmstepd, once per step and node): start the holder.
+/// Never returns an error for a user mistake: that would drain the node. The failure is
+/// kept and reported by every task in `task_init`.
+pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::Remote {
+        return Ok(());
+    }
+    let mut st = state();
+    let Some(image) = st.image.clone() else { return Ok(()) };
+    if st.failure.is_some() {
+        return Ok(());
+    }
+    match start_holder(sp, &st, &image) {
+        Ok(h) => {
+            log_info(&format!("container {} ready (holder pid {}, image {})", h.name, h.pid, image.display()));
+            st.holder = Some(h);
+        }
+        Err(e) => {
+            log_info(&format!("container for {} failed: {e}", image.display()));
+            st.failure = Some(e);
+        }
+    }
+    Ok(())
+}
+
+fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String> {
+    // Checked here as the user (slurmstepd's euid is the user in user_init) for a clear message.
+    if let Err(e) = std::fs::metadata(image) {
+        return Err(format!("image {}: {e}", image.display()));
+    }
+    let (job, step) = (sp.job_id().ok_or("no job id")?, sp.step_id().ok_or("no step id")?);
+    let uid = sp.job_uid().ok_or("no job uid")?;
+    let gid = sp.job_gid().ok_or("no job gid")?;
+
+    // Slurm's own per-step directories the tasks need inside: the PMIx server's, and the job's tmp.
+    let mut binds = Vec::new();
+    // (The node's TmpFS, where PMIx puts the job's spmix_appdir, is usually /tmp, which berth
+    // binds by default; sites with another TmpFS add it with bind= in plugstack.conf.)
+    if let Some(d) = pmix_server_dir(job, step) {
+        binds.push(d.display().to_string());
+    }
+    // The job's TMPDIR when it is not /tmp (a per-job tmp from a site prolog, for example).
+    // Bound as the user inside the user namespace, so the kernel checks the user's access.
+    if let Some(t) = sp.getenv("TMPDIR").filter(|t| t.starts_with('/') && t.trim_end_matches('/') != "/tmp") {
+        if Path::new(&t).is_dir() && !t.contains([':', ',']) {
+            binds.push(t.trim_end_matches('/').to_string());
+        }
+    }
+    binds.extend(st.site.binds.iter().cloned());
+    binds.extend(st.opts.mounts.iter().cloned());
+
+    let spec = HolderSpec {
+        name: settings::holder_name(job, step),
+        image: image.to_path_buf(),
+        binds,
+        env: st.opts.env.clone(),
+        workdir: st.opts.workdir.clone(),
+        writable: st.opts.writable.unwrap_or(false),
+        mount_home: st.opts.mount_home.unwrap_or(true),
+    };
+    let env = ["HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "SLURM_JOB_ID", "SLURM_STEP_ID"]
+        .iter()
+        .filter_map(|k| sp.getenv(k).map(|v| (k.to_string(), v)))
+        .collect();
+    holder::start(
+        &spec,
+        Launch {
+            berth: &st.site.berth,
+            config: st.site.config.as_deref(),
+            creds: Creds { uid, gid, groups: sp.supplementary_gids() },
+            env,
+            timeout: st.site.timeout,
+        },
+    )
+}
+
+/// `slurm_spank_task_init` (each task, as the user, just before exec): enter the container,
+/// or report why the step cannot run.
+pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::Remote {
+        return Ok(());
+    }
+    let st = state();
+    if st.image.is_none() {
+        return Ok(());
+    }
+    let result = match (&st.failure, &st.holder) {
+        (Some(f), _) => Err(f.clone()),
+        (None, Some(h)) => enter(sp, &st, h),
+        (None, None) => Err("internal error: no container for this step".into()),
+    };
+    if let Err(e) = &result {
+        // The task's stderr is the user's terminal (srun) or the job's error file (sbatch).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        eprintln!("berth: error: {e} (on {})", host.trim());
+        return Err(String::new()); // already reported; Slurm adds its own "task_init() failed"
+    }
+    result
+}
+
+fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
+    let cfg = match &st.site.config {
+        Some(p) => berth_runtime::config::Config::load_file(p),
+        None => berth_runtime::config::Config::load().map(|(c, _)| c),
+    }
+    .map_err(|e| e.to_string())?;
+    let cwd = std::env::current_dir().ok();
+    // INTEGRATION POINT (runtime): berth_runtime::holder::join_in_process.
+    let joined = holder::join_in_process(&cfg, h.uid, &h.name)?;
+
+    let keep = st.opts.kept_env_names();
+    for (k, v) in &joined.env {
+        if settings::is_scheduler_var(k) || keep.contains(&k.as_str()) {
+            continue;
+        }
+        sp.setenv(k, v)?;
+    }
+    for kv in st.opts.env.iter().filter_map(|e| e.split_once('=')) {
+        sp.setenv(kv.0, kv.1)?;
+    }
+    // Working directory: --container-workdir (the holder's), else where the task was, else /.
+    let dir = joined.workdir.or(cwd).unwrap_or_else(|| PathBuf::from("/"));
+    if std::env::set_current_dir(&dir).is_err() {
+        std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+        eprintln!("berth: warning: {} does not exist in the container; working directory is /", dir.display());
+    }
+    let _ = sp.setenv("PWD", &std::env::current_dir().unwrap_or(dir).display().to_string());
+    Ok(())
+}
+
+/// `slurm_spank_exit` (slurmstepd, root, after the tasks): stop the holder.
+pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::Remote {
+        return Ok(());
+    }
+    let mut st = state();
+    if let Some(h) = st.holder.take() {
+        let cfg = st
+            .site
+            .config
+            .as_deref()
+            .map(berth_runtime::config::Config::load_file)
+            .unwrap_or_else(|| berth_runtime::config::Config::load().map(|(c, _)| c))
+            .ok();
+        let state_file = cfg.map(|c| holder::state_file(&c, h.uid, &h.name));
+        holder::stop(&h, state_file.as_deref(), std::time::Duration::from_secs(10));
+        log_verbose(&format!("container {} stopped", h.name));
+    }
+    Ok(())
+}
+
+/// The PMIx server's directory of this step (`<SlurmdSpoolDir>/pmix.JOB.STEP`): the tasks' PMIx
+/// clients need it inside the container. The tasks' env gets it only later (task_init), but
+/// Slurm's pmix plugin has already put it in slurmstepd's own environment; failing that, find
+/// it where slurmstepd's PMIx server has it mapped or open. None under --mpi=none/pmi2.
+fn pmix_server_dir(job: u32, step: u32) -> Option<PathBuf> {
+    let from = |p: &str| settings::pmix_dir_in(p, job, step);
+    if let Some(d) = std::env::var("PMIX_SERVER_TMPDIR").ok().as_deref().and_then(from) {
+        return Some(d);
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        if let Some(d) = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find_map(from) {
+            return Some(d);
+        }
+    }
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .find_map(|l| from(&l.to_string_lossy()))
+}

@@ -1,0 +1,412 @@
+//! Pure data: site defaults from plugstack.conf, the user's options, the image path, the
+//! holder's command line. No Slurm and no system calls here, so it is all unit-tested.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the batch script runs when the job asked for a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// On the host (default): every `srun` inside the script starts its step in the image.
+    Host,
+    /// Inside the image, like the steps.
+    Image,
+}
+
+impl BatchMode {
+    pub fn parse(s: &str) -> Result<BatchMode, String> {
+        match s {
+            "host" => Ok(BatchMode::Host),
+            "image" => Ok(BatchMode::Image),
+            _ => Err(format!("{s:?} is not a batch mode (use host or image)")),
+        }
+    }
+}
+
+/// Site settings: the arguments after the plugin path in plugstack.conf.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// The berth binary (`berth=PATH`).
+    pub berth: PathBuf,
+    /// berth's configuration file (`config=PATH`), passed as `BERTH_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// Site default for the batch script (`batch=host|image`).
+    pub batch: BatchMode,
+    /// How long the holder may take to get ready (`timeout=SECONDS`).
+    pub timeout: Duration,
+    /// Slurm's OCI configuration; when it exists berth refuses to run (`oci_conf=PATH`).
+    /// Default: `oci.conf` beside slurm.conf.
+    pub oci_conf: Option<PathBuf>,
+    /// Extra binds for every container (`bind=SRC[:DST[:ro]]`, repeatable or comma-separated),
+    /// e.g. the node's TmpFS when it is not under /tmp.
+    pub binds: Vec<String>,
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site {
+            berth: PathBuf::from("/usr/bin/berth"),
+            config: None,
+            batch: BatchMode::Host,
+            timeout: Duration::from_secs(60),
+            oci_conf: None,
+            binds: vec![],
+        }
+    }
+}
+
+impl Site {
+    pub fn parse(args: &[String]) -> Result<Site, String> {
+        let mut site = Site::default();
+        for arg in args {
+            let (k, v) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("plugstack.conf argument {arg:?}: expected KEY=VALUE"))?;
+            let bad = |why: String| format!("plugstack.conf argument {arg:?}: {why}");
+            match k {
+                "berth" => site.berth = abs(v).map_err(bad)?,
+                "config" => site.config = Some(abs(v).map_err(bad)?),
+                "batch" => site.batch = BatchMode::parse(v).map_err(bad)?,
+                "timeout" => {
+                    let s: u64 = v.parse().map_err(|_| bad("expected a number of seconds".into()))?;
+                    site.timeout = Duration::from_secs(s.max(1));
+                }
+                "oci_conf" => site.oci_conf = Some(abs(v).map_err(bad)?),
+                "bind" => {
+                    for b in v.split(',').filter(|b| !b.is_empty()) {
+                        berth_runtime::request::BindSpec::parse(b).map_err(bad)?;
+                        site.binds.push(b.to_string());
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind)".into(),
+                    ))
+                }
+            }
+        }
+        Ok(site)
+    }
+
+    /// The oci.conf whose presence means Slurm's own OCI support owns `--container` here.
+    pub fn oci_conf_path(&self, slurm_conf: Option<&str>) -> PathBuf {
+        if let Some(p) = &self.oci_conf {
+            return p.clone();
+        }
+        let conf = Path::new(slurm_conf.unwrap_or("/etc/slurm/slurm.conf"));
+        conf.parent().unwrap_or(Path::new("/etc/slurm")).join("oci.conf")
+    }
+}
+
+fn abs(v: &str) -> Result<PathBuf, String> {
+    if v.starts_with('/') {
+        Ok(PathBuf::from(v))
+    } else {
+        Err("must be an absolute path".into())
+    }
+}
+
+/// The options berth registers (pyxis' names, so pyxis job scripts keep working). The value
+/// is the `val` Slurm hands back to the option callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Opt {
+    Image = 1,
+    Mounts,
+    Workdir,
+    Env,
+    MountHome,
+    NoMountHome,
+    Writable,
+    Readonly,
+    Batch,
+}
+
+impl Opt {
+    /// name, argument (None for flags), usage.
+    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 9] = [
+        (Opt::Image, "container-image", Some("IMAGE"), "[berth] image file to run the step in (same as --container)"),
+        (Opt::Mounts, "container-mounts", Some("SRC[:DST[:ro|rw]][,...]"), "[berth] bind mount host paths into the container"),
+        (Opt::Workdir, "container-workdir", Some("DIR"), "[berth] working directory inside the container"),
+        (Opt::Env, "container-env", Some("NAME[=VALUE][,...]"), "[berth] keep the host's NAME (or set NAME=VALUE) over the image's environment"),
+        (Opt::MountHome, "container-mount-home", None, "[berth] bind the user's home directory (default)"),
+        (Opt::NoMountHome, "no-container-mount-home", None, "[berth] do not bind the user's home directory"),
+        (Opt::Writable, "container-writable", None, "[berth] writable container (changes go to a tmpfs, lost at the end)"),
+        (Opt::Readonly, "container-readonly", None, "[berth] read-only container (default)"),
+        (Opt::Batch, "container-batch", Some("host|image"), "[berth] where the batch script runs: host (srun steps in the image) or image"),
+    ];
+
+    pub fn from_val(val: i32) -> Option<Opt> {
+        Opt::ALL.iter().map(|o| o.0).find(|o| *o as i32 == val)
+    }
+}
+
+/// The user's options for this job/step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserOpts {
+    pub image: Option<String>,
+    pub mounts: Vec<String>,
+    pub workdir: Option<String>,
+    /// `NAME` (keep the host value) or `NAME=VALUE`.
+    pub env: Vec<String>,
+    pub mount_home: Option<bool>,
+    pub writable: Option<bool>,
+    pub batch: Option<BatchMode>,
+}
+
+impl UserOpts {
+    /// Apply one option. Idempotent (Slurm calls remote option callbacks twice); a later value
+    /// replaces an earlier one (sbatch's value comes first through the environment, then the
+    /// srun command line's).
+    pub fn set(&mut self, opt: Opt, arg: Option<&str>) -> Result<(), String> {
+        let arg_or = |name: &str| arg.ok_or_else(|| format!("--{name} needs a value"));
+        match opt {
+            Opt::Image => {
+                let v = arg_or("container-image")?;
+                if v.is_empty() {
+                    return Err("--container-image: empty image path".into());
+                }
+                self.image = Some(v.to_string());
+            }
+            Opt::Mounts => {
+                let v = arg_or("container-mounts")?;
+                berth_runtime::request::BindSpec::parse_list(v)
+                    .map_err(|e| format!("--container-mounts={v}: {e}"))?;
+                self.mounts = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            }
+            Opt::Workdir => {
+                let v = arg_or("container-workdir")?;
+                berth_runtime::request::check_container_path(Path::new(v))
+                    .map_err(|e| format!("--container-workdir={v}: {e}"))?;
+                self.workdir = Some(v.to_string());
+            }
+            Opt::Env => {
+                let v = arg_or("container-env")?;
+                let mut out = vec![];
+                for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let name = item.split_once('=').map_or(item, |(k, _)| k);
+                    if !berth_runtime::request::valid_env_name(name) {
+                        return Err(format!("--container-env={v}: {name:?} is not a variable name"));
+                    }
+                    out.push(item.to_string());
+                }
+                self.env = out;
+            }
+            Opt::MountHome => self.mount_home = Some(true),
+            Opt::NoMountHome => self.mount_home = Some(false),
+            Opt::Writable => self.writable = Some(true),
+            Opt::Readonly => self.writable = Some(false),
+            Opt::Batch => self.batch = Some(BatchMode::parse(arg_or("container-batch")?).map_err(|e| format!("--container-batch: {e}"))?),
+        }
+        Ok(())
+    }
+
+    /// Names from `--container-env NAME` whose host value wins over the image's.
+    pub fn kept_env_names(&self) -> Vec<&str> {
+        self.env.iter().filter(|e| !e.contains('=')).map(String::as_str).collect()
+    }
+}
+
+/// Choose the step's image on the client (srun/sbatch/salloc) after option parsing.
+/// `cli_container` is `SLURM_CONTAINER` as Slurm set it from this command's `--container`,
+/// `inherited` the value the enclosing job passed down (taken out of the environment in init).
+pub fn choose_image(
+    cli_container: Option<&str>,
+    cli_image: Option<&str>,
+    inherited: Option<&str>,
+) -> Result<Option<String>, String> {
+    let pick = |s: Option<&str>| s.filter(|v| !v.is_empty()).map(String::from);
+    match (pick(cli_container), pick(cli_image)) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "--container={a} and --container-image={b} name different images; give one"
+        )),
+        (Some(a), _) => Ok(Some(a)),
+        (None, Some(b)) => Ok(Some(b)),
+        (None, None) => Ok(pick(inherited)),
+    }
+}
+
+/// Relative image paths are relative to the submit directory.
+pub fn resolve_image(image: &str, submit_dir: Option<&Path>) -> PathBuf {
+    let p = Path::new(image);
+    match submit_dir {
+        Some(d) if p.is_relative() => d.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+pub const BATCH_STEP: u32 = 0xffff_fffb; // SLURM_BATCH_SCRIPT
+pub const EXTERN_STEP: u32 = 0xffff_fffc; // SLURM_EXTERN_CONT
+pub const INTERACTIVE_STEP: u32 = 0xffff_fffa; // SLURM_INTERACTIVE_STEP
+
+/// The holder's name on this node: one holder per job step.
+pub fn holder_name(job: u32, step: u32) -> String {
+    match step {
+        BATCH_STEP => format!("slurm-{job}.batch"),
+        INTERACTIVE_STEP => format!("slurm-{job}.interactive"),
+        EXTERN_STEP => format!("slurm-{job}.extern"),
+        s => format!("slurm-{job}.{s}"),
+    }
+}
+
+/// Everything the holder command line is built from.
+#[derive(Debug, Clone, Default)]
+pub struct HolderSpec {
+    pub name: String,
+    pub image: PathBuf,
+    /// Binds, in order: Slurm's own dirs (PMIx, tmp), the site's, the user's.
+    pub binds: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub writable: bool,
+    pub mount_home: bool,
+}
+
+/// `berth holder ...` argv (without argv[0]), per the launcher's holder contract.
+pub fn holder_args(spec: &HolderSpec) -> Vec<String> {
+    let mut a = vec!["holder".into(), "--name".into(), spec.name.clone(), "--ready-fd".into(), "3".into()];
+    for b in &spec.binds {
+        a.push("--bind".into());
+        a.push(b.clone());
+    }
+    for e in spec.env.iter().filter(|e| e.contains('=')) {
+        a.push("--env".into());
+        a.push(e.clone());
+    }
+    if let Some(w) = &spec.workdir {
+        a.push("--workdir".into());
+        a.push(w.clone());
+    }
+    if spec.writable {
+        a.push("--writable-tmpfs".into());
+    }
+    if !spec.mount_home {
+        // INTEGRATION POINT (launcher): the holder contract lists no home flag yet; this is
+        // `berth exec`'s `--no-home`.
+        a.push("--no-home".into());
+    }
+    a.push(spec.image.display().to_string());
+    a
+}
+
+/// Variables the image's environment must never replace in a task: Slurm's and the process
+/// managers' own wiring.
+pub fn is_scheduler_var(name: &str) -> bool {
+    const PREFIXES: [&str; 6] = ["SLURM_", "SLURMD_", "PMIX_", "PMI_", "OMPI_", "SPANK_"];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || matches!(name, "BERTH_CONTAINER_IMAGE" | "HOME" | "USER" | "LOGNAME" | "TMPDIR")
+}
+
+/// The step's PMIx server directory (`.../pmix.JOB.STEP`) if the absolute path `p` is in it.
+pub fn pmix_dir_in(p: &str, job: u32, step: u32) -> Option<PathBuf> {
+    let needle = format!("/pmix.{job}.{step}");
+    let end = p.find(&needle)? + needle.len();
+    (p.starts_with('/') && (p.len() == end || p[end..].starts_with('/'))).then(|| PathBuf::from(&p[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn site_defaults_and_args() {
+        assert_eq!(Site::parse(&[]).unwrap(), Site::default());
+        let site = Site::parse(&s(&["berth=/opt/berth/bin/berth", "batch=image", "timeout=5", "bind=/scratch,/local:/l:ro"])).unwrap();
+        assert_eq!(site.berth, PathBuf::from("/opt/berth/bin/berth"));
+        assert_eq!(site.batch, BatchMode::Image);
+        assert_eq!(site.timeout, Duration::from_secs(5));
+        assert_eq!(site.binds, s(&["/scratch", "/local:/l:ro"]));
+    }
+
+    #[test]
+    fn site_errors_name_the_argument() {
+        let e = Site::parse(&s(&["berth=berth"])).unwrap_err();
+        assert!(e.contains("\"berth=berth\"") && e.contains("absolute"), "{e}");
+        let e = Site::parse(&s(&["colour=blue"])).unwrap_err();
+        assert!(e.contains("unknown key"), "{e}");
+        assert!(Site::parse(&s(&["batch=sometimes"])).is_err());
+        assert!(Site::parse(&s(&["noequals"])).is_err());
+    }
+
+    #[test]
+    fn oci_conf_beside_slurm_conf() {
+        let site = Site::default();
+        assert_eq!(site.oci_conf_path(Some("/tmp/x/etc/slurm.conf")), PathBuf::from("/tmp/x/etc/oci.conf"));
+        assert_eq!(site.oci_conf_path(None), PathBuf::from("/etc/slurm/oci.conf"));
+    }
+
+    #[test]
+    fn options_validate_and_replace() {
+        let mut o = UserOpts::default();
+        o.set(Opt::Mounts, Some("/a:/b:ro,/c")).unwrap();
+        assert_eq!(o.mounts, s(&["/a:/b:ro", "/c"]));
+        o.set(Opt::Mounts, Some("/d")).unwrap();
+        assert_eq!(o.mounts, s(&["/d"]));
+        assert!(o.set(Opt::Mounts, Some("/a:relative")).unwrap_err().contains("--container-mounts"));
+        assert!(o.set(Opt::Workdir, Some("rel")).is_err());
+        o.set(Opt::Env, Some("OMP_NUM_THREADS,FOO=bar")).unwrap();
+        assert_eq!(o.kept_env_names(), vec!["OMP_NUM_THREADS"]);
+        assert!(o.set(Opt::Env, Some("1BAD")).is_err());
+        o.set(Opt::NoMountHome, None).unwrap();
+        assert_eq!(o.mount_home, Some(false));
+        o.set(Opt::Batch, Some("image")).unwrap();
+        assert_eq!(o.batch, Some(BatchMode::Image));
+        assert_eq!(Opt::from_val(Opt::Batch as i32), Some(Opt::Batch));
+        assert_eq!(Opt::from_val(0), None);
+    }
+
+    #[test]
+    fn image_choice() {
+        assert_eq!(choose_image(None, None, None).unwrap(), None);
+        assert_eq!(choose_image(None, None, Some("outer.sqsh")).unwrap().as_deref(), Some("outer.sqsh"));
+        assert_eq!(choose_image(Some("new.sqsh"), None, Some("outer.sqsh")).unwrap().as_deref(), Some("new.sqsh"));
+        assert_eq!(choose_image(None, Some("b.sqsh"), Some("outer")).unwrap().as_deref(), Some("b.sqsh"));
+        assert_eq!(choose_image(Some("a"), Some("a"), None).unwrap().as_deref(), Some("a"));
+        assert!(choose_image(Some("a"), Some("b"), None).is_err());
+        assert_eq!(resolve_image("x.sqsh", Some(Path::new("/home/u"))), PathBuf::from("/home/u/x.sqsh"));
+        assert_eq!(resolve_image("/abs.sqsh", Some(Path::new("/home/u"))), PathBuf::from("/abs.sqsh"));
+    }
+
+    #[test]
+    fn holder_command_line() {
+        assert_eq!(holder_name(12, 0), "slurm-12.0");
+        assert_eq!(holder_name(12, BATCH_STEP), "slurm-12.batch");
+        let spec = HolderSpec {
+            name: "slurm-1.0".into(),
+            image: "/i.sqsh".into(),
+            binds: s(&["/var/spool/slurmd/pmix.1.0"]),
+            env: s(&["KEEP", "A=b"]),
+            workdir: Some("/work".into()),
+            writable: true,
+            mount_home: true,
+        };
+        assert_eq!(
+            holder_args(&spec),
+            s(&["holder", "--name", "slurm-1.0", "--ready-fd", "3", "--bind", "/var/spool/slurmd/pmix.1.0",
+                "--env", "A=b", "--workdir", "/work", "--writable-tmpfs", "/i.sqsh"])
+        );
+    }
+
+    #[test]
+    fn pmix_dir() {
+        let d = Some(PathBuf::from("/var/spool/slurmd/pmix.7.0"));
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/pmix_dstor_ds21_1/initial-pmix_shared-segment-0", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0", 7, 0), d);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.01/x", 7, 0), None);
+        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.17.0/x", 7, 0), None);
+        assert_eq!(pmix_dir_in("socket:[1234]", 7, 0), None);
+    }
+
+    #[test]
+    fn scheduler_vars_are_kept() {
+        assert!(is_scheduler_var("SLURM_PROCID"));
+        assert!(is_scheduler_var("PMIX_RANK"));
+        assert!(!is_scheduler_var("PATH"));
+        assert!(!is_scheduler_var("LD_LIBRARY_PATH"));
+    }
+}

@@ -1,0 +1,360 @@
+//! Every `unsafe` of the plugin lives here: the bindgen'd SPANK API, Slurm's logging, the
+//! process work done in a forked child (credentials, fds) and `setns`.
+//!
+//! The rest of the crate sees safe wrappers that take and return Rust strings.
+
+#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+mod bindings {
+    #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/spank_bindings.rs"));
+}
+
+/// The Slurm version the bindings were generated from (`0x160508` for 22.05.8).
+pub const SLURM_VERSION_NUMBER: u32 = bindings::SLURM_VERSION_NUMBER;
+
+const ESPANK_SUCCESS: u32 = 0;
+
+/// Where a callback runs (see design.md section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// srun on the submit host (or on the batch node, for srun inside a script).
+    Local,
+    /// slurmstepd and the task processes it forks.
+    Remote,
+    /// sbatch / salloc.
+    Allocator,
+    Slurmd,
+    JobScript,
+    Unknown,
+}
+
+pub fn context() -> Context {
+    // SAFETY: spank_context() takes no arguments and only reads a global set by Slurm before
+    // any plugin callback runs.
+    let c = unsafe { bindings::spank_context() };
+    match c {
+        bindings::spank_context_S_CTX_LOCAL => Context::Local,
+        bindings::spank_context_S_CTX_REMOTE => Context::Remote,
+        bindings::spank_context_S_CTX_ALLOCATOR => Context::Allocator,
+        bindings::spank_context_S_CTX_SLURMD => Context::Slurmd,
+        bindings::spank_context_S_CTX_JOB_SCRIPT => Context::JobScript,
+        _ => Context::Unknown,
+    }
+}
+
+fn strerror(rc: bindings::spank_err_t) -> String {
+    // SAFETY: spank_strerror returns a pointer to a static string (or NULL) for any value.
+    let p = unsafe { bindings::spank_strerror(rc) };
+    if p.is_null() {
+        return format!("spank error {rc}");
+    }
+    // SAFETY: p is a non-NULL, NUL-terminated static string owned by Slurm.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "?")).expect("NULs replaced")
+}
+
+// ------------------------------------------------------------------------------------ logging
+
+#[derive(Debug, Clone, Copy)]
+pub enum Level {
+    Error,
+    Info,
+    Verbose,
+    Debug,
+}
+
+/// Log through Slurm: srun/sbatch print info and error on the user's terminal; in slurmstepd it
+/// goes to the slurmd log with the `[job.step]` prefix. Never stdout.
+pub fn log(level: Level, msg: &str) {
+    let msg = cstring(msg);
+    let fmt = c"%s";
+    // SAFETY: the format is a literal "%s" and the single vararg is a valid NUL-terminated
+    // C string that lives until the call returns. The functions are provided by the Slurm
+    // process (srun, sbatch, slurmstepd) that loaded this plugin.
+    unsafe {
+        match level {
+            Level::Error => bindings::slurm_error(fmt.as_ptr(), msg.as_ptr()),
+            Level::Info => bindings::slurm_info(fmt.as_ptr(), msg.as_ptr()),
+            Level::Verbose => bindings::slurm_verbose(fmt.as_ptr(), msg.as_ptr()),
+            Level::Debug => bindings::slurm_debug(fmt.as_ptr(), msg.as_ptr()),
+        }
+    }
+}
+
+// --------------------------------------------------------------------------------- the handle
+
+/// The `spank_t` handle a callback received. Only valid during that callback.
+pub struct Spank(bindings::spank_t);
+
+impl Spank {
+    /// # Safety
+    /// `sp` must be the handle Slurm passed to the running callback.
+    unsafe fn from_raw(sp: *mut std::ffi::c_void) -> Spank {
+        Spank(sp as bindings::spank_t)
+    }
+
+    /// A variable of the job's environment (remote context only).
+    pub fn getenv(&self, name: &str) -> Option<String> {
+        let name = cstring(name);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: self.0 is the live handle; name is NUL-terminated; buf is writable for
+            // buf.len() bytes and Slurm writes at most len bytes including the NUL.
+            let rc = unsafe {
+                bindings::spank_getenv(self.0, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int)
+            };
+            match rc {
+                ESPANK_SUCCESS => {
+                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                    return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+                }
+                bindings::slurm_err_t_ESPANK_NOSPACE if buf.len() < (1 << 24) => buf.resize(buf.len() * 4, 0),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Set a variable in the job's environment (remote context; in task_init it is the
+    /// environment the task is exec'd with).
+    pub fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
+        let (n, v) = (cstring(name), cstring(value));
+        // SAFETY: live handle, NUL-terminated strings that outlive the call (Slurm copies them).
+        let rc = unsafe { bindings::spank_setenv(self.0, n.as_ptr(), v.as_ptr(), 1) };
+        if rc == ESPANK_SUCCESS { Ok(()) } else { Err(format!("spank_setenv({name}): {}", strerror(rc))) }
+    }
+
+    pub fn unsetenv(&self, name: &str) {
+        let n = cstring(name);
+        // SAFETY: live handle, NUL-terminated name. The result (var absent) needs no check.
+        unsafe { bindings::spank_unsetenv(self.0, n.as_ptr()) };
+    }
+
+    fn item_u32(&self, item: bindings::spank_item) -> Option<u32> {
+        let mut v: u32 = 0;
+        // SAFETY: for S_JOB_UID/S_JOB_GID (uid_t*/gid_t*, both u32 on Linux) and
+        // S_JOB_ID/S_JOB_STEPID (uint32_t*) Slurm reads exactly one pointer vararg and
+        // writes a u32 through it.
+        let rc = unsafe { bindings::spank_get_item(self.0, item, &mut v as *mut u32) };
+        (rc == ESPANK_SUCCESS).then_some(v)
+    }
+
+    pub fn job_uid(&self) -> Option<u32> {
+        self.item_u32(bindings::spank_item_S_JOB_UID)
+    }
+    pub fn job_gid(&self) -> Option<u32> {
+        self.item_u32(bindings::spank_item_S_JOB_GID)
+    }
+    pub fn job_id(&self) -> Option<u32> {
+        self.item_u32(bindings::spank_item_S_JOB_ID)
+    }
+    pub fn step_id(&self) -> Option<u32> {
+        self.item_u32(bindings::spank_item_S_JOB_STEPID)
+    }
+
+    /// The job's supplementary groups.
+    pub fn supplementary_gids(&self) -> Vec<u32> {
+        let mut ptr: *mut libc::gid_t = std::ptr::null_mut();
+        let mut n: c_int = 0;
+        // SAFETY: S_JOB_SUPPLEMENTARY_GIDS takes (gid_t **, int *); Slurm stores a pointer to
+        // its own array (which stays owned by Slurm) and its length.
+        let rc = unsafe {
+            bindings::spank_get_item(
+                self.0,
+                bindings::spank_item_S_JOB_SUPPLEMENTARY_GIDS,
+                &mut ptr as *mut *mut libc::gid_t,
+                &mut n as *mut c_int,
+            )
+        };
+        if rc != ESPANK_SUCCESS || ptr.is_null() || n <= 0 {
+            return vec![];
+        }
+        // SAFETY: Slurm reported `n` valid gids at `ptr`; we copy them out at once.
+        unsafe { std::slice::from_raw_parts(ptr, n as usize) }.to_vec()
+    }
+
+    /// Register a command-line option (must be called from slurm_spank_init). The option
+    /// table entry is leaked on purpose: Slurm keeps the pointer for the life of the process.
+    pub fn register_option(&self, name: &str, arginfo: Option<&str>, usage: &str, val: i32) -> Result<(), String> {
+        let leak = |s: &str| cstring(s).into_raw();
+        let opt = Box::leak(Box::new(bindings::spank_option {
+            name: leak(name),
+            arginfo: arginfo.map(leak).unwrap_or(std::ptr::null_mut()),
+            usage: leak(usage),
+            has_arg: arginfo.is_some() as c_int,
+            val,
+            cb: Some(option_cb),
+        }));
+        // SAFETY: live handle; `opt` and its strings are leaked, so valid for the process's life.
+        let rc = unsafe { bindings::spank_option_register(self.0, opt) };
+        if rc == ESPANK_SUCCESS { Ok(()) } else { Err(format!("cannot register --{name}: {}", strerror(rc))) }
+    }
+}
+
+/// The one option callback Slurm calls for every registered option (`val` tells which).
+unsafe extern "C" fn option_cb(val: c_int, optarg: *const c_char, remote: c_int) -> c_int {
+    let arg = if optarg.is_null() {
+        None
+    } else {
+        // SAFETY: Slurm passes a NUL-terminated argument string (or NULL for flags).
+        Some(unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned())
+    };
+    crate::guard("option", || crate::plugin::on_option(val, arg.as_deref(), remote != 0))
+}
+
+/// Run the body of callback `name` with a typed handle and its plugstack.conf arguments, under
+/// [`crate::guard`] (no panic crosses into Slurm).
+///
+/// # Safety
+/// `sp`, `ac` and `av` must be exactly what Slurm passed to the running callback.
+pub unsafe fn dispatch(
+    name: &str,
+    sp: *mut std::ffi::c_void,
+    ac: c_int,
+    av: *mut *mut c_char,
+    body: fn(&Spank, &[String]) -> Result<(), String>,
+) -> c_int {
+    crate::guard(name, || {
+        // SAFETY: caller contract: the handle and argv of the running callback.
+        let (spank, args) = unsafe { (Spank::from_raw(sp), args(ac, av)) };
+        body(&spank, &args)
+    })
+}
+
+/// The `argv` Slurm passed to a callback (plugstack.conf arguments), as strings.
+///
+/// # Safety
+/// `ac`/`av` must be the values Slurm passed to the running callback.
+unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
+    if av.is_null() || ac <= 0 {
+        return vec![];
+    }
+    // SAFETY: Slurm passes `ac` valid pointers to NUL-terminated strings (caller contract).
+    (0..ac as usize)
+        .map(|i| unsafe { CStr::from_ptr(*av.add(i)) }.to_string_lossy().into_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------- process helpers
+
+/// Credentials a child drops to, fully, before exec.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Make `cmd` run as `creds` (real, effective and saved ids and the supplementary groups),
+/// with fd `ready_fd` of the parent as fd 3, every other fd above 3 closed at exec, and SIGKILL when
+/// slurmstepd dies. Called in slurmstepd (ruid 0, euid the user).
+pub fn run_as(cmd: &mut Command, creds: Creds, ready_fd: c_int) {
+    let Creds { uid, gid, groups } = creds;
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // system calls (seteuid, setgroups, setresgid, setresuid, dup2, close_range, prctl); it
+    // allocates nothing (`groups` was allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::geteuid() != 0 && libc::seteuid(0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getuid() != uid || libc::geteuid() != uid {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            if ready_fd >= 0 && libc::dup2(ready_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mark (not close) fds >= 4 close-on-exec: std's own exec-error pipe must stay
+            // open until exec. CLOSE_RANGE_CLOEXEC = 1 << 2 (Linux 5.11).
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 4u32);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+}
+
+/// An anonymous in-memory file (the holder's stderr, read back after it fails).
+pub fn memfd(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let n = cstring(name);
+    // SAFETY: n is NUL-terminated; flags are valid.
+    let fd = unsafe { libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// A close-on-exec pipe (the child gets the write end as fd 3 through dup2, which clears
+/// close-on-exec on the copy).
+pub fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by us from here on.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Wait up to `timeout_ms` for `fd` to become readable (or hung up). Returns false on timeout.
+pub fn poll_readable(fd: c_int, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: p is a valid pollfd and nfds is 1.
+        let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return rc > 0;
+    }
+}
+
+pub fn kill(pid: i32, sig: c_int) -> bool {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Non-blocking reap of our own child. `Some(status)` once it is gone (or not our child).
+pub fn try_reap(pid: i32) -> Option<i32> {
+    let mut status: c_int = 0;
+    // SAFETY: status is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => None,
+        r if r == pid => Some(status),
+        _ => Some(-1), // ECHILD: reaped elsewhere (slurmstepd) or not ours
+    }
+}
+
+/// Enter the namespace `path` (`/proc/PID/ns/user` or `.../mnt`) of type `nstype`.
+/// The task process is single-threaded, as setns(CLONE_NEWUSER) requires.
+pub fn setns(path: &std::path::Path, nstype: c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: f is an open namespace file; setns does not touch our memory.
+    if unsafe { libc::setns(f.as_raw_fd(), nstype) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub const CLONE_NEWUSER: c_int = libc::CLONE_NEWUSER;
+pub const CLONE_NEWNS: c_int = libc::CLONE_NEWNS;
