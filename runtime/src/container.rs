@@ -300,6 +300,18 @@ impl Joined {
         let mut envplan = crate::plan::filter_host_env(&host.env, self.state.cleanenv, cfg, &host.user);
         envplan.overrides = self.state.env.overrides.clone();
         envplan.ld_library_path_prepend = self.state.env.ld_library_path_prepend.clone();
+        envplan.path_append = self.state.env.path_append.clone();
+        compose(&envplan, &self.meta.env_files)
+    }
+
+    /// Only what the container defines (the image's environment, the holder's overrides,
+    /// PATH and injected library paths), for a frontend that adds it to a task environment
+    /// it does not own (the Slurm plugin, through spank_setenv).
+    pub fn container_env(&self, cfg: &Config, user: &crate::plan::UserInfo) -> Env {
+        let mut envplan = crate::plan::filter_host_env(&[], true, cfg, user);
+        envplan.overrides = self.state.env.overrides.clone();
+        envplan.ld_library_path_prepend = self.state.env.ld_library_path_prepend.clone();
+        envplan.path_append = self.state.env.path_append.clone();
         compose(&envplan, &self.meta.env_files)
     }
 

@@ -103,14 +103,17 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
     Err(why)
 }
 
-/// The last non-empty line the holder wrote to stderr (its message for people).
+/// The holder's message for people: its last `berth: ...` line and the lines after it
+/// (a message may carry a `hint:` line).
 fn stderr_tail(f: &std::fs::File) -> Option<String> {
     let mut f = f;
     let mut s = String::new();
     f.seek(SeekFrom::Start(0)).ok()?;
     f.take(64 * 1024).read_to_string(&mut s).ok()?;
-    let line = s.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    Some(line.strip_prefix("berth: ").unwrap_or(line).to_string())
+    let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.iter().rposition(|l| l.starts_with("berth: ")).unwrap_or(lines.len().checked_sub(1)?);
+    let msg = lines[start..].join("\n");
+    Some(msg.strip_prefix("berth: ").unwrap_or(&msg).to_string())
 }
 
 /// Reap our child `pid` within `timeout`; its wait status if we reaped it.
@@ -158,41 +161,4 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
 /// Where the holder keeps its state (`<state_dir>/holders/NAME.json`).
 pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> PathBuf {
     cfg.state_dir_for(uid).join("holders").join(format!("{name}.json"))
-}
-
-/// What joining gives the task: the image's environment and its working directory.
-#[derive(Debug, Clone, Default)]
-pub struct Joined {
-    pub env: Vec<(String, String)>,
-    pub workdir: Option<PathBuf>,
-}
-
-/// Join the holder's user and mount namespaces from inside the (single-threaded) task.
-///
-/// INTEGRATION POINT (runtime): replace the body with
-/// `berth_runtime::holder::join_in_process(cfg, uid, name)` (same signature, its `Joined`)
-/// once the runtime has it. Until then this shim implements the contract's minimum: it reads
-/// `pid` (and optional `env` [[k, v], ...], `workdir`) from the holder's state file and
-/// `setns()`es into `/proc/PID/ns/{user,mnt}`.
-pub fn join_in_process(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> Result<Joined, String> {
-    let path = state_file(cfg, uid, name);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read the container's state {}: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not holder state: {e}", path.display()))?;
-    let pid = v["pid"].as_i64().ok_or_else(|| format!("{}: no pid", path.display()))?;
-    sys::setns(Path::new(&format!("/proc/{pid}/ns/user")), sys::CLONE_NEWUSER)
-        .map_err(|e| format!("cannot join the container's user namespace (holder pid {pid}): {e}"))?;
-    sys::setns(Path::new(&format!("/proc/{pid}/ns/mnt")), sys::CLONE_NEWNS)
-        .map_err(|e| format!("cannot join the container's mount namespace (holder pid {pid}): {e}"))?;
-    let env = v["env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let workdir = v["workdir"].as_str().map(PathBuf::from);
-    Ok(Joined { env, workdir })
 }

@@ -262,11 +262,11 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     let cwd = std::env::current_dir().ok();
-    // INTEGRATION POINT (runtime): berth_runtime::holder::join_in_process.
-    let joined = holder::join_in_process(&cfg, h.uid, &h.name)?;
+    let joined = berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
+    let user = berth_runtime::plan::HostFacts::probe().map_err(|e| e.to_string())?.user;
 
     let keep = st.opts.kept_env_names();
-    for (k, v) in &joined.env {
+    for (k, v) in joined.container_env(&cfg, &user).vars() {
         if settings::is_scheduler_var(k) || keep.contains(&k.as_str()) {
             continue;
         }
@@ -275,12 +275,10 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     for kv in st.opts.env.iter().filter_map(|e| e.split_once('=')) {
         sp.setenv(kv.0, kv.1)?;
     }
-    // Working directory: --container-workdir (the holder's), else where the task was, else /.
-    let dir = joined.workdir.or(cwd).unwrap_or_else(|| PathBuf::from("/"));
-    if std::env::set_current_dir(&dir).is_err() {
-        std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-        eprintln!("berth: warning: {} does not exist in the container; working directory is /", dir.display());
-    }
+    // Working directory: --container-workdir (the holder's, required), else where the task
+    // was, else $HOME, else /.
+    let dir = joined.workdir(cwd.as_deref()).map_err(|e| e.to_string())?;
+    std::env::set_current_dir(&dir).map_err(|e| format!("chdir {}: {e}", dir.display()))?;
     let _ = sp.setenv("PWD", &std::env::current_dir().unwrap_or(dir).display().to_string());
     Ok(())
 }
