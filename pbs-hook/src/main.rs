@@ -522,6 +522,9 @@ pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String
 }
 
 fn rsh(args: &[String]) -> i32 {
+    // Inside the container BERTH_* variables are not passed; the job's options travel in
+    // PBS_BERTH_OPTIONS (BERTH_PBS_SSH among them).
+    options::restore_carried();
     let ssh = std::env::var("BERTH_PBS_SSH").unwrap_or_else(|_| "ssh".into());
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "berth-pbs".into());
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -37,6 +37,10 @@ pub fn drop_to(name: &str) -> Result<User, String> {
     if !ok {
         return Err(format!("could not drop privileges to {name} (uid {}, gid {})", pw.uid, pw.gid));
     }
+    // setuid() from root made us non-dumpable, so /proc/self belongs to root and the user
+    // namespace set-up (writing /proc/self/setgroups, uid_map) would fail. Nothing privileged
+    // is left in this process (no descriptor was opened as root), so it may be the user's.
+    nix::sys::prctl::set_dumpable(true).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     Ok(pw)
 }
 

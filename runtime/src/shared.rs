@@ -51,21 +51,18 @@ pub fn join_or_create(
     let dir = container::holders_dir(cfg, uid);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
     let lock_file = lock_path(cfg, uid, name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_file)
-        .map_err(|e| Error::io("cannot open lock file", &lock_file, e))?;
-    let lock = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::sys("flock", lock_file.display(), e))?;
+    let lock = lock_exclusive(&lock_file)?;
 
     let mut created = false;
     let state = match container::find_holder(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
-            let (plan, cleanenv) = make_plan()?;
-            spawn_holder(&plan, cleanenv, name, lock.as_raw_fd())?;
+            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd()));
+            if let Err(e) = started {
+                // Nothing is left behind; waiters holding the unlinked lock notice and retry.
+                let _ = std::fs::remove_file(&lock_file);
+                return Err(e);
+            }
             created = true;
             container::find_holder(cfg, uid, name)?
         }
@@ -84,6 +81,27 @@ pub fn join_or_create(
     }
     let joined = container::join_in_process(cfg, uid, name)?;
     Ok(Shared { joined, created })
+}
+
+/// Take the lock at `path`, making sure the file we locked is still the one at `path` (it is
+/// removed when creation fails, or by the epilogue).
+fn lock_exclusive(path: &Path) -> Result<Flock<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..100 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("cannot open lock file", path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::sys("flock", path.display(), e))?;
+        let locked = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let current = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        if locked.is_some() && locked == current {
+            return Ok(lock);
+        }
+    }
+    Err(Error::request(format!("lock {}", path.display()), "keeps being replaced", "remove it and try again"))
 }
 
 /// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
