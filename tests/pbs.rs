@@ -287,6 +287,30 @@ LOG_DEBUG = 4
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
 }
 
+#[test]
+fn rsh_agent_starts_remote_commands_in_the_job_container() {
+    // What mpirun does without TM: from inside the job's container on node a, start a
+    // command on node b through the agent and ssh (here a stand-in that needs no keys).
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
+    let ssh = mom::fake_ssh(w, &[&a, &b], false);
+    let probe = "echo REMOTE NET=$(readlink /proc/self/ns/net) NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2) JOB=$PBS_JOBID X=$BERTH_ENV_CHECK$CHECK";
+    let script = format!("{} -x b '{probe}'\necho LOCAL NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)\n", mom.rsh_agent.display());
+    let job = Job::new(w, &jid("105"), &[("CONTAINER", w.image()), ("BERTH_PBS_SSH", ssh.ssh.as_str()), ("BERTH_ENV_CHECK", "carried")], &script);
+    mom.submit(&job, &[&a, &b]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
+    let out = mom.batch(&job, &a, As::User).ok();
+    assert!(out.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{out}");
+    assert!(out.contains(&format!("LOCAL NET={}", a.net_id())), "{out}");
+    let holders = |n: &Node| job_files(n, &job.id).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
+    assert_eq!((holders(&a), holders(&b)), (1, 1), "the remote command made node b's container");
+    drop(ssh);
+    drop(_cleanup);
+    assert_clean(&[&a, &b], &job.id);
+}
+
 /// An MPI program across two emulated nodes through the rsh agent (Open MPI without TM).
 /// Needs an Open MPI image (defs/openmpi.def, built with `berth build`) holding `mpirun`,
 /// `mpicc`-built `/usr/local/bin/mpi_hello` or similar and an `ssh` client:
@@ -302,11 +326,11 @@ fn mpi_across_nodes_through_the_rsh_agent() {
     let mom = Mom::new(w);
     let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
     let img = img.to_string_lossy().into_owned();
-    let ssh = mom::fake_ssh(w, &[&a, &b]);
+    let ssh = mom::fake_ssh(w, &[&a, &b], true);
     // Both daemons are started through the agent (neither host is "local" to mpirun).
     let script = format!(
-        "mpirun --oversubscribe -np 2 --host {},{} --mca plm_rsh_agent '{} rsh' sh -c 'echo RANK=$OMPI_COMM_WORLD_RANK NET=$(readlink /proc/self/ns/net)'\n",
-        ssh.addrs[0], ssh.addrs[1], mom.starter.display()
+        "mpirun --oversubscribe -np 2 --host {},{} --mca plm_rsh_agent {} sh -c 'echo RANK=$OMPI_COMM_WORLD_RANK NET=$(readlink /proc/self/ns/net)'\n",
+        ssh.addrs[0], ssh.addrs[1], mom.rsh_agent.display()
     );
     let job = Job::new(w, &jid("401"), &[("CONTAINER", img.as_str()), ("BERTH_PBS_SSH", ssh.ssh.as_str())], &script);
     mom.submit(&job, &[&a, &b]);

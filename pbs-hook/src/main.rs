@@ -271,6 +271,10 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     if !carried.is_empty() {
         std::env::set_var(options::CARRIED, serde_json::to_string(&carried).unwrap_or_default());
     }
+    if let Some(ssh) = env("BERTH_PBS_SSH") {
+        // BERTH_* variables do not pass into the container; the rsh agent script reads this.
+        std::env::set_var("PBS_BERTH_SSH", ssh);
+    }
     match run_in_container(&jobid, &image, &opts, script.as_deref(), &argv) {
         Ok(never) => match never {},
         Err(e) => {
@@ -313,8 +317,13 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         if let Some(a) = aux {
             req.binds.push(bind(&a, true));
         }
-        // berth-pbs itself, for the rsh agent path (mpirun inside the image calls it).
+        // berth-pbs and its rsh agent script, for MPI launchers inside the image that use
+        // ssh (the agent must be runnable there: the script is, with the image's /bin/sh).
         if let Ok(exe) = std::env::current_exe() {
+            let agent = exe.with_file_name("berth-pbs-rsh");
+            if agent.is_file() {
+                req.binds.push(bind(&agent, true));
+            }
             req.binds.push(bind(&exe, true));
         }
         req.binds.extend(opts.binds.iter().cloned());
@@ -510,7 +519,7 @@ pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String
     // The launcher hands a shell snippet (ssh joins the words and the remote shell parses
     // them): keep that meaning by running it with the image's /bin/sh.
     let mut line = String::from("env");
-    for k in ["CONTAINER", "PBS_JOBID", "PBS_O_WORKDIR", "PBS_HOME", "PBS_NODEFILE", "PBS_O_LOGNAME", options::CARRIED] {
+    for k in ["CONTAINER", "PBS_JOBID", "PBS_O_WORKDIR", "PBS_HOME", "PBS_NODEFILE", "PBS_O_LOGNAME", options::CARRIED, "PBS_BERTH_SSH"] {
         if let Some(v) = get(k) {
             line.push(' ');
             line.push_str(&sh_quote(&format!("{k}={v}")));
@@ -525,7 +534,7 @@ fn rsh(args: &[String]) -> i32 {
     // Inside the container BERTH_* variables are not passed; the job's options travel in
     // PBS_BERTH_OPTIONS (BERTH_PBS_SSH among them).
     options::restore_carried();
-    let ssh = std::env::var("BERTH_PBS_SSH").unwrap_or_else(|_| "ssh".into());
+    let ssh = env("BERTH_PBS_SSH").or_else(|| env("PBS_BERTH_SSH")).unwrap_or_else(|| "ssh".into());
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "berth-pbs".into());
     let env: Vec<(String, String)> = std::env::vars().collect();
     match rsh_command(args, &ssh, &exe, &env) {

@@ -138,6 +138,8 @@ impl Job {
 pub struct Mom<'w> {
     pub w: &'w World,
     pub starter: PathBuf,
+    /// The rsh agent script, installed beside the starter.
+    pub rsh_agent: PathBuf,
     pub qstat: PathBuf,
 }
 
@@ -156,6 +158,11 @@ impl<'w> Mom<'w> {
         if !starter.exists() {
             std::fs::copy(env!("CARGO_BIN_EXE_berth-pbs"), &starter).unwrap();
         }
+        let rsh_agent = w.path("berth-pbs-rsh");
+        if !rsh_agent.exists() {
+            std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/berth-pbs-rsh"), &rsh_agent).unwrap();
+            std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let qstat = w.path("fake-qstat");
         if !qstat.exists() {
             let dir = w.path("qstat");
@@ -170,7 +177,7 @@ impl<'w> Mom<'w> {
             .unwrap();
             std::fs::set_permissions(&qstat, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Mom { w, starter, qstat }
+        Mom { w, starter, rsh_agent, qstat }
     }
 
     /// What qsub records for the job (pbs_server's copy, read by the prologue through qstat).
@@ -389,15 +396,21 @@ int main(int argc, char **argv) {
 }
 "#;
 
-pub fn fake_ssh(w: &'static World, nodes: &[&Node]) -> FakeSsh {
+/// With `link`, the two nodes also get a veth link (for MPI traffic) and are named by their
+/// addresses; without, by their names.
+pub fn fake_ssh(w: &'static World, nodes: &[&Node], link: bool) -> FakeSsh {
     use std::io::Read;
     let net = 10 + std::process::id() % 200;
-    let addrs: Vec<String> = (1..=nodes.len()).map(|i| format!("10.251.{net}.{i}")).collect();
+    let addrs: Vec<String> = if link {
+        (1..=nodes.len()).map(|i| format!("10.251.{net}.{i}")).collect()
+    } else {
+        nodes.iter().map(|n| n.name.clone()).collect()
+    };
     let (va, vb) = (format!("bva{}", std::process::id() % 100000), format!("bvb{}", std::process::id() % 100000));
-    sh(&format!(
+    if link { sh(&format!(
         "ip link add {va} netns {} type veth peer name {vb} netns {} && ip -n {} addr add {}/24 dev {va} && ip -n {} addr add {}/24 dev {vb} && ip -n {} link set {va} up && ip -n {} link set {vb} up",
         nodes[0].netns, nodes[1].netns, nodes[0].netns, addrs[0], nodes[1].netns, addrs[1], nodes[0].netns, nodes[1].netns
-    ));
+    )); }
     let src = w.path("fake-ssh.c");
     std::fs::write(&src, FAKE_SSH_C).unwrap();
     let ssh = w.path("fake-ssh");
