@@ -273,18 +273,33 @@ impl<'w> Mom<'w> {
         Out(self.command(node, As::User, &full, &env).stdin(Stdio::null()).output().unwrap())
     }
 
-    /// Prologue/epilogue (`which`), as root with pbs_mom's arguments and a small environment.
+    /// Prologue/epilogue (`which`) as pbs_mom's run_pelog() runs them: root; a regular file
+    /// owned by root, mode 0500, named after what it is; prologue args `jobid user group
+    /// jobname resources queue account`, epilogue args `jobid user group jobname sessionid
+    /// resources resources_used queue account exit_status`; a few job variables in the
+    /// environment (PBS_NODEFILE, PBS_O_WORKDIR, PBS_NODENUM, PBS_MSHOST), not `-v` ones.
     pub fn hook(&self, which: &str, job: &Job, node: &Node) -> Out {
-        let link = self.w.path(&format!("hooks-{}/{which}", node.name));
-        if !link.exists() {
-            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-            std::os::unix::fs::symlink(&self.starter, &link).unwrap();
+        let path = node.pbs_home.join("mom_priv").join(which);
+        if !path.exists() {
+            std::fs::copy(&self.starter, &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500)).unwrap();
         }
-        let link = link.display().to_string();
+        let path = path.display().to_string();
         let group = nix::unistd::Group::from_gid(self.w.gid.into()).unwrap().unwrap().name;
-        let argv = [link.as_str(), &job.id, USER, &group, "job.sh", "nodes=2,walltime=00:10:00", "batch", ""];
+        let res = "nodes=2,walltime=00:10:00";
+        let mut argv = vec![path.as_str(), &job.id, USER, &group, "job.sh"];
+        if which.starts_with("epilogue") {
+            argv.extend_from_slice(&["4242", res, "cput=00:00:01,mem=1kb,walltime=00:00:02", "batch", "", "0"]);
+        } else {
+            argv.extend_from_slice(&[res, "batch", ""]);
+        }
         let env = vec![
             ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_string()),
+            ("PBS_NODEFILE".to_string(), job.nodefile(node).display().to_string()),
+            ("PBS_O_WORKDIR".to_string(), job.workdir.display().to_string()),
+            ("PBS_NODENUM".to_string(), if node.name == "a" { "0" } else { "1" }.to_string()),
+            ("PBS_MSHOST".to_string(), "a".to_string()),
+            // Test seams: the fake qstat, and the node's site configuration.
             ("BERTH_PBS_QSTAT".to_string(), self.qstat.display().to_string()),
             ("BERTH_CONFIG".to_string(), node.config.display().to_string()),
         ];
