@@ -242,10 +242,10 @@ fn openpbs_hook_rewrites_the_launch() {
         r#"
 import json, os
 class _Job:
-    def __init__(self, vl): self.Variable_List = vl
+    def __init__(self, vl, jid="", euser=""): self.Variable_List = vl; self.id = jid; self.euser = euser
 class _Event:
     def __init__(self, d):
-        self.job = _Job(d["vars"]); self.progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"])
+        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self.progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"])
     def accept(self):
         print(json.dumps({"progname": self.progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
     def reject(self, msg=""):
@@ -285,6 +285,22 @@ LOG_DEBUG = 4
     assert_eq!((r["progname"].as_str(), r["argv"].clone()), (Some("/bin/bash"), serde_json::json!(["-bash"])));
     let r = run(serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}));
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+
+    // The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in here).
+    let rec = dir.path().join("called");
+    let stand_in = dir.path().join("berth-pbs");
+    std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" > {}\n", rec.display())).unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let end = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_end.py");
+    let out = std::process::Command::new("python3")
+        .arg(&end)
+        .env("PYTHONPATH", dir.path())
+        .env("BERTH_PBS_STARTER", &stand_in)
+        .env("FAKE_PBS_EVENT", serde_json::json!({"vars": {}, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"}).to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&rec).unwrap(), "epilogue 9.srv alice\n");
 }
 
 #[test]

@@ -155,6 +155,8 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32) -> Result
 
 /// In the detached grandchild: hold the container; report a set-up failure through `wr`.
 fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd) -> i32 {
+    // Named for `ps -o comm`/`top` (its command line is still the first starter's).
+    let _ = nix::sys::prctl::set_name(c"berth-holder");
     // Keep no descriptor of the caller's (job output pipes, the terminal) open for days.
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
