@@ -327,10 +327,13 @@ fn rsh_agent_starts_remote_commands_in_the_job_container() {
     assert_clean(&[&a, &b], &job.id);
 }
 
-/// An MPI program across two emulated nodes through the rsh agent (Open MPI without TM).
-/// Needs an Open MPI image (defs/openmpi.def, built with `berth build`) holding `mpirun`,
-/// `mpicc`-built `/usr/local/bin/mpi_hello` or similar and an `ssh` client:
-/// `BERTH_TEST_MPI_IMAGE=/path/openmpi.img cargo test -p berth-pbs --test pbs mpi`.
+/// An MPI job across two emulated nodes through the rsh agent (Open MPI without TM): mpirun
+/// runs in the job's container on node a and starts orted on node b through
+/// `berth-pbs-rsh` and ssh (a stand-in here), so the remote ranks run in node b's container.
+/// Gated: needs an Open MPI image (defs/openmpi.def, built with `berth build`) with `mpirun`
+/// and `sed`: `BERTH_TEST_MPI_IMAGE=/path/openmpi.img cargo test -p berth-pbs --test pbs mpi`.
+/// `BERTH_TEST_MPI_PROGRAM=/path/in/image/prog` also runs that MPI program (2 ranks, one per
+/// node) and requires it to succeed.
 #[test]
 fn mpi_across_nodes_through_the_rsh_agent() {
     let Some(img) = std::env::var_os("BERTH_TEST_MPI_IMAGE") else {
@@ -343,18 +346,30 @@ fn mpi_across_nodes_through_the_rsh_agent() {
     let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
     let img = img.to_string_lossy().into_owned();
     let ssh = mom::fake_ssh(w, &[&a, &b], true);
-    // Both daemons are started through the agent (neither host is "local" to mpirun).
-    let script = format!(
-        "mpirun --oversubscribe -np 2 --host {},{} --mca plm_rsh_agent {} sh -c 'echo RANK=$OMPI_COMM_WORLD_RANK NET=$(readlink /proc/self/ns/net)'\n",
+    let mpirun = format!(
+        "mpirun --oversubscribe -np 2 --host {},{} --mca plm_rsh_agent {} --mca btl self,tcp --mca btl_tcp_if_include 10.251.0.0/16 --mca oob_tcp_if_include 10.251.0.0/16",
         ssh.addrs[0], ssh.addrs[1], mom.rsh_agent.display()
     );
+    let mut script = format!("{mpirun} sh -c 'echo RANK=$OMPI_COMM_WORLD_RANK NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)'\n");
+    let program = std::env::var("BERTH_TEST_MPI_PROGRAM").ok();
+    if let Some(p) = &program {
+        script.push_str(&format!("{mpirun} {p} && echo PROGRAM-OK\n"));
+    }
     let job = Job::new(w, &jid("401"), &[("CONTAINER", img.as_str()), ("BERTH_PBS_SSH", ssh.ssh.as_str())], &script);
     mom.submit(&job, &[&a, &b]);
     let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
     let out = mom.batch(&job, &a, As::User).ok();
-    assert!(out.contains(&format!("NET={}", a.net_id())) && out.contains(&format!("NET={}", b.net_id())), "{out}");
+    eprintln!("the job printed:\n{out}");
+    let rank = |r: u32| out.lines().find(|l| l.starts_with(&format!("RANK={r} "))).unwrap_or_else(|| panic!("no rank {r}: {out}")).to_string();
+    let (r0, r1) = (rank(0), rank(1));
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
+    assert!(r0.contains(&format!("NET={}", a.net_id())) && r1.contains(&format!("NET={}", b.net_id())), "one rank per node: {out}");
+    let mnt = |l: &str| l.split("MNT=").nth(1).unwrap().to_string();
+    assert!(mnt(&r0) != own_mnt && mnt(&r1) != own_mnt && mnt(&r0) != mnt(&r1), "each rank in its node's container: {out}");
+    if program.is_some() {
+        assert!(out.contains("PROGRAM-OK"), "the MPI program failed: {out}");
+    }
     drop(ssh);
-    mom.hook("epilogue", &job, &a);
-    mom.hook("epilogue", &job, &b);
-    assert_clean(&[&a, &b], &jid("401"));
+    drop(_cleanup);
+    assert_clean(&[&a, &b], &job.id);
 }
