@@ -322,6 +322,18 @@ fn rsh_agent_starts_remote_commands_in_the_job_container() {
     assert!(out.contains(&format!("LOCAL NET={}", a.net_id())), "{out}");
     let holders = |n: &Node| job_files(n, &job.id).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
     assert_eq!((holders(&a), holders(&b)), (1, 1), "the remote command made node b's container");
+    // `berth-pbs rsh` does the same from the host side (where mpirun runs outside the image);
+    // this time node b's container is joined, not created.
+    let starter = mom.starter.display().to_string();
+    let host_side = mom::in_node(&a.netns_path(), As::User, w.uid, w.gid, &[&starter, "rsh", "b", probe])
+        .env_clear()
+        .envs(mom.job_env(&job, &a, 9))
+        .current_dir(&w.home)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&host_side.stdout);
+    assert!(text.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{text} {}", String::from_utf8_lossy(&host_side.stderr));
+    assert_eq!((holders(&a), holders(&b)), (1, 1));
     drop(ssh);
     drop(_cleanup);
     assert_clean(&[&a, &b], &job.id);

@@ -534,6 +534,11 @@ fn rsh(args: &[String]) -> i32 {
     // Inside the container BERTH_* variables are not passed; the job's options travel in
     // PBS_BERTH_OPTIONS (BERTH_PBS_SSH among them).
     options::restore_carried();
+    // On the host side the options are plain BERTH_* variables: carry them the same way.
+    let carried = options::carried_from_env();
+    if std::env::var_os(options::CARRIED).is_none() && !carried.is_empty() {
+        std::env::set_var(options::CARRIED, serde_json::to_string(&carried).unwrap_or_default());
+    }
     let ssh = env("BERTH_PBS_SSH").or_else(|| env("PBS_BERTH_SSH")).unwrap_or_else(|| "ssh".into());
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "berth-pbs".into());
     let env: Vec<(String, String)> = std::env::vars().collect();
