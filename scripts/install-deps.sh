@@ -10,6 +10,8 @@ pkgs=(
   # tests: static busybox and static libc for test images, peers for the benchmarks
   busybox-static libc6-dev hyperfine charliecloud-runtime
   util-linux procps iproute2
+  # tests: the OpenPBS hook runs under python3 with a fake `pbs` module
+  python3
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -41,7 +41,7 @@ fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     // The common case must cost nothing: a job without CONTAINER, run by an unprivileged
     // starter, is executed unchanged before anything else is looked at.
-    let named = args.first().map(|a| basename(a)).unwrap_or_default();
+    let named = args.first().map(basename).unwrap_or_default();
     let first = args.get(1).map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
     let hook = match named.as_str() {
         "prologue" | "prologue.parallel" | "epilogue" | "epilogue.parallel" => Some((named.clone(), 1)),
@@ -51,7 +51,8 @@ fn main() {
         },
     };
     let container_set = std::env::var_os("CONTAINER").is_some_and(|v| !v.is_empty());
-    if hook.is_none() && !container_set && first != "rsh" && args.len() >= 2 {
+    let own_flag = matches!(first.as_str(), "rsh" | "-h" | "--help" | "--version");
+    if hook.is_none() && !container_set && !own_flag && args.len() >= 2 {
         let rest = if first == "task" { &args[2..] } else { &args[1..] };
         std::process::exit(passthrough(rest));
     }
@@ -232,7 +233,7 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     if argv.is_empty() {
         return fail(format!("no command given\n{USAGE}"));
     }
-    if std::env::var_os("CONTAINER").is_none_or_empty() {
+    if !matches!(std::env::var_os("CONTAINER"), Some(v) if !v.is_empty()) {
         return passthrough(&argv.iter().map(OsString::from).collect::<Vec<_>>());
     }
     options::restore_carried();
@@ -281,15 +282,6 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
             eprintln!("berth-pbs: {e}");
             e.exit_code()
         }
-    }
-}
-
-trait OptEmpty {
-    fn is_none_or_empty(&self) -> bool;
-}
-impl OptEmpty for Option<OsString> {
-    fn is_none_or_empty(&self) -> bool {
-        self.as_ref().map_or(true, |v| v.is_empty())
     }
 }
 
