@@ -68,6 +68,12 @@ fn job_and_tasks_run_in_one_container_per_node() {
         assert_eq!(line(&o, "NAME="), "\"berth-busybox\"");
     }
 
+    // A task of the job asking for another image is refused, naming both.
+    let other = Job { id: job.id.clone(), vars: vec![("CONTAINER".into(), w.rootfs.display().to_string())], workdir: job.workdir.clone(), script_body: String::new() };
+    let out = mom.task(&other, &a, 9, &["true"]);
+    assert_eq!(out.code(), Some(255));
+    assert!(out.stderr().contains("already runs image") && out.stderr().contains(w.image()) && out.stderr().contains(w.rootfs.to_str().unwrap()), "{}", out.stderr());
+
     // On the sister node, four tasks start at once: exactly one of them creates the node's
     // container, all share it, and it is not node a's.
     let outs: Vec<String> = std::thread::scope(|s| {
@@ -112,6 +118,25 @@ fn run_privileged_starter_drops_to_the_job_user() {
     assert_eq!(std::fs::metadata(a.holders_dir()).unwrap().uid(), w.uid);
     mom.hook("epilogue", &job, &a);
     assert_clean(&[&a], &jid("102"));
+
+    // The drop happens before anything the user controls is read: a job script only root
+    // could read is refused.
+    let secret = Job::new(w, &jid("106"), &[("CONTAINER", w.image())], "echo should-not-run\n");
+    mom.submit(&secret, &[&a]);
+    nix::unistd::chown(&secret.script_path(&a), Some(0.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(secret.script_path(&a), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let out = mom.batch(&secret, &a, As::Root);
+    assert_eq!(out.code(), Some(255));
+    assert!(out.stderr().contains("cannot read the job script") && out.stderr().contains("ermission denied"), "{}", out.stderr());
+    assert_clean(&[&a], &secret.id);
+    // An unknown job user, or root, is refused.
+    for (user, needle) in [("nosuchuser-xyz", "not in the passwd database"), ("root", "refusing to run a container job as root")] {
+        let j = Job::new(w, &jid("107"), &[("CONTAINER", w.image()), ("USER", user), ("LOGNAME", user)], "id -u\n");
+        mom.submit(&j, &[&a]);
+        let out = mom.batch(&j, &a, As::Root);
+        assert_eq!(out.code(), Some(255), "{user}");
+        assert!(out.stderr().contains(needle), "{}", out.stderr());
+    }
 
     // Without CONTAINER, a privileged starter still runs the job as the user.
     let plain = Job::new(w, &jid("103"), &[], "id -u\n");
