@@ -71,6 +71,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        // The node's state directory (empty once the epilogues ran).
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
