@@ -305,7 +305,15 @@ impl<'w> Mom<'w> {
             ("BERTH_PBS_QSTAT".to_string(), self.qstat.display().to_string()),
             ("BERTH_CONFIG".to_string(), node.config.display().to_string()),
         ];
-        Out(self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output().unwrap())
+        // A file just copied may still be open for writing in a child another test thread
+        // forked meanwhile (ETXTBSY until that child execs): try again shortly.
+        for _ in 0..100 {
+            match self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                r => return Out(r.unwrap()),
+            }
+        }
+        panic!("{path} stays busy");
     }
 }
 
