@@ -164,6 +164,12 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd) -> i32 {
         }
     }
     let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
+    // An ignored SIGTERM (inherited from whoever started the task) would make `stop` wait
+    // for its SIGKILL fallback: the holder must hear the signals that end it.
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGHUP] {
+        // SAFETY: restoring a default disposition installs no handler; we are single-threaded.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
     let errfd = match nix::fcntl::fcntl(wr.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
         // SAFETY: fcntl just returned this new descriptor; we own it.
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
