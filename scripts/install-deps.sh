@@ -14,6 +14,8 @@ pkgs=(
   # MPI: the replace-model test, the MPI images and the Slurm tests
   mpich libmpich-dev openmpi-bin libopenmpi-dev
   util-linux procps iproute2
+  # tests: the OpenPBS hook runs under python3 with a fake `pbs` module
+  python3
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

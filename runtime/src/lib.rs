@@ -16,4 +16,5 @@ pub mod container;
 pub mod env;
 pub mod metadata;
 pub mod plan;
+pub mod shared;
 pub mod sys;

@@ -56,7 +56,10 @@ fn setup() -> World {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // The binary may sit under a private directory (e.g. /root): copy it where the user can run it.
     let berth = dir.join("berth");
-    std::fs::copy(env!("CARGO_BIN_EXE_berth"), &berth).unwrap();
+    // Tests of other packages (berth-pbs) use the harness without the `berth` binary.
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_berth") {
+        std::fs::copy(bin, &berth).unwrap();
+    }
     let rootfs = dir.join("rootfs");
     build_busybox_root(&rootfs);
     let image = dir.join("app.sqsh");

@@ -1,0 +1,584 @@
+//! `berth-pbs`: berth for TORQUE and OpenPBS.
+//!
+//! TORQUE has no loadable plugin API for job launch, so this is an executable pbs_mom starts:
+//!
+//! - as `$job_starter` (default mode): `berth-pbs /bin/bash` with the job script's path on
+//!   stdin (the batch shell), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
+//!   spawned through TM: pbsdsh, orted). With `CONTAINER` in the job's environment both run in
+//!   one container per node per job (see `berth_runtime::shared`); without it the command is
+//!   executed unchanged.
+//! - as `prologue`/`epilogue` (and `.parallel`), by name (symlinks in `mom_priv`) or as
+//!   `berth-pbs prologue ARGS...`: check the image before the job runs; stop the job's
+//!   containers after it.
+//! - as an rsh agent for MPI launchers without TM support: `berth-pbs rsh HOST CMD...` runs
+//!   `ssh HOST ... berth-pbs task CMD...`, so remote daemons enter the image too.
+//!
+//! Exit status: the job's own; 255 with one `berth-pbs: ...` message for berth's failures.
+//! The prologue exits only 0 (run) or 1 (abort with a message), never a code that requeues.
+
+mod options;
+mod qstat;
+mod user;
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use berth_runtime::config::Config;
+use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::image::{self, FsType, Image, RootFs};
+use berth_runtime::plan::{self, HostFacts};
+use berth_runtime::request::{Action, BindSpec, Request};
+use berth_runtime::sys::process;
+use berth_runtime::{container, shared};
+
+const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
+       berth-pbs prologue|epilogue[.parallel] JOBID USER GROUP ...   (or installed under those names)
+       berth-pbs rsh [SSH-OPTIONS] HOST COMMAND...   (OMPI_MCA_plm_rsh_agent)
+       berth-pbs task COMMAND [ARGS...]   (a task on this node, in the job's container)";
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // The common case must cost nothing: a job without CONTAINER, run by an unprivileged
+    // starter, is executed unchanged before anything else is looked at.
+    let named = args.first().map(basename).unwrap_or_default();
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+    let hook = match named.as_str() {
+        "prologue" | "prologue.parallel" | "epilogue" | "epilogue.parallel" => Some((named.clone(), 1)),
+        _ => match first.as_str() {
+            "prologue" | "prologue.parallel" | "epilogue" | "epilogue.parallel" => Some((first.clone(), 2)),
+            _ => None,
+        },
+    };
+    let container_set = std::env::var_os("CONTAINER").is_some_and(|v| !v.is_empty());
+    let own_flag = matches!(first.as_str(), "rsh" | "-h" | "--help" | "--version");
+    if hook.is_none() && !container_set && !own_flag && args.len() >= 2 {
+        let rest = if first == "task" { &args[2..] } else { &args[1..] };
+        std::process::exit(passthrough(rest));
+    }
+    let code = std::panic::catch_unwind(|| dispatch(&args, hook, &first)).unwrap_or_else(|_| {
+        eprintln!("berth-pbs: internal error (a bug: please report it with the job's output)");
+        // A prologue must never exit with a code that requeues the job forever.
+        if named.starts_with("prologue") || first.starts_with("prologue") {
+            1
+        } else {
+            EXIT_BERTH_ERROR
+        }
+    });
+    std::process::exit(code)
+}
+
+fn basename(a: &OsString) -> String {
+    Path::new(a).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn dispatch(args: &[OsString], hook: Option<(String, usize)>, first: &str) -> i32 {
+    let strings = || args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<String>>();
+    if let Some((which, skip)) = hook {
+        let a: Vec<String> = strings().into_iter().skip(skip).collect();
+        return if which.starts_with("prologue") { prologue(&which, &a) } else { epilogue(&which, &a) };
+    }
+    match first {
+        "" | "-h" | "--help" => {
+            println!("{USAGE}");
+            if first.is_empty() {
+                EXIT_BERTH_ERROR
+            } else {
+                0
+            }
+        }
+        "--version" => {
+            println!("berth-pbs {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        "rsh" => rsh(&strings()[2..]),
+        "task" => starter(&args[2..], true),
+        _ => starter(&args[1..], false),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("berth-pbs: {msg}");
+    EXIT_BERTH_ERROR
+}
+
+/// Execute `argv` as is (host PATH), as the job user.
+fn passthrough(argv: &[OsString]) -> i32 {
+    if let Err(e) = user::drop_if_root() {
+        return fail(e);
+    }
+    if argv.is_empty() {
+        return fail(format!("no command given\n{USAGE}"));
+    }
+    let c: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let e = nix::unistd::execvp(&c[0], &c).unwrap_err();
+    eprintln!("berth-pbs: cannot run {}: {}", argv[0].to_string_lossy(), e.desc());
+    if e == nix::Error::ENOENT {
+        127
+    } else {
+        126
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// $job_starter
+
+/// The holder name of a job on a node: `pbs-<job id>`, other characters than the allowed
+/// ones (array ids: `12[3].server`) replaced by `_`.
+pub fn holder_name(jobid: &str) -> String {
+    let id: String = jobid
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-+@".contains(c) { c } else { '_' })
+        .take(150)
+        .collect();
+    format!("pbs-{id}")
+}
+
+fn is_shell(p: &str) -> bool {
+    matches!(
+        Path::new(p).file_name().and_then(|n| n.to_str()),
+        Some("bash" | "sh" | "dash" | "ksh" | "zsh" | "csh" | "tcsh" | "ash")
+    )
+}
+
+fn stdin_is_pipe() -> bool {
+    use nix::sys::stat::SFlag;
+    nix::sys::stat::fstat(0)
+        .map(|st| {
+            let t = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            t == SFlag::S_IFIFO || t == SFlag::S_IFSOCK
+        })
+        .unwrap_or(false)
+}
+
+/// Read one line from fd 0 without buffering beyond it (the rest is the script's stdin).
+fn read_stdin_line() -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 0 is our stdin; ManuallyDrop keeps it open when the File goes away.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let mut out = vec![];
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => out.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if out.len() > 4096 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// `CONTAINER` made absolute: relative paths are taken from the submit directory.
+fn resolve_image(container: &str, workdir: Option<&str>) -> PathBuf {
+    let p = PathBuf::from(container);
+    if p.is_absolute() {
+        return p;
+    }
+    let base = workdir
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    base.join(p)
+}
+
+/// Open and check an image as the calling user: recognised, readable, mountable without
+/// privileges.
+fn check_image(path: &Path) -> Result<Image, Error> {
+    let img = image::open(path)?;
+    match &img.root {
+        RootFs::Directory { .. } => {
+            use nix::unistd::AccessFlags;
+            nix::unistd::access(path, AccessFlags::R_OK | AccessFlags::X_OK).map_err(|e| {
+                Error::image(path, format!("the directory is not readable by you ({})", e.desc()), "ask its owner to make it readable (chmod a+rx), or use another image")
+            })?;
+        }
+        RootFs::Embedded { fs: FsType::Ext3, .. } => {
+            return Err(Error::image(
+                path,
+                "holds an ext3 root filesystem (Singularity 2.x image), which berth-pbs cannot mount without privileges",
+                "convert it once to SquashFS (e.g. `apptainer build new.sif old.img`)",
+            ))
+        }
+        _ => {}
+    }
+    Ok(img)
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// System directories never bound as the job's working directory.
+fn bindable_workdir(p: &Path) -> bool {
+    p.is_absolute()
+        && p != Path::new("/")
+        && !["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/sys", "/dev", "/boot", "/opt", "/var/lib"]
+            .iter()
+            .any(|s| p.starts_with(s))
+        && p.is_dir()
+}
+
+fn starter(argv: &[OsString], forced_task: bool) -> i32 {
+    // Root (run-privileged) becomes the job user before anything user-controlled is read.
+    if let Err(e) = user::drop_if_root() {
+        return fail(e);
+    }
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if argv.is_empty() {
+        return fail(format!("no command given\n{USAGE}"));
+    }
+    if !matches!(std::env::var_os("CONTAINER"), Some(v) if !v.is_empty()) {
+        return passthrough(&argv.iter().map(OsString::from).collect::<Vec<_>>());
+    }
+    options::restore_carried();
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let opts = match options::parse(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let Some(jobid) = env("PBS_JOBID") else {
+        return fail("CONTAINER is set but PBS_JOBID is not: berth-pbs runs jobs started by pbs_mom (use `berth exec IMAGE CMD` elsewhere)");
+    };
+    let batch = !forced_task && argv.len() == 1 && is_shell(&argv[0]) && stdin_is_pipe();
+    let script = if batch {
+        let line = match read_stdin_line() {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot read the job script's path from the batch shell's stdin: {e}")),
+        };
+        if line.is_empty() {
+            return fail("the batch shell's stdin carried no job script path (expected one line, $PBS_HOME/mom_priv/jobs/<jobid>.SC); is berth-pbs configured as $job_starter of this pbs_mom?");
+        }
+        let p = PathBuf::from(&line);
+        if !p.is_absolute() {
+            return fail(format!("the job script path {line:?} from stdin is not absolute"));
+        }
+        if let Err(e) = std::fs::File::open(&p) {
+            return fail(format!("cannot read the job script {}: {e}", p.display()));
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let image = resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
+    // Tasks see where the job's image is, and remote nodes (rsh agent) get the same options.
+    std::env::set_var("CONTAINER", &image);
+    let carried = options::carried_from_env();
+    if !carried.is_empty() {
+        std::env::set_var(options::CARRIED, serde_json::to_string(&carried).unwrap_or_default());
+    }
+    if let Some(ssh) = env("BERTH_PBS_SSH") {
+        // BERTH_* variables do not pass into the container; the rsh agent script reads this.
+        std::env::set_var("PBS_BERTH_SSH", ssh);
+    }
+    match run_in_container(&jobid, &image, &opts, script.as_deref(), &argv) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("berth-pbs: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+enum Never {}
+
+fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: Option<&Path>, argv: &[String]) -> Result<Never, Error> {
+    let (cfg, _) = Config::load()?;
+    let host = HostFacts::probe()?;
+    let name = holder_name(jobid);
+    let make_plan = || {
+        let img = check_image(image)?;
+        let mut req = Request::new(image.to_path_buf(), Action::Shell);
+        let bind = |src: &Path, ro: bool| BindSpec { src: src.to_path_buf(), dst: src.to_path_buf(), readonly: ro };
+        let workdir = env("PBS_O_WORKDIR").map(PathBuf::from).filter(|p| bindable_workdir(p));
+        if let Some(w) = &workdir {
+            req.binds.push(bind(w, false));
+        }
+        if let Some(s) = script {
+            req.binds.push(bind(s, true));
+        }
+        let aux = env("PBS_HOME")
+            .map(|h| Path::new(&h).join("aux"))
+            .filter(|p| p.is_dir())
+            .or_else(|| env("PBS_NODEFILE").and_then(|f| Path::new(&f).parent().map(Path::to_path_buf)).filter(|p| p.is_dir()));
+        if let Some(a) = aux {
+            req.binds.push(bind(&a, true));
+        }
+        // berth-pbs and its rsh agent script, for MPI launchers inside the image that use
+        // ssh (the agent must be runnable there: the script is, with the image's /bin/sh).
+        if let Ok(exe) = std::env::current_exe() {
+            let agent = exe.with_file_name("berth-pbs-rsh");
+            if agent.is_file() {
+                req.binds.push(bind(&agent, true));
+            }
+            req.binds.push(bind(&exe, true));
+        }
+        req.binds.extend(opts.binds.iter().cloned());
+        req.workdir = opts.workdir.clone().or(workdir);
+        req.cleanenv = opts.cleanenv;
+        req.mount_home = !opts.no_home;
+        req.writable_tmpfs = opts.writable_tmpfs;
+        let p = plan::plan(&req, &img, &cfg, &host)?;
+        Ok((p, req.cleanenv))
+    };
+    let shared = shared::join_or_create(&cfg, host.user.uid, &name, image, make_plan)?;
+    let joined = shared.joined;
+    let env = joined.env(&cfg, &host);
+    let workdir = joined.workdir(host.cwd.as_deref())?;
+    nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
+    let argv: Vec<String> = match script {
+        Some(s) => {
+            let mut shell = argv[0].clone();
+            if !Path::new(&shell).exists() {
+                eprintln!("berth-pbs: {shell} is not in the image {}; running the job script with /bin/sh", image.display());
+                shell = "/bin/sh".into();
+            }
+            vec![shell, s.display().to_string()]
+        }
+        None => argv.to_vec(),
+    };
+    process::harden_before_exec()?;
+    Err(process::exec(&argv, env.vars()))
+}
+
+// ---------------------------------------------------------------------------------------
+// prologue / epilogue
+
+/// Run `f` in a child that has become `user` (or directly if we are that user already);
+/// true when it succeeded. `f` prints its own messages.
+fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
+    let pw = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("user {user:?} is not in the passwd database of this node"))?;
+    if nix::unistd::geteuid() == pw.uid {
+        return Ok(f());
+    }
+    // SAFETY: berth-pbs is single-threaded; the child only drops privileges, runs `f` and exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            let code = match user::drop_to(user) {
+                Ok(_) => {
+                    if f() {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                Err(e) => {
+                    eprintln!("berth-pbs: {e}");
+                    1
+                }
+            };
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            Ok(matches!(nix::sys::wait::waitpid(child, None), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))))
+        }
+    }
+}
+
+/// Prologue: 0 runs the job, 1 aborts it with the message in the job's output. Never
+/// anything else (TORQUE requeues on other codes).
+fn prologue(which: &str, args: &[String]) -> i32 {
+    let (Some(jobid), Some(user)) = (args.first(), args.get(1)) else {
+        eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
+        return 1;
+    };
+    let vars = match qstat::job_variables(jobid) {
+        Ok(v) => v,
+        Err(e) => {
+            // Without the job's variables nothing can be checked; the starter still reports
+            // a bad image when the job starts.
+            eprintln!("berth-pbs {which}: job {jobid}: not checking its container: {e}");
+            return 0;
+        }
+    };
+    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let Some(container) = get("CONTAINER") else { return 0 };
+    if let Err(e) = options::parse(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        eprintln!("berth-pbs {which}: job {jobid}: {e}");
+        return 1;
+    }
+    let image = resolve_image(&container, get("PBS_O_WORKDIR").as_deref());
+    let checked = as_user(user, || match check_image(&image) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("berth-pbs {which}: job {jobid}: CONTAINER={container}: {e}");
+            false
+        }
+    });
+    match checked {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("berth-pbs {which}: job {jobid}: {e}");
+            1
+        }
+    }
+}
+
+/// Epilogue: stop the job's container on this node (as the job user: the state files are
+/// theirs to write, so a root epilogue must not trust them) and remove what is left.
+/// Always 0.
+fn epilogue(which: &str, args: &[String]) -> i32 {
+    let (Some(jobid), Some(user)) = (args.first(), args.get(1)) else {
+        eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
+        return 0;
+    };
+    let name = holder_name(jobid);
+    let r = as_user(user, || {
+        let cfg = match Config::load() {
+            Ok((c, _)) => c,
+            Err(e) => {
+                eprintln!("berth-pbs {which}: job {jobid}: {e}");
+                return false;
+            }
+        };
+        let uid = nix::unistd::getuid().as_raw();
+        if let Ok(st) = container::find_holder(&cfg, uid, &name) {
+            if let Err(e) = container::stop(&cfg, uid, &name, std::time::Duration::from_secs(5)) {
+                eprintln!("berth-pbs {which}: job {jobid}: {e}");
+            }
+            // Whatever still lives in the container's mount namespace (the FUSE server of a
+            // holder that had to be killed) goes too.
+            for _ in 0..50 {
+                let left = container::members(&st);
+                if left.is_empty() {
+                    break;
+                }
+                for pid in left {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        shared::remove_leftovers(&cfg, uid, &name);
+        true
+    });
+    if let Err(e) = r {
+        eprintln!("berth-pbs {which}: job {jobid}: {e}");
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------
+// rsh agent
+
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The ssh command line for `rsh ARGS`: ssh options and host, then a remote command that
+/// enters the job's container on that node (when CONTAINER is set).
+pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String)]) -> Result<Vec<String>, String> {
+    let mut cmd: Vec<String> = ssh.split_whitespace().map(str::to_string).collect();
+    if cmd.is_empty() {
+        cmd.push("ssh".into());
+    }
+    let mut i = 0;
+    while i < args.len() && args[i].starts_with('-') {
+        cmd.push(args[i].clone());
+        if matches!(args[i].as_str(), "-l" | "-p" | "-o" | "-i" | "-F" | "-J" | "-b" | "-c" | "-m" | "-E") && i + 1 < args.len() {
+            cmd.push(args[i + 1].clone());
+            i += 1;
+        }
+        i += 1;
+    }
+    let Some(host) = args.get(i) else { return Err("rsh: no host given".into()) };
+    let remote = &args[i + 1..];
+    if remote.is_empty() {
+        return Err("rsh: no command given (interactive logins are not run in the image)".into());
+    }
+    cmd.push(host.clone());
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    if get("CONTAINER").is_none() {
+        cmd.extend(remote.iter().cloned());
+        return Ok(cmd);
+    }
+    // The launcher hands a shell snippet (ssh joins the words and the remote shell parses
+    // them): keep that meaning by running it with the image's /bin/sh.
+    let mut line = String::from("env");
+    for k in ["CONTAINER", "PBS_JOBID", "PBS_O_WORKDIR", "PBS_HOME", "PBS_NODEFILE", "PBS_O_LOGNAME", options::CARRIED, "PBS_BERTH_SSH"] {
+        if let Some(v) = get(k) {
+            line.push(' ');
+            line.push_str(&sh_quote(&format!("{k}={v}")));
+        }
+    }
+    line.push_str(&format!(" {} task /bin/sh -c {}", sh_quote(exe), sh_quote(&remote.join(" "))));
+    cmd.push(line);
+    Ok(cmd)
+}
+
+fn rsh(args: &[String]) -> i32 {
+    // Inside the container BERTH_* variables are not passed; the job's options travel in
+    // PBS_BERTH_OPTIONS (BERTH_PBS_SSH among them).
+    options::restore_carried();
+    // On the host side the options are plain BERTH_* variables: carry them the same way.
+    let carried = options::carried_from_env();
+    if std::env::var_os(options::CARRIED).is_none() && !carried.is_empty() {
+        std::env::set_var(options::CARRIED, serde_json::to_string(&carried).unwrap_or_default());
+    }
+    let ssh = env("BERTH_PBS_SSH").or_else(|| env("PBS_BERTH_SSH")).unwrap_or_else(|| "ssh".into());
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "berth-pbs".into());
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match rsh_command(args, &ssh, &exe, &env) {
+        Ok(cmd) => passthrough(&cmd.iter().map(OsString::from).collect::<Vec<_>>()),
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_names() {
+        assert_eq!(holder_name("12.server.example"), "pbs-12.server.example");
+        assert_eq!(holder_name("12[3].srv"), "pbs-12_3_.srv");
+        assert!(container::valid_holder_name(&holder_name("a/b c;d")));
+    }
+
+    #[test]
+    fn shells() {
+        assert!(is_shell("/bin/bash") && is_shell("tcsh"));
+        assert!(!is_shell("/usr/bin/orted"));
+    }
+
+    #[test]
+    fn rsh_wraps_the_remote_command() {
+        let env = vec![
+            ("CONTAINER".to_string(), "/img/o mpi.sqsh".to_string()),
+            ("PBS_JOBID".to_string(), "7.srv".to_string()),
+        ];
+        let args: Vec<String> = ["-x", "node2", "PATH=/a:$PATH", ";", "orted", "-mca", "x"].iter().map(|s| s.to_string()).collect();
+        let cmd = rsh_command(&args, "ssh -q", "/usr/libexec/berth/berth-pbs", &env).unwrap();
+        assert_eq!(&cmd[..4], ["ssh", "-q", "-x", "node2"]);
+        assert_eq!(
+            cmd[4],
+            "env 'CONTAINER=/img/o mpi.sqsh' PBS_JOBID=7.srv /usr/libexec/berth/berth-pbs task /bin/sh -c 'PATH=/a:$PATH ; orted -mca x'"
+        );
+        let plain = rsh_command(&args, "ssh", "/x", &[]).unwrap();
+        assert_eq!(plain, ["ssh", "-x", "node2", "PATH=/a:$PATH", ";", "orted", "-mca", "x"]);
+        assert!(rsh_command(&["node2".into()], "ssh", "/x", &env).is_err());
+        assert!(rsh_command(&[], "ssh", "/x", &env).is_err());
+    }
+
+    #[test]
+    fn relative_images_are_taken_from_the_submit_directory() {
+        assert_eq!(resolve_image("a.sif", Some("/home/u/run")), PathBuf::from("/home/u/run/a.sif"));
+        assert_eq!(resolve_image("/x/a.sif", Some("/home/u/run")), PathBuf::from("/x/a.sif"));
+    }
+}

@@ -1,0 +1,113 @@
+//! `BERTH_*` options a job passes with `qsub -v` (or exports before submitting with `-V`).
+
+use std::path::PathBuf;
+
+use berth_runtime::request::BindSpec;
+
+/// Options berth-pbs understands. Anything else starting with `BERTH_` is refused, so a typo
+/// never silently runs the job without what the user asked for.
+pub const KNOWN: &[(&str, &str)] = &[
+    ("BERTH_BIND", "binds SRC[:DST[:ro|rw]], comma separated"),
+    ("BERTH_WORKDIR", "working directory inside (default: $PBS_O_WORKDIR)"),
+    ("BERTH_CLEANENV", "1: pass only scheduler/MPI/terminal variables"),
+    ("BERTH_NO_HOME", "1: do not bind $HOME"),
+    ("BERTH_WRITABLE_TMPFS", "1: a throwaway writable layer over the image"),
+    ("BERTH_CONFIG", "site configuration file"),
+    ("BERTH_LOG", "log filter"),
+    ("BERTH_CONTAINER", "set by berth inside containers"),
+    ("BERTH_PBS_QSTAT", "qstat command used by the prologue"),
+    ("BERTH_PBS_SSH", "ssh command used by the rsh agent"),
+];
+
+/// `BERTH_ENV_NAME=value` sets NAME inside (handled by the runtime's planner).
+pub const ENV_PREFIX: &str = "BERTH_ENV_";
+
+/// Environment variable that carries the options to remote nodes (rsh agent) and into the
+/// container (where `BERTH_*` variables are not passed): a JSON list of [name, value].
+pub const CARRIED: &str = "PBS_BERTH_OPTIONS";
+
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    pub binds: Vec<BindSpec>,
+    pub workdir: Option<PathBuf>,
+    pub cleanenv: bool,
+    pub no_home: bool,
+    pub writable_tmpfs: bool,
+}
+
+fn flag(name: &str, v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "no" | "false" | "off" => Ok(false),
+        "1" | "yes" | "true" | "on" => Ok(true),
+        _ => Err(format!("{name}={v:?}: expected 1/yes/true or 0/no/false")),
+    }
+}
+
+/// Parse options from `(name, value)` pairs (the process environment, or a job's
+/// Variable_List). Errors are complete sentences for the job's output.
+pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Options, String> {
+    let mut o = Options::default();
+    for (k, v) in vars {
+        if !k.starts_with("BERTH_") || k.starts_with(ENV_PREFIX) {
+            continue;
+        }
+        match k {
+            "BERTH_BIND" => o.binds.extend(BindSpec::parse_list(v).map_err(|e| format!("BERTH_BIND: {e}"))?),
+            "BERTH_WORKDIR" => {
+                let p = PathBuf::from(v);
+                if !p.is_absolute() {
+                    return Err(format!("BERTH_WORKDIR={v:?}: must be an absolute path inside the image"));
+                }
+                o.workdir = Some(p)
+            }
+            "BERTH_CLEANENV" => o.cleanenv = flag(k, v)?,
+            "BERTH_NO_HOME" => o.no_home = flag(k, v)?,
+            "BERTH_WRITABLE_TMPFS" => o.writable_tmpfs = flag(k, v)?,
+            _ if KNOWN.iter().any(|(n, _)| *n == k) => {}
+            _ => {
+                let known: Vec<&str> = KNOWN.iter().map(|(n, _)| *n).take(5).collect();
+                return Err(format!(
+                    "unknown option {k} (berth-pbs knows {}, and BERTH_ENV_NAME=value to set NAME inside); fix the name in `qsub -v`",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// The `BERTH_*` pairs of the environment, for [`CARRIED`].
+pub fn carried_from_env() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with("BERTH_") && k != "BERTH_CONTAINER").collect()
+}
+
+/// Restore carried options into this process's environment (without overriding any set).
+pub fn restore_carried() {
+    let Ok(text) = std::env::var(CARRIED) else { return };
+    let Ok(pairs) = serde_json::from_str::<Vec<(String, String)>>(&text) else { return };
+    for (k, v) in pairs {
+        if k.starts_with("BERTH_") && std::env::var_os(&k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_options() {
+        let o = parse([("BERTH_BIND", "/a,/b:/c:ro"), ("BERTH_CLEANENV", "yes"), ("BERTH_ENV_X", "1"), ("HOME", "/h")]).unwrap();
+        assert_eq!(o.binds.len(), 2);
+        assert!(o.cleanenv && !o.no_home);
+    }
+
+    #[test]
+    fn unknown_and_bad_options() {
+        assert!(parse([("BERTH_BINDS", "/a")]).unwrap_err().contains("unknown option BERTH_BINDS"));
+        assert!(parse([("BERTH_CLEANENV", "maybe")]).unwrap_err().contains("BERTH_CLEANENV"));
+        assert!(parse([("BERTH_WORKDIR", "rel")]).unwrap_err().contains("absolute"));
+        assert!(parse([("BERTH_BIND", "/a:rel")]).unwrap_err().contains("BERTH_BIND"));
+    }
+}

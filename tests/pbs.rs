@@ -1,0 +1,422 @@
+//! `berth-pbs` driven exactly as TORQUE's pbs_mom drives it (the emulator in tests/pbs/mom.rs):
+//! the batch script and every TM task of a job run in the image, one container per node per
+//! job; prologue/epilogue check and clean up; bad input fails clearly and leaves nothing.
+//! Needs root (creates a user and network namespaces).
+
+mod harness;
+#[path = "pbs/mom.rs"]
+mod mom;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use harness::{world, World};
+use mom::{assert_clean, job_files, job_processes, serial, As, Job, Mom, Node};
+
+/// A job id unique to this run (holders of an interrupted earlier run never get in the way).
+fn jid(n: &str) -> String {
+    format!("{n}.srv{}", std::process::id())
+}
+
+/// Runs the epilogues even when a test fails half-way, so no holder outlives the test run.
+struct Epilogues<'a>(&'a Mom<'a>, &'a Job, Vec<&'a Node>);
+
+impl Drop for Epilogues<'_> {
+    fn drop(&mut self) {
+        for n in &self.2 {
+            // Never a second panic while a failed test unwinds.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.hook("epilogue", self.1, n)));
+        }
+    }
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} line in: {out}"))
+}
+
+const PROBE: &str = "echo NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2); echo UID=$(id -u); echo PWD=$(pwd); echo MNT=$(readlink /proc/self/ns/mnt); echo NET=$(readlink /proc/self/ns/net); echo TASK=$PBS_TASKNUM";
+
+#[test]
+fn job_and_tasks_run_in_one_container_per_node() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
+    let script = format!("{PROBE}\necho NODES=$(cat $PBS_NODEFILE | tr '\\n' ' ')\necho SCRIPT=$(cat {}/mom_priv/jobs/{}.SC | wc -l)\necho HOSTS=$(wc -c < /etc/hosts)\n", a.pbs_home.display(), jid("101"));
+    let job = Job::new(w, &jid("101"), &[("CONTAINER", w.image())], &script);
+    mom.submit(&job, &[&a, &b]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
+    let p = mom.hook("prologue", &job, &a);
+    assert_eq!(p.code(), Some(0), "prologue: {} {}", p.stdout(), p.stderr());
+    assert_eq!(mom.hook("prologue.parallel", &job, &b).code(), Some(0));
+
+    // The batch script on the mother superior.
+    let out = mom.batch(&job, &a, As::User);
+    let text = out.ok();
+    assert_eq!(line(&text, "NAME="), "\"berth-busybox\"", "the script runs in the image: {text}");
+    assert_eq!(line(&text, "UID="), w.uid.to_string());
+    assert_eq!(line(&text, "PWD="), job.workdir.display().to_string(), "workdir is $PBS_O_WORKDIR");
+    assert_eq!(line(&text, "NET="), a.net_id(), "host networking of the node");
+    assert_eq!(line(&text, "NODES="), "a b", "$PBS_NODEFILE is readable inside");
+    assert_eq!(line(&text, "SCRIPT="), "4", "the job script is visible inside");
+    assert_eq!(line(&text, "HOSTS="), std::fs::metadata("/etc/hosts").unwrap().len().to_string(), "the node's /etc/hosts");
+    let batch_mnt = line(&text, "MNT=").to_string();
+
+    // TM tasks on the mother superior join the same container.
+    for t in 1..3 {
+        let o = mom.task(&job, &a, t, &["sh", "-c", PROBE]).ok();
+        assert_eq!(line(&o, "MNT="), batch_mnt, "task {t} shares the batch script's container");
+        assert_eq!(line(&o, "TASK="), t.to_string());
+        assert_eq!(line(&o, "NAME="), "\"berth-busybox\"");
+    }
+
+    // A task of the job asking for another image is refused, naming both.
+    let other = Job { id: job.id.clone(), vars: vec![("CONTAINER".into(), w.rootfs.display().to_string())], workdir: job.workdir.clone(), script_body: String::new() };
+    let out = mom.task(&other, &a, 9, &["true"]);
+    assert_eq!(out.code(), Some(255));
+    assert!(out.stderr().contains("already runs image") && out.stderr().contains(w.image()) && out.stderr().contains(w.rootfs.to_str().unwrap()), "{}", out.stderr());
+
+    // On the sister node, four tasks start at once: exactly one of them creates the node's
+    // container, all share it, and it is not node a's.
+    let outs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (3..7).map(|t| s.spawn({
+            let (mom, job, b) = (&mom, &job, &b);
+            move || mom.task(job, b, t, &["sh", "-c", PROBE]).ok()
+        })).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mnts: Vec<&str> = outs.iter().map(|o| line(o, "MNT=")).collect();
+    assert!(mnts.iter().all(|m| *m == mnts[0]), "tasks on node b share one container: {mnts:?}");
+    assert_ne!(mnts[0], batch_mnt, "node b has its own container");
+    assert!(outs.iter().all(|o| line(o, "NET=") == b.net_id() && line(o, "NAME=") == "\"berth-busybox\""));
+    let holders = |n: &Node| job_files(n, &jid("101")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
+    assert_eq!((holders(&a), holders(&b)), (1, 1), "one holder per node");
+    let running = job_processes(&jid("101"));
+    assert_eq!(running.iter().filter(|p| p.contains("squashfuse_ll")).count(), 2, "one FUSE server per node: {running:?}");
+
+    // The epilogues leave nothing: no holder, no FUSE server, no state file, no lock.
+    for (which, n) in [("epilogue", &a), ("epilogue.parallel", &b)] {
+        let e = mom.hook(which, &job, n);
+        assert_eq!(e.code(), Some(0), "{which}: {}", e.stderr());
+    }
+    assert_clean(&[&a, &b], &jid("101"));
+    // An epilogue with nothing to do is fine too (here in the `berth-pbs epilogue ARGS` form).
+    let starter = mom.starter.display().to_string();
+    let again = mom::in_node(&a.netns_path(), As::Root, 0, 0, &[&starter, "epilogue", &job.id, harness::USER, "g", "job.sh"])
+        .env_clear()
+        .env("BERTH_CONFIG", &a.config)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+#[test]
+fn run_privileged_starter_drops_to_the_job_user() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let job = Job::new(w, &jid("102"), &[("CONTAINER", w.image())], "echo UID=$(id -u) GID=$(id -g) GROUPS=$(id -G); grep ^NAME= /etc/os-release\n");
+    mom.submit(&job, &[&a]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a]);
+    let out = mom.batch(&job, &a, As::Root).ok();
+    assert!(out.contains(&format!("UID={} GID={} GROUPS={}\n", w.uid, w.gid, w.gid)), "{out}");
+    assert!(out.contains("NAME=\"berth-busybox\""), "{out}");
+    // The holder runs as the user too (its state is in the user's state dir, owned by them).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(a.holders_dir()).unwrap().uid(), w.uid);
+    mom.hook("epilogue", &job, &a);
+    assert_clean(&[&a], &jid("102"));
+
+    // The drop happens before anything the user controls is read: a job script only root
+    // could read is refused.
+    let secret = Job::new(w, &jid("106"), &[("CONTAINER", w.image())], "echo should-not-run\n");
+    mom.submit(&secret, &[&a]);
+    nix::unistd::chown(&secret.script_path(&a), Some(0.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(secret.script_path(&a), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let out = mom.batch(&secret, &a, As::Root);
+    assert_eq!(out.code(), Some(255));
+    assert!(out.stderr().contains("cannot read the job script") && out.stderr().contains("ermission denied"), "{}", out.stderr());
+    assert_clean(&[&a], &secret.id);
+    // An unknown job user, or root, is refused.
+    for (user, needle) in [("nosuchuser-xyz", "not in the passwd database"), ("root", "refusing to run a container job as root")] {
+        let j = Job::new(w, &jid("107"), &[("CONTAINER", w.image()), ("USER", user), ("LOGNAME", user)], "id -u\n");
+        mom.submit(&j, &[&a]);
+        let out = mom.batch(&j, &a, As::Root);
+        assert_eq!(out.code(), Some(255), "{user}");
+        assert!(out.stderr().contains(needle), "{}", out.stderr());
+    }
+
+    // Without CONTAINER, a privileged starter still runs the job as the user.
+    let plain = Job::new(w, &jid("103"), &[], "id -u\n");
+    mom.submit(&plain, &[&a]);
+    let sc = plain.script_path(&a);
+    std::fs::set_permissions(&sc, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(mom.batch(&plain, &a, As::Root).ok(), format!("{}\n", w.uid));
+}
+
+#[test]
+fn without_container_commands_run_unchanged() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let host_release = std::fs::read_to_string("/etc/os-release").unwrap();
+    let job = Job::new(w, &jid("104"), &[], "cat /etc/os-release\n");
+    mom.submit(&job, &[&a]);
+    std::fs::set_permissions(job.script_path(&a), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The batch shell reads the script path from stdin, as bash does under pbs_mom.
+    assert_eq!(mom.batch(&job, &a, As::User).ok(), host_release);
+    assert_eq!(mom.task(&job, &a, 1, &["cat", "/etc/os-release"]).ok(), host_release);
+    let out = mom.task(&job, &a, 1, &["no-such-command-xyz"]);
+    assert_eq!(out.code(), Some(127), "{}", out.stderr());
+    assert!(!a.state_dir.exists(), "nothing of berth's was touched: {}", a.state_dir.display());
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    assert_eq!(mom.hook("epilogue", &job, &a).code(), Some(0));
+}
+
+#[test]
+fn prologue_checks_the_image_as_the_user() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let bad = bad_images(w);
+    let check = |id: &str, vars: &[(&str, &str)]| {
+        let job = Job::new(w, id, vars, "true\n");
+        mom.submit(&job, &[&a]);
+        mom.hook("prologue", &job, &a)
+    };
+    assert_eq!(check(&jid("201"), &[("CONTAINER", w.image())]).code(), Some(0));
+    // Relative paths are taken from the submit directory.
+    let rel_dir = w.path(&format!("submit-{}", jid("202")));
+    std::fs::create_dir_all(&rel_dir).unwrap();
+    std::fs::copy(&w.image, rel_dir.join("rel.sqsh")).unwrap();
+    assert_eq!(check(&jid("202"), &[("CONTAINER", "rel.sqsh")]).code(), Some(0));
+    assert_eq!(check(&jid("203"), &[]).code(), Some(0), "no CONTAINER: nothing to check");
+    for (i, (img, needle)) in bad.iter().enumerate() {
+        let out = check(&jid(&format!("21{i}")), &[("CONTAINER", img.as_str())]);
+        assert_eq!(out.code(), Some(1), "bad image {img} aborts the job (1, never a requeue code)");
+        let err = out.stderr();
+        assert!(err.contains(img.as_str()) && err.contains(needle), "message names {img} and {needle:?}: {err}");
+    }
+    let out = check(&jid("220"), &[("CONTAINER", w.image()), ("BERTH_BINDZ", "/x")]);
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr().contains("BERTH_BINDZ"), "{}", out.stderr());
+    // The job unknown to qstat: nothing to check, the job is not held back.
+    let ghost = Job::new(w, &jid("299"), &[], "");
+    assert_eq!(mom.hook("prologue", &ghost, &a).code(), Some(0));
+}
+
+/// Images a user cannot use, with what the message must say.
+fn bad_images(w: &World) -> Vec<(String, &'static str)> {
+    let missing = w.path("no-such.sqsh");
+    let unreadable = w.path("secret.sqsh");
+    std::fs::copy(&w.image, &unreadable).unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let corrupt = w.path("corrupt.sqsh");
+    std::fs::write(&corrupt, b"this is not an image at all, just some text\n".repeat(100)).unwrap();
+    std::fs::set_permissions(&corrupt, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let closed_dir = w.path("closed-rootfs");
+    std::fs::create_dir_all(&closed_dir).unwrap();
+    std::fs::set_permissions(&closed_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    vec![
+        (s(&missing), "No such file"),
+        (s(&unreadable), "ermission denied"),
+        (s(&corrupt), ""),
+        (s(&closed_dir), "not readable"),
+    ]
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let mut n = 0;
+    let mut expect = |vars: &[(&str, &str)], batch_stdin: Option<&str>, needles: &[&str]| {
+        n += 1;
+        let id = jid(&format!("30{n}"));
+        let job = Job::new(w, &id, vars, "echo should-not-run\n");
+        mom.submit(&job, &[&a]);
+        let out = match batch_stdin {
+            Some(s) => mom.batch_with_stdin(&job, &a, As::User, "/bin/bash", s),
+            None => mom.task(&job, &a, 1, &["echo", "should-not-run"]),
+        };
+        let err = out.stderr();
+        assert_eq!(out.code(), Some(255), "berth-pbs's own error exit for {vars:?}: {err}");
+        assert!(!out.stdout().contains("should-not-run"), "{}", out.stdout());
+        assert!(err.starts_with("berth-pbs: "), "{err}");
+        for nd in needles {
+            assert!(err.contains(nd), "stderr lacks {nd:?}: {err}");
+        }
+        assert_clean(&[&a], &id);
+    };
+    for (img, needle) in bad_images(w) {
+        expect(&[("CONTAINER", img.as_str())], None, &[img.as_str(), needle]);
+        expect(&[("CONTAINER", img.as_str())], Some(&format!("{}/mom_priv/jobs/x.SC\n", a.pbs_home.display())), &[]);
+    }
+    let img = w.image();
+    expect(&[("CONTAINER", img)], Some(""), &["stdin", "no job script path"]);
+    expect(&[("CONTAINER", img)], Some("/no/such/script.SC\n"), &["/no/such/script.SC"]);
+    expect(&[("CONTAINER", img), ("BERTH_BINDS", "/tmp")], None, &["unknown option BERTH_BINDS"]);
+    expect(&[("CONTAINER", img), ("BERTH_CLEANENV", "perhaps")], None, &["BERTH_CLEANENV"]);
+    expect(&[("CONTAINER", img), ("BERTH_BIND", "/no/such/dir:/data")], None, &["/no/such/dir"]);
+}
+
+#[test]
+fn openpbs_hook_rewrites_the_launch() {
+    let _s = serial();
+    // The execjob_launch hook with a tiny fake `pbs` module (the API it uses:
+    // pbs.event().job.Variable_List, e.progname, e.argv, e.env, e.accept()).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pbs.py"),
+        r#"
+import json, os
+class _Job:
+    def __init__(self, vl, jid="", euser=""): self.Variable_List = vl; self.id = jid; self.euser = euser
+class _Event:
+    def __init__(self, d):
+        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self.progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"])
+    def accept(self):
+        print(json.dumps({"progname": self.progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
+    def reject(self, msg=""):
+        print(json.dumps({"rejected": msg})); raise SystemExit(0)
+_e = None
+def event():
+    global _e
+    if _e is None: _e = _Event(json.loads(os.environ["FAKE_PBS_EVENT"]))
+    return _e
+def logmsg(level, msg): pass
+LOG_DEBUG = 4
+"#,
+    )
+    .unwrap();
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_launch.py");
+    let run = |event: serde_json::Value| -> serde_json::Value {
+        let out = std::process::Command::new("python3")
+            .arg(&hook)
+            .env("PYTHONPATH", dir.path())
+            .env("FAKE_PBS_EVENT", event.to_string())
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let starter = "/usr/libexec/berth/berth-pbs";
+    // The job script's shell.
+    let r = run(serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}));
+    assert_eq!(r["progname"], starter);
+    assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+    assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
+    // A TM task.
+    let r = run(serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "progname": "/usr/bin/orted", "argv": ["orted", "-mca", "x", "y"], "env": {"CONTAINER": "/img/a.sif"}}));
+    assert_eq!(r["argv"], serde_json::json!([starter, "/usr/bin/orted", "-mca", "x", "y"]));
+    // Without CONTAINER nothing changes; an already wrapped launch is not wrapped twice.
+    let r = run(serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}));
+    assert_eq!((r["progname"].as_str(), r["argv"].clone()), (Some("/bin/bash"), serde_json::json!(["-bash"])));
+    let r = run(serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}));
+    assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+
+    // The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in here).
+    let rec = dir.path().join("called");
+    let stand_in = dir.path().join("berth-pbs");
+    std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" > {}\n", rec.display())).unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let end = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_end.py");
+    let out = std::process::Command::new("python3")
+        .arg(&end)
+        .env("PYTHONPATH", dir.path())
+        .env("BERTH_PBS_STARTER", &stand_in)
+        .env("FAKE_PBS_EVENT", serde_json::json!({"vars": {}, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"}).to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&rec).unwrap(), "epilogue 9.srv alice\n");
+}
+
+#[test]
+fn rsh_agent_starts_remote_commands_in_the_job_container() {
+    // What mpirun does without TM: from inside the job's container on node a, start a
+    // command on node b through the agent and ssh (here a stand-in that needs no keys).
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
+    let ssh = mom::fake_ssh(w, &[&a, &b], false);
+    let probe = "echo REMOTE NET=$(readlink /proc/self/ns/net) NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2) JOB=$PBS_JOBID X=$BERTH_ENV_CHECK$CHECK";
+    let script = format!("{} -x b '{probe}'\necho LOCAL NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)\n", mom.rsh_agent.display());
+    let job = Job::new(w, &jid("105"), &[("CONTAINER", w.image()), ("BERTH_PBS_SSH", ssh.ssh.as_str()), ("BERTH_ENV_CHECK", "carried")], &script);
+    mom.submit(&job, &[&a, &b]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
+    let out = mom.batch(&job, &a, As::User).ok();
+    assert!(out.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{out}");
+    assert!(out.contains(&format!("LOCAL NET={}", a.net_id())), "{out}");
+    let holders = |n: &Node| job_files(n, &job.id).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
+    assert_eq!((holders(&a), holders(&b)), (1, 1), "the remote command made node b's container");
+    // `berth-pbs rsh` does the same from the host side (where mpirun runs outside the image);
+    // this time node b's container is joined, not created.
+    let starter = mom.starter.display().to_string();
+    let host_side = mom::in_node(&a.netns_path(), As::User, w.uid, w.gid, &[&starter, "rsh", "b", probe])
+        .env_clear()
+        .envs(mom.job_env(&job, &a, 9))
+        .current_dir(&w.home)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&host_side.stdout);
+    assert!(text.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{text} {}", String::from_utf8_lossy(&host_side.stderr));
+    assert_eq!((holders(&a), holders(&b)), (1, 1));
+    drop(ssh);
+    drop(_cleanup);
+    assert_clean(&[&a, &b], &job.id);
+}
+
+/// An MPI job across two emulated nodes through the rsh agent (Open MPI without TM): mpirun
+/// runs in the job's container on node a and starts orted on node b through
+/// `berth-pbs-rsh` and ssh (a stand-in here), so the remote ranks run in node b's container.
+/// Gated: needs an Open MPI image (defs/openmpi.def, built with `berth build`) with `mpirun`
+/// and `sed`: `BERTH_TEST_MPI_IMAGE=/path/openmpi.img cargo test -p berth-pbs --test pbs mpi`.
+/// `BERTH_TEST_MPI_PROGRAM=/path/in/image/prog` also runs that MPI program (2 ranks, one per
+/// node) and requires it to succeed.
+#[test]
+fn mpi_across_nodes_through_the_rsh_agent() {
+    let Some(img) = std::env::var_os("BERTH_TEST_MPI_IMAGE") else {
+        eprintln!("skipped: set BERTH_TEST_MPI_IMAGE=/path/to/openmpi.img to run the MPI test");
+        return;
+    };
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
+    let img = img.to_string_lossy().into_owned();
+    let ssh = mom::fake_ssh(w, &[&a, &b], true);
+    let mpirun = format!(
+        "mpirun --oversubscribe -np 2 --host {},{} --mca plm_rsh_agent {} --mca btl self,tcp --mca btl_tcp_if_include 10.251.0.0/16 --mca oob_tcp_if_include 10.251.0.0/16",
+        ssh.addrs[0], ssh.addrs[1], mom.rsh_agent.display()
+    );
+    let mut script = format!("{mpirun} sh -c 'echo RANK=$OMPI_COMM_WORLD_RANK NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)'\n");
+    let program = std::env::var("BERTH_TEST_MPI_PROGRAM").ok();
+    if let Some(p) = &program {
+        script.push_str(&format!("{mpirun} {p} && echo PROGRAM-OK\n"));
+    }
+    let job = Job::new(w, &jid("401"), &[("CONTAINER", img.as_str()), ("BERTH_PBS_SSH", ssh.ssh.as_str())], &script);
+    mom.submit(&job, &[&a, &b]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
+    let out = mom.batch(&job, &a, As::User).ok();
+    eprintln!("the job printed:\n{out}");
+    let rank = |r: u32| out.lines().find(|l| l.starts_with(&format!("RANK={r} "))).unwrap_or_else(|| panic!("no rank {r}: {out}")).to_string();
+    let (r0, r1) = (rank(0), rank(1));
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
+    assert!(r0.contains(&format!("NET={}", a.net_id())) && r1.contains(&format!("NET={}", b.net_id())), "one rank per node: {out}");
+    let mnt = |l: &str| l.split("MNT=").nth(1).unwrap().to_string();
+    assert!(mnt(&r0) != own_mnt && mnt(&r1) != own_mnt && mnt(&r0) != mnt(&r1), "each rank in its node's container: {out}");
+    if program.is_some() {
+        assert!(out.contains("PROGRAM-OK"), "the MPI program failed: {out}");
+    }
+    drop(ssh);
+    drop(_cleanup);
+    assert_clean(&[&a, &b], &job.id);
+}

@@ -1,0 +1,493 @@
+//! A pbs_mom emulator: starts `berth-pbs` exactly as TORQUE's pbs_mom does (design.md §5).
+//!
+//! - nodes: each emulated node is a network namespace (`ip netns`, loopback only) with its own
+//!   `$PBS_HOME` (mom_priv/jobs, aux) and its own berth site configuration (on real nodes
+//!   `/etc/berth/berth.toml` and `/tmp` are per node; here `BERTH_CONFIG` gives each node its
+//!   own state directory);
+//! - `$job_starter`: the batch shell as argv `[starter, /bin/bash]` with stdin a pipe carrying
+//!   one line, the job script path `$PBS_HOME/mom_priv/jobs/<jobid>.SC`; TM tasks as
+//!   `[starter, task argv...]` with stdin `/dev/null`; both as the job user (fork, setns into
+//!   the node, setgroups/setgid/setuid), or as root for `$job_starter_run_privileged true`;
+//!   cwd the user's home; the job environment pbs_mom builds (PBS_* plus `qsub -v` variables);
+//! - prologue/epilogue: root, argv `jobid user group jobname resources queue account`,
+//!   no `-v` variables (the hook reads them with `qstat -f`, here a fake qstat that prints
+//!   the job's Variable_List).
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::harness::{Out, World, USER};
+
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub pbs_home: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Node {
+    /// A fresh emulated node `name` for this test run.
+    pub fn new(w: &World, name: &str) -> Node {
+        let netns = format!("berth-it-{}-{name}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
+        sh(&format!("ip netns add {netns} && ip -n {netns} link set lo up"));
+        let root = w.path(&format!("node-{name}"));
+        let pbs_home = root.join("pbs_home");
+        for (d, mode) in [("", 0o755), ("mom_priv", 0o751), ("mom_priv/jobs", 0o751), ("aux", 0o755)] {
+            let p = pbs_home.join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state_dir = PathBuf::from(format!("/tmp/berth-it-{}-{name}-{}", std::process::id(), w.uid));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let config = root.join("berth.toml");
+        std::fs::write(&config, format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id())).unwrap();
+        Node { name: name.into(), netns, pbs_home, config, state_dir }
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// `net:[inode]` as `readlink /proc/self/ns/net` prints it inside the node.
+    pub fn net_id(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        format!("net:[{}]", std::fs::metadata(self.netns_path()).unwrap().ino())
+    }
+
+    pub fn holders_dir(&self) -> PathBuf {
+        self.state_dir.join("holders")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        // The node's state directory (empty once the epilogues ran).
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// `argv` in the node's network namespace, as the user (after setgroups/setgid/setuid, as
+/// pbs_mom does) or as root.
+pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Command {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]);
+    let ns = std::fs::File::open(netns).unwrap();
+    // SAFETY: only async-signal-safe system calls between fork and exec; `ns` is moved into
+    // the closure, which the Command keeps until it is dropped.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if as_ == As::User {
+                let groups = [gid];
+                if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+pub struct Job {
+    pub id: String,
+    /// `qsub -v` variables (CONTAINER, BERTH_*...).
+    pub vars: Vec<(String, String)>,
+    pub workdir: PathBuf,
+    pub script_body: String,
+}
+
+impl Job {
+    pub fn new(w: &World, id: &str, vars: &[(&str, &str)], script: &str) -> Job {
+        let workdir = w.path(&format!("submit-{id}"));
+        std::fs::create_dir_all(&workdir).unwrap();
+        nix::unistd::chown(&workdir, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+        Job {
+            id: id.into(),
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            workdir,
+            script_body: script.into(),
+        }
+    }
+
+    pub fn script_path(&self, node: &Node) -> PathBuf {
+        node.pbs_home.join("mom_priv/jobs").join(format!("{}.SC", self.id))
+    }
+
+    pub fn nodefile(&self, node: &Node) -> PathBuf {
+        node.pbs_home.join("aux").join(&self.id)
+    }
+}
+
+/// The emulated moms of one test.
+pub struct Mom<'w> {
+    pub w: &'w World,
+    pub starter: PathBuf,
+    /// The rsh agent script, installed beside the starter.
+    pub rsh_agent: PathBuf,
+    pub qstat: PathBuf,
+}
+
+/// How pbs_mom runs the starter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    User,
+    /// `$job_starter_run_privileged true`
+    Root,
+}
+
+impl<'w> Mom<'w> {
+    pub fn new(w: &'w World) -> Mom<'w> {
+        // Installed like /usr/libexec/berth/berth-pbs: where every user can run it.
+        let starter = w.path("berth-pbs");
+        if !starter.exists() {
+            std::fs::copy(env!("CARGO_BIN_EXE_berth-pbs"), &starter).unwrap();
+        }
+        let rsh_agent = w.path("berth-pbs-rsh");
+        if !rsh_agent.exists() {
+            std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/berth-pbs-rsh"), &rsh_agent).unwrap();
+            std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let qstat = w.path("fake-qstat");
+        if !qstat.exists() {
+            let dir = w.path("qstat");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                &qstat,
+                format!(
+                    "#!/bin/sh\n# fake qstat -f JOBID: the Variable_List TORQUE would print\n[ \"$1\" = -f ] || exit 2\nf={}/\"$2\"\n[ -f \"$f\" ] || {{ echo \"qstat: Unknown Job Id $2\" >&2; exit 153; }}\necho \"Job Id: $2\"\necho \"    Job_Name = job.sh\"\nprintf '    Variable_List = %s\\n' \"$(cat \"$f\")\"\necho \"    euser = {USER}\"\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&qstat, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Mom { w, starter, rsh_agent, qstat }
+    }
+
+    /// What qsub records for the job (pbs_server's copy, read by the prologue through qstat).
+    pub fn submit(&self, job: &Job, nodes: &[&Node]) {
+        let mut list = vec![
+            format!("PBS_O_HOME={}", self.w.home.display()),
+            format!("PBS_O_LOGNAME={USER}"),
+            format!("PBS_O_WORKDIR={}", job.workdir.display()),
+            "PBS_O_QUEUE=batch".into(),
+        ];
+        list.extend(job.vars.iter().map(|(k, v)| format!("{k}={}", v.replace(',', "\\,"))));
+        std::fs::write(self.w.path("qstat").join(&job.id), list.join(",")).unwrap();
+        // The mother superior gets the script and the node file.
+        let ms = nodes[0];
+        let sc = job.script_path(ms);
+        std::fs::write(&sc, &job.script_body).unwrap();
+        nix::unistd::chown(&sc, Some(self.w.uid.into()), Some(self.w.gid.into())).unwrap();
+        std::fs::set_permissions(&sc, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let nf = job.nodefile(ms);
+        std::fs::write(&nf, nodes.iter().map(|n| format!("{}\n", n.name)).collect::<String>()).unwrap();
+        std::fs::set_permissions(&nf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// The environment pbs_mom gives the job's processes on `node`.
+    pub fn job_env(&self, job: &Job, node: &Node, task: u32) -> Vec<(String, String)> {
+        let home = self.w.home.display().to_string();
+        let mut env: Vec<(String, String)> = [
+            ("HOME", home.as_str()),
+            ("USER", USER),
+            ("LOGNAME", USER),
+            ("SHELL", "/bin/bash"),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("PBS_JOBNAME", "job.sh"),
+            ("PBS_ENVIRONMENT", "PBS_BATCH"),
+            ("PBS_QUEUE", "batch"),
+            ("PBS_MOMPORT", "15003"),
+            ("PBS_O_LOGNAME", USER),
+            ("PBS_O_HOME", home.as_str()),
+            ("PBS_O_HOST", "node-a"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut add = |k: &str, v: String| env.push((k.into(), v));
+        add("PBS_JOBID", job.id.clone());
+        add("PBS_O_WORKDIR", job.workdir.display().to_string());
+        add("PBS_HOME", node.pbs_home.display().to_string());
+        add("PBS_NODEFILE", node.pbs_home.join("aux").join(&job.id).display().to_string());
+        add("PBS_TASKNUM", task.to_string());
+        add("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
+        add("PBS_VNODENUM", task.to_string());
+        // The node's site configuration (its own /etc/berth/berth.toml on a real node).
+        add("BERTH_CONFIG", node.config.display().to_string());
+        env.extend(job.vars.iter().cloned());
+        env
+    }
+
+    fn command(&self, node: &Node, as_: As, argv: &[&str], env: &[(String, String)]) -> Command {
+        let mut c = in_node(&node.netns_path(), as_, self.w.uid, self.w.gid, argv);
+        c.env_clear().envs(env.iter().cloned()).current_dir(&self.w.home);
+        c
+    }
+
+    /// The batch shell: `[starter, shell]`, stdin a pipe carrying `stdin` (normally the job
+    /// script path and a newline).
+    pub fn batch_with_stdin(&self, job: &Job, node: &Node, as_: As, shell: &str, stdin: &str) -> Out {
+        let env = self.job_env(job, node, 0);
+        let starter = self.starter.display().to_string();
+        let mut child = self
+            .command(node, as_, &[&starter, shell], &env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let _ = pipe.write_all(stdin.as_bytes());
+        drop(pipe);
+        Out(child.wait_with_output().unwrap())
+    }
+
+    pub fn batch(&self, job: &Job, node: &Node, as_: As) -> Out {
+        let line = format!("{}\n", job.script_path(node).display());
+        self.batch_with_stdin(job, node, as_, "/bin/bash", &line)
+    }
+
+    /// A TM task (pbsdsh, orted): `[starter, argv...]`, stdin /dev/null.
+    pub fn task(&self, job: &Job, node: &Node, task: u32, argv: &[&str]) -> Out {
+        let env = self.job_env(job, node, task);
+        let starter = self.starter.display().to_string();
+        let mut full = vec![starter.as_str()];
+        full.extend_from_slice(argv);
+        Out(self.command(node, As::User, &full, &env).stdin(Stdio::null()).output().unwrap())
+    }
+
+    /// Prologue/epilogue (`which`) as pbs_mom's run_pelog() runs them: root; a regular file
+    /// owned by root, mode 0500, named after what it is; prologue args `jobid user group
+    /// jobname resources queue account`, epilogue args `jobid user group jobname sessionid
+    /// resources resources_used queue account exit_status`; a few job variables in the
+    /// environment (PBS_NODEFILE, PBS_O_WORKDIR, PBS_NODENUM, PBS_MSHOST), not `-v` ones.
+    pub fn hook(&self, which: &str, job: &Job, node: &Node) -> Out {
+        let path = node.pbs_home.join("mom_priv").join(which);
+        if !path.exists() {
+            std::fs::copy(&self.starter, &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        let path = path.display().to_string();
+        let group = nix::unistd::Group::from_gid(self.w.gid.into()).unwrap().unwrap().name;
+        let res = "nodes=2,walltime=00:10:00";
+        let mut argv = vec![path.as_str(), &job.id, USER, &group, "job.sh"];
+        if which.starts_with("epilogue") {
+            argv.extend_from_slice(&["4242", res, "cput=00:00:01,mem=1kb,walltime=00:00:02", "batch", "", "0"]);
+        } else {
+            argv.extend_from_slice(&[res, "batch", ""]);
+        }
+        let env = vec![
+            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_string()),
+            ("PBS_NODEFILE".to_string(), job.nodefile(node).display().to_string()),
+            ("PBS_O_WORKDIR".to_string(), job.workdir.display().to_string()),
+            ("PBS_NODENUM".to_string(), if node.name == "a" { "0" } else { "1" }.to_string()),
+            ("PBS_MSHOST".to_string(), "a".to_string()),
+            // Test seams: the fake qstat, and the node's site configuration.
+            ("BERTH_PBS_QSTAT".to_string(), self.qstat.display().to_string()),
+            ("BERTH_CONFIG".to_string(), node.config.display().to_string()),
+        ];
+        // A file just copied may still be open for writing in a child another test thread
+        // forked meanwhile (ETXTBSY until that child execs): try again shortly.
+        for _ in 0..100 {
+            match self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                r => return Out(r.unwrap()),
+            }
+        }
+        panic!("{path} stays busy");
+    }
+}
+
+/// Processes (not zombies) whose environment says they belong to `jobid`: holders, FUSE
+/// servers, tasks.
+pub fn job_processes(jobid: &str) -> Vec<String> {
+    let needle = format!("PBS_JOBID={jobid}\0");
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        if !String::from_utf8_lossy(&environ).contains(&needle) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true) {
+            continue;
+        }
+        let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+        v.push(format!("{}: {}", e.file_name().to_string_lossy(), cmd.replace('\0', " ")));
+    }
+    v
+}
+
+/// Files the job left in a node's holders directory.
+pub fn job_files(node: &Node, jobid: &str) -> Vec<PathBuf> {
+    let name = format!("pbs-{jobid}");
+    std::fs::read_dir(node.holders_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().map(|n| n.to_string_lossy().contains(&name)).unwrap_or(false))
+        .collect()
+}
+
+pub fn assert_clean(nodes: &[&Node], jobid: &str) {
+    // A holder being stopped may take a moment to go.
+    let t0 = std::time::Instant::now();
+    while !job_processes(jobid).is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(job_processes(jobid), Vec::<String>::new(), "processes of job {jobid} left");
+    for n in nodes {
+        assert_eq!(job_files(n, jobid), Vec::<PathBuf>::new(), "files of job {jobid} left on node {}", n.name);
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The PBS tests share emulated nodes' state directories and the installed starter: one at a
+/// time (the machines running them have few cores anyway).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An ssh stand-in between emulated nodes for the rsh-agent path: the nodes get a veth link
+/// (addresses in `addrs`), each node an "sshd" (a thread here, listening on a unix socket)
+/// that runs the remote command line with `sh -c` in that node's network namespace as the
+/// user; `ssh` is a static client (runs inside any image) that sends the command line and
+/// relays the output.
+pub struct FakeSsh {
+    pub ssh: String,
+    pub addrs: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeSsh {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+const FAKE_SSH_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+int main(int argc, char **argv) {
+    int i = 1;
+    while (i < argc && argv[i][0] == '-') i++;
+    if (i + 1 >= argc) { fprintf(stderr, "fake-ssh: usage: ssh HOST COMMAND\n"); return 255; }
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s/sshd-%s.sock", SOCKDIR, argv[i]);
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) { perror(a.sun_path); return 255; }
+    for (int j = i + 1; j < argc; j++) {
+        if (j > i + 1) write(s, " ", 1);
+        write(s, argv[j], strlen(argv[j]));
+    }
+    shutdown(s, SHUT_WR);
+    char buf[4096]; ssize_t n;
+    while ((n = read(s, buf, sizeof buf)) > 0) write(1, buf, n);
+    return 0;
+}
+"#;
+
+/// With `link`, the two nodes also get a veth link (for MPI traffic) and are named by their
+/// addresses; without, by their names.
+pub fn fake_ssh(w: &'static World, nodes: &[&Node], link: bool) -> FakeSsh {
+    use std::io::Read;
+    let net = 10 + std::process::id() % 200;
+    let addrs: Vec<String> = if link {
+        (1..=nodes.len()).map(|i| format!("10.251.{net}.{i}")).collect()
+    } else {
+        nodes.iter().map(|n| n.name.clone()).collect()
+    };
+    let (va, vb) = (format!("bva{}", std::process::id() % 100000), format!("bvb{}", std::process::id() % 100000));
+    if link { sh(&format!(
+        "ip link add {va} netns {} type veth peer name {vb} netns {} && ip -n {} addr add {}/24 dev {va} && ip -n {} addr add {}/24 dev {vb} && ip -n {} link set {va} up && ip -n {} link set {vb} up",
+        nodes[0].netns, nodes[1].netns, nodes[0].netns, addrs[0], nodes[1].netns, addrs[1], nodes[0].netns, nodes[1].netns
+    )); }
+    let src = w.path("fake-ssh.c");
+    std::fs::write(&src, FAKE_SSH_C).unwrap();
+    let ssh = w.path("fake-ssh");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", &format!("-DSOCKDIR=\"{}\"", w.dir.display()), "-o"])
+        .arg(&ssh)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the ssh stand-in failed");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = vec![];
+    for (n, addr) in nodes.iter().zip(&addrs) {
+        let sock = w.path(&format!("sshd-{addr}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let (netns, config, stop) = (n.netns_path(), n.config.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut children = vec![];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut conn, _)) = l.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut line = String::new();
+                let _ = conn.read_to_string(&mut line);
+                let out: std::os::fd::OwnedFd = conn.try_clone().unwrap().into();
+                let err: std::os::fd::OwnedFd = conn.into();
+                let child = in_node(&netns, As::User, w.uid, w.gid, &["/bin/sh", "-c", &line])
+                    .env_clear()
+                    .env("HOME", &w.home)
+                    .env("USER", USER)
+                    .env("LOGNAME", USER)
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                    .env("BERTH_CONFIG", &config)
+                    .current_dir(&w.home)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(out))
+                    .stderr(Stdio::from(err))
+                    .spawn();
+                if let Ok(c) = child {
+                    children.push(c);
+                }
+            }
+            for mut c in children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }));
+    }
+    FakeSsh { ssh: ssh.display().to_string(), addrs, stop, threads }
+}
