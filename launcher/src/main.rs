@@ -185,7 +185,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
         Cmd::Inspect(a) if a.host => {
             let req = make_request(&ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() }, PathBuf::new(), Action::Shell)?;
-            inspect::host(discover_injection(&cfg, &req)?, a.json)
+            inspect::host(inject::discover_for_request(&cfg, &req)?, a.json)
         }
         Cmd::Inspect(a) => inspect::run(&cfg, a),
         Cmd::Holder(a) => {
@@ -241,17 +241,9 @@ fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action)
     let req = make_request(opts, image, action)?;
     let img = berth_runtime::image::open(&req.image)?;
     let host = HostFacts::probe()?;
-    let injected = discover_injection(cfg, &req)?;
+    let injected = inject::discover_for_request(cfg, &req)?;
     let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;
     Ok((req, plan))
-}
-
-/// What this host would inject for `req` (None on an architecture berth does not inject for).
-fn discover_injection(cfg: &Config, req: &Request) -> Result<Option<inject::InjectPlan>, Error> {
-    let Some(mut host) = inject::HostFacts::real() else { return Ok(None) };
-    host.root = cfg.inject.host_root.clone();
-    let ireq = inject::InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: Default::default() };
-    inject::discover(&cfg.inject, &host, &ireq, &|k| std::env::var(k).ok()).map(Some)
 }
 
 fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {

@@ -323,7 +323,8 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         req.cleanenv = opts.cleanenv;
         req.mount_home = !opts.no_home;
         req.writable_tmpfs = opts.writable_tmpfs;
-        let p = plan::plan(&req, &img, &cfg, &host)?;
+        let injected = berth_runtime::inject::discover_for_request(&cfg, &req)?;
+        let p = plan::plan(&req, &img, &cfg, &host, injected.as_ref())?;
         Ok((p, req.cleanenv))
     };
     let shared = shared::join_or_create(&cfg, host.user.uid, &name, image, make_plan)?;

@@ -209,6 +209,15 @@ impl LibSet {
     }
 }
 
+/// What this node would inject for a container request, reading the caller's environment
+/// (the job's, under a scheduler). None on an architecture berth does not inject for.
+pub fn discover_for_request(cfg: &crate::config::Config, req: &crate::request::Request) -> Result<Option<InjectPlan>> {
+    let Some(mut host) = HostFacts::real() else { return Ok(None) };
+    host.root = cfg.inject.host_root.clone();
+    let ireq = InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: GpuSelection::default() };
+    discover(&cfg.inject, &host, &ireq, &|k| std::env::var(k).ok()).map(Some)
+}
+
 /// Plan the injection for `req` on `host`, as configured by `cfg`. `env` reads the caller's
 /// environment (the job's, under a scheduler).
 pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: &dyn Fn(&str) -> Option<String>) -> Result<InjectPlan> {
