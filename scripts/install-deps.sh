@@ -5,10 +5,14 @@ set -euo pipefail
 pkgs=(
   # run time: FUSE SquashFS server, image tools
   squashfuse fuse3 squashfs-tools e2fsprogs
-  # build
-  build-essential pkg-config libclang-dev
+  # build (the SPANK plugin is generated with bindgen from Slurm's own header)
+  build-essential pkg-config libclang-dev libslurm-dev
+  # Slurm test cluster: real munge, slurmctld, slurmd, PMIx
+  slurm-wlm slurmctld slurmd slurm-client munge libpmix-dev
   # tests: static busybox and static libc for test images, peers for the benchmarks
   busybox-static libc6-dev hyperfine charliecloud-runtime
+  # berth build: bootstrap agents
+  debootstrap
   # host injection tests: real rdma-core libraries and a verbs tool
   ibverbs-utils ibverbs-providers librdmacm1 libibverbs1
   # MPI: the replace-model test, the MPI images and the Slurm tests

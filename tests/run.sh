@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, then integration tests that start real services and run
-# berth as an unprivileged user the harness creates. Run as root on Debian 12.
-set -euo pipefail
+# The whole test suite, as root on Debian 12: unit tests, integration tests that run berth as
+# an unprivileged user the harness creates (images, holders, injection, PBS emulator), then a
+# real multi-node Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with the
+# SPANK plugin. Ends with a check that nothing was left on the machine.
+set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bash "$here/scripts/install-deps.sh"
+bash "$here/scripts/install-deps.sh" || exit 1
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$here"
 status=0
+cargo build --workspace 2>&1 || exit 1
 cargo test --workspace --no-fail-fast 2>&1 || status=1
+
+echo "== Slurm: multi-node cluster with the berth SPANK plugin"
+bash tests/slurm/run.sh 2>&1 || status=1
+bash tests/slurm/cluster.sh down >/dev/null 2>&1 || true
 
 # After the suite: nothing may be left on the machine by any test (processes of the test
 # users, FUSE servers, mounts of berth's state directories, loop devices).
@@ -18,7 +25,7 @@ check() { # WHAT COMMAND...
   if [ -n "$out" ]; then echo "LEFTOVER $what:"; echo "$out"; left=1; fi
 }
 sleep 0.5
-check "processes of the test user" pgrep -a -u berthtest
+for u in berthtest berthuser; do check "processes of $u" pgrep -a -u "$u"; done
 check "FUSE servers" pgrep -a squashfuse_ll
 check "mounts" grep -E '/berth-[0-9]+/' /proc/self/mountinfo
 check "loop devices" sh -c "losetup -a | grep -i berth"
