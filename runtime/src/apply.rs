@@ -149,8 +149,10 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
             Step::Inject { plan } => {
                 for i in &plan.items {
                     // Devices go into berth's own /dev tmpfs, made later; /proc and /sys are
-                    // the kernel's.
-                    if !["/dev", "/proc", "/sys"].iter().any(|k| i.container_path.starts_with(k)) {
+                    // the kernel's. Under /.berth (not in any image) the user may create
+                    // mount points later, and only for what the image checks let through: an
+                    // empty placeholder in the library path would break the loader.
+                    if !["/dev", "/proc", "/sys", "/.berth"].iter().any(|k| i.container_path.starts_with(k)) {
                         let kind = if i.kind == crate::inject::ItemKind::Dir { PathKind::Dir } else { PathKind::File };
                         wanted.push((&i.container_path, kind));
                     }
