@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Step start-up under Slurm: `srun -n N --container=IMG true` vs `srun -n N true`, for N = 1, 8,
+# 32 on one node (--overcommit) and N = 4 over 2 nodes; median of repeated runs, in one session,
+# on the project's test cluster (tests/slurm/cluster.sh: 3 slurmd in network namespaces).
+# Run as root. The release build of berth and the plugin are used.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+runs=${BENCH_RUNS:-15}
+user=${TEST_USER:-berthuser}
+DIR=${BERTH_SLURM_DIR:-/tmp/berth-slurm}
+(cd "$here" && cargo build --release -q -p berth -p spank-berth)
+install -d "$DIR/bin"
+install -m 0755 "$here/target/release/berth" "$DIR/bin/berth"
+PLUGIN="$here/target/release/libspank_berth.so" PLUGIN_ARGS="berth=$DIR/bin/berth timeout=60" \
+  bash "$here/tests/slurm/cluster.sh" up >/dev/null
+eval "$(bash "$here/tests/slurm/cluster.sh" env)"
+work=/var/tmp/berth-bench-slurm
+rm -rf "$work"; mkdir -p "$work/root"/{bin,etc,tmp,proc,dev,sys,home}
+cp /bin/busybox "$work/root/bin/"; for a in sh true; do ln -s busybox "$work/root/bin/$a"; done
+mksquashfs "$work/root" "$work/img.sqsh" -noappend -quiet -no-progress -all-root >/dev/null
+chmod -R a+rX "$work"
+
+as_user() { timeout 120 runuser -u "$user" -- env -i -C "$work" HOME=/tmp USER="$user" PATH=/usr/bin:/bin SLURM_CONF="$SLURM_CONF" "$@"; }
+median_ms() { # srun args... ; prints the median wall time in ms over $runs runs
+  local t=()
+  for _ in $(seq "$runs"); do
+    local s e; s=$(date +%s%N); as_user srun "$@" >/dev/null 2>&1 || { echo "bench: srun $* failed" >&2; exit 1; }; e=$(date +%s%N)
+    t+=($(( (e - s) / 1000 )))
+  done
+  printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'
+}
+printf '%-26s %12s %14s %7s\n' "case" "native ms" "container ms" "ratio"
+for spec in "1 -N1 -n1" "8 -N1 -n8 --overcommit" "32 -N1 -n32 --overcommit" "4x2 -N2 -n4"; do
+  set -- $spec; label=$1; shift
+  n=$(median_ms "$@" true)
+  c=$(median_ms "$@" --container="$work/img.sqsh" true)
+  printf '%-26s %12s %14s %7.3f\n' "srun $label" "$n" "$c" "$(echo "$c / $n" | bc -l)"
+done
+echo "target: ratio <= 1.10 at N = 32"
