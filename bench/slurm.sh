@@ -34,6 +34,6 @@ for spec in "1 -N1 -n1" "8 -N1 -n8 --overcommit" "32 -N1 -n32 --overcommit" "4x2
   set -- $spec; label=$1; shift
   n=$(median_ms "$@" true)
   c=$(median_ms "$@" --container="$work/img.sqsh" true)
-  printf '%-26s %12s %14s %7.3f\n' "srun $label" "$n" "$c" "$(echo "$c / $n" | bc -l)"
+  printf '%-26s %12s %14s %7.3f\n' "srun $label" "$n" "$c" "$(awk -v c="$c" -v n="$n" 'BEGIN { print c / n }')"
 done
 echo "target: ratio <= 1.10 at N = 32"
