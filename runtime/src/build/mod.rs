@@ -172,13 +172,7 @@ fn step(log: &Log, text: &str) {
 
 /// Build an image. See the module documentation for the steps.
 pub fn build(opts: &BuildOptions) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::build(
-            "berth build",
-            "needs root (it creates files owned by other users and chroots into the new image)",
-            "run it with sudo, on a machine where you are root, or check a recipe without building with `berth build --lint DEF`",
-        ));
-    }
+    require_root(nix::unistd::geteuid())?;
     if !bootstrap_compression_ok(&opts.compression) {
         return Err(Error::request(
             "--compression",
@@ -215,6 +209,17 @@ pub fn build(opts: &BuildOptions) -> Result<()> {
     }
     drop(work);
     result
+}
+
+fn require_root(euid: nix::unistd::Uid) -> Result<()> {
+    if euid.is_root() {
+        return Ok(());
+    }
+    Err(Error::build(
+        "berth build",
+        "needs root (it creates files owned by other users and chroots into the new image)",
+        "run it with sudo, on a machine where you are root, or check a recipe without building with `berth build --lint DEF`",
+    ))
 }
 
 fn bootstrap_compression_ok(c: &str) -> bool {
@@ -696,6 +701,13 @@ mod tests {
         assert_eq!(expand_env("/plain/path").unwrap(), "/plain/path");
         let err = expand_env("${BERTH_TEST_UNSET_VARIABLE}").unwrap_err();
         assert!(err.contains("BERTH_TEST_UNSET_VARIABLE is not set"));
+    }
+
+    #[test]
+    fn build_needs_root() {
+        let err = require_root(nix::unistd::Uid::from_raw(1000)).unwrap_err().to_string();
+        assert!(err.contains("needs root") && err.contains("--lint"), "{err}");
+        assert!(require_root(nix::unistd::Uid::from_raw(0)).is_ok());
     }
 
     #[test]
