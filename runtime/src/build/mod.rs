@@ -318,13 +318,12 @@ fn build_in(def: &Definition, opts: &BuildOptions, output: &Path, work: &Path, r
         fs::rename(&pending.path, &squashfs).map_err(|e| Error::io("move", &squashfs, e))?;
         write_sif(&squashfs, def, &pending.path)?;
     }
-    if let (Some(test), Some(berth)) = (def.test.as_ref().filter(|_| !opts.notest), &opts.berth_exec) {
+    if let (Some(_), Some(berth)) = (def.test.as_ref().filter(|_| !opts.notest), &opts.berth_exec) {
         step(log, "%test (in the container)");
         let mut cmd = Command::new(berth);
         cmd.arg("exec").arg(&pending.path).arg("/bin/sh").arg("/.singularity.d/test");
         run_checked(&mut cmd, "%test", log, None, true)
             .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
-        let _ = test;
         checkpoint()?;
     }
 

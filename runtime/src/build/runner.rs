@@ -144,7 +144,8 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
 
     let last_line = Arc::new(Mutex::new(String::new()));
-    let copier = {
+    let (copier_done, copier_finished) = std::sync::mpsc::channel::<()>();
+    let _copier = {
         let last_line = Arc::clone(&last_line);
         let file = log.file.lock().ok().and_then(|f| f.try_clone().ok());
         std::thread::spawn(move || {
@@ -158,6 +159,7 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
                     *l = line;
                 }
             }
+            let _ = copier_done.send(());
         })
     };
 
@@ -185,7 +187,9 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
     };
     // Kill whatever the child left in its group (a daemon started by %post) so the pipe closes.
     let _ = signal::killpg(pgid, Signal::SIGKILL);
-    let _ = copier.join();
+    // A daemon that left our process group (setsid) may still hold the pipe open: wait a
+    // little for the rest of the output, then go on without it rather than hang the build.
+    let _ = copier_finished.recv_timeout(Duration::from_secs(2));
     if show {
         eprint!("\r\x1b[2K");
     }
@@ -278,8 +282,13 @@ pub fn check_outcome(outcome: Outcome, cmd: &Command, what: &str, log: &Log, lim
     }
 }
 
+/// What failed, in the user's terms: the script of a section runs under `unshare`, but the
+/// user wrote the script, not the unshare.
 fn describe_short(cmd: &Command) -> String {
-    cmd.get_program().to_string_lossy().into_owned()
+    match cmd.get_program().to_string_lossy().as_ref() {
+        "unshare" => "the script".to_string(),
+        other => format!("`{other}`"),
+    }
 }
 
 pub fn interrupted_error() -> Error {
