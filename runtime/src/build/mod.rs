@@ -216,8 +216,8 @@ fn require_root(euid: nix::unistd::Uid) -> Result<()> {
         return Ok(());
     }
     Err(Error::build(
-        "berth build",
-        "needs root (it creates files owned by other users and chroots into the new image)",
+        "root required",
+        "berth build creates files owned by other users and chroots into the new image",
         "run it with sudo, on a machine where you are root, or check a recipe without building with `berth build --lint DEF`",
     ))
 }
@@ -653,13 +653,25 @@ fn labels_for(def: &Definition, rootfs: &Path) -> BTreeMap<String, String> {
 }
 
 fn squash(rootfs: &Path, out: &Path, compression: &str, log: &Log) -> Result<()> {
-    let mut cmd = Command::new("mksquashfs");
-    cmd.arg(rootfs).arg(out).args(["-noappend", "-comp", compression, "-quiet"]);
-    // mksquashfs draws its own progress bar: let it, on a terminal; keep logs clean otherwise.
     let terminal = runner::on_terminal();
-    cmd.arg(if terminal { "-progress" } else { "-no-progress" });
-    let outcome = runner::run_with(&mut cmd, "mksquashfs", log, None, terminal)?;
-    runner::check_outcome(outcome, &cmd, "mksquashfs", log, None, true)
+    // On a terminal, mksquashfs's own progress bar feeds the status line (its \r-redrawn lines
+    // stay out of the log). `-progress` forces the bar although stdout is our pipe, and
+    // `stdbuf -o0` stops stdio from holding it back until exit.
+    let unbuffer = terminal && Path::new("/usr/bin/stdbuf").exists();
+    let mut cmd = if unbuffer {
+        let mut c = Command::new("/usr/bin/stdbuf");
+        c.args(["-o0", "mksquashfs"]);
+        c
+    } else {
+        Command::new("mksquashfs")
+    };
+    cmd.arg(rootfs).arg(out).args(["-noappend", "-comp", compression]);
+    if terminal {
+        cmd.arg("-progress");
+    } else {
+        cmd.args(["-quiet", "-no-progress"]);
+    }
+    runner::run_checked(&mut cmd, "mksquashfs", log, None, true)
 }
 
 /// Fail early when SIF output is asked for but the writer is not in this build.
@@ -705,7 +717,7 @@ mod tests {
     #[test]
     fn build_needs_root() {
         let err = require_root(nix::unistd::Uid::from_raw(1000)).unwrap_err().to_string();
-        assert!(err.contains("needs root") && err.contains("--lint"), "{err}");
+        assert!(err.contains("root required") && err.contains("--lint"), "{err}");
         assert!(require_root(nix::unistd::Uid::from_raw(0)).is_ok());
     }
 

@@ -5,7 +5,7 @@
 //!   so the whole tree (`unshare` -> `chroot` -> `sh` -> `sleep`) can be killed at once.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -150,13 +150,38 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
         let file = log.file.lock().ok().and_then(|f| f.try_clone().ok());
         std::thread::spawn(move || {
             let mut file = file;
-            for line in BufReader::new(reader).split(b'\n').map_while(|l| l.ok()) {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if let Some(f) = file.as_mut() {
-                    let _ = writeln!(f, "{line}");
+            let mut reader = BufReader::new(reader);
+            let mut pending: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for &b in &chunk[..n] {
+                    if b != b'\n' && b != b'\r' {
+                        pending.push(b);
+                        continue;
+                    }
+                    let line = String::from_utf8_lossy(&pending).into_owned();
+                    pending.clear();
+                    // A line ended by \r is a progress bar redrawing itself: show it on the
+                    // terminal, keep it out of the log.
+                    if b == b'\n' {
+                        if let Some(f) = file.as_mut() {
+                            let _ = writeln!(f, "{line}");
+                        }
+                    }
+                    if !line.trim().is_empty() {
+                        if let Ok(mut l) = last_line.lock() {
+                            *l = line;
+                        }
+                    }
                 }
-                if let Ok(mut l) = last_line.lock() {
-                    *l = line;
+            }
+            if !pending.is_empty() {
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{}", String::from_utf8_lossy(&pending));
                 }
             }
             let _ = copier_done.send(());
@@ -225,6 +250,11 @@ fn draw_status(label: &str, elapsed: Duration, last: &str) {
     let width = terminal_width().max(40);
     let head = format!("  {label} [{}s] ", elapsed.as_secs());
     let room = width.saturating_sub(head.chars().count() + 1);
+    // "[=====\   ] 800/1432  55%" -> "800/1432  55%": the counts fit, the bar would not.
+    let last = match last.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((_, counts)) => counts.trim(),
+        None => last,
+    };
     let tail: String = last.chars().filter(|c| !c.is_control()).take(room).collect();
     eprint!("\r\x1b[2K{head}{tail}");
     let _ = std::io::stderr().flush();
