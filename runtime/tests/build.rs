@@ -276,6 +276,68 @@ fn build_from_docker_archive_honours_whiteouts() {
     env.assert_clean(&["docker.img"]);
 }
 
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// The same two layers as an OCI image layout (index.json -> manifest -> config + layers),
+/// packed as a tar archive, the form `skopeo copy ... oci-archive:` writes.
+fn make_oci_archive(env: &Env, busybox: &Path) -> PathBuf {
+    make_docker_archive(env, busybox);
+    let layout = env.path("oci");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |src: &Path| -> (String, u64) {
+        let digest = sha256_of(src);
+        fs::copy(src, blobs.join(&digest)).unwrap();
+        (format!("sha256:{digest}"), fs::metadata(src).unwrap().len())
+    };
+    let (l1, s1) = put(&env.path("archive/l1/layer.tar"));
+    let (l2, s2) = put(&env.path("archive/l2/layer.tar"));
+    let (config, sc) = put(&env.path("archive/config.json"));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{sc}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l1}","size":{s1}}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l2}","size":{s2}}}]}}"#
+    );
+    let manifest_file = env.write("oci-manifest.json", &manifest);
+    let (m, sm) = put(&manifest_file);
+    fs::write(
+        layout.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{sm},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#),
+    )
+    .unwrap();
+    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let tarball = env.path("image-oci.tar");
+    let st = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&layout).arg(".").status().unwrap();
+    assert!(st.success());
+    tarball
+}
+
+#[test]
+fn build_from_oci_archive_honours_whiteouts() {
+    let Some(busybox) = busybox() else { return };
+    let env = Env::new();
+    let tarball = make_oci_archive(&env, &busybox);
+    env.write(
+        "oci.def",
+        &format!(
+            "Bootstrap: oci-archive\nFrom: {}\n\n%post\n    test ! -e /etc/gone\n    test -f /etc/keep\n    test ! -e /opt/dir/a\n    test -f /opt/dir/c\n",
+            tarball.display()
+        ),
+    );
+    build::build(&env.options("oci.img", "oci.def")).unwrap_or_else(|e| panic!("{e}"));
+    let image = env.path("oci.img");
+    assert!(unsquash_cat(&image, "/.singularity.d/runscript").contains("docker-cmd"));
+    let labels: serde_json::Value = serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
+    assert_eq!(labels["org.label-schema.usage.singularity.deffile.bootstrap"], "oci-archive");
+    env.assert_clean(&["oci.img"]);
+    // A tarball that is not an OCI layout says so.
+    env.write("notoci.def", &format!("Bootstrap: oci-archive\nFrom: {}\n", env.path("image-docker.tar").display()));
+    let err = build::build(&env.options("n.img", "notoci.def")).unwrap_err().to_string();
+    assert!(err.contains("not an OCI image layout"), "{err}");
+    env.assert_clean(&["oci.img"]);
+}
+
 #[test]
 fn build_failing_post_leaves_nothing_and_shows_the_log_tail() {
     let Some(busybox) = busybox() else { return };

@@ -257,7 +257,8 @@ fn check_output(out: &Path, force: bool) -> Result<PathBuf> {
 }
 
 fn build_in(def: &Definition, opts: &BuildOptions, output: &Path, work: &Path, rootfs: &Path, scratch: &Path, log: &Log) -> Result<()> {
-    step(log, &format!("bootstrap: {} {}", def.bootstrap.agent(), def.bootstrap.base()));
+    let base = def.bootstrap.base();
+    step(log, &format!("bootstrap: {}{}{base}", def.bootstrap.agent(), if base.is_empty() { "" } else { " " }));
     let ctx = bootstrap::Context {
         rootfs,
         scratch,

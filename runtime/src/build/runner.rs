@@ -322,7 +322,7 @@ fn describe_short(cmd: &Command) -> String {
 }
 
 pub fn interrupted_error() -> Error {
-    Error::build("build", "interrupted by a signal; temporary files removed, no image written", "")
+    Error::build("interrupted", "stopped on SIGINT/SIGTERM; temporary files removed, no image written", "")
 }
 
 pub fn log_hint(log: &Log) -> String {
