@@ -391,6 +391,7 @@ fn apply_layer(layer: &Path, ctx: &Context, number: usize, total: usize) -> Resu
         ));
     }
     let listing = String::from_utf8_lossy(&listing.stdout);
+    check_layer_paths(ctx.rootfs, listing.lines(), number)?;
     for entry in listing.lines() {
         apply_whiteout(ctx.rootfs, entry, ctx.log)?;
     }
@@ -400,6 +401,47 @@ fn apply_layer(layer: &Path, ctx: &Context, number: usize, total: usize) -> Resu
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--exclude=.wh.*", "-C"])
         .arg(ctx.rootfs);
     run_checked(&mut tar, &format!("layer {number}/{total}"), ctx.log, None, true)
+}
+
+/// Refuse a layer that would write through a symlink leading out of the image. tar runs on the
+/// host and follows a lower layer's `etc -> /etc` link like any other path, so a hostile image
+/// could otherwise write host files during the build. (Within one tar archive, GNU tar already
+/// defers such links; across layers it cannot know.)
+pub fn check_layer_paths<'a>(rootfs: &Path, entries: impl Iterator<Item = &'a str>, layer_number: usize) -> Result<()> {
+    let root = rootfs.canonicalize().map_err(|e| Error::io("resolve", rootfs, e))?;
+    let mut checked = std::collections::HashSet::new();
+    for entry in entries {
+        let rel = Path::new(entry.trim_start_matches("./").trim_start_matches('/'));
+        let mut prefix = PathBuf::new();
+        let components: Vec<_> = rel.components().collect();
+        // Every parent of the entry, not the entry itself (tar replaces a link at the entry).
+        for component in components.iter().take(components.len().saturating_sub(1)) {
+            prefix.push(component);
+            if !checked.insert(prefix.clone()) {
+                continue;
+            }
+            let host = root.join(&prefix);
+            let Ok(meta) = fs::symlink_metadata(&host) else { break };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let escapes = match host.canonicalize() {
+                Ok(target) => !target.starts_with(&root),
+                // Dangling: tar would create the missing directories wherever the link points.
+                Err(_) => fs::read_link(&host)
+                    .map(|t| t.is_absolute() || t.components().any(|c| matches!(c, Component::ParentDir)))
+                    .unwrap_or(true),
+            };
+            if escapes {
+                return Err(Error::build(
+                    format!("layer {layer_number}"),
+                    format!("writes {entry} through the symlink /{} that leads outside the image", prefix.display()),
+                    "the image is malformed or hostile; nothing outside the build directory was written",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// If `entry` (a path in a layer) is a whiteout, delete what it hides from the lower layers.
@@ -535,6 +577,23 @@ mod tests {
         assert!(rootfs.join("etc/opaque").is_dir());
         assert_eq!(fs::read_dir(rootfs.join("etc/opaque")).unwrap().count(), 0);
         assert!(root.join("log").exists(), "a whiteout can never reach outside the rootfs");
+    }
+
+    #[test]
+    fn layers_cannot_write_through_links_out_of_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/etc", rootfs.join("hostetc")).unwrap();
+        std::os::unix::fs::symlink("../../outside", rootfs.join("up")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent-berth-dir", rootfs.join("dangling")).unwrap();
+        let ok = ["./lib/libc.so.6", "usr/lib/x", "hostetc", "newdir/file"];
+        check_layer_paths(&rootfs, ok.iter().copied(), 1).unwrap();
+        for bad in ["hostetc/passwd", "./up/file", "dangling/x/y"] {
+            let err = check_layer_paths(&rootfs, [bad].into_iter(), 2).unwrap_err().to_string();
+            assert!(err.contains("leads outside the image") && err.contains("layer 2"), "{bad}: {err}");
+        }
     }
 
     #[test]
