@@ -29,7 +29,19 @@ fn build_arguments() {
     assert_eq!(a.compression, "gzip");
     assert!(!a.notest && !a.lint && !a.force && a.log.is_none());
 
-    let a = parse(&["--format", "sif", "--compression", "zstd", "--notest", "--force", "--log", "b.log", "o.sif", "d.def"]).unwrap();
+    let a = parse(&[
+        "--format",
+        "sif",
+        "--compression",
+        "zstd",
+        "--notest",
+        "--force",
+        "--log",
+        "b.log",
+        "o.sif",
+        "d.def",
+    ])
+    .unwrap();
     assert_eq!(a.format, FormatArg::Sif);
     let opts = cmd_build::options(&a, a.def.clone().unwrap());
     assert_eq!(opts.compression, "zstd");
@@ -43,7 +55,10 @@ fn build_argument_errors() {
     assert!(parse(&["out.img"]).is_err(), "DEF is required without --lint");
     assert!(parse(&["--compression", "bzip9", "o", "d"]).is_err());
     assert!(parse(&["--format", "tar", "o", "d"]).is_err());
-    assert!(parse(&["--lint", "app.def"]).is_ok(), "--lint takes the definition alone");
+    assert!(
+        parse(&["--lint", "app.def"]).is_ok(),
+        "--lint takes the definition alone"
+    );
 }
 
 #[test]
@@ -53,8 +68,17 @@ fn build_lint_exit_codes() {
     std::fs::write(&good, "Bootstrap: scratch\n%runscript\n    echo hi\n").unwrap();
     let bad = dir.path().join("bad.def");
     std::fs::write(&bad, "From: nothing\n%wrong\n").unwrap();
-    assert_eq!(cmd_build::run(parse(&["--lint", good.to_str().unwrap()]).unwrap()).unwrap(), 0);
-    assert_eq!(cmd_build::run(parse(&["--lint", bad.to_str().unwrap()]).unwrap()).unwrap(), cmd_build::EXIT_LINT_PROBLEMS);
+    assert_eq!(
+        cmd_build::run(parse(&["--lint", good.to_str().unwrap()]).unwrap()).unwrap(),
+        0
+    );
+    assert_eq!(
+        cmd_build::run(parse(&["--lint", bad.to_str().unwrap()]).unwrap()).unwrap(),
+        cmd_build::EXIT_LINT_PROBLEMS
+    );
     let missing = dir.path().join("missing.def");
-    assert_eq!(cmd_build::run(parse(&["--lint", missing.to_str().unwrap()]).unwrap()).unwrap(), 255);
+    assert_eq!(
+        cmd_build::run(parse(&["--lint", missing.to_str().unwrap()]).unwrap()).unwrap(),
+        255
+    );
 }

@@ -18,15 +18,28 @@ fn static_busybox() -> Option<PathBuf> {
         return None;
     }
     for tool in ["mksquashfs", "unshare", "chroot"] {
-        let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool} >/dev/null")).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool} >/dev/null"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             eprintln!("SKIP: {tool} is not installed");
             return None;
         }
     }
-    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| {
-        Command::new("file").arg("-L").arg(p).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked")).unwrap_or(false)
-    })
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            Command::new("file")
+                .arg("-L")
+                .arg(p)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+                .unwrap_or(false)
+        })
 }
 
 /// Wait until some `%post` has written its marker somewhere under `work`.
@@ -84,7 +97,10 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
         let err = result.expect_err("an interrupted build fails").to_string();
         assert!(err.contains("interrupted"), "{signal}: {err}");
         assert!(build::was_interrupted());
-        assert!(started.elapsed() < Duration::from_secs(60), "the sleep in %post was stopped");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sleep in %post was stopped"
+        );
         assert!(!out.exists(), "{signal}: no image after an interrupted build");
         let left: Vec<_> = fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{signal}: work directory left behind: {left:?}");
@@ -97,7 +113,15 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(dir.path().to_str().unwrap()), "mount left behind");
         // No stray sleep from %post survives.
-        let ps = Command::new("sh").arg("-c").arg("ps -eo args | grep -c '^sleep 120$' || true").output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0", "{signal}: %post's sleep still runs");
+        let ps = Command::new("sh")
+            .arg("-c")
+            .arg("ps -eo args | grep -c '^sleep 120$' || true")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ps.stdout).trim(),
+            "0",
+            "{signal}: %post's sleep still runs"
+        );
     }
 }

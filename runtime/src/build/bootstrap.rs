@@ -104,17 +104,28 @@ pub fn cache_file(cache_dir: &Path, suite: &str, mirror: &str, include: &[String
     sorted.sort_unstable();
     sorted.dedup();
     let key = format!("{suite}\n{mirror}\n{}\n{}", sorted.join(","), std::env::consts::ARCH);
-    let safe_suite: String = suite.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    cache_dir.join(format!("debootstrap-{safe_suite}-{}-{:016x}.tar", std::env::consts::ARCH, fnv1a(key.as_bytes())))
+    let safe_suite: String = suite
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    cache_dir.join(format!(
+        "debootstrap-{safe_suite}-{}-{:016x}.tar",
+        std::env::consts::ARCH,
+        fnv1a(key.as_bytes())
+    ))
 }
 
 fn debootstrap(suite: &str, mirror: &str, include: &[String], ctx: &Context) -> Result<()> {
     let cached = ctx.cache_dir.map(|d| cache_file(d, suite, mirror, include));
     if let Some(cached) = cached.as_ref().filter(|c| c.is_file()) {
-        ctx.log.line(&format!("berth: using cached debootstrap base {}", cached.display()));
+        ctx.log
+            .line(&format!("berth: using cached debootstrap base {}", cached.display()));
         eprintln!("  using cached base {}", cached.display());
         let mut tar = Command::new("tar");
-        tar.args(["-xpf"]).arg(cached).args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"]).arg(ctx.rootfs);
+        tar.args(["-xpf"])
+            .arg(cached)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+            .arg(ctx.rootfs);
         return run_checked(&mut tar, "unpack cached base", ctx.log, None, true);
     }
 
@@ -139,7 +150,10 @@ fn debootstrap(suite: &str, mirror: &str, include: &[String], ctx: &Context) -> 
     if let Some(cached) = cached {
         if let Err(e) = store_in_cache(ctx, &cached) {
             // A cache that cannot be written only makes the next build slower.
-            ctx.log.line(&format!("berth: warning: could not cache the base in {}: {e}", cached.display()));
+            ctx.log.line(&format!(
+                "berth: warning: could not cache the base in {}: {e}",
+                cached.display()
+            ));
             eprintln!("  warning: could not cache the debootstrap base: {e}");
         }
     }
@@ -150,9 +164,17 @@ fn store_in_cache(ctx: &Context, cached: &Path) -> Result<()> {
     let dir = cached.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(|e| Error::io("create cache directory", dir, e))?;
     // Temp name + rename: a concurrent or interrupted build never sees half a tarball.
-    let partial = dir.join(format!(".{}.partial-{}", cached.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let partial = dir.join(format!(
+        ".{}.partial-{}",
+        cached.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let mut tar = Command::new("tar");
-    tar.arg("-cpf").arg(&partial).args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"]).arg(ctx.rootfs).arg(".");
+    tar.arg("-cpf")
+        .arg(&partial)
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(ctx.rootfs)
+        .arg(".");
     let result = run_checked(&mut tar, "cache base", ctx.log, None, false)
         .and_then(|_| fs::rename(&partial, cached).map_err(|e| Error::io("store cached base", cached, e)));
     if result.is_err() {
@@ -168,16 +190,29 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
     if let Some(path) = mirror.strip_prefix("file://").or_else(|| mirror.strip_prefix("file:")) {
         let release = Path::new(path).join("dists").join(suite).join("Release");
         if !release.is_file() {
-            return Err(Error::build(what, format!("{} does not exist", release.display()), "check MirrorURL and OSVersion"));
+            return Err(Error::build(
+                what,
+                format!("{} does not exist", release.display()),
+                "check MirrorURL and OSVersion",
+            ));
         }
         return Ok(());
     }
     let (https, rest) = match (mirror.strip_prefix("http://"), mirror.strip_prefix("https://")) {
         (Some(r), _) => (false, r),
         (_, Some(r)) => (true, r),
-        _ => return Err(Error::build(what, "not an http://, https:// or file: URL", "fix MirrorURL")),
+        _ => {
+            return Err(Error::build(
+                what,
+                "not an http://, https:// or file: URL",
+                "fix MirrorURL",
+            ))
+        }
     };
-    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, String::new()));
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, String::new()));
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse::<u16>().unwrap_or(80)),
         _ => (hostport.to_string(), if https { 443 } else { 80 }),
@@ -200,7 +235,12 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
         Ok(Ok(a)) if !a.is_empty() => a,
         Ok(Ok(_)) => return Err(unreachable(format!("{host} has no address"))),
         Ok(Err(e)) => return Err(unreachable(format!("cannot resolve {host}: {e}"))),
-        Err(_) => return Err(unreachable(format!("resolving {host} took more than {}s", timeout.as_secs()))),
+        Err(_) => {
+            return Err(unreachable(format!(
+                "resolving {host} took more than {}s",
+                timeout.as_secs()
+            )))
+        }
     };
     let mut stream = None;
     let mut last_error = String::new();
@@ -213,17 +253,25 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
             Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
         }
     }
-    let Some(mut stream) = stream else { return Err(unreachable(last_error)) };
+    let Some(mut stream) = stream else {
+        return Err(unreachable(last_error));
+    };
     if https {
         // No TLS client here: a TCP connection is as far as the quick check goes.
         return Ok(());
     }
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let request = format!("HEAD {path}/dists/{suite}/Release HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| unreachable(format!("sending a request failed: {e}")))?;
+    let request = format!(
+        "HEAD {path}/dists/{suite}/Release HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| unreachable(format!("sending a request failed: {e}")))?;
     let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(|e| unreachable(format!("no answer within {}s: {e}", timeout.as_secs())))?;
+    let n = stream
+        .read(&mut head)
+        .map_err(|e| unreachable(format!("no answer within {}s: {e}", timeout.as_secs())))?;
     let status_line = String::from_utf8_lossy(&head[..n]);
     let status = status_line.split_whitespace().nth(1).unwrap_or("");
     match status {
@@ -249,7 +297,11 @@ fn local_image(from: &Path, ctx: &Context) -> Result<()> {
             cp.arg("-a").arg(format!("{}/.", path.display())).arg(ctx.rootfs);
             run_checked(&mut cp, "copy base directory", ctx.log, None, true)
         }
-        RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => {
+        RootFs::Embedded {
+            fs: FsType::Squashfs,
+            offset,
+            ..
+        } => {
             let mut unsq = Command::new("unsquashfs");
             unsq.args(["-f", "-n", "-d"]).arg(ctx.rootfs);
             if offset > 0 {
@@ -281,13 +333,17 @@ fn unpack_archive(archive: &Path, ctx: &Context, name: &str) -> Result<PathBuf> 
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::build(format!("read {}", path.display()), format!("invalid JSON: {e}"), ""))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::build(format!("read {}", path.display()), format!("invalid JSON: {e}"), ""))
 }
 
 /// A path from an archive's JSON, kept inside the archive directory.
 fn archive_member(dir: &Path, member: &str, archive: &Path) -> Result<PathBuf> {
     let rel = Path::new(member);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(Error::build(
             format!("archive {}", archive.display()),
             format!("refers to {member:?}, outside the archive"),
@@ -296,7 +352,11 @@ fn archive_member(dir: &Path, member: &str, archive: &Path) -> Result<PathBuf> {
     }
     let path = dir.join(rel);
     if !path.is_file() {
-        return Err(Error::build(format!("archive {}", archive.display()), format!("{member} is missing"), "the archive is incomplete"));
+        return Err(Error::build(
+            format!("archive {}", archive.display()),
+            format!("{member} is missing"),
+            "the archive is incomplete",
+        ));
     }
     Ok(path)
 }
@@ -313,9 +373,16 @@ fn docker_archive(from: &Path, ctx: &Context) -> Result<()> {
     }
     let manifest = read_json(&manifest)?;
     let entry = manifest.as_array().and_then(|a| a.first()).ok_or_else(|| {
-        Error::build(format!("docker-archive {}", from.display()), "manifest.json lists no image", "")
+        Error::build(
+            format!("docker-archive {}", from.display()),
+            "manifest.json lists no image",
+            "",
+        )
     })?;
-    let layers: Vec<String> = entry["Layers"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect()).unwrap_or_default();
+    let layers: Vec<String> = entry["Layers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
+        .unwrap_or_default();
     for (i, layer) in layers.iter().enumerate() {
         let path = archive_member(&dir, layer, from)?;
         apply_layer(&path, ctx, i + 1, layers.len())?;
@@ -329,13 +396,21 @@ fn docker_archive(from: &Path, ctx: &Context) -> Result<()> {
 
 fn oci_blob(dir: &Path, digest: &str, archive: &Path) -> Result<PathBuf> {
     let (alg, hex) = digest.split_once(':').ok_or_else(|| {
-        Error::build(format!("oci-archive {}", archive.display()), format!("bad digest {digest:?}"), "")
+        Error::build(
+            format!("oci-archive {}", archive.display()),
+            format!("bad digest {digest:?}"),
+            "",
+        )
     })?;
     archive_member(dir, &format!("blobs/{alg}/{hex}"), archive)
 }
 
 fn oci_archive(from: &Path, ctx: &Context) -> Result<()> {
-    let dir = if from.is_dir() { from.to_path_buf() } else { unpack_archive(from, ctx, "oci-archive")? };
+    let dir = if from.is_dir() {
+        from.to_path_buf()
+    } else {
+        unpack_archive(from, ctx, "oci-archive")?
+    };
     let index_path = dir.join("index.json");
     if !index_path.is_file() {
         return Err(Error::build(
@@ -350,7 +425,11 @@ fn oci_archive(from: &Path, ctx: &Context) -> Result<()> {
     while let Some(manifests) = node["manifests"].as_array() {
         depth += 1;
         if depth > 4 || manifests.is_empty() {
-            return Err(Error::build(format!("oci-archive {}", from.display()), "index.json lists no usable manifest", ""));
+            return Err(Error::build(
+                format!("oci-archive {}", from.display()),
+                "index.json lists no usable manifest",
+                "",
+            ));
         }
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
@@ -398,7 +477,13 @@ fn apply_layer(layer: &Path, ctx: &Context, number: usize, total: usize) -> Resu
     let mut tar = Command::new("tar");
     tar.arg("-xpf")
         .arg(layer)
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--exclude=.wh.*", "-C"])
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--exclude=.wh.*",
+            "-C",
+        ])
         .arg(ctx.rootfs);
     run_checked(&mut tar, &format!("layer {number}/{total}"), ctx.log, None, true)
 }
@@ -435,7 +520,10 @@ pub fn check_layer_paths<'a>(rootfs: &Path, entries: impl Iterator<Item = &'a st
             if escapes {
                 return Err(Error::build(
                     format!("layer {layer_number}"),
-                    format!("writes {entry} through the symlink /{} that leads outside the image", prefix.display()),
+                    format!(
+                        "writes {entry} through the symlink /{} that leads outside the image",
+                        prefix.display()
+                    ),
                     "the image is malformed or hostile; nothing outside the build directory was written",
                 ));
             }
@@ -448,13 +536,20 @@ pub fn check_layer_paths<'a>(rootfs: &Path, entries: impl Iterator<Item = &'a st
 pub fn apply_whiteout(rootfs: &Path, entry: &str, log: &Log) -> Result<()> {
     let entry = entry.trim_start_matches("./").trim_start_matches('/');
     let path = Path::new(entry);
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
-    let Some(hidden) = name.strip_prefix(".wh.") else { return Ok(()) };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let Some(hidden) = name.strip_prefix(".wh.") else {
+        return Ok(());
+    };
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         log.line(&format!("berth: ignoring whiteout outside the image: {entry}"));
         return Ok(());
     }
-    let parent = resolve_in_root(rootfs, Path::new("/").join(path.parent().unwrap_or(Path::new(""))).as_path())?;
+    let parent = resolve_in_root(
+        rootfs,
+        Path::new("/").join(path.parent().unwrap_or(Path::new(""))).as_path(),
+    )?;
     if hidden == ".wh..opq" {
         // Opaque directory: nothing from lower layers shows through.
         let _ = clear_dir(&parent, &[]);
@@ -499,17 +594,33 @@ fn shell_quote(s: &str) -> String {
 /// `/.singularity.d/env/10-docker2singularity.sh`, and a runscript running Entrypoint + Cmd.
 fn write_container_config(config: &Value, rootfs: &Path) -> Result<()> {
     let mut env = String::from("#!/bin/sh\n");
-    for kv in config["Env"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+    for kv in config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+    {
         if let Some((k, v)) = kv.split_once('=') {
             if crate::request::valid_env_name(k) {
                 env.push_str(&format!("export {k}={}\n", shell_quote(v)));
             }
         }
     }
-    write_in_root(rootfs, "/.singularity.d/env/10-docker2singularity.sh", env.as_bytes(), 0o755)?;
+    write_in_root(
+        rootfs,
+        "/.singularity.d/env/10-docker2singularity.sh",
+        env.as_bytes(),
+        0o755,
+    )?;
 
     let words = |key: &str| -> Vec<String> {
-        config[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(shell_quote).collect()
+        config[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(shell_quote)
+            .collect()
     };
     let (entrypoint, cmd) = (words("Entrypoint"), words("Cmd"));
     let mut runscript = String::from("#!/bin/sh\n");
@@ -532,7 +643,11 @@ fn write_container_config(config: &Value, rootfs: &Path) -> Result<()> {
     write_in_root(rootfs, "/.singularity.d/runscript", runscript.as_bytes(), 0o755)?;
     let labels: BTreeMap<String, String> = config["Labels"]
         .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
         .unwrap_or_default();
     if !labels.is_empty() {
         let json = serde_json::to_vec_pretty(&labels).unwrap_or_default();
@@ -549,7 +664,12 @@ mod tests {
     fn cache_key_ignores_include_order_and_duplicates() {
         let dir = Path::new("/c");
         let a = cache_file(dir, "bookworm", "http://m/debian", &["b".into(), "a".into()]);
-        let b = cache_file(dir, "bookworm", "http://m/debian", &["a".into(), "b".into(), "a".into()]);
+        let b = cache_file(
+            dir,
+            "bookworm",
+            "http://m/debian",
+            &["a".into(), "b".into(), "a".into()],
+        );
         let c = cache_file(dir, "bookworm", "http://other/debian", &["a".into(), "b".into()]);
         let d = cache_file(dir, "trixie", "http://m/debian", &["a".into(), "b".into()]);
         assert_eq!(a, b);
@@ -576,7 +696,10 @@ mod tests {
         assert!(rootfs.join("etc/kept").exists());
         assert!(rootfs.join("etc/opaque").is_dir());
         assert_eq!(fs::read_dir(rootfs.join("etc/opaque")).unwrap().count(), 0);
-        assert!(root.join("log").exists(), "a whiteout can never reach outside the rootfs");
+        assert!(
+            root.join("log").exists(),
+            "a whiteout can never reach outside the rootfs"
+        );
     }
 
     #[test]
@@ -591,8 +714,13 @@ mod tests {
         let ok = ["./lib/libc.so.6", "usr/lib/x", "hostetc", "newdir/file"];
         check_layer_paths(&rootfs, ok.iter().copied(), 1).unwrap();
         for bad in ["hostetc/passwd", "./up/file", "dangling/x/y"] {
-            let err = check_layer_paths(&rootfs, [bad].into_iter(), 2).unwrap_err().to_string();
-            assert!(err.contains("leads outside the image") && err.contains("layer 2"), "{bad}: {err}");
+            let err = check_layer_paths(&rootfs, [bad].into_iter(), 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("leads outside the image") && err.contains("layer 2"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -600,11 +728,15 @@ mod tests {
     fn unreachable_mirror_fails_fast_with_a_message() {
         // Port 9 on loopback: nothing listens, so the connection is refused at once.
         let started = std::time::Instant::now();
-        let err = check_mirror("http://127.0.0.1:9/debian", "bookworm").unwrap_err().to_string();
+        let err = check_mirror("http://127.0.0.1:9/debian", "bookworm")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mirror http://127.0.0.1:9/debian"), "{err}");
         assert!(err.contains("cannot connect"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(20));
-        let err = check_mirror("file:///nonexistent/debian", "bookworm").unwrap_err().to_string();
+        let err = check_mirror("file:///nonexistent/debian", "bookworm")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dists/bookworm/Release"), "{err}");
     }
 }

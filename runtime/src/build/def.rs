@@ -24,13 +24,31 @@ use crate::error::{Error, Result};
 pub const HEADER_KEYS: &[&str] = &["Bootstrap", "From", "OSVersion", "MirrorURL", "Include"];
 
 /// Sections berth understands.
-pub const SECTIONS: &[&str] = &["setup", "files", "post", "environment", "runscript", "labels", "help", "test"];
+pub const SECTIONS: &[&str] = &[
+    "setup",
+    "files",
+    "post",
+    "environment",
+    "runscript",
+    "labels",
+    "help",
+    "test",
+];
 
 /// Apptainer sections berth does not implement; named in the lint message so the user knows
 /// the file is valid Apptainer syntax, just not supported here.
 const APPTAINER_ONLY_SECTIONS: &[&str] = &[
-    "startscript", "arguments", "appinstall", "appfiles", "appenv", "apphelp", "applabels", "apprun",
-    "appsetup", "apptest", "pre",
+    "startscript",
+    "arguments",
+    "appinstall",
+    "appfiles",
+    "appenv",
+    "apphelp",
+    "applabels",
+    "apprun",
+    "appsetup",
+    "apptest",
+    "pre",
 ];
 
 /// Mirror used by `Bootstrap: debootstrap` when the file names none.
@@ -40,7 +58,11 @@ pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     /// `debootstrap SUITE ROOTFS MIRROR` with `--include`.
-    Debootstrap { suite: String, mirror: String, include: Vec<String> },
+    Debootstrap {
+        suite: String,
+        mirror: String,
+        include: Vec<String>,
+    },
     /// An existing berth/SIF/SquashFS image or a directory.
     LocalImage { from: String },
     /// A `docker save` tarball.
@@ -170,7 +192,9 @@ fn canonical_section(name: &str) -> Option<&'static str> {
 /// (shell `printf '%s'` never starts a line, but an indented one must not end the section).
 fn section_start(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix('%')?;
-    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(rest.len());
     if end == 0 {
         return None;
     }
@@ -197,7 +221,10 @@ fn scan(text: &str, issues: &mut Vec<LintIssue>) -> Raw {
                     if script.line != lineno && !args.is_empty() && script.args != args {
                         issues.push(LintIssue {
                             line: lineno,
-                            msg: format!("%{section} repeated with different arguments ({args:?} vs {:?} on line {})", script.args, script.line),
+                            msg: format!(
+                                "%{section} repeated with different arguments ({args:?} vs {:?} on line {})",
+                                script.args, script.line
+                            ),
                         });
                     }
                 }
@@ -230,7 +257,10 @@ fn scan(text: &str, issues: &mut Vec<LintIssue>) -> Raw {
             match canonical_key(key) {
                 Some(k) => {
                     if let Some((_, first)) = raw.header.get(k) {
-                        issues.push(LintIssue { line: lineno, msg: format!("{k} given twice (first on line {first})") });
+                        issues.push(LintIssue {
+                            line: lineno,
+                            msg: format!("{k} given twice (first on line {first})"),
+                        });
                     } else {
                         raw.header.insert(k, (value.trim().to_string(), lineno));
                     }
@@ -315,13 +345,18 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
             let from = header_value(raw, "From").map(|(v, _)| v.clone());
             let need_from = |issues: &mut Vec<LintIssue>, what: &str| {
                 if from.is_none() {
-                    issues.push(LintIssue { line: *line, msg: format!("Bootstrap: {agent} needs `From:` ({what})") });
+                    issues.push(LintIssue {
+                        line: *line,
+                        msg: format!("Bootstrap: {agent} needs `From:` ({what})"),
+                    });
                 }
             };
             match agent.to_ascii_lowercase().as_str() {
                 "debootstrap" => {
                     // Apptainer takes the suite from OSVersion; accept From as well, as people write it.
-                    let suite = header_value(raw, "OSVersion").or_else(|| header_value(raw, "From")).map(|(v, _)| v.clone());
+                    let suite = header_value(raw, "OSVersion")
+                        .or_else(|| header_value(raw, "From"))
+                        .map(|(v, _)| v.clone());
                     if suite.is_none() {
                         issues.push(LintIssue {
                             line: *line,
@@ -331,12 +366,23 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                     let mirror = header_value(raw, "MirrorURL")
                         .map(|(v, _)| v.trim_end_matches('/').to_string())
                         .unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string());
-                    if !(mirror.starts_with("http://") || mirror.starts_with("https://") || mirror.starts_with("file:/")) {
+                    if !(mirror.starts_with("http://")
+                        || mirror.starts_with("https://")
+                        || mirror.starts_with("file:/"))
+                    {
                         let l = raw.header.get("MirrorURL").map(|(_, l)| *l).unwrap_or(*line);
-                        issues.push(LintIssue { line: l, msg: format!("MirrorURL {mirror:?} is not an http://, https:// or file:/ URL") });
+                        issues.push(LintIssue {
+                            line: l,
+                            msg: format!("MirrorURL {mirror:?} is not an http://, https:// or file:/ URL"),
+                        });
                     }
                     let include = header_value(raw, "Include")
-                        .map(|(v, _)| v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(String::from).collect())
+                        .map(|(v, _)| {
+                            v.split(|c: char| c == ',' || c.is_whitespace())
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect()
+                        })
                         .unwrap_or_default();
                     suite.map(|suite| Bootstrap::Debootstrap { suite, mirror, include })
                 }
@@ -346,11 +392,15 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                 }
                 "docker-archive" => {
                     need_from(issues, "the path of a `docker save` tarball");
-                    from.map(|from| Bootstrap::DockerArchive { from: strip_scheme(&from, "docker-archive:") })
+                    from.map(|from| Bootstrap::DockerArchive {
+                        from: strip_scheme(&from, "docker-archive:"),
+                    })
                 }
                 "oci-archive" => {
                     need_from(issues, "the path of an OCI layout, as a tar archive or a directory");
-                    from.map(|from| Bootstrap::OciArchive { from: strip_scheme(&from, "oci-archive:") })
+                    from.map(|from| Bootstrap::OciArchive {
+                        from: strip_scheme(&from, "oci-archive:"),
+                    })
                 }
                 "scratch" => Some(Bootstrap::Scratch),
                 other => {
@@ -369,18 +419,35 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
         if !script.args.is_empty() {
             issues.push(LintIssue {
                 line: script.line,
-                msg: format!("%files {} (copying from a build stage) is not supported by berth", script.args),
+                msg: format!(
+                    "%files {} (copying from a build stage) is not supported by berth",
+                    script.args
+                ),
             });
         }
         for (line, content) in content_lines(script) {
             match split_words(content) {
-                Err(e) => issues.push(LintIssue { line, msg: format!("%files: {e}") }),
+                Err(e) => issues.push(LintIssue {
+                    line,
+                    msg: format!("%files: {e}"),
+                }),
                 Ok(words) => match words.as_slice() {
-                    [src] => files.push(FileCopy { src: src.clone(), dest: None, line }),
-                    [src, dest] => files.push(FileCopy { src: src.clone(), dest: Some(dest.clone()), line }),
+                    [src] => files.push(FileCopy {
+                        src: src.clone(),
+                        dest: None,
+                        line,
+                    }),
+                    [src, dest] => files.push(FileCopy {
+                        src: src.clone(),
+                        dest: Some(dest.clone()),
+                        line,
+                    }),
                     _ => issues.push(LintIssue {
                         line,
-                        msg: format!("%files expects `SOURCE [DESTINATION]`, found {} words (quote paths with spaces)", words.len()),
+                        msg: format!(
+                            "%files expects `SOURCE [DESTINATION]`, found {} words (quote paths with spaces)",
+                            words.len()
+                        ),
                     }),
                 },
             }
@@ -395,7 +462,10 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                 None => (content, ""),
             };
             if value.is_empty() {
-                issues.push(LintIssue { line, msg: format!("%labels: label {key:?} has no value (write `KEY VALUE`)") });
+                issues.push(LintIssue {
+                    line,
+                    msg: format!("%labels: label {key:?} has no value (write `KEY VALUE`)"),
+                });
                 continue;
             }
             labels.insert(key.to_string(), unquote(value));
@@ -409,11 +479,17 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
             if !ok {
                 issues.push(LintIssue {
                     line: script.line,
-                    msg: format!("%{name} accepts only `-c /path/to/interpreter`, found {:?}", script.args),
+                    msg: format!(
+                        "%{name} accepts only `-c /path/to/interpreter`, found {:?}",
+                        script.args
+                    ),
                 });
             }
         } else if !takes_interpreter && *name != "files" && !script.args.is_empty() {
-            issues.push(LintIssue { line: script.line, msg: format!("%{name} takes no arguments, found {:?}", script.args) });
+            issues.push(LintIssue {
+                line: script.line,
+                msg: format!("%{name} takes no arguments, found {:?}", script.args),
+            });
         }
     }
 
@@ -534,7 +610,10 @@ Include: ca-certificates, curl  wget
                 include: vec!["ca-certificates".into(), "curl".into(), "wget".into()],
             }
         );
-        assert_eq!(def.setup.as_ref().unwrap().body, "    touch $SINGULARITY_ROOTFS/setup-ran\n");
+        assert_eq!(
+            def.setup.as_ref().unwrap().body,
+            "    touch $SINGULARITY_ROOTFS/setup-ran\n"
+        );
         assert_eq!(def.setup.as_ref().unwrap().line, 7);
         assert_eq!(def.files.len(), 3);
         assert_eq!(def.files[0].src, "tests/mpi/berth-mpitest.c");
@@ -544,10 +623,16 @@ Include: ca-certificates, curl  wget
         assert_eq!(def.files[2].dest, None);
         let post = def.post.as_ref().unwrap();
         assert_eq!(post.interpreter(), "/bin/bash");
-        assert!(post.body.contains("printf '%s\\n' done"), "indented % lines stay in the body");
+        assert!(
+            post.body.contains("printf '%s\\n' done"),
+            "indented % lines stay in the body"
+        );
         assert_eq!(def.environment.as_deref(), Some("    export LC_ALL=C\n"));
         assert_eq!(def.runscript.as_ref().unwrap().interpreter(), "/bin/sh");
-        assert_eq!(def.labels.get("Author").map(String::as_str), Some("someone@example.org"));
+        assert_eq!(
+            def.labels.get("Author").map(String::as_str),
+            Some("someone@example.org")
+        );
         assert_eq!(def.labels.get("Version").map(String::as_str), Some("1.2"));
         assert_eq!(def.help.as_deref(), Some("    This image runs app.\n"));
         assert!(def.test.as_ref().unwrap().body.contains("--version"));
@@ -560,18 +645,32 @@ Include: ca-certificates, curl  wget
         let def = parse("bootstrap: debootstrap\nosversion: trixie\n", &path()).unwrap();
         assert_eq!(
             def.bootstrap,
-            Bootstrap::Debootstrap { suite: "trixie".into(), mirror: DEFAULT_DEBIAN_MIRROR.into(), include: vec![] }
+            Bootstrap::Debootstrap {
+                suite: "trixie".into(),
+                mirror: DEFAULT_DEBIAN_MIRROR.into(),
+                include: vec![]
+            }
         );
     }
 
     #[test]
     fn other_agents() {
         let d = parse("Bootstrap: localimage\nFrom: base.img\n", &path()).unwrap();
-        assert_eq!(d.bootstrap, Bootstrap::LocalImage { from: "base.img".into() });
+        assert_eq!(
+            d.bootstrap,
+            Bootstrap::LocalImage {
+                from: "base.img".into()
+            }
+        );
         let d = parse("Bootstrap: docker-archive\nFrom: docker-archive:img.tar\n", &path()).unwrap();
         assert_eq!(d.bootstrap, Bootstrap::DockerArchive { from: "img.tar".into() });
         let d = parse("Bootstrap: oci-archive\nFrom: layout.tar\n", &path()).unwrap();
-        assert_eq!(d.bootstrap, Bootstrap::OciArchive { from: "layout.tar".into() });
+        assert_eq!(
+            d.bootstrap,
+            Bootstrap::OciArchive {
+                from: "layout.tar".into()
+            }
+        );
         let d = parse("Bootstrap: scratch\n", &path()).unwrap();
         assert_eq!(d.bootstrap, Bootstrap::Scratch);
         assert_eq!(d.bootstrap.agent(), "scratch");
@@ -579,7 +678,8 @@ Include: ca-certificates, curl  wget
 
     #[test]
     fn unknown_key_and_section_have_line_numbers() {
-        let text = "Bootstrap: scratch\nColour: blue\n\n%post\n  true\n%startscript\n  x\n%bogus\n%runscript\n  exec app\n";
+        let text =
+            "Bootstrap: scratch\nColour: blue\n\n%post\n  true\n%startscript\n  x\n%bogus\n%runscript\n  exec app\n";
         let issues = lint(text, &path());
         let lines: Vec<usize> = issues.iter().map(|i| i.line).collect();
         assert_eq!(lines, vec![2, 6, 8], "{issues:?}");
@@ -603,13 +703,27 @@ Include: ca-certificates, curl  wget
     #[test]
     fn agent_requirements() {
         let issues = lint("Bootstrap: debootstrap\n", &path());
-        assert!(issues.iter().any(|i| i.line == 1 && i.msg.contains("OSVersion")), "{issues:?}");
+        assert!(
+            issues.iter().any(|i| i.line == 1 && i.msg.contains("OSVersion")),
+            "{issues:?}"
+        );
         let issues = lint("Bootstrap: localimage\n", &path());
         assert!(issues.iter().any(|i| i.msg.contains("needs `From:`")), "{issues:?}");
         let issues = lint("Bootstrap: docker\nFrom: ubuntu\n", &path());
-        assert!(issues.iter().any(|i| i.msg.contains("unknown bootstrap agent \"docker\"")), "{issues:?}");
-        let issues = lint("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ftp.debian.org\n", &path());
-        assert!(issues.iter().any(|i| i.line == 3 && i.msg.contains("MirrorURL")), "{issues:?}");
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.msg.contains("unknown bootstrap agent \"docker\"")),
+            "{issues:?}"
+        );
+        let issues = lint(
+            "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ftp.debian.org\n",
+            &path(),
+        );
+        assert!(
+            issues.iter().any(|i| i.line == 3 && i.msg.contains("MirrorURL")),
+            "{issues:?}"
+        );
     }
 
     #[test]
@@ -645,7 +759,11 @@ Include: ca-certificates, curl  wget
             assert!(issues.is_empty(), "{}: {:?}", path.display(), issues);
             let def = parse(&text, &path).unwrap();
             assert!(
-                def.text.lines().take_while(|l| l.starts_with('#') || l.trim().is_empty()).count() >= 3,
+                def.text
+                    .lines()
+                    .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+                    .count()
+                    >= 3,
                 "{} must start with a comment block saying how to use it",
                 path.display()
             );

@@ -68,7 +68,9 @@ pub fn write_in_root(root: &Path, inner: &str, contents: &[u8], mode: u32) -> Re
     let inner = Path::new(inner);
     let parent = resolve_in_root(root, inner.parent().unwrap_or(Path::new("/")))?;
     fs::create_dir_all(&parent).map_err(|e| Error::io("create directory", &parent, e))?;
-    let name = inner.file_name().ok_or_else(|| Error::build("write file", format!("{} has no file name", inner.display()), ""))?;
+    let name = inner
+        .file_name()
+        .ok_or_else(|| Error::build("write file", format!("{} has no file name", inner.display()), ""))?;
     let path = parent.join(name);
     if let Ok(meta) = fs::symlink_metadata(&path) {
         if !meta.is_dir() {
@@ -82,7 +84,9 @@ pub fn write_in_root(root: &Path, inner: &str, contents: &[u8], mode: u32) -> Re
 
 /// Mount points at or under `dir`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut found: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -134,10 +138,10 @@ fn remove_tree_one_fs(path: &Path, dev: u64) -> io::Result<()> {
         return fs::remove_file(path);
     }
     if meta.dev() != dev {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("{} is on another filesystem (a mount left behind?); not removing it", path.display()),
-        ));
+        return Err(io::Error::other(format!(
+            "{} is on another filesystem (a mount left behind?); not removing it",
+            path.display()
+        )));
     }
     // Directories made read-only by an image (chmod 0555) must be made writable to empty them.
     use std::os::unix::fs::PermissionsExt;
@@ -171,10 +175,22 @@ mod tests {
         symlink("/etc/alternatives/mpicc", root.join("usr/bin/mpicc")).unwrap();
         symlink("../../..", root.join("usr/bin/up")).unwrap();
         symlink("/", root.join("escape")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/usr/bin/mpicc")).unwrap(), root.join("etc/alternatives/mpicc"));
-        assert_eq!(resolve_in_root(root, Path::new("/usr/bin/up/../../etc")).unwrap(), root.join("etc"));
-        assert_eq!(resolve_in_root(root, Path::new("/escape/etc/passwd")).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(root, Path::new("../../new/file")).unwrap(), root.join("new/file"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/usr/bin/mpicc")).unwrap(),
+            root.join("etc/alternatives/mpicc")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/usr/bin/up/../../etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/escape/etc/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../new/file")).unwrap(),
+            root.join("new/file")
+        );
         symlink("loop", root.join("loop")).unwrap();
         assert!(resolve_in_root(root, Path::new("/loop/x")).is_err());
     }

@@ -39,7 +39,11 @@ pub struct SignalGuard {
 impl SignalGuard {
     pub fn install() -> Result<SignalGuard> {
         INTERRUPTED.store(false, Ordering::SeqCst);
-        let action = signal::SigAction::new(SigHandler::Handler(on_signal), signal::SaFlags::empty(), signal::SigSet::empty());
+        let action = signal::SigAction::new(
+            SigHandler::Handler(on_signal),
+            signal::SaFlags::empty(),
+            signal::SigSet::empty(),
+        );
         let mut previous = Vec::new();
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: the handler only stores to an AtomicBool, which is async-signal-safe; the
@@ -72,7 +76,11 @@ pub struct Log {
 impl Log {
     pub fn create(path: &Path, kept: bool) -> Result<Log> {
         let file = File::create(path).map_err(|e| Error::io("create build log", path, e))?;
-        Ok(Log { path: path.to_path_buf(), kept, file: Mutex::new(file) })
+        Ok(Log {
+            path: path.to_path_buf(),
+            kept,
+            file: Mutex::new(file),
+        })
     }
 
     pub fn line(&self, text: &str) {
@@ -83,10 +91,16 @@ impl Log {
 
     /// The last `n` lines of the log, for error messages.
     pub fn tail(&self, n: usize) -> String {
-        let text = std::fs::read(&self.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = std::fs::read(&self.path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(n);
-        lines[start..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+        lines[start..]
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -109,7 +123,13 @@ pub fn run(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duration>) -
 
 /// Like [`run`]; with `passthrough` the child writes straight to berth's stdout/stderr (for a
 /// tool that draws its own progress bar on a terminal, like mksquashfs).
-pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duration>, passthrough: bool) -> Result<Outcome> {
+pub fn run_with(
+    cmd: &mut Command,
+    label: &str,
+    log: &Log,
+    limit: Option<Duration>,
+    passthrough: bool,
+) -> Result<Outcome> {
     log.line(&format!("+ {}", describe(cmd)));
     if passthrough {
         cmd.stdin(Stdio::null());
@@ -126,15 +146,23 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
             let timed_out = limit.is_some_and(|l| started.elapsed() > l);
             if interrupted() || timed_out {
                 stop_group(pgid, &mut child);
-                break Ok(if timed_out { Outcome::TimedOut } else { Outcome::Interrupted });
+                break Ok(if timed_out {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::Interrupted
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         };
     }
     let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", label, e))?;
     let reader = File::from(reader);
-    let writer2 = writer.try_clone().map_err(|e| Error::build(label, format!("cannot dup a pipe: {e}"), ""))?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::from(writer2));
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| Error::build(label, format!("cannot dup a pipe: {e}"), ""))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2));
     // Own process group: a terminal's Ctrl-C reaches only berth, which then stops the whole
     // child tree itself, after which it can clean up in order.
     cmd.process_group(0);
@@ -201,7 +229,11 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
         let timed_out = limit.is_some_and(|l| started.elapsed() > l);
         if interrupted() || timed_out {
             stop_group(pgid, &mut child);
-            break if timed_out { Outcome::TimedOut } else { Outcome::Interrupted };
+            break if timed_out {
+                Outcome::TimedOut
+            } else {
+                Outcome::Interrupted
+            };
         }
         if show && last_draw.elapsed() >= Duration::from_millis(250) {
             last_draw = Instant::now();
@@ -225,7 +257,10 @@ pub fn run_with(cmd: &mut Command, label: &str, log: &Log, limit: Option<Duratio
 fn spawn_error(cmd: &Command, label: &str, e: std::io::Error) -> Error {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let hint = if e.kind() == std::io::ErrorKind::NotFound {
-        format!("install {program} (Debian: apt-get install {})", debian_package_for(&program))
+        format!(
+            "install {program} (Debian: apt-get install {})",
+            debian_package_for(&program)
+        )
     } else {
         String::new()
     };
@@ -261,7 +296,12 @@ fn draw_status(label: &str, elapsed: Duration, last: &str) {
 }
 
 fn terminal_width() -> usize {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own; fd 2 may not be a tty, in
     // which case the call fails and we fall back.
     let rc = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) };
@@ -292,16 +332,37 @@ fn debian_package_for(program: &str) -> &str {
 }
 
 /// Run a command and turn anything but exit status 0 into an error; `what` names the step.
-pub fn run_checked(cmd: &mut Command, what: &str, log: &Log, limit: Option<Duration>, tail_on_failure: bool) -> Result<()> {
+pub fn run_checked(
+    cmd: &mut Command,
+    what: &str,
+    log: &Log,
+    limit: Option<Duration>,
+    tail_on_failure: bool,
+) -> Result<()> {
     check_outcome(run(cmd, what, log, limit)?, cmd, what, log, limit, tail_on_failure)
 }
 
-pub fn check_outcome(outcome: Outcome, cmd: &Command, what: &str, log: &Log, limit: Option<Duration>, tail_on_failure: bool) -> Result<()> {
+pub fn check_outcome(
+    outcome: Outcome,
+    cmd: &Command,
+    what: &str,
+    log: &Log,
+    limit: Option<Duration>,
+    tail_on_failure: bool,
+) -> Result<()> {
     match outcome {
         Outcome::Exited(status) if status.success() => Ok(()),
         Outcome::Exited(status) => {
-            let tail = if tail_on_failure { format!("\n  last lines of the build log:\n{}", log.tail(20)) } else { String::new() };
-            Err(Error::build(what, format!("{} failed ({status}){tail}", describe_short(cmd)), log_hint(log)))
+            let tail = if tail_on_failure {
+                format!("\n  last lines of the build log:\n{}", log.tail(20))
+            } else {
+                String::new()
+            };
+            Err(Error::build(
+                what,
+                format!("{} failed ({status}){tail}", describe_short(cmd)),
+                log_hint(log),
+            ))
         }
         Outcome::TimedOut => Err(Error::build(
             what,
@@ -322,7 +383,11 @@ fn describe_short(cmd: &Command) -> String {
 }
 
 pub fn interrupted_error() -> Error {
-    Error::build("interrupted", "stopped on SIGINT/SIGTERM; temporary files removed, no image written", "")
+    Error::build(
+        "interrupted",
+        "stopped on SIGINT/SIGTERM; temporary files removed, no image written",
+        "",
+    )
 }
 
 pub fn log_hint(log: &Log) -> String {
