@@ -224,6 +224,9 @@ pub fn build(opts: &BuildOptions) -> Result<()> {
     if result.is_err() {
         log.line("==> build failed; removing the work directory");
     }
+    // Deleting a Debian tree takes a while on some filesystems (discard on every unlink): say
+    // so, instead of sitting silent after "wrote ...".
+    eprintln!("berth build: removing the work directory {}", work.path.display());
     drop(work);
     result
 }
