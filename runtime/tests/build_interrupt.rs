@@ -71,7 +71,7 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
     fs::write(
         &def,
         format!(
-            "Bootstrap: scratch\n%setup\n    mkdir -p $BERTH_ROOTFS/bin\n    ln -s busybox $BERTH_ROOTFS/bin/sh\n%files\n    {} /bin/busybox\n%post\n    /bin/busybox --install -s /bin\n    touch /post-started\n    sleep 120\n",
+            "Bootstrap: scratch\n%setup\n    mkdir -p $BERTH_ROOTFS/bin\n    ln -s busybox $BERTH_ROOTFS/bin/sh\n%files\n    {} /bin/busybox\n%post\n    /bin/busybox --install -s /bin\n    touch /post-started\n    sleep 7171\n",
             busybox.display()
         ),
     )
@@ -115,7 +115,7 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
         // No stray sleep from %post survives.
         let ps = Command::new("sh")
             .arg("-c")
-            .arg("ps -eo args | grep -c '^sleep 120$' || true")
+            .arg("ps -eo args | grep -c '^sleep 7171$' || true")
             .output()
             .unwrap();
         assert_eq!(
