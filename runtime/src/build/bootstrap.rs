@@ -136,6 +136,13 @@ fn debootstrap(suite: &str, mirror: &str, include: &[String], ctx: &Context) -> 
         cmd.arg(format!("--include={}", include.join(",")));
     }
     cmd.arg(suite).arg(ctx.rootfs).arg(mirror);
+    // A suite newer than this host's debootstrap (no script of its name) still bootstraps with
+    // the generic Debian script, which every release since buster uses.
+    let scripts = Path::new("/usr/share/debootstrap/scripts");
+    if scripts.is_dir() && !scripts.join(suite).exists() && scripts.join("sid").exists() {
+        ctx.log.line(&format!("berth: debootstrap has no script for {suite}; using the sid script"));
+        cmd.arg(scripts.join("sid"));
+    }
     run_checked(&mut cmd, &format!("debootstrap {suite}"), ctx.log, Some(ctx.debootstrap_timeout), true).map_err(|e| match e {
         Error::Build { what, reason, .. } if reason.starts_with("gave up") => Error::build(
             what,
