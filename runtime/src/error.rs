@@ -51,6 +51,14 @@ pub enum Error {
     #[error("{what}: {reason}{}", hint_line(hint))]
     Inject { what: String, reason: String, hint: String },
 
+    /// A definition file (`berth build`) is invalid.
+    #[error("definition {}:{line}: {msg}{}", path.display(), hint_line(hint))]
+    Definition { path: PathBuf, line: usize, msg: String, hint: String },
+
+    /// `berth build` failed at one step.
+    #[error("build: {what}: {reason}{}", hint_line(hint))]
+    Build { what: String, reason: String, hint: String },
+
     /// The command could not be started inside the container.
     #[error("{cmd}: {reason}")]
     Exec { cmd: String, reason: String, code: i32 },
@@ -91,6 +99,10 @@ impl Error {
 
     pub fn inject(what: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Inject { what: what.into(), reason: reason.into(), hint: hint.into() }
+    }
+
+    pub fn build(what: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Build { what: what.into(), reason: reason.into(), hint: hint.into() }
     }
 
     /// The exit status a frontend should use for this error.
