@@ -330,3 +330,20 @@ fn singularity2_ext3_images_are_refused_unprivileged_with_the_fix() {
     let img = w.user_file("legacy-ext3.img", &bytes);
     w.run(&["exec", img.to_str().unwrap(), "true"]).fails_with(&["legacy-ext3.img", "ext3", "privileged", "convert"]);
 }
+
+#[test]
+fn a_closed_pipe_ends_the_program_like_natively() {
+    let w = world();
+    // `yes` must die of SIGPIPE when `head` stops reading, not loop on EPIPE errors.
+    let out = w
+        .run(&["exec", w.image(), "sh", "-c", "yes | head -n 2; echo \"yes status: ${PIPESTATUS:-see}\"; (yes; echo $? >&2) | head -n 1"])
+        .0;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim(), "141", "yes was ended by SIGPIPE (128+13), as natively: {stderr}");
+    // berth's own output into a pipe closed early: it ends quietly, no panic message.
+    let cmd = format!("{} inspect {} | head -n 1", w.berth.display(), w.image());
+    let out = w.command(std::path::Path::new("/bin/sh"), &["-c", &cmd]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("image:"));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "quiet on a closed pipe");
+}

@@ -129,8 +129,7 @@ pub fn options(args: &BuildArgs, def: PathBuf) -> BuildOptions {
     opts.notest = args.notest;
     opts.force = args.force;
     opts.log = args.log.clone();
-    // TODO(lead): once `berth exec` is in, run %test in the real container:
-    // opts.berth_exec = std::env::current_exe().ok();
-    opts.berth_exec = None;
+    // %test runs in the real container, through this same berth.
+    opts.berth_exec = std::env::current_exe().ok();
     opts
 }

@@ -4,6 +4,7 @@
 //! Every failure prints one `berth: ...` message and exits 255; the contained program's exit
 //! status and signals pass through unchanged.
 
+mod cmd_build;
 mod inspect;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 
 use berth_runtime::config::Config;
 use berth_runtime::container;
-use berth_runtime::error::Error;
+use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
 use berth_runtime::plan::{self, HostFacts};
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
 use berth_runtime::sys::process;
@@ -51,6 +52,8 @@ enum Cmd {
         /// The holder's name
         name: String,
     },
+    /// Build an image from a definition file (root): berth build OUT DEF
+    Build(cmd_build::BuildArgs),
     /// Check the site configuration and this node's prerequisites
     Config {
         #[command(subcommand)]
@@ -143,6 +146,13 @@ struct HolderArgs {
 }
 
 fn main() {
+    // Rust starts with SIGPIPE ignored. Restore the default: berth's own output to a closed
+    // pipe (`berth inspect IMG | head`) ends it quietly like any Unix tool, and the contained
+    // program inherits the disposition every program expects (`berth exec IMG yes | head`).
+    // SAFETY: setting a signal's disposition to the default before any thread or handler exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // `run-singularity IMAGE ARGS` is the interpreter named by Singularity/SIF launch lines:
     // installed as a link to berth, it makes `./app.sif args` work.
     let mut argv: Vec<String> = std::env::args().collect();
@@ -167,6 +177,13 @@ fn main() {
 }
 
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    if let Cmd::Build(args) = cmd {
+        // The build prints its own messages (and a log tail); it needs no site config.
+        return Ok(cmd_build::run(args).unwrap_or_else(|e| {
+            eprintln!("berth: {e:#}");
+            EXIT_BERTH_ERROR
+        }));
+    }
     let (cfg, cfg_path) = Config::load()?;
     match cmd {
         Cmd::Exec(a) => {
@@ -210,6 +227,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
+        Cmd::Build(_) => Err(Error::request("berth build", "internal error: dispatched twice", "")),
         Cmd::Config { what: ConfigCmd::Show } => {
             print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
             Ok(0)

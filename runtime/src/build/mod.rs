@@ -388,7 +388,7 @@ fn build_in(
     if opts.format == OutputFormat::Sif {
         let squashfs = scratch.join("rootfs.squashfs");
         fs::rename(&pending.path, &squashfs).map_err(|e| Error::io("move", &squashfs, e))?;
-        write_sif(&squashfs, def, &pending.path)?;
+        write_sif(&squashfs, def, &labels_for(def, rootfs), &pending.path)?;
     }
     if let (Some(_), Some(berth)) = (def.test.as_ref().filter(|_| !opts.notest), &opts.berth_exec) {
         step(log, "%test (in the container)");
@@ -828,21 +828,21 @@ fn squash(rootfs: &Path, out: &Path, compression: &str, log: &Log) -> Result<()>
 
 /// Fail early when SIF output is asked for but the writer is not in this build.
 fn sif_writer_available() -> Result<()> {
-    // TODO(image): `crate::image::sif::write_sif` is being written in parallel. When it lands,
-    // return Ok(()) here and call it from write_sif() below.
-    Err(Error::build(
-        "--format sif",
-        "SIF output is not available in this build of berth yet",
-        "build a SquashFS image (the default, without --format); berth and Apptainer both run it",
-    ))
+    Ok(())
 }
 
 /// Wrap a finished SquashFS root filesystem into a SIF file at `out`, with the definition file
 /// and labels as SIF data objects.
-fn write_sif(squashfs: &Path, def: &Definition, out: &Path) -> Result<()> {
-    // TODO(image): crate::image::sif::write_sif(squashfs, &def.text, &labels_json, out)
-    let _ = (squashfs, def, out);
-    sif_writer_available()
+/// A SIF with the SquashFS as its primary partition, the definition file and the labels, and
+/// the `run-singularity` launch line so `./app.sif args` runs its runscript.
+fn write_sif(squashfs: &Path, def: &Definition, labels: &BTreeMap<String, String>, out: &Path) -> Result<()> {
+    use crate::image::{SifObject, SifObjectKind};
+    let labels = serde_json::to_vec_pretty(labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
+    let objects = [
+        SifObject { kind: SifObjectKind::Deffile, name: "Singularity".into(), data: def.text.clone().into_bytes() },
+        SifObject { kind: SifObjectKind::Labels, name: "labels.json".into(), data: labels },
+    ];
+    crate::image::write_sif(out, squashfs, &objects, None)
 }
 
 #[cfg(test)]

@@ -22,11 +22,10 @@ pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
     let write = |file: &str, text: String| {
         std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| Error::io("cannot write", Path::new(file), e))
     };
-    // An unprivileged process may map only its own ids, and only after giving up setgroups();
-    // its supplementary groups still count for file access on the host.
-    if uid != 0 {
-        write("setgroups", "deny".into())?;
-    }
+    // A process may map only its own ids from inside the new namespace (even root: its
+    // capabilities are now the new namespace's), and for its group only after giving up
+    // setgroups(); its supplementary groups still count for file access on the host.
+    write("setgroups", "deny".into())?;
     write("uid_map", format!("{uid} {uid} 1\n"))?;
     write("gid_map", format!("{gid} {gid} 1\n"))?;
     // Our mounts must never propagate back to the host; the host's unmounts still reach us.
