@@ -126,7 +126,7 @@ fn wait_gone(pid: i32, timeout: Duration) -> Option<i32> {
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -142,11 +142,13 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
     if start_time(h.pid).is_some() && start_time(h.pid) == h.start_time {
         sys::kill(h.pid, libc::SIGTERM);
         let deadline = Instant::now() + grace;
+        // The holder exits within a few milliseconds of SIGTERM; poll finely, since every
+        // step's end waits on this.
         while start_time(h.pid) == h.start_time && Instant::now() < deadline {
             if sys::try_reap(h.pid).is_some() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(1));
         }
         if start_time(h.pid) == h.start_time && sys::try_reap(h.pid).is_none() {
             sys::kill(h.pid, libc::SIGKILL);

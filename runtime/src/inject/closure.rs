@@ -114,6 +114,8 @@ pub struct LibResolver {
     pub cache: Option<LdCache>,
     /// Logical directories searched before the cache.
     pub extra_dirs: Vec<PathBuf>,
+    /// Map library files rather than read them (the host's own, not an image's).
+    pub map_files: bool,
 }
 
 impl LibResolver {
@@ -125,7 +127,7 @@ impl LibResolver {
             Ok(logical) if rooted(root, &logical).is_file() => Some(LdCache::load(&rooted(root, &logical))?),
             _ => None,
         };
-        Ok(LibResolver { root: root.to_path_buf(), arch, cache, extra_dirs })
+        Ok(LibResolver { root: root.to_path_buf(), arch, cache, extra_dirs, map_files: false })
     }
 
     /// Candidate logical paths for `soname`, in search order: the needing library's own
@@ -180,7 +182,7 @@ impl LibResolver {
         if !rooted_real.is_file() {
             return Ok(None);
         }
-        let facts = read_elf(&rooted_real)?;
+        let facts = read_elf(&rooted_real, self.map_files)?;
         if facts.machine != self.arch.elf_machine() || !facts.is_64 {
             return Ok(None);
         }

@@ -65,10 +65,17 @@ pub struct ElfFacts {
     pub is_dynamic: bool,
 }
 
-/// Read the ELF facts of `path` (the real file; callers resolve symlinks first).
-pub fn read_elf(path: &Path) -> Result<ElfFacts> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read library", path, e))?;
-    parse_elf(&bytes).map_err(|why| {
+/// Read the ELF facts of `path` (the real file; callers resolve symlinks first). `map`: map
+/// the file instead of reading it (host files only, see [`crate::sys::mapped::Mapped`]).
+pub fn read_elf(path: &Path, map: bool) -> Result<ElfFacts> {
+    let facts = if map {
+        let m = crate::sys::mapped::Mapped::open(path).map_err(|e| Error::io("cannot read library", path, e))?;
+        parse_elf(&m)
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read library", path, e))?;
+        parse_elf(&bytes)
+    };
+    facts.map_err(|why| {
         Error::inject(
             format!("library {}", path.display()),
             format!("not a usable ELF shared object: {why}"),
@@ -147,13 +154,13 @@ mod tests {
         let dirs = arch.default_lib_dirs();
         let Some(libc) = dirs.iter().map(|d| d.join("libc.so.6")).find(|p| p.exists()) else { return };
         let libc = std::fs::canonicalize(libc).unwrap();
-        let facts = read_elf(&libc).unwrap();
+        let facts = read_elf(&libc, true).unwrap();
         assert_eq!(facts.soname.as_deref(), Some("libc.so.6"));
         assert_eq!(facts.machine, arch.elf_machine());
         let defined = facts.glibc_defined.expect("libc defines GLIBC_ versions");
         assert!(defined >= GlibcVersion(vec![2, 17]), "{defined}");
         let Some(libz) = dirs.iter().map(|d| d.join("libz.so.1")).find(|p| p.exists()) else { return };
-        let z = read_elf(&std::fs::canonicalize(libz).unwrap()).unwrap();
+        let z = read_elf(&std::fs::canonicalize(libz).unwrap(), false).unwrap();
         assert!(z.needed.iter().any(|n| n == "libc.so.6"), "{:?}", z.needed);
         assert!(z.glibc_needed.unwrap() <= defined);
     }
@@ -164,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("libnot.so.1");
         std::fs::write(&p, b"not elf at all").unwrap();
-        let msg = read_elf(&p).unwrap_err().to_string();
+        let msg = read_elf(&p, false).unwrap_err().to_string();
         assert!(msg.contains("libnot.so.1") && msg.contains("ELF"), "{msg}");
     }
 }

@@ -254,7 +254,8 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
     }
     plan.pass_env_prefixes = cfg.pass_env_prefixes.clone();
 
-    let resolver = LibResolver::new(&host.root, host.arch, cfg.extra_lib_dirs.clone())?;
+    let mut resolver = LibResolver::new(&host.root, host.arch, cfg.extra_lib_dirs.clone())?;
+    resolver.map_files = true;
     if resolver.cache.is_none() {
         plan.notes.push(format!("{} has no etc/ld.so.cache; searched the standard directories only", host.root.display()));
     }

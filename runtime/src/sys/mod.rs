@@ -2,6 +2,7 @@
 //! trait, so mount sequences are unit-tested with a recorder and run for real with
 //! [`real::RealSys`]. Every `unsafe` block here carries a `// SAFETY:` comment.
 
+pub mod mapped;
 pub mod process;
 pub mod real;
 
