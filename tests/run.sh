@@ -10,6 +10,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$here"
 status=0
 cargo build --workspace 2>&1 || exit 1
+
+echo "== MPI images from defs/ (berth build, debootstrap; cached by content between runs)"
+if images=$(bash tests/build-mpi-images.sh); then
+  echo "$images"
+  set -a; eval "$images"; set +a
+else
+  echo "building the MPI images failed: the MPI tests will say so"; status=1
+fi
+
 cargo test --workspace --no-fail-fast 2>&1 || status=1
 
 echo "== Slurm: multi-node cluster with the berth SPANK plugin"

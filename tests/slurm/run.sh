@@ -173,6 +173,35 @@ JOB
     check "(d) MPICH (--mpi=pmi2) -N2 -n4 in the image: allreduce" \
         bash -c "[ \$(grep -c 'ring rank [0-3]/4 host bnode[12] sum 6' '$OUT') = 4 ]"
 
+    # Ranks on one node share one container: one mount namespace per node, not per rank.
+    as_user srun -N2 -n4 --container=imga.sqsh sh -c 'echo "$(hostname) $(ls -l /proc/self/ns/mnt | sed "s/.*-> //")"' > "$OUT" 2> "$ERR"
+    check "(d) ranks on one node share the container (one mount namespace per node)" \
+        bash -c "[ \$(wc -l < '$OUT') = 4 ] && [ \$(sort -u '$OUT' | wc -l) = 2 ] && [ \$(cut -d' ' -f1 '$OUT' | sort -u | wc -l) = 2 ]"
+
+    # Images built from defs/ by `berth build` (tests/build-mpi-images.sh), MPI from the image.
+    if [ -n "${BERTH_TEST_OPENMPI_IMAGE:-}" ]; then
+        as_user srun --mpi=pmix -N2 -n4 --container="$BERTH_TEST_OPENMPI_IMAGE" berth-mpitest -q > "$OUT" 2> "$ERR"
+        check "(d) defs/openmpi.def image: srun --mpi=pmix -N2 -n4 berth-mpitest (rank/size/host, ring, allreduce)" \
+            bash -c "[ \$(grep -c 'rank [0-3]/4 on bnode[12]' '$OUT') = 4 ] && [ \$(grep -o 'on bnode[12]' '$OUT' | sort -u | wc -l) = 2 ] && grep -q 'allreduce: sum over 4 ranks = 10: ok' '$OUT'"
+        # Intra-node shared memory only (no TCP allowed): works only if the two ranks share
+        # the container's namespaces (vader's shared memory and CMA).
+        OMPI_MCA_btl=self,vader as_user srun --mpi=pmix -N1 -n2 --container="$BERTH_TEST_OPENMPI_IMAGE" \
+            --container-env=OMPI_MCA_btl=self,vader berth-mpitest -q > "$OUT" 2> "$ERR"
+        check "(d) ... two ranks on one node over shared memory alone (btl self,vader)" \
+            bash -c "grep -q 'allreduce: sum over 2 ranks = 3: ok' '$OUT' && grep -q 'ping-pong latency' '$OUT'"
+    else
+        skip "(d) defs/openmpi.def image (BERTH_TEST_OPENMPI_IMAGE not set)"
+    fi
+    if [ -n "${BERTH_TEST_MPICH_IMAGE:-}" ]; then
+        for _ in 1 2; do
+            T=60 as_user srun --mpi=pmi2 -N2 -n4 --container="$BERTH_TEST_MPICH_IMAGE" berth-mpitest -q > "$OUT" 2> "$ERR" && break
+        done
+        check "(d) defs/mpich.def image: srun --mpi=pmi2 -N2 -n4 berth-mpitest" \
+            bash -c "[ \$(grep -c 'rank [0-3]/4 on bnode[12]' '$OUT') = 4 ] && grep -q 'allreduce: sum over 4 ranks = 10: ok' '$OUT'"
+    else
+        skip "(d) defs/mpich.def image (BERTH_TEST_MPICH_IMAGE not set)"
+    fi
+
     fails=0
     for i in $(seq "$STEPS"); do as_user srun -N2 --container=imga.sqsh true >/dev/null 2>&1 || fails=$((fails + 1)); done
     wait_idle

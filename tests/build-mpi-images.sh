@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build defs/openmpi.def and defs/mpich.def for real with `berth build` (debootstrap bookworm,
+# MPI from Debian, berth-mpitest compiled in %post, %test run in the container), as the test
+# run's MPI images. Built images are kept in $BERTH_TEST_IMAGE_DIR keyed by the content of the
+# recipe, the test program and berth's build code, so a rebuild happens only when one changes;
+# the debootstrap base is cached by berth itself (/var/cache/berth/bootstrap). Prints the
+# variables the tests read: BERTH_TEST_OPENMPI_IMAGE=..., BERTH_TEST_MPICH_IMAGE=...
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+dir=${BERTH_TEST_IMAGE_DIR:-/var/cache/berth/test-images}
+berth=${BERTH:-$here/target/debug/berth}
+install -d -m 0755 "$dir"
+cd "$here"
+for name in openmpi mpich; do
+  key=$(cat "defs/$name.def" tests/mpi/berth-mpitest.c runtime/src/build/*.rs | sha256sum | cut -c1-16)
+  img="$dir/$name-$key.img"
+  if [ ! -f "$img" ]; then
+    rm -f "$dir/$name-"*.img
+    echo "build-mpi-images: building $name (a few minutes the first time)" >&2
+    start=$(date +%s)
+    "$berth" build --log "$dir/$name.log" "$img" "defs/$name.def" >&2
+    echo "build-mpi-images: $name built in $(( $(date +%s) - start )) s" >&2
+  fi
+  chmod 0644 "$img"
+  echo "BERTH_TEST_$(echo "$name" | tr a-z A-Z)_IMAGE=$img"
+done
