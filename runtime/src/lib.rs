@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod inject;
 pub mod request;
+pub mod rootpath;
 
 pub use error::{Error, Result};
 pub mod apply;

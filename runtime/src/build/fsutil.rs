@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -15,50 +15,10 @@ use crate::error::{Error, Result};
 ///
 /// Missing components are fine (the result is where a new file would go).
 pub fn resolve_in_root(root: &Path, inner: &Path) -> Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut pending, inner);
-    let mut resolved = PathBuf::new(); // relative to root
-    let mut links_followed = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let host = root.join(&candidate);
-        match fs::symlink_metadata(&host) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links_followed += 1;
-                if links_followed > 40 {
-                    return Err(Error::build(
-                        "resolve path in image",
-                        format!("too many symlinks resolving {}", inner.display()),
-                        "",
-                    ));
-                }
-                let target = fs::read_link(&host).map_err(|e| Error::io("read symlink", &host, e))?;
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                push_components(&mut pending, &target);
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(root.join(resolved))
-}
-
-/// Push the normal components of `path` onto a stack in reverse, so popping yields them in order.
-fn push_components(stack: &mut Vec<std::ffi::OsString>, path: &Path) {
-    let parts: Vec<_> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    stack.extend(parts.into_iter().rev());
+    use crate::rootpath::{resolve, rooted, Missing};
+    let logical = resolve(root, inner, Missing::Allow)
+        .map_err(|e| Error::build("resolve path in image", format!("{}: {e}", inner.display()), ""))?;
+    Ok(rooted(root, &logical))
 }
 
 /// Write `contents` to `inner` inside `root`, creating parent directories, replacing whatever

@@ -8,9 +8,8 @@
 //! tree or a mounted image can never lead us to the real host's files.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::ffi::OsString;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::elf::{read_elf, ElfFacts};
 use super::ldcache::{Arch, LdCache};
@@ -41,55 +40,12 @@ pub fn is_glibc_core(soname: &str) -> bool {
     GLIBC_CORE.contains(&soname)
 }
 
-/// `root` + logical `path`.
-pub fn rooted(root: &Path, logical: &Path) -> PathBuf {
-    let rel: PathBuf = logical.components().filter(|c| matches!(c, Component::Normal(_))).collect();
-    root.join(rel)
-}
+pub use crate::rootpath::rooted;
 
 /// Resolve every symlink in logical `path` inside `root`; returns the logical path of the
-/// final object. A dangling link gives `NotFound`, a loop `ELOOP`-like `Other`.
+/// final object. A dangling link gives `NotFound`, a loop an error.
 pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
-    let mut pending: VecDeque<OsString> = VecDeque::new();
-    push_front_components(&mut pending, path);
-    let mut resolved = PathBuf::from("/");
-    let mut hops = 0;
-    while let Some(name) = pending.pop_front() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&name);
-        let meta = std::fs::symlink_metadata(rooted(root, &candidate))?;
-        if meta.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                return Err(io::Error::other("too many levels of symbolic links"));
-            }
-            let target = std::fs::read_link(rooted(root, &candidate))?;
-            if target.is_absolute() {
-                resolved = PathBuf::from("/");
-            }
-            push_front_components(&mut pending, &target);
-        } else {
-            resolved = candidate;
-        }
-    }
-    Ok(resolved)
-}
-
-fn push_front_components(pending: &mut VecDeque<OsString>, path: &Path) {
-    let parts: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    for p in parts.into_iter().rev() {
-        pending.push_front(p);
-    }
+    crate::rootpath::resolve(root, path, crate::rootpath::Missing::Fail)
 }
 
 /// A host library found by SONAME.

@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
@@ -322,39 +322,10 @@ impl MountOps for RealSys {
 /// Resolve `path` under `root`, following symlinks as if `root` were `/`, so a link in the image
 /// (say `/etc/localtime -> /usr/share/zoneinfo/UTC`) resolves inside the image, never on the host.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
-    let mut todo: Vec<PathBuf> = path.components().rev().map(|c| PathBuf::from(c.as_os_str())).collect();
-    let mut out = PathBuf::new();
-    let mut links = 0;
-    while let Some(c) = todo.pop() {
-        match Path::new(&c).components().next() {
-            None | Some(Component::RootDir) | Some(Component::CurDir) => {}
-            Some(Component::ParentDir) => {
-                out.pop();
-            }
-            Some(_) => {
-                let cand = root.join(&out).join(&c);
-                match std::fs::symlink_metadata(&cand) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        links += 1;
-                        if links > 40 {
-                            return Err(Error::request(
-                                format!("path {} in the image", path.display()),
-                                "too many levels of symbolic links",
-                                "",
-                            ));
-                        }
-                        let target = std::fs::read_link(&cand).map_err(|e| io_err("cannot read link", &cand, e))?;
-                        if target.is_absolute() {
-                            out.clear();
-                        }
-                        todo.extend(target.components().rev().map(|c| PathBuf::from(c.as_os_str())));
-                    }
-                    _ => out.push(&c),
-                }
-            }
-        }
-    }
-    Ok(root.join(out))
+    use crate::rootpath::{resolve, rooted, Missing};
+    let logical = resolve(root, path, Missing::Allow)
+        .map_err(|e| Error::request(format!("path {} in the image", path.display()), e.to_string(), ""))?;
+    Ok(rooted(root, &logical))
 }
 
 #[cfg(test)]
