@@ -46,7 +46,7 @@ fn mpich_image_runs_under_the_hosts_hydra() {
     let Some(img) = image("BERTH_TEST_MPICH_IMAGE") else { return };
     let berth = w.berth.to_str().unwrap();
     let out = w
-        .command(std::path::Path::new("/usr/bin/mpirun.mpich"), &["-n", "2", berth, "exec", &img, "berth-mpitest", "-q"])
+        .command(std::path::Path::new("/usr/bin/timeout"), &["120", "/usr/bin/mpirun.mpich", "-n", "2", berth, "exec", &img, "berth-mpitest", "-q"])
         .env("UCX_TLS", "tcp,self,sm")
         .output()
         .unwrap();

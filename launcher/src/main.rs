@@ -99,6 +99,9 @@ struct ContainerOpts {
     /// Print the plan (every mount, file and env rule) instead of running
     #[arg(long)]
     dry_run: bool,
+    /// Under an MPI launcher, do not share one container with the other ranks on this node
+    #[arg(long)]
+    no_share: bool,
     /// With --dry-run: print the plan as JSON
     #[arg(long, requires = "dry_run")]
     json: bool,
@@ -220,7 +223,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     })
                 }),
             };
-            container::hold(&plan, req.cleanenv, &a.name, ready)
+            container::hold(&plan, req.cleanenv, &a.name, ready, None)
         }
         Cmd::Stop { name } => {
             container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
@@ -274,6 +277,11 @@ fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {
 }
 
 fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<i32, Error> {
+    if !opts.dry_run && !opts.no_share && !matches!(action, Action::Shell) {
+        if let Some(launcher) = mpi_launcher() {
+            return start_shared_rank(cfg, opts, image, action, launcher);
+        }
+    }
     let (_, plan) = make_plan(cfg, opts, image, action)?;
     if opts.dry_run {
         return print_plan(&plan, opts.json);
@@ -282,17 +290,60 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
     process::exit_like(ended)
 }
 
+/// The process that started this MPI rank (mpirun or orted, hydra's proxy, slurmstepd), if
+/// this is one. Ranks it starts on this node share one container: one user namespace per rank
+/// would break shared-memory transports between them (CMA, UCX; apptainer#769).
+fn mpi_launcher() -> Option<i32> {
+    // Hydra (PMI_RANK) is left out: its ranks hung once sharing; to be looked into.
+    const RANK_VARS: &[&str] = &["OMPI_COMM_WORLD_RANK", "PMIX_RANK"];
+    RANK_VARS.iter().any(|v| std::env::var_os(v).is_some()).then(|| nix::unistd::getppid().as_raw())
+}
+
+/// Join (or create, for the first rank) the container shared by the ranks of `launcher` that
+/// asked for the same image and options; it ends with the launcher.
+fn start_shared_rank(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action, launcher: i32) -> Result<i32, Error> {
+    use std::hash::{Hash, Hasher};
+    let abs_image = std::fs::canonicalize(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
+    let started = std::fs::read_to_string(format!("/proc/{launcher}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(19).map(str::to_string)))
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&abs_image, &opts.bind, &opts.env, opts.cleanenv, &opts.workdir, opts.no_home, opts.writable_tmpfs, opts.nv).hash(&mut h);
+    format!("{:?}", opts.mpi).hash(&mut h);
+    let name = format!("mpi-{launcher}-{started}-{:016x}", h.finish());
+    let host = HostFacts::probe()?;
+    let make_plan = || make_plan(cfg, opts, abs_image.clone(), action.clone()).map(|(req, plan)| (plan, req.cleanenv));
+    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &abs_image, make_plan, Some(launcher))?;
+    let argv = match action {
+        Action::Exec(argv) => argv,
+        Action::Run(args) if std::path::Path::new("/.singularity.d/runscript").exists() => {
+            let mut v = vec!["/bin/sh".to_string(), "/.singularity.d/runscript".to_string()];
+            v.extend(args);
+            v
+        }
+        Action::Run(_) => return Err(Error::request("berth run", "the image has no runscript", "use `berth exec IMAGE COMMAND`")),
+        Action::Shell => vec!["/bin/sh".into()],
+    };
+    exec_in_joined(cfg, &host, &shared.joined, &argv)
+}
+
 fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error> {
     if argv.is_empty() {
         return Err(Error::request("berth exec --join", "no command given", "usage: berth exec --join NAME COMMAND [ARGS...]"));
     }
     let host = HostFacts::probe()?;
     let joined = container::join_in_process(cfg, host.user.uid, name)?;
-    let env = joined.env(cfg, &host);
+    exec_in_joined(cfg, &host, &joined, &argv)
+}
+
+/// In a joined container: the task's environment and working directory, then exec.
+fn exec_in_joined(cfg: &Config, host: &HostFacts, joined: &container::Joined, argv: &[String]) -> Result<i32, Error> {
+    let env = joined.env(cfg, host);
     let workdir = joined.workdir(host.cwd.as_deref())?;
     nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
     process::harden_before_exec()?;
-    Err(process::exec(&argv, env.vars()))
+    Err(process::exec(argv, env.vars()))
 }
 
 fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {

@@ -204,9 +204,11 @@ fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
-/// Set up the container and keep it until SIGTERM/SIGINT/SIGHUP, so others can join it.
+/// Set up the container and keep it until SIGTERM/SIGINT/SIGHUP (or until process `watch`
+/// ends: the MPI launcher whose ranks share it), so others can join it.
 /// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
-pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>) -> Result<i32> {
+pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, watch: Option<i32>) -> Result<i32> {
+    let watch = watch.map(process::pidfd).transpose()?;
     check_name(name)?;
     ensure_state_dir(&plan.state_dir, plan.user.uid)?;
     let dir = plan.state_dir.join("holders");
@@ -247,7 +249,7 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>) -> 
         let _ = f.write_all(b"ready\n");
     }
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
-    let stopped = process::wait_for_stop(|pid, _| Some(pid.as_raw()) == fuse_pid);
+    let stopped = process::wait_for_stop(|pid, _| Some(pid.as_raw()) == fuse_pid, watch);
     let _ = std::fs::remove_file(&state_path);
     if let Some(f) = entered.fuse.take() {
         f.stop();

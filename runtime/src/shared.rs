@@ -43,6 +43,7 @@ pub fn join_or_create(
     name: &str,
     image: &Path,
     make_plan: impl FnOnce() -> Result<(Plan, bool)>,
+    watch: Option<i32>,
 ) -> Result<Shared> {
     if !container::valid_holder_name(name) {
         return Err(Error::request(format!("container name {name:?}"), "is not a valid holder name", "letters, digits and . _ - + @ only"));
@@ -57,7 +58,7 @@ pub fn join_or_create(
     let state = match container::find_holder(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
-            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd()));
+            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), watch));
             if let Err(e) = started {
                 // Nothing is left behind; waiters holding the unlinked lock notice and retry.
                 let _ = std::fs::remove_file(&lock_file);
@@ -105,7 +106,7 @@ fn lock_exclusive(path: &Path) -> Result<Flock<std::fs::File>> {
 }
 
 /// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
-fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32) -> Result<()> {
+fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, watch: Option<i32>) -> Result<()> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
     // SAFETY: callers are single-threaded (documented on `join_or_create`), so the child may
     // run arbitrary code before it exits.
@@ -117,7 +118,7 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32) -> Result
             // SAFETY: still single-threaded (we are the forked child of a single-threaded process).
             match unsafe { nix::unistd::fork() } {
                 Ok(ForkResult::Child) => {
-                    let code = run_holder(plan, cleanenv, name, wr);
+                    let code = run_holder(plan, cleanenv, name, wr, watch);
                     // SAFETY: leaving the forked process without running the parent's destructors.
                     unsafe { libc::_exit(code) }
                 }
@@ -154,7 +155,7 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32) -> Result
 }
 
 /// In the detached grandchild: hold the container; report a set-up failure through `wr`.
-fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd) -> i32 {
+fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, watch: Option<i32>) -> i32 {
     // Named for `ps -o comm`/`top` (its command line is still the first starter's).
     let _ = nix::sys::prctl::set_name(c"berth-holder");
     // Keep no descriptor of the caller's (job output pipes, the terminal) open for days.
@@ -175,7 +176,7 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd) -> i32 {
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
         Err(_) => None,
     };
-    match container::hold(plan, cleanenv, name, Some(wr)) {
+    match container::hold(plan, cleanenv, name, Some(wr), watch) {
         Ok(code) => code,
         Err(e) => {
             if let Some(fd) = errfd {

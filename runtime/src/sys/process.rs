@@ -231,8 +231,24 @@ pub fn exit_like(ended: Ended) -> ! {
     }
 }
 
-/// Wait for signals that end a holder; returns the signal, or None if `stop` says so.
-pub fn wait_for_stop(mut child_ended: impl FnMut(Pid, WaitStatus) -> bool) -> Result<Option<Signal>> {
+/// A descriptor that becomes readable when process `pid` ends (pidfd_open, Linux 5.3).
+pub fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Error::sys("pidfd_open", pid, nix::Error::last()));
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Wait for what ends a holder: a signal (returned), `child_ended` saying so (None), or the
+/// end of the process behind `watch` (returned as SIGHUP: its launcher is gone).
+pub fn wait_for_stop(
+    mut child_ended: impl FnMut(Pid, WaitStatus) -> bool,
+    watch: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<Signal>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
         set.add(s);
@@ -240,6 +256,18 @@ pub fn wait_for_stop(mut child_ended: impl FnMut(Pid, WaitStatus) -> bool) -> Re
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| Error::sys("sigprocmask", "", e))?;
     let sfd = SignalFd::new(&set).map_err(|e| Error::sys("signalfd", "", e))?;
     loop {
+        if let Some(w) = &watch {
+            let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(w.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                continue;
+            }
+            if fds[1].any().unwrap_or(false) {
+                return Ok(Some(Signal::SIGHUP));
+            }
+            if !fds[0].any().unwrap_or(false) {
+                continue;
+            }
+        }
         let Ok(Some(info)) = sfd.read_signal() else { continue };
         match Signal::try_from(info.ssi_signo as i32) {
             Ok(Signal::SIGCHLD) => {
