@@ -128,7 +128,7 @@ impl Opt {
         (Opt::Image, "container-image", Some("IMAGE"), "[berth] image file to run the step in (same as --container)"),
         (Opt::Mounts, "container-mounts", Some("SRC[:DST[:ro|rw]][,...]"), "[berth] bind mount host paths into the container"),
         (Opt::Workdir, "container-workdir", Some("DIR"), "[berth] working directory inside the container"),
-        (Opt::Env, "container-env", Some("NAME[=VALUE][,...]"), "[berth] keep the host's NAME (or set NAME=VALUE) over the image's environment"),
+        (Opt::Env, "container-env", Some("NAME[=VALUE][,...]"), "[berth] keep the host's NAME (or set NAME=VALUE; a value with a comma: export it and give its NAME) over the image's environment"),
         (Opt::MountHome, "container-mount-home", None, "[berth] bind the user's home directory (default)"),
         (Opt::NoMountHome, "no-container-mount-home", None, "[berth] do not bind the user's home directory"),
         (Opt::Writable, "container-writable", None, "[berth] writable container (changes go to a tmpfs, lost at the end)"),

@@ -184,9 +184,10 @@ JOB
         check "(d) defs/openmpi.def image: srun --mpi=pmix -N2 -n4 berth-mpitest (rank/size/host, ring, allreduce)" \
             bash -c "[ \$(grep -c 'rank [0-3]/4 on bnode[12]' '$OUT') = 4 ] && [ \$(grep -o 'on bnode[12]' '$OUT' | sort -u | wc -l) = 2 ] && grep -q 'allreduce: sum over 4 ranks = 10: ok' '$OUT'"
         # Intra-node shared memory only (no TCP allowed): works only if the two ranks share
-        # the container's namespaces (vader's shared memory and CMA).
-        OMPI_MCA_btl=self,vader as_user srun --mpi=pmix -N1 -n2 --container="$BERTH_TEST_OPENMPI_IMAGE" \
-            --container-env=OMPI_MCA_btl=self,vader berth-mpitest -q > "$OUT" 2> "$ERR"
+        # the container's namespaces (vader's shared memory and CMA). The value holds a comma,
+        # so it is exported and named (pyxis style), not given as NAME=VALUE.
+        as_user env OMPI_MCA_btl=self,vader srun --mpi=pmix -N1 -n2 --container="$BERTH_TEST_OPENMPI_IMAGE" \
+            --container-env=OMPI_MCA_btl berth-mpitest -q > "$OUT" 2> "$ERR"
         check "(d) ... two ranks on one node over shared memory alone (btl self,vader)" \
             bash -c "grep -q 'allreduce: sum over 2 ranks = 3: ok' '$OUT' && grep -q 'ping-pong latency' '$OUT'"
     else
