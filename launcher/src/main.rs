@@ -294,8 +294,10 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
 /// this is one. Ranks it starts on this node share one container: one user namespace per rank
 /// would break shared-memory transports between them (CMA, UCX; apptainer#769).
 fn mpi_launcher() -> Option<i32> {
-    // Hydra (PMI_RANK) is left out: its ranks hung once sharing; to be looked into.
-    const RANK_VARS: &[&str] = &["OMPI_COMM_WORLD_RANK", "PMIX_RANK"];
+    // Open MPI's orted (OMPI_COMM_WORLD_RANK), PMIx launchers (PMIX_RANK), MPICH's hydra
+    // (PMI_RANK). Sharing matters beyond speed: UCX's shared memory opens /proc/PID/fd of the
+    // peer rank, which fails between two separate user namespaces.
+    const RANK_VARS: &[&str] = &["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
     RANK_VARS.iter().any(|v| std::env::var_os(v).is_some()).then(|| nix::unistd::getppid().as_raw())
 }
 

@@ -158,6 +158,9 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, watch: Op
 fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, watch: Option<i32>) -> i32 {
     // Named for `ps -o comm`/`top` (its command line is still the first starter's).
     let _ = nix::sys::prctl::set_name(c"berth-holder");
+    // Nothing of the starter's but the ready pipe: a launcher waiting for EOF on its ranks'
+    // output (MPICH's hydra) must not wait for the holder.
+    crate::sys::process::close_fds_except(&[wr.as_raw_fd()]);
     // Keep no descriptor of the caller's (job output pipes, the terminal) open for days.
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {

@@ -287,3 +287,21 @@ pub fn wait_for_stop(
         }
     }
 }
+
+/// Close every descriptor from 3 up except those in `keep`. Detached helpers (holders, FUSE
+/// servers) call it so they do not keep a launcher's pipes open: MPICH's hydra proxy waits
+/// for EOF on its ranks' output pipes, and a holder holding them would hang the job.
+/// Async-signal-safe (one syscall per range), so usable between fork and exec.
+pub fn close_fds_except(keep: &[i32]) {
+    let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd >= 3).map(|&fd| fd as u32).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > from {
+            // SAFETY: close_range only closes descriptors; the callers own every descriptor of
+            // their process (single-threaded, about to exec or to run a detached helper).
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = fd.saturating_add(1);
+    }
+}

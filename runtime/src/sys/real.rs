@@ -265,10 +265,11 @@ impl MountOps for RealSys {
         cmd.arg(image).arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
         cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
         // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
-        // safe calls (fcntl, prctl) on the descriptor we own.
+        // safe calls (fcntl, close_range, prctl) on descriptors the child owns.
         unsafe {
             cmd.pre_exec(move || {
                 fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                crate::sys::process::close_fds_except(&[fd]);
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 Ok(())
             });
