@@ -86,3 +86,136 @@ fn stop(w: &World, mut h: Holder) {
     let st = h.child.wait().unwrap();
     assert!(st.success(), "holder exits cleanly on stop: {st:?}");
 }
+
+/// A scratch directory of the test user's, used as the working directory of warm runs: the
+/// directory is part of a container's identity, so each test gets containers of its own.
+fn own_dir(w: &World, name: &str) -> std::path::PathBuf {
+    let d = w.path(name);
+    std::fs::create_dir_all(&d).unwrap();
+    nix::unistd::chown(&d, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    d
+}
+
+/// `keep_warm_seconds = secs` as a config file the user can read.
+fn warm_config(w: &World, dir: &std::path::Path, secs: u64) -> std::path::PathBuf {
+    let cfg = dir.join("berth.toml");
+    std::fs::write(&cfg, format!("keep_warm_seconds = {secs}\n")).unwrap();
+    let _ = w;
+    cfg
+}
+
+fn warm_run(w: &World, dir: &std::path::Path, cfg: &std::path::Path, image: &str, extra: &[&str], script: &str) -> String {
+    let mut args = vec!["exec"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[image, "sh", "-c", script]);
+    harness::Out(w.berth(&args).current_dir(dir).env("BERTH_CONFIG", cfg).output().unwrap()).ok()
+}
+
+/// The warm holder whose mount namespace is `mnt` ("mnt:[N]" as readlink shows it), if running.
+fn warm_holder_of(w: &World, mnt: &str) -> Option<(String, i32)> {
+    let dir = std::path::PathBuf::from(format!("/tmp/berth-{}/holders", w.uid));
+    let ino: u64 = mnt.trim().trim_start_matches("mnt:[").trim_end_matches(']').parse().unwrap();
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_prefix("warm-").and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Ok(st) = std::fs::read_to_string(e.path()) else { continue };
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+        if v["mnt_ns"].as_u64() == Some(ino) {
+            return Some((format!("warm-{stem}"), v["pid"].as_i64().unwrap() as i32));
+        }
+    }
+    None
+}
+
+fn wait_gone(w: &World, name: &str, pid: i32, within: Duration) {
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+    {
+        assert!(t0.elapsed() < within, "warm holder {name} (pid {pid}) still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = std::path::PathBuf::from(format!("/tmp/berth-{}/holders", w.uid));
+    for f in [format!("{name}.json"), format!(".{name}.lock")] {
+        assert!(!dir.join(&f).exists(), "{f} left behind by the warm holder");
+    }
+}
+
+#[test]
+fn identical_runs_join_a_warm_container_that_goes_when_idle() {
+    let w = world();
+    let dir = own_dir(w, "warm-idle");
+    let cfg = warm_config(w, &dir, 2);
+    let ns = "readlink /proc/self/ns/mnt";
+    let first = warm_run(w, &dir, &cfg, w.image(), &[], ns);
+    let second = warm_run(w, &dir, &cfg, w.image(), &[], &format!("{ns}; cat /etc/os-release; pwd"));
+    assert!(second.starts_with(&first), "an identical run joins the warm container: {first} vs {second}");
+    assert!(second.contains("berth-busybox") && second.ends_with(&format!("{}\n", dir.display())), "{second}");
+    // Different options or --no-share: a container of their own.
+    assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--no-share"], ns), first, "--no-share");
+    assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--cleanenv"], ns), first, "--cleanenv");
+    assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--env", "X=1"], ns), first, "--env");
+    let (name, pid) = warm_holder_of(w, &first).expect("a warm holder runs between runs");
+    // Nobody inside: it goes after keep_warm_seconds (2 s), with its FUSE server and records.
+    let fuse: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap().split_whitespace().map(String::from).collect();
+    assert_eq!(fuse.len(), 1, "the holder's only child is its FUSE server: {fuse:?}");
+    wait_gone(w, &name, pid, Duration::from_secs(10));
+    assert!(!std::path::Path::new(&format!("/proc/{}", fuse[0])).exists(), "FUSE server {} left", fuse[0]);
+    // The next run starts afresh.
+    assert_ne!(warm_run(w, &dir, &cfg, w.image(), &[], ns), first);
+}
+
+#[test]
+fn a_warm_container_stays_while_a_run_is_inside() {
+    let w = world();
+    let dir = own_dir(w, "warm-busy");
+    let cfg = warm_config(w, &dir, 1);
+    let mut long = w
+        .berth(&["exec", w.image(), "sh", "-c", "readlink /proc/self/ns/mnt; read line; echo got $line"])
+        .current_dir(&dir)
+        .env("BERTH_CONFIG", &cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(long.stdout.take().unwrap());
+    let mut ns = String::new();
+    out.read_line(&mut ns).unwrap();
+    // Well past keep_warm_seconds: the running program keeps it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (name, pid) = warm_holder_of(w, &ns).expect("held while a program runs inside");
+    assert_eq!(warm_run(w, &dir, &cfg, w.image(), &[], "readlink /proc/self/ns/mnt"), ns, "a new run joins it");
+    use std::io::{Read, Write};
+    long.stdin.take().unwrap().write_all(b"eof\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got eof\n");
+    assert!(long.wait().unwrap().success());
+    wait_gone(w, &name, pid, Duration::from_secs(10));
+}
+
+#[test]
+fn a_replaced_image_is_never_served_from_a_warm_container() {
+    let w = world();
+    let dir = own_dir(w, "warm-replaced");
+    let cfg = warm_config(w, &dir, 30);
+    let img = dir.join("app.sqsh");
+    std::fs::copy(&w.image, &img).unwrap();
+    let before = warm_run(w, &dir, &cfg, img.to_str().unwrap(), &[], "readlink /proc/self/ns/mnt; cat /etc/os-release");
+    assert!(before.contains("berth-busybox"), "{before}");
+    // Rebuilt in place (new content, same path), as `berth build` does: write aside, rename.
+    let root = dir.join("root2");
+    std::process::Command::new("cp").arg("-a").arg(&w.rootfs).arg(&root).status().unwrap();
+    std::fs::write(root.join("etc/os-release"), "NAME=\"rebuilt\"\n").unwrap();
+    harness::mksquashfs(&root, &dir.join("new.sqsh"));
+    std::fs::rename(dir.join("new.sqsh"), &img).unwrap();
+    let after = warm_run(w, &dir, &cfg, img.to_str().unwrap(), &[], "readlink /proc/self/ns/mnt; cat /etc/os-release");
+    assert!(after.contains("NAME=\"rebuilt\""), "the new image is used: {after}");
+    for out in [before, after] {
+        let ns = out.lines().next().unwrap().to_string();
+        if let Some((name, pid)) = warm_holder_of(w, &ns) {
+            assert!(w.run(&["stop", &name]).0.status.success());
+            wait_gone(w, &name, pid, Duration::from_secs(10));
+        }
+    }
+}

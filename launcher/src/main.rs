@@ -99,7 +99,8 @@ struct ContainerOpts {
     /// Print the plan (every mount, file and env rule) instead of running
     #[arg(long)]
     dry_run: bool,
-    /// Under an MPI launcher, do not share one container with the other ranks on this node
+    /// A container of this run's own: not shared with the other MPI ranks on this node, nor
+    /// kept warm for (or joined from) an identical run a moment before
     #[arg(long)]
     no_share: bool,
     /// With --dry-run: print the plan as JSON
@@ -223,7 +224,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     })
                 }),
             };
-            container::hold(&plan, req.cleanenv, &a.name, ready, None)
+            container::hold(&plan, req.cleanenv, &a.name, ready, container::Lifetime::UntilStopped)
         }
         Cmd::Stop { name } => {
             container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
@@ -282,12 +283,73 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
             return start_shared_rank(cfg, opts, image, action, launcher);
         }
     }
-    let (_, plan) = make_plan(cfg, opts, image, action)?;
+    let (req, plan) = make_plan(cfg, opts, image, action)?;
     if opts.dry_run {
         return print_plan(&plan, opts.json);
     }
+    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
+    let warm = cfg.keep_warm_seconds > 0 && !opts.no_share && !req.writable_tmpfs && !matches!(req.action, Action::Shell);
+    if warm {
+        return start_warm(cfg, plan, req.cleanenv, req.action);
+    }
     let ended = container::run(&plan)?;
     process::exit_like(ended)
+}
+
+/// Run in a container kept warm: the previous identical run's if it is still mounted (same
+/// image file, options, directory and site configuration: the same plan), else a new one that
+/// stays `keep_warm_seconds` after its last process ends. The result is the same as a fresh
+/// container's: the program runs as our child, its leftovers are killed when it ends.
+fn start_warm(cfg: &Config, plan: plan::Plan, cleanenv: bool, action: Action) -> Result<i32, Error> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let image = plan.image.path.clone();
+    let m = std::fs::metadata(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
+    // The plan minus what each run brings itself (its own host variables, its command).
+    let mut key = plan.clone();
+    key.env.host.clear();
+    key.action = Action::Shell;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&key).unwrap_or_default().hash(&mut h);
+    // The site configuration too: it decides how joiners filter their environment.
+    toml::to_string(cfg).unwrap_or_default().hash(&mut h);
+    (cleanenv, m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), env!("CARGO_PKG_VERSION")).hash(&mut h);
+    let name = format!("warm-{:016x}", h.finish());
+    let host = HostFacts::probe()?;
+    let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
+    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &image, || Ok((plan, cleanenv)), container::Lifetime::UntilIdle(keep))?;
+    let argv = argv_in_joined(action)?;
+    let env = shared.joined.env(cfg, &host);
+    let workdir = shared.joined.workdir(host.cwd.as_deref())?;
+    let ended = process::fork_and_wait(
+        || {
+            let e = match nix::unistd::chdir(&workdir) {
+                Err(e) => Error::sys("chdir", workdir.display(), e),
+                Ok(()) => match process::harden_before_exec() {
+                    Err(e) => e,
+                    Ok(()) => process::exec(&argv, env.vars()),
+                },
+            };
+            eprintln!("berth: {e}");
+            e.exit_code()
+        },
+        |_, _| {},
+    )?;
+    process::exit_like(ended)
+}
+
+/// The command an action runs in a container this process joined (cwd `/` of it).
+fn argv_in_joined(action: Action) -> Result<Vec<String>, Error> {
+    Ok(match action {
+        Action::Exec(argv) => argv,
+        Action::Run(args) if std::path::Path::new("/.singularity.d/runscript").exists() => {
+            let mut v = vec!["/bin/sh".to_string(), "/.singularity.d/runscript".to_string()];
+            v.extend(args);
+            v
+        }
+        Action::Run(_) => return Err(Error::request("berth run", "the image has no runscript", "use `berth exec IMAGE COMMAND`")),
+        Action::Shell => vec!["/bin/sh".into()],
+    })
 }
 
 /// The process that started this MPI rank (mpirun or orted, hydra's proxy, slurmstepd), if
@@ -316,17 +378,8 @@ fn start_shared_rank(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action:
     let name = format!("mpi-{launcher}-{started}-{:016x}", h.finish());
     let host = HostFacts::probe()?;
     let make_plan = || make_plan(cfg, opts, abs_image.clone(), action.clone()).map(|(req, plan)| (plan, req.cleanenv));
-    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &abs_image, make_plan, Some(launcher))?;
-    let argv = match action {
-        Action::Exec(argv) => argv,
-        Action::Run(args) if std::path::Path::new("/.singularity.d/runscript").exists() => {
-            let mut v = vec!["/bin/sh".to_string(), "/.singularity.d/runscript".to_string()];
-            v.extend(args);
-            v
-        }
-        Action::Run(_) => return Err(Error::request("berth run", "the image has no runscript", "use `berth exec IMAGE COMMAND`")),
-        Action::Shell => vec!["/bin/sh".into()],
-    };
+    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &abs_image, make_plan, container::Lifetime::WhileRunning(launcher))?;
+    let argv = argv_in_joined(action)?;
     exec_in_joined(cfg, &host, &shared.joined, &argv)
 }
 

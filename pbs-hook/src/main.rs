@@ -327,7 +327,7 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         let p = plan::plan(&req, &img, &cfg, &host, injected.as_ref())?;
         Ok((p, req.cleanenv))
     };
-    let shared = shared::join_or_create(&cfg, host.user.uid, &name, image, make_plan, None)?;
+    let shared = shared::join_or_create(&cfg, host.user.uid, &name, image, make_plan, berth_runtime::container::Lifetime::UntilStopped)?;
     let joined = shared.joined;
     let env = joined.env(&cfg, &host);
     let workdir = joined.workdir(host.cwd.as_deref())?;

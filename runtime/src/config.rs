@@ -32,6 +32,10 @@ pub struct Config {
     pub squashfuse: String,
     /// Default mount mode; `privileged` is honoured only in a root context.
     pub mount_mode: MountMode,
+    /// Seconds a container set up by `berth exec`/`run` stays mounted after its last process
+    /// ends, so that the next identical run (same image, options, directory) joins it instead
+    /// of mounting and decompressing again. 0 turns this off.
+    pub keep_warm_seconds: u64,
     pub binds: BindsConfig,
     pub env: EnvConfig,
     pub privileged: PrivilegedConfig,
@@ -79,6 +83,7 @@ impl Default for Config {
             state_dir: "/tmp/berth-{uid}".into(),
             squashfuse: "squashfuse_ll".into(),
             mount_mode: MountMode::Unprivileged,
+            keep_warm_seconds: 10,
             binds: BindsConfig::default(),
             env: EnvConfig::default(),
             privileged: PrivilegedConfig::default(),

@@ -204,11 +204,24 @@ fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
-/// Set up the container and keep it until SIGTERM/SIGINT/SIGHUP (or until process `watch`
-/// ends: the MPI launcher whose ranks share it), so others can join it.
+/// How long a holder keeps its container (besides until SIGTERM/SIGINT/SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Until `berth stop` or the scheduler's epilogue.
+    UntilStopped,
+    /// Until process `pid` ends: the MPI launcher whose ranks share the container.
+    WhileRunning(i32),
+    /// Until no process has been inside for this long: kept warm for the next identical run.
+    UntilIdle(std::time::Duration),
+}
+
+/// Set up the container and keep it for its `lifetime`, so others can join it.
 /// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
-pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, watch: Option<i32>) -> Result<i32> {
-    let watch = watch.map(process::pidfd).transpose()?;
+pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lifetime: Lifetime) -> Result<i32> {
+    let watch = match lifetime {
+        Lifetime::WhileRunning(pid) => Some(process::pidfd(pid)?),
+        _ => None,
+    };
     check_name(name)?;
     ensure_state_dir(&plan.state_dir, plan.user.uid)?;
     let dir = plan.state_dir.join("holders");
@@ -249,8 +262,47 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, wat
         let _ = f.write_all(b"ready\n");
     }
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
-    let stopped = process::wait_for_stop(|pid, _| Some(pid.as_raw()) == fuse_pid, watch);
+    // Kept from the moment the holder decides it is idle until its record is gone, so that
+    // no joiner can find the record of a container that is going away.
+    let lock_path = format!("/proc/self/fd/{}/.{name}.lock", dirfd.as_raw_fd());
+    let mut closing_lock = None;
+    let mut idle_since: Option<std::time::Instant> = None;
+    let mut no_longer_needed = || {
+        let Lifetime::UntilIdle(keep) = lifetime else { return false };
+        if !members(&state).is_empty() {
+            idle_since = None;
+            return false;
+        }
+        if idle_since.get_or_insert_with(std::time::Instant::now).elapsed() < keep {
+            return false;
+        }
+        // Joiners enter while holding this lock: once we hold it and nobody is inside, nobody
+        // is about to be.
+        match crate::shared::try_lock(Path::new(&lock_path)) {
+            Some(lock) if members(&state).is_empty() => {
+                closing_lock = Some(lock);
+                true
+            }
+            _ => false,
+        }
+    };
+    let period = match lifetime {
+        Lifetime::UntilIdle(keep) => Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1))),
+        _ => None,
+    };
+    let stopped = process::wait_for_stop(
+        |pid, _| Some(pid.as_raw()) == fuse_pid,
+        watch,
+        period.map(|p| (p, &mut no_longer_needed as &mut dyn FnMut() -> bool)),
+    );
     let _ = std::fs::remove_file(&state_path);
+    // The lock file of a holder that is not the scheduler's goes with it (the epilogue
+    // removes those): waiting joiners notice it was replaced and start a new holder, and after
+    // an MPI launcher ended no rank of it comes again.
+    if lifetime != Lifetime::UntilStopped {
+        let _ = std::fs::remove_file(&lock_path);
+    }
+    drop(closing_lock);
     if let Some(f) = entered.fuse.take() {
         f.stop();
     }

@@ -14,7 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::ForkResult;
 
 use crate::config::Config;
-use crate::container::{self, Joined};
+use crate::container::{self, Joined, Lifetime};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 
@@ -31,7 +31,7 @@ pub struct Shared {
 }
 
 /// Join holder `name` if it runs on this node, else start it (detached: it outlives the
-/// caller, until `container::stop`) from the plan `make_plan` returns, then join it.
+/// caller, for its `lifetime`) from the plan `make_plan` returns, then join it.
 ///
 /// `make_plan` is only called when the holder has to be created, so joiners never read the
 /// image. `image` (absolute) is compared with a running holder's: a job cannot silently get
@@ -43,7 +43,7 @@ pub fn join_or_create(
     name: &str,
     image: &Path,
     make_plan: impl FnOnce() -> Result<(Plan, bool)>,
-    watch: Option<i32>,
+    lifetime: Lifetime,
 ) -> Result<Shared> {
     if !container::valid_holder_name(name) {
         return Err(Error::request(format!("container name {name:?}"), "is not a valid holder name", "letters, digits and . _ - + @ only"));
@@ -58,7 +58,7 @@ pub fn join_or_create(
     let state = match container::find_holder(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
-            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), watch));
+            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), lifetime));
             if let Err(e) = started {
                 // Nothing is left behind; waiters holding the unlinked lock notice and retry.
                 let _ = std::fs::remove_file(&lock_file);
@@ -68,7 +68,6 @@ pub fn join_or_create(
             container::find_holder(cfg, uid, name)?
         }
     };
-    drop(lock);
     if state.image != image {
         return Err(Error::request(
             format!("container {name}"),
@@ -80,33 +79,51 @@ pub fn join_or_create(
             "one job uses one image on a node; use the same CONTAINER for every task of the job",
         ));
     }
+    // Entered before the lock goes: a holder kept warm stops only when it can take the lock
+    // and finds nobody inside.
     let joined = container::join_in_process(cfg, uid, name)?;
+    drop(lock);
     Ok(Shared { joined, created })
 }
 
 /// Take the lock at `path`, making sure the file we locked is still the one at `path` (it is
-/// removed when creation fails, or by the epilogue).
+/// removed when creation fails, by a warm holder that stops, or by the epilogue).
 fn lock_exclusive(path: &Path) -> Result<Flock<std::fs::File>> {
-    use std::os::unix::fs::MetadataExt;
     for _ in 0..100 {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("cannot open lock file", path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::sys("flock", path.display(), e))?;
-        let locked = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
-        let current = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
-        if locked.is_some() && locked == current {
+        if let Some(lock) = lock_at(path, FlockArg::LockExclusive)? {
             return Ok(lock);
         }
     }
     Err(Error::request(format!("lock {}", path.display()), "keeps being replaced", "remove it and try again"))
 }
 
+/// The lock at `path` if nobody holds it now.
+pub(crate) fn try_lock(path: &Path) -> Option<Flock<std::fs::File>> {
+    lock_at(path, FlockArg::LockExclusiveNonblock).ok().flatten()
+}
+
+/// One attempt: the lock, or None when the file was replaced meanwhile (or is busy, when
+/// not blocking).
+fn lock_at(path: &Path, how: FlockArg) -> Result<Option<Flock<std::fs::File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("cannot open lock file", path, e))?;
+    let lock = match Flock::lock(file, how) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => return Err(Error::sys("flock", path.display(), e)),
+    };
+    let locked = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+    let current = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    Ok((locked.is_some() && locked == current).then_some(lock))
+}
+
 /// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
-fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, watch: Option<i32>) -> Result<()> {
+fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime: Lifetime) -> Result<()> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
     // SAFETY: callers are single-threaded (documented on `join_or_create`), so the child may
     // run arbitrary code before it exits.
@@ -118,7 +135,7 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, watch: Op
             // SAFETY: still single-threaded (we are the forked child of a single-threaded process).
             match unsafe { nix::unistd::fork() } {
                 Ok(ForkResult::Child) => {
-                    let code = run_holder(plan, cleanenv, name, wr, watch);
+                    let code = run_holder(plan, cleanenv, name, wr, lifetime);
                     // SAFETY: leaving the forked process without running the parent's destructors.
                     unsafe { libc::_exit(code) }
                 }
@@ -155,7 +172,7 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, watch: Op
 }
 
 /// In the detached grandchild: hold the container; report a set-up failure through `wr`.
-fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, watch: Option<i32>) -> i32 {
+fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Lifetime) -> i32 {
     // Named for `ps -o comm`/`top` (its command line is still the first starter's).
     let _ = nix::sys::prctl::set_name(c"berth-holder");
     // Nothing of the starter's but the ready pipe: a launcher waiting for EOF on its ranks'
@@ -179,7 +196,7 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, watch: Optio
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
         Err(_) => None,
     };
-    match container::hold(plan, cleanenv, name, Some(wr), watch) {
+    match container::hold(plan, cleanenv, name, Some(wr), lifetime) {
         Ok(code) => code,
         Err(e) => {
             if let Some(fd) = errfd {

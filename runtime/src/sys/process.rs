@@ -242,11 +242,13 @@ pub fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
-/// Wait for what ends a holder: a signal (returned), `child_ended` saying so (None), or the
-/// end of the process behind `watch` (returned as SIGHUP: its launcher is gone).
+/// Wait for what ends a holder: a signal (returned), `child_ended` saying so (None), the end
+/// of the process behind `watch` (returned as SIGHUP: its launcher is gone), or `idle`'s check,
+/// called every period, saying the holder is no longer needed (also returned as SIGHUP).
 pub fn wait_for_stop(
     mut child_ended: impl FnMut(Pid, WaitStatus) -> bool,
     watch: Option<std::os::fd::OwnedFd>,
+    mut idle: Option<(std::time::Duration, &mut dyn FnMut() -> bool)>,
 ) -> Result<Option<Signal>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut set = SigSet::empty();
@@ -255,18 +257,32 @@ pub fn wait_for_stop(
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| Error::sys("sigprocmask", "", e))?;
     let sfd = SignalFd::new(&set).map_err(|e| Error::sys("signalfd", "", e))?;
+    let timeout = match &idle {
+        Some((period, _)) => PollTimeout::try_from(*period).unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
     loop {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if let Some(w) = &watch {
-            let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(w.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::NONE).is_err() {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Err(_) => continue,
+            Ok(0) => {
+                if let Some((_, no_longer_needed)) = &mut idle {
+                    if no_longer_needed() {
+                        return Ok(Some(Signal::SIGHUP));
+                    }
+                }
                 continue;
             }
-            if fds[1].any().unwrap_or(false) {
-                return Ok(Some(Signal::SIGHUP));
-            }
-            if !fds[0].any().unwrap_or(false) {
-                continue;
-            }
+            Ok(_) => {}
+        }
+        if fds.get(1).is_some_and(|f| f.any().unwrap_or(false)) {
+            return Ok(Some(Signal::SIGHUP));
+        }
+        if !fds[0].any().unwrap_or(false) {
+            continue;
         }
         let Ok(Some(info)) = sfd.read_signal() else { continue };
         match Signal::try_from(info.ssi_signo as i32) {
