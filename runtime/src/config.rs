@@ -166,6 +166,17 @@ impl Config {
         if !self.state_dir.starts_with('/') {
             return Err(err("state_dir", format!("state_dir must be an absolute path, not {:?}", self.state_dir)));
         }
+        if self.mount_mode == MountMode::Privileged {
+            // Reserved by the design (kernel squashfs on a loop device from slurmstepd/pbs_mom)
+            // but not built yet: refusing beats silently mounting another way than the site
+            // configured.
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                line: text.lines().position(|l| l.trim_start().starts_with("mount_mode")).map(|i| i + 1).unwrap_or(0),
+                msg: "mount_mode = \"privileged\" is not available in this version of berth".into(),
+                hint: "use mount_mode = \"unprivileged\" (the default: user namespace and squashfuse_ll)".into(),
+            });
+        }
         if let Err((key, msg)) = self.inject.validate() {
             return Err(err(key, format!("[inject] {msg}")));
         }
@@ -189,6 +200,12 @@ fn line_of(text: &str, byte: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileged_mounting_is_refused_until_built() {
+        let e = Config::parse("state_dir = \"/tmp/b\"\nmount_mode = \"privileged\"\n", Path::new("b.toml")).unwrap_err().to_string();
+        assert!(e.contains("b.toml:2") && e.contains("not available") && e.contains("unprivileged"), "{e}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {
