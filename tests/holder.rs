@@ -155,6 +155,7 @@ fn identical_runs_join_a_warm_container_that_goes_when_idle() {
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--no-share"], ns), first, "--no-share");
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--cleanenv"], ns), first, "--cleanenv");
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--env", "X=1"], ns), first, "--env");
+    assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--mpi=none"], ns), first, "--mpi (host libraries)");
     let (name, pid) = warm_holder_of(w, &first).expect("a warm holder runs between runs");
     // Nobody inside: it goes after keep_warm_seconds (2 s), with its FUSE server and records.
     let fuse: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap().split_whitespace().map(String::from).collect();

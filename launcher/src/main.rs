@@ -283,41 +283,56 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
             return start_shared_rank(cfg, opts, image, action, launcher);
         }
     }
-    let (req, plan) = make_plan(cfg, opts, image, action)?;
+    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
+    let warm = !opts.dry_run && cfg.keep_warm_seconds > 0 && !opts.no_share && !opts.writable_tmpfs && !matches!(action, Action::Shell);
+    if warm {
+        return start_warm(cfg, opts, image, action);
+    }
+    let (_, plan) = make_plan(cfg, opts, image, action)?;
     if opts.dry_run {
         return print_plan(&plan, opts.json);
-    }
-    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
-    let warm = cfg.keep_warm_seconds > 0 && !opts.no_share && !req.writable_tmpfs && !matches!(req.action, Action::Shell);
-    if warm {
-        return start_warm(cfg, plan, req.cleanenv, req.action);
     }
     let ended = container::run(&plan)?;
     process::exit_like(ended)
 }
 
 /// Run in a container kept warm: the previous identical run's if it is still mounted (same
-/// image file, options, directory and site configuration: the same plan), else a new one that
-/// stays `keep_warm_seconds` after its last process ends. The result is the same as a fresh
-/// container's: the program runs as our child, its leftovers are killed when it ends.
-fn start_warm(cfg: &Config, plan: plan::Plan, cleanenv: bool, action: Action) -> Result<i32, Error> {
+/// image file, options, directory, site configuration and host libraries), else a new one
+/// that stays `keep_warm_seconds` after its last process ends. The result is the same as a
+/// fresh container's: the program runs as our child, its leftovers are killed when it ends.
+fn start_warm(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<i32, Error> {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
-    let image = plan.image.path.clone();
-    let m = std::fs::metadata(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
-    // The plan minus what each run brings itself (its own host variables, its command).
-    let mut key = plan.clone();
+    let req = make_request(opts, image, action.clone())?;
+    let img = berth_runtime::image::open(&req.image)?;
+    let host = HostFacts::probe()?;
+    let image = img.path.clone();
+    let stat = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())).ok();
+    let identity = stat(&image).ok_or_else(|| Error::image_io(&image, "cannot open the image", std::io::Error::last_os_error()))?;
+    // The key: the plan before host library discovery (the costly part, done only when the
+    // container is created) minus what each run brings itself (its host variables, its
+    // command), and everything discovery reads: the site configuration, the host's library
+    // cache, the GPU variables.
+    let mut key = plan::plan(&req, &img, cfg, &host, None)?;
     key.env.host.clear();
     key.action = Action::Shell;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(&key).unwrap_or_default().hash(&mut h);
-    // The site configuration too: it decides how joiners filter their environment.
     toml::to_string(cfg).unwrap_or_default().hash(&mut h);
-    (cleanenv, m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), env!("CARGO_PKG_VERSION")).hash(&mut h);
+    stat(&cfg.inject.host_root.join("etc/ld.so.cache")).hash(&mut h);
+    for var in ["SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"] {
+        std::env::var_os(var).hash(&mut h);
+    }
+    // What the plan before discovery does not show: the injection asked for, --cleanenv.
+    format!("{:?} {:?}", req.mpi, req.nvidia).hash(&mut h);
+    (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
     let name = format!("warm-{:016x}", h.finish());
-    let host = HostFacts::probe()?;
     let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
-    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &image, || Ok((plan, cleanenv)), container::Lifetime::UntilIdle(keep))?;
+    let make_plan = || {
+        let injected = inject::discover_for_request(cfg, &req)?;
+        Ok((plan::plan(&req, &img, cfg, &host, injected.as_ref())?, req.cleanenv))
+    };
+    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &image, make_plan, container::Lifetime::UntilIdle(keep))?;
     let argv = argv_in_joined(action)?;
     let env = shared.joined.env(cfg, &host);
     let workdir = shared.joined.workdir(host.cwd.as_deref())?;
