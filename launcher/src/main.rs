@@ -146,6 +146,11 @@ struct HolderArgs {
     /// Write "ready" to this descriptor once joiners may come (default: stdout)
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// Started by root (a scheduler's root context): the user the container is for. berth
+    /// mounts the image with the kernel driver when mount_mode = "privileged" allows it, then
+    /// becomes that user for good before anything else
+    #[arg(long, value_name = "UID")]
+    user: Option<u32>,
     image: PathBuf,
 }
 
@@ -210,7 +215,11 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Inspect(a) => inspect::run(&cfg, a),
         Cmd::Holder(a) => {
-            let (req, plan) = make_plan(&cfg, &a.opts, a.image, Action::Shell)?;
+            let premounted = match a.user {
+                Some(uid) => root_holder_setup(&cfg, uid, &a.image)?,
+                None => None,
+            };
+            let (req, plan) = make_plan_premounted(&cfg, &a.opts, a.image, Action::Shell, premounted)?;
             if a.opts.dry_run {
                 return print_plan(&plan, a.opts.json);
             }
@@ -260,8 +269,47 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
 }
 
 fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<(Request, plan::Plan), Error> {
+    make_plan_premounted(cfg, opts, image, action, None)
+}
+
+/// The root part of `berth holder --user UID`, before anything the user controls is used: with
+/// mount_mode = "privileged", mount the (vetted) image with the kernel driver in a private
+/// mount namespace; then become the user for good. Returns the image and where it is mounted.
+fn root_holder_setup(cfg: &Config, uid: u32, image: &std::path::Path) -> Result<Option<(berth_runtime::image::Image, PathBuf)>, Error> {
+    use berth_runtime::privileged;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::request("berth holder --user", "is for a root context (the scheduler's)", "run `berth holder` without --user as yourself"));
+    }
+    let target = privileged::Target::lookup(uid)?;
+    let mounted = if cfg.mount_mode == berth_runtime::config::MountMode::Privileged {
+        let (file, canonical) = privileged::open_allowed(&cfg.privileged, image)?;
+        let img = berth_runtime::image::open(&canonical)?;
+        let at = privileged::mount_image(&img, &file)?;
+        Some((img, at))
+    } else {
+        None
+    };
+    privileged::become_user(&target)?;
+    Ok(mounted)
+}
+
+/// The plan, for an image that root may already have mounted at a directory (privileged mode).
+fn make_plan_premounted(
+    cfg: &Config,
+    opts: &ContainerOpts,
+    image: PathBuf,
+    action: Action,
+    premounted: Option<(berth_runtime::image::Image, PathBuf)>,
+) -> Result<(Request, plan::Plan), Error> {
     let req = make_request(opts, image, action)?;
-    let img = berth_runtime::image::open(&req.image)?;
+    let img = match premounted {
+        // The user's container binds root's read-only, nosuid, nodev mount of the image.
+        Some((mut img, at)) => {
+            img.root = berth_runtime::image::RootFs::Directory { path: at };
+            img
+        }
+        None => berth_runtime::image::open(&req.image)?,
+    };
     let host = HostFacts::probe()?;
     let injected = inject::discover_for_request(cfg, &req)?;
     let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;

@@ -166,15 +166,13 @@ impl Config {
         if !self.state_dir.starts_with('/') {
             return Err(err("state_dir", format!("state_dir must be an absolute path, not {:?}", self.state_dir)));
         }
-        if self.mount_mode == MountMode::Privileged {
-            // Reserved by the design (kernel squashfs on a loop device from slurmstepd/pbs_mom)
-            // but not built yet: refusing beats silently mounting another way than the site
-            // configured.
+        if self.mount_mode == MountMode::Privileged && self.privileged.allowed_dirs.is_empty() {
+            // Kernel drivers trust the image: the site must say which images it vetted.
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 line: text.lines().position(|l| l.trim_start().starts_with("mount_mode")).map(|i| i + 1).unwrap_or(0),
-                msg: "mount_mode = \"privileged\" is not available in this version of berth".into(),
-                hint: "use mount_mode = \"unprivileged\" (the default: user namespace and squashfuse_ll)".into(),
+                msg: "mount_mode = \"privileged\" needs [privileged] allowed_dirs (the directories of vetted images)".into(),
+                hint: "add allowed_dirs = [\"/apps/images\"] under [privileged], or use mount_mode = \"unprivileged\"".into(),
             });
         }
         if let Err((key, msg)) = self.inject.validate() {
@@ -202,9 +200,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn privileged_mounting_is_refused_until_built() {
+    fn privileged_mounting_needs_vetted_directories() {
         let e = Config::parse("state_dir = \"/tmp/b\"\nmount_mode = \"privileged\"\n", Path::new("b.toml")).unwrap_err().to_string();
-        assert!(e.contains("b.toml:2") && e.contains("not available") && e.contains("unprivileged"), "{e}");
+        assert!(e.contains("b.toml:2") && e.contains("allowed_dirs"), "{e}");
+        let ok = Config::parse("mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"/apps/images\"]\n", Path::new("b.toml")).unwrap();
+        assert_eq!(ok.mount_mode, MountMode::Privileged);
     }
 
     #[test]

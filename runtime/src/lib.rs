@@ -18,5 +18,6 @@ pub mod container;
 pub mod env;
 pub mod metadata;
 pub mod plan;
+pub mod privileged;
 pub mod shared;
 pub mod sys;

@@ -194,11 +194,16 @@ JOB
         skip "(d) defs/openmpi.def image (BERTH_TEST_OPENMPI_IMAGE not set)"
     fi
     if [ -n "${BERTH_TEST_MPICH_IMAGE:-}" ]; then
-        for _ in 1 2; do
-            T=60 as_user srun --mpi=pmi2 -N2 -n4 --container="$BERTH_TEST_MPICH_IMAGE" berth-mpitest -q > "$OUT" 2> "$ERR" && break
-        done
+        # Debian 12's MPICH 4.0.2 over UCX 1.13's TCP transport sometimes hangs in MPI_Finalize
+        # after all its work is done (openucx/ucx#8738: TCP stops progressing too early); it
+        # does so without containers too (2 of 6 native runs here). The checks are on what the
+        # ranks printed; a step stuck that way is ended by the timeout and said so.
+        T=30 as_user srun --mpi=pmi2 -N2 -n4 --container="$BERTH_TEST_MPICH_IMAGE" berth-mpitest -q > "$OUT" 2> "$ERR"
+        rc=$?
         check "(d) defs/mpich.def image: srun --mpi=pmi2 -N2 -n4 berth-mpitest" \
-            bash -c "[ \$(grep -c 'rank [0-3]/4 on bnode[12]' '$OUT') = 4 ] && grep -q 'allreduce: sum over 4 ranks = 10: ok' '$OUT'"
+            bash -c "[ \$(grep -c 'rank [0-3]/4 on bnode[12]' '$OUT') = 4 ] && grep -q 'allreduce: sum over 4 ranks = 10: ok' '$OUT' && grep -q 'all checks passed' '$OUT'"
+        [ "$rc" = 0 ] || echo "note: the MPICH step ended with rc=$rc after its checks passed (UCX TCP finalize hang, openucx/ucx#8738)"
+        wait_idle
     else
         skip "(d) defs/mpich.def image (BERTH_TEST_MPICH_IMAGE not set)"
     fi
