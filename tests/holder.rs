@@ -220,3 +220,131 @@ fn a_replaced_image_is_never_served_from_a_warm_container() {
         }
     }
 }
+
+/// A site configuration (root-owned, as an administrator's) with mount_mode = "privileged"
+/// and the given vetted directory.
+fn privileged_config(w: &World, name: &str, allowed: &std::path::Path) -> std::path::PathBuf {
+    let cfg = w.path(name);
+    std::fs::write(&cfg, format!("mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n", allowed.display())).unwrap();
+    cfg
+}
+
+/// `berth holder --user UID` started by root, as the Slurm plugin does in privileged mode.
+fn start_root_holder(w: &World, cfg: &std::path::Path, name: &str, image: &std::path::Path) -> std::process::Output {
+    let mut child = std::process::Command::new(&w.berth)
+        .args(["holder", "--user", &w.uid.to_string(), "--name", name])
+        .arg(image)
+        .env_clear()
+        .env("BERTH_CONFIG", cfg)
+        .env("HOME", &w.home)
+        .env("USER", harness::USER)
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    if line == "ready\n" {
+        // Running: hand back an empty, successful output; the caller stops it by name.
+        std::mem::forget(child);
+        return std::process::Output { status: std::os::unix::process::ExitStatusExt::from_raw(0), stdout: line.into_bytes(), stderr: vec![] };
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn loop_devices_for(image: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("losetup").arg("-a").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*image.to_string_lossy())).map(String::from).collect()
+}
+
+#[test]
+fn privileged_mode_mounts_with_the_kernel_then_runs_as_the_user() {
+    let w = world();
+    // The image sits in a root-owned directory the site vetted; a copy of its own, so the
+    // loop device can be told apart from other tests'.
+    let vetted = w.path("vetted");
+    std::fs::create_dir_all(&vetted).unwrap();
+    let image = vetted.join("app.sqsh");
+    std::fs::copy(&w.image, &image).unwrap();
+    let cfg = privileged_config(w, "privileged.toml", &vetted);
+    let out = start_root_holder(w, &cfg, "priv-1", &image);
+    assert!(out.status.success() && out.stdout == b"ready\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("/tmp/berth-{}/holders/priv-1.json", w.uid)).unwrap()).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert_eq!(uids.split_whitespace().skip(1).collect::<Vec<_>>(), vec![w.uid.to_string(); 4], "the holder became the user: {uids}");
+    assert_eq!(loop_devices_for(&image).len(), 1, "one loop device: {:?}", loop_devices_for(&image));
+
+    let inside = join(w, "priv-1", "id -u; cat /etc/os-release; grep ' / / ' /proc/self/mountinfo; touch /etc/x 2>&1; true").ok();
+    assert!(inside.starts_with(&format!("{}\n", w.uid)), "{inside}");
+    assert!(inside.contains("berth-busybox"), "{inside}");
+    let root = inside.lines().find(|l| l.contains(" / / ")).unwrap_or_else(|| panic!("root mount: {inside}"));
+    assert!(root.contains("ro,nosuid,nodev"), "{root}");
+    assert!(inside.contains("Read-only file system"), "{inside}");
+    // Served by the kernel (the loop device above), not by a FUSE server.
+    let fuse: Vec<String> = w.user_processes().into_iter().filter(|p| p.starts_with("squashfuse_ll") && p.contains(&*image.to_string_lossy())).collect();
+    assert!(fuse.is_empty(), "{fuse:?}");
+    // The host's mount table never saw the image mount.
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("/run/berth/image"));
+
+    assert!(w.run(&["stop", "priv-1"]).0.status.success());
+    let t0 = Instant::now();
+    while !loop_devices_for(&image).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "loop device left: {:?}", loop_devices_for(&image));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn privileged_mode_mounts_singularity2_ext3_images() {
+    let w = world();
+    let vetted = w.path("vetted-ext3");
+    std::fs::create_dir_all(&vetted).unwrap();
+    let fs = vetted.join("legacy.ext3");
+    let st = std::process::Command::new("mke2fs").args(["-q", "-F", "-t", "ext3", "-d"]).arg(&w.rootfs).arg(&fs).arg("16M").status().unwrap();
+    assert!(st.success(), "mke2fs failed");
+    let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
+    bytes.extend(std::fs::read(&fs).unwrap());
+    let image = vetted.join("legacy.img");
+    std::fs::write(&image, bytes).unwrap();
+    let cfg = privileged_config(w, "privileged-ext3.toml", &vetted);
+    let out = start_root_holder(w, &cfg, "priv-ext3", &image);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(loop_devices_for(&image).len(), 1, "the ext3 inside, on a loop device: {:?}", loop_devices_for(&image));
+    let inside = join(w, "priv-ext3", "cat /etc/os-release; grep ' / / ' /proc/self/mountinfo").ok();
+    assert!(inside.contains("berth-busybox"), "{inside}");
+    assert!(inside.lines().any(|l| l.contains(" / / ") && l.contains("ro,nosuid,nodev")), "{inside}");
+    assert!(w.run(&["stop", "priv-ext3"]).0.status.success());
+    let t0 = Instant::now();
+    while !loop_devices_for(&image).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "loop device left: {:?}", loop_devices_for(&image));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn privileged_mode_refuses_images_the_site_did_not_vet() {
+    let w = world();
+    let vetted = w.path("vetted-empty");
+    std::fs::create_dir_all(&vetted).unwrap();
+    let cfg = privileged_config(w, "privileged-refuse.toml", &vetted);
+    // Outside the vetted directory (here: the user's own copy).
+    let own = w.user_file("own.sqsh", &std::fs::read(&w.image).unwrap());
+    let out = start_root_holder(w, &cfg, "priv-refused", &own);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("own.sqsh") && err.contains("not under an allowed directory"), "{err}");
+    // Inside it but writable by others: refused too.
+    let loose = vetted.join("loose.sqsh");
+    std::fs::copy(&w.image, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = start_root_holder(w, &cfg, "priv-refused", &loose);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group or others"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(loop_devices_for(&own).is_empty() && loop_devices_for(&loose).is_empty(), "no loop device attached");
+    // --user is for root only.
+    w.run(&["holder", "--user", &w.uid.to_string(), "--name", "x", w.image()]).fails_with(&["--user", "root context"]);
+}

@@ -30,6 +30,8 @@ pub struct Launch<'a> {
     /// the image and `--env`).
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Start `berth holder --user UID` as root (privileged mount mode) instead of as the user.
+    pub as_root: bool,
 }
 
 /// Start `berth holder` as the job's user and wait for its "ready" line.
@@ -45,7 +47,11 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
     let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let errfile = sys::memfd("berth-holder-stderr").map_err(|e| format!("memfd: {e}"))?;
     let mut cmd = Command::new(berth);
-    cmd.args(holder_args(spec))
+    let mut args = holder_args(spec);
+    if launch.as_root {
+        args.insert(1, format!("--user={}", launch.creds.uid));
+    }
+    cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -56,7 +62,7 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
     if let Some(c) = launch.config {
         cmd.env("BERTH_CONFIG", c);
     }
-    sys::run_as(&mut cmd, launch.creds.clone(), ready_w.as_raw_fd());
+    sys::run_as(&mut cmd, (!launch.as_root).then(|| launch.creds.clone()), ready_w.as_raw_fd());
     let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", berth.display()))?;
     drop(ready_w);
     let pid = child.id() as i32;

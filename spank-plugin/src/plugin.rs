@@ -227,6 +227,9 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
             creds: Creds { uid, gid, groups: sp.supplementary_gids() },
             env,
             timeout: st.site.timeout,
+            // The kernel mount needs root: the holder starts as root and becomes the user
+            // itself once the image is mounted (berth's privileged module).
+            as_root: site_config(st)?.mount_mode == berth_runtime::config::MountMode::Privileged,
         },
     )
 }
@@ -255,12 +258,17 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     result
 }
 
-fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
-    let cfg = match &st.site.config {
+/// The site's berth.toml (plugstack.conf's config=, else berth's default).
+fn site_config(st: &State) -> Result<berth_runtime::config::Config, String> {
+    match &st.site.config {
         Some(p) => berth_runtime::config::Config::load_file(p),
         None => berth_runtime::config::Config::load().map(|(c, _)| c),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
+    let cfg = site_config(st)?;
     let cwd = std::env::current_dir().ok();
     let joined = berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
     let user = berth_runtime::plan::HostFacts::probe().map_err(|e| e.to_string())?.user;

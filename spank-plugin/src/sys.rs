@@ -257,8 +257,13 @@ pub struct Creds {
 /// Make `cmd` run as `creds` (real, effective and saved ids and the supplementary groups),
 /// with fd `ready_fd` of the parent as fd 3, every other fd above 3 closed at exec, and SIGKILL when
 /// slurmstepd dies. Called in slurmstepd (ruid 0, euid the user).
-pub fn run_as(cmd: &mut Command, creds: Creds, ready_fd: c_int) {
-    let Creds { uid, gid, groups } = creds;
+pub fn run_as(cmd: &mut Command, creds: Option<Creds>, ready_fd: c_int) {
+    // None: stay root (ruid 0 here; the euid is the user's in user_init). The program started
+    // then is `berth holder --user UID`, which becomes the user itself.
+    let (uid, gid, groups, drop) = match creds {
+        Some(Creds { uid, gid, groups }) => (uid, gid, groups, true),
+        None => (0, 0, vec![], false),
+    };
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
     // system calls (seteuid, setgroups, setresgid, setresuid, dup2, close_range, prctl); it
     // allocates nothing (`groups` was allocated before the fork).
@@ -267,10 +272,14 @@ pub fn run_as(cmd: &mut Command, creds: Creds, ready_fd: c_int) {
             if libc::geteuid() != 0 && libc::seteuid(0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
+            if drop
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
             {
+                return Err(std::io::Error::last_os_error());
+            }
+            if !drop && libc::setresuid(0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getuid() != uid || libc::geteuid() != uid {
