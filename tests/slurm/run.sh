@@ -208,6 +208,33 @@ JOB
         skip "(d) defs/mpich.def image (BERTH_TEST_MPICH_IMAGE not set)"
     fi
 
+    # Privileged mount mode (site opt-in in berth.toml): the plugin starts each node's holder as
+    # root; berth mounts the vetted image with the kernel's squashfs on a loop device and
+    # becomes the user before anything else.
+    install -d -m 0755 /etc/berth
+    saved_cfg=""; [ -e /etc/berth/berth.toml ] && { saved_cfg=$WORK/berth.toml.saved; cp /etc/berth/berth.toml "$saved_cfg"; }
+    printf 'mount_mode = "privileged"\n[privileged]\nallowed_dirs = ["%s"]\n' "$WORK" > /etc/berth/berth.toml
+    as_user srun -N2 -n4 -l --container=imga.sqsh sh -c 'echo "uid=$(id -u) $(grep PRETTY /etc/os-release)"' > "$OUT" 2> "$ERR"; rc=$?
+    n=$(grep -c "uid=$(id -u "$TEST_USER") PRETTY_NAME=\"berth test image A\"" "$OUT")
+    check "(d) privileged mode: srun -N2 -n4 runs as the user in the image (rc=$rc)" test "$rc:$n" = 0:4
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N1 --container=imga.sqsh sleep 4 > /dev/null 2>&1 &
+    bg=$!
+    seen_loop=0
+    for _ in $(seq 30); do losetup -a | grep -q "$WORK/imga.sqsh" && { seen_loop=1; break; }; sleep 0.1; done
+    fuse_for_image=$(pgrep -f "squashfuse_ll.*$WORK/imga.sqsh" | wc -l)
+    wait "$bg"
+    check "(d) ... the image is on a kernel loop device, no FUSE server" test "$seen_loop$fuse_for_image" = 10
+    cp "$WORK/imgb.sqsh" "$DIR/work/unvetted.$$.sqsh"; chown "$TEST_USER" "$DIR/work/unvetted.$$.sqsh"
+    as_user srun -N1 --container="$DIR/work/unvetted.$$.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
+    rm -f "$DIR/work/unvetted.$$.sqsh"
+    check "(d) ... an image outside allowed_dirs fails the step with the reason (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && grep -q 'not under an allowed directory' '$ERR'"
+    if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
+    wait_idle
+    left=$(losetup -a | grep -c "$WORK/")
+    check "(d) ... no loop device left ($left), nodes idle" bash -c "[ $left = 0 ] && [ \"\$(sinfo -h -N -o '%T' | sort -u | tr '\n' ' ')\" = 'idle ' ]"
+
     fails=0
     for i in $(seq "$STEPS"); do as_user srun -N2 --container=imga.sqsh true >/dev/null 2>&1 || fails=$((fails + 1)); done
     wait_idle
