@@ -75,7 +75,7 @@ fn signals_sent_to_berth_reach_the_program_and_nothing_is_left() {
     use std::os::unix::process::ExitStatusExt;
     let w = world();
     let marker = "sleep 7777";
-    let mut child = w.berth(&["exec", w.image(), "sh", "-c", &format!("trap 'echo got-term; exit 3' TERM; {marker} & wait")]).stdout(Stdio::piped()).spawn().unwrap();
+    let child = w.berth(&["exec", w.image(), "sh", "-c", &format!("trap 'echo got-term; exit 3' TERM; {marker} & wait")]).stdout(Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
     while !w.user_processes().iter().any(|p| p.starts_with(marker)) {
         assert!(t0.elapsed() < Duration::from_secs(10), "program did not start");
@@ -316,18 +316,9 @@ fn broken_sif_files_get_one_clear_message() {
 #[test]
 fn singularity2_ext3_images_are_refused_unprivileged_with_the_fix() {
     let w = world();
-    let fs = w.path("legacy.ext3");
-    let st = std::process::Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext3", "-d"])
-        .arg(&w.rootfs)
-        .arg(&fs)
-        .arg("16M")
-        .status()
-        .unwrap();
-    assert!(st.success(), "mke2fs failed");
-    let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
-    bytes.extend(std::fs::read(&fs).unwrap());
-    let img = w.user_file("legacy-ext3.img", &bytes);
+    let img = w.path("legacy-ext3.img");
+    harness::singularity2_image(&w.rootfs, &img);
+    nix::unistd::chown(&img, Some(w.uid.into()), Some(w.gid.into())).unwrap();
     w.run(&["exec", img.to_str().unwrap(), "true"]).fails_with(&["legacy-ext3.img", "ext3", "privileged", "convert"]);
 }
 

@@ -255,6 +255,16 @@ fn start_root_holder(w: &World, cfg: &std::path::Path, name: &str, image: &std::
     child.wait_with_output().unwrap()
 }
 
+/// `berth stop NAME`, then the image's loop device must go (the kernel clears it).
+fn stop_and_check_loop_freed(w: &World, name: &str, image: &std::path::Path) {
+    assert!(w.run(&["stop", name]).0.status.success());
+    let t0 = Instant::now();
+    while !loop_devices_for(image).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "loop device left: {:?}", loop_devices_for(image));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn loop_devices_for(image: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("losetup").arg("-a").output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*image.to_string_lossy())).map(String::from).collect()
@@ -291,12 +301,7 @@ fn privileged_mode_mounts_with_the_kernel_then_runs_as_the_user() {
     // The host's mount table never saw the image mount.
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("/run/berth/image"));
 
-    assert!(w.run(&["stop", "priv-1"]).0.status.success());
-    let t0 = Instant::now();
-    while !loop_devices_for(&image).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "loop device left: {:?}", loop_devices_for(&image));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_and_check_loop_freed(w, "priv-1", &image);
 }
 
 #[test]
@@ -304,13 +309,8 @@ fn privileged_mode_mounts_singularity2_ext3_images() {
     let w = world();
     let vetted = w.path("vetted-ext3");
     std::fs::create_dir_all(&vetted).unwrap();
-    let fs = vetted.join("legacy.ext3");
-    let st = std::process::Command::new("mke2fs").args(["-q", "-F", "-t", "ext3", "-d"]).arg(&w.rootfs).arg(&fs).arg("16M").status().unwrap();
-    assert!(st.success(), "mke2fs failed");
-    let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
-    bytes.extend(std::fs::read(&fs).unwrap());
     let image = vetted.join("legacy.img");
-    std::fs::write(&image, bytes).unwrap();
+    harness::singularity2_image(&w.rootfs, &image);
     let cfg = privileged_config(w, "privileged-ext3.toml", &vetted);
     let out = start_root_holder(w, &cfg, "priv-ext3", &image);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -318,12 +318,7 @@ fn privileged_mode_mounts_singularity2_ext3_images() {
     let inside = join(w, "priv-ext3", "cat /etc/os-release; grep ' / / ' /proc/self/mountinfo").ok();
     assert!(inside.contains("berth-busybox"), "{inside}");
     assert!(inside.lines().any(|l| l.contains(" / / ") && l.contains("ro,nosuid,nodev")), "{inside}");
-    assert!(w.run(&["stop", "priv-ext3"]).0.status.success());
-    let t0 = Instant::now();
-    while !loop_devices_for(&image).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "loop device left: {:?}", loop_devices_for(&image));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_and_check_loop_freed(w, "priv-ext3", &image);
 }
 
 #[test]

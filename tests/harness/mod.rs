@@ -114,6 +114,17 @@ pub fn mksquashfs(root: &Path, out: &Path) {
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
+/// A Singularity 2.x image: the launch line, then an ext3 filesystem of `root`.
+pub fn singularity2_image(root: &Path, out: &Path) {
+    let fs = out.with_extension("ext3");
+    let st = Command::new("mke2fs").args(["-q", "-F", "-t", "ext3", "-d"]).arg(root).arg(&fs).arg("16M").status().unwrap();
+    assert!(st.success(), "mke2fs failed");
+    let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
+    bytes.extend(std::fs::read(&fs).unwrap());
+    std::fs::write(out, bytes).unwrap();
+    std::fs::remove_file(&fs).unwrap();
+}
+
 impl World {
     /// A command running `berth ARGS` as the test user, from `cwd`, with a plain environment.
     pub fn berth(&self, args: &[&str]) -> Command {
