@@ -151,6 +151,10 @@ struct HolderArgs {
     /// becomes that user for good before anything else
     #[arg(long, value_name = "UID")]
     user: Option<u32>,
+    /// The program the first tasks will run: read into the page cache while they start, so
+    /// the ranks of a node do not each page it out of the compressed image
+    #[arg(long, value_name = "PROGRAM")]
+    warm: Option<String>,
     image: PathBuf,
 }
 
@@ -233,7 +237,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     })
                 }),
             };
-            container::hold(&plan, req.cleanenv, &a.name, ready, container::Lifetime::UntilStopped)
+            container::hold(&plan, req.cleanenv, &a.name, ready, container::Lifetime::UntilStopped, a.warm.as_deref())
         }
         Cmd::Stop { name } => {
             container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;

@@ -217,7 +217,8 @@ pub enum Lifetime {
 
 /// Set up the container and keep it for its `lifetime`, so others can join it.
 /// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
-pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lifetime: Lifetime) -> Result<i32> {
+/// `warm`: the program the first tasks will run, read ahead (see [`warm_in_background`]).
+pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lifetime: Lifetime, warm: Option<&str>) -> Result<i32> {
     let watch = match lifetime {
         Lifetime::WhileRunning(pid) => Some(process::pidfd(pid)?),
         _ => None,
@@ -257,6 +258,9 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lif
     std::fs::write(&tmp_path, serde_json::to_vec_pretty(&state).unwrap_or_default())
         .and_then(|_| std::fs::rename(&tmp_path, &state_path))
         .map_err(|e| Error::io("cannot record container", &dir.join(format!("{name}.json")), e))?;
+    if let Some(program) = warm {
+        warm_in_background(program, &entered.env, &entered.workdir);
+    }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);
         let _ = f.write_all(b"ready\n");
@@ -310,6 +314,51 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lif
         Some(_) => Ok(0),
         None => Err(Error::image(&plan.image.path, "the FUSE server ended while the container was held", "")),
     }
+}
+
+/// The most of a program [`warm_in_background`] reads.
+const WARM_LIMIT: u64 = 256 << 20;
+
+/// Read `program` (found the way exec finds it: the container's PATH, or relative to the
+/// working directory) into the page cache in a background thread. The first exec of a binary
+/// in a compressed image otherwise pages it in by faults, each a small read for which the
+/// image's whole block is decompressed again, while every rank of the node waits on them; one
+/// sequential read decompresses each block once. Best effort: it never delays the holder and
+/// a program it cannot find is simply not warmed.
+pub fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let Some(path) = find_program(program, env.get("PATH"), workdir) else { return };
+    // The thread must not take the holder's signals: SIGTERM reaches the holder through its
+    // signalfd only while every thread blocks it. Threads inherit the mask they start with.
+    let mut old = SigSet::empty();
+    if pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old)).is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("berth-warm".into()).spawn(move || {
+        use std::io::Read;
+        let Ok(f) = std::fs::File::open(&path) else { return };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut f = f.take(WARM_LIMIT);
+        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+}
+
+/// Where exec would find `program`: as given when it holds a '/', else the first regular file
+/// of that name in `path`'s directories.
+fn find_program(program: &str, path: Option<&str>, workdir: &Path) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = workdir.join(program);
+        return p.is_file().then_some(p);
+    }
+    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }
 
 /// Read and verify the state of holder `name`.
@@ -477,4 +526,26 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
         return Err(Error::image(&image.path, format!("cannot read metadata: {e}"), ""));
     }
     serde_json::from_value(v["ok"].clone()).map_err(|e| Error::image(&image.path, format!("bad metadata: {e}"), ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_as_exec_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(b.join("prog")).unwrap(); // a directory is not a program
+        std::fs::write(a.join("prog"), b"x").unwrap();
+        std::fs::write(b.join("only_b"), b"x").unwrap();
+        let path = format!("{}:{}:relative", b.display(), a.display());
+        assert_eq!(find_program("prog", Some(&path), Path::new("/")), Some(a.join("prog")));
+        assert_eq!(find_program("only_b", Some(&path), Path::new("/")), Some(b.join("only_b")));
+        assert_eq!(find_program("missing", Some(&path), Path::new("/")), None);
+        assert_eq!(find_program("a/prog", None, dir.path()), Some(dir.path().join("a/prog")));
+        assert_eq!(find_program(&a.join("prog").display().to_string(), None, Path::new("/x")), Some(a.join("prog")));
+        assert_eq!(find_program("", Some(&path), dir.path()), None);
+    }
 }

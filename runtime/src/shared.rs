@@ -196,7 +196,7 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Li
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
         Err(_) => None,
     };
-    match container::hold(plan, cleanenv, name, Some(wr), lifetime) {
+    match container::hold(plan, cleanenv, name, Some(wr), lifetime, None) {
         Ok(code) => code,
         Err(e) => {
             if let Some(fd) = errfd {

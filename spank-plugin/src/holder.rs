@@ -29,6 +29,8 @@ pub struct Launch<'a> {
     /// The job's HOME, USER, ... (the holder's own environment; the container's comes from
     /// the image and `--env`).
     pub env: Vec<(String, String)>,
+    /// The holder's current directory, which it binds into the container (None: `/`).
+    pub workdir: Option<&'a Path>,
     pub timeout: Duration,
     /// Start `berth holder --user UID` as root (privileged mount mode) instead of as the user.
     pub as_root: bool,
@@ -55,7 +57,9 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .current_dir("/")
+        // std changes directory in the child before `run_as` changes credentials, so with the
+        // euid slurmstepd has in user_init: the user's own permissions apply.
+        .current_dir(launch.workdir.unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(errfile.try_clone().map_err(|e| format!("memfd: {e}"))?);

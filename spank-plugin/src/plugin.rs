@@ -10,6 +10,9 @@ use crate::sys::{self, Context, Level, Spank};
 /// Where the client keeps the chosen image for the step; it travels to slurmstepd in the job
 /// environment and down to nested sruns.
 pub const IMAGE_VAR: &str = "BERTH_CONTAINER_IMAGE";
+/// Where srun/sbatch was started: the step's working directory (Slurm gives SPANK no item for
+/// it), which the holder binds into the container like `berth exec` binds its current directory.
+pub const CLIENT_CWD_VAR: &str = "BERTH_CLIENT_CWD";
 /// Slurm's own variable for `--container` (its OCI bundle option).
 pub const SLURM_CONTAINER: &str = "SLURM_CONTAINER";
 
@@ -119,6 +122,9 @@ fn choose_client_image() -> Result<(), String> {
     let image = settings::resolve_image(&image, cwd.as_deref());
     log_verbose(&format!("image {}", image.display()));
     std::env::set_var(IMAGE_VAR, &image);
+    if let Some(dir) = &cwd {
+        std::env::set_var(CLIENT_CWD_VAR, dir);
+    }
     Ok(())
 }
 
@@ -214,14 +220,23 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         workdir: st.opts.workdir.clone(),
         writable: st.opts.writable.unwrap_or(false),
         mount_home: st.opts.mount_home.unwrap_or(true),
+        // Not for the batch step: its "program" is the script, which is read once anyway.
+        warm: (step != BATCH_STEP).then(|| sp.job_argv0()).flatten(),
     };
     let env = ["HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "SLURM_JOB_ID", "SLURM_STEP_ID"]
         .iter()
         .filter_map(|k| sp.getenv(k).map(|v| (k.to_string(), v)))
         .collect();
+    // The step's directory, checked as the user (our euid here); else the submit directory.
+    let workdir = [sp.getenv(CLIENT_CWD_VAR), sp.getenv("SLURM_SUBMIT_DIR")]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .find(|d| d.is_absolute() && std::fs::read_dir(d).is_ok());
     holder::start(
         &spec,
         Launch {
+            workdir: workdir.as_deref(),
             berth: &st.site.berth,
             config: st.site.config.as_deref(),
             creds: Creds { uid, gid, groups: sp.supplementary_gids() },
@@ -271,7 +286,7 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     let cfg = site_config(st)?;
     let cwd = std::env::current_dir().ok();
     let joined = berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
-    let user = berth_runtime::plan::HostFacts::probe().map_err(|e| e.to_string())?.user;
+    let user = task_user(sp, h)?;
 
     let keep = st.opts.kept_env_names();
     for (k, v) in joined.container_env(&cfg, &user).vars() {
@@ -289,6 +304,21 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     std::env::set_current_dir(&dir).map_err(|e| format!("chdir {}: {e}", dir.display()))?;
     let _ = sp.setenv("PWD", &std::env::current_dir().unwrap_or(dir).display().to_string());
     Ok(())
+}
+
+/// Who the task runs as, from what Slurm already put in its environment: looking the user up
+/// again (NSS) from inside the container cost each task milliseconds. Falls back to NSS.
+fn task_user(sp: &Spank, h: &Running) -> Result<berth_runtime::plan::UserInfo, String> {
+    match (sp.getenv("USER").filter(|u| !u.is_empty()), sp.getenv("HOME").filter(|d| d.starts_with('/'))) {
+        (Some(name), Some(home)) => Ok(berth_runtime::plan::UserInfo {
+            uid: h.uid,
+            gid: sp.job_gid().ok_or("no job gid")?,
+            name,
+            home: home.into(),
+            shell: "/bin/sh".into(),
+        }),
+        _ => berth_runtime::plan::HostFacts::probe().map(|f| f.user).map_err(|e| e.to_string()),
+    }
 }
 
 /// `slurm_spank_exit` (slurmstepd, root, after the tasks): stop the holder.

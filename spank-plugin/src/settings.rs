@@ -260,6 +260,8 @@ pub struct HolderSpec {
     pub workdir: Option<String>,
     pub writable: bool,
     pub mount_home: bool,
+    /// The step's program, read into the page cache once per node while the tasks start.
+    pub warm: Option<String>,
 }
 
 /// `berth holder ...` argv (without argv[0]), per the launcher's holder contract.
@@ -284,6 +286,10 @@ pub fn holder_args(spec: &HolderSpec) -> Vec<String> {
         // INTEGRATION POINT (launcher): the holder contract lists no home flag yet; this is
         // `berth exec`'s `--no-home`.
         a.push("--no-home".into());
+    }
+    if let Some(p) = spec.warm.as_ref().filter(|p| !p.is_empty()) {
+        a.push("--warm".into());
+        a.push(p.clone());
     }
     a.push(spec.image.display().to_string());
     a
@@ -383,11 +389,12 @@ mod tests {
             workdir: Some("/work".into()),
             writable: true,
             mount_home: true,
+            warm: Some("vasp_std".into()),
         };
         assert_eq!(
             holder_args(&spec),
             s(&["holder", "--name", "slurm-1.0", "--ready-fd", "3", "--bind", "/var/spool/slurmd/pmix.1.0",
-                "--env", "A=b", "--workdir", "/work", "--writable-tmpfs", "/i.sqsh"])
+                "--env", "A=b", "--workdir", "/work", "--writable-tmpfs", "--warm", "vasp_std", "/i.sqsh"])
         );
     }
 

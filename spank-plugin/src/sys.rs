@@ -161,6 +161,33 @@ impl Spank {
         self.item_u32(bindings::spank_item_S_JOB_STEPID)
     }
 
+    /// The step's program as the user typed it (`srun ... PROG args`): argv[0] of S_JOB_ARGV.
+    pub fn job_argv0(&self) -> Option<String> {
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        let mut argc: c_int = 0;
+        // SAFETY: S_JOB_ARGV takes (int *, char ***); Slurm stores the count and a pointer to
+        // its own argv array (owned by Slurm, valid during the callback).
+        let rc = unsafe {
+            bindings::spank_get_item(
+                self.0,
+                bindings::spank_item_S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        };
+        if rc != ESPANK_SUCCESS || argv.is_null() || argc <= 0 {
+            return None;
+        }
+        // SAFETY: argc > 0, so argv[0] is a valid slot; we check it for NULL before reading
+        // the NUL-terminated string it points to, and copy it out at once.
+        let first = unsafe { *argv };
+        if first.is_null() {
+            return None;
+        }
+        // SAFETY: as above: a NUL-terminated string owned by Slurm.
+        Some(unsafe { std::ffi::CStr::from_ptr(first) }.to_string_lossy().into_owned())
+    }
+
     /// The job's supplementary groups.
     pub fn supplementary_gids(&self) -> Vec<u32> {
         let mut ptr: *mut libc::gid_t = std::ptr::null_mut();

@@ -162,6 +162,15 @@ JOB
     check "(d) pyxis options: --container-image/-mounts/-workdir/-env" \
         bash -c "grep -qx /data '$OUT' && grep -qx data-file '$OUT' && grep -qx FOO=bar '$OUT' && grep -q 'image A' '$OUT'"
 
+    # Tasks start where srun was started, also outside /tmp and $HOME: that directory is bound
+    # into the image on every node, as `berth exec` binds its current directory.
+    CWD_DIR=/var/tmp/berth-slurm-cwd.$$ IMGA=$WORK/imga.sqsh
+    install -d -o "$TEST_USER" -m 0755 "$CWD_DIR"; echo cwd-file > "$CWD_DIR/marker"
+    WORK=$CWD_DIR as_user srun -N2 -n2 --container="$IMGA" sh -c 'pwd; cat marker' > "$OUT" 2> "$ERR"
+    check "(d) tasks start in srun's directory (outside /tmp and \$HOME), bound into the image on both nodes" \
+        bash -c "[ \$(grep -cx '$CWD_DIR' '$OUT') = 2 ] && [ \$(grep -cx cwd-file '$OUT') = 2 ]"
+    rm -rf "$CWD_DIR"
+
     as_user srun --mpi=pmix -N2 -n4 --container=imga.sqsh --container-mounts="$MPI_MOUNTS" "$WORK/ring_ompi" > "$OUT" 2> "$ERR"
     check "(d) Open MPI (--mpi=pmix) -N2 -n4 in the image: ring and allreduce" \
         bash -c "[ \$(grep -c 'ring rank [0-3]/4 host bnode[12] sum 6' '$OUT') = 4 ] && grep -q 'ring rank 0/4 .* token 4' '$OUT'"
