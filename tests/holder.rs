@@ -74,6 +74,23 @@ fn names_are_unique_and_stop_cleans_up() {
 }
 
 #[test]
+fn warming_the_step_program_changes_nothing_a_task_sees() {
+    let w = world();
+    // The Slurm plugin passes the step's program as typed; one the image lacks is not an error.
+    let h = start_holder(w, "step-warm-missing", &["--warm", "no-such-program"]);
+    assert_eq!(join(w, &h.name, "echo joined").ok().trim(), "joined");
+    stop(w, h);
+    let h = start_holder(w, "step-warm", &["--warm", "sh"]);
+    let holder_pid = h.child.id();
+    assert_eq!(join(w, &h.name, "grep ^NAME /etc/os-release").ok().trim(), "NAME=\"berth-busybox\"");
+    // The reading thread must leave SIGTERM to the holder: stop still ends it cleanly (exit 0)
+    // with its record and FUSE server gone.
+    stop(w, h);
+    assert!(!std::path::Path::new(&format!("/proc/{holder_pid}")).exists());
+    join(w, "step-warm", "true").fails_with(&["step-warm", "not running"]);
+}
+
+#[test]
 fn bad_holder_requests() {
     let w = world();
     join(w, "never-started", "true").fails_with(&["never-started", "not running"]);

@@ -123,6 +123,11 @@ pub fn run(plan: &Plan) -> Result<Ended> {
     let argv = action_argv(&plan.action, &entered.meta, &entered.env)?;
     let env = entered.env.vars().to_vec();
     let workdir = entered.workdir.clone();
+    // Read the program ahead while it starts (the child is forked after the thread exists;
+    // glibc's fork keeps malloc usable in the child, and the child only execs).
+    if let Some(program) = argv.first() {
+        warm_in_background(program, &entered.env, &workdir);
+    }
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
     let ended = process::fork_and_wait(
         || {

@@ -196,7 +196,13 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Li
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
         Err(_) => None,
     };
-    match container::hold(plan, cleanenv, name, Some(wr), lifetime, None) {
+    // The first starter's program is what the others are about to run too (MPI ranks, a
+    // loop of identical runs): read it ahead once.
+    let warm = match &plan.action {
+        crate::request::Action::Exec(argv) => argv.first().map(String::as_str),
+        _ => None,
+    };
+    match container::hold(plan, cleanenv, name, Some(wr), lifetime, warm) {
         Ok(code) => code,
         Err(e) => {
             if let Some(fd) = errfd {
