@@ -321,8 +321,9 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lif
     }
 }
 
-/// The most of a program [`warm_in_background`] reads.
-const WARM_LIMIT: u64 = 256 << 20;
+/// The most of a program [`warm_in_background`] reads: the start of very large binaries only,
+/// so a program that touches little of itself does not pay for decompressing all of it.
+const WARM_LIMIT: u64 = 64 << 20;
 
 /// Read `program` (found the way exec finds it: the container's PATH, or relative to the
 /// working directory) into the page cache in a background thread. The first exec of a binary
