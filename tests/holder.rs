@@ -83,8 +83,9 @@ fn warming_the_step_program_changes_nothing_a_task_sees() {
     let h = start_holder(w, "step-warm", &["--warm", "sh"]);
     let holder_pid = h.child.id();
     assert_eq!(join(w, &h.name, "grep ^NAME /etc/os-release").ok().trim(), "NAME=\"berth-busybox\"");
-    // The reading thread must leave SIGTERM to the holder: stop still ends it cleanly (exit 0)
-    // with its record and FUSE server gone.
+    // Stop still ends it cleanly (exit 0), record and FUSE server gone. (That the reading
+    // thread leaves SIGTERM to the holder is checked where the thread is made, in
+    // runtime's sys::process tests: here the read is usually over before the stop.)
     stop(w, h);
     assert!(!std::path::Path::new(&format!("/proc/{holder_pid}")).exists());
     join(w, "step-warm", "true").fails_with(&["step-warm", "not running"]);

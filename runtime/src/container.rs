@@ -332,39 +332,20 @@ const WARM_LIMIT: u64 = 64 << 20;
 /// sequential read decompresses each block once. Best effort: it never delays the holder and
 /// a program it cannot find is simply not warmed.
 pub fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
     let Some(path) = find_program(program, env.get("PATH"), workdir) else { return };
-    // The thread must not take the holder's signals: SIGTERM reaches the holder through its
-    // signalfd only while every thread blocks it. Threads inherit the mask they start with.
-    let mut old = SigSet::empty();
-    if pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old)).is_err() {
-        return;
-    }
-    let _ = std::thread::Builder::new().name("berth-warm".into()).spawn(move || {
+    process::spawn_without_signals("berth-warm", move || {
         use std::io::Read;
         let Ok(f) = std::fs::File::open(&path) else { return };
         let mut buf = vec![0u8; 1 << 20];
         let mut f = f.take(WARM_LIMIT);
         while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
 }
 
-/// Where exec would find `program`: as given when it holds a '/', else the first regular file
-/// of that name in `path`'s directories.
+/// The file exec would run for `program` (see [`process::path_candidates`]), relative paths
+/// taken from `workdir`, where the program will start.
 fn find_program(program: &str, path: Option<&str>, workdir: &Path) -> Option<PathBuf> {
-    if program.is_empty() {
-        return None;
-    }
-    if program.contains('/') {
-        let p = workdir.join(program);
-        return p.is_file().then_some(p);
-    }
-    path.unwrap_or("/usr/local/bin:/usr/bin:/bin")
-        .split(':')
-        .filter(|d| d.starts_with('/'))
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
+    process::path_candidates(program, path).into_iter().map(|c| workdir.join(c)).find(|p| p.is_file())
 }
 
 /// Read and verify the state of holder `name`.

@@ -79,14 +79,9 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let c_argv: Vec<CString> = argv.iter().map(|a| to_c(a)).collect();
     let c_env: Vec<CString> = env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
-    let candidates: Vec<String> = if cmd.contains('/') {
-        vec![cmd.clone()]
-    } else {
-        path.split(':').map(|d| if d.is_empty() { cmd.clone() } else { format!("{d}/{cmd}") }).collect()
-    };
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let mut denied = false;
-    for c in candidates {
+    for c in path_candidates(cmd, path) {
         match nix::unistd::execve(&to_c(&c), &c_argv, &c_env) {
             Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => continue,
             Err(nix::Error::EACCES) => denied = true,
@@ -107,6 +102,29 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
         let reason = if cmd.contains('/') { "No such file or directory in the image" } else { "command not found in the image" };
         Error::Exec { cmd: cmd.clone(), reason: reason.into(), code: EXIT_NOT_FOUND }
     }
+}
+
+/// The paths exec tries for `cmd`, in order: `cmd` itself when it holds a '/', else `cmd` in
+/// each directory of `path` (the default PATH when None; an empty entry is the current
+/// directory, as for shells).
+pub fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
+    if cmd.contains('/') {
+        return vec![cmd.to_string()];
+    }
+    path.unwrap_or(DEFAULT_PATH).split(':').map(|d| if d.is_empty() { cmd.to_string() } else { format!("{d}/{cmd}") }).collect()
+}
+
+/// Start a thread that never takes a signal sent to the process: berth's supervisors and
+/// holders receive theirs through a signalfd, which works only while every thread blocks
+/// them. Threads inherit the signal mask they start with. False if it could not start.
+pub fn spawn_without_signals(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+    let mut old = SigSet::empty();
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old)).is_err() {
+        return false;
+    }
+    let started = std::thread::Builder::new().name(name.into()).spawn(f).is_ok();
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    started
 }
 
 /// How the contained program ended.
@@ -319,5 +337,37 @@ pub fn close_fds_except(keep: &[i32]) {
             unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
         }
         from = fd.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_candidates_follow_exec_rules() {
+        assert_eq!(path_candidates("./a.out", Some("/bin")), ["./a.out"]);
+        assert_eq!(path_candidates("/bin/sh", None), ["/bin/sh"]);
+        assert_eq!(path_candidates("prog", Some("/a::/b")), ["/a/prog", "prog", "/b/prog"]);
+        assert_eq!(path_candidates("prog", None).len(), DEFAULT_PATH.split(':').count());
+    }
+
+    #[test]
+    fn threads_without_signals_block_them_and_leave_the_caller_as_it_was() {
+        let mut before = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, None, Some(&mut before)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(spawn_without_signals("test-quiet", move || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim().to_string();
+            tx.send(u64::from_str_radix(&blocked, 16).unwrap()).unwrap();
+        }));
+        let blocked = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+            assert_ne!(blocked & (1 << (sig as i32 - 1)), 0, "{sig} blocked in the thread");
+        }
+        let mut after = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, None, Some(&mut after)).unwrap();
+        assert_eq!(before, after, "the caller's mask is restored");
     }
 }
