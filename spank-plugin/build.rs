@@ -23,10 +23,7 @@ fn main() {
         );
     }
     let bindings = bindgen::Builder::default()
-        .header_contents(
-            "wrapper.h",
-            "#include <slurm/spank.h>\n#include <slurm/slurm_version.h>\n",
-        )
+        .header_contents("wrapper.h", "#include <slurm/spank.h>\n#include <slurm/slurm_version.h>\n")
         .clang_arg(format!("-I{include}"))
         .allowlist_function("spank_.*")
         .allowlist_function("slurm_(info|error|debug|verbose)")

@@ -13,7 +13,13 @@ use harness::world;
 fn exec_runs_inside_the_image_as_the_user() {
     let w = world();
     let out = w
-        .run(&["exec", w.image(), "sh", "-c", "cat /etc/os-release; id -u; id -g; echo PATH=$PATH; pwd; echo HOME=$HOME; ls -d $HOME"])
+        .run(&[
+            "exec",
+            w.image(),
+            "sh",
+            "-c",
+            "cat /etc/os-release; id -u; id -g; echo PATH=$PATH; pwd; echo HOME=$HOME; ls -d $HOME",
+        ])
         .ok();
     assert!(out.contains("NAME=\"berth-busybox\""), "{out}");
     assert!(out.contains(&format!("\n{}\n{}\n", w.uid, w.gid)), "same uid and gid inside: {out}");
@@ -25,7 +31,8 @@ fn exec_runs_inside_the_image_as_the_user() {
 #[test]
 fn user_name_resolves_and_the_root_is_read_only() {
     let w = world();
-    let out = w.run(&["exec", w.image(), "sh", "-c", "whoami; touch /etc/x 2>&1; touch /data/x 2>&1; true"]).ok();
+    let out =
+        w.run(&["exec", w.image(), "sh", "-c", "whoami; touch /etc/x 2>&1; touch /data/x 2>&1; true"]).ok();
     assert!(out.starts_with(harness::USER), "{out}");
     assert_eq!(out.matches("Read-only file system").count(), 2, "{out}");
 }
@@ -75,13 +82,24 @@ fn signals_sent_to_berth_reach_the_program_and_nothing_is_left() {
     use std::os::unix::process::ExitStatusExt;
     let w = world();
     let marker = "sleep 7777";
-    let child = w.berth(&["exec", w.image(), "sh", "-c", &format!("trap 'echo got-term; exit 3' TERM; {marker} & wait")]).stdout(Stdio::piped()).spawn().unwrap();
+    let child = w
+        .berth(&[
+            "exec",
+            w.image(),
+            "sh",
+            "-c",
+            &format!("trap 'echo got-term; exit 3' TERM; {marker} & wait"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !w.user_processes().iter().any(|p| p.starts_with(marker)) {
         assert!(t0.elapsed() < Duration::from_secs(10), "program did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{:?}", out.status.signal());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got-term\n");
@@ -105,10 +123,18 @@ fn binds_reach_missing_destinations_and_ro_is_enforced() {
         .ok();
     assert!(out.starts_with("payload\nwrote\n"), "{out}");
     assert!(out.contains("Read-only file system"), "{out}");
-    assert_eq!(std::fs::read_to_string(data.join("out.txt")).unwrap(), "w\n", "rw bind writes through to the host");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt")).unwrap(),
+        "w\n",
+        "rw bind writes through to the host"
+    );
     assert!(!data.join("no.txt").exists());
     // BERTH_BIND works like -B.
-    let out = w.berth(&["exec", w.image(), "cat", "/in/input.txt"]).env("BERTH_BIND", format!("{}:/in:ro", data.display())).output().unwrap();
+    let out = w
+        .berth(&["exec", w.image(), "cat", "/in/input.txt"])
+        .env("BERTH_BIND", format!("{}:/in:ro", data.display()))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "payload\n");
 }
 
@@ -120,8 +146,17 @@ fn site_binds_from_the_config_file() {
     std::fs::write(lustre.join("site.txt"), "site data\n").unwrap();
     let cfg = w.path("site.toml");
     std::fs::write(&cfg, format!("[binds]\nsite = [\"{}:/lustre/project:ro\"]\n", lustre.display())).unwrap();
-    let out = w.berth(&["exec", w.image(), "cat", "/lustre/project/site.txt"]).env("BERTH_CONFIG", &cfg).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "site data\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w
+        .berth(&["exec", w.image(), "cat", "/lustre/project/site.txt"])
+        .env("BERTH_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "site data\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -155,7 +190,16 @@ fn writable_tmpfs_is_writable_and_thrown_away() {
     let w = world();
     // New paths can be made anywhere the user may write (the root of the layer is theirs);
     // the image's own directories keep their owners and permissions.
-    let out = w.run(&["exec", "--writable-tmpfs", w.image(), "sh", "-c", "mkdir /work && echo hi > /work/f && cat /work/f"]).ok();
+    let out = w
+        .run(&[
+            "exec",
+            "--writable-tmpfs",
+            w.image(),
+            "sh",
+            "-c",
+            "mkdir /work && echo hi > /work/f && cat /work/f",
+        ])
+        .ok();
     assert_eq!(out, "hi\n");
     let out = w.run(&["exec", "--writable-tmpfs", w.image(), "ls", "/work"]);
     assert_ne!(out.code(), Some(0), "nothing persists between runs: {}", out.stdout());
@@ -167,13 +211,16 @@ fn writable_tmpfs_is_writable_and_thrown_away() {
 fn workdir_option() {
     let w = world();
     assert_eq!(w.run(&["exec", "--workdir", "/opt/app", w.image(), "pwd"]).ok(), "/opt/app\n");
-    w.run(&["exec", "--workdir", "/nowhere", w.image(), "pwd"]).fails_with(&["workdir /nowhere", "does not exist"]);
+    w.run(&["exec", "--workdir", "/nowhere", w.image(), "pwd"])
+        .fails_with(&["workdir /nowhere", "does not exist"]);
 }
 
 #[test]
 fn dry_run_prints_the_plan_and_runs_nothing() {
     let w = world();
-    let out = w.run(&["exec", "--dry-run", "-B", "/tmp:/scratch", w.image(), "touch", "/tmp/should-not-exist"]).ok();
+    let out = w
+        .run(&["exec", "--dry-run", "-B", "/tmp:/scratch", w.image(), "touch", "/tmp/should-not-exist"])
+        .ok();
     for needle in ["squashfuse_ll", "bind /tmp -> /scratch", "pivot_root", "exec: [\"touch\""] {
         assert!(out.contains(needle), "{needle} missing from:\n{out}");
     }
@@ -202,7 +249,14 @@ fn directory_and_singularity2_images() {
 fn inspect_shows_metadata() {
     let w = world();
     let out = w.run(&["inspect", w.image()]).ok();
-    for needle in ["format:    Squashfs", "Maintainer: berth tests", "runscript got", "APP_HOME", "This image says hello.", "Bootstrap: scratch"] {
+    for needle in [
+        "format:    Squashfs",
+        "Maintainer: berth tests",
+        "runscript got",
+        "APP_HOME",
+        "This image says hello.",
+        "Bootstrap: scratch",
+    ] {
         assert!(out.contains(needle), "{needle} missing from:\n{out}");
     }
     let v: serde_json::Value = serde_json::from_str(&w.run(&["inspect", "--json", w.image()]).ok()).unwrap();
@@ -221,7 +275,11 @@ fn bad_images_get_one_clear_message() {
     let secret = w.path("secret.sqsh");
     std::fs::copy(&w.image, &secret).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    w.run(&["exec", secret.to_str().unwrap(), "true"]).fails_with(&["secret.sqsh", "Permission denied", "readable"]);
+    w.run(&["exec", secret.to_str().unwrap(), "true"]).fails_with(&[
+        "secret.sqsh",
+        "Permission denied",
+        "readable",
+    ]);
     let full = std::fs::read(&w.image).unwrap();
     let trunc = w.user_file("truncated.sqsh", &full[..full.len() / 2]);
     w.run(&["exec", trunc.to_str().unwrap(), "true"]).fails_with(&["truncated.sqsh"]);
@@ -231,7 +289,8 @@ fn bad_images_get_one_clear_message() {
 #[test]
 fn bad_requests_get_one_clear_message() {
     let w = world();
-    w.run(&["exec", "-B", "/no/such/dir:/x", w.image(), "true"]).fails_with(&["/no/such/dir", "does not exist"]);
+    w.run(&["exec", "-B", "/no/such/dir:/x", w.image(), "true"])
+        .fails_with(&["/no/such/dir", "does not exist"]);
     w.run(&["exec", "-B", "/tmp:relative", w.image(), "true"]).fails_with(&["relative", "absolute"]);
     w.run(&["exec", "-B", "/tmp:/a/../etc", w.image(), "true"]).fails_with(&["'..'"]);
     w.run(&["exec", "--env", "NOEQUALS", w.image(), "true"]).fails_with(&["NOEQUALS", "NAME=VALUE"]);
@@ -247,7 +306,12 @@ fn executable_image_via_run_singularity_link() {
     let link = w.path("run-singularity");
     let _ = std::os::unix::fs::symlink(&w.berth, &link);
     let out = w.command(&link, &[w.image(), "x"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "runscript got: x\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "runscript got: x\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -271,7 +335,11 @@ fn sif_images_run_and_execute_directly() {
     write_sif(
         &sif,
         &w.image,
-        &[SifObject { kind: SifObjectKind::Deffile, name: "Singularity".into(), data: b"Bootstrap: scratch\n".to_vec() }],
+        &[SifObject {
+            kind: SifObjectKind::Deffile,
+            name: "Singularity".into(),
+            data: b"Bootstrap: scratch\n".to_vec(),
+        }],
         None,
     )
     .unwrap();
@@ -289,7 +357,12 @@ fn sif_images_run_and_execute_directly() {
         .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "runscript got: direct call\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "runscript got: direct call\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -319,7 +392,12 @@ fn singularity2_ext3_images_are_refused_unprivileged_with_the_fix() {
     let img = w.path("legacy-ext3.img");
     harness::singularity2_image(&w.rootfs, &img);
     nix::unistd::chown(&img, Some(w.uid.into()), Some(w.gid.into())).unwrap();
-    w.run(&["exec", img.to_str().unwrap(), "true"]).fails_with(&["legacy-ext3.img", "ext3", "privileged", "convert"]);
+    w.run(&["exec", img.to_str().unwrap(), "true"]).fails_with(&[
+        "legacy-ext3.img",
+        "ext3",
+        "privileged",
+        "convert",
+    ]);
 }
 
 #[test]
@@ -327,7 +405,13 @@ fn a_closed_pipe_ends_the_program_like_natively() {
     let w = world();
     // `yes` must die of SIGPIPE when `head` stops reading, not loop on EPIPE errors.
     let out = w
-        .run(&["exec", w.image(), "sh", "-c", "yes | head -n 2; echo \"yes status: ${PIPESTATUS:-see}\"; (yes; echo $? >&2) | head -n 1"])
+        .run(&[
+            "exec",
+            w.image(),
+            "sh",
+            "-c",
+            "yes | head -n 2; echo \"yes status: ${PIPESTATUS:-see}\"; (yes; echo $? >&2) | head -n 1",
+        ])
         .0;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

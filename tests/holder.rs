@@ -21,7 +21,12 @@ fn start_holder(w: &World, name: &str, extra: &[&str]) -> Holder {
     let mut child = w.berth(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "holder did not become ready: {:?}", child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()));
+    assert_eq!(
+        line,
+        "ready\n",
+        "holder did not become ready: {:?}",
+        child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
     Holder { child, name: name.to_string() }
 }
 
@@ -35,7 +40,9 @@ fn joined_tasks_share_namespaces_and_shared_memory() {
     let h = start_holder(w, "step-shm", &["--env", "STEP_VAR=from-holder"]);
     let holder_ns = |ns: &str| std::fs::read_link(format!("/proc/{}/ns/{ns}", h.child.id())).unwrap();
     let a = join(w, &h.name, "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; shmtool put /berth-step hello-from-a; cat /etc/os-release | grep ^NAME; echo $STEP_VAR $APP_HOME").ok();
-    let b = join(w, &h.name, "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; shmtool get /berth-step").ok();
+    let b =
+        join(w, &h.name, "readlink /proc/self/ns/user; readlink /proc/self/ns/mnt; shmtool get /berth-step")
+            .ok();
     let a: Vec<&str> = a.lines().collect();
     let b: Vec<&str> = b.lines().collect();
     assert_eq!(a[0], holder_ns("user").to_str().unwrap(), "joiner A in the holder's user namespace");
@@ -62,11 +69,16 @@ fn names_are_unique_and_stop_cleans_up() {
     let holder_pid = h.child.id();
     let fuse_pid = std::fs::read_to_string(format!("/proc/{holder_pid}/task/{holder_pid}/children")).unwrap();
     let fuse_pid = fuse_pid.trim();
-    assert!(std::fs::read_to_string(format!("/proc/{fuse_pid}/cmdline")).unwrap().starts_with("squashfuse_ll"));
+    assert!(std::fs::read_to_string(format!("/proc/{fuse_pid}/cmdline"))
+        .unwrap()
+        .starts_with("squashfuse_ll"));
     stop(w, h);
     let _ = bg.wait();
-    let left: Vec<String> =
-        w.user_processes().into_iter().filter(|p| p.starts_with("sleep 8888") || p.contains("step-stop")).collect();
+    let left: Vec<String> = w
+        .user_processes()
+        .into_iter()
+        .filter(|p| p.starts_with("sleep 8888") || p.contains("step-stop"))
+        .collect();
     assert!(left.is_empty(), "left after stop: {left:?}");
     assert!(!std::path::Path::new(&format!("/proc/{holder_pid}")).exists());
     assert!(!std::path::Path::new(&format!("/proc/{fuse_pid}")).exists(), "FUSE server stopped");
@@ -122,7 +134,14 @@ fn warm_config(w: &World, dir: &std::path::Path, secs: u64) -> std::path::PathBu
     cfg
 }
 
-fn warm_run(w: &World, dir: &std::path::Path, cfg: &std::path::Path, image: &str, extra: &[&str], script: &str) -> String {
+fn warm_run(
+    w: &World,
+    dir: &std::path::Path,
+    cfg: &std::path::Path,
+    image: &str,
+    extra: &[&str],
+    script: &str,
+) -> String {
     let mut args = vec!["exec"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[image, "sh", "-c", script]);
@@ -168,7 +187,10 @@ fn identical_runs_join_a_warm_container_that_goes_when_idle() {
     let first = warm_run(w, &dir, &cfg, w.image(), &[], ns);
     let second = warm_run(w, &dir, &cfg, w.image(), &[], &format!("{ns}; cat /etc/os-release; pwd"));
     assert!(second.starts_with(&first), "an identical run joins the warm container: {first} vs {second}");
-    assert!(second.contains("berth-busybox") && second.ends_with(&format!("{}\n", dir.display())), "{second}");
+    assert!(
+        second.contains("berth-busybox") && second.ends_with(&format!("{}\n", dir.display())),
+        "{second}"
+    );
     // Different options or --no-share: a container of their own.
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--no-share"], ns), first, "--no-share");
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--cleanenv"], ns), first, "--cleanenv");
@@ -176,7 +198,11 @@ fn identical_runs_join_a_warm_container_that_goes_when_idle() {
     assert_ne!(warm_run(w, &dir, &cfg, w.image(), &["--mpi=none"], ns), first, "--mpi (host libraries)");
     let (name, pid) = warm_holder_of(w, &first).expect("a warm holder runs between runs");
     // Nobody inside: it goes after keep_warm_seconds (2 s), with its FUSE server and records.
-    let fuse: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap().split_whitespace().map(String::from).collect();
+    let fuse: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     assert_eq!(fuse.len(), 1, "the holder's only child is its FUSE server: {fuse:?}");
     wait_gone(w, &name, pid, Duration::from_secs(10));
     assert!(!std::path::Path::new(&format!("/proc/{}", fuse[0])).exists(), "FUSE server {} left", fuse[0]);
@@ -203,7 +229,11 @@ fn a_warm_container_stays_while_a_run_is_inside() {
     // Well past keep_warm_seconds: the running program keeps it.
     std::thread::sleep(Duration::from_millis(2500));
     let (name, pid) = warm_holder_of(w, &ns).expect("held while a program runs inside");
-    assert_eq!(warm_run(w, &dir, &cfg, w.image(), &[], "readlink /proc/self/ns/mnt"), ns, "a new run joins it");
+    assert_eq!(
+        warm_run(w, &dir, &cfg, w.image(), &[], "readlink /proc/self/ns/mnt"),
+        ns,
+        "a new run joins it"
+    );
     use std::io::{Read, Write};
     long.stdin.take().unwrap().write_all(b"eof\n").unwrap();
     let mut rest = String::new();
@@ -220,7 +250,14 @@ fn a_replaced_image_is_never_served_from_a_warm_container() {
     let cfg = warm_config(w, &dir, 30);
     let img = dir.join("app.sqsh");
     std::fs::copy(&w.image, &img).unwrap();
-    let before = warm_run(w, &dir, &cfg, img.to_str().unwrap(), &[], "readlink /proc/self/ns/mnt; cat /etc/os-release");
+    let before = warm_run(
+        w,
+        &dir,
+        &cfg,
+        img.to_str().unwrap(),
+        &[],
+        "readlink /proc/self/ns/mnt; cat /etc/os-release",
+    );
     assert!(before.contains("berth-busybox"), "{before}");
     // Rebuilt in place (new content, same path), as `berth build` does: write aside, rename.
     let root = dir.join("root2");
@@ -228,7 +265,14 @@ fn a_replaced_image_is_never_served_from_a_warm_container() {
     std::fs::write(root.join("etc/os-release"), "NAME=\"rebuilt\"\n").unwrap();
     harness::mksquashfs(&root, &dir.join("new.sqsh"));
     std::fs::rename(dir.join("new.sqsh"), &img).unwrap();
-    let after = warm_run(w, &dir, &cfg, img.to_str().unwrap(), &[], "readlink /proc/self/ns/mnt; cat /etc/os-release");
+    let after = warm_run(
+        w,
+        &dir,
+        &cfg,
+        img.to_str().unwrap(),
+        &[],
+        "readlink /proc/self/ns/mnt; cat /etc/os-release",
+    );
     assert!(after.contains("NAME=\"rebuilt\""), "the new image is used: {after}");
     for out in [before, after] {
         let ns = out.lines().next().unwrap().to_string();
@@ -243,12 +287,21 @@ fn a_replaced_image_is_never_served_from_a_warm_container() {
 /// and the given vetted directory.
 fn privileged_config(w: &World, name: &str, allowed: &std::path::Path) -> std::path::PathBuf {
     let cfg = w.path(name);
-    std::fs::write(&cfg, format!("mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n", allowed.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n", allowed.display()),
+    )
+    .unwrap();
     cfg
 }
 
 /// `berth holder --user UID` started by root, as the Slurm plugin does in privileged mode.
-fn start_root_holder(w: &World, cfg: &std::path::Path, name: &str, image: &std::path::Path) -> std::process::Output {
+fn start_root_holder(
+    w: &World,
+    cfg: &std::path::Path,
+    name: &str,
+    image: &std::path::Path,
+) -> std::process::Output {
     let mut child = std::process::Command::new(&w.berth)
         .args(["holder", "--user", &w.uid.to_string(), "--name", name])
         .arg(image)
@@ -268,7 +321,11 @@ fn start_root_holder(w: &World, cfg: &std::path::Path, name: &str, image: &std::
     if line == "ready\n" {
         // Running: hand back an empty, successful output; the caller stops it by name.
         std::mem::forget(child);
-        return std::process::Output { status: std::os::unix::process::ExitStatusExt::from_raw(0), stdout: line.into_bytes(), stderr: vec![] };
+        return std::process::Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(0),
+            stdout: line.into_bytes(),
+            stderr: vec![],
+        };
     }
     child.wait_with_output().unwrap()
 }
@@ -285,7 +342,11 @@ fn stop_and_check_loop_freed(w: &World, name: &str, image: &std::path::Path) {
 
 fn loop_devices_for(image: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("losetup").arg("-a").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&*image.to_string_lossy())).map(String::from).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&*image.to_string_lossy()))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -300,21 +361,37 @@ fn privileged_mode_mounts_with_the_kernel_then_runs_as_the_user() {
     let cfg = privileged_config(w, "privileged.toml", &vetted);
     let out = start_root_holder(w, &cfg, "priv-1", &image);
     assert!(out.status.success() && out.stdout == b"ready\n", "{}", String::from_utf8_lossy(&out.stderr));
-    let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("/tmp/berth-{}/holders/priv-1.json", w.uid)).unwrap()).unwrap();
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/tmp/berth-{}/holders/priv-1.json", w.uid)).unwrap(),
+    )
+    .unwrap();
     let pid = st["pid"].as_i64().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
-    assert_eq!(uids.split_whitespace().skip(1).collect::<Vec<_>>(), vec![w.uid.to_string(); 4], "the holder became the user: {uids}");
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        vec![w.uid.to_string(); 4],
+        "the holder became the user: {uids}"
+    );
     assert_eq!(loop_devices_for(&image).len(), 1, "one loop device: {:?}", loop_devices_for(&image));
 
-    let inside = join(w, "priv-1", "id -u; cat /etc/os-release; grep ' / / ' /proc/self/mountinfo; touch /etc/x 2>&1; true").ok();
+    let inside = join(
+        w,
+        "priv-1",
+        "id -u; cat /etc/os-release; grep ' / / ' /proc/self/mountinfo; touch /etc/x 2>&1; true",
+    )
+    .ok();
     assert!(inside.starts_with(&format!("{}\n", w.uid)), "{inside}");
     assert!(inside.contains("berth-busybox"), "{inside}");
     let root = inside.lines().find(|l| l.contains(" / / ")).unwrap_or_else(|| panic!("root mount: {inside}"));
     assert!(root.contains("ro,nosuid,nodev"), "{root}");
     assert!(inside.contains("Read-only file system"), "{inside}");
     // Served by the kernel (the loop device above), not by a FUSE server.
-    let fuse: Vec<String> = w.user_processes().into_iter().filter(|p| p.starts_with("squashfuse_ll") && p.contains(&*image.to_string_lossy())).collect();
+    let fuse: Vec<String> = w
+        .user_processes()
+        .into_iter()
+        .filter(|p| p.starts_with("squashfuse_ll") && p.contains(&*image.to_string_lossy()))
+        .collect();
     assert!(fuse.is_empty(), "{fuse:?}");
     // The host's mount table never saw the image mount.
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("/run/berth/image"));
@@ -332,7 +409,12 @@ fn privileged_mode_mounts_singularity2_ext3_images() {
     let cfg = privileged_config(w, "privileged-ext3.toml", &vetted);
     let out = start_root_holder(w, &cfg, "priv-ext3", &image);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(loop_devices_for(&image).len(), 1, "the ext3 inside, on a loop device: {:?}", loop_devices_for(&image));
+    assert_eq!(
+        loop_devices_for(&image).len(),
+        1,
+        "the ext3 inside, on a loop device: {:?}",
+        loop_devices_for(&image)
+    );
     let inside = join(w, "priv-ext3", "cat /etc/os-release; grep ' / / ' /proc/self/mountinfo").ok();
     assert!(inside.contains("berth-busybox"), "{inside}");
     assert!(inside.lines().any(|l| l.contains(" / / ") && l.contains("ro,nosuid,nodev")), "{inside}");
@@ -356,8 +438,16 @@ fn privileged_mode_refuses_images_the_site_did_not_vet() {
     std::fs::copy(&w.image, &loose).unwrap();
     std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let out = start_root_holder(w, &cfg, "priv-refused", &loose);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group or others"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(loop_devices_for(&own).is_empty() && loop_devices_for(&loose).is_empty(), "no loop device attached");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        loop_devices_for(&own).is_empty() && loop_devices_for(&loose).is_empty(),
+        "no loop device attached"
+    );
     // --user is for root only.
-    w.run(&["holder", "--user", &w.uid.to_string(), "--name", "x", w.image()]).fails_with(&["--user", "root context"]);
+    w.run(&["holder", "--user", &w.uid.to_string(), "--name", "x", w.image()])
+        .fails_with(&["--user", "root context"]);
 }

@@ -26,7 +26,11 @@ fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
     }
     // glibc's libraries, as any glibc-based image has them.
     for lib in ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libresolv.so.2"] {
-        std::fs::copy(Path::new("/lib/x86_64-linux-gnu").join(lib), root.join("lib/x86_64-linux-gnu").join(lib)).unwrap();
+        std::fs::copy(
+            Path::new("/lib/x86_64-linux-gnu").join(lib),
+            root.join("lib/x86_64-linux-gnu").join(lib),
+        )
+        .unwrap();
     }
     std::fs::copy("/lib64/ld-linux-x86-64.so.2", root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
     std::fs::copy("/bin/dash", root.join("bin/sh")).unwrap();
@@ -60,13 +64,24 @@ fn hybrid_model_loads_the_hosts_verbs_library_in_an_image_without_it() {
     // With the default hybrid model the host's rdma-core is bound in and found first.
     // No InfiniBand here: the tool runs, asks the host's libibverbs for devices and reports
     // that the kernel has none, as it does natively on this host.
-    let out = w.run(&["exec", img, "sh", "-c", "ibv_devices 2>&1; echo rc=$?; echo LD=$LD_LIBRARY_PATH; ls /.berth/host/lib"]).ok();
+    let out = w
+        .run(&[
+            "exec",
+            img,
+            "sh",
+            "-c",
+            "ibv_devices 2>&1; echo rc=$?; echo LD=$LD_LIBRARY_PATH; ls /.berth/host/lib",
+        ])
+        .ok();
     let native = Command::new("ibv_devices").output().unwrap();
     let native_said = String::from_utf8_lossy(&native.stderr).trim().to_string();
     assert!(out.starts_with(&native_said), "same answer as natively ({native_said}): {out}");
     assert!(out.contains(&format!("rc={}", native.status.code().unwrap())), "{out}");
     assert!(out.contains("LD=/.berth/host/lib"), "{out}");
-    assert!(out.contains("libibverbs.so.1") && out.contains("libnl-3.so.200"), "library and its closure: {out}");
+    assert!(
+        out.contains("libibverbs.so.1") && out.contains("libnl-3.so.200"),
+        "library and its closure: {out}"
+    );
     assert!(!out.contains("libc.so.6"), "glibc itself is never injected: {out}");
     let plan = w.run(&["exec", "--dry-run", img, "true"]).ok();
     assert!(plan.contains("host fabric library (libibverbs.so.1)"), "{plan}");
@@ -100,7 +115,8 @@ fn fake_nvidia_host() -> PathBuf {
     };
     stub("int cuInit(unsigned f){(void)f;return 0;}\n", "libcuda.so.1", "libcuda.so.535.104.05");
     stub("int nvmlInit_v2(void){return 0;}\n", "libnvidia-ml.so.1", "libnvidia-ml.so.535.104.05");
-    for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("nvidia2", 2), ("nvidia3", 3), ("nvidiactl", 255)] {
+    for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("nvidia2", 2), ("nvidia3", 3), ("nvidiactl", 255)]
+    {
         sh(&format!("mknod -m 0666 {}/dev/{name} c 195 {minor}", h.display()));
     }
     sh(&format!("mknod -m 0666 {}/dev/nvidia-uvm c 509 0", h.display()));
@@ -109,7 +125,8 @@ fn fake_nvidia_host() -> PathBuf {
         "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n",
     )
     .unwrap();
-    std::fs::write(h.join("usr/bin/nvidia-smi"), "#!/bin/sh\necho 'GPU 0: Fake H200 (UUID: GPU-fake)'\n").unwrap();
+    std::fs::write(h.join("usr/bin/nvidia-smi"), "#!/bin/sh\necho 'GPU 0: Fake H200 (UUID: GPU-fake)'\n")
+        .unwrap();
     std::fs::set_permissions(h.join("usr/bin/nvidia-smi"), std::fs::Permissions::from_mode(0o755)).unwrap();
     sh(&format!("ldconfig -r {}", h.display()));
     sh(&format!("chmod -R a+rX {}", h.display()));
@@ -146,7 +163,11 @@ fn nvidia_driver_and_only_the_jobs_gpus() {
         .env("BERTH_CONFIG", &cfg)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("dlopen failed"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("dlopen failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -160,8 +181,10 @@ fn bad_injection_settings_get_one_clear_message() {
     harness::Out(w.berth(&["exec", "--nv", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap())
         .fails_with(&["never"]);
     std::fs::write(&cfg, "[inject]\nmpi_allowed = [\"hybrid\"]\n").unwrap();
-    harness::Out(w.berth(&["exec", "--mpi=host", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap())
-        .fails_with(&["host"]);
+    harness::Out(
+        w.berth(&["exec", "--mpi=host", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap(),
+    )
+    .fails_with(&["host"]);
 }
 
 /// An image with its own (stub) MPICH-ABI library and an application linked against it.
@@ -186,14 +209,20 @@ fn mpich_abi_image() -> PathBuf {
     sh(&format!("cc -o {d}/mpi-version {d}/app.c -L{d} -lmpich"));
     glibc_image(
         "mpich-abi",
-        &[(&dir.join("libmpich.so.12.0.0"), "/lib/x86_64-linux-gnu/libmpich.so.12.0.0"), (&dir.join("mpi-version"), "/usr/bin/mpi-version")],
+        &[
+            (&dir.join("libmpich.so.12.0.0"), "/lib/x86_64-linux-gnu/libmpich.so.12.0.0"),
+            (&dir.join("mpi-version"), "/usr/bin/mpi-version"),
+        ],
     )
 }
 
 #[test]
 fn replace_model_runs_the_image_application_on_the_host_mpi() {
     let w = world();
-    assert!(Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12").exists(), "scripts/install-deps.sh installs libmpich-dev");
+    assert!(
+        Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12").exists(),
+        "scripts/install-deps.sh installs libmpich-dev"
+    );
     let img = mpich_abi_image();
     let img = img.to_str().unwrap();
     assert_eq!(w.run(&["exec", "--mpi=none", img, "mpi-version"]).ok(), "IMAGE STUB MPI\n");
@@ -204,6 +233,8 @@ fn replace_model_runs_the_image_application_on_the_host_mpi() {
     // A host Open MPI cannot stand in for an MPICH-ABI library: refused, both sides named.
     let cfg = w.path("ompi-host.toml");
     std::fs::write(&cfg, "[inject]\nmpi_libs = [\"libmpi.so.40\"]\n").unwrap();
-    harness::Out(w.berth(&["exec", "--mpi=host", img, "mpi-version"]).env("BERTH_CONFIG", &cfg).output().unwrap())
-        .fails_with(&["libmpi.so.40"]);
+    harness::Out(
+        w.berth(&["exec", "--mpi=host", img, "mpi-version"]).env("BERTH_CONFIG", &cfg).output().unwrap(),
+    )
+    .fails_with(&["libmpi.so.40"]);
 }

@@ -25,7 +25,8 @@ impl Drop for Epilogues<'_> {
     fn drop(&mut self) {
         for n in &self.2 {
             // Never a second panic while a failed test unwinds.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.hook("epilogue", self.1, n)));
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.hook("epilogue", self.1, n)));
         }
     }
 }
@@ -59,7 +60,11 @@ fn job_and_tasks_run_in_one_container_per_node() {
     assert_eq!(line(&text, "NET="), a.net_id(), "host networking of the node");
     assert_eq!(line(&text, "NODES="), "a b", "$PBS_NODEFILE is readable inside");
     assert_eq!(line(&text, "SCRIPT="), "4", "the job script is visible inside");
-    assert_eq!(line(&text, "HOSTS="), std::fs::metadata("/etc/hosts").unwrap().len().to_string(), "the node's /etc/hosts");
+    assert_eq!(
+        line(&text, "HOSTS="),
+        std::fs::metadata("/etc/hosts").unwrap().len().to_string(),
+        "the node's /etc/hosts"
+    );
     let batch_mnt = line(&text, "MNT=").to_string();
 
     // TM tasks on the mother superior join the same container.
@@ -71,28 +76,49 @@ fn job_and_tasks_run_in_one_container_per_node() {
     }
 
     // A task of the job asking for another image is refused, naming both.
-    let other = Job { id: job.id.clone(), vars: vec![("CONTAINER".into(), w.rootfs.display().to_string())], workdir: job.workdir.clone(), script_body: String::new() };
+    let other = Job {
+        id: job.id.clone(),
+        vars: vec![("CONTAINER".into(), w.rootfs.display().to_string())],
+        workdir: job.workdir.clone(),
+        script_body: String::new(),
+    };
     let out = mom.task(&other, &a, 9, &["true"]);
     assert_eq!(out.code(), Some(255));
-    assert!(out.stderr().contains("already runs image") && out.stderr().contains(w.image()) && out.stderr().contains(w.rootfs.to_str().unwrap()), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("already runs image")
+            && out.stderr().contains(w.image())
+            && out.stderr().contains(w.rootfs.to_str().unwrap()),
+        "{}",
+        out.stderr()
+    );
 
     // On the sister node, four tasks start at once: exactly one of them creates the node's
     // container, all share it, and it is not node a's.
     let outs: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = (3..7).map(|t| s.spawn({
-            let (mom, job, b) = (&mom, &job, &b);
-            move || mom.task(job, b, t, &["sh", "-c", PROBE]).ok()
-        })).collect();
+        let hs: Vec<_> = (3..7)
+            .map(|t| {
+                s.spawn({
+                    let (mom, job, b) = (&mom, &job, &b);
+                    move || mom.task(job, b, t, &["sh", "-c", PROBE]).ok()
+                })
+            })
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mnts: Vec<&str> = outs.iter().map(|o| line(o, "MNT=")).collect();
     assert!(mnts.iter().all(|m| *m == mnts[0]), "tasks on node b share one container: {mnts:?}");
     assert_ne!(mnts[0], batch_mnt, "node b has its own container");
     assert!(outs.iter().all(|o| line(o, "NET=") == b.net_id() && line(o, "NAME=") == "\"berth-busybox\""));
-    let holders = |n: &Node| job_files(n, &jid("101")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
+    let holders = |n: &Node| {
+        job_files(n, &jid("101")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count()
+    };
     assert_eq!((holders(&a), holders(&b)), (1, 1), "one holder per node");
     let running = job_processes(&jid("101"));
-    assert_eq!(running.iter().filter(|p| p.contains("squashfuse_ll")).count(), 2, "one FUSE server per node: {running:?}");
+    assert_eq!(
+        running.iter().filter(|p| p.contains("squashfuse_ll")).count(),
+        2,
+        "one FUSE server per node: {running:?}"
+    );
 
     // The epilogues leave nothing: no holder, no FUSE server, no state file, no lock.
     for (which, n) in [("epilogue", &a), ("epilogue.parallel", &b)] {
@@ -102,11 +128,17 @@ fn job_and_tasks_run_in_one_container_per_node() {
     assert_clean(&[&a, &b], &jid("101"));
     // An epilogue with nothing to do is fine too (here in the `berth-pbs epilogue ARGS` form).
     let starter = mom.starter.display().to_string();
-    let again = mom::in_node(&a.netns_path(), As::Root, 0, 0, &[&starter, "epilogue", &job.id, harness::USER, "g", "job.sh"])
-        .env_clear()
-        .env("BERTH_CONFIG", &a.config)
-        .output()
-        .unwrap();
+    let again = mom::in_node(
+        &a.netns_path(),
+        As::Root,
+        0,
+        0,
+        &[&starter, "epilogue", &job.id, harness::USER, "g", "job.sh"],
+    )
+    .env_clear()
+    .env("BERTH_CONFIG", &a.config)
+    .output()
+    .unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
 }
 
@@ -116,7 +148,12 @@ fn run_privileged_starter_drops_to_the_job_user() {
     let w = world();
     let mom = Mom::new(w);
     let a = Node::new(w, "a");
-    let job = Job::new(w, &jid("102"), &[("CONTAINER", w.image())], "echo UID=$(id -u) GID=$(id -g) GROUPS=$(id -G); grep ^NAME= /etc/os-release\n");
+    let job = Job::new(
+        w,
+        &jid("102"),
+        &[("CONTAINER", w.image())],
+        "echo UID=$(id -u) GID=$(id -g) GROUPS=$(id -G); grep ^NAME= /etc/os-release\n",
+    );
     mom.submit(&job, &[&a]);
     let _cleanup = Epilogues(&mom, &job, vec![&a]);
     let out = mom.batch(&job, &a, As::Root).ok();
@@ -136,11 +173,23 @@ fn run_privileged_starter_drops_to_the_job_user() {
     std::fs::set_permissions(secret.script_path(&a), std::fs::Permissions::from_mode(0o400)).unwrap();
     let out = mom.batch(&secret, &a, As::Root);
     assert_eq!(out.code(), Some(255));
-    assert!(out.stderr().contains("cannot read the job script") && out.stderr().contains("ermission denied"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("cannot read the job script") && out.stderr().contains("ermission denied"),
+        "{}",
+        out.stderr()
+    );
     assert_clean(&[&a], &secret.id);
     // An unknown job user, or root, is refused.
-    for (user, needle) in [("nosuchuser-xyz", "not in the passwd database"), ("root", "refusing to run a container job as root")] {
-        let j = Job::new(w, &jid("107"), &[("CONTAINER", w.image()), ("USER", user), ("LOGNAME", user)], "id -u\n");
+    for (user, needle) in [
+        ("nosuchuser-xyz", "not in the passwd database"),
+        ("root", "refusing to run a container job as root"),
+    ] {
+        let j = Job::new(
+            w,
+            &jid("107"),
+            &[("CONTAINER", w.image()), ("USER", user), ("LOGNAME", user)],
+            "id -u\n",
+        );
         mom.submit(&j, &[&a]);
         let out = mom.batch(&j, &a, As::Root);
         assert_eq!(out.code(), Some(255), "{user}");
@@ -198,7 +247,10 @@ fn prologue_checks_the_image_as_the_user() {
         let out = check(&jid(&format!("21{i}")), &[("CONTAINER", img.as_str())]);
         assert_eq!(out.code(), Some(1), "bad image {img} aborts the job (1, never a requeue code)");
         let err = out.stderr();
-        assert!(err.contains(img.as_str()) && err.contains(needle), "message names {img} and {needle:?}: {err}");
+        assert!(
+            err.contains(img.as_str()) && err.contains(needle),
+            "message names {img} and {needle:?}: {err}"
+        );
     }
     let out = check(&jid("220"), &[("CONTAINER", w.image()), ("BERTH_BINDZ", "/x")]);
     assert_eq!(out.code(), Some(1));
@@ -256,7 +308,11 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     };
     for (img, needle) in bad_images(w) {
         expect(&[("CONTAINER", img.as_str())], None, &[img.as_str(), needle]);
-        expect(&[("CONTAINER", img.as_str())], Some(&format!("{}/mom_priv/jobs/x.SC\n", a.pbs_home.display())), &[]);
+        expect(
+            &[("CONTAINER", img.as_str())],
+            Some(&format!("{}/mom_priv/jobs/x.SC\n", a.pbs_home.display())),
+            &[],
+        );
     }
     let img = w.image();
     expect(&[("CONTAINER", img)], Some(""), &["stdin", "no job script path"]);
@@ -304,21 +360,33 @@ LOG_DEBUG = 4
             .output()
             .expect("python3");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
     };
     let starter = "/usr/libexec/berth/berth-pbs";
     // The job script's shell.
-    let r = run(serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}));
+    let r = run(
+        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
+    );
     assert_eq!(r["progname"], starter);
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
     assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
     // A TM task.
-    let r = run(serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "progname": "/usr/bin/orted", "argv": ["orted", "-mca", "x", "y"], "env": {"CONTAINER": "/img/a.sif"}}));
+    let r = run(
+        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "progname": "/usr/bin/orted", "argv": ["orted", "-mca", "x", "y"], "env": {"CONTAINER": "/img/a.sif"}}),
+    );
     assert_eq!(r["argv"], serde_json::json!([starter, "/usr/bin/orted", "-mca", "x", "y"]));
     // Without CONTAINER nothing changes; an already wrapped launch is not wrapped twice.
-    let r = run(serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}));
-    assert_eq!((r["progname"].as_str(), r["argv"].clone()), (Some("/bin/bash"), serde_json::json!(["-bash"])));
-    let r = run(serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}));
+    let r = run(
+        serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
+    );
+    assert_eq!(
+        (r["progname"].as_str(), r["argv"].clone()),
+        (Some("/bin/bash"), serde_json::json!(["-bash"]))
+    );
+    let r = run(
+        serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}),
+    );
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
 
     // The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in here).
@@ -348,14 +416,27 @@ fn rsh_agent_starts_remote_commands_in_the_job_container() {
     let (a, b) = (Node::new(w, "a"), Node::new(w, "b"));
     let ssh = mom::fake_ssh(w, &[&a, &b], false);
     let probe = "echo REMOTE NET=$(readlink /proc/self/ns/net) NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2) JOB=$PBS_JOBID X=$BERTH_ENV_CHECK$CHECK";
-    let script = format!("{} -x b '{probe}'\necho LOCAL NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)\n", mom.rsh_agent.display());
-    let job = Job::new(w, &jid("105"), &[("CONTAINER", w.image()), ("BERTH_PBS_SSH", ssh.ssh.as_str()), ("BERTH_ENV_CHECK", "carried")], &script);
+    let script = format!(
+        "{} -x b '{probe}'\necho LOCAL NET=$(readlink /proc/self/ns/net) MNT=$(readlink /proc/self/ns/mnt)\n",
+        mom.rsh_agent.display()
+    );
+    let job = Job::new(
+        w,
+        &jid("105"),
+        &[("CONTAINER", w.image()), ("BERTH_PBS_SSH", ssh.ssh.as_str()), ("BERTH_ENV_CHECK", "carried")],
+        &script,
+    );
     mom.submit(&job, &[&a, &b]);
     let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
     let out = mom.batch(&job, &a, As::User).ok();
-    assert!(out.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{out}");
+    assert!(
+        out.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)),
+        "{out}"
+    );
     assert!(out.contains(&format!("LOCAL NET={}", a.net_id())), "{out}");
-    let holders = |n: &Node| job_files(n, &job.id).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count();
+    let holders = |n: &Node| {
+        job_files(n, &job.id).into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count()
+    };
     assert_eq!((holders(&a), holders(&b)), (1, 1), "the remote command made node b's container");
     // `berth-pbs rsh` does the same from the host side (where mpirun runs outside the image);
     // this time node b's container is joined, not created.
@@ -367,7 +448,15 @@ fn rsh_agent_starts_remote_commands_in_the_job_container() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&host_side.stdout);
-    assert!(text.contains(&format!("REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n", b.net_id(), job.id)), "{text} {}", String::from_utf8_lossy(&host_side.stderr));
+    assert!(
+        text.contains(&format!(
+            "REMOTE NET={} NAME=\"berth-busybox\" JOB={} X=carried\n",
+            b.net_id(),
+            job.id
+        )),
+        "{text} {}",
+        String::from_utf8_lossy(&host_side.stderr)
+    );
     assert_eq!((holders(&a), holders(&b)), (1, 1));
     drop(ssh);
     drop(_cleanup);
@@ -402,17 +491,33 @@ fn mpi_across_nodes_through_the_rsh_agent() {
     if let Some(p) = &program {
         script.push_str(&format!("{mpirun} {p} && echo PROGRAM-OK\n"));
     }
-    let job = Job::new(w, &jid("401"), &[("CONTAINER", img.as_str()), ("BERTH_PBS_SSH", ssh.ssh.as_str())], &script);
+    let job = Job::new(
+        w,
+        &jid("401"),
+        &[("CONTAINER", img.as_str()), ("BERTH_PBS_SSH", ssh.ssh.as_str())],
+        &script,
+    );
     mom.submit(&job, &[&a, &b]);
     let _cleanup = Epilogues(&mom, &job, vec![&a, &b]);
     let out = mom.batch(&job, &a, As::User).ok();
     eprintln!("the job printed:\n{out}");
-    let rank = |r: u32| out.lines().find(|l| l.starts_with(&format!("RANK={r} "))).unwrap_or_else(|| panic!("no rank {r}: {out}")).to_string();
+    let rank = |r: u32| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("RANK={r} ")))
+            .unwrap_or_else(|| panic!("no rank {r}: {out}"))
+            .to_string()
+    };
     let (r0, r1) = (rank(0), rank(1));
     let own_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
-    assert!(r0.contains(&format!("NET={}", a.net_id())) && r1.contains(&format!("NET={}", b.net_id())), "one rank per node: {out}");
+    assert!(
+        r0.contains(&format!("NET={}", a.net_id())) && r1.contains(&format!("NET={}", b.net_id())),
+        "one rank per node: {out}"
+    );
     let mnt = |l: &str| l.split("MNT=").nth(1).unwrap().to_string();
-    assert!(mnt(&r0) != own_mnt && mnt(&r1) != own_mnt && mnt(&r0) != mnt(&r1), "each rank in its node's container: {out}");
+    assert!(
+        mnt(&r0) != own_mnt && mnt(&r1) != own_mnt && mnt(&r0) != mnt(&r1),
+        "each rank in its node's container: {out}"
+    );
     if program.is_some() {
         assert!(out.contains("PROGRAM-OK"), "the MPI program failed: {out}");
     }

@@ -89,11 +89,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<i32> {
         Ok(()) => Ok(0),
         Err(e) => {
             eprintln!("berth: {e}");
-            Ok(if build::was_interrupted() {
-                EXIT_INTERRUPTED
-            } else {
-                e.exit_code()
-            })
+            Ok(if build::was_interrupted() { EXIT_INTERRUPTED } else { e.exit_code() })
         }
     }
 }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use berth_runtime::config::Config;
 use berth_runtime::container;
 use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::inject::{self, MpiMode};
 use berth_runtime::plan::{self, HostFacts};
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
 use berth_runtime::sys::process;
-use berth_runtime::inject::{self, MpiMode};
 use clap::{Args, Parser, Subcommand};
 
 fn parse_mpi(s: &str) -> Result<MpiMode, String> {
@@ -29,7 +29,11 @@ fn parse_mpi(s: &str) -> Result<MpiMode, String> {
 }
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself")]
+#[command(
+    name = "berth",
+    version,
+    about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -116,7 +120,12 @@ struct ExecArgs {
     #[arg(long, value_name = "NAME")]
     join: Option<String>,
     /// IMAGE then COMMAND [ARGS...] (COMMAND [ARGS...] alone with --join)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "IMAGE COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "IMAGE COMMAND"
+    )]
     args: Vec<String>,
 }
 
@@ -207,14 +216,22 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             let image = PathBuf::from(args.next().unwrap_or_default());
             let argv: Vec<String> = args.collect();
             if argv.is_empty() {
-                return Err(Error::request("berth exec", "no command given", "usage: berth exec IMAGE COMMAND [ARGS...]"));
+                return Err(Error::request(
+                    "berth exec",
+                    "no command given",
+                    "usage: berth exec IMAGE COMMAND [ARGS...]",
+                ));
             }
             start(&cfg, &a.opts, image, Action::Exec(argv))
         }
         Cmd::Run(a) => start(&cfg, &a.opts, a.image, Action::Run(a.args)),
         Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
         Cmd::Inspect(a) if a.host => {
-            let req = make_request(&ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() }, PathBuf::new(), Action::Shell)?;
+            let req = make_request(
+                &ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() },
+                PathBuf::new(),
+                Action::Shell,
+            )?;
             inspect::host(inject::discover_for_request(&cfg, &req)?, a.json)
         }
         Cmd::Inspect(a) => inspect::run(&cfg, a),
@@ -237,7 +254,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     })
                 }),
             };
-            container::hold(&plan, req.cleanenv, &a.name, ready, container::Lifetime::UntilStopped, a.warm.as_deref())
+            container::hold(
+                &plan,
+                req.cleanenv,
+                &a.name,
+                ready,
+                container::Lifetime::UntilStopped,
+                a.warm.as_deref(),
+            )
         }
         Cmd::Stop { name } => {
             container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
@@ -272,17 +296,30 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     Ok(req)
 }
 
-fn make_plan(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<(Request, plan::Plan), Error> {
+fn make_plan(
+    cfg: &Config,
+    opts: &ContainerOpts,
+    image: PathBuf,
+    action: Action,
+) -> Result<(Request, plan::Plan), Error> {
     make_plan_premounted(cfg, opts, image, action, None)
 }
 
 /// The root part of `berth holder --user UID`, before anything the user controls is used: with
 /// mount_mode = "privileged", mount the (vetted) image with the kernel driver in a private
 /// mount namespace; then become the user for good. Returns the image and where it is mounted.
-fn root_holder_setup(cfg: &Config, uid: u32, image: &std::path::Path) -> Result<Option<(berth_runtime::image::Image, PathBuf)>, Error> {
+fn root_holder_setup(
+    cfg: &Config,
+    uid: u32,
+    image: &std::path::Path,
+) -> Result<Option<(berth_runtime::image::Image, PathBuf)>, Error> {
     use berth_runtime::privileged;
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error::request("berth holder --user", "is for a root context (the scheduler's)", "run `berth holder` without --user as yourself"));
+        return Err(Error::request(
+            "berth holder --user",
+            "is for a root context (the scheduler's)",
+            "run `berth holder` without --user as yourself",
+        ));
     }
     let target = privileged::Target::lookup(uid)?;
     let mounted = if cfg.mount_mode == berth_runtime::config::MountMode::Privileged {
@@ -336,7 +373,11 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
         }
     }
     // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
-    let warm = !opts.dry_run && cfg.keep_warm_seconds > 0 && !opts.no_share && !opts.writable_tmpfs && !matches!(action, Action::Shell);
+    let warm = !opts.dry_run
+        && cfg.keep_warm_seconds > 0
+        && !opts.no_share
+        && !opts.writable_tmpfs
+        && !matches!(action, Action::Shell);
     if warm {
         return start_warm(cfg, opts, image, action);
     }
@@ -359,8 +400,11 @@ fn start_warm(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action
     let img = berth_runtime::image::open(&req.image)?;
     let host = HostFacts::probe()?;
     let image = img.path.clone();
-    let stat = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())).ok();
-    let identity = stat(&image).ok_or_else(|| Error::image_io(&image, "cannot open the image", std::io::Error::last_os_error()))?;
+    let stat = |p: &std::path::Path| {
+        std::fs::metadata(p).map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())).ok()
+    };
+    let identity = stat(&image)
+        .ok_or_else(|| Error::image_io(&image, "cannot open the image", std::io::Error::last_os_error()))?;
     // The key: the plan before host library discovery (the costly part, done only when the
     // container is created) minus what each run brings itself (its host variables, its
     // command), and everything discovery reads: the site configuration, the host's library
@@ -384,7 +428,14 @@ fn start_warm(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action
         let injected = inject::discover_for_request(cfg, &req)?;
         Ok((plan::plan(&req, &img, cfg, &host, injected.as_ref())?, req.cleanenv))
     };
-    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &image, make_plan, container::Lifetime::UntilIdle(keep))?;
+    let shared = berth_runtime::shared::join_or_create(
+        cfg,
+        host.user.uid,
+        &name,
+        &image,
+        make_plan,
+        container::Lifetime::UntilIdle(keep),
+    )?;
     let argv = argv_in_joined(action)?;
     let env = shared.joined.env(cfg, &host);
     let workdir = shared.joined.workdir(host.cwd.as_deref())?;
@@ -414,7 +465,13 @@ fn argv_in_joined(action: Action) -> Result<Vec<String>, Error> {
             v.extend(args);
             v
         }
-        Action::Run(_) => return Err(Error::request("berth run", "the image has no runscript", "use `berth exec IMAGE COMMAND`")),
+        Action::Run(_) => {
+            return Err(Error::request(
+                "berth run",
+                "the image has no runscript",
+                "use `berth exec IMAGE COMMAND`",
+            ))
+        }
         Action::Shell => vec!["/bin/sh".into()],
     })
 }
@@ -432,27 +489,56 @@ fn mpi_launcher() -> Option<i32> {
 
 /// Join (or create, for the first rank) the container shared by the ranks of `launcher` that
 /// asked for the same image and options; it ends with the launcher.
-fn start_shared_rank(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action, launcher: i32) -> Result<i32, Error> {
+fn start_shared_rank(
+    cfg: &Config,
+    opts: &ContainerOpts,
+    image: PathBuf,
+    action: Action,
+    launcher: i32,
+) -> Result<i32, Error> {
     use std::hash::{Hash, Hasher};
-    let abs_image = std::fs::canonicalize(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
+    let abs_image =
+        std::fs::canonicalize(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
     let started = std::fs::read_to_string(format!("/proc/{launcher}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(19).map(str::to_string)))
         .unwrap_or_default();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&abs_image, &opts.bind, &opts.env, opts.cleanenv, &opts.workdir, opts.no_home, opts.writable_tmpfs, opts.nv).hash(&mut h);
+    (
+        &abs_image,
+        &opts.bind,
+        &opts.env,
+        opts.cleanenv,
+        &opts.workdir,
+        opts.no_home,
+        opts.writable_tmpfs,
+        opts.nv,
+    )
+        .hash(&mut h);
     format!("{:?}", opts.mpi).hash(&mut h);
     let name = format!("mpi-{launcher}-{started}-{:016x}", h.finish());
     let host = HostFacts::probe()?;
-    let make_plan = || make_plan(cfg, opts, abs_image.clone(), action.clone()).map(|(req, plan)| (plan, req.cleanenv));
-    let shared = berth_runtime::shared::join_or_create(cfg, host.user.uid, &name, &abs_image, make_plan, container::Lifetime::WhileRunning(launcher))?;
+    let make_plan =
+        || make_plan(cfg, opts, abs_image.clone(), action.clone()).map(|(req, plan)| (plan, req.cleanenv));
+    let shared = berth_runtime::shared::join_or_create(
+        cfg,
+        host.user.uid,
+        &name,
+        &abs_image,
+        make_plan,
+        container::Lifetime::WhileRunning(launcher),
+    )?;
     let argv = argv_in_joined(action)?;
     exec_in_joined(cfg, &host, &shared.joined, &argv)
 }
 
 fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error> {
     if argv.is_empty() {
-        return Err(Error::request("berth exec --join", "no command given", "usage: berth exec --join NAME COMMAND [ARGS...]"));
+        return Err(Error::request(
+            "berth exec --join",
+            "no command given",
+            "usage: berth exec --join NAME COMMAND [ARGS...]",
+        ));
     }
     let host = HostFacts::probe()?;
     let joined = container::join_in_process(cfg, host.user.uid, name)?;
@@ -460,7 +546,12 @@ fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error
 }
 
 /// In a joined container: the task's environment and working directory, then exec.
-fn exec_in_joined(cfg: &Config, host: &HostFacts, joined: &container::Joined, argv: &[String]) -> Result<i32, Error> {
+fn exec_in_joined(
+    cfg: &Config,
+    host: &HostFacts,
+    joined: &container::Joined,
+    argv: &[String],
+) -> Result<i32, Error> {
     let env = joined.env(cfg, host);
     let workdir = joined.workdir(host.cwd.as_deref())?;
     nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
@@ -471,7 +562,9 @@ fn exec_in_joined(cfg: &Config, host: &HostFacts, joined: &container::Joined, ar
 fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
     match &path {
         Some(p) => println!("config: {} is valid", p.display()),
-        None => println!("config: no file ({} absent); built-in defaults", berth_runtime::config::DEFAULT_PATH),
+        None => {
+            println!("config: no file ({} absent); built-in defaults", berth_runtime::config::DEFAULT_PATH)
+        }
     }
     let mut problems = 0;
     let mut check = |ok: bool, what: String, fix: &str| {
@@ -485,13 +578,34 @@ fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    check(userns > 0, format!("user namespaces (user.max_user_namespaces = {userns})"), "sysctl -w user.max_user_namespaces=15000");
-    let fuse = std::fs::metadata("/dev/fuse").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o666 == 0o666);
-    check(matches!(fuse, Ok(true)), "/dev/fuse usable by users (mode 0666)".into(), "modprobe fuse; chmod 0666 /dev/fuse");
+    check(
+        userns > 0,
+        format!("user namespaces (user.max_user_namespaces = {userns})"),
+        "sysctl -w user.max_user_namespaces=15000",
+    );
+    let fuse = std::fs::metadata("/dev/fuse")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o666 == 0o666);
+    check(
+        matches!(fuse, Ok(true)),
+        "/dev/fuse usable by users (mode 0666)".into(),
+        "modprobe fuse; chmod 0666 /dev/fuse",
+    );
     let sq = which(&cfg.squashfuse);
-    check(sq.is_some(), format!("FUSE SquashFS server {:?} found{}", cfg.squashfuse, sq.map(|p| format!(" at {}", p.display())).unwrap_or_default()), "apt-get install squashfuse (or set `squashfuse` in berth.toml)");
+    check(
+        sq.is_some(),
+        format!(
+            "FUSE SquashFS server {:?} found{}",
+            cfg.squashfuse,
+            sq.map(|p| format!(" at {}", p.display())).unwrap_or_default()
+        ),
+        "apt-get install squashfuse (or set `squashfuse` in berth.toml)",
+    );
     if problems > 0 {
-        return Err(Error::request("config check", format!("{problems} problem(s) found"), "see the FAIL lines above"));
+        return Err(Error::request(
+            "config check",
+            format!("{problems} problem(s) found"),
+            "see the FAIL lines above",
+        ));
     }
     Ok(0)
 }
@@ -504,4 +618,3 @@ fn which(prog: &str) -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|p| p.is_file()))
         .unwrap_or(None)
 }
-

@@ -55,10 +55,7 @@ fn build_argument_errors() {
     assert!(parse(&["out.img"]).is_err(), "DEF is required without --lint");
     assert!(parse(&["--compression", "bzip9", "o", "d"]).is_err());
     assert!(parse(&["--format", "tar", "o", "d"]).is_err());
-    assert!(
-        parse(&["--lint", "app.def"]).is_ok(),
-        "--lint takes the definition alone"
-    );
+    assert!(parse(&["--lint", "app.def"]).is_ok(), "--lint takes the definition alone");
 }
 
 #[test]
@@ -68,17 +65,11 @@ fn build_lint_exit_codes() {
     std::fs::write(&good, "Bootstrap: scratch\n%runscript\n    echo hi\n").unwrap();
     let bad = dir.path().join("bad.def");
     std::fs::write(&bad, "From: nothing\n%wrong\n").unwrap();
-    assert_eq!(
-        cmd_build::run(parse(&["--lint", good.to_str().unwrap()]).unwrap()).unwrap(),
-        0
-    );
+    assert_eq!(cmd_build::run(parse(&["--lint", good.to_str().unwrap()]).unwrap()).unwrap(), 0);
     assert_eq!(
         cmd_build::run(parse(&["--lint", bad.to_str().unwrap()]).unwrap()).unwrap(),
         cmd_build::EXIT_LINT_PROBLEMS
     );
     let missing = dir.path().join("missing.def");
-    assert_eq!(
-        cmd_build::run(parse(&["--lint", missing.to_str().unwrap()]).unwrap()).unwrap(),
-        255
-    );
+    assert_eq!(cmd_build::run(parse(&["--lint", missing.to_str().unwrap()]).unwrap()).unwrap(), 255);
 }

@@ -218,9 +218,12 @@ fn env(k: &str) -> Option<String> {
 fn bindable_workdir(p: &Path) -> bool {
     p.is_absolute()
         && p != Path::new("/")
-        && !["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/sys", "/dev", "/boot", "/opt", "/var/lib"]
-            .iter()
-            .any(|s| p.starts_with(s))
+        && ![
+            "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/sys", "/dev", "/boot", "/opt",
+            "/var/lib",
+        ]
+        .iter()
+        .any(|s| p.starts_with(s))
         && p.is_dir()
 }
 
@@ -249,7 +252,9 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let script = if batch {
         let line = match read_stdin_line() {
             Ok(l) => l,
-            Err(e) => return fail(format!("cannot read the job script's path from the batch shell's stdin: {e}")),
+            Err(e) => {
+                return fail(format!("cannot read the job script's path from the batch shell's stdin: {e}"))
+            }
         };
         if line.is_empty() {
             return fail("the batch shell's stdin carried no job script path (expected one line, $PBS_HOME/mom_priv/jobs/<jobid>.SC); is berth-pbs configured as $job_starter of this pbs_mom?");
@@ -265,7 +270,8 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     } else {
         None
     };
-    let image = resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
+    let image =
+        resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
     // Tasks see where the job's image is, and remote nodes (rsh agent) get the same options.
     std::env::set_var("CONTAINER", &image);
     let carried = options::carried_from_env();
@@ -287,14 +293,21 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
 
 enum Never {}
 
-fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: Option<&Path>, argv: &[String]) -> Result<Never, Error> {
+fn run_in_container(
+    jobid: &str,
+    image: &Path,
+    opts: &options::Options,
+    script: Option<&Path>,
+    argv: &[String],
+) -> Result<Never, Error> {
     let (cfg, _) = Config::load()?;
     let host = HostFacts::probe()?;
     let name = holder_name(jobid);
     let make_plan = || {
         let img = check_image(image)?;
         let mut req = Request::new(image.to_path_buf(), Action::Shell);
-        let bind = |src: &Path, ro: bool| BindSpec { src: src.to_path_buf(), dst: src.to_path_buf(), readonly: ro };
+        let bind =
+            |src: &Path, ro: bool| BindSpec { src: src.to_path_buf(), dst: src.to_path_buf(), readonly: ro };
         let workdir = env("PBS_O_WORKDIR").map(PathBuf::from).filter(|p| bindable_workdir(p));
         if let Some(w) = &workdir {
             req.binds.push(bind(w, false));
@@ -302,10 +315,11 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         if let Some(s) = script {
             req.binds.push(bind(s, true));
         }
-        let aux = env("PBS_HOME")
-            .map(|h| Path::new(&h).join("aux"))
-            .filter(|p| p.is_dir())
-            .or_else(|| env("PBS_NODEFILE").and_then(|f| Path::new(&f).parent().map(Path::to_path_buf)).filter(|p| p.is_dir()));
+        let aux = env("PBS_HOME").map(|h| Path::new(&h).join("aux")).filter(|p| p.is_dir()).or_else(|| {
+            env("PBS_NODEFILE")
+                .and_then(|f| Path::new(&f).parent().map(Path::to_path_buf))
+                .filter(|p| p.is_dir())
+        });
         if let Some(a) = aux {
             req.binds.push(bind(&a, true));
         }
@@ -327,7 +341,14 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         let p = plan::plan(&req, &img, &cfg, &host, injected.as_ref())?;
         Ok((p, req.cleanenv))
     };
-    let shared = shared::join_or_create(&cfg, host.user.uid, &name, image, make_plan, berth_runtime::container::Lifetime::UntilStopped)?;
+    let shared = shared::join_or_create(
+        &cfg,
+        host.user.uid,
+        &name,
+        image,
+        make_plan,
+        berth_runtime::container::Lifetime::UntilStopped,
+    )?;
     let joined = shared.joined;
     let env = joined.env(&cfg, &host);
     let workdir = joined.workdir(host.cwd.as_deref())?;
@@ -336,7 +357,10 @@ fn run_in_container(jobid: &str, image: &Path, opts: &options::Options, script: 
         Some(s) => {
             let mut shell = argv[0].clone();
             if !Path::new(&shell).exists() {
-                eprintln!("berth-pbs: {shell} is not in the image {}; running the job script with /bin/sh", image.display());
+                eprintln!(
+                    "berth-pbs: {shell} is not in the image {}; running the job script with /bin/sh",
+                    image.display()
+                );
                 shell = "/bin/sh".into();
             }
             vec![shell, s.display().to_string()]
@@ -457,7 +481,10 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
                     break;
                 }
                 for pid in left {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -484,7 +511,12 @@ fn sh_quote(s: &str) -> String {
 
 /// The ssh command line for `rsh ARGS`: ssh options and host, then a remote command that
 /// enters the job's container on that node (when CONTAINER is set).
-pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String)]) -> Result<Vec<String>, String> {
+pub fn rsh_command(
+    args: &[String],
+    ssh: &str,
+    exe: &str,
+    env: &[(String, String)],
+) -> Result<Vec<String>, String> {
     let mut cmd: Vec<String> = ssh.split_whitespace().map(str::to_string).collect();
     if cmd.is_empty() {
         cmd.push("ssh".into());
@@ -492,7 +524,9 @@ pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String
     let mut i = 0;
     while i < args.len() && args[i].starts_with('-') {
         cmd.push(args[i].clone());
-        if matches!(args[i].as_str(), "-l" | "-p" | "-o" | "-i" | "-F" | "-J" | "-b" | "-c" | "-m" | "-E") && i + 1 < args.len() {
+        if matches!(args[i].as_str(), "-l" | "-p" | "-o" | "-i" | "-F" | "-J" | "-b" | "-c" | "-m" | "-E")
+            && i + 1 < args.len()
+        {
             cmd.push(args[i + 1].clone());
             i += 1;
         }
@@ -512,7 +546,16 @@ pub fn rsh_command(args: &[String], ssh: &str, exe: &str, env: &[(String, String
     // The launcher hands a shell snippet (ssh joins the words and the remote shell parses
     // them): keep that meaning by running it with the image's /bin/sh.
     let mut line = String::from("env");
-    for k in ["CONTAINER", "PBS_JOBID", "PBS_O_WORKDIR", "PBS_HOME", "PBS_NODEFILE", "PBS_O_LOGNAME", options::CARRIED, "PBS_BERTH_SSH"] {
+    for k in [
+        "CONTAINER",
+        "PBS_JOBID",
+        "PBS_O_WORKDIR",
+        "PBS_HOME",
+        "PBS_NODEFILE",
+        "PBS_O_LOGNAME",
+        options::CARRIED,
+        "PBS_BERTH_SSH",
+    ] {
         if let Some(v) = get(k) {
             line.push(' ');
             line.push_str(&sh_quote(&format!("{k}={v}")));
@@ -564,7 +607,10 @@ mod tests {
             ("CONTAINER".to_string(), "/img/o mpi.sqsh".to_string()),
             ("PBS_JOBID".to_string(), "7.srv".to_string()),
         ];
-        let args: Vec<String> = ["-x", "node2", "PATH=/a:$PATH", ";", "orted", "-mca", "x"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["-x", "node2", "PATH=/a:$PATH", ";", "orted", "-mca", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let cmd = rsh_command(&args, "ssh -q", "/usr/libexec/berth/berth-pbs", &env).unwrap();
         assert_eq!(&cmd[..4], ["ssh", "-q", "-x", "node2"]);
         assert_eq!(

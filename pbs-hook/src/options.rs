@@ -98,7 +98,13 @@ mod tests {
 
     #[test]
     fn known_options() {
-        let o = parse([("BERTH_BIND", "/a,/b:/c:ro"), ("BERTH_CLEANENV", "yes"), ("BERTH_ENV_X", "1"), ("HOME", "/h")]).unwrap();
+        let o = parse([
+            ("BERTH_BIND", "/a,/b:/c:ro"),
+            ("BERTH_CLEANENV", "yes"),
+            ("BERTH_ENV_X", "1"),
+            ("HOME", "/h"),
+        ])
+        .unwrap();
         assert_eq!(o.binds.len(), 2);
         assert!(o.cleanenv && !o.no_home);
     }

@@ -8,19 +8,16 @@ use nix::unistd::{Gid, Uid, User};
 /// The job user's name, from the environment pbs_mom gives the job (`USER`, `LOGNAME`, then
 /// the submitter's `PBS_O_LOGNAME`).
 pub fn job_user_name() -> Option<String> {
-    ["USER", "LOGNAME", "PBS_O_LOGNAME"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .find(|v| !v.is_empty())
+    ["USER", "LOGNAME", "PBS_O_LOGNAME"].iter().filter_map(|k| std::env::var(k).ok()).find(|v| !v.is_empty())
 }
 
 /// Drop from root to `name` for good: supplementary groups from the group database, then gid,
 /// then uid; verified afterwards (no way back to root). Refuses root itself: a container job
 /// never runs as root.
 pub fn drop_to(name: &str) -> Result<User, String> {
-    let pw = User::from_name(name)
-        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
-        .ok_or_else(|| format!("user {name:?} (the job's owner) is not in the passwd database of this node"))?;
+    let pw = User::from_name(name).map_err(|e| format!("cannot look up user {name:?}: {e}"))?.ok_or_else(
+        || format!("user {name:?} (the job's owner) is not in the passwd database of this node"),
+    )?;
     if pw.uid.is_root() {
         return Err(format!("refusing to run a container job as root (job user {name:?})"));
     }

@@ -28,8 +28,8 @@ fn main() {
         std::process::exit(2);
     };
     let env = |k: &str| std::env::var(k).ok();
-    let result = inject::discover(&InjectConfig::default(), &host, &req, &env)
-        .and_then(|plan| match &image {
+    let result =
+        inject::discover(&InjectConfig::default(), &host, &req, &env).and_then(|plan| match &image {
             Some(root) => inject::finish_for_image(plan, root),
             None => Ok(plan),
         });

@@ -37,7 +37,13 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
         match step {
             Step::Staging { at } => {
                 sys.mkdir_all(at)?;
-                sys.mount(Some(Path::new("tmpfs")), at, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+                sys.mount(
+                    Some(Path::new("tmpfs")),
+                    at,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=0755"),
+                )?;
                 sys.mount(None, at, None, MsFlags::MS_UNBINDABLE, None)?;
                 staging = at.clone();
             }
@@ -58,13 +64,30 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 // forbids: the layers get a tmpfs of their own.
                 let layers = upper.parent().unwrap_or(upper);
                 sys.mkdir_all(layers)?;
-                sys.mount(Some(Path::new("tmpfs")), layers, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+                sys.mount(
+                    Some(Path::new("tmpfs")),
+                    layers,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=0755"),
+                )?;
                 for d in [upper, work, at] {
                     sys.mkdir_all(d)?;
                 }
                 prepare_mount_points(plan, sys, lower, upper)?;
-                let opts = format!("lowerdir={},upperdir={},workdir={},userxattr", lower.display(), upper.display(), work.display());
-                sys.mount(Some(Path::new("overlay")), at, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&opts))?;
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    lower.display(),
+                    upper.display(),
+                    work.display()
+                );
+                sys.mount(
+                    Some(Path::new("overlay")),
+                    at,
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(&opts),
+                )?;
             }
             Step::Dev { nodes, dirs } => {
                 let dev = sys.resolve_in_root(&root, Path::new("/dev"))?;
@@ -153,7 +176,11 @@ fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper
                     // mount points later, and only for what the image checks let through: an
                     // empty placeholder in the library path would break the loader.
                     if !["/dev", "/proc", "/sys", "/.berth"].iter().any(|k| i.container_path.starts_with(k)) {
-                        let kind = if i.kind == crate::inject::ItemKind::Dir { PathKind::Dir } else { PathKind::File };
+                        let kind = if i.kind == crate::inject::ItemKind::Dir {
+                            PathKind::Dir
+                        } else {
+                            PathKind::File
+                        };
                         wanted.push((&i.container_path, kind));
                     }
                 }
@@ -192,7 +219,9 @@ fn bind_injected(sys: &mut dyn MountOps, root: &Path, item: &crate::inject::Inje
     let target = sys.resolve_in_root(root, &item.container_path)?;
     // /proc and /sys are the kernel's (bound from the host): what the kernel does not show
     // there cannot be created, and what it shows is already the host's.
-    if (item.container_path.starts_with("/proc") || item.container_path.starts_with("/sys")) && !sys.exists(&target) {
+    if (item.container_path.starts_with("/proc") || item.container_path.starts_with("/sys"))
+        && !sys.exists(&target)
+    {
         tracing::debug!("{} is not provided by this kernel; not bound", item.container_path.display());
         return Ok(());
     }
@@ -221,11 +250,8 @@ fn bind_error(src: &Path, dst: &Path, why: &str, e: Error) -> Error {
 
 /// The image's passwd/group file with the user's entry replacing any entry of the same name.
 pub fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
-    let mut out: String = image_copy
-        .lines()
-        .filter(|l| l.split(':').next() != Some(key))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let mut out: String =
+        image_copy.lines().filter(|l| l.split(':').next() != Some(key)).map(|l| format!("{l}\n")).collect();
     out.push_str(entry);
     out.push('\n');
     out
@@ -244,13 +270,19 @@ mod tests {
         let req = Request::new("app.sif".into(), Action::Shell);
         let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         let mut rec = Recorder::default();
-        rec.files.push(("/tmp/berth-1001/mnt/root/etc/passwd".into(), "root:x:0:0::/root:/bin/sh\nalice:x:5:5::/:/bin/false\n".into()));
+        rec.files.push((
+            "/tmp/berth-1001/mnt/root/etc/passwd".into(),
+            "root:x:0:0::/root:/bin/sh\nalice:x:5:5::/:/bin/false\n".into(),
+        ));
         apply(&plan, &mut rec).unwrap();
         let ops = rec.ops.join("\n");
         let pos = |needle: &str| ops.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{ops}"));
         // Staging first, unbindable; then the image at its offset; then the overlay root.
         assert!(pos("mount tmpfs /tmp/berth-1001/mnt tmpfs") < pos("MS_UNBINDABLE"));
-        assert!(pos("MS_UNBINDABLE") < pos("squashfuse squashfuse_ll /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image"));
+        assert!(
+            pos("MS_UNBINDABLE")
+                < pos("squashfuse squashfuse_ll /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image")
+        );
         assert!(pos("offset=4096") < pos("mount overlay /tmp/berth-1001/mnt/root overlay"));
         // Binds land under the new root, recursive, then made nosuid,nodev.
         assert!(pos("mount /home/alice /tmp/berth-1001/mnt/root/home/alice - MsFlags(MS_BIND | MS_REC)")
@@ -271,12 +303,18 @@ mod tests {
         let mut rec = Recorder::default();
         apply(&plan, &mut rec).unwrap();
         let ops = rec.ops.join("\n");
-        assert!(ops.contains("mount /dev/null /tmp/berth-1001/mnt/root/dev/null - MsFlags(MS_BIND) -"), "{ops}");
+        assert!(
+            ops.contains("mount /dev/null /tmp/berth-1001/mnt/root/dev/null - MsFlags(MS_BIND) -"),
+            "{ops}"
+        );
         assert!(ops.contains("attrs /tmp/berth-1001/mnt/root/dev/null rec=false Attrs { readonly: false, nosuid: true, nodev: false, noexec: true }"));
         assert!(ops.contains("mount /dev/shm /tmp/berth-1001/mnt/root/dev/shm - MsFlags(MS_BIND | MS_REC)"));
         assert!(ops.contains("symlink /tmp/berth-1001/mnt/root/dev/fd -> /proc/self/fd"));
         // Mount points the image lacks are made in the upper layer before the overlay exists.
-        assert!(ops.find("mkdir /tmp/berth-1001/mnt/overlay/upper/home/alice").unwrap() < ops.find("mount overlay").unwrap());
+        assert!(
+            ops.find("mkdir /tmp/berth-1001/mnt/overlay/upper/home/alice").unwrap()
+                < ops.find("mount overlay").unwrap()
+        );
         assert_eq!(rec.ops.iter().filter(|o| *o == "mkdir /tmp/berth-1001/mnt/overlay/upper/etc").count(), 1);
     }
 }

@@ -164,7 +164,10 @@ impl Config {
             hint: String::new(),
         };
         if !self.state_dir.starts_with('/') {
-            return Err(err("state_dir", format!("state_dir must be an absolute path, not {:?}", self.state_dir)));
+            return Err(err(
+                "state_dir",
+                format!("state_dir must be an absolute path, not {:?}", self.state_dir),
+            ));
         }
         if self.mount_mode == MountMode::Privileged && self.privileged.allowed_dirs.is_empty() {
             // Kernel drivers trust the image: the site must say which images it vetted.
@@ -201,9 +204,15 @@ mod tests {
 
     #[test]
     fn privileged_mounting_needs_vetted_directories() {
-        let e = Config::parse("state_dir = \"/tmp/b\"\nmount_mode = \"privileged\"\n", Path::new("b.toml")).unwrap_err().to_string();
+        let e = Config::parse("state_dir = \"/tmp/b\"\nmount_mode = \"privileged\"\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("b.toml:2") && e.contains("allowed_dirs"), "{e}");
-        let ok = Config::parse("mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"/apps/images\"]\n", Path::new("b.toml")).unwrap();
+        let ok = Config::parse(
+            "mount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"/apps/images\"]\n",
+            Path::new("b.toml"),
+        )
+        .unwrap();
         assert_eq!(ok.mount_mode, MountMode::Privileged);
     }
 

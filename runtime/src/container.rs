@@ -35,9 +35,11 @@ pub fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
     match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("cannot create", dir, e))?
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io("cannot create", dir, e))?,
         Err(e) => return Err(Error::io("cannot create", dir, e)),
     }
     let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
@@ -106,8 +108,16 @@ pub fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result<Vec<St
                 .get("SHELL")
                 .filter(|s| Path::new(s).exists())
                 .map(str::to_string)
-                .or_else(|| ["/bin/bash", "/bin/sh"].iter().find(|s| Path::new(s).exists()).map(|s| s.to_string()))
-                .ok_or_else(|| Error::request("berth shell", "the image has no /bin/sh", "use `berth exec` with a program it has"))?;
+                .or_else(|| {
+                    ["/bin/bash", "/bin/sh"].iter().find(|s| Path::new(s).exists()).map(|s| s.to_string())
+                })
+                .ok_or_else(|| {
+                    Error::request(
+                        "berth shell",
+                        "the image has no /bin/sh",
+                        "use `berth exec` with a program it has",
+                    )
+                })?;
             vec![shell]
         }
     })
@@ -131,7 +141,9 @@ pub fn run(plan: &Plan) -> Result<Ended> {
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
     let ended = process::fork_and_wait(
         || {
-            if let Err(e) = nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e)) {
+            if let Err(e) =
+                nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))
+            {
                 eprintln!("berth: {e}");
                 return crate::error::EXIT_BERTH_ERROR;
             }
@@ -223,7 +235,14 @@ pub enum Lifetime {
 /// Set up the container and keep it for its `lifetime`, so others can join it.
 /// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
 /// `warm`: the program the first tasks will run, read ahead (see [`warm_in_background`]).
-pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lifetime: Lifetime, warm: Option<&str>) -> Result<i32> {
+pub fn hold(
+    plan: &Plan,
+    cleanenv: bool,
+    name: &str,
+    ready: Option<OwnedFd>,
+    lifetime: Lifetime,
+    warm: Option<&str>,
+) -> Result<i32> {
     let watch = match lifetime {
         Lifetime::WhileRunning(pid) => Some(process::pidfd(pid)?),
         _ => None,
@@ -238,7 +257,9 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lif
                 return Err(Error::request(
                     format!("container {name}"),
                     format!("already running (holder pid {})", old.pid),
-                    format!("join it with `berth exec --join {name} ...` or stop it with `berth stop {name}`"),
+                    format!(
+                        "join it with `berth exec --join {name} ...` or stop it with `berth stop {name}`"
+                    ),
                 ));
             }
         }
@@ -296,7 +317,9 @@ pub fn hold(plan: &Plan, cleanenv: bool, name: &str, ready: Option<OwnedFd>, lif
         }
     };
     let period = match lifetime {
-        Lifetime::UntilIdle(keep) => Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1))),
+        Lifetime::UntilIdle(keep) => {
+            Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)))
+        }
         _ => None,
     };
     let stopped = process::wait_for_stop(
@@ -474,7 +497,11 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
     // An unlinked file rather than a pipe: the child can write any amount without waiting
     // for a reader.
     let scratch = state.join(format!(".meta-{}", std::process::id()));
-    let out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&scratch)
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&scratch)
         .map_err(|e| Error::io("cannot create", &scratch, e))?;
     let _ = std::fs::remove_file(&scratch);
     let mut out_child = out.try_clone().map_err(|e| Error::io("cannot dup", &scratch, e))?;
@@ -487,7 +514,13 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
                 let mut sys = RealSys::new(uid, gid);
                 let at = state.join("mnt");
                 sys.mkdir_all(&at)?;
-                sys.mount(Some(Path::new("tmpfs")), &at, Some("tmpfs"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, None)?;
+                sys.mount(
+                    Some(Path::new("tmpfs")),
+                    &at,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    None,
+                )?;
                 let img = at.join("image");
                 sys.mkdir_all(&img)?;
                 sys.start_squashfuse(&program, &path, offset, &img)?;
@@ -506,13 +539,13 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
     let mut out = out;
     std::io::Seek::rewind(&mut out).map_err(|e| Error::io("cannot read", &scratch, e))?;
     std::io::Read::read_to_string(&mut out, &mut text).map_err(|e| Error::io("cannot read", &scratch, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-        Error::image(&image.path, format!("reading its metadata failed ({ended:?})"), "")
-    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| Error::image(&image.path, format!("reading its metadata failed ({ended:?})"), ""))?;
     if let Some(e) = v.get("err").and_then(|e| e.as_str()) {
         return Err(Error::image(&image.path, format!("cannot read metadata: {e}"), ""));
     }
-    serde_json::from_value(v["ok"].clone()).map_err(|e| Error::image(&image.path, format!("bad metadata: {e}"), ""))
+    serde_json::from_value(v["ok"].clone())
+        .map_err(|e| Error::image(&image.path, format!("bad metadata: {e}"), ""))
 }
 
 #[cfg(test)]
@@ -532,7 +565,10 @@ mod tests {
         assert_eq!(find_program("only_b", Some(&path), Path::new("/")), Some(b.join("only_b")));
         assert_eq!(find_program("missing", Some(&path), Path::new("/")), None);
         assert_eq!(find_program("a/prog", None, dir.path()), Some(dir.path().join("a/prog")));
-        assert_eq!(find_program(&a.join("prog").display().to_string(), None, Path::new("/x")), Some(a.join("prog")));
+        assert_eq!(
+            find_program(&a.join("prog").display().to_string(), None, Path::new("/x")),
+            Some(a.join("prog"))
+        );
         assert_eq!(find_program("", Some(&path), dir.path()), None);
     }
 }

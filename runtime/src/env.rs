@@ -76,7 +76,8 @@ pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
         env.set("PATH", &path);
     }
     if !plan.ld_library_path_prepend.is_empty() {
-        let mut parts: Vec<String> = plan.ld_library_path_prepend.iter().map(|p| p.display().to_string()).collect();
+        let mut parts: Vec<String> =
+            plan.ld_library_path_prepend.iter().map(|p| p.display().to_string()).collect();
         if let Some(old) = env.get("LD_LIBRARY_PATH").filter(|s| !s.is_empty()) {
             parts.push(old.to_string());
         }
@@ -103,7 +104,9 @@ pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
                 let mut assigns = vec![];
                 for w in &words {
                     match w.split_once('=') {
-                        Some((k, v)) if crate::request::valid_env_name(k) => assigns.push((k.to_string(), v.to_string())),
+                        Some((k, v)) if crate::request::valid_env_name(k) => {
+                            assigns.push((k.to_string(), v.to_string()))
+                        }
                         None if exported && crate::request::valid_env_name(w) => {}
                         _ => all_ok = false,
                     }
@@ -304,10 +307,7 @@ mod tests {
 
     #[test]
     fn non_assignments_are_skipped_whole() {
-        let env = run(
-            "if [ -z \"$X\" ]; then\n  X=1\nfi\nY=$(uname)\nZ=`date`\necho hi\nW=ok\n",
-            &[],
-        );
+        let env = run("if [ -z \"$X\" ]; then\n  X=1\nfi\nY=$(uname)\nZ=`date`\necho hi\nW=ok\n", &[]);
         assert_eq!(env.get("X"), Some("1"), "assignments inside blocks are taken");
         assert_eq!(env.get("Y"), None);
         assert_eq!(env.get("Z"), None);

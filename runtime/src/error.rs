@@ -72,7 +72,9 @@ impl Error {
     pub fn image_io(path: &Path, what: &str, e: io::Error) -> Self {
         let hint = match e.kind() {
             io::ErrorKind::NotFound => "check the path; relative paths are taken from the current directory",
-            io::ErrorKind::PermissionDenied => "the image must be readable by you (chmod a+r, or ask its owner)",
+            io::ErrorKind::PermissionDenied => {
+                "the image must be readable by you (chmod a+r, or ask its owner)"
+            }
             _ => "",
         };
         Error::BadImage { path: path.to_path_buf(), reason: format!("{what}: {e}"), hint: hint.into() }

@@ -85,19 +85,44 @@ pub enum ImageMount {
 pub enum Step {
     /// Private tmpfs holding the image mount, the overlay's upper layer and generated files;
     /// unbindable so recursive binds of its parent (e.g. `/tmp`) never copy it.
-    Staging { at: PathBuf },
-    Image { mount: ImageMount, at: PathBuf },
+    Staging {
+        at: PathBuf,
+    },
+    Image {
+        mount: ImageMount,
+        at: PathBuf,
+    },
     /// Overlay over the read-only image so mount points can be created for destinations the
     /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer.
-    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf, at: PathBuf },
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        at: PathBuf,
+    },
     /// A minimal `/dev`: tmpfs plus the host's standard nodes.
-    Dev { nodes: Vec<PathBuf>, dirs: Vec<PathBuf> },
-    Bind { src: PathBuf, dst: PathBuf, kind: PathKind, readonly: bool, why: String },
+    Dev {
+        nodes: Vec<PathBuf>,
+        dirs: Vec<PathBuf>,
+    },
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        kind: PathKind,
+        readonly: bool,
+        why: String,
+    },
     /// Host libraries, devices and files (fabric, MPI, NVIDIA), checked against the image
     /// (glibc, MPI ABI, CUDA driver) once it is mounted, then bound.
-    Inject { plan: Box<InjectPlan> },
+    Inject {
+        plan: Box<InjectPlan>,
+    },
     /// A file generated from the image's own copy plus the user's entry.
-    UserDb { dst: PathBuf, entry: String, key: String },
+    UserDb {
+        dst: PathBuf,
+        entry: String,
+        key: String,
+    },
     /// Make the root read-only (unless `--writable-tmpfs`).
     ReadonlyRoot,
     PivotRoot,
@@ -138,8 +163,21 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// Host variables never passed in: they describe the host's own software layout or session
 /// and would break programs inside the image.
 const HOST_ENV_BLOCKED: &[&str] = &[
-    "PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", "PYTHONPATH", "PYTHONHOME", "PS1", "PROMPT_COMMAND",
-    "BASH_ENV", "ENV", "MANPATH", "INFOPATH", "PKG_CONFIG_PATH", "CPATH", "LIBRARY_PATH",
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "LD_AUDIT",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PS1",
+    "PROMPT_COMMAND",
+    "BASH_ENV",
+    "ENV",
+    "MANPATH",
+    "INFOPATH",
+    "PKG_CONFIG_PATH",
+    "CPATH",
+    "LIBRARY_PATH",
 ];
 
 /// Host variables kept with `--cleanenv`: the terminal, the locale, and the scheduler's and
@@ -149,7 +187,8 @@ const CLEANENV_KEEP_PREFIXES: &[&str] =
 const CLEANENV_KEEP: &[&str] = &["TERM", "LANG", "LC_ALL", "TZ", "DISPLAY", "XAUTHORITY"];
 
 /// Host files for a minimal `/dev`.
-const DEV_NODES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+const DEV_NODES: &[&str] =
+    &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
 /// Host directories recursively bound into the minimal `/dev` (pseudo-terminals, POSIX shared
 /// memory, message queues, huge pages).
 const DEV_DIRS: &[&str] = &["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/hugepages"];
@@ -157,20 +196,48 @@ const DEV_DIRS: &[&str] = &["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/hugepag
 /// Host directories never bound as "the current directory": binding them would hide the
 /// image's own system files.
 const SYSTEM_DIRS: &[&str] = &[
-    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/var", "/opt", "/proc", "/sys",
-    "/dev", "/boot", "/run", "/srv", "/root", "/.berth", "/.singularity.d",
+    "/",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/var",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/run",
+    "/srv",
+    "/root",
+    "/.berth",
+    "/.singularity.d",
 ];
 
 fn is_system_path(p: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|s| {
         let s = Path::new(s);
-        p == s || (s != Path::new("/") && p.starts_with(s) && !p.starts_with("/var/tmp") && !p.starts_with("/run/user"))
+        p == s
+            || (s != Path::new("/")
+                && p.starts_with(s)
+                && !p.starts_with("/var/tmp")
+                && !p.starts_with("/run/user"))
     })
 }
 
 /// Build the plan. Pure: reads only `req`, `image`, `cfg`, `host` and what host injection
 /// discovery found (`injected`, from [`crate::inject::discover`]).
-pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts, injected: Option<&InjectPlan>) -> Result<Plan> {
+pub fn plan(
+    req: &Request,
+    image: &Image,
+    cfg: &Config,
+    host: &HostFacts,
+    injected: Option<&InjectPlan>,
+) -> Result<Plan> {
     let state_dir = cfg.state_dir_for(host.user.uid);
     let staging = state_dir.join("mnt");
     let mut steps = vec![Step::Staging { at: staging.clone() }];
@@ -203,7 +270,11 @@ pub fn plan(req: &Request, image: &Image, cfg: &Config, host: &HostFacts, inject
     steps.push(bind_host("/sys", "/sys", PathKind::Dir, false, "kernel device interface"));
     steps.push(Step::Dev {
         nodes: DEV_NODES.iter().map(PathBuf::from).filter(|p| (host.path_kind)(p).is_some()).collect(),
-        dirs: DEV_DIRS.iter().map(PathBuf::from).filter(|p| (host.path_kind)(p) == Some(PathKind::Dir)).collect(),
+        dirs: DEV_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| (host.path_kind)(p) == Some(PathKind::Dir))
+            .collect(),
     });
 
     // Default binds, as HPC users expect them.
@@ -349,7 +420,12 @@ pub const ENV_PREFIXES: &[&str] = &["BERTH_ENV_", "APPTAINERENV_", "SINGULARITYE
 /// The host variables passed in, and those given by prefix (`BERTH_ENV_X=v` sets `X=v`).
 /// The user's identity (`USER`, `LOGNAME`, `HOME`) comes first, so the image's environment
 /// files can use it.
-pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Config, user: &UserInfo) -> EnvPlan {
+pub fn filter_host_env(
+    host_env: &[(String, String)],
+    cleanenv: bool,
+    cfg: &Config,
+    user: &UserInfo,
+) -> EnvPlan {
     let blocked = |k: &str| HOST_ENV_BLOCKED.contains(&k) || cfg.env.block.iter().any(|b| b == k);
     let kept_clean = |k: &str| {
         CLEANENV_KEEP.contains(&k)
@@ -365,7 +441,11 @@ pub fn filter_host_env(host_env: &[(String, String)], cleanenv: bool, cfg: &Conf
             }
             continue;
         }
-        if k.starts_with("BERTH_") || blocked(k) || (cleanenv && !kept_clean(k)) || IDENTITY.contains(&k.as_str()) {
+        if k.starts_with("BERTH_")
+            || blocked(k)
+            || (cleanenv && !kept_clean(k))
+            || IDENTITY.contains(&k.as_str())
+        {
             continue;
         }
         env.host.push((k.clone(), v.clone()));
@@ -391,13 +471,19 @@ fn plan_env(req: &Request, cfg: &Config, host: &HostFacts) -> EnvPlan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "image   {} ({:?})", self.image.path.display(), self.image.format)?;
-        writeln!(f, "user    {} (uid {}, gid {}), mapped to itself", self.user.name, self.user.uid, self.user.gid)?;
+        writeln!(
+            f,
+            "user    {} (uid {}, gid {}), mapped to itself",
+            self.user.name, self.user.uid, self.user.gid
+        )?;
         writeln!(f, "state   {}", self.state_dir.display())?;
         writeln!(f, "steps:")?;
         for (i, s) in self.steps.iter().enumerate() {
             write!(f, "  {:2}. ", i + 1)?;
             match s {
-                Step::Staging { at } => writeln!(f, "tmpfs {} (private, unbindable, nosuid,nodev)", at.display())?,
+                Step::Staging { at } => {
+                    writeln!(f, "tmpfs {} (private, unbindable, nosuid,nodev)", at.display())?
+                }
                 Step::Image { mount: ImageMount::Squashfuse { program, image, offset }, at } => writeln!(
                     f,
                     "mount {} at offset {} on {} with {} (ro,nosuid,nodev)",
@@ -406,10 +492,15 @@ impl fmt::Display for Plan {
                     at.display(),
                     program
                 )?,
-                Step::Image { mount: ImageMount::Directory { path }, at } => {
-                    writeln!(f, "bind directory image {} on {} (ro,nosuid,nodev)", path.display(), at.display())?
+                Step::Image { mount: ImageMount::Directory { path }, at } => writeln!(
+                    f,
+                    "bind directory image {} on {} (ro,nosuid,nodev)",
+                    path.display(),
+                    at.display()
+                )?,
+                Step::Overlay { at, .. } => {
+                    writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?
                 }
-                Step::Overlay { at, .. } => writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?,
                 Step::Dev { nodes, dirs } => writeln!(
                     f,
                     "minimal /dev: {} nodes, {} dirs ({})",
@@ -426,23 +517,44 @@ impl fmt::Display for Plan {
                     why
                 )?,
                 Step::Inject { plan } => {
-                    writeln!(f, "host injection (mpi: {:?}, nvidia: {}), after checking the image:", plan.mpi, plan.nvidia)?;
+                    writeln!(
+                        f,
+                        "host injection (mpi: {:?}, nvidia: {}), after checking the image:",
+                        plan.mpi, plan.nvidia
+                    )?;
                     for i in &plan.items {
-                        writeln!(f, "        bind {} -> {} [{}]", i.host_path.display(), i.container_path.display(), i.why)?;
+                        writeln!(
+                            f,
+                            "        bind {} -> {} [{}]",
+                            i.host_path.display(),
+                            i.container_path.display(),
+                            i.why
+                        )?;
                     }
                     for r in &plan.mpi_replace {
-                        writeln!(f, "        host MPI {} over the image's {}", r.host_path.display(), r.soname)?;
+                        writeln!(
+                            f,
+                            "        host MPI {} over the image's {}",
+                            r.host_path.display(),
+                            r.soname
+                        )?;
                     }
                     for n in &plan.notes {
                         writeln!(f, "        note: {n}")?;
                     }
                 }
-                Step::UserDb { dst, entry, .. } => writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?,
+                Step::UserDb { dst, entry, .. } => {
+                    writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?
+                }
                 Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
                 Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
             }
         }
-        writeln!(f, "env: {} host variables passed; then the image's environment; then:", self.env.host.len())?;
+        writeln!(
+            f,
+            "env: {} host variables passed; then the image's environment; then:",
+            self.env.host.len()
+        )?;
         for (k, v) in &self.env.overrides {
             writeln!(f, "  {k}={v}")?;
         }
@@ -473,7 +585,10 @@ pub(crate) mod tests {
 
     pub fn fake_kind(p: &Path) -> Option<PathKind> {
         let s = p.to_str().unwrap();
-        if s.ends_with(".txt") || s.starts_with("/etc/") || s.starts_with("/dev/") && !s.ends_with("pts") && !s.ends_with("shm") {
+        if s.ends_with(".txt")
+            || s.starts_with("/etc/")
+            || s.starts_with("/dev/") && !s.ends_with("pts") && !s.ends_with("shm")
+        {
             return Some(PathKind::File);
         }
         if s.contains("missing") || s == "/dev/mqueue" || s == "/dev/hugepages" {
@@ -545,7 +660,16 @@ pub(crate) mod tests {
         let dsts: Vec<&str> = b.iter().map(|(_, d)| d.as_str()).collect();
         assert_eq!(
             dsts,
-            ["/proc", "/sys", "/tmp", "/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/home/alice", "/scratch/alice/run1"]
+            [
+                "/proc",
+                "/sys",
+                "/tmp",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/etc/localtime",
+                "/home/alice",
+                "/scratch/alice/run1"
+            ]
         );
         assert!(matches!(p.steps[p.steps.len() - 2], Step::ReadonlyRoot));
         assert!(matches!(p.steps.last(), Some(Step::PivotRoot)));

@@ -35,12 +35,17 @@ pub struct Target {
 impl Target {
     /// The account `uid`, with its primary and supplementary groups from the host's databases.
     pub fn lookup(uid: u32) -> Result<Target> {
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::request(format!("--user {uid}"), "is not a user of this host", "give the job owner's uid"))?;
+        let user =
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().ok_or_else(|| {
+                Error::request(
+                    format!("--user {uid}"),
+                    "is not a user of this host",
+                    "give the job owner's uid",
+                )
+            })?;
         let name = std::ffi::CString::new(user.name.clone()).unwrap_or_default();
-        let groups = nix::unistd::getgrouplist(&name, user.gid).map_err(|e| Error::sys("getgrouplist", &user.name, e))?;
+        let groups = nix::unistd::getgrouplist(&name, user.gid)
+            .map_err(|e| Error::sys("getgrouplist", &user.name, e))?;
         Ok(Target { uid, gid: user.gid.as_raw(), groups: groups.iter().map(|g| g.as_raw()).collect() })
     }
 }
@@ -55,11 +60,16 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathB
             "privileged mounting is limited to images the site vetted ([privileged] in berth.toml); ask your administrator to place it there",
         )
     };
-    let canonical = std::fs::canonicalize(image).map_err(|e| Error::image_io(image, "cannot open the image", e))?;
-    let inside = cfg.allowed_dirs.iter().any(|d| std::fs::canonicalize(d).is_ok_and(|d| canonical.starts_with(d)));
+    let canonical =
+        std::fs::canonicalize(image).map_err(|e| Error::image_io(image, "cannot open the image", e))?;
+    let inside =
+        cfg.allowed_dirs.iter().any(|d| std::fs::canonicalize(d).is_ok_and(|d| canonical.starts_with(d)));
     if !inside {
         let dirs: Vec<String> = cfg.allowed_dirs.iter().map(|d| d.display().to_string()).collect();
-        return Err(refuse(format!("is not under an allowed directory ({})", if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") })));
+        return Err(refuse(format!(
+            "is not under an allowed directory ({})",
+            if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
+        )));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -70,7 +80,8 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathB
     if !meta.is_file() {
         return Err(refuse("is not a regular file".into()));
     }
-    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())).ok().flatten().map(|u| u.name);
+    let owner =
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())).ok().flatten().map(|u| u.name);
     if !owner.as_ref().is_some_and(|o| cfg.allowed_owners.iter().any(|a| a == o)) {
         return Err(refuse(format!(
             "belongs to {}, not to an allowed owner ({})",
@@ -170,7 +181,11 @@ fn attach_loop(file: &File, offset: u64, size: u64) -> Result<(OwnedFd, PathBuf)
             e => return Err(Error::sys("LOOP_CONFIGURE", dev.display(), e)),
         }
     }
-    Err(Error::request("loop devices", "none stayed free long enough to be configured", "check `losetup -a` on this node"))
+    Err(Error::request(
+        "loop devices",
+        "none stayed free long enough to be configured",
+        "check `losetup -a` on this node",
+    ))
 }
 
 /// Enter a private mount namespace and mount `image` (opened by [`open_allowed`]) read-only,
@@ -179,21 +194,30 @@ fn attach_loop(file: &File, offset: u64, size: u64) -> Result<(OwnedFd, PathBuf)
 pub fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
     let (fs, offset, size) = match &image.root {
         RootFs::Embedded { fs, offset, size } => (*fs, *offset, *size),
-        RootFs::Directory { .. } => return Err(Error::request("privileged mounting", "is for image files, not directories", "")),
+        RootFs::Directory { .. } => {
+            return Err(Error::request("privileged mounting", "is for image files, not directories", ""))
+        }
     };
     let (fstype, data) = match fs {
         FsType::Squashfs => ("squashfs", None),
         // The kernel's ext4 driver reads ext3; `noload` skips journal replay, which would write.
         FsType::Ext3 => ("ext4", Some("noload")),
     };
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| Error::sys("unshare", "mount namespace", e))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::sys("unshare", "mount namespace", e))?;
     // Nothing of ours may propagate back to the host's mount table.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| Error::sys("mount --make-rslave", "/", e))?;
     let dir = Path::new(MOUNT_DIR);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))
-        .map_err(|e| Error::sys("mount tmpfs", dir.display(), e))?;
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(|e| Error::sys("mount tmpfs", dir.display(), e))?;
     let at = dir.join("image");
     std::fs::create_dir(&at).map_err(|e| Error::io("cannot create", &at, e))?;
     let (lo, dev) = attach_loop(file, offset, size)?;
@@ -212,15 +236,22 @@ pub fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
 /// Become `target` for good: groups, then gid, then uid (all three ids of each), checked.
 /// The one place where a root berth drops its privileges.
 pub fn become_user(target: &Target) -> Result<()> {
-    let groups: Vec<nix::unistd::Gid> = target.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> =
+        target.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     let gid = nix::unistd::Gid::from_raw(target.gid);
     let uid = nix::unistd::Uid::from_raw(target.uid);
     nix::unistd::setgroups(&groups).map_err(|e| Error::sys("setgroups", target.uid, e))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| Error::sys("setresgid", target.gid, e))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| Error::sys("setresuid", target.uid, e))?;
     let ids = nix::unistd::getresuid().map_err(|e| Error::sys("getresuid", "", e))?;
-    if [ids.real, ids.effective, ids.saved] != [uid; 3] || nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
-        return Err(Error::request("dropping privileges", format!("did not leave this process as uid {}", target.uid), ""));
+    if [ids.real, ids.effective, ids.saved] != [uid; 3]
+        || nix::unistd::setuid(nix::unistd::Uid::from_raw(0)).is_ok()
+    {
+        return Err(Error::request(
+            "dropping privileges",
+            format!("did not leave this process as uid {}", target.uid),
+            "",
+        ));
     }
     // A dumpable process, as the user's own programs are: the user can join its namespaces.
     let _ = nix::sys::prctl::set_dumpable(true);

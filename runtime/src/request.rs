@@ -45,7 +45,11 @@ impl BindSpec {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 BindSpec::parse(s).map_err(|reason| {
-                    Error::request(format!("bind {s:?}"), reason, "the form is SRC[:DST[:ro|rw]] with absolute DST")
+                    Error::request(
+                        format!("bind {s:?}"),
+                        reason,
+                        "the form is SRC[:DST[:ro|rw]] with absolute DST",
+                    )
                 })
             })
             .collect()
@@ -140,7 +144,10 @@ mod tests {
     #[test]
     fn bind_forms() {
         let b = BindSpec::parse("/data").unwrap();
-        assert_eq!((b.src.as_path(), b.dst.as_path(), b.readonly), (Path::new("/data"), Path::new("/data"), false));
+        assert_eq!(
+            (b.src.as_path(), b.dst.as_path(), b.readonly),
+            (Path::new("/data"), Path::new("/data"), false)
+        );
         let b = BindSpec::parse("/data:/in:ro").unwrap();
         assert_eq!((b.dst.as_path(), b.readonly), (Path::new("/in"), true));
         let b = BindSpec::parse("/data:ro").unwrap();

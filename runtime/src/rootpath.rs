@@ -33,7 +33,10 @@ pub fn resolve(root: &Path, path: &Path, missing: Missing) -> io::Result<PathBuf
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > 40 {
-                    return Err(io::Error::other(format!("too many levels of symbolic links in {}", path.display())));
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links in {}",
+                        path.display()
+                    )));
                 }
                 let target = std::fs::read_link(rooted(root, &candidate))?;
                 if target.is_absolute() {

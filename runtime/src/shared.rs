@@ -46,7 +46,11 @@ pub fn join_or_create(
     lifetime: Lifetime,
 ) -> Result<Shared> {
     if !container::valid_holder_name(name) {
-        return Err(Error::request(format!("container name {name:?}"), "is not a valid holder name", "letters, digits and . _ - + @ only"));
+        return Err(Error::request(
+            format!("container name {name:?}"),
+            "is not a valid holder name",
+            "letters, digits and . _ - + @ only",
+        ));
     }
     container::ensure_state_dir(&cfg.state_dir_for(uid), uid)?;
     let dir = container::holders_dir(cfg, uid);
@@ -58,7 +62,8 @@ pub fn join_or_create(
     let state = match container::find_holder(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
-            let started = make_plan().and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), lifetime));
+            let started = make_plan()
+                .and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), lifetime));
             if let Err(e) = started {
                 // Nothing is left behind; waiters holding the unlinked lock notice and retry.
                 let _ = std::fs::remove_file(&lock_file);
@@ -71,11 +76,7 @@ pub fn join_or_create(
     if state.image != image {
         return Err(Error::request(
             format!("container {name}"),
-            format!(
-                "already runs image {} on this node, not {}",
-                state.image.display(),
-                image.display()
-            ),
+            format!("already runs image {} on this node, not {}", state.image.display(), image.display()),
             "one job uses one image on a node; use the same CONTAINER for every task of the job",
         ));
     }
@@ -124,7 +125,8 @@ fn lock_at(path: &Path, how: FlockArg) -> Result<Option<Flock<std::fs::File>>> {
 
 /// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
 fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime: Lifetime) -> Result<()> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
     // SAFETY: callers are single-threaded (documented on `join_or_create`), so the child may
     // run arbitrary code before it exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", "holder", e))? {
@@ -184,10 +186,18 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Li
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
-    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&nix::sys::signal::SigSet::empty()), None);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     // An ignored SIGTERM (inherited from whoever started the task) would make `stop` wait
     // for its SIGKILL fallback: the holder must hear the signals that end it.
-    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGHUP] {
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
         // SAFETY: restoring a default disposition installs no handler; we are single-threaded.
         let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
     }

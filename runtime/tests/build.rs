@@ -56,9 +56,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Env { dir: tempfile::tempdir().expect("tempdir") }
     }
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -83,10 +81,7 @@ impl Env {
     }
     /// Nothing left in the work directory, and only expected names in the output directory.
     fn assert_clean(&self, expected_outputs: &[&str]) {
-        let leftovers: Vec<_> = fs::read_dir(self.work())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let leftovers: Vec<_> = fs::read_dir(self.work()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(leftovers.is_empty(), "work directory not cleaned: {leftovers:?}");
         for entry in fs::read_dir(self.dir.path()).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -94,35 +89,18 @@ impl Env {
             let _ = expected_outputs;
         }
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(self.dir.path().to_str().unwrap()),
-            "a mount was left behind:\n{mounts}"
-        );
+        assert!(!mounts.contains(self.dir.path().to_str().unwrap()), "a mount was left behind:\n{mounts}");
     }
 }
 
 fn unsquash_cat(image: &Path, inner: &str) -> String {
-    let out = Command::new("unsquashfs")
-        .arg("-cat")
-        .arg(image)
-        .arg(inner)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "unsquashfs -cat {inner}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("unsquashfs").arg("-cat").arg(image).arg(inner).output().unwrap();
+    assert!(out.status.success(), "unsquashfs -cat {inner}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn unpack(image: &Path, dest: &Path) {
-    let st = Command::new("unsquashfs")
-        .args(["-q", "-n", "-d"])
-        .arg(dest)
-        .arg(image)
-        .status()
-        .unwrap();
+    let st = Command::new("unsquashfs").args(["-q", "-n", "-d"]).arg(dest).arg(image).status().unwrap();
     assert!(st.success());
 }
 
@@ -175,10 +153,7 @@ fn build_scratch_then_localimage() {
     let opts = env.options("scratch.img", "scratch.def");
     // %files sources are relative to the current directory, then the definition's directory.
     build::build(&opts).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}",
-            fs::read_to_string(env.path("scratch.img.log")).unwrap_or_default()
-        )
+        panic!("{e}\n{}", fs::read_to_string(env.path("scratch.img.log")).unwrap_or_default())
     });
     let image = env.path("scratch.img");
     assert_eq!(&fs::read(&image).unwrap()[..4], b"hsqs");
@@ -187,22 +162,18 @@ fn build_scratch_then_localimage() {
     let runscript = unsquash_cat(&image, "/.singularity.d/runscript");
     assert!(runscript.starts_with("#!/bin/sh\n"), "{runscript}");
     assert!(runscript.contains("echo \"runscript: $GREETING $*\""));
-    assert!(unsquash_cat(&image, "/.singularity.d/env/90-environment.sh").contains("export GREETING=hello-from-env"));
+    assert!(unsquash_cat(&image, "/.singularity.d/env/90-environment.sh")
+        .contains("export GREETING=hello-from-env"));
     assert!(unsquash_cat(&image, "/.singularity.d/env/91-environment.sh").contains("FROM_POST=yes"));
     assert!(unsquash_cat(&image, "/.singularity.d/runscript.help").contains("This image greets."));
-    assert_eq!(
-        unsquash_cat(&image, "/.singularity.d/Singularity"),
-        busybox_def(&busybox)
-    );
+    assert_eq!(unsquash_cat(&image, "/.singularity.d/Singularity"), busybox_def(&busybox));
     assert_eq!(unsquash_cat(&image, "/opt/data/data.txt"), "payload\n");
     assert_eq!(unsquash_cat(&image, "/post-ran"), "post-ran\n");
-    let labels: serde_json::Value = serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
+    let labels: serde_json::Value =
+        serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
     assert_eq!(labels["Maintainer"], "test@example.org");
     assert_eq!(labels["Purpose"], "integration test");
-    assert_eq!(
-        labels["org.label-schema.usage.singularity.deffile.bootstrap"],
-        "scratch"
-    );
+    assert_eq!(labels["org.label-schema.usage.singularity.deffile.bootstrap"], "scratch");
     assert!(labels["org.label-schema.build-date"].as_str().unwrap().ends_with('Z'));
     assert!(labels["org.label-schema.usage.berth.version"].is_string());
     // /etc/resolv.conf was only there during %post.
@@ -236,17 +207,12 @@ fn build_scratch_then_localimage() {
     let local = env.path("local.img");
     assert_eq!(unsquash_cat(&local, "/post-ran"), "post-ran\n", "base content kept");
     assert_eq!(unsquash_cat(&local, "/second"), "second\n");
-    assert!(
-        unsquash_cat(&local, "/.singularity.d/runscript").contains("runscript:"),
-        "base runscript kept"
-    );
-    let labels: serde_json::Value = serde_json::from_str(&unsquash_cat(&local, "/.singularity.d/labels.json")).unwrap();
+    assert!(unsquash_cat(&local, "/.singularity.d/runscript").contains("runscript:"), "base runscript kept");
+    let labels: serde_json::Value =
+        serde_json::from_str(&unsquash_cat(&local, "/.singularity.d/labels.json")).unwrap();
     assert_eq!(labels["Maintainer"], "test@example.org", "base labels kept");
     assert_eq!(labels["Layer"], "two");
-    assert_eq!(
-        labels["org.label-schema.usage.singularity.deffile.bootstrap"],
-        "localimage"
-    );
+    assert_eq!(labels["org.label-schema.usage.singularity.deffile.bootstrap"], "localimage");
     env.assert_clean(&["scratch.img", "local.img"]);
 
     // An existing OUT needs --force.
@@ -300,14 +266,7 @@ fn make_docker_archive(env: &Env, busybox: &Path) -> PathBuf {
     )
     .unwrap();
     let tarball = env.path("image-docker.tar");
-    let st = Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
+    let st = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&archive).arg(".").status().unwrap();
     assert!(st.success());
     tarball
 }
@@ -329,7 +288,8 @@ fn build_from_docker_archive_honours_whiteouts() {
     let image = env.path("docker.img");
     let env_file = unsquash_cat(&image, "/.singularity.d/env/10-docker2singularity.sh");
     assert!(env_file.contains("export FROM_DOCKER='it'\\''s set'"), "{env_file}");
-    let labels: serde_json::Value = serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
+    let labels: serde_json::Value =
+        serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
     assert_eq!(labels["vendor"], "tests");
     let unpacked = env.path("unpacked");
     unpack(&image, &unpacked);
@@ -348,11 +308,7 @@ fn build_from_docker_archive_honours_whiteouts() {
 
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
 
 /// The same two layers as an OCI image layout (index.json -> manifest -> config + layers),
@@ -382,14 +338,7 @@ fn make_oci_archive(env: &Env, busybox: &Path) -> PathBuf {
     .unwrap();
     fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let tarball = env.path("image-oci.tar");
-    let st = Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
-        .status()
-        .unwrap();
+    let st = Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&layout).arg(".").status().unwrap();
     assert!(st.success());
     tarball
 }
@@ -409,23 +358,16 @@ fn build_from_oci_archive_honours_whiteouts() {
     build::build(&env.options("oci.img", "oci.def")).unwrap_or_else(|e| panic!("{e}"));
     let image = env.path("oci.img");
     assert!(unsquash_cat(&image, "/.singularity.d/runscript").contains("docker-cmd"));
-    let labels: serde_json::Value = serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
-    assert_eq!(
-        labels["org.label-schema.usage.singularity.deffile.bootstrap"],
-        "oci-archive"
-    );
+    let labels: serde_json::Value =
+        serde_json::from_str(&unsquash_cat(&image, "/.singularity.d/labels.json")).unwrap();
+    assert_eq!(labels["org.label-schema.usage.singularity.deffile.bootstrap"], "oci-archive");
     env.assert_clean(&["oci.img"]);
     // A tarball that is not an OCI layout says so.
     env.write(
         "notoci.def",
-        &format!(
-            "Bootstrap: oci-archive\nFrom: {}\n",
-            env.path("image-docker.tar").display()
-        ),
+        &format!("Bootstrap: oci-archive\nFrom: {}\n", env.path("image-docker.tar").display()),
     );
-    let err = build::build(&env.options("n.img", "notoci.def"))
-        .unwrap_err()
-        .to_string();
+    let err = build::build(&env.options("n.img", "notoci.def")).unwrap_err().to_string();
     assert!(err.contains("not an OCI image layout"), "{err}");
     env.assert_clean(&["oci.img"]);
 }
@@ -457,20 +399,12 @@ fn build_bad_inputs_have_clear_messages() {
     let Some(busybox) = busybox() else { return };
     let env = Env::new();
     // Missing %files source, with file:line.
-    env.write(
-        "missing.def",
-        "Bootstrap: scratch\n%files\n    /nonexistent/source.tgz /opt/\n",
-    );
-    let err = build::build(&env.options("m.img", "missing.def"))
-        .unwrap_err()
-        .to_string();
+    env.write("missing.def", "Bootstrap: scratch\n%files\n    /nonexistent/source.tgz /opt/\n");
+    let err = build::build(&env.options("m.img", "missing.def")).unwrap_err().to_string();
     assert!(err.contains("missing.def:3"), "{err}");
     assert!(err.contains("/nonexistent/source.tgz"), "{err}");
     // An unset variable in %files names the variable.
-    env.write(
-        "var.def",
-        "Bootstrap: scratch\n%files\n    ${BERTH_TEST_NOT_SET_SRC} /opt/\n",
-    );
+    env.write("var.def", "Bootstrap: scratch\n%files\n    ${BERTH_TEST_NOT_SET_SRC} /opt/\n");
     let err = build::build(&env.options("v.img", "var.def")).unwrap_err().to_string();
     assert!(err.contains("BERTH_TEST_NOT_SET_SRC is not set"), "{err}");
     // Syntax errors stop the build before anything happens.
@@ -479,9 +413,7 @@ fn build_bad_inputs_have_clear_messages() {
     assert!(err.contains("bad.def:2") && err.contains("bad.def:3"), "{err}");
     // %post without a shell in the image.
     env.write("noshell.def", "Bootstrap: scratch\n%post\n    true\n");
-    let err = build::build(&env.options("n.img", "noshell.def"))
-        .unwrap_err()
-        .to_string();
+    let err = build::build(&env.options("n.img", "noshell.def")).unwrap_err().to_string();
     assert!(err.contains("no /bin/sh"), "{err}");
     // OUT in a missing directory.
     let mut opts = env.options("x.img", "noshell.def");
@@ -494,13 +426,8 @@ fn build_bad_inputs_have_clear_messages() {
         "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://127.0.0.1:9/debian\n",
     );
     let started = Instant::now();
-    let err = build::build(&env.options("d.img", "mirror.def"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("mirror http://127.0.0.1:9/debian") && err.contains("cannot connect"),
-        "{err}"
-    );
+    let err = build::build(&env.options("d.img", "mirror.def")).unwrap_err().to_string();
+    assert!(err.contains("mirror http://127.0.0.1:9/debian") && err.contains("cannot connect"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
     // A failing %test fails the build; --notest skips it.
     env.write(

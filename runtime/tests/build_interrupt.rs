@@ -29,17 +29,14 @@ fn static_busybox() -> Option<PathBuf> {
             return None;
         }
     }
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| {
-            Command::new("file")
-                .arg("-L")
-                .arg(p)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-                .unwrap_or(false)
-        })
+    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| {
+        Command::new("file")
+            .arg("-L")
+            .arg(p)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+            .unwrap_or(false)
+    })
 }
 
 /// Wait until some `%post` has written its marker somewhere under `work`.
@@ -97,10 +94,7 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
         let err = result.expect_err("an interrupted build fails").to_string();
         assert!(err.contains("interrupted"), "{signal}: {err}");
         assert!(build::was_interrupted());
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the sleep in %post was stopped"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "the sleep in %post was stopped");
         assert!(!out.exists(), "{signal}: no image after an interrupted build");
         let left: Vec<_> = fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{signal}: work directory left behind: {left:?}");
@@ -118,10 +112,6 @@ fn build_interrupted_during_post_leaves_nothing_behind() {
             .arg("ps -eo args | grep -c '^sleep 7171$' || true")
             .output()
             .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&ps.stdout).trim(),
-            "0",
-            "{signal}: %post's sleep still runs"
-        );
+        assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0", "{signal}: %post's sleep still runs");
     }
 }

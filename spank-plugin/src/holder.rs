@@ -98,7 +98,12 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
             Ok(n) => {
                 got.extend_from_slice(&buf[..n]);
                 if got.starts_with(b"ready\n") {
-                    return Ok(Running { pid, start_time: start_time(pid), name: spec.name.clone(), uid: launch.creds.uid });
+                    return Ok(Running {
+                        pid,
+                        start_time: start_time(pid),
+                        name: spec.name.clone(),
+                        uid: launch.creds.uid,
+                    });
                 }
             }
         }

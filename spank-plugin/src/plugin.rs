@@ -114,7 +114,8 @@ pub fn init_post_opt(sp: &Spank, _args: &[String]) -> Result<(), String> {
 fn choose_client_image() -> Result<(), String> {
     let st = state();
     let cli = std::env::var(SLURM_CONTAINER).ok();
-    let Some(image) = settings::choose_image(cli.as_deref(), st.opts.image.as_deref(), st.inherited.as_deref())?
+    let Some(image) =
+        settings::choose_image(cli.as_deref(), st.opts.image.as_deref(), st.inherited.as_deref())?
     else {
         return Ok(());
     };
@@ -131,11 +132,8 @@ fn choose_client_image() -> Result<(), String> {
 fn choose_step_image(sp: &Spank) -> Result<(), String> {
     let mut st = state();
     let slurm_container = sp.getenv(SLURM_CONTAINER).filter(|s| !s.is_empty());
-    let chosen = sp
-        .getenv(IMAGE_VAR)
-        .filter(|s| !s.is_empty())
-        .or_else(|| st.opts.image.clone())
-        .or(slurm_container);
+    let chosen =
+        sp.getenv(IMAGE_VAR).filter(|s| !s.is_empty()).or_else(|| st.opts.image.clone()).or(slurm_container);
     // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
     sp.unsetenv(SLURM_CONTAINER);
     let Some(image) = chosen else { return Ok(()) };
@@ -175,7 +173,12 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     }
     match start_holder(sp, &st, &image) {
         Ok(h) => {
-            log_info(&format!("container {} ready (holder pid {}, image {})", h.name, h.pid, image.display()));
+            log_info(&format!(
+                "container {} ready (holder pid {}, image {})",
+                h.name,
+                h.pid,
+                image.display()
+            ));
             st.holder = Some(h);
         }
         Err(e) => {
@@ -285,7 +288,8 @@ fn site_config(st: &State) -> Result<berth_runtime::config::Config, String> {
 fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     let cfg = site_config(st)?;
     let cwd = std::env::current_dir().ok();
-    let joined = berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
+    let joined =
+        berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
     let user = task_user(sp, h)?;
 
     let keep = st.opts.kept_env_names();

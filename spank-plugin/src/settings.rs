@@ -80,7 +80,7 @@ impl Site {
                 }
                 _ => {
                     return Err(bad(
-                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind)".into(),
+                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind)".into()
                     ))
                 }
             }
@@ -172,7 +172,8 @@ impl UserOpts {
                 let v = arg_or("container-mounts")?;
                 berth_runtime::request::BindSpec::parse_list(v)
                     .map_err(|e| format!("--container-mounts={v}: {e}"))?;
-                self.mounts = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                self.mounts =
+                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
             }
             Opt::Workdir => {
                 let v = arg_or("container-workdir")?;
@@ -196,7 +197,12 @@ impl UserOpts {
             Opt::NoMountHome => self.mount_home = Some(false),
             Opt::Writable => self.writable = Some(true),
             Opt::Readonly => self.writable = Some(false),
-            Opt::Batch => self.batch = Some(BatchMode::parse(arg_or("container-batch")?).map_err(|e| format!("--container-batch: {e}"))?),
+            Opt::Batch => {
+                self.batch = Some(
+                    BatchMode::parse(arg_or("container-batch")?)
+                        .map_err(|e| format!("--container-batch: {e}"))?,
+                )
+            }
         }
         Ok(())
     }
@@ -217,9 +223,9 @@ pub fn choose_image(
 ) -> Result<Option<String>, String> {
     let pick = |s: Option<&str>| s.filter(|v| !v.is_empty()).map(String::from);
     match (pick(cli_container), pick(cli_image)) {
-        (Some(a), Some(b)) if a != b => Err(format!(
-            "--container={a} and --container-image={b} name different images; give one"
-        )),
+        (Some(a), Some(b)) if a != b => {
+            Err(format!("--container={a} and --container-image={b} name different images; give one"))
+        }
         (Some(a), _) => Ok(Some(a)),
         (None, Some(b)) => Ok(Some(b)),
         (None, None) => Ok(pick(inherited)),
@@ -321,7 +327,13 @@ mod tests {
     #[test]
     fn site_defaults_and_args() {
         assert_eq!(Site::parse(&[]).unwrap(), Site::default());
-        let site = Site::parse(&s(&["berth=/opt/berth/bin/berth", "batch=image", "timeout=5", "bind=/scratch,/local:/l:ro"])).unwrap();
+        let site = Site::parse(&s(&[
+            "berth=/opt/berth/bin/berth",
+            "batch=image",
+            "timeout=5",
+            "bind=/scratch,/local:/l:ro",
+        ]))
+        .unwrap();
         assert_eq!(site.berth, PathBuf::from("/opt/berth/bin/berth"));
         assert_eq!(site.batch, BatchMode::Image);
         assert_eq!(site.timeout, Duration::from_secs(5));
@@ -369,7 +381,10 @@ mod tests {
     fn image_choice() {
         assert_eq!(choose_image(None, None, None).unwrap(), None);
         assert_eq!(choose_image(None, None, Some("outer.sqsh")).unwrap().as_deref(), Some("outer.sqsh"));
-        assert_eq!(choose_image(Some("new.sqsh"), None, Some("outer.sqsh")).unwrap().as_deref(), Some("new.sqsh"));
+        assert_eq!(
+            choose_image(Some("new.sqsh"), None, Some("outer.sqsh")).unwrap().as_deref(),
+            Some("new.sqsh")
+        );
         assert_eq!(choose_image(None, Some("b.sqsh"), Some("outer")).unwrap().as_deref(), Some("b.sqsh"));
         assert_eq!(choose_image(Some("a"), Some("a"), None).unwrap().as_deref(), Some("a"));
         assert!(choose_image(Some("a"), Some("b"), None).is_err());
@@ -393,8 +408,23 @@ mod tests {
         };
         assert_eq!(
             holder_args(&spec),
-            s(&["holder", "--name", "slurm-1.0", "--ready-fd", "3", "--bind", "/var/spool/slurmd/pmix.1.0",
-                "--env", "A=b", "--workdir", "/work", "--writable-tmpfs", "--warm", "vasp_std", "/i.sqsh"])
+            s(&[
+                "holder",
+                "--name",
+                "slurm-1.0",
+                "--ready-fd",
+                "3",
+                "--bind",
+                "/var/spool/slurmd/pmix.1.0",
+                "--env",
+                "A=b",
+                "--workdir",
+                "/work",
+                "--writable-tmpfs",
+                "--warm",
+                "vasp_std",
+                "/i.sqsh"
+            ])
         );
     }
 
@@ -402,7 +432,10 @@ mod tests {
     fn pmix_dir() {
         let d = Some(PathBuf::from("/var/spool/slurmd/pmix.7.0"));
         assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/", 7, 0), d);
-        assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0/pmix_dstor_ds21_1/initial-pmix_shared-segment-0", 7, 0), d);
+        assert_eq!(
+            pmix_dir_in("/var/spool/slurmd/pmix.7.0/pmix_dstor_ds21_1/initial-pmix_shared-segment-0", 7, 0),
+            d
+        );
         assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.0", 7, 0), d);
         assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.7.01/x", 7, 0), None);
         assert_eq!(pmix_dir_in("/var/spool/slurmd/pmix.17.0/x", 7, 0), None);

@@ -111,7 +111,12 @@ impl Spank {
             // SAFETY: self.0 is the live handle; name is NUL-terminated; buf is writable for
             // buf.len() bytes and Slurm writes at most len bytes including the NUL.
             let rc = unsafe {
-                bindings::spank_getenv(self.0, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int)
+                bindings::spank_getenv(
+                    self.0,
+                    name.as_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len() as c_int,
+                )
             };
             match rc {
                 ESPANK_SUCCESS => {
@@ -130,7 +135,11 @@ impl Spank {
         let (n, v) = (cstring(name), cstring(value));
         // SAFETY: live handle, NUL-terminated strings that outlive the call (Slurm copies them).
         let rc = unsafe { bindings::spank_setenv(self.0, n.as_ptr(), v.as_ptr(), 1) };
-        if rc == ESPANK_SUCCESS { Ok(()) } else { Err(format!("spank_setenv({name}): {}", strerror(rc))) }
+        if rc == ESPANK_SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("spank_setenv({name}): {}", strerror(rc)))
+        }
     }
 
     pub fn unsetenv(&self, name: &str) {
@@ -211,7 +220,13 @@ impl Spank {
 
     /// Register a command-line option (must be called from slurm_spank_init). The option
     /// table entry is leaked on purpose: Slurm keeps the pointer for the life of the process.
-    pub fn register_option(&self, name: &str, arginfo: Option<&str>, usage: &str, val: i32) -> Result<(), String> {
+    pub fn register_option(
+        &self,
+        name: &str,
+        arginfo: Option<&str>,
+        usage: &str,
+        val: i32,
+    ) -> Result<(), String> {
         let leak = |s: &str| cstring(s).into_raw();
         let opt = Box::leak(Box::new(bindings::spank_option {
             name: leak(name),
@@ -223,7 +238,11 @@ impl Spank {
         }));
         // SAFETY: live handle; `opt` and its strings are leaked, so valid for the process's life.
         let rc = unsafe { bindings::spank_option_register(self.0, opt) };
-        if rc == ESPANK_SUCCESS { Ok(()) } else { Err(format!("cannot register --{name}: {}", strerror(rc))) }
+        if rc == ESPANK_SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("cannot register --{name}: {}", strerror(rc)))
+        }
     }
 }
 
@@ -266,9 +285,7 @@ unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
         return vec![];
     }
     // SAFETY: Slurm passes `ac` valid pointers to NUL-terminated strings (caller contract).
-    (0..ac as usize)
-        .map(|i| unsafe { CStr::from_ptr(*av.add(i)) }.to_string_lossy().into_owned())
-        .collect()
+    (0..ac as usize).map(|i| unsafe { CStr::from_ptr(*av.add(i)) }.to_string_lossy().into_owned()).collect()
 }
 
 // ---------------------------------------------------------------------------- process helpers

@@ -92,12 +92,19 @@ pub fn build_busybox_root(root: &Path) {
     w("etc/group", "root:x:0:\n");
     w("opt/app/bin/hello", "#!/bin/sh\necho \"hello from the image, args: $*\"\n");
     w(".singularity.d/runscript", "#!/bin/sh\necho \"runscript got: $*\"\nexit 0\n");
-    w(".singularity.d/env/90-environment.sh", "export APP_HOME=/opt/app\nexport PATH=/opt/app/bin:$PATH\nexport GREETING=\"hi ${USER:-nobody}\"\n");
-    w(".singularity.d/labels.json", "{\"org.label-schema.name\": \"berth-busybox\", \"Maintainer\": \"berth tests\"}\n");
+    w(
+        ".singularity.d/env/90-environment.sh",
+        "export APP_HOME=/opt/app\nexport PATH=/opt/app/bin:$PATH\nexport GREETING=\"hi ${USER:-nobody}\"\n",
+    );
+    w(
+        ".singularity.d/labels.json",
+        "{\"org.label-schema.name\": \"berth-busybox\", \"Maintainer\": \"berth tests\"}\n",
+    );
     w(".singularity.d/runscript.help", "This image says hello.\n");
     w(".singularity.d/Singularity", "Bootstrap: scratch\n%runscript\n  echo hi\n");
     std::fs::set_permissions(root.join("opt/app/bin/hello"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(root.join(".singularity.d/runscript"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join(".singularity.d/runscript"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
     // A world-writable directory, to tell --writable-tmpfs from a read-only root.
     std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
@@ -117,7 +124,13 @@ pub fn mksquashfs(root: &Path, out: &Path) {
 /// A Singularity 2.x image: the launch line, then an ext3 filesystem of `root`.
 pub fn singularity2_image(root: &Path, out: &Path) {
     let fs = out.with_extension("ext3");
-    let st = Command::new("mke2fs").args(["-q", "-F", "-t", "ext3", "-d"]).arg(root).arg(&fs).arg("16M").status().unwrap();
+    let st = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext3", "-d"])
+        .arg(root)
+        .arg(&fs)
+        .arg("16M")
+        .status()
+        .unwrap();
     assert!(st.success(), "mke2fs failed");
     let mut bytes = b"#!/usr/bin/env run-singularity\n".to_vec();
     bytes.extend(std::fs::read(&fs).unwrap());
@@ -198,13 +211,24 @@ impl Out {
     }
     /// Assert success and return stdout.
     pub fn ok(&self) -> String {
-        assert!(self.0.status.success(), "berth failed ({:?}):\nstdout: {}\nstderr: {}", self.0.status, self.stdout(), self.stderr());
+        assert!(
+            self.0.status.success(),
+            "berth failed ({:?}):\nstdout: {}\nstderr: {}",
+            self.0.status,
+            self.stdout(),
+            self.stderr()
+        );
         self.stdout()
     }
     /// Assert berth's own failure (255) with one `berth:` message containing every needle.
     pub fn fails_with(&self, needles: &[&str]) -> String {
         let err = self.stderr();
-        assert_eq!(self.code(), Some(255), "expected berth's error exit; stderr: {err}; stdout: {}", self.stdout());
+        assert_eq!(
+            self.code(),
+            Some(255),
+            "expected berth's error exit; stderr: {err}; stdout: {}",
+            self.stdout()
+        );
         assert!(err.starts_with("berth: "), "message must start with 'berth: ': {err}");
         assert_eq!(err.matches("berth: ").count(), 1, "one message expected: {err}");
         for n in needles {

@@ -49,7 +49,11 @@ impl Node {
         let state_dir = PathBuf::from(format!("/tmp/berth-it-{}-{name}-{}", std::process::id(), w.uid));
         let _ = std::fs::remove_dir_all(&state_dir);
         let config = root.join("berth.toml");
-        std::fs::write(&config, format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id())).unwrap();
+        std::fs::write(
+            &config,
+            format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id()),
+        )
+        .unwrap();
         Node { name: name.into(), netns, pbs_home, config, state_dir }
     }
 
@@ -96,7 +100,10 @@ pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Comm
             }
             if as_ == As::User {
                 let groups = [gid];
-                if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -162,7 +169,11 @@ impl<'w> Mom<'w> {
         }
         let rsh_agent = w.path("berth-pbs-rsh");
         if !rsh_agent.exists() {
-            std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/berth-pbs-rsh"), &rsh_agent).unwrap();
+            std::fs::copy(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/berth-pbs-rsh"),
+                &rsh_agent,
+            )
+            .unwrap();
             std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let qstat = w.path("fake-qstat");
@@ -291,7 +302,14 @@ impl<'w> Mom<'w> {
         let res = "nodes=2,walltime=00:10:00";
         let mut argv = vec![path.as_str(), &job.id, USER, &group, "job.sh"];
         if which.starts_with("epilogue") {
-            argv.extend_from_slice(&["4242", res, "cput=00:00:01,mem=1kb,walltime=00:00:02", "batch", "", "0"]);
+            argv.extend_from_slice(&[
+                "4242",
+                res,
+                "cput=00:00:01,mem=1kb,walltime=00:00:02",
+                "batch",
+                "",
+                "0",
+            ]);
         } else {
             argv.extend_from_slice(&[res, "batch", ""]);
         }
@@ -309,7 +327,9 @@ impl<'w> Mom<'w> {
         // forked meanwhile (ETXTBSY until that child execs): try again shortly.
         for _ in 0..100 {
             match self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
                 r => return Out(r.unwrap()),
             }
         }
@@ -360,7 +380,12 @@ pub fn assert_clean(nodes: &[&Node], jobid: &str) {
     }
     assert_eq!(job_processes(jobid), Vec::<String>::new(), "processes of job {jobid} left");
     for n in nodes {
-        assert_eq!(job_files(n, jobid), Vec::<PathBuf>::new(), "files of job {jobid} left on node {}", n.name);
+        assert_eq!(
+            job_files(n, jobid),
+            Vec::<PathBuf>::new(),
+            "files of job {jobid} left on node {}",
+            n.name
+        );
     }
 }
 
@@ -431,11 +456,14 @@ pub fn fake_ssh(w: &'static World, nodes: &[&Node], link: bool) -> FakeSsh {
     } else {
         nodes.iter().map(|n| n.name.clone()).collect()
     };
-    let (va, vb) = (format!("bva{}", std::process::id() % 100000), format!("bvb{}", std::process::id() % 100000));
-    if link { sh(&format!(
+    let (va, vb) =
+        (format!("bva{}", std::process::id() % 100000), format!("bvb{}", std::process::id() % 100000));
+    if link {
+        sh(&format!(
         "ip link add {va} netns {} type veth peer name {vb} netns {} && ip -n {} addr add {}/24 dev {va} && ip -n {} addr add {}/24 dev {vb} && ip -n {} link set {va} up && ip -n {} link set {vb} up",
         nodes[0].netns, nodes[1].netns, nodes[0].netns, addrs[0], nodes[1].netns, addrs[1], nodes[0].netns, nodes[1].netns
-    )); }
+    ));
+    }
     let src = w.path("fake-ssh.c");
     std::fs::write(&src, FAKE_SSH_C).unwrap();
     let ssh = w.path("fake-ssh");

@@ -104,10 +104,7 @@ pub fn cache_file(cache_dir: &Path, suite: &str, mirror: &str, include: &[String
     sorted.sort_unstable();
     sorted.dedup();
     let key = format!("{suite}\n{mirror}\n{}\n{}", sorted.join(","), std::env::consts::ARCH);
-    let safe_suite: String = suite
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
+    let safe_suite: String = suite.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     cache_dir.join(format!(
         "debootstrap-{safe_suite}-{}-{:016x}.tar",
         std::env::consts::ARCH,
@@ -118,8 +115,7 @@ pub fn cache_file(cache_dir: &Path, suite: &str, mirror: &str, include: &[String
 fn debootstrap(suite: &str, mirror: &str, include: &[String], ctx: &Context) -> Result<()> {
     let cached = ctx.cache_dir.map(|d| cache_file(d, suite, mirror, include));
     if let Some(cached) = cached.as_ref().filter(|c| c.is_file()) {
-        ctx.log
-            .line(&format!("berth: using cached debootstrap base {}", cached.display()));
+        ctx.log.line(&format!("berth: using cached debootstrap base {}", cached.display()));
         eprintln!("  using cached base {}", cached.display());
         let mut tar = Command::new("tar");
         tar.args(["-xpf"])
@@ -157,10 +153,7 @@ fn debootstrap(suite: &str, mirror: &str, include: &[String], ctx: &Context) -> 
     if let Some(cached) = cached {
         if let Err(e) = store_in_cache(ctx, &cached) {
             // A cache that cannot be written only makes the next build slower.
-            ctx.log.line(&format!(
-                "berth: warning: could not cache the base in {}: {e}",
-                cached.display()
-            ));
+            ctx.log.line(&format!("berth: warning: could not cache the base in {}: {e}", cached.display()));
             eprintln!("  warning: could not cache the debootstrap base: {e}");
         }
     }
@@ -208,18 +201,10 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
     let (https, rest) = match (mirror.strip_prefix("http://"), mirror.strip_prefix("https://")) {
         (Some(r), _) => (false, r),
         (_, Some(r)) => (true, r),
-        _ => {
-            return Err(Error::build(
-                what,
-                "not an http://, https:// or file: URL",
-                "fix MirrorURL",
-            ))
-        }
+        _ => return Err(Error::build(what, "not an http://, https:// or file: URL", "fix MirrorURL")),
     };
-    let (hostport, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, String::new()));
+    let (hostport, path) =
+        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, String::new()));
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse::<u16>().unwrap_or(80)),
         _ => (hostport.to_string(), if https { 443 } else { 80 }),
@@ -242,12 +227,7 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
         Ok(Ok(a)) if !a.is_empty() => a,
         Ok(Ok(_)) => return Err(unreachable(format!("{host} has no address"))),
         Ok(Err(e)) => return Err(unreachable(format!("cannot resolve {host}: {e}"))),
-        Err(_) => {
-            return Err(unreachable(format!(
-                "resolving {host} took more than {}s",
-                timeout.as_secs()
-            )))
-        }
+        Err(_) => return Err(unreachable(format!("resolving {host} took more than {}s", timeout.as_secs()))),
     };
     let mut stream = None;
     let mut last_error = String::new();
@@ -304,11 +284,7 @@ fn local_image(from: &Path, ctx: &Context) -> Result<()> {
             cp.arg("-a").arg(format!("{}/.", path.display())).arg(ctx.rootfs);
             run_checked(&mut cp, "copy base directory", ctx.log, None, true)
         }
-        RootFs::Embedded {
-            fs: FsType::Squashfs,
-            offset,
-            ..
-        } => {
+        RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => {
             let mut unsq = Command::new("unsquashfs");
             unsq.args(["-f", "-n", "-d"]).arg(ctx.rootfs);
             if offset > 0 {
@@ -347,10 +323,7 @@ fn read_json(path: &Path) -> Result<Value> {
 /// A path from an archive's JSON, kept inside the archive directory.
 fn archive_member(dir: &Path, member: &str, archive: &Path) -> Result<PathBuf> {
     let rel = Path::new(member);
-    if rel
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(Error::build(
             format!("archive {}", archive.display()),
             format!("refers to {member:?}, outside the archive"),
@@ -380,11 +353,7 @@ fn docker_archive(from: &Path, ctx: &Context) -> Result<()> {
     }
     let manifest = read_json(&manifest)?;
     let entry = manifest.as_array().and_then(|a| a.first()).ok_or_else(|| {
-        Error::build(
-            format!("docker-archive {}", from.display()),
-            "manifest.json lists no image",
-            "",
-        )
+        Error::build(format!("docker-archive {}", from.display()), "manifest.json lists no image", "")
     })?;
     let layers: Vec<String> = entry["Layers"]
         .as_array()
@@ -403,21 +372,13 @@ fn docker_archive(from: &Path, ctx: &Context) -> Result<()> {
 
 fn oci_blob(dir: &Path, digest: &str, archive: &Path) -> Result<PathBuf> {
     let (alg, hex) = digest.split_once(':').ok_or_else(|| {
-        Error::build(
-            format!("oci-archive {}", archive.display()),
-            format!("bad digest {digest:?}"),
-            "",
-        )
+        Error::build(format!("oci-archive {}", archive.display()), format!("bad digest {digest:?}"), "")
     })?;
     archive_member(dir, &format!("blobs/{alg}/{hex}"), archive)
 }
 
 fn oci_archive(from: &Path, ctx: &Context) -> Result<()> {
-    let dir = if from.is_dir() {
-        from.to_path_buf()
-    } else {
-        unpack_archive(from, ctx, "oci-archive")?
-    };
+    let dir = if from.is_dir() { from.to_path_buf() } else { unpack_archive(from, ctx, "oci-archive")? };
     let index_path = dir.join("index.json");
     if !index_path.is_file() {
         return Err(Error::build(
@@ -484,13 +445,7 @@ fn apply_layer(layer: &Path, ctx: &Context, number: usize, total: usize) -> Resu
     let mut tar = Command::new("tar");
     tar.arg("-xpf")
         .arg(layer)
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--exclude=.wh.*",
-            "-C",
-        ])
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--exclude=.wh.*", "-C"])
         .arg(ctx.rootfs);
     run_checked(&mut tar, &format!("layer {number}/{total}"), ctx.log, None, true)
 }
@@ -499,7 +454,11 @@ fn apply_layer(layer: &Path, ctx: &Context, number: usize, total: usize) -> Resu
 /// host and follows a lower layer's `etc -> /etc` link like any other path, so a hostile image
 /// could otherwise write host files during the build. (Within one tar archive, GNU tar already
 /// defers such links; across layers it cannot know.)
-pub fn check_layer_paths<'a>(rootfs: &Path, entries: impl Iterator<Item = &'a str>, layer_number: usize) -> Result<()> {
+pub fn check_layer_paths<'a>(
+    rootfs: &Path,
+    entries: impl Iterator<Item = &'a str>,
+    layer_number: usize,
+) -> Result<()> {
     let root = rootfs.canonicalize().map_err(|e| Error::io("resolve", rootfs, e))?;
     let mut checked = std::collections::HashSet::new();
     for entry in entries {
@@ -553,10 +512,8 @@ pub fn apply_whiteout(rootfs: &Path, entry: &str, log: &Log) -> Result<()> {
         log.line(&format!("berth: ignoring whiteout outside the image: {entry}"));
         return Ok(());
     }
-    let parent = resolve_in_root(
-        rootfs,
-        Path::new("/").join(path.parent().unwrap_or(Path::new(""))).as_path(),
-    )?;
+    let parent =
+        resolve_in_root(rootfs, Path::new("/").join(path.parent().unwrap_or(Path::new(""))).as_path())?;
     if hidden == ".wh..opq" {
         // Opaque directory: nothing from lower layers shows through.
         let _ = clear_dir(&parent, &[]);
@@ -601,33 +558,17 @@ fn shell_quote(s: &str) -> String {
 /// `/.singularity.d/env/10-docker2singularity.sh`, and a runscript running Entrypoint + Cmd.
 fn write_container_config(config: &Value, rootfs: &Path) -> Result<()> {
     let mut env = String::from("#!/bin/sh\n");
-    for kv in config["Env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str())
-    {
+    for kv in config["Env"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
         if let Some((k, v)) = kv.split_once('=') {
             if crate::request::valid_env_name(k) {
                 env.push_str(&format!("export {k}={}\n", shell_quote(v)));
             }
         }
     }
-    write_in_root(
-        rootfs,
-        "/.singularity.d/env/10-docker2singularity.sh",
-        env.as_bytes(),
-        0o755,
-    )?;
+    write_in_root(rootfs, "/.singularity.d/env/10-docker2singularity.sh", env.as_bytes(), 0o755)?;
 
     let words = |key: &str| -> Vec<String> {
-        config[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .map(shell_quote)
-            .collect()
+        config[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(shell_quote).collect()
     };
     let (entrypoint, cmd) = (words("Entrypoint"), words("Cmd"));
     let mut runscript = String::from("#!/bin/sh\n");
@@ -650,11 +591,7 @@ fn write_container_config(config: &Value, rootfs: &Path) -> Result<()> {
     write_in_root(rootfs, "/.singularity.d/runscript", runscript.as_bytes(), 0o755)?;
     let labels: BTreeMap<String, String> = config["Labels"]
         .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
         .unwrap_or_default();
     if !labels.is_empty() {
         let json = serde_json::to_vec_pretty(&labels).unwrap_or_default();
@@ -671,12 +608,7 @@ mod tests {
     fn cache_key_ignores_include_order_and_duplicates() {
         let dir = Path::new("/c");
         let a = cache_file(dir, "bookworm", "http://m/debian", &["b".into(), "a".into()]);
-        let b = cache_file(
-            dir,
-            "bookworm",
-            "http://m/debian",
-            &["a".into(), "b".into(), "a".into()],
-        );
+        let b = cache_file(dir, "bookworm", "http://m/debian", &["a".into(), "b".into(), "a".into()]);
         let c = cache_file(dir, "bookworm", "http://other/debian", &["a".into(), "b".into()]);
         let d = cache_file(dir, "trixie", "http://m/debian", &["a".into(), "b".into()]);
         assert_eq!(a, b);
@@ -703,10 +635,7 @@ mod tests {
         assert!(rootfs.join("etc/kept").exists());
         assert!(rootfs.join("etc/opaque").is_dir());
         assert_eq!(fs::read_dir(rootfs.join("etc/opaque")).unwrap().count(), 0);
-        assert!(
-            root.join("log").exists(),
-            "a whiteout can never reach outside the rootfs"
-        );
+        assert!(root.join("log").exists(), "a whiteout can never reach outside the rootfs");
     }
 
     #[test]
@@ -721,13 +650,8 @@ mod tests {
         let ok = ["./lib/libc.so.6", "usr/lib/x", "hostetc", "newdir/file"];
         check_layer_paths(&rootfs, ok.iter().copied(), 1).unwrap();
         for bad in ["hostetc/passwd", "./up/file", "dangling/x/y"] {
-            let err = check_layer_paths(&rootfs, [bad].into_iter(), 2)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("leads outside the image") && err.contains("layer 2"),
-                "{bad}: {err}"
-            );
+            let err = check_layer_paths(&rootfs, [bad].into_iter(), 2).unwrap_err().to_string();
+            assert!(err.contains("leads outside the image") && err.contains("layer 2"), "{bad}: {err}");
         }
     }
 
@@ -735,15 +659,11 @@ mod tests {
     fn unreachable_mirror_fails_fast_with_a_message() {
         // Port 9 on loopback: nothing listens, so the connection is refused at once.
         let started = std::time::Instant::now();
-        let err = check_mirror("http://127.0.0.1:9/debian", "bookworm")
-            .unwrap_err()
-            .to_string();
+        let err = check_mirror("http://127.0.0.1:9/debian", "bookworm").unwrap_err().to_string();
         assert!(err.contains("mirror http://127.0.0.1:9/debian"), "{err}");
         assert!(err.contains("cannot connect"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(20));
-        let err = check_mirror("file:///nonexistent/debian", "bookworm")
-            .unwrap_err()
-            .to_string();
+        let err = check_mirror("file:///nonexistent/debian", "bookworm").unwrap_err().to_string();
         assert!(err.contains("dists/bookworm/Release"), "{err}");
     }
 }

@@ -24,16 +24,8 @@ use crate::error::{Error, Result};
 pub const HEADER_KEYS: &[&str] = &["Bootstrap", "From", "OSVersion", "MirrorURL", "Include"];
 
 /// Sections berth understands.
-pub const SECTIONS: &[&str] = &[
-    "setup",
-    "files",
-    "post",
-    "environment",
-    "runscript",
-    "labels",
-    "help",
-    "test",
-];
+pub const SECTIONS: &[&str] =
+    &["setup", "files", "post", "environment", "runscript", "labels", "help", "test"];
 
 /// Apptainer sections berth does not implement; named in the lint message so the user knows
 /// the file is valid Apptainer syntax, just not supported here.
@@ -58,11 +50,7 @@ pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     /// `debootstrap SUITE ROOTFS MIRROR` with `--include`.
-    Debootstrap {
-        suite: String,
-        mirror: String,
-        include: Vec<String>,
-    },
+    Debootstrap { suite: String, mirror: String, include: Vec<String> },
     /// An existing berth/SIF/SquashFS image or a directory.
     LocalImage { from: String },
     /// A `docker save` tarball.
@@ -89,9 +77,9 @@ impl Bootstrap {
     pub fn base(&self) -> String {
         match self {
             Bootstrap::Debootstrap { suite, .. } => suite.clone(),
-            Bootstrap::LocalImage { from } | Bootstrap::DockerArchive { from } | Bootstrap::OciArchive { from } => {
-                from.clone()
-            }
+            Bootstrap::LocalImage { from }
+            | Bootstrap::DockerArchive { from }
+            | Bootstrap::OciArchive { from } => from.clone(),
             Bootstrap::Scratch => String::new(),
         }
     }
@@ -192,9 +180,7 @@ fn canonical_section(name: &str) -> Option<&'static str> {
 /// (shell `printf '%s'` never starts a line, but an indented one must not end the section).
 fn section_start(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix('%')?;
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
     if end == 0 {
         return None;
     }
@@ -360,7 +346,8 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                     if suite.is_none() {
                         issues.push(LintIssue {
                             line: *line,
-                            msg: "Bootstrap: debootstrap needs `OSVersion:` (a Debian suite, e.g. bookworm)".into(),
+                            msg: "Bootstrap: debootstrap needs `OSVersion:` (a Debian suite, e.g. bookworm)"
+                                .into(),
                         });
                     }
                     let mirror = header_value(raw, "MirrorURL")
@@ -392,15 +379,11 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                 }
                 "docker-archive" => {
                     need_from(issues, "the path of a `docker save` tarball");
-                    from.map(|from| Bootstrap::DockerArchive {
-                        from: strip_scheme(&from, "docker-archive:"),
-                    })
+                    from.map(|from| Bootstrap::DockerArchive { from: strip_scheme(&from, "docker-archive:") })
                 }
                 "oci-archive" => {
                     need_from(issues, "the path of an OCI layout, as a tar archive or a directory");
-                    from.map(|from| Bootstrap::OciArchive {
-                        from: strip_scheme(&from, "oci-archive:"),
-                    })
+                    from.map(|from| Bootstrap::OciArchive { from: strip_scheme(&from, "oci-archive:") })
                 }
                 "scratch" => Some(Bootstrap::Scratch),
                 other => {
@@ -419,29 +402,15 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
         if !script.args.is_empty() {
             issues.push(LintIssue {
                 line: script.line,
-                msg: format!(
-                    "%files {} (copying from a build stage) is not supported by berth",
-                    script.args
-                ),
+                msg: format!("%files {} (copying from a build stage) is not supported by berth", script.args),
             });
         }
         for (line, content) in content_lines(script) {
             match split_words(content) {
-                Err(e) => issues.push(LintIssue {
-                    line,
-                    msg: format!("%files: {e}"),
-                }),
+                Err(e) => issues.push(LintIssue { line, msg: format!("%files: {e}") }),
                 Ok(words) => match words.as_slice() {
-                    [src] => files.push(FileCopy {
-                        src: src.clone(),
-                        dest: None,
-                        line,
-                    }),
-                    [src, dest] => files.push(FileCopy {
-                        src: src.clone(),
-                        dest: Some(dest.clone()),
-                        line,
-                    }),
+                    [src] => files.push(FileCopy { src: src.clone(), dest: None, line }),
+                    [src, dest] => files.push(FileCopy { src: src.clone(), dest: Some(dest.clone()), line }),
                     _ => issues.push(LintIssue {
                         line,
                         msg: format!(
@@ -475,14 +444,12 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
     for (name, script) in &raw.sections {
         let takes_interpreter = matches!(*name, "setup" | "post" | "test" | "runscript");
         if takes_interpreter && !script.args.is_empty() {
-            let ok = matches!(split_words(&script.args).as_deref(), Ok([c, p]) if c == "-c" && p.starts_with('/'));
+            let ok =
+                matches!(split_words(&script.args).as_deref(), Ok([c, p]) if c == "-c" && p.starts_with('/'));
             if !ok {
                 issues.push(LintIssue {
                     line: script.line,
-                    msg: format!(
-                        "%{name} accepts only `-c /path/to/interpreter`, found {:?}",
-                        script.args
-                    ),
+                    msg: format!("%{name} accepts only `-c /path/to/interpreter`, found {:?}", script.args),
                 });
             }
         } else if !takes_interpreter && *name != "files" && !script.args.is_empty() {
@@ -610,10 +577,7 @@ Include: ca-certificates, curl  wget
                 include: vec!["ca-certificates".into(), "curl".into(), "wget".into()],
             }
         );
-        assert_eq!(
-            def.setup.as_ref().unwrap().body,
-            "    touch $SINGULARITY_ROOTFS/setup-ran\n"
-        );
+        assert_eq!(def.setup.as_ref().unwrap().body, "    touch $SINGULARITY_ROOTFS/setup-ran\n");
         assert_eq!(def.setup.as_ref().unwrap().line, 7);
         assert_eq!(def.files.len(), 3);
         assert_eq!(def.files[0].src, "tests/mpi/berth-mpitest.c");
@@ -623,16 +587,10 @@ Include: ca-certificates, curl  wget
         assert_eq!(def.files[2].dest, None);
         let post = def.post.as_ref().unwrap();
         assert_eq!(post.interpreter(), "/bin/bash");
-        assert!(
-            post.body.contains("printf '%s\\n' done"),
-            "indented % lines stay in the body"
-        );
+        assert!(post.body.contains("printf '%s\\n' done"), "indented % lines stay in the body");
         assert_eq!(def.environment.as_deref(), Some("    export LC_ALL=C\n"));
         assert_eq!(def.runscript.as_ref().unwrap().interpreter(), "/bin/sh");
-        assert_eq!(
-            def.labels.get("Author").map(String::as_str),
-            Some("someone@example.org")
-        );
+        assert_eq!(def.labels.get("Author").map(String::as_str), Some("someone@example.org"));
         assert_eq!(def.labels.get("Version").map(String::as_str), Some("1.2"));
         assert_eq!(def.help.as_deref(), Some("    This image runs app.\n"));
         assert!(def.test.as_ref().unwrap().body.contains("--version"));
@@ -656,21 +614,11 @@ Include: ca-certificates, curl  wget
     #[test]
     fn other_agents() {
         let d = parse("Bootstrap: localimage\nFrom: base.img\n", &path()).unwrap();
-        assert_eq!(
-            d.bootstrap,
-            Bootstrap::LocalImage {
-                from: "base.img".into()
-            }
-        );
+        assert_eq!(d.bootstrap, Bootstrap::LocalImage { from: "base.img".into() });
         let d = parse("Bootstrap: docker-archive\nFrom: docker-archive:img.tar\n", &path()).unwrap();
         assert_eq!(d.bootstrap, Bootstrap::DockerArchive { from: "img.tar".into() });
         let d = parse("Bootstrap: oci-archive\nFrom: layout.tar\n", &path()).unwrap();
-        assert_eq!(
-            d.bootstrap,
-            Bootstrap::OciArchive {
-                from: "layout.tar".into()
-            }
-        );
+        assert_eq!(d.bootstrap, Bootstrap::OciArchive { from: "layout.tar".into() });
         let d = parse("Bootstrap: scratch\n", &path()).unwrap();
         assert_eq!(d.bootstrap, Bootstrap::Scratch);
         assert_eq!(d.bootstrap.agent(), "scratch");
@@ -703,27 +651,14 @@ Include: ca-certificates, curl  wget
     #[test]
     fn agent_requirements() {
         let issues = lint("Bootstrap: debootstrap\n", &path());
-        assert!(
-            issues.iter().any(|i| i.line == 1 && i.msg.contains("OSVersion")),
-            "{issues:?}"
-        );
+        assert!(issues.iter().any(|i| i.line == 1 && i.msg.contains("OSVersion")), "{issues:?}");
         let issues = lint("Bootstrap: localimage\n", &path());
         assert!(issues.iter().any(|i| i.msg.contains("needs `From:`")), "{issues:?}");
         let issues = lint("Bootstrap: docker\nFrom: ubuntu\n", &path());
-        assert!(
-            issues
-                .iter()
-                .any(|i| i.msg.contains("unknown bootstrap agent \"docker\"")),
-            "{issues:?}"
-        );
-        let issues = lint(
-            "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ftp.debian.org\n",
-            &path(),
-        );
-        assert!(
-            issues.iter().any(|i| i.line == 3 && i.msg.contains("MirrorURL")),
-            "{issues:?}"
-        );
+        assert!(issues.iter().any(|i| i.msg.contains("unknown bootstrap agent \"docker\"")), "{issues:?}");
+        let issues =
+            lint("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ftp.debian.org\n", &path());
+        assert!(issues.iter().any(|i| i.line == 3 && i.msg.contains("MirrorURL")), "{issues:?}");
     }
 
     #[test]
@@ -759,11 +694,7 @@ Include: ca-certificates, curl  wget
             assert!(issues.is_empty(), "{}: {:?}", path.display(), issues);
             let def = parse(&text, &path).unwrap();
             assert!(
-                def.text
-                    .lines()
-                    .take_while(|l| l.starts_with('#') || l.trim().is_empty())
-                    .count()
-                    >= 3,
+                def.text.lines().take_while(|l| l.starts_with('#') || l.trim().is_empty()).count() >= 3,
                 "{} must start with a comment block saying how to use it",
                 path.display()
             );

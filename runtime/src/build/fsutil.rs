@@ -64,7 +64,10 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -139,18 +142,9 @@ mod tests {
             resolve_in_root(root, Path::new("/usr/bin/mpicc")).unwrap(),
             root.join("etc/alternatives/mpicc")
         );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/usr/bin/up/../../etc")).unwrap(),
-            root.join("etc")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/escape/etc/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("../../new/file")).unwrap(),
-            root.join("new/file")
-        );
+        assert_eq!(resolve_in_root(root, Path::new("/usr/bin/up/../../etc")).unwrap(), root.join("etc"));
+        assert_eq!(resolve_in_root(root, Path::new("/escape/etc/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(root, Path::new("../../new/file")).unwrap(), root.join("new/file"));
         symlink("loop", root.join("loop")).unwrap();
         assert!(resolve_in_root(root, Path::new("/loop/x")).is_err());
     }

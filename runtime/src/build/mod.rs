@@ -87,10 +87,8 @@ impl BuildOptions {
             Some(v) => Some(PathBuf::from(v)),
             None => Some(PathBuf::from(bootstrap::DEFAULT_CACHE_DIR)),
         };
-        let timeout = std::env::var("BERTH_DEBOOTSTRAP_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1800);
+        let timeout =
+            std::env::var("BERTH_DEBOOTSTRAP_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
         BuildOptions {
             output: output.into(),
             definition: definition.into(),
@@ -126,10 +124,7 @@ struct WorkDir {
 impl WorkDir {
     fn create(parent: &Path) -> Result<WorkDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let path = parent.join(format!("berth-build-{}-{nanos:09}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| Error::Io {
             what: "create the build work directory".into(),
@@ -144,10 +139,7 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if let Err(e) = fsutil::remove_work_dir(&self.path) {
-            eprintln!(
-                "berth: warning: could not remove the build directory {}: {e}",
-                self.path.display()
-            );
+            eprintln!("berth: warning: could not remove the build directory {}: {e}", self.path.display());
         }
     }
 }
@@ -202,10 +194,7 @@ pub fn build(opts: &BuildOptions) -> Result<()> {
     {
         use std::os::unix::fs::DirBuilderExt;
         // The rootfs directory becomes the image's `/`: 0755 like any root directory.
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&rootfs)
-            .map_err(|e| Error::io("create", &rootfs, e))?;
+        fs::DirBuilder::new().mode(0o755).create(&rootfs).map_err(|e| Error::io("create", &rootfs, e))?;
     }
     let scratch = work.path.join("scratch");
     fs::create_dir(&scratch).map_err(|e| Error::io("create", &scratch, e))?;
@@ -266,11 +255,7 @@ fn check_output(out: &Path, force: bool) -> Result<PathBuf> {
         hint: "create it first (berth build does not create directories)".into(),
     })?;
     if !parent.is_dir() {
-        return Err(Error::request(
-            "OUT",
-            format!("{} is not a directory", parent.display()),
-            "",
-        ));
+        return Err(Error::request("OUT", format!("{} is not a directory", parent.display()), ""));
     }
     let out = parent.join(name);
     if let Ok(meta) = fs::symlink_metadata(&out) {
@@ -304,11 +289,7 @@ fn build_in(
     let base = def.bootstrap.base();
     step(
         log,
-        &format!(
-            "bootstrap: {}{}{base}",
-            def.bootstrap.agent(),
-            if base.is_empty() { "" } else { " " }
-        ),
+        &format!("bootstrap: {}{}{base}", def.bootstrap.agent(), if base.is_empty() { "" } else { " " }),
     );
     let ctx = bootstrap::Context {
         rootfs,
@@ -364,23 +345,12 @@ fn build_in(
         // TODO(lead): once `berth exec` exists, BuildOptions::berth_exec runs %test in the real
         // container (below, after squashing); the chroot is the fallback until then.
         step(log, "%test (in a chroot of the image)");
-        run_in_image(
-            &Script {
-                body: String::new(),
-                ..test.clone()
-            },
-            "%test",
-            rootfs,
-            log,
-        )
-        .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
+        run_in_image(&Script { body: String::new(), ..test.clone() }, "%test", rootfs, log)
+            .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
         checkpoint()?;
     }
 
-    let pending = PendingOutput {
-        path: temp_output_path(output),
-        done: false,
-    };
+    let pending = PendingOutput { path: temp_output_path(output), done: false };
     step(log, &format!("mksquashfs ({} compression)", opts.compression));
     squash(rootfs, &pending.path, &opts.compression, log)?;
     checkpoint()?;
@@ -393,19 +363,13 @@ fn build_in(
     if let (Some(_), Some(berth)) = (def.test.as_ref().filter(|_| !opts.notest), &opts.berth_exec) {
         step(log, "%test (in the container)");
         let mut cmd = Command::new(berth);
-        cmd.arg("exec")
-            .arg(&pending.path)
-            .arg("/bin/sh")
-            .arg("/.singularity.d/test");
+        cmd.arg("exec").arg(&pending.path).arg("/bin/sh").arg("/.singularity.d/test");
         run_checked(&mut cmd, "%test", log, None, true)
             .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
         checkpoint()?;
     }
 
-    set_mode(
-        &pending.path,
-        if opts.format == OutputFormat::Sif { 0o755 } else { 0o644 },
-    )?;
+    set_mode(&pending.path, if opts.format == OutputFormat::Sif { 0o755 } else { 0o644 })?;
     // Data on disk before the name: a crash never leaves a truncated image under OUT's name.
     fs::File::open(&pending.path)
         .and_then(|f| f.sync_all())
@@ -414,34 +378,24 @@ fn build_in(
     fs::rename(&pending.path, output).map_err(|e| Error::io("rename into place", output, e))?;
     pending.done = true;
     let size = fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-    step(
-        log,
-        &format!("wrote {} ({:.1} MiB)", output.display(), size as f64 / 1048576.0),
-    );
+    step(log, &format!("wrote {} ({:.1} MiB)", output.display(), size as f64 / 1048576.0));
     Ok(())
 }
 
 fn add_hint(e: Error, extra: &str) -> Error {
     match e {
-        Error::Build { what, reason, hint } if hint.is_empty() => Error::Build {
-            what,
-            reason,
-            hint: extra.into(),
-        },
-        Error::Build { what, reason, hint } => Error::Build {
-            what,
-            reason,
-            hint: format!("{extra}; {hint}"),
-        },
+        Error::Build { what, reason, hint } if hint.is_empty() => {
+            Error::Build { what, reason, hint: extra.into() }
+        }
+        Error::Build { what, reason, hint } => {
+            Error::Build { what, reason, hint: format!("{extra}; {hint}") }
+        }
         other => other,
     }
 }
 
 fn temp_output_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!(".{name}.berth-partial-{}", std::process::id()))
 }
 
@@ -453,10 +407,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// The environment scripts run with: nothing from the caller's session leaks into the image.
 fn base_env() -> Vec<(&'static str, String)> {
     vec![
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME", "/root".into()),
         ("LANG", "C.UTF-8".into()),
         ("TERM", "dumb".into()),
@@ -471,20 +422,16 @@ fn run_setup(setup: &Script, def: &Definition, rootfs: &Path, work: &Path, log: 
     cmd.arg("-e").arg("-x").arg(&script);
     // The host's environment stays (the user's variables, such as source paths, are the point
     // of %setup), plus the rootfs location under both names.
-    cmd.env("BERTH_ROOTFS", rootfs)
-        .env("SINGULARITY_ROOTFS", rootfs)
-        .env("APPTAINER_ROOTFS", rootfs);
+    cmd.env("BERTH_ROOTFS", rootfs).env("SINGULARITY_ROOTFS", rootfs).env("APPTAINER_ROOTFS", rootfs);
     cmd.env("BERTH_DEFINITION", &def.path);
     run_checked(&mut cmd, "%setup", log, None, true).map_err(|e| at_line(e, def, setup.line))
 }
 
 fn at_line(e: Error, def: &Definition, line: usize) -> Error {
     match e {
-        Error::Build { what, reason, hint } => Error::Build {
-            what: format!("{what} ({}:{line})", def.path.display()),
-            reason,
-            hint,
-        },
+        Error::Build { what, reason, hint } => {
+            Error::Build { what: format!("{what} ({}:{line})", def.path.display()), reason, hint }
+        }
         other => other,
     }
 }
@@ -503,9 +450,7 @@ pub fn expand_env(text: &str) -> std::result::Result<String, String> {
                 None => return Err(format!("unterminated ${{ in {text:?}")),
             }
         } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
             (&after[..end], end)
         };
         if name.is_empty() {
@@ -533,11 +478,9 @@ fn copy_files(def: &Definition, rootfs: &Path, log: &Log) -> Result<()> {
             )
         })?;
         let src = bootstrap::resolve_source(&src_text, def).map_err(|e| match e {
-            Error::Build { reason, hint, .. } => Error::Build {
-                what: format!("{where_} source {src_text}"),
-                reason,
-                hint,
-            },
+            Error::Build { reason, hint, .. } => {
+                Error::Build { what: format!("{where_} source {src_text}"), reason, hint }
+            }
             other => other,
         })?;
         let dest_text = match &file.dest {
@@ -557,9 +500,7 @@ fn copy_files(def: &Definition, rootfs: &Path, log: &Log) -> Result<()> {
         };
         let mut cp = Command::new("cp");
         // -L: copy what links point to (the host's links mean nothing inside the image).
-        cp.args(["-r", "-L", "--preserve=mode,timestamps", "--"])
-            .arg(&src)
-            .arg(&dest);
+        cp.args(["-r", "-L", "--preserve=mode,timestamps", "--"]).arg(&src).arg(&dest);
         run_checked(&mut cp, &where_, log, None, true)?;
     }
     Ok(())
@@ -637,12 +578,7 @@ fn run_in_image(script: &Script, section: &str, rootfs: &Path, log: &Log) -> Res
         "mount --rbind /sys \"$root/sys\"; ",
         "exec chroot \"$root\" \"$@\"",
     ));
-    cmd.arg("berth-chroot")
-        .arg(rootfs)
-        .arg(&interpreter)
-        .arg("-e")
-        .arg("-x")
-        .arg(&script_inner);
+    cmd.arg("berth-chroot").arg(rootfs).arg(&interpreter).arg("-e").arg("-x").arg(&script_inner);
     cmd.env_clear().envs(base_env());
     cmd.env("SINGULARITY_ENVIRONMENT", "/.singularity.d/env/91-environment.sh");
     cmd.env("APPTAINER_ENVIRONMENT", "/.singularity.d/env/91-environment.sh");
@@ -670,12 +606,7 @@ pub fn iso8601_utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 const ENV_SOURCING: &str = "for script in /.singularity.d/env/*.sh; do\n    if [ -f \"$script\" ]; then\n        . \"$script\"\n    fi\ndone\n";
@@ -694,12 +625,9 @@ fn write_metadata(def: &Definition, rootfs: &Path) -> Result<()> {
         }
         // Keep a base image's runscript (localimage, docker Entrypoint/Cmd); else a shell.
         None if has_runscript => {}
-        None => write_in_root(
-            rootfs,
-            "/.singularity.d/runscript",
-            b"#!/bin/sh\n\nexec /bin/sh \"$@\"\n",
-            0o755,
-        )?,
+        None => {
+            write_in_root(rootfs, "/.singularity.d/runscript", b"#!/bin/sh\n\nexec /bin/sh \"$@\"\n", 0o755)?
+        }
     }
     if let Some(help) = &def.help {
         write_in_root(rootfs, "/.singularity.d/runscript.help", help.as_bytes(), 0o644)?;
@@ -729,18 +657,12 @@ fn write_metadata(def: &Definition, rootfs: &Path) -> Result<()> {
         ("test", format!("#!/bin/sh\n{ENV_SOURCING}if [ -x /.singularity.d/test ]; then\n    exec /.singularity.d/test \"$@\"\nfi\necho \"No test found in the container\" >&2\nexit 0\n")),
     ];
     for (name, body) in actions {
-        write_in_root(
-            rootfs,
-            &format!("/.singularity.d/actions/{name}"),
-            body.as_bytes(),
-            0o755,
-        )?;
+        write_in_root(rootfs, &format!("/.singularity.d/actions/{name}"), body.as_bytes(), 0o755)?;
     }
     // Singularity 2 compatibility links.
-    for (link, target) in [
-        ("singularity", ".singularity.d/runscript"),
-        ("environment", ".singularity.d/env/90-environment.sh"),
-    ] {
+    for (link, target) in
+        [("singularity", ".singularity.d/runscript"), ("environment", ".singularity.d/env/90-environment.sh")]
+    {
         let path = rootfs.join(link);
         if fs::symlink_metadata(&path).is_err() {
             let _ = std::os::unix::fs::symlink(target, &path);
@@ -748,26 +670,25 @@ fn write_metadata(def: &Definition, rootfs: &Path) -> Result<()> {
     }
 
     let labels = labels_for(def, rootfs);
-    let json = serde_json::to_vec_pretty(&labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
+    let json =
+        serde_json::to_vec_pretty(&labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
     write_in_root(rootfs, "/.singularity.d/labels.json", &json, 0o644)
 }
 
 /// Labels: the base image's, then berth's build facts, then the definition's %labels (which win).
 fn labels_for(def: &Definition, rootfs: &Path) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = resolve_in_root(rootfs, Path::new("/.singularity.d/labels.json"))
-        .ok()
-        .and_then(|p| fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&b).ok())
-        .map(|m| {
-            m.into_iter()
-                .map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mut labels: BTreeMap<String, String> =
+        resolve_in_root(rootfs, Path::new("/.singularity.d/labels.json"))
+            .ok()
+            .and_then(|p| fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&b).ok())
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -780,10 +701,7 @@ fn labels_for(def: &Definition, rootfs: &Path) -> BTreeMap<String, String> {
     set("org.label-schema.build-date", iso8601_utc(now));
     set("org.label-schema.build-arch", arch.into());
     set("org.label-schema.usage.berth.version", env!("CARGO_PKG_VERSION").into());
-    set(
-        "org.label-schema.usage.singularity.deffile.bootstrap",
-        def.bootstrap.agent().into(),
-    );
+    set("org.label-schema.usage.singularity.deffile.bootstrap", def.bootstrap.agent().into());
     match &def.bootstrap {
         def::Bootstrap::Debootstrap { suite, mirror, include } => {
             set("org.label-schema.usage.singularity.deffile.osversion", suite.clone());
@@ -837,9 +755,14 @@ fn sif_writer_available() -> Result<()> {
 /// the `run-singularity` launch line so `./app.sif args` runs its runscript.
 fn write_sif(squashfs: &Path, def: &Definition, labels: &BTreeMap<String, String>, out: &Path) -> Result<()> {
     use crate::image::{SifObject, SifObjectKind};
-    let labels = serde_json::to_vec_pretty(labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
+    let labels =
+        serde_json::to_vec_pretty(labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
     let objects = [
-        SifObject { kind: SifObjectKind::Deffile, name: "Singularity".into(), data: def.text.clone().into_bytes() },
+        SifObject {
+            kind: SifObjectKind::Deffile,
+            name: "Singularity".into(),
+            data: def.text.clone().into_bytes(),
+        },
         SifObject { kind: SifObjectKind::Labels, name: "labels.json".into(), data: labels },
     ];
     crate::image::write_sif(out, squashfs, &objects, None)
@@ -876,9 +799,7 @@ mod tests {
     #[test]
     fn output_checks() {
         let dir = tempfile::tempdir().unwrap();
-        let err = check_output(&dir.path().join("missing/out.img"), false)
-            .unwrap_err()
-            .to_string();
+        let err = check_output(&dir.path().join("missing/out.img"), false).unwrap_err().to_string();
         assert!(err.contains("create it first"), "{err}");
         let existing = dir.path().join("x.img");
         fs::write(&existing, b"x").unwrap();

@@ -48,7 +48,8 @@ impl SignalGuard {
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: the handler only stores to an AtomicBool, which is async-signal-safe; the
             // previous action is kept and put back in Drop.
-            let old = unsafe { signal::sigaction(sig, &action) }.map_err(|e| Error::sys("sigaction", sig, e))?;
+            let old =
+                unsafe { signal::sigaction(sig, &action) }.map_err(|e| Error::sys("sigaction", sig, e))?;
             previous.push((sig, old));
         }
         Ok(SignalGuard { previous })
@@ -76,11 +77,7 @@ pub struct Log {
 impl Log {
     pub fn create(path: &Path, kept: bool) -> Result<Log> {
         let file = File::create(path).map_err(|e| Error::io("create build log", path, e))?;
-        Ok(Log {
-            path: path.to_path_buf(),
-            kept,
-            file: Mutex::new(file),
-        })
+        Ok(Log { path: path.to_path_buf(), kept, file: Mutex::new(file) })
     }
 
     pub fn line(&self, text: &str) {
@@ -91,16 +88,11 @@ impl Log {
 
     /// The last `n` lines of the log, for error messages.
     pub fn tail(&self, n: usize) -> String {
-        let text = std::fs::read(&self.path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let text =
+            std::fs::read(&self.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(n);
-        lines[start..]
-            .iter()
-            .map(|l| format!("  | {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        lines[start..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -146,23 +138,16 @@ pub fn run_with(
             let timed_out = limit.is_some_and(|l| started.elapsed() > l);
             if interrupted() || timed_out {
                 stop_group(pgid, &mut child);
-                break Ok(if timed_out {
-                    Outcome::TimedOut
-                } else {
-                    Outcome::Interrupted
-                });
+                break Ok(if timed_out { Outcome::TimedOut } else { Outcome::Interrupted });
             }
             std::thread::sleep(Duration::from_millis(50));
         };
     }
     let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", label, e))?;
     let reader = File::from(reader);
-    let writer2 = writer
-        .try_clone()
-        .map_err(|e| Error::build(label, format!("cannot dup a pipe: {e}"), ""))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(writer2));
+    let writer2 =
+        writer.try_clone().map_err(|e| Error::build(label, format!("cannot dup a pipe: {e}"), ""))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::from(writer2));
     // Own process group: a terminal's Ctrl-C reaches only berth, which then stops the whole
     // child tree itself, after which it can clean up in order.
     cmd.process_group(0);
@@ -229,11 +214,7 @@ pub fn run_with(
         let timed_out = limit.is_some_and(|l| started.elapsed() > l);
         if interrupted() || timed_out {
             stop_group(pgid, &mut child);
-            break if timed_out {
-                Outcome::TimedOut
-            } else {
-                Outcome::Interrupted
-            };
+            break if timed_out { Outcome::TimedOut } else { Outcome::Interrupted };
         }
         if show && last_draw.elapsed() >= Duration::from_millis(250) {
             last_draw = Instant::now();
@@ -257,10 +238,7 @@ pub fn run_with(
 fn spawn_error(cmd: &Command, label: &str, e: std::io::Error) -> Error {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let hint = if e.kind() == std::io::ErrorKind::NotFound {
-        format!(
-            "install {program} (Debian: apt-get install {})",
-            debian_package_for(&program)
-        )
+        format!("install {program} (Debian: apt-get install {})", debian_package_for(&program))
     } else {
         String::new()
     };
@@ -296,12 +274,7 @@ fn draw_status(label: &str, elapsed: Duration, last: &str) {
 }
 
 fn terminal_width() -> usize {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own; fd 2 may not be a tty, in
     // which case the call fails and we fall back.
     let rc = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) };
@@ -358,11 +331,7 @@ pub fn check_outcome(
             } else {
                 String::new()
             };
-            Err(Error::build(
-                what,
-                format!("{} failed ({status}){tail}", describe_short(cmd)),
-                log_hint(log),
-            ))
+            Err(Error::build(what, format!("{} failed ({status}){tail}", describe_short(cmd)), log_hint(log)))
         }
         Outcome::TimedOut => Err(Error::build(
             what,
@@ -383,11 +352,7 @@ fn describe_short(cmd: &Command) -> String {
 }
 
 pub fn interrupted_error() -> Error {
-    Error::build(
-        "interrupted",
-        "stopped on SIGINT/SIGTERM; temporary files removed, no image written",
-        "",
-    )
+    Error::build("interrupted", "stopped on SIGINT/SIGTERM; temporary files removed, no image written", "")
 }
 
 pub fn log_hint(log: &Log) -> String {

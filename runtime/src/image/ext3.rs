@@ -39,7 +39,12 @@ pub(crate) fn has_magic(file: &ImageFile, offset: u64) -> Result<bool> {
 
 /// Reads the superblock of the ext filesystem at `offset` and checks that the whole filesystem
 /// lies within the `available` bytes that follow; `holder` names what contains it.
-pub(crate) fn read_superblock(file: &ImageFile, offset: u64, available: u64, holder: &str) -> Result<Ext3Info> {
+pub(crate) fn read_superblock(
+    file: &ImageFile,
+    offset: u64,
+    available: u64,
+    holder: &str,
+) -> Result<Ext3Info> {
     let path = file.path();
     if available < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
         return Err(Error::image(

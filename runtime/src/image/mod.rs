@@ -207,7 +207,10 @@ fn open_singularity2(file: &ImageFile, head: &[u8]) -> Result<Image> {
     if file.size() <= offset + 4 {
         return Err(Error::image(
             file.path(),
-            format!("truncated: only the Singularity launch line is there ({} bytes), no filesystem follows it", file.size()),
+            format!(
+                "truncated: only the Singularity launch line is there ({} bytes), no filesystem follows it",
+                file.size()
+            ),
             HINT_COPY_AGAIN,
         ));
     }
@@ -231,7 +234,8 @@ fn unrecognised(file: &ImageFile, head: &[u8]) -> Error {
     Error::image(file.path(), reason, hint)
 }
 
-const HINT_FORMATS: &str = "berth runs SquashFS files, SIF (.sif), Singularity 2 images and sandbox directories; \
+const HINT_FORMATS: &str =
+    "berth runs SquashFS files, SIF (.sif), Singularity 2 images and sandbox directories; \
      make one with `berth build` or `mksquashfs ROOTDIR IMAGE.sqsh`";
 
 fn guess_kind(head: &[u8]) -> (Option<&'static str>, &'static str) {

@@ -23,10 +23,8 @@ pub(crate) struct ImageFile {
 impl ImageFile {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::image_io(path, "cannot open the image", e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::image_io(path, "cannot read the image's size", e))?
-            .len();
+        let size =
+            file.metadata().map_err(|e| Error::image_io(path, "cannot read the image's size", e))?.len();
         Ok(ImageFile { file, path: path.to_path_buf(), size })
     }
 

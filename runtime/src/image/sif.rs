@@ -296,7 +296,11 @@ fn read_descriptors(file: &ImageFile, header: &[u8]) -> Result<Vec<Descriptor>> 
     let offset = le_i64(header, DESCRIPTORS_OFFSET_AT);
     let size = le_i64(header, DESCRIPTORS_SIZE_AT);
     let corrupt = |what: String| {
-        Error::image(file.path(), format!("corrupt SIF header: {what}"), "the image is damaged; copy it again or rebuild it")
+        Error::image(
+            file.path(),
+            format!("corrupt SIF header: {what}"),
+            "the image is damaged; copy it again or rebuild it",
+        )
     };
     if !(0..=MAX_DESCRIPTORS).contains(&total) {
         return Err(corrupt(format!("{total} descriptors")));
@@ -306,7 +310,9 @@ fn read_descriptors(file: &ImageFile, header: &[u8]) -> Result<Vec<Descriptor>> 
         return Err(corrupt(format!("descriptor table at offset {offset}, inside the header")));
     }
     if size < 0 || (size as u64) < table_len {
-        return Err(corrupt(format!("descriptor table of {size} bytes cannot hold {total} descriptors of {DESCRIPTOR_LEN}")));
+        return Err(corrupt(format!(
+            "descriptor table of {size} bytes cannot hold {total} descriptors of {DESCRIPTOR_LEN}"
+        )));
     }
     let offset = offset as u64;
     let end = offset.saturating_add(table_len);
@@ -385,7 +391,8 @@ fn primary_partition<'a>(file: &ImageFile, descriptors: &'a [Descriptor]) -> Res
                 .map(|d| d.id.to_string())
                 .collect();
             let hint = if systems.is_empty() {
-                "this SIF holds no root filesystem; rebuild it (`berth build` or `apptainer build`)".to_string()
+                "this SIF holds no root filesystem; rebuild it (`berth build` or `apptainer build`)"
+                    .to_string()
             } else {
                 format!(
                     "mark one system partition as primary (`apptainer sif setprim IMAGE ID`, ids: {})",
@@ -425,7 +432,8 @@ fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, RootFsInfo
                 offset: primary.offset,
                 available: primary.size,
                 holder: &holder,
-                truncated_hint: "the SIF partition is shorter than the filesystem in it: the image is damaged; rebuild it",
+                truncated_hint:
+                    "the SIF partition is shorter than the filesystem in it: the image is damaged; rebuild it",
             };
             let sb = squashfs::read_superblock(file, &place)?;
             let root = RootFs::Embedded { fs: FsType::Squashfs, offset: primary.offset, size: sb.bytes_used };
@@ -444,7 +452,11 @@ fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, RootFsInfo
         )),
         other => Err(Error::image(
             file.path(),
-            format!("the SIF's primary partition {} holds a {} object, not a filesystem", primary.id, fs_name(other)),
+            format!(
+                "the SIF's primary partition {} holds a {} object, not a filesystem",
+                primary.id,
+                fs_name(other)
+            ),
             "rebuild the image with a SquashFS root filesystem (`berth build` or `apptainer build`)",
         )),
     }

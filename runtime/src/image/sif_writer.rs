@@ -80,7 +80,12 @@ struct Entry {
 ///
 /// The file appears atomically: it is written to a temporary file in the same directory, then
 /// renamed over `out`.
-pub fn write_sif(out: &Path, root_squashfs: &Path, objects: &[SifObject], launch_line: Option<&str>) -> Result<()> {
+pub fn write_sif(
+    out: &Path,
+    root_squashfs: &Path,
+    objects: &[SifObject],
+    launch_line: Option<&str>,
+) -> Result<()> {
     let launch = launch_field(launch_line)?;
     check_objects(objects)?;
     let root_len = checked_squashfs_len(root_squashfs)?;
@@ -96,7 +101,12 @@ fn launch_field(launch_line: Option<&str>) -> Result<[u8; LAUNCH_LEN]> {
     if line.len() >= LAUNCH_LEN || line.contains(&0) {
         return Err(Error::request(
             "SIF launch line",
-            format!("{:?} is {} bytes or contains NUL; it must be at most {} bytes", String::from_utf8_lossy(line), line.len(), LAUNCH_LEN - 1),
+            format!(
+                "{:?} is {} bytes or contains NUL; it must be at most {} bytes",
+                String::from_utf8_lossy(line),
+                line.len(),
+                LAUNCH_LEN - 1
+            ),
             "use a shorter interpreter line, e.g. `#!/usr/bin/env berth run\\n`",
         ));
     }
@@ -107,10 +117,18 @@ fn launch_field(launch_line: Option<&str>) -> Result<[u8; LAUNCH_LEN]> {
 
 fn check_objects(objects: &[SifObject]) -> Result<()> {
     if objects.len() + 1 > DEFAULT_CAPACITY {
-        return Err(Error::request("SIF objects", format!("{} objects do not fit in {DEFAULT_CAPACITY} descriptors", objects.len()), ""));
+        return Err(Error::request(
+            "SIF objects",
+            format!("{} objects do not fit in {DEFAULT_CAPACITY} descriptors", objects.len()),
+            "",
+        ));
     }
     match objects.iter().find(|o| o.name.len() >= 128) {
-        Some(o) => Err(Error::request("SIF object name", format!("{:?} is longer than 127 bytes", o.name), "use a shorter name")),
+        Some(o) => Err(Error::request(
+            "SIF object name",
+            format!("{:?} is longer than 127 bytes", o.name),
+            "use a shorter name",
+        )),
         None => Ok(()),
     }
 }
@@ -143,7 +161,10 @@ fn write_contents(
     out.seek(SeekFrom::Start(partition_offset))?;
     let copied = io::copy(&mut File::open(root)?.take(root_len), out)?;
     if copied != root_len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the SquashFS file shrank while being copied"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the SquashFS file shrank while being copied",
+        ));
     }
     let arch = *sif::arch_code_for(std::env::consts::ARCH);
     entries.push(Entry {
@@ -280,7 +301,8 @@ impl TempFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        let name =
+            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         // pid + a counter: unique even when threads of one process write images side by side.
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let unique = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +319,8 @@ impl TempFile {
     }
 
     fn commit(mut self, out: &Path) -> Result<()> {
-        std::fs::rename(&self.path, out).map_err(|e| write_error("cannot move the image into place at", out, e))?;
+        std::fs::rename(&self.path, out)
+            .map_err(|e| write_error("cannot move the image into place at", out, e))?;
         self.path = PathBuf::new();
         Ok(())
     }

@@ -100,9 +100,8 @@ pub(crate) fn read_superblock(file: &ImageFile, place: &Place) -> Result<Superbl
     check_version(file, place, &sb)?;
     let block_size = checked_block_size(file, place, &sb)?;
     let compression_id = le_u16(&sb, COMPRESSION_ID);
-    let compression = compression_name(compression_id).ok_or_else(|| {
-        corrupt(file, place, format!("unknown compression id {compression_id}"))
-    })?;
+    let compression = compression_name(compression_id)
+        .ok_or_else(|| corrupt(file, place, format!("unknown compression id {compression_id}")))?;
     let bytes_used = checked_bytes_used(file, place, &sb)?;
     Ok(Superblock {
         inode_count: le_u32(&sb, INODE_COUNT),
@@ -192,7 +191,11 @@ fn checked_bytes_used(file: &ImageFile, place: &Place, sb: &[u8]) -> Result<u64>
     ] {
         let start = le_u64(sb, at);
         if start >= bytes_used {
-            return Err(corrupt(file, place, format!("the {name} starts at {start}, beyond the filesystem's {bytes_used} bytes")));
+            return Err(corrupt(
+                file,
+                place,
+                format!("the {name} starts at {start}, beyond the filesystem's {bytes_used} bytes"),
+            ));
         }
     }
     Ok(bytes_used)

@@ -160,13 +160,19 @@ fn singularity2_ext3_is_found_after_the_launch_line() {
     assert_eq!(image.format, Format::Singularity2Ext3);
     assert_eq!(image.root, RootFs::Embedded { fs: FsType::Ext3, offset: 31, size: 16384 });
 
-    assert_error(open_bytes(dir.path(), &img[..10_000]), &["truncated: the ext3 superblock at offset 31 says 16 blocks"]);
+    assert_error(
+        open_bytes(dir.path(), &img[..10_000]),
+        &["truncated: the ext3 superblock at offset 31 says 16 blocks"],
+    );
 }
 
 #[test]
 fn singularity2_launch_line_without_a_filesystem() {
     let dir = tempfile::tempdir().unwrap();
-    assert_error(open_bytes(dir.path(), SINGULARITY_LAUNCH_LINE), &["truncated: only the Singularity launch line"]);
+    assert_error(
+        open_bytes(dir.path(), SINGULARITY_LAUNCH_LINE),
+        &["truncated: only the Singularity launch line"],
+    );
     let mut junk = SINGULARITY_LAUNCH_LINE.to_vec();
     junk.extend_from_slice(&[0xab; 4000]);
     assert_error(open_bytes(dir.path(), &junk), &["neither SquashFS nor ext3"]);
@@ -200,7 +206,18 @@ fn sif_one_group() {
     let summary: Vec<_> = image
         .partitions
         .iter()
-        .map(|p| (p.id, p.group, p.kind.as_str(), p.fs.as_deref(), p.role.as_deref(), p.arch.as_deref(), p.offset, p.size))
+        .map(|p| {
+            (
+                p.id,
+                p.group,
+                p.kind.as_str(),
+                p.fs.as_deref(),
+                p.role.as_deref(),
+                p.arch.as_deref(),
+                p.offset,
+                p.size,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -223,7 +240,10 @@ fn sif_two_groups() {
     assert_eq!(image.partitions.len(), 3);
     let third = &image.partitions[2];
     assert_eq!((third.id, third.group), (3, 2));
-    assert_eq!((third.fs.as_deref(), third.role.as_deref(), third.arch.as_deref()), (Some("ext3"), Some("system"), Some("amd64")));
+    assert_eq!(
+        (third.fs.as_deref(), third.role.as_deref(), third.arch.as_deref()),
+        (Some("ext3"), Some("system"), Some("amd64"))
+    );
     assert_eq!((third.offset, third.size), (40960, 262144));
 }
 
@@ -241,7 +261,10 @@ fn sif_signed() {
 #[test]
 fn sif_without_primary_partition() {
     let Some(dir) = fixtures_dir() else { return };
-    assert_error(open(&dir.join("empty.sif")), &["no primary system partition (0 data objects)", "rebuild it"]);
+    assert_error(
+        open(&dir.join("empty.sif")),
+        &["no primary system partition (0 data objects)", "rebuild it"],
+    );
 }
 
 // ---- damaged SIF variants ----
@@ -269,7 +292,10 @@ fn sif_unknown_version() {
 #[test]
 fn sif_descriptor_table_beyond_eof() {
     let Some(r) = damaged_one_group(|b| put_i64(b, 96, 40_000)) else { return };
-    assert_error(r, &["truncated: the SIF descriptor table spans bytes 40000..68080 but the file holds only 40960 bytes"]);
+    assert_error(
+        r,
+        &["truncated: the SIF descriptor table spans bytes 40000..68080 but the file holds only 40960 bytes"],
+    );
 }
 
 #[test]
@@ -311,7 +337,9 @@ fn sif_primary_partition_is_not_squashfs() {
 
 #[test]
 fn sif_encrypted_primary_partition() {
-    let Some(r) = damaged_one_group(|b| put_i32(b, descriptor(1) + 201, sif::FS_ENCRYPTED_SQUASHFS)) else { return };
+    let Some(r) = damaged_one_group(|b| put_i32(b, descriptor(1) + 201, sif::FS_ENCRYPTED_SQUASHFS)) else {
+        return;
+    };
     assert_error(r, &["encrypted SIF partitions are not supported", "decrypt it with apptainer"]);
 }
 
@@ -323,7 +351,9 @@ fn sif_raw_primary_partition() {
 
 #[test]
 fn sif_two_primary_partitions() {
-    let Some(r) = damaged_one_group(|b| put_i32(b, descriptor(0) + 205, sif::PART_PRIMARY_SYSTEM)) else { return };
+    let Some(r) = damaged_one_group(|b| put_i32(b, descriptor(0) + 205, sif::PART_PRIMARY_SYSTEM)) else {
+        return;
+    };
     assert_error(r, &["2 primary system partitions (ids 1, 2)"]);
 }
 
@@ -389,7 +419,10 @@ fn write_sif_round_trip() {
     assert_eq!(image.object("deffile"), Some(deffile.as_slice()));
     assert_eq!(image.object("labels"), Some(labels.as_slice()));
     let kinds: Vec<_> = image.partitions.iter().map(|p| (p.id, p.kind.as_str(), p.name.as_str())).collect();
-    assert_eq!(kinds, vec![(1, "partition", "root.sqsh"), (2, "deffile", "Singularity"), (3, "labels", "labels.json")]);
+    assert_eq!(
+        kinds,
+        vec![(1, "partition", "root.sqsh"), (2, "deffile", "Singularity"), (3, "labels", "labels.json")]
+    );
     let info = image.sif.as_ref().unwrap();
     assert_eq!(info.launch_line, "#!/usr/bin/env berth run\n");
     if cfg!(target_arch = "x86_64") {
@@ -397,7 +430,10 @@ fn write_sif_round_trip() {
         assert_eq!(image.partitions[0].arch.as_deref(), Some("amd64"));
     }
     assert_eq!(info.uuid.len(), 36);
-    assert_eq!(image.file_size, 32768 + std::fs::metadata(&sqsh).unwrap().len() + (deffile.len() + labels.len()) as u64);
+    assert_eq!(
+        image.file_size,
+        32768 + std::fs::metadata(&sqsh).unwrap().len() + (deffile.len() + labels.len()) as u64
+    );
     assert_lists_hello(&out, 32768);
 
     // Only the result is left: no temporary file.

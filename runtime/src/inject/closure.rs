@@ -142,13 +142,23 @@ impl LibResolver {
         if facts.machine != self.arch.elf_machine() || !facts.is_64 {
             return Ok(None);
         }
-        Ok(Some(FoundLib { soname: soname.to_string(), listed: listed.to_path_buf(), real, rooted: rooted_real, facts }))
+        Ok(Some(FoundLib {
+            soname: soname.to_string(),
+            listed: listed.to_path_buf(),
+            real,
+            rooted: rooted_real,
+            facts,
+        }))
     }
 
     /// The `DT_NEEDED` closure of `roots` (not including them), without the glibc core and
     /// without anything in `skip`. Needed libraries the host does not have are reported in the
     /// returned notes: the image may still provide them.
-    pub fn closure(&self, roots: &[FoundLib], skip: &BTreeSet<String>) -> Result<(Vec<FoundLib>, Vec<String>)> {
+    pub fn closure(
+        &self,
+        roots: &[FoundLib],
+        skip: &BTreeSet<String>,
+    ) -> Result<(Vec<FoundLib>, Vec<String>)> {
         let mut seen: BTreeSet<String> = skip.clone();
         seen.extend(roots.iter().map(|r| r.soname.clone()));
         seen.extend(roots.iter().filter_map(|r| r.facts.soname.clone()));
@@ -170,7 +180,9 @@ impl LibResolver {
                     queue.extend(lib.facts.needed.iter().map(|n| (name.clone(), dirs.clone(), n.clone())));
                     found.push(lib);
                 }
-                None => notes.push(format!("host {parent} needs {name}, which the host does not have; the image must provide it")),
+                None => notes.push(format!(
+                    "host {parent} needs {name}, which the host does not have; the image must provide it"
+                )),
             }
         }
         Ok((found, notes))
@@ -201,10 +213,16 @@ mod tests {
         std::fs::write(root.join("usr/lib/libx.so.1.2"), b"x").unwrap();
         symlink("usr/lib", root.join("lib")).unwrap();
         symlink("/usr/lib/libx.so.1.2", root.join("usr/lib/libx.so.1")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/lib/libx.so.1")).unwrap(), PathBuf::from("/usr/lib/libx.so.1.2"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/libx.so.1")).unwrap(),
+            PathBuf::from("/usr/lib/libx.so.1.2")
+        );
         symlink("../../../../../etc/passwd", root.join("usr/lib/escape")).unwrap();
         // `..` at the root stays at the root, so this is <root>/etc/passwd, which does not exist.
-        assert_eq!(resolve_in_root(root, Path::new("/usr/lib/escape")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            resolve_in_root(root, Path::new("/usr/lib/escape")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         symlink("loop", root.join("loop")).unwrap();
         assert!(resolve_in_root(root, Path::new("/loop")).is_err());
     }

@@ -128,8 +128,20 @@ impl Default for InjectConfig {
             nvidia: NvidiaMode::Auto,
             nvidia_capabilities: s(&["compute", "utility"]),
             pass_env_prefixes: s(&[
-                "UCX_", "OMPI_MCA_", "FI_", "MLX5_", "IBV_", "RDMAV_", "PSM2_", "HFI_", "NCCL_", "MPICH_",
-                "MPIR_CVAR_", "I_MPI_", "PMIX_", "CUDA_MPS_",
+                "UCX_",
+                "OMPI_MCA_",
+                "FI_",
+                "MLX5_",
+                "IBV_",
+                "RDMAV_",
+                "PSM2_",
+                "HFI_",
+                "NCCL_",
+                "MPICH_",
+                "MPIR_CVAR_",
+                "I_MPI_",
+                "PMIX_",
+                "CUDA_MPS_",
             ]),
             host_root: PathBuf::from("/"),
             container_lib_dir: PathBuf::from("/.berth/host/lib"),
@@ -153,7 +165,9 @@ impl InjectConfig {
                 ));
             }
         }
-        for (key, dir) in [("container_lib_dir", &self.container_lib_dir), ("container_bin_dir", &self.container_bin_dir)] {
+        for (key, dir) in
+            [("container_lib_dir", &self.container_lib_dir), ("container_bin_dir", &self.container_bin_dir)]
+        {
             crate::request::check_container_path(dir).map_err(|e| (key, e))?;
         }
         if let Some(d) = self.extra_lib_dirs.iter().find(|d| !d.is_absolute()) {
@@ -185,7 +199,9 @@ mod tests {
 
     #[test]
     fn inject_config_parses_section_and_rejects_typos() {
-        let c: InjectConfig = toml::from_str("mpi = \"host\"\nnvidia = \"never\"\nextra_lib_dirs = [\"/opt/mpi/lib\"]\n").unwrap();
+        let c: InjectConfig =
+            toml::from_str("mpi = \"host\"\nnvidia = \"never\"\nextra_lib_dirs = [\"/opt/mpi/lib\"]\n")
+                .unwrap();
         assert_eq!(c.mpi, MpiMode::Host);
         assert_eq!(c.nvidia, NvidiaMode::Never);
         assert_eq!(c.extra_lib_dirs, vec![PathBuf::from("/opt/mpi/lib")]);

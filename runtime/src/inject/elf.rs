@@ -69,7 +69,8 @@ pub struct ElfFacts {
 /// the file instead of reading it (host files only, see [`crate::sys::mapped::Mapped`]).
 pub fn read_elf(path: &Path, map: bool) -> Result<ElfFacts> {
     let facts = if map {
-        let m = crate::sys::mapped::Mapped::open(path).map_err(|e| Error::io("cannot read library", path, e))?;
+        let m =
+            crate::sys::mapped::Mapped::open(path).map_err(|e| Error::io("cannot read library", path, e))?;
         parse_elf(&m)
     } else {
         let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read library", path, e))?;

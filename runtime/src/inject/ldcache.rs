@@ -149,10 +149,8 @@ impl LdCache {
             new_start = Some(0);
         } else if bytes.starts_with(OLD_MAGIC) {
             let nlibs = u32_at(bytes, 12).ok_or_else(truncated)? as usize;
-            let entries_end = nlibs
-                .checked_mul(OLD_ENTRY_LEN)
-                .and_then(|n| n.checked_add(16))
-                .ok_or_else(truncated)?;
+            let entries_end =
+                nlibs.checked_mul(OLD_ENTRY_LEN).and_then(|n| n.checked_add(16)).ok_or_else(truncated)?;
             // The new format follows, aligned to 8 bytes, if this cache has one.
             let aligned = (entries_end + 7) & !7;
             if bytes.get(aligned..).is_some_and(|r| r.starts_with(NEW_MAGIC)) {
@@ -175,7 +173,8 @@ impl LdCache {
                 let value = u32_at(b, off + 8).ok_or_else(truncated)? as usize;
                 let hwcap = u64_at(b, off + 16).ok_or_else(truncated)?;
                 let name = c_string_at(b, key).ok_or_else(|| format!("entry {i}: bad name offset {key}"))?;
-                let path = c_string_at(b, value).ok_or_else(|| format!("entry {i}: bad path offset {value}"))?;
+                let path =
+                    c_string_at(b, value).ok_or_else(|| format!("entry {i}: bad path offset {value}"))?;
                 entries.push(CacheEntry { flags, name, path: PathBuf::from(path), hwcap });
             }
         } else if let Some((nlibs, strings)) = old {
@@ -184,8 +183,10 @@ impl LdCache {
                 let flags = u32_at(bytes, off).ok_or_else(truncated)? as i32;
                 let key = u32_at(bytes, off + 4).ok_or_else(truncated)? as usize;
                 let value = u32_at(bytes, off + 8).ok_or_else(truncated)? as usize;
-                let name = c_string_at(bytes, strings + key).ok_or_else(|| format!("entry {i}: bad name offset"))?;
-                let path = c_string_at(bytes, strings + value).ok_or_else(|| format!("entry {i}: bad path offset"))?;
+                let name =
+                    c_string_at(bytes, strings + key).ok_or_else(|| format!("entry {i}: bad name offset"))?;
+                let path = c_string_at(bytes, strings + value)
+                    .ok_or_else(|| format!("entry {i}: bad path offset"))?;
                 entries.push(CacheEntry { flags, name, path: PathBuf::from(path), hwcap: 0 });
             }
         }
@@ -194,7 +195,8 @@ impl LdCache {
 
     /// Read and parse `path`.
     pub fn load(path: &Path) -> crate::Result<LdCache> {
-        let bytes = std::fs::read(path).map_err(|e| crate::Error::io("cannot read the library cache", path, e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| crate::Error::io("cannot read the library cache", path, e))?;
         LdCache::parse(&bytes).map_err(|why| {
             crate::Error::inject(
                 format!("library cache {}", path.display()),
@@ -215,7 +217,11 @@ impl LdCache {
     }
 
     /// All entries for `arch` whose name starts with `prefix` (e.g. every `libcuda.so*`).
-    pub fn with_prefix<'a>(&'a self, prefix: &'a str, arch: Arch) -> impl Iterator<Item = &'a CacheEntry> + 'a {
+    pub fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        arch: Arch,
+    ) -> impl Iterator<Item = &'a CacheEntry> + 'a {
         self.entries.iter().filter(move |e| e.flags == arch.cache_flags() && e.name.starts_with(prefix))
     }
 }
@@ -258,7 +264,11 @@ mod tests {
 
     /// `ldconfig -p` lines: `\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1`.
     fn ldconfig_p() -> Option<Vec<(String, String, String)>> {
-        let out = Command::new("ldconfig").arg("-p").output().or_else(|_| Command::new("/sbin/ldconfig").arg("-p").output()).ok()?;
+        let out = Command::new("ldconfig")
+            .arg("-p")
+            .output()
+            .or_else(|_| Command::new("/sbin/ldconfig").arg("-p").output())
+            .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         Some(
             text.lines()
@@ -306,11 +316,18 @@ mod tests {
         let entries = vec![
             ("libfoo.so.1".to_string(), PathBuf::from("/lib32/libfoo.so.1"), FLAG_ELF_LIBC6),
             ("libfoo.so.1".to_string(), PathBuf::from("/usr/lib64/libfoo.so.1"), Arch::X86_64.cache_flags()),
-            ("libfoo.so.1".to_string(), PathBuf::from("/usr/lib/aarch64-linux-gnu/libfoo.so.1"), Arch::Aarch64.cache_flags()),
+            (
+                "libfoo.so.1".to_string(),
+                PathBuf::from("/usr/lib/aarch64-linux-gnu/libfoo.so.1"),
+                Arch::Aarch64.cache_flags(),
+            ),
         ];
         let cache = LdCache::parse(&write_cache(&entries)).unwrap();
         assert_eq!(cache.lookup("libfoo.so.1", Arch::X86_64), Some(Path::new("/usr/lib64/libfoo.so.1")));
-        assert_eq!(cache.lookup("libfoo.so.1", Arch::Aarch64), Some(Path::new("/usr/lib/aarch64-linux-gnu/libfoo.so.1")));
+        assert_eq!(
+            cache.lookup("libfoo.so.1", Arch::Aarch64),
+            Some(Path::new("/usr/lib/aarch64-linux-gnu/libfoo.so.1"))
+        );
         assert_eq!(cache.lookup("libbar.so.1", Arch::X86_64), None);
     }
 
@@ -322,11 +339,19 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ld.so.cache");
-        let entries = vec![("libfake.so.7".to_string(), PathBuf::from("/opt/x/libfake.so.7"), Arch::X86_64.cache_flags())];
+        let entries = vec![(
+            "libfake.so.7".to_string(),
+            PathBuf::from("/opt/x/libfake.so.7"),
+            Arch::X86_64.cache_flags(),
+        )];
         std::fs::write(&path, write_cache(&entries)).unwrap();
         let out = Command::new("ldconfig").arg("-p").arg("-C").arg(&path).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("1 libs found") && text.contains("libfake.so.7 (libc6,x86-64) => /opt/x/libfake.so.7"), "{text}");
+        assert!(
+            text.contains("1 libs found")
+                && text.contains("libfake.so.7 (libc6,x86-64) => /opt/x/libfake.so.7"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use self::closure::{rooted, FoundLib, LibResolver};
 pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
 pub use self::elf::GlibcVersion;
 pub use self::ldcache::Arch;
 pub use self::mpi::MpiInfo;
-use self::closure::{rooted, FoundLib, LibResolver};
 use crate::error::{Error, Result};
 
 /// Which GPUs the job may use.
@@ -84,12 +84,20 @@ pub struct HostFacts {
 impl HostFacts {
     /// The real host. `None` on an architecture berth does not inject for.
     pub fn real() -> Option<HostFacts> {
-        Some(HostFacts { root: PathBuf::from("/"), arch: Arch::native()?, device_check: DeviceCheck::CharDevicesOnly })
+        Some(HostFacts {
+            root: PathBuf::from("/"),
+            arch: Arch::native()?,
+            device_check: DeviceCheck::CharDevicesOnly,
+        })
     }
 
     /// A host tree under `root`, of this machine's architecture.
     pub fn at(root: impl Into<PathBuf>) -> HostFacts {
-        HostFacts { root: root.into(), arch: Arch::native().unwrap_or(Arch::X86_64), device_check: DeviceCheck::CharDevicesOnly }
+        HostFacts {
+            root: root.into(),
+            arch: Arch::native().unwrap_or(Arch::X86_64),
+            device_check: DeviceCheck::CharDevicesOnly,
+        }
     }
 }
 
@@ -211,7 +219,10 @@ impl LibSet {
 
 /// What this node would inject for a container request, reading the caller's environment
 /// (the job's, under a scheduler). None on an architecture berth does not inject for.
-pub fn discover_for_request(cfg: &crate::config::Config, req: &crate::request::Request) -> Result<Option<InjectPlan>> {
+pub fn discover_for_request(
+    cfg: &crate::config::Config,
+    req: &crate::request::Request,
+) -> Result<Option<InjectPlan>> {
     let Some(mut host) = HostFacts::real() else { return Ok(None) };
     host.root = cfg.inject.host_root.clone();
     let ireq = InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: GpuSelection::default() };
@@ -220,7 +231,12 @@ pub fn discover_for_request(cfg: &crate::config::Config, req: &crate::request::R
 
 /// Plan the injection for `req` on `host`, as configured by `cfg`. `env` reads the caller's
 /// environment (the job's, under a scheduler).
-pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: &dyn Fn(&str) -> Option<String>) -> Result<InjectPlan> {
+pub fn discover(
+    cfg: &InjectConfig,
+    host: &HostFacts,
+    req: &InjectRequest,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<InjectPlan> {
     let mode = req.mpi.unwrap_or(cfg.mpi);
     if req.mpi.is_none() && !cfg.mpi_allowed.contains(&mode) {
         return Err(Error::inject(
@@ -239,7 +255,11 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
     }
     let nvidia = match cfg.nvidia {
         NvidiaMode::Never if req.nvidia => {
-            return Err(Error::inject("--nv", "GPU support is turned off on this site (inject.nvidia = \"never\" in berth.toml)", "drop --nv"));
+            return Err(Error::inject(
+                "--nv",
+                "GPU support is turned off on this site (inject.nvidia = \"never\" in berth.toml)",
+                "drop --nv",
+            ));
         }
         NvidiaMode::Never => false,
         NvidiaMode::Always => true,
@@ -257,7 +277,10 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
     let mut resolver = LibResolver::new(&host.root, host.arch, cfg.extra_lib_dirs.clone())?;
     resolver.map_files = true;
     if resolver.cache.is_none() {
-        plan.notes.push(format!("{} has no etc/ld.so.cache; searched the standard directories only", host.root.display()));
+        plan.notes.push(format!(
+            "{} has no etc/ld.so.cache; searched the standard directories only",
+            host.root.display()
+        ));
     }
     let lib_dir = &cfg.container_lib_dir;
     let mut set = LibSet { libs: vec![], names: BTreeSet::new() };
@@ -273,7 +296,8 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
     }
     for name in &cfg.extra_libs {
         let found = if name.starts_with('/') {
-            let soname = Path::new(name).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+            let soname =
+                Path::new(name).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
             resolver.try_path(&soname, Path::new(name))?
         } else {
             resolver.find(name)?
@@ -288,7 +312,15 @@ pub fn discover(cfg: &InjectConfig, host: &HostFacts, req: &InjectRequest, env: 
         set.add(lib, "site library (inject.extra_libs)");
     }
     if nvidia {
-        let part = nvidia::discover(&host.root, &resolver, &cfg.nvidia_capabilities, &req.gpus, host.device_check, &cfg.container_bin_dir, env)?;
+        let part = nvidia::discover(
+            &host.root,
+            &resolver,
+            &cfg.nvidia_capabilities,
+            &req.gpus,
+            host.device_check,
+            &cfg.container_bin_dir,
+            env,
+        )?;
         plan.items.extend(part.items);
         plan.env.extend(part.env);
         plan.notes.extend(part.notes);
@@ -341,7 +373,8 @@ fn push_glibc_check(plan: &mut InjectPlan, lib: &FoundLib) {
 fn plugins_in(resolver: &LibResolver, logical_dir: &Path, plan: &mut InjectPlan) -> Vec<FoundLib> {
     let mut out = vec![];
     let Ok(rd) = std::fs::read_dir(rooted(&resolver.root, logical_dir)) else { return out };
-    let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains(".so")).collect();
+    let mut names: Vec<String> =
+        rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.contains(".so")).collect();
     names.sort();
     for name in names {
         match resolver.try_path(&name, &logical_dir.join(&name)) {
@@ -418,7 +451,9 @@ fn fabric(
         }
         // libfabric and UCX find their plugins next to themselves (UCX relative to libucs via
         // dladdr; libfabric through FI_PROVIDER_PATH, which we set).
-        for (lib_prefix, sub, env_var) in [("libfabric.so", "libfabric", Some("FI_PROVIDER_PATH")), ("libucs.so", "ucx", None)] {
+        for (lib_prefix, sub, env_var) in
+            [("libfabric.so", "libfabric", Some("FI_PROVIDER_PATH")), ("libucs.so", "ucx", None)]
+        {
             if !name.starts_with(lib_prefix) {
                 continue;
             }
@@ -444,7 +479,12 @@ fn fabric(
 }
 
 /// `--mpi=host`: the host's MPI libraries, to be bound over the image's.
-fn host_mpi(cfg: &InjectConfig, resolver: &LibResolver, plan: &mut InjectPlan, set: &mut LibSet) -> Result<()> {
+fn host_mpi(
+    cfg: &InjectConfig,
+    resolver: &LibResolver,
+    plan: &mut InjectPlan,
+    set: &mut LibSet,
+) -> Result<()> {
     let mut primary_found = false;
     for name in &cfg.mpi_libs {
         let Some(lib) = resolver.find(name)? else { continue };
@@ -473,7 +513,10 @@ fn host_mpi(cfg: &InjectConfig, resolver: &LibResolver, plan: &mut InjectPlan, s
     if !primary_found {
         return Err(Error::inject(
             "--mpi=host",
-            format!("no host MPI library found (looked for {} from inject.mpi_libs)", cfg.mpi_libs.join(", ")),
+            format!(
+                "no host MPI library found (looked for {} from inject.mpi_libs)",
+                cfg.mpi_libs.join(", ")
+            ),
             "add the host MPI's directory to inject.extra_lib_dirs, or use --mpi=hybrid",
         ));
     }
@@ -524,7 +567,9 @@ fn library_problem(plan: &InjectPlan, image: &ImageFacts) -> Option<String> {
         .checks
         .iter()
         .filter_map(|c| match c {
-            Check::Glibc { library, needs: Some(needs) } if needs > image_glibc => Some((library.clone(), needs.clone())),
+            Check::Glibc { library, needs: Some(needs) } if needs > image_glibc => {
+                Some((library.clone(), needs.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -560,7 +605,11 @@ pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
                 };
                 let image_info = mpi::identify(&host.soname, &image_lib.rooted)?;
                 mpi::check_abi(host, &image_info).map_err(|why| {
-                    Error::inject("--mpi=host", why, "use --mpi=hybrid (the image's own MPI over the host's fabric)")
+                    Error::inject(
+                        "--mpi=host",
+                        why,
+                        "use --mpi=hybrid (the image's own MPI over the host's fabric)",
+                    )
                 })?;
             }
             Check::CudaDriver { driver } => {
@@ -630,7 +679,9 @@ pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<Injec
 
 /// Remove every library-related item, keeping devices, sockets and GPU state.
 fn drop_libraries(plan: &mut InjectPlan) {
-    plan.items.retain(|i| matches!(i.kind, ItemKind::Device | ItemKind::Socket) || i.container_path.starts_with("/dev"));
+    plan.items.retain(|i| {
+        matches!(i.kind, ItemKind::Device | ItemKind::Socket) || i.container_path.starts_with("/dev")
+    });
     plan.checks.retain(|c| !matches!(c, Check::Glibc { .. } | Check::MpiAbi { .. }));
     plan.mpi_replace.clear();
     plan.lib_dirs.clear();

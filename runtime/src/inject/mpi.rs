@@ -64,7 +64,8 @@ fn dotted(v: &[u32]) -> String {
 /// Parse "4.1.4" / "4.0" / "2021.6.0" at the start of `s`.
 fn leading_version(s: &str) -> Option<Vec<u32>> {
     let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let parts: Vec<u32> = s[..end].split('.').filter(|p| !p.is_empty()).map_while(|p| p.parse().ok()).collect();
+    let parts: Vec<u32> =
+        s[..end].split('.').filter(|p| !p.is_empty()).map_while(|p| p.parse().ok()).collect();
     (parts.len() >= 2).then_some(parts)
 }
 
@@ -173,7 +174,13 @@ fn identify_with(
             };
             Some(series)
         });
-        return Some(MpiInfo { soname: soname.into(), family: MpiFamily::OpenMpi, vendor: "Open MPI".into(), version, libtool });
+        return Some(MpiInfo {
+            soname: soname.into(),
+            family: MpiFamily::OpenMpi,
+            vendor: "Open MPI".into(),
+            version,
+            libtool,
+        });
     }
     if soname.ends_with(".so.12") {
         let (vendor, version) = if contains(b"Intel(R) MPI Library") {
@@ -185,7 +192,13 @@ fn identify_with(
         } else {
             ("MPICH", find_after(b"MPICH Version:\t").or_else(|| find_after(b"/mpich-")))
         };
-        return Some(MpiInfo { soname: soname.into(), family: MpiFamily::MpichAbi, vendor: vendor.into(), version, libtool });
+        return Some(MpiInfo {
+            soname: soname.into(),
+            family: MpiFamily::MpichAbi,
+            vendor: vendor.into(),
+            version,
+            libtool,
+        });
     }
     None
 }
@@ -199,13 +212,21 @@ pub fn check_abi(host: &MpiInfo, image: &MpiInfo) -> std::result::Result<(), Str
     match host.family {
         MpiFamily::MpichAbi => {
             let (Some(h), Some(i)) = (&host.libtool, &image.libtool) else {
-                return Err(format!("{}: cannot read the libtool version of both (expected file names like libmpi.so.12.1.8)", both()));
+                return Err(format!(
+                    "{}: cannot read the libtool version of both (expected file names like libmpi.so.12.1.8)",
+                    both()
+                ));
             };
             if h[0] != i[0] {
                 return Err(format!("{}: ABI major {} vs {}", both(), h[0], i[0]));
             }
             if h[1] < i[1] {
-                return Err(format!("{}: the host's ABI minor {} is older than the image's {}", both(), h[1], i[1]));
+                return Err(format!(
+                    "{}: the host's ABI minor {} is older than the image's {}",
+                    both(),
+                    h[1],
+                    i[1]
+                ));
             }
             Ok(())
         }
@@ -214,7 +235,12 @@ pub fn check_abi(host: &MpiInfo, image: &MpiInfo) -> std::result::Result<(), Str
                 return Err(format!("{}: cannot read both Open MPI versions", both()));
             };
             if h[0] != i[0] {
-                return Err(format!("{}: Open MPI is only compatible within a major series ({}.x vs {}.x)", both(), h[0], i[0]));
+                return Err(format!(
+                    "{}: Open MPI is only compatible within a major series ({}.x vs {}.x)",
+                    both(),
+                    h[0],
+                    i[0]
+                ));
             }
             if h.get(1) < i.get(1) {
                 return Err(format!("{}: the host's Open MPI is older than the image's", both()));
@@ -229,11 +255,17 @@ mod tests {
     use super::*;
 
     fn mpich(lt: &str, v: &str) -> MpiInfo {
-        identify_bytes("libmpi.so.12", &format!("libmpi.so.{lt}"), format!("MPICH Version:\t{v}\0").as_bytes()).unwrap()
+        identify_bytes(
+            "libmpi.so.12",
+            &format!("libmpi.so.{lt}"),
+            format!("MPICH Version:\t{v}\0").as_bytes(),
+        )
+        .unwrap()
     }
 
     fn ompi(lt: &str, v: &str) -> MpiInfo {
-        identify_bytes("libmpi.so.40", &format!("libmpi.so.{lt}"), format!("Open MPI v{v}\0").as_bytes()).unwrap()
+        identify_bytes("libmpi.so.40", &format!("libmpi.so.{lt}"), format!("Open MPI v{v}\0").as_bytes())
+            .unwrap()
     }
 
     #[test]

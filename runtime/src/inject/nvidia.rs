@@ -30,7 +30,9 @@ pub fn capability_libs(capability: &str) -> Option<&'static [&'static str]> {
             "libnvidia-pkcs11-openssl3.so",
             "libnvidia-nvvm.so",
         ],
-        "video" => &["libvdpau_nvidia.so", "libnvidia-encode.so", "libnvidia-opticalflow.so", "libnvcuvid.so"],
+        "video" => {
+            &["libvdpau_nvidia.so", "libnvidia-encode.so", "libnvidia-opticalflow.so", "libnvcuvid.so"]
+        }
         "graphics" => &[
             "libnvidia-eglcore.so",
             "libnvidia-glcore.so",
@@ -124,7 +126,9 @@ pub fn check_driver_for_cuda(driver: &str, cuda: &str) -> std::result::Result<()
 pub fn image_cuda_version(image_root: &Path) -> Option<String> {
     // In NVIDIA's images /usr/local/cuda -> /etc/alternatives/cuda -> /usr/local/cuda-12.2:
     // absolute links, which must be followed inside the image, not on the host.
-    let in_image = |p: &str| super::closure::resolve_in_root(image_root, Path::new(p)).ok().map(|l| rooted(image_root, &l));
+    let in_image = |p: &str| {
+        super::closure::resolve_in_root(image_root, Path::new(p)).ok().map(|l| rooted(image_root, &l))
+    };
     let read = |p: &str| in_image(p).and_then(|f| std::fs::read_to_string(f).ok());
     if let Some(text) = read("/usr/local/cuda/version.json") {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
@@ -140,7 +144,8 @@ pub fn image_cuda_version(image_root: &Path) -> Option<String> {
         }
     }
     let env_dir = in_image("/.singularity.d/env")?;
-    let mut scripts: Vec<String> = std::fs::read_dir(env_dir).ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let mut scripts: Vec<String> =
+        std::fs::read_dir(env_dir).ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     scripts.sort();
     for s in scripts {
         let Some(text) = read(&format!("/.singularity.d/env/{s}")) else { continue };
@@ -175,7 +180,11 @@ pub fn parse_gpu_list(s: &str) -> Option<Vec<u32>> {
 }
 
 /// Which `/dev/nvidiaN` minors the job may use, or `None` for all of them.
-pub fn selected_minors(sel: &GpuSelection, env: &dyn Fn(&str) -> Option<String>, notes: &mut Vec<String>) -> Result<Option<Vec<u32>>> {
+pub fn selected_minors(
+    sel: &GpuSelection,
+    env: &dyn Fn(&str) -> Option<String>,
+    notes: &mut Vec<String>,
+) -> Result<Option<Vec<u32>>> {
     match sel {
         GpuSelection::All => Ok(None),
         GpuSelection::Minors(m) => Ok(Some(m.clone())),
@@ -185,7 +194,11 @@ pub fn selected_minors(sel: &GpuSelection, env: &dyn Fn(&str) -> Option<String>,
             for var in ["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"] {
                 if let Some(v) = env(var).filter(|v| !v.trim().is_empty()) {
                     return parse_gpu_list(&v).map(Some).ok_or_else(|| {
-                        Error::inject(format!("{var}={v}"), "expected a list of GPU numbers like 0,2 or 0-3", "")
+                        Error::inject(
+                            format!("{var}={v}"),
+                            "expected a list of GPU numbers like 0,2 or 0-3",
+                            "",
+                        )
                     });
                 }
             }
@@ -218,7 +231,11 @@ pub struct NvidiaPart {
 fn check_device(path: &Path, logical: &str, check: DeviceCheck, expect_minor: Option<u64>) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::inject(format!("GPU device {logical}"), format!("cannot read it: {e}"), "check that the NVIDIA driver is loaded (nvidia-smi on the host)")
+        Error::inject(
+            format!("GPU device {logical}"),
+            format!("cannot read it: {e}"),
+            "check that the NVIDIA driver is loaded (nvidia-smi on the host)",
+        )
     })?;
     let ft = meta.file_type();
     if ft.is_char_device() {
@@ -234,7 +251,11 @@ fn check_device(path: &Path, logical: &str, check: DeviceCheck, expect_minor: Op
             }
         }
     } else if !(check == DeviceCheck::AcceptRegularFiles && ft.is_file()) {
-        return Err(Error::inject(format!("GPU device {logical}"), "is not a character device", "ask the administrator to recreate it (nvidia-modprobe -c N)"));
+        return Err(Error::inject(
+            format!("GPU device {logical}"),
+            "is not a character device",
+            "ask the administrator to recreate it (nvidia-modprobe -c N)",
+        ));
     }
     // The kernel checks permissions when the program opens it; say so now, by name.
     if nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err() {
@@ -290,7 +311,11 @@ pub fn discover(
         }
     };
     if minors.is_empty() {
-        return Err(Error::inject("--nv", "no /dev/nvidiaN device on this host", "load the driver's device nodes (nvidia-modprobe) or drop --nv"));
+        return Err(Error::inject(
+            "--nv",
+            "no /dev/nvidiaN device on this host",
+            "load the driver's device nodes (nvidia-modprobe) or drop --nv",
+        ));
     }
     for m in &minors {
         let logical = format!("/dev/nvidia{m}");
@@ -310,14 +335,25 @@ pub fn discover(
             check_device(&host, &logical, device_check, minor)?;
             part.items.push(item(host, &logical, ItemKind::Device, false, "NVIDIA control device".into()));
         } else if required {
-            return Err(Error::inject(format!("GPU device {logical}"), "missing", "the NVIDIA driver is not fully loaded; ask the administrator"));
+            return Err(Error::inject(
+                format!("GPU device {logical}"),
+                "missing",
+                "the NVIDIA driver is not fully loaded; ask the administrator",
+            ));
         } else if name == "nvidia-uvm" {
-            part.notes.push("/dev/nvidia-uvm is missing: CUDA needs it (nvidia-modprobe -u -c0 creates it)".into());
+            part.notes
+                .push("/dev/nvidia-uvm is missing: CUDA needs it (nvidia-modprobe -u -c0 creates it)".into());
         }
     }
     let caps = root.join("dev/nvidia-caps");
     if caps.is_dir() {
-        part.items.push(item(caps, "/dev/nvidia-caps", ItemKind::Dir, false, "NVIDIA MIG capability devices".into()));
+        part.items.push(item(
+            caps,
+            "/dev/nvidia-caps",
+            ItemKind::Dir,
+            false,
+            "NVIDIA MIG capability devices".into(),
+        ));
     }
 
     // CUDA numbers the GPUs it can open from 0; only the selected ones are in the container.
@@ -360,7 +396,10 @@ pub fn discover(
                 let file = lib.real.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
                 let versioned = file.rsplit_once(".so.").map(|(_, v)| v.to_string()).unwrap_or_default();
                 if versioned.contains('.') && versioned != driver {
-                    part.notes.push(format!("skipped {}: it is from driver {versioned}, the loaded driver is {driver}", lib.listed.display()));
+                    part.notes.push(format!(
+                        "skipped {}: it is from driver {versioned}, the loaded driver is {driver}",
+                        lib.listed.display()
+                    ));
                     continue;
                 }
                 part.libs.push((lib, format!("NVIDIA {cap} library")));
@@ -372,14 +411,22 @@ pub fn discover(
                 if let Ok(real) = super::closure::resolve_in_root(root, &logical) {
                     let host = rooted(root, &real);
                     if host.is_file() {
-                        part.items.push(item(host, &bin_dir.join(bin).to_string_lossy(), ItemKind::File, true, format!("NVIDIA {cap} program")));
+                        part.items.push(item(
+                            host,
+                            &bin_dir.join(bin).to_string_lossy(),
+                            ItemKind::File,
+                            true,
+                            format!("NVIDIA {cap} program"),
+                        ));
                         break;
                     }
                 }
             }
         }
     }
-    if !part.libs.iter().any(|(l, _)| l.soname.starts_with("libcuda.so")) && capabilities.iter().any(|c| c == "compute") {
+    if !part.libs.iter().any(|(l, _)| l.soname.starts_with("libcuda.so"))
+        && capabilities.iter().any(|c| c == "compute")
+    {
         return Err(Error::inject(
             "--nv",
             format!("the host's ld.so.cache lists no libcuda.so for driver {driver}"),
@@ -391,12 +438,24 @@ pub fn discover(
     let fw = format!("/lib/firmware/nvidia/{driver}");
     if let Ok(real) = super::closure::resolve_in_root(root, Path::new(&fw)) {
         if rooted(root, &real).is_dir() {
-            part.items.push(item(rooted(root, &real), &fw, ItemKind::Dir, true, "NVIDIA GSP firmware".into()));
+            part.items.push(item(
+                rooted(root, &real),
+                &fw,
+                ItemKind::Dir,
+                true,
+                "NVIDIA GSP firmware".into(),
+            ));
         }
     }
     let persistenced = rooted(root, Path::new("/run/nvidia-persistenced/socket"));
     if persistenced.exists() {
-        part.items.push(item(persistenced, "/run/nvidia-persistenced/socket", ItemKind::Socket, false, "nvidia-persistenced".into()));
+        part.items.push(item(
+            persistenced,
+            "/run/nvidia-persistenced/socket",
+            ItemKind::Socket,
+            false,
+            "nvidia-persistenced".into(),
+        ));
     }
     let mps = env("CUDA_MPS_PIPE_DIRECTORY").unwrap_or_else(|| "/tmp/nvidia-mps".into());
     let mps_host = rooted(root, Path::new(&mps));
@@ -405,7 +464,13 @@ pub fn discover(
     }
     let proc_nv = root.join("proc/driver/nvidia");
     if proc_nv.is_dir() {
-        part.items.push(item(proc_nv, "/proc/driver/nvidia", ItemKind::Dir, true, "NVIDIA driver state".into()));
+        part.items.push(item(
+            proc_nv,
+            "/proc/driver/nvidia",
+            ItemKind::Dir,
+            true,
+            "NVIDIA driver state".into(),
+        ));
     }
     Ok(part)
 }
@@ -466,12 +531,20 @@ mod tests {
         let root = t.path();
         assert_eq!(image_cuda_version(root), None);
         std::fs::create_dir_all(root.join(".singularity.d/env")).unwrap();
-        std::fs::write(root.join(".singularity.d/env/10-docker2singularity.sh"), "export CUDA_VERSION=\"11.8.0\"\n").unwrap();
+        std::fs::write(
+            root.join(".singularity.d/env/10-docker2singularity.sh"),
+            "export CUDA_VERSION=\"11.8.0\"\n",
+        )
+        .unwrap();
         assert_eq!(image_cuda_version(root).as_deref(), Some("11.8.0"));
         std::fs::create_dir_all(root.join("usr/local/cuda")).unwrap();
         std::fs::write(root.join("usr/local/cuda/version.txt"), "CUDA Version 11.4.3\n").unwrap();
         assert_eq!(image_cuda_version(root).as_deref(), Some("11.4.3"));
-        std::fs::write(root.join("usr/local/cuda/version.json"), r#"{"cuda":{"name":"CUDA SDK","version":"12.2.2"}}"#).unwrap();
+        std::fs::write(
+            root.join("usr/local/cuda/version.json"),
+            r#"{"cuda":{"name":"CUDA SDK","version":"12.2.2"}}"#,
+        )
+        .unwrap();
         assert_eq!(image_cuda_version(root).as_deref(), Some("12.2.2"));
         // NVIDIA's layout: absolute links, resolved inside the image.
         std::fs::rename(root.join("usr/local/cuda"), root.join("usr/local/cuda-12.2")).unwrap();

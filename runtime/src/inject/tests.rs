@@ -22,7 +22,8 @@ fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Opt
 
 /// Tests with compiled fixtures run where berth runs in production: x86-64 with a C compiler.
 fn can_compile() -> bool {
-    Arch::native() == Some(Arch::X86_64) && Command::new("cc").arg("--version").output().is_ok_and(|o| o.status.success())
+    Arch::native() == Some(Arch::X86_64)
+        && Command::new("cc").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Compile `src` into a shared library `out` with `soname` (and more linker arguments).
@@ -67,7 +68,11 @@ fn write_fake_cache(root: &Path, dirs: &[&str]) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if name.contains(".so.") {
-                entries.push((name.clone(), PathBuf::from(format!("/{d}/{name}")), Arch::X86_64.cache_flags()));
+                entries.push((
+                    name.clone(),
+                    PathBuf::from(format!("/{d}/{name}")),
+                    Arch::X86_64.cache_flags(),
+                ));
             }
         }
     }
@@ -110,7 +115,11 @@ fn inject_plan_real_host_fabric_has_verbs_providers_and_closure() {
     let verbs = resolver.find("libibverbs.so.1").unwrap().unwrap();
     let providers = verbs.real.parent().unwrap().join("libibverbs");
     if providers.is_dir() {
-        let item = plan.items.iter().find(|i| i.container_path == providers).expect("provider dir at the host's path");
+        let item = plan
+            .items
+            .iter()
+            .find(|i| i.container_path == providers)
+            .expect("provider dir at the host's path");
         assert_eq!(item.kind, ItemKind::Dir);
     }
     if Path::new("/etc/libibverbs.d").is_dir() {
@@ -150,12 +159,30 @@ fn fake_gpu_host() -> FakeGpuHost {
     let root = tmp.path().join("host");
     let lib = root.join(TRIPLET_DIR);
     let work = tmp.path();
-    cc_shared(work, "int cuInit(unsigned f){return 0;}\n", "libcuda.so.1", &lib.join("libcuda.so.535.104.05"), &[]);
+    cc_shared(
+        work,
+        "int cuInit(unsigned f){return 0;}\n",
+        "libcuda.so.1",
+        &lib.join("libcuda.so.535.104.05"),
+        &[],
+    );
     symlink("libcuda.so.535.104.05", lib.join("libcuda.so.1")).unwrap();
-    cc_shared(work, "int nvmlInit_v2(void){return 0;}\n", "libnvidia-ml.so.1", &lib.join("libnvidia-ml.so.535.104.05"), &[]);
+    cc_shared(
+        work,
+        "int nvmlInit_v2(void){return 0;}\n",
+        "libnvidia-ml.so.1",
+        &lib.join("libnvidia-ml.so.535.104.05"),
+        &[],
+    );
     symlink("libnvidia-ml.so.535.104.05", lib.join("libnvidia-ml.so.1")).unwrap();
     // A leftover from an older driver, which must not be injected.
-    cc_shared(work, "int x(void){return 0;}\n", "libnvidia-ptxjitcompiler.so.1", &lib.join("libnvidia-ptxjitcompiler.so.530.30.02"), &[]);
+    cc_shared(
+        work,
+        "int x(void){return 0;}\n",
+        "libnvidia-ptxjitcompiler.so.1",
+        &lib.join("libnvidia-ptxjitcompiler.so.530.30.02"),
+        &[],
+    );
     symlink("libnvidia-ptxjitcompiler.so.530.30.02", lib.join("libnvidia-ptxjitcompiler.so.1")).unwrap();
     make_cache(&root, &[TRIPLET_DIR]);
     std::fs::create_dir_all(root.join("dev")).unwrap();
@@ -191,11 +218,16 @@ fn inject_plan_nvidia_slurm_gpus_are_selected_and_renumbered() {
     let env = env_of(&[("SLURM_STEP_GPUS", "1,3"), ("CUDA_VISIBLE_DEVICES", "0,1")]);
     let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &gpu_request(), &env).unwrap();
     let paths = container_paths(&plan);
-    let gpus: Vec<&String> = paths.iter().filter(|p| p.starts_with("/dev/nvidia") && p[11..].parse::<u32>().is_ok()).collect();
+    let gpus: Vec<&String> =
+        paths.iter().filter(|p| p.starts_with("/dev/nvidia") && p[11..].parse::<u32>().is_ok()).collect();
     assert_eq!(gpus, ["/dev/nvidia1", "/dev/nvidia3"]);
     assert!(paths.contains(&"/dev/nvidiactl".to_string()) && paths.contains(&"/dev/nvidia-uvm".to_string()));
     assert!(plan.env.contains(&("CUDA_VISIBLE_DEVICES".into(), "0,1".into())), "{:?}", plan.env);
-    let cuda = plan.items.iter().find(|i| i.container_path == Path::new("/.berth/host/lib/libcuda.so.1")).expect("libcuda");
+    let cuda = plan
+        .items
+        .iter()
+        .find(|i| i.container_path == Path::new("/.berth/host/lib/libcuda.so.1"))
+        .expect("libcuda");
     assert!(cuda.host_path.ends_with("libcuda.so.535.104.05") && cuda.host_path.starts_with(&h.root));
     assert!(paths.contains(&"/.berth/host/lib/libnvidia-ml.so.1".to_string()));
     assert!(!paths.iter().any(|p| p.contains("ptxjitcompiler")), "old driver's library injected: {paths:#?}");
@@ -219,7 +251,9 @@ fn inject_plan_nvidia_without_slurm_takes_all_gpus_and_auto_mode_follows_slurm()
     assert!(!plan.env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"));
     // No --nv, but Slurm allocated GPUs: automatic.
     let req = InjectRequest { nvidia: false, ..gpu_request() };
-    let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &req, &env_of(&[("SLURM_STEP_GPUS", "2")])).unwrap();
+    let plan =
+        discover(&InjectConfig::default(), &gpu_facts(&h.root), &req, &env_of(&[("SLURM_STEP_GPUS", "2")]))
+            .unwrap();
     assert!(plan.nvidia && container_paths(&plan).contains(&"/dev/nvidia2".to_string()));
     let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &req, &no_env).unwrap();
     assert!(!plan.nvidia && plan.items.is_empty());
@@ -236,16 +270,26 @@ fn inject_plan_nvidia_bad_inputs() {
     let e = discover(&InjectConfig::default(), &strict, &gpu_request(), &no_env).unwrap_err().to_string();
     assert!(e.contains("/dev/nvidia0") && e.contains("not a character device"), "{e}");
     // A GPU the host does not have.
-    let e = discover(&InjectConfig::default(), &gpu_facts(&h.root), &gpu_request(), &env_of(&[("SLURM_STEP_GPUS", "7")]))
-        .unwrap_err()
-        .to_string();
+    let e = discover(
+        &InjectConfig::default(),
+        &gpu_facts(&h.root),
+        &gpu_request(),
+        &env_of(&[("SLURM_STEP_GPUS", "7")]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/dev/nvidia7"), "{e}");
     // An unusable device node (here: a directory).
     std::fs::remove_file(h.root.join("dev/nvidia1")).unwrap();
     std::fs::create_dir(h.root.join("dev/nvidia1")).unwrap();
-    let e = discover(&InjectConfig::default(), &gpu_facts(&h.root), &gpu_request(), &env_of(&[("SLURM_STEP_GPUS", "1")]))
-        .unwrap_err()
-        .to_string();
+    let e = discover(
+        &InjectConfig::default(),
+        &gpu_facts(&h.root),
+        &gpu_request(),
+        &env_of(&[("SLURM_STEP_GPUS", "1")]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("/dev/nvidia1") && e.contains("character device"), "{e}");
     // --nv against a site that turned GPUs off.
     let cfg = InjectConfig { nvidia: NvidiaMode::Never, ..Default::default() };
@@ -253,7 +297,9 @@ fn inject_plan_nvidia_bad_inputs() {
     assert!(e.contains("--nv") && e.contains("inject.nvidia"), "{e}");
     // No driver loaded.
     std::fs::remove_file(h.root.join("proc/driver/nvidia/version")).unwrap();
-    let e = discover(&InjectConfig::default(), &gpu_facts(&h.root), &gpu_request(), &no_env).unwrap_err().to_string();
+    let e = discover(&InjectConfig::default(), &gpu_facts(&h.root), &gpu_request(), &no_env)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no NVIDIA driver"), "{e}");
     // sysfs is the fallback for the version.
     std::fs::create_dir_all(h.root.join("sys/module/nvidia")).unwrap();
@@ -273,7 +319,8 @@ fn inject_check_cuda_driver_too_old_for_image() {
     let img = tempfile::tempdir().unwrap();
     fake_image_libc(img.path(), img.path(), "2.35");
     std::fs::create_dir_all(img.path().join("usr/local/cuda")).unwrap();
-    std::fs::write(img.path().join("usr/local/cuda/version.json"), r#"{"cuda":{"version":"12.2.2"}}"#).unwrap();
+    std::fs::write(img.path().join("usr/local/cuda/version.json"), r#"{"cuda":{"version":"12.2.2"}}"#)
+        .unwrap();
     finish_for_image(plan.clone(), img.path()).unwrap();
     let old = InjectPlan { checks: vec![Check::CudaDriver { driver: "470.82.01".into() }], ..plan };
     let e = check_against_image(&old, img.path()).unwrap_err().to_string();
@@ -315,7 +362,12 @@ fn inject_check_glibc_too_old_in_image_names_both_versions() {
     let cfg = InjectConfig { extra_libs: vec!["libmpi.so.12".into()], ..Default::default() };
     let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
     let plan = discover(&cfg, &HostFacts::at(&root), &req, &no_env).unwrap();
-    assert!(plan.checks.contains(&Check::Glibc { library: "libmpi.so.12".into(), needs: GlibcVersion::parse("2.34") }), "{:?}", plan.checks);
+    assert!(
+        plan.checks
+            .contains(&Check::Glibc { library: "libmpi.so.12".into(), needs: GlibcVersion::parse("2.34") }),
+        "{:?}",
+        plan.checks
+    );
 
     let old = tmp.path().join("image-2.31");
     fake_image_libc(&old, tmp.path(), "2.31");
@@ -363,17 +415,30 @@ fn inject_check_static_image_refuses_requested_libraries_and_drops_default_ones(
 /// A stub MPI library `<dir>/<file>` with SONAME `soname` carrying `marker` in .rodata, and
 /// its SONAME symlink.
 fn stub_mpi(tmp: &Path, root: &Path, soname: &str, file: &str, marker: &str) {
-    let src = format!("const char *mpi_marker = \"{marker}\";\nint MPI_Init(int *c, char ***v){{return 0;}}\n");
+    let src =
+        format!("const char *mpi_marker = \"{marker}\";\nint MPI_Init(int *c, char ***v){{return 0;}}\n");
     cc_shared(tmp, &src, soname, &root.join(TRIPLET_DIR).join(file), &[]);
     symlink(file, root.join(TRIPLET_DIR).join(soname)).unwrap();
 }
 
 fn mpich_trees(tmp: &Path, host_lt: &str, host_v: &str, image_lt: &str, image_v: &str) -> (PathBuf, PathBuf) {
     let host = tmp.join("host");
-    stub_mpi(tmp, &host, "libmpi.so.12", &format!("libmpi.so.{host_lt}"), &format!("MPICH Version:\\t{host_v}"));
+    stub_mpi(
+        tmp,
+        &host,
+        "libmpi.so.12",
+        &format!("libmpi.so.{host_lt}"),
+        &format!("MPICH Version:\\t{host_v}"),
+    );
     write_fake_cache(&host, &[TRIPLET_DIR]);
     let image = tmp.join("image");
-    stub_mpi(tmp, &image, "libmpi.so.12", &format!("libmpi.so.{image_lt}"), &format!("MPICH Version:\\t{image_v}"));
+    stub_mpi(
+        tmp,
+        &image,
+        "libmpi.so.12",
+        &format!("libmpi.so.{image_lt}"),
+        &format!("MPICH Version:\\t{image_v}"),
+    );
     fake_image_libc(&image, tmp, "2.36");
     make_cache(&image, &[TRIPLET_DIR]);
     (host, image)
@@ -468,7 +533,10 @@ fn inject_mpi_host_real_mpich_4_vs_image_mpich_3() {
     fake_image_libc(&image, tmp.path(), "2.36");
     make_cache(&image, &[TRIPLET_DIR]);
     let done = finish_for_image(plan.clone(), &image).unwrap();
-    assert!(done.items.iter().any(|i| i.container_path == Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12.1.8")));
+    assert!(done
+        .items
+        .iter()
+        .any(|i| i.container_path == Path::new("/usr/lib/x86_64-linux-gnu/libmpich.so.12.1.8")));
     // An image built against a newer ABI minor than the host's: refused, both named.
     let image = tmp.path().join("image-newer");
     stub_mpi(tmp.path(), &image, "libmpich.so.12", "libmpich.so.12.9.0", "MPICH Version:\\t9.9.0");
@@ -500,11 +568,19 @@ fn inject_mpi_host_mode_without_host_mpi_names_the_config_key() {
 fn inject_bad_missing_configured_library_names_lib_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = InjectConfig { extra_libs: vec!["libsitefabric.so.3".into()], ..Default::default() };
-    let e = discover(&cfg, &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env).unwrap_err().to_string();
+    let e = discover(&cfg, &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("libsitefabric.so.3") && e.contains("inject.extra_libs"), "{e}");
 
-    let cfg = InjectConfig { fabric_libs: vec!["libibverbs.so.1".into()], fabric_required: true, ..Default::default() };
-    let e = discover(&cfg, &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env).unwrap_err().to_string();
+    let cfg = InjectConfig {
+        fabric_libs: vec!["libibverbs.so.1".into()],
+        fabric_required: true,
+        ..Default::default()
+    };
+    let e = discover(&cfg, &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("libibverbs.so.1") && e.contains("inject.fabric_libs"), "{e}");
 
     // Not required: a note, no error.
@@ -524,7 +600,8 @@ fn inject_bad_broken_symlink_in_host_lib_dir() {
     let cfg = InjectConfig { fabric_libs: vec!["libibverbs.so.1".into()], ..Default::default() };
     let e = discover(&cfg, &HostFacts::at(root), &InjectRequest::default(), &no_env).unwrap_err().to_string();
     assert!(
-        e.contains("/usr/lib/x86_64-linux-gnu/libibverbs.so.1 -> libibverbs.so.1.14.44.0") && e.contains("broken symlink"),
+        e.contains("/usr/lib/x86_64-linux-gnu/libibverbs.so.1 -> libibverbs.so.1.14.44.0")
+            && e.contains("broken symlink"),
         "{e}"
     );
 }
@@ -552,7 +629,10 @@ fn inject_closure_follows_runpath_origin_outside_the_cache() {
     let plan = discover(&cfg, &HostFacts::at(&root), &req, &no_env).unwrap();
     let paths = container_paths(&plan);
     assert!(paths.contains(&"/.berth/host/lib/libvmpi.so.1".to_string()), "{paths:?}");
-    assert!(paths.contains(&"/.berth/host/lib/libvdep.so.2".to_string()), "RUNPATH $ORIGIN not followed: {paths:?}");
+    assert!(
+        paths.contains(&"/.berth/host/lib/libvdep.so.2".to_string()),
+        "RUNPATH $ORIGIN not followed: {paths:?}"
+    );
 }
 
 #[test]
@@ -561,7 +641,8 @@ fn inject_bad_unknown_nvidia_capability() {
         return;
     }
     let h = fake_gpu_host();
-    let cfg = InjectConfig { nvidia_capabilities: vec!["compute".into(), "quantum".into()], ..Default::default() };
+    let cfg =
+        InjectConfig { nvidia_capabilities: vec!["compute".into(), "quantum".into()], ..Default::default() };
     let e = discover(&cfg, &gpu_facts(&h.root), &gpu_request(), &no_env).unwrap_err().to_string();
     assert!(e.contains("quantum") && e.contains("inject.nvidia_capabilities"), "{e}");
 }
@@ -569,7 +650,9 @@ fn inject_bad_unknown_nvidia_capability() {
 #[test]
 fn inject_plan_serializes_for_dry_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = discover(&InjectConfig::default(), &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env).unwrap();
+    let plan =
+        discover(&InjectConfig::default(), &HostFacts::at(tmp.path()), &InjectRequest::default(), &no_env)
+            .unwrap();
     let json = serde_json::to_string(&plan).unwrap();
     assert!(json.contains("\"mpi\":\"hybrid\""), "{json}");
 }

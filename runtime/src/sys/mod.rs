@@ -29,8 +29,14 @@ impl Attrs {
 
 /// What container set-up needs from the kernel.
 pub trait MountOps {
-    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-        -> Result<()>;
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()>;
     /// Add attributes without dropping flags the kernel has locked (e.g. on mounts inherited
     /// from the host into a user namespace).
     fn set_attrs(&mut self, target: &Path, recursive: bool, attrs: Attrs) -> Result<()>;
@@ -54,7 +60,11 @@ pub trait MountOps {
     fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
     /// Check host injection against the mounted image (`image_root`) and complete it
     /// (binds over the image's MPI in the replace model).
-    fn finish_inject(&mut self, plan: &crate::inject::InjectPlan, image_root: &Path) -> Result<crate::inject::InjectPlan>;
+    fn finish_inject(
+        &mut self,
+        plan: &crate::inject::InjectPlan,
+        image_root: &Path,
+    ) -> Result<crate::inject::InjectPlan>;
 }
 
 /// Records operations instead of performing them (tests, and reading a plan as operations).
@@ -66,8 +76,14 @@ pub struct Recorder {
 }
 
 impl MountOps for Recorder {
-    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-        -> Result<()> {
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
         self.ops.push(format!(
             "mount {} {} {} {:?} {}",
             src.map(|p| p.display().to_string()).unwrap_or("-".into()),
@@ -117,14 +133,22 @@ impl MountOps for Recorder {
         Ok(root.join(path.strip_prefix("/").unwrap_or(path)))
     }
     fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
-        self.ops.push(format!("squashfuse {program} {} offset={offset} on {}", image.display(), at.display()));
+        self.ops.push(format!(
+            "squashfuse {program} {} offset={offset} on {}",
+            image.display(),
+            at.display()
+        ));
         Ok(())
     }
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
         self.ops.push(format!("pivot_root {}", new_root.display()));
         Ok(())
     }
-    fn finish_inject(&mut self, plan: &crate::inject::InjectPlan, image_root: &Path) -> Result<crate::inject::InjectPlan> {
+    fn finish_inject(
+        &mut self,
+        plan: &crate::inject::InjectPlan,
+        image_root: &Path,
+    ) -> Result<crate::inject::InjectPlan> {
         self.ops.push(format!("check injection against {}", image_root.display()));
         Ok(plan.clone())
     }

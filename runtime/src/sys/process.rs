@@ -20,7 +20,8 @@ pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .map_err(|e| Error::sys("unshare", "user and mount namespaces", e))?;
     let write = |file: &str, text: String| {
-        std::fs::write(format!("/proc/self/{file}"), text).map_err(|e| Error::io("cannot write", Path::new(file), e))
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| Error::io("cannot write", Path::new(file), e))
     };
     // A process may map only its own ids from inside the new namespace (even root: its
     // capabilities are now the new namespace's), and for its group only after giving up
@@ -29,8 +30,14 @@ pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
     write("uid_map", format!("{uid} {uid} 1\n"))?;
     write("gid_map", format!("{gid} {gid} 1\n"))?;
     // Our mounts must never propagate back to the host; the host's unmounts still reach us.
-    nix::mount::mount(None::<&str>, "/", None::<&str>, nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| Error::sys("make mounts private on", "/", e))
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make mounts private on", "/", e))
 }
 
 /// Join the user and mount namespaces of `pid` (a holder), checking they are the ones recorded.
@@ -56,11 +63,14 @@ pub fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<()> {
     // inside the container starts another joiner: then there is nothing to do.
     let own = std::fs::metadata("/proc/self/ns/user").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
     if own != Some(user_ino) {
-        nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| Error::sys("setns", "user namespace", e))?;
+        nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| Error::sys("setns", "user namespace", e))?;
     }
-    let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let own_mnt =
+        std::fs::metadata("/proc/self/ns/mnt").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
     if own_mnt != Some(mnt_ino) {
-        nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS).map_err(|e| Error::sys("setns", "mount namespace", e))?;
+        nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+            .map_err(|e| Error::sys("setns", "mount namespace", e))?;
     }
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir", "/", e))
 }
@@ -90,16 +100,30 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
                 let mut sh_argv = vec![to_c("/bin/sh"), to_c(&c)];
                 sh_argv.extend(c_argv.iter().skip(1).cloned());
                 let e = nix::unistd::execve(&to_c("/bin/sh"), &sh_argv, &c_env).unwrap_err();
-                return Error::Exec { cmd: cmd.clone(), reason: format!("cannot run: {e}"), code: EXIT_NOT_EXECUTABLE };
+                return Error::Exec {
+                    cmd: cmd.clone(),
+                    reason: format!("cannot run: {e}"),
+                    code: EXIT_NOT_EXECUTABLE,
+                };
             }
-            Err(e) => return Error::Exec { cmd: cmd.clone(), reason: e.desc().to_lowercase(), code: EXIT_NOT_EXECUTABLE },
+            Err(e) => {
+                return Error::Exec {
+                    cmd: cmd.clone(),
+                    reason: e.desc().to_lowercase(),
+                    code: EXIT_NOT_EXECUTABLE,
+                }
+            }
             Ok(never) => match never {},
         }
     }
     if denied {
         Error::Exec { cmd: cmd.clone(), reason: "Permission denied".into(), code: EXIT_NOT_EXECUTABLE }
     } else {
-        let reason = if cmd.contains('/') { "No such file or directory in the image" } else { "command not found in the image" };
+        let reason = if cmd.contains('/') {
+            "No such file or directory in the image"
+        } else {
+            "command not found in the image"
+        };
         Error::Exec { cmd: cmd.clone(), reason: reason.into(), code: EXIT_NOT_FOUND }
     }
 }
@@ -111,7 +135,10 @@ pub fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
     if cmd.contains('/') {
         return vec![cmd.to_string()];
     }
-    path.unwrap_or(DEFAULT_PATH).split(':').map(|d| if d.is_empty() { cmd.to_string() } else { format!("{d}/{cmd}") }).collect()
+    path.unwrap_or(DEFAULT_PATH)
+        .split(':')
+        .map(|d| if d.is_empty() { cmd.to_string() } else { format!("{d}/{cmd}") })
+        .collect()
 }
 
 /// Start a thread that never takes a signal sent to the process: berth's supervisors and
@@ -119,7 +146,9 @@ pub fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
 /// them. Threads inherit the signal mask they start with. False if it could not start.
 pub fn spawn_without_signals(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
     let mut old = SigSet::empty();
-    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old)).is_err() {
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))
+        .is_err()
+    {
         return false;
     }
     let started = std::thread::Builder::new().name(name.into()).spawn(f).is_ok();
@@ -135,8 +164,15 @@ pub enum Ended {
 }
 
 /// Signals berth passes on to the contained program.
-const FORWARDED: &[Signal] =
-    &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM];
+const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
 
 /// Run `child` in a forked process and wait for it, forwarding signals sent to berth.
 /// `on_other_child` is told about other children that end (the FUSE server).
@@ -144,7 +180,10 @@ const FORWARDED: &[Signal] =
 /// berth is a child subreaper meanwhile: whatever the program leaves running in the background
 /// is re-parented to berth and killed once the program ends, since the image's FUSE server
 /// stops then and such processes could only fail (nothing is left behind on a node).
-pub fn fork_and_wait(child: impl FnOnce() -> i32, mut on_other_child: impl FnMut(Pid, WaitStatus)) -> Result<Ended> {
+pub fn fork_and_wait(
+    child: impl FnOnce() -> i32,
+    mut on_other_child: impl FnMut(Pid, WaitStatus),
+) -> Result<Ended> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::sys("prctl", "child subreaper", e))?;
     let mut set = SigSet::empty();
     for s in FORWARDED {
@@ -273,7 +312,8 @@ pub fn wait_for_stop(
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
         set.add(s);
     }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| Error::sys("sigprocmask", "", e))?;
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| Error::sys("sigprocmask", "", e))?;
     let sfd = SignalFd::new(&set).map_err(|e| Error::sys("signalfd", "", e))?;
     let timeout = match &idle {
         Some((period, _)) => PollTimeout::try_from(*period).unwrap_or(PollTimeout::MAX),

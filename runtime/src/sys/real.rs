@@ -149,11 +149,20 @@ fn remount_keep_flags(target: &Path, a: Attrs) -> nix::Result<()> {
 }
 
 impl MountOps for RealSys {
-    fn mount(&mut self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-        -> Result<()> {
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
         mount(src, target, fstype, flags, data).map_err(|e| {
             Error::sys(
-                format!("mount {}", src.map(|s| s.display().to_string()).unwrap_or_else(|| format!("{flags:?}"))),
+                format!(
+                    "mount {}",
+                    src.map(|s| s.display().to_string()).unwrap_or_else(|| format!("{flags:?}"))
+                ),
                 target.display(),
                 e,
             )
@@ -192,7 +201,8 @@ impl MountOps for RealSys {
 
     fn write_file(&mut self, path: &Path, data: &[u8]) -> Result<()> {
         std::fs::write(path, data).map_err(|e| io_err("cannot write", path, e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| io_err("cannot chmod", path, e))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io_err("cannot chmod", path, e))
     }
 
     fn read_file(&mut self, path: &Path) -> Option<String> {
@@ -209,12 +219,15 @@ impl MountOps for RealSys {
     }
 
     fn chmod(&mut self, path: &Path, mode: u32) -> Result<()> {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io_err("cannot chmod", path, e))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("cannot chmod", path, e))
     }
 
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<()> {
         match std::os::unix::fs::symlink(target, link) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err("cannot create symlink", link, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(io_err("cannot create symlink", link, e))
+            }
             _ => Ok(()),
         }
     }
@@ -239,7 +252,8 @@ impl MountOps for RealSys {
                 hint: "FUSE must be usable by users (ask your administrator: modprobe fuse; chmod 0666 /dev/fuse)".into(),
             })?;
         let fd = fuse.as_raw_fd();
-        let opts = format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
+        let opts =
+            format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
         self.mount(
             Some(Path::new("squashfuse")),
             at,
@@ -298,14 +312,21 @@ impl MountOps for RealSys {
                 .unwrap_or_default();
             return Err(Error::image(
                 image,
-                format!("{program} could not serve the image{said} ({e}{})", status.map(|s| format!(", {s}")).unwrap_or_default()),
+                format!(
+                    "{program} could not serve the image{said} ({e}{})",
+                    status.map(|s| format!(", {s}")).unwrap_or_default()
+                ),
                 "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
             ));
         }
         Ok(())
     }
 
-    fn finish_inject(&mut self, plan: &crate::inject::InjectPlan, image_root: &Path) -> Result<crate::inject::InjectPlan> {
+    fn finish_inject(
+        &mut self,
+        plan: &crate::inject::InjectPlan,
+        image_root: &Path,
+    ) -> Result<crate::inject::InjectPlan> {
         crate::inject::finish_for_image(plan.clone(), image_root)
     }
 
