@@ -59,7 +59,7 @@ pub struct BindsConfig {
     pub site: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
     /// Host variables never passed into the container even without `--cleanenv`.
@@ -104,11 +104,6 @@ impl Default for BindsConfig {
     }
 }
 
-impl Default for EnvConfig {
-    fn default() -> Self {
-        EnvConfig { block: vec![], keep: vec![] }
-    }
-}
 
 impl Default for PrivilegedConfig {
     fn default() -> Self {
