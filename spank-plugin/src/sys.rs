@@ -1,9 +1,7 @@
 //! Every `unsafe` of the plugin lives here: the bindgen'd SPANK API, Slurm's logging, the
-//! process work done in a forked child (credentials, fds) and `setns`.
+//! process work done in a forked child (credentials, fds).
 //!
 //! The rest of the crate sees safe wrappers that take and return Rust strings.
-
-#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
@@ -396,18 +394,3 @@ pub fn try_reap(pid: i32) -> Option<i32> {
         _ => Some(-1), // ECHILD: reaped elsewhere (slurmstepd) or not ours
     }
 }
-
-/// Enter the namespace `path` (`/proc/PID/ns/user` or `.../mnt`) of type `nstype`.
-/// The task process is single-threaded, as setns(CLONE_NEWUSER) requires.
-pub fn setns(path: &std::path::Path, nstype: c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path)?;
-    // SAFETY: f is an open namespace file; setns does not touch our memory.
-    if unsafe { libc::setns(f.as_raw_fd(), nstype) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub const CLONE_NEWUSER: c_int = libc::CLONE_NEWUSER;
-pub const CLONE_NEWNS: c_int = libc::CLONE_NEWNS;

@@ -61,50 +61,35 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> Error {
     Error::io(what, p, e)
 }
 
-// Constants of mount_setattr(2) (linux/mount.h), not yet in the libc crate for all targets.
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// mount_setattr(2): sets attributes on a whole subtree in one call, leaving locked flags
 /// alone. Returns ENOSYS on kernels before 5.12.
 fn mount_setattr(target: &Path, recursive: bool, a: Attrs) -> nix::Result<()> {
     let mut set = 0;
     if a.readonly {
-        set |= MOUNT_ATTR_RDONLY;
+        set |= libc::MOUNT_ATTR_RDONLY;
     }
     if a.nosuid {
-        set |= MOUNT_ATTR_NOSUID;
+        set |= libc::MOUNT_ATTR_NOSUID;
     }
     if a.nodev {
-        set |= MOUNT_ATTR_NODEV;
+        set |= libc::MOUNT_ATTR_NODEV;
     }
     if a.noexec {
-        set |= MOUNT_ATTR_NOEXEC;
+        set |= libc::MOUNT_ATTR_NOEXEC;
     }
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = libc::mount_attr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
     let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| nix::Error::EINVAL)?;
-    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    let flags = if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated path and `attr` a properly laid out mount_attr
-    // that outlives the call; the kernel reads exactly `size_of::<MountAttr>()` bytes.
+    // that outlives the call; the kernel reads exactly `size_of::<libc::mount_attr>()` bytes.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             c.as_ptr(),
             flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         )
     };
     if r == 0 {
