@@ -11,11 +11,12 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use berth_runtime::config::Config;
-use berth_runtime::container;
 use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::holder::{self, Spec};
 use berth_runtime::inject::{self, MpiMode};
 use berth_runtime::plan::{self, HostFacts};
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
+use berth_runtime::session;
 use berth_runtime::sys::process;
 use clap::{Args, Parser, Subcommand};
 
@@ -150,8 +151,12 @@ struct HolderArgs {
     #[command(flatten)]
     opts: ContainerOpts,
     /// Name joiners use (letters, digits, . _ - + @)
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "spec_stdin")]
+    name: Option<String>,
+    /// Read the whole holder spec (name, request, user, program to read ahead) as JSON on
+    /// stdin instead of from the command line: how the Slurm plugin starts holders
+    #[arg(long, hide = true, conflicts_with_all = ["name", "image", "user", "warm"])]
+    spec_stdin: bool,
     /// Write "ready" to this descriptor once joiners may come (default: stdout)
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
@@ -164,7 +169,8 @@ struct HolderArgs {
     /// the ranks of a node do not each page it out of the compressed image
     #[arg(long, value_name = "PROGRAM")]
     warm: Option<String>,
-    image: PathBuf,
+    #[arg(required_unless_present = "spec_stdin")]
+    image: Option<PathBuf>,
 }
 
 fn main() {
@@ -236,13 +242,19 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Inspect(a) => inspect::run(&cfg, a),
         Cmd::Holder(a) => {
-            let premounted = match a.user {
-                Some(uid) => root_holder_setup(&cfg, uid, &a.image)?,
-                None => None,
+            let spec = if a.spec_stdin {
+                holder::decode_spec(std::io::stdin().lock())?
+            } else {
+                Spec {
+                    name: a.name.unwrap_or_default(),
+                    request: make_request(&a.opts, a.image.unwrap_or_default(), Action::Shell)?,
+                    warm: a.warm,
+                    user: a.user,
+                }
             };
-            let (req, plan) = make_plan_premounted(&cfg, &a.opts, a.image, Action::Shell, premounted)?;
+            let prepared = session::prepare_holder(&cfg, &spec)?;
             if a.opts.dry_run {
-                return print_plan(&plan, a.opts.json);
+                return print_plan(&prepared.plan, a.opts.json);
             }
             let ready = match a.ready_fd {
                 // SAFETY: the caller handed us this descriptor number for our exclusive use.
@@ -254,17 +266,10 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     })
                 }),
             };
-            container::hold(
-                &plan,
-                req.cleanenv,
-                &a.name,
-                ready,
-                container::Lifetime::UntilStopped,
-                a.warm.as_deref(),
-            )
+            session::hold(&prepared, &spec, ready)
         }
         Cmd::Stop { name } => {
-            container::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
+            holder::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
@@ -296,67 +301,6 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     Ok(req)
 }
 
-fn make_plan(
-    cfg: &Config,
-    opts: &ContainerOpts,
-    image: PathBuf,
-    action: Action,
-) -> Result<(Request, plan::Plan), Error> {
-    make_plan_premounted(cfg, opts, image, action, None)
-}
-
-/// The root part of `berth holder --user UID`, before anything the user controls is used: with
-/// mount_mode = "privileged", mount the (vetted) image with the kernel driver in a private
-/// mount namespace; then become the user for good. Returns the image and where it is mounted.
-fn root_holder_setup(
-    cfg: &Config,
-    uid: u32,
-    image: &std::path::Path,
-) -> Result<Option<(berth_runtime::image::Image, PathBuf)>, Error> {
-    use berth_runtime::privileged;
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::request(
-            "berth holder --user",
-            "is for a root context (the scheduler's)",
-            "run `berth holder` without --user as yourself",
-        ));
-    }
-    let target = privileged::Target::lookup(uid)?;
-    let mounted = if cfg.mount_mode == berth_runtime::config::MountMode::Privileged {
-        let (file, canonical) = privileged::open_allowed(&cfg.privileged, image)?;
-        let img = berth_runtime::image::open(&canonical)?;
-        let at = privileged::mount_image(&img, &file)?;
-        Some((img, at))
-    } else {
-        None
-    };
-    privileged::become_user(&target)?;
-    Ok(mounted)
-}
-
-/// The plan, for an image that root may already have mounted at a directory (privileged mode).
-fn make_plan_premounted(
-    cfg: &Config,
-    opts: &ContainerOpts,
-    image: PathBuf,
-    action: Action,
-    premounted: Option<(berth_runtime::image::Image, PathBuf)>,
-) -> Result<(Request, plan::Plan), Error> {
-    let req = make_request(opts, image, action)?;
-    let img = match premounted {
-        // The user's container binds root's read-only, nosuid, nodev mount of the image.
-        Some((mut img, at)) => {
-            img.root = berth_runtime::image::RootFs::Directory { path: at };
-            img
-        }
-        None => berth_runtime::image::open(&req.image)?,
-    };
-    let host = HostFacts::probe()?;
-    let injected = inject::discover_for_request(cfg, &req)?;
-    let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;
-    Ok((req, plan))
-}
-
 fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {
     if json {
         println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
@@ -367,169 +311,11 @@ fn print_plan(plan: &plan::Plan, json: bool) -> Result<i32, Error> {
 }
 
 fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<i32, Error> {
-    if !opts.dry_run && !opts.no_share && !matches!(action, Action::Shell) {
-        if let Some(launcher) = mpi_launcher() {
-            return start_shared_rank(cfg, opts, image, action, launcher);
-        }
-    }
-    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
-    let warm = !opts.dry_run
-        && cfg.keep_warm_seconds > 0
-        && !opts.no_share
-        && !opts.writable_tmpfs
-        && !matches!(action, Action::Shell);
-    if warm {
-        return start_warm(cfg, opts, image, action);
-    }
-    let (_, plan) = make_plan(cfg, opts, image, action)?;
+    let req = make_request(opts, image, action)?;
     if opts.dry_run {
-        return print_plan(&plan, opts.json);
+        return print_plan(&session::prepare(cfg, req)?.plan, opts.json);
     }
-    let ended = container::run(&plan)?;
-    process::exit_like(ended)
-}
-
-/// Run in a container kept warm: the previous identical run's if it is still mounted (same
-/// image file, options, directory, site configuration and host libraries), else a new one
-/// that stays `keep_warm_seconds` after its last process ends. The result is the same as a
-/// fresh container's: the program runs as our child, its leftovers are killed when it ends.
-fn start_warm(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<i32, Error> {
-    use std::hash::{Hash, Hasher};
-    use std::os::unix::fs::MetadataExt;
-    let req = make_request(opts, image, action.clone())?;
-    let img = berth_runtime::image::open(&req.image)?;
-    let host = HostFacts::probe()?;
-    let image = img.path.clone();
-    let stat = |p: &std::path::Path| {
-        std::fs::metadata(p).map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())).ok()
-    };
-    let identity = stat(&image)
-        .ok_or_else(|| Error::image_io(&image, "cannot open the image", std::io::Error::last_os_error()))?;
-    // The key: the plan before host library discovery (the costly part, done only when the
-    // container is created) minus what each run brings itself (its host variables, its
-    // command), and everything discovery reads: the site configuration, the host's library
-    // cache, the GPU variables.
-    let mut key = plan::plan(&req, &img, cfg, &host, None)?;
-    key.env.host.clear();
-    key.action = Action::Shell;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&key).unwrap_or_default().hash(&mut h);
-    toml::to_string(cfg).unwrap_or_default().hash(&mut h);
-    stat(&cfg.inject.host_root.join("etc/ld.so.cache")).hash(&mut h);
-    for var in ["SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"] {
-        std::env::var_os(var).hash(&mut h);
-    }
-    // What the plan before discovery does not show: the injection asked for, --cleanenv.
-    format!("{:?} {:?}", req.mpi, req.nvidia).hash(&mut h);
-    (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
-    let name = format!("warm-{:016x}", h.finish());
-    let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
-    let make_plan = || {
-        let injected = inject::discover_for_request(cfg, &req)?;
-        Ok((plan::plan(&req, &img, cfg, &host, injected.as_ref())?, req.cleanenv))
-    };
-    let shared = berth_runtime::shared::join_or_create(
-        cfg,
-        host.user.uid,
-        &name,
-        &image,
-        make_plan,
-        container::Lifetime::UntilIdle(keep),
-    )?;
-    let argv = argv_in_joined(action)?;
-    let env = shared.joined.env(cfg, &host);
-    let workdir = shared.joined.workdir(host.cwd.as_deref())?;
-    let ended = process::fork_and_wait(
-        || {
-            let e = match nix::unistd::chdir(&workdir) {
-                Err(e) => Error::sys("chdir", workdir.display(), e),
-                Ok(()) => match process::harden_before_exec() {
-                    Err(e) => e,
-                    Ok(()) => process::exec(&argv, env.vars()),
-                },
-            };
-            eprintln!("berth: {e}");
-            e.exit_code()
-        },
-        |_, _| {},
-    )?;
-    process::exit_like(ended)
-}
-
-/// The command an action runs in a container this process joined (cwd `/` of it).
-fn argv_in_joined(action: Action) -> Result<Vec<String>, Error> {
-    Ok(match action {
-        Action::Exec(argv) => argv,
-        Action::Run(args) if std::path::Path::new("/.singularity.d/runscript").exists() => {
-            let mut v = vec!["/bin/sh".to_string(), "/.singularity.d/runscript".to_string()];
-            v.extend(args);
-            v
-        }
-        Action::Run(_) => {
-            return Err(Error::request(
-                "berth run",
-                "the image has no runscript",
-                "use `berth exec IMAGE COMMAND`",
-            ))
-        }
-        Action::Shell => vec!["/bin/sh".into()],
-    })
-}
-
-/// The process that started this MPI rank (mpirun or orted, hydra's proxy, slurmstepd), if
-/// this is one. Ranks it starts on this node share one container: one user namespace per rank
-/// would break shared-memory transports between them (CMA, UCX; apptainer#769).
-fn mpi_launcher() -> Option<i32> {
-    // Open MPI's orted (OMPI_COMM_WORLD_RANK), PMIx launchers (PMIX_RANK), MPICH's hydra
-    // (PMI_RANK). Sharing matters beyond speed: UCX's shared memory opens /proc/PID/fd of the
-    // peer rank, which fails between two separate user namespaces.
-    const RANK_VARS: &[&str] = &["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
-    RANK_VARS.iter().any(|v| std::env::var_os(v).is_some()).then(|| nix::unistd::getppid().as_raw())
-}
-
-/// Join (or create, for the first rank) the container shared by the ranks of `launcher` that
-/// asked for the same image and options; it ends with the launcher.
-fn start_shared_rank(
-    cfg: &Config,
-    opts: &ContainerOpts,
-    image: PathBuf,
-    action: Action,
-    launcher: i32,
-) -> Result<i32, Error> {
-    use std::hash::{Hash, Hasher};
-    let abs_image =
-        std::fs::canonicalize(&image).map_err(|e| Error::image_io(&image, "cannot open the image", e))?;
-    let started = std::fs::read_to_string(format!("/proc/{launcher}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(19).map(str::to_string)))
-        .unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        &abs_image,
-        &opts.bind,
-        &opts.env,
-        opts.cleanenv,
-        &opts.workdir,
-        opts.no_home,
-        opts.writable_tmpfs,
-        opts.nv,
-    )
-        .hash(&mut h);
-    format!("{:?}", opts.mpi).hash(&mut h);
-    let name = format!("mpi-{launcher}-{started}-{:016x}", h.finish());
-    let host = HostFacts::probe()?;
-    let make_plan =
-        || make_plan(cfg, opts, abs_image.clone(), action.clone()).map(|(req, plan)| (plan, req.cleanenv));
-    let shared = berth_runtime::shared::join_or_create(
-        cfg,
-        host.user.uid,
-        &name,
-        &abs_image,
-        make_plan,
-        container::Lifetime::WhileRunning(launcher),
-    )?;
-    let argv = argv_in_joined(action)?;
-    exec_in_joined(cfg, &host, &shared.joined, &argv)
+    process::exit_like(session::run(cfg, req, !opts.no_share)?)
 }
 
 fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error> {
@@ -540,23 +326,9 @@ fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error
             "usage: berth exec --join NAME COMMAND [ARGS...]",
         ));
     }
+    // Read before joining: inside, the current directory is the container's root.
     let host = HostFacts::probe()?;
-    let joined = container::join_in_process(cfg, host.user.uid, name)?;
-    exec_in_joined(cfg, &host, &joined, &argv)
-}
-
-/// In a joined container: the task's environment and working directory, then exec.
-fn exec_in_joined(
-    cfg: &Config,
-    host: &HostFacts,
-    joined: &container::Joined,
-    argv: &[String],
-) -> Result<i32, Error> {
-    let env = joined.env(cfg, host);
-    let workdir = joined.workdir(host.cwd.as_deref())?;
-    nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
-    process::harden_before_exec()?;
-    Err(process::exec(argv, env.vars()))
+    Err(session::join(cfg, name)?.exec(cfg, &host, &argv))
 }
 
 fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {

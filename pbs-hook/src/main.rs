@@ -5,7 +5,7 @@
 //! - as `$job_starter` (default mode): `berth-pbs /bin/bash` with the job script's path on
 //!   stdin (the batch shell), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
 //!   spawned through TM: pbsdsh, orted). With `CONTAINER` in the job's environment both run in
-//!   one container per node per job (see `berth_runtime::shared`); without it the command is
+//!   one container per node per job (see `berth_runtime::holder`); without it the command is
 //!   executed unchanged.
 //! - as `prologue`/`epilogue` (and `.parallel`), by name (symlinks in `mom_priv`) or as
 //!   `berth-pbs prologue ARGS...`: check the image before the job runs; stop the job's
@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 
 use berth_runtime::config::Config;
 use berth_runtime::error::{Error, EXIT_BERTH_ERROR};
+use berth_runtime::holder::{self, Lifetime};
 use berth_runtime::image::{self, FsType, Image, RootFs};
-use berth_runtime::plan::{self, HostFacts};
+use berth_runtime::plan::HostFacts;
 use berth_runtime::request::{Action, BindSpec, Request};
-use berth_runtime::sys::process;
-use berth_runtime::{container, shared};
+use berth_runtime::session;
 
 const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
        berth-pbs prologue|epilogue[.parallel] JOBID USER GROUP ...   (or installed under those names)
@@ -303,7 +303,7 @@ fn run_in_container(
     let (cfg, _) = Config::load()?;
     let host = HostFacts::probe()?;
     let name = holder_name(jobid);
-    let make_plan = || {
+    let make = || {
         let img = check_image(image)?;
         let mut req = Request::new(image.to_path_buf(), Action::Shell);
         let bind =
@@ -337,22 +337,9 @@ fn run_in_container(
         req.cleanenv = opts.cleanenv;
         req.mount_home = !opts.no_home;
         req.writable_tmpfs = opts.writable_tmpfs;
-        let injected = berth_runtime::inject::discover_for_request(&cfg, &req)?;
-        let p = plan::plan(&req, &img, &cfg, &host, injected.as_ref())?;
-        Ok((p, req.cleanenv))
+        session::prepare_opened(&cfg, req, img)
     };
-    let shared = shared::join_or_create(
-        &cfg,
-        host.user.uid,
-        &name,
-        image,
-        make_plan,
-        berth_runtime::container::Lifetime::UntilStopped,
-    )?;
-    let joined = shared.joined;
-    let env = joined.env(&cfg, &host);
-    let workdir = joined.workdir(host.cwd.as_deref())?;
-    nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))?;
+    let joined = session::join_or_create(&cfg, &name, image, make, Lifetime::UntilStopped)?;
     let argv: Vec<String> = match script {
         Some(s) => {
             let mut shell = argv[0].clone();
@@ -367,8 +354,7 @@ fn run_in_container(
         }
         None => argv.to_vec(),
     };
-    process::harden_before_exec()?;
-    Err(process::exec(&argv, env.vars()))
+    Err(joined.exec(&cfg, &host, &argv))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -469,14 +455,14 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             }
         };
         let uid = nix::unistd::getuid().as_raw();
-        if let Ok(st) = container::find_holder(&cfg, uid, &name) {
-            if let Err(e) = container::stop(&cfg, uid, &name, std::time::Duration::from_secs(5)) {
+        if let Ok(st) = holder::find(&cfg, uid, &name) {
+            if let Err(e) = holder::stop(&cfg, uid, &name, std::time::Duration::from_secs(5)) {
                 eprintln!("berth-pbs {which}: job {jobid}: {e}");
             }
             // Whatever still lives in the container's mount namespace (the FUSE server of a
             // holder that had to be killed) goes too.
             for _ in 0..50 {
-                let left = container::members(&st);
+                let left = holder::members(&st);
                 if left.is_empty() {
                     break;
                 }
@@ -489,7 +475,7 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
-        shared::remove_leftovers(&cfg, uid, &name);
+        holder::remove_leftovers(&cfg, uid, &name);
         true
     });
     if let Err(e) = r {
@@ -592,7 +578,7 @@ mod tests {
     fn holder_names() {
         assert_eq!(holder_name("12.server.example"), "pbs-12.server.example");
         assert_eq!(holder_name("12[3].srv"), "pbs-12_3_.srv");
-        assert!(container::valid_holder_name(&holder_name("a/b c;d")));
+        assert!(holder::valid_name(&holder_name("a/b c;d")));
     }
 
     #[test]

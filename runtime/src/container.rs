@@ -6,16 +6,15 @@
 //! of one step share namespaces (and so shared memory transports between MPI ranks work).
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::env::{compose, Env};
 use crate::error::{Error, Result};
+use crate::holder::HolderState;
 use crate::metadata::{self, Metadata};
-use crate::plan::{EnvPlan, HostFacts, Plan};
+use crate::plan::{HostFacts, Plan};
 use crate::request::Action;
 use crate::sys::process::{self, Ended};
 use crate::sys::real::{FuseServer, RealSys};
@@ -141,17 +140,7 @@ pub fn run(plan: &Plan) -> Result<Ended> {
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
     let ended = process::fork_and_wait(
         || {
-            if let Err(e) =
-                nix::unistd::chdir(&workdir).map_err(|e| Error::sys("chdir", workdir.display(), e))
-            {
-                eprintln!("berth: {e}");
-                return crate::error::EXIT_BERTH_ERROR;
-            }
-            if let Err(e) = process::harden_before_exec() {
-                eprintln!("berth: {e}");
-                return crate::error::EXIT_BERTH_ERROR;
-            }
-            let e = process::exec(&argv, &env);
+            let e = process::chdir_harden_exec(&workdir, &argv, &env);
             eprintln!("berth: {e}");
             e.exit_code()
         },
@@ -165,183 +154,6 @@ pub fn run(plan: &Plan) -> Result<Ended> {
         f.stop();
     }
     ended
-}
-
-/// What a holder records so joiners can find and verify it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HolderState {
-    pub name: String,
-    pub pid: i32,
-    /// Process start time (clock ticks since boot), guards against pid reuse.
-    pub start_time: u64,
-    pub user_ns: u64,
-    pub mnt_ns: u64,
-    pub image: PathBuf,
-    pub env: EnvPlan,
-    pub cleanenv: bool,
-    pub workdir: Vec<PathBuf>,
-    pub workdir_required: bool,
-}
-
-pub fn valid_holder_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
-}
-
-pub fn holders_dir(cfg: &Config, uid: u32) -> PathBuf {
-    cfg.state_dir_for(uid).join("holders")
-}
-
-fn check_name(name: &str) -> Result<()> {
-    if valid_holder_name(name) {
-        Ok(())
-    } else {
-        Err(Error::request(
-            format!("container name {name:?}"),
-            "may hold only letters, digits and . _ - + @, and must not start with '.'",
-            "",
-        ))
-    }
-}
-
-fn proc_start_time(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22; the command name (field 2) may contain spaces, so count from its closing ')'.
-    // A zombie (state Z) has ended already: it only waits for its parent to reap it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-}
-
-/// How long a holder keeps its container (besides until SIGTERM/SIGINT/SIGHUP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifetime {
-    /// Until `berth stop` or the scheduler's epilogue.
-    UntilStopped,
-    /// Until process `pid` ends: the MPI launcher whose ranks share the container.
-    WhileRunning(i32),
-    /// Until no process has been inside for this long: kept warm for the next identical run.
-    UntilIdle(std::time::Duration),
-}
-
-/// Set up the container and keep it for its `lifetime`, so others can join it.
-/// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
-/// `warm`: the program the first tasks will run, read ahead (see [`warm_in_background`]).
-pub fn hold(
-    plan: &Plan,
-    cleanenv: bool,
-    name: &str,
-    ready: Option<OwnedFd>,
-    lifetime: Lifetime,
-    warm: Option<&str>,
-) -> Result<i32> {
-    let watch = match lifetime {
-        Lifetime::WhileRunning(pid) => Some(process::pidfd(pid)?),
-        _ => None,
-    };
-    check_name(name)?;
-    ensure_state_dir(&plan.state_dir, plan.user.uid)?;
-    let dir = plan.state_dir.join("holders");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
-    if let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}.json"))) {
-        if let Ok(old) = serde_json::from_str::<HolderState>(&text) {
-            if proc_start_time(&old.pid.to_string()) == Some(old.start_time) {
-                return Err(Error::request(
-                    format!("container {name}"),
-                    format!("already running (holder pid {})", old.pid),
-                    format!(
-                        "join it with `berth exec --join {name} ...` or stop it with `berth stop {name}`"
-                    ),
-                ));
-            }
-        }
-    }
-    // Kept open across pivot_root: the state file is written once the container is complete.
-    let dirfd = std::fs::File::open(&dir).map_err(|e| Error::io("cannot open", &dir, e))?;
-    let mut entered = enter(plan)?;
-    let state = HolderState {
-        name: name.to_string(),
-        pid: std::process::id() as i32,
-        start_time: proc_start_time("self").unwrap_or(0),
-        user_ns: ns_inode("self", "user").unwrap_or(0),
-        mnt_ns: ns_inode("self", "mnt").unwrap_or(0),
-        image: plan.image.path.clone(),
-        env: plan.env.clone(),
-        cleanenv,
-        workdir: plan.workdir.clone(),
-        workdir_required: plan.workdir_required,
-    };
-    let state_path = format!("/proc/self/fd/{}/{name}.json", dirfd.as_raw_fd());
-    let tmp_path = format!("/proc/self/fd/{}/.{name}.json.tmp", dirfd.as_raw_fd());
-    std::fs::write(&tmp_path, serde_json::to_vec_pretty(&state).unwrap_or_default())
-        .and_then(|_| std::fs::rename(&tmp_path, &state_path))
-        .map_err(|e| Error::io("cannot record container", &dir.join(format!("{name}.json")), e))?;
-    if let Some(program) = warm {
-        warm_in_background(program, &entered.env, &entered.workdir);
-    }
-    if let Some(fd) = ready {
-        let mut f = std::fs::File::from(fd);
-        let _ = f.write_all(b"ready\n");
-    }
-    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
-    // Kept from the moment the holder decides it is idle until its record is gone, so that
-    // no joiner can find the record of a container that is going away.
-    let lock_path = format!("/proc/self/fd/{}/.{name}.lock", dirfd.as_raw_fd());
-    let mut closing_lock = None;
-    let mut idle_since: Option<std::time::Instant> = None;
-    let mut no_longer_needed = || {
-        let Lifetime::UntilIdle(keep) = lifetime else { return false };
-        if !members(&state).is_empty() {
-            idle_since = None;
-            return false;
-        }
-        if idle_since.get_or_insert_with(std::time::Instant::now).elapsed() < keep {
-            return false;
-        }
-        // Joiners enter while holding this lock: once we hold it and nobody is inside, nobody
-        // is about to be.
-        match crate::shared::try_lock(Path::new(&lock_path)) {
-            Some(lock) if members(&state).is_empty() => {
-                closing_lock = Some(lock);
-                true
-            }
-            _ => false,
-        }
-    };
-    let period = match lifetime {
-        Lifetime::UntilIdle(keep) => {
-            Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)))
-        }
-        _ => None,
-    };
-    let stopped = process::wait_for_stop(
-        |pid, _| Some(pid.as_raw()) == fuse_pid,
-        watch,
-        period.map(|p| (p, &mut no_longer_needed as &mut dyn FnMut() -> bool)),
-    );
-    let _ = std::fs::remove_file(&state_path);
-    // The lock file of a holder that is not the scheduler's goes with it (the epilogue
-    // removes those): waiting joiners notice it was replaced and start a new holder, and after
-    // an MPI launcher ended no rank of it comes again.
-    if lifetime != Lifetime::UntilStopped {
-        let _ = std::fs::remove_file(&lock_path);
-    }
-    drop(closing_lock);
-    if let Some(f) = entered.fuse.take() {
-        f.stop();
-    }
-    match stopped? {
-        Some(_) => Ok(0),
-        None => Err(Error::image(&plan.image.path, "the FUSE server ended while the container was held", "")),
-    }
 }
 
 /// The most of a program [`warm_in_background`] reads: the start of very large binaries only,
@@ -371,26 +183,6 @@ fn find_program(program: &str, path: Option<&str>, workdir: &Path) -> Option<Pat
     process::path_candidates(program, path).into_iter().map(|c| workdir.join(c)).find(|p| p.is_file())
 }
 
-/// Read and verify the state of holder `name`.
-pub fn find_holder(cfg: &Config, uid: u32, name: &str) -> Result<HolderState> {
-    check_name(name)?;
-    let path = holders_dir(cfg, uid).join(format!("{name}.json"));
-    let gone = || {
-        Error::request(
-            format!("container {name}"),
-            "is not running on this node",
-            "start it with `berth holder --name NAME IMAGE` (the Slurm and PBS plugins do this per job step)",
-        )
-    };
-    let text = std::fs::read_to_string(&path).map_err(|_| gone())?;
-    let st: HolderState = serde_json::from_str(&text).map_err(|_| gone())?;
-    if proc_start_time(&st.pid.to_string()) != Some(st.start_time) {
-        let _ = std::fs::remove_file(&path);
-        return Err(gone());
-    }
-    Ok(st)
-}
-
 /// A process that joined a held container (cwd `/` of the container).
 pub struct Joined {
     pub state: HolderState,
@@ -400,7 +192,7 @@ pub struct Joined {
 /// Join holder `name` in this process (must be single-threaded). Used by `berth exec --join`
 /// and by the Slurm plugin in each task.
 pub fn join_in_process(cfg: &Config, uid: u32, name: &str) -> Result<Joined> {
-    let state = find_holder(cfg, uid, name)?;
+    let state = crate::holder::find(cfg, uid, name)?;
     process::join_namespaces(state.pid, state.user_ns, state.mnt_ns)?;
     let meta = Metadata { env_files: metadata::read_env_files(Path::new("/")), ..Metadata::default() };
     Ok(Joined { meta, state })
@@ -437,47 +229,6 @@ impl Joined {
         }
         choose_workdir(&cands, self.state.workdir_required)
     }
-}
-
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Processes inside the container's mount namespace other than the holder and the FUSE
-/// server it owns.
-pub fn members(st: &HolderState) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != st.pid && ns_inode(&pid.to_string(), "mnt") == Some(st.mnt_ns))
-        .filter(|&pid| parent_pid(pid) != Some(st.pid))
-        .collect()
-}
-
-/// Stop holder `name`: its remaining member processes first (they would only fail once the
-/// image is unmounted), then the holder with SIGTERM, SIGKILL after `grace`.
-pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> Result<()> {
-    let st = find_holder(cfg, uid, name)?;
-    for pid in members(&st) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    let pid = nix::unistd::Pid::from_raw(st.pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let t0 = std::time::Instant::now();
-    while proc_start_time(&st.pid.to_string()) == Some(st.start_time) {
-        if t0.elapsed() > grace {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if t0.elapsed() > grace * 2 {
-            break;
-        }
-    }
-    let _ = std::fs::remove_file(holders_dir(cfg, uid).join(format!("{name}.json")));
-    Ok(())
 }
 
 /// Read an image's metadata without starting anything in it: a short-lived child mounts the

@@ -2,12 +2,12 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// One bind: host `src` appears at `dst` in the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindSpec {
     pub src: PathBuf,
     pub dst: PathBuf,
@@ -68,7 +68,7 @@ pub fn check_container_path(p: &Path) -> std::result::Result<(), String> {
 }
 
 /// What to run once inside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "args")]
 pub enum Action {
     /// `berth exec IMG CMD ARGS...`
@@ -80,7 +80,7 @@ pub enum Action {
 }
 
 /// A container request from any frontend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub image: PathBuf,
     pub action: Action,

@@ -1,12 +1,16 @@
-//! Start, join and stop the per-node, per-step `berth holder`.
+//! Start and stop the per-node, per-step `berth holder` from slurmstepd. slurmstepd has
+//! threads and runs as root, so it cannot fork a holder that sets the container up itself: it
+//! execs `berth holder` with the holder's spec on stdin (the protocol is `berth_runtime::holder`'s).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::settings::{holder_args, HolderSpec};
+use berth_runtime::holder::{self as protocol, Ready, Spec};
+use berth_runtime::sys::proc;
+
 use crate::sys;
 
 pub use crate::sys::Creds;
@@ -36,9 +40,10 @@ pub struct Launch<'a> {
     pub as_root: bool,
 }
 
-/// Start `berth holder` as the job's user and wait for its "ready" line.
-/// Errors are one message for people (the holder's own stderr line when it has one).
-pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
+/// Start `berth holder` as the job's user (or as root, `launch.as_root`, which then becomes
+/// the user itself) and wait for its ready line. Errors are one message for people (the
+/// holder's own stderr line when it has one).
+pub fn start(spec: &Spec, launch: Launch) -> Result<Running, String> {
     let berth = launch.berth;
     if !berth.is_file() {
         return Err(format!(
@@ -48,19 +53,23 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
     }
     let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let errfile = sys::memfd("berth-holder-stderr").map_err(|e| format!("memfd: {e}"))?;
+    // The spec on stdin, from a file: the holder reads it whenever it starts, nobody waits.
+    let mut spec_file = sys::memfd("berth-holder-spec").map_err(|e| format!("memfd: {e}"))?;
+    let mut spec = spec.clone();
+    spec.user = launch.as_root.then_some(launch.creds.uid);
+    spec_file
+        .write_all(protocol::encode_spec(&spec).as_bytes())
+        .and_then(|_| spec_file.seek(SeekFrom::Start(0)).map(drop))
+        .map_err(|e| format!("memfd: {e}"))?;
     let mut cmd = Command::new(berth);
-    let mut args = holder_args(spec);
-    if launch.as_root {
-        args.insert(1, format!("--user={}", launch.creds.uid));
-    }
-    cmd.args(args)
+    cmd.args(protocol::command_args())
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         // std changes directory in the child before `run_as` changes credentials, so with the
         // euid slurmstepd has in user_init: the user's own permissions apply.
         .current_dir(launch.workdir.unwrap_or(Path::new("/")))
-        .stdin(Stdio::null())
+        .stdin(spec_file)
         .stdout(Stdio::null())
         .stderr(errfile.try_clone().map_err(|e| format!("memfd: {e}"))?);
     if let Some(c) = launch.config {
@@ -74,39 +83,26 @@ pub fn start(spec: &HolderSpec, launch: Launch) -> Result<Running, String> {
     // slurm_spank_exit reaps the holder by pid.
     drop(child);
 
-    let mut ready = std::fs::File::from(ready_r);
-    let deadline = Instant::now() + launch.timeout;
-    let mut got = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    match protocol::wait_ready(&std::fs::File::from(ready_r), Some(launch.timeout)) {
+        Ready::Ready => {
+            return Ok(Running {
+                pid,
+                start_time: proc::start_time(pid),
+                name: spec.name.clone(),
+                uid: launch.creds.uid,
+            })
+        }
+        Ready::TimedOut => {
             sys::kill(pid, libc::SIGKILL);
             wait_gone(pid, Duration::from_secs(2));
             return Err(format!(
                 "the container for {} was not ready after {}s{}",
-                spec.image.display(),
+                spec.request.image.display(),
                 launch.timeout.as_secs(),
                 stderr_tail(&errfile).map(|m| format!(": {m}")).unwrap_or_default()
             ));
         }
-        if !sys::poll_readable(ready.as_raw_fd(), left.as_millis().min(i32::MAX as u128) as i32) {
-            continue;
-        }
-        let mut buf = [0u8; 64];
-        match ready.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                if got.starts_with(b"ready\n") {
-                    return Ok(Running {
-                        pid,
-                        start_time: start_time(pid),
-                        name: spec.name.clone(),
-                        uid: launch.creds.uid,
-                    });
-                }
-            }
-        }
+        Ready::Ended(_) => {}
     }
     // EOF without "ready": the holder failed.
     let status = wait_gone(pid, Duration::from_secs(5));
@@ -145,37 +141,32 @@ fn wait_gone(pid: i32, timeout: Duration) -> Option<i32> {
     }
 }
 
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces: fields after the last ')' start at field 3.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Stop the holder: SIGTERM, then SIGKILL after `grace`; reap it; remove its state file if
 /// it left one. Runs in slurmstepd (root) in `slurm_spank_exit`.
 pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
-    if start_time(h.pid).is_some() && start_time(h.pid) == h.start_time {
+    let running = || h.start_time.is_some() && proc::start_time(h.pid) == h.start_time;
+    if running() {
         sys::kill(h.pid, libc::SIGTERM);
         let deadline = Instant::now() + grace;
         // The holder exits within a few milliseconds of SIGTERM; poll finely, since every
-        // step's end waits on this.
-        while start_time(h.pid) == h.start_time && Instant::now() < deadline {
-            if sys::try_reap(h.pid).is_some() {
-                break;
-            }
+        // step's end waits on this. An exited, unreaped holder counts as gone.
+        while running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if start_time(h.pid) == h.start_time && sys::try_reap(h.pid).is_none() {
+        if running() {
             sys::kill(h.pid, libc::SIGKILL);
-            wait_gone(h.pid, Duration::from_secs(2));
         }
+        wait_gone(h.pid, Duration::from_secs(2));
+    } else if h.start_time.is_some() {
+        // Ended before we asked (a zombie counts as gone): reap it if it is still ours.
+        let _ = sys::try_reap(h.pid);
     }
     if let Some(f) = state_file {
         let _ = std::fs::remove_file(f);
     }
 }
 
-/// Where the holder keeps its state (`<state_dir>/holders/NAME.json`).
-pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> PathBuf {
-    cfg.state_dir_for(uid).join("holders").join(format!("{name}.json"))
+/// Where the holder keeps its state.
+pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> std::path::PathBuf {
+    protocol::record_path(cfg, uid, name)
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::holder::{self, Creds, Launch, Running};
-use crate::settings::{self, BatchMode, HolderSpec, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
+use crate::settings::{self, BatchMode, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
 use crate::sys::{self, Context, Level, Spank};
 
 /// Where the client keeps the chosen image for the step; it travels to slurmstepd in the job
@@ -215,16 +215,13 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     binds.extend(st.site.binds.iter().cloned());
     binds.extend(st.opts.mounts.iter().cloned());
 
-    let spec = HolderSpec {
+    let spec = berth_runtime::holder::Spec {
         name: settings::holder_name(job, step),
-        image: image.to_path_buf(),
-        binds,
-        env: st.opts.env.clone(),
-        workdir: st.opts.workdir.clone(),
-        writable: st.opts.writable.unwrap_or(false),
-        mount_home: st.opts.mount_home.unwrap_or(true),
+        request: settings::holder_request(image, &binds, &st.opts)?,
         // Not for the batch step: its "program" is the script, which is read once anyway.
-        warm: (step != BATCH_STEP).then(|| sp.job_argv0()).flatten(),
+        warm: (step != BATCH_STEP).then(|| sp.job_argv0()).flatten().filter(|p| !p.is_empty()),
+        // Set by holder::start when the holder starts as root.
+        user: None,
     };
     let env = ["HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "SLURM_JOB_ID", "SLURM_STEP_ID"]
         .iter()

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
+
 /// Where the batch script runs when the job asked for a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchMode {
@@ -255,50 +257,21 @@ pub fn holder_name(job: u32, step: u32) -> String {
     }
 }
 
-/// Everything the holder command line is built from.
-#[derive(Debug, Clone, Default)]
-pub struct HolderSpec {
-    pub name: String,
-    pub image: PathBuf,
-    /// Binds, in order: Slurm's own dirs (PMIx, tmp), the site's, the user's.
-    pub binds: Vec<String>,
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub writable: bool,
-    pub mount_home: bool,
-    /// The step's program, read into the page cache once per node while the tasks start.
-    pub warm: Option<String>,
-}
-
-/// `berth holder ...` argv (without argv[0]), per the launcher's holder contract.
-pub fn holder_args(spec: &HolderSpec) -> Vec<String> {
-    let mut a = vec!["holder".into(), "--name".into(), spec.name.clone(), "--ready-fd".into(), "3".into()];
-    for b in &spec.binds {
-        a.push("--bind".into());
-        a.push(b.clone());
+/// The request a step's holder sets its container up from: `binds` in order (Slurm's own
+/// directories, the site's, the user's), then the user's options.
+pub fn holder_request(image: &Path, binds: &[String], opts: &UserOpts) -> Result<Request, String> {
+    let mut req = Request::new(image.to_path_buf(), Action::Shell);
+    for b in binds {
+        req.binds.push(BindSpec::parse(b).map_err(|e| format!("bind {b}: {e}"))?);
     }
-    for e in spec.env.iter().filter(|e| e.contains('=')) {
-        a.push("--env".into());
-        a.push(e.clone());
+    // `--container-env NAME` (no value) keeps the task's own value: nothing for the holder.
+    for e in opts.env.iter().filter(|e| e.contains('=')) {
+        req.env.push(parse_env_assignment(e).map_err(|e| e.to_string())?);
     }
-    if let Some(w) = &spec.workdir {
-        a.push("--workdir".into());
-        a.push(w.clone());
-    }
-    if spec.writable {
-        a.push("--writable-tmpfs".into());
-    }
-    if !spec.mount_home {
-        // INTEGRATION POINT (launcher): the holder contract lists no home flag yet; this is
-        // `berth exec`'s `--no-home`.
-        a.push("--no-home".into());
-    }
-    if let Some(p) = spec.warm.as_ref().filter(|p| !p.is_empty()) {
-        a.push("--warm".into());
-        a.push(p.clone());
-    }
-    a.push(spec.image.display().to_string());
-    a
+    req.workdir = opts.workdir.as_ref().map(PathBuf::from);
+    req.writable_tmpfs = opts.writable.unwrap_or(false);
+    req.mount_home = opts.mount_home.unwrap_or(true);
+    Ok(req)
 }
 
 /// Variables the image's environment must never replace in a task: Slurm's and the process
@@ -393,39 +366,31 @@ mod tests {
     }
 
     #[test]
-    fn holder_command_line() {
+    fn holder_request_carries_the_step_and_the_user_options() {
         assert_eq!(holder_name(12, 0), "slurm-12.0");
         assert_eq!(holder_name(12, BATCH_STEP), "slurm-12.batch");
-        let spec = HolderSpec {
-            name: "slurm-1.0".into(),
-            image: "/i.sqsh".into(),
-            binds: s(&["/var/spool/slurmd/pmix.1.0"]),
-            env: s(&["KEEP", "A=b"]),
-            workdir: Some("/work".into()),
-            writable: true,
-            mount_home: true,
-            warm: Some("vasp_std".into()),
-        };
+        let mut o = UserOpts::default();
+        o.set(Opt::Env, Some("KEEP,A=b")).unwrap();
+        o.set(Opt::Workdir, Some("/work")).unwrap();
+        o.set(Opt::Writable, None).unwrap();
+        o.set(Opt::NoMountHome, None).unwrap();
+        let req = holder_request(Path::new("/i.sqsh"), &s(&["/var/spool/slurmd/pmix.1.0", "/l:/x:ro"]), &o)
+            .unwrap();
+        assert_eq!(req.image, PathBuf::from("/i.sqsh"));
+        let binds: Vec<_> = req.binds.iter().map(|b| (b.src.clone(), b.dst.clone(), b.readonly)).collect();
         assert_eq!(
-            holder_args(&spec),
-            s(&[
-                "holder",
-                "--name",
-                "slurm-1.0",
-                "--ready-fd",
-                "3",
-                "--bind",
-                "/var/spool/slurmd/pmix.1.0",
-                "--env",
-                "A=b",
-                "--workdir",
-                "/work",
-                "--writable-tmpfs",
-                "--warm",
-                "vasp_std",
-                "/i.sqsh"
-            ])
+            binds,
+            [
+                ("/var/spool/slurmd/pmix.1.0".into(), "/var/spool/slurmd/pmix.1.0".into(), false),
+                ("/l".into(), "/x".into(), true)
+            ]
         );
+        assert_eq!(req.env, [("A".to_string(), "b".to_string())]);
+        assert_eq!(req.workdir, Some(PathBuf::from("/work")));
+        assert!(req.writable_tmpfs && !req.mount_home && !req.cleanenv);
+        assert!(holder_request(Path::new("/i"), &s(&["/a:rel"]), &UserOpts::default()).is_err());
+        let plain = holder_request(Path::new("/i"), &[], &UserOpts::default()).unwrap();
+        assert!(plain.mount_home && !plain.writable_tmpfs && plain.workdir.is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`real::RealSys`]. Every `unsafe` block here carries a `// SAFETY:` comment.
 
 pub mod mapped;
+pub mod proc;
 pub mod process;
 pub mod real;
 

@@ -80,6 +80,18 @@ pub fn harden_before_exec() -> Result<()> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl", "no_new_privs", e))
 }
 
+/// The one way a program starts in a container: change to its working directory, give up
+/// every way to gain privileges, then exec it (see [`exec`]). Returns only on failure.
+pub fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String)]) -> Error {
+    if let Err(e) = nix::unistd::chdir(workdir) {
+        return Error::sys("chdir", workdir.display(), e);
+    }
+    if let Err(e) = harden_before_exec() {
+        return e;
+    }
+    exec(argv, env)
+}
+
 /// Replace this process with `argv`, searching `PATH` from the container's `env` (not the
 /// host's). Returns only on failure, with a shell-like error (127 not found, 126 not executable).
 pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {

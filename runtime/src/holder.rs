@@ -1,0 +1,587 @@
+//! The holder protocol: one process per node and job step sets a container up and keeps it,
+//! so that every task of the step joins the same namespaces (shared-memory transports between
+//! MPI ranks need that; one user namespace per rank breaks them).
+//!
+//! This module owns every part of it: the [`Spec`] a front end hands a holder, how a holder is
+//! started ([`join_or_create`] forks one from a single-threaded starter; [`command_args`] is how
+//! a process that cannot fork one, slurmstepd, execs `berth holder` with the spec on stdin), the
+//! ready handshake, the state record joiners find it by (`<state_dir>/holders/NAME.json`, spelled
+//! only in [`record_path`]), who is inside ([`members`]), and [`stop`].
+//!
+//! Concurrent starters on one node are serialised by a `flock` on `<holders>/.<name>.lock`, so
+//! exactly one of them creates the holder and the others wait for it to be ready.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::ForkResult;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::container::{self, ensure_state_dir, Joined};
+use crate::error::{Error, Result};
+use crate::plan::{EnvPlan, Plan};
+use crate::request::Request;
+use crate::sys::proc;
+use crate::sys::process;
+
+/// What a holder records so joiners can find and verify it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderState {
+    pub name: String,
+    pub pid: i32,
+    /// Process start time (clock ticks since boot), guards against pid reuse.
+    pub start_time: u64,
+    pub user_ns: u64,
+    pub mnt_ns: u64,
+    pub image: PathBuf,
+    pub env: EnvPlan,
+    pub cleanenv: bool,
+    pub workdir: Vec<PathBuf>,
+    pub workdir_required: bool,
+}
+
+/// Whether `name` may name a holder (it becomes a file name in the state directory).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
+}
+
+/// What a front end hands a holder: everything it needs to set the container up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// The name joiners use (see [`valid_name`]).
+    pub name: String,
+    /// The container, as any front end asks for one (its action is not run: tasks join).
+    pub request: Request,
+    /// The program the first tasks will run, read into the page cache while they start.
+    pub warm: Option<String>,
+    /// Set when root starts the holder (a scheduler's root context): the user the container
+    /// is for. The image is mounted with the kernel driver when the site allows it, then the
+    /// holder becomes that user for good before anything the user controls is used.
+    pub user: Option<u32>,
+}
+
+/// The descriptor on which a holder started with [`command_args`] writes its ready line.
+pub const READY_FD: i32 = 3;
+
+/// The arguments (after the `berth` program) that start a holder which reads its [`Spec`] as
+/// JSON on stdin and reports on [`READY_FD`]: for a starter that cannot fork a holder itself
+/// (slurmstepd is multi-threaded), so it execs one.
+pub fn command_args() -> Vec<String> {
+    ["holder", "--spec-stdin", "--ready-fd", "3"].map(String::from).to_vec()
+}
+
+/// The spec as the holder reads it on stdin.
+pub fn encode_spec(spec: &Spec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+/// Read a [`Spec`] written by [`encode_spec`].
+pub fn decode_spec(mut r: impl Read) -> Result<Spec> {
+    let mut text = String::new();
+    r.read_to_string(&mut text)
+        .map_err(|e| Error::request("berth holder --spec-stdin", format!("cannot read the spec: {e}"), ""))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::request("berth holder --spec-stdin", format!("not a holder spec: {e}"), ""))
+}
+
+/// The directory of a user's holder records, in their state directory `state_dir`.
+pub fn dir_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("holders")
+}
+
+/// The directory of `uid`'s holder records under the site configuration.
+pub fn dir(cfg: &Config, uid: u32) -> PathBuf {
+    dir_in(&cfg.state_dir_for(uid))
+}
+
+/// The file name of holder `name`'s record, and of the temporary file it is written through.
+fn record_names(name: &str) -> (String, String) {
+    (format!("{name}.json"), format!(".{name}.json.tmp"))
+}
+
+/// Where the record of holder `name` of user `uid` lives.
+pub fn record_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
+    dir(cfg, uid).join(record_names(name).0)
+}
+
+/// The lock file guarding creation of holder `name`.
+fn lock_name(name: &str) -> String {
+    format!(".{name}.lock")
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::request(
+            format!("container name {name:?}"),
+            "may hold only letters, digits and . _ - + @, and must not start with '.'",
+            "",
+        ))
+    }
+}
+
+fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// How long a holder keeps its container (besides until SIGTERM/SIGINT/SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Until `berth stop` or the scheduler's epilogue.
+    UntilStopped,
+    /// Until process `pid` ends: the MPI launcher whose ranks share the container.
+    WhileRunning(i32),
+    /// Until no process has been inside for this long: kept warm for the next identical run.
+    UntilIdle(std::time::Duration),
+}
+
+/// Set up the container and keep it for its `lifetime`, so others can join it.
+/// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
+/// `warm`: the program the first tasks will run, read ahead (see [`container::warm_in_background`]).
+pub fn hold(
+    plan: &Plan,
+    cleanenv: bool,
+    name: &str,
+    ready: Option<OwnedFd>,
+    lifetime: Lifetime,
+    warm: Option<&str>,
+) -> Result<i32> {
+    let watch = match lifetime {
+        Lifetime::WhileRunning(pid) => Some(process::pidfd(pid)?),
+        _ => None,
+    };
+    check_name(name)?;
+    ensure_state_dir(&plan.state_dir, plan.user.uid)?;
+    let dir = dir_in(&plan.state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+    let (record, tmp) = record_names(name);
+    if let Ok(text) = std::fs::read_to_string(dir.join(&record)) {
+        if let Ok(old) = serde_json::from_str::<HolderState>(&text) {
+            if proc::still_running(old.pid, old.start_time) {
+                return Err(Error::request(
+                    format!("container {name}"),
+                    format!("already running (holder pid {})", old.pid),
+                    format!(
+                        "join it with `berth exec --join {name} ...` or stop it with `berth stop {name}`"
+                    ),
+                ));
+            }
+        }
+    }
+    // Kept open across pivot_root: the state file is written once the container is complete.
+    let dirfd = std::fs::File::open(&dir).map_err(|e| Error::io("cannot open", &dir, e))?;
+    let mut entered = container::enter(plan)?;
+    let state = HolderState {
+        name: name.to_string(),
+        pid: std::process::id() as i32,
+        start_time: proc::start_time("self").unwrap_or(0),
+        user_ns: ns_inode("self", "user").unwrap_or(0),
+        mnt_ns: ns_inode("self", "mnt").unwrap_or(0),
+        image: plan.image.path.clone(),
+        env: plan.env.clone(),
+        cleanenv,
+        workdir: plan.workdir.clone(),
+        workdir_required: plan.workdir_required,
+    };
+    let state_path = format!("/proc/self/fd/{}/{record}", dirfd.as_raw_fd());
+    let tmp_path = format!("/proc/self/fd/{}/{tmp}", dirfd.as_raw_fd());
+    std::fs::write(&tmp_path, serde_json::to_vec_pretty(&state).unwrap_or_default())
+        .and_then(|_| std::fs::rename(&tmp_path, &state_path))
+        .map_err(|e| Error::io("cannot record container", &dir.join(&record), e))?;
+    if let Some(program) = warm {
+        container::warm_in_background(program, &entered.env, &entered.workdir);
+    }
+    if let Some(fd) = ready {
+        signal_ready(fd);
+    }
+    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
+    // Kept from the moment the holder decides it is idle until its record is gone, so that
+    // no joiner can find the record of a container that is going away.
+    let lock_path = format!("/proc/self/fd/{}/{}", dirfd.as_raw_fd(), lock_name(name));
+    let mut closing_lock = None;
+    let mut idle_since: Option<std::time::Instant> = None;
+    let mut no_longer_needed = || {
+        let Lifetime::UntilIdle(keep) = lifetime else { return false };
+        if !members(&state).is_empty() {
+            idle_since = None;
+            return false;
+        }
+        if idle_since.get_or_insert_with(std::time::Instant::now).elapsed() < keep {
+            return false;
+        }
+        // Joiners enter while holding this lock: once we hold it and nobody is inside, nobody
+        // is about to be.
+        match try_lock(Path::new(&lock_path)) {
+            Some(lock) if members(&state).is_empty() => {
+                closing_lock = Some(lock);
+                true
+            }
+            _ => false,
+        }
+    };
+    let period = match lifetime {
+        Lifetime::UntilIdle(keep) => {
+            Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)))
+        }
+        _ => None,
+    };
+    let stopped = process::wait_for_stop(
+        |pid, _| Some(pid.as_raw()) == fuse_pid,
+        watch,
+        period.map(|p| (p, &mut no_longer_needed as &mut dyn FnMut() -> bool)),
+    );
+    let _ = std::fs::remove_file(&state_path);
+    // The lock file of a holder that is not the scheduler's goes with it (the epilogue
+    // removes those): waiting joiners notice it was replaced and start a new holder, and after
+    // an MPI launcher ended no rank of it comes again.
+    if lifetime != Lifetime::UntilStopped {
+        let _ = std::fs::remove_file(&lock_path);
+    }
+    drop(closing_lock);
+    if let Some(f) = entered.fuse.take() {
+        f.stop();
+    }
+    match stopped? {
+        Some(_) => Ok(0),
+        None => Err(Error::image(&plan.image.path, "the FUSE server ended while the container was held", "")),
+    }
+}
+
+/// Read and verify the state of holder `name`.
+pub fn find(cfg: &Config, uid: u32, name: &str) -> Result<HolderState> {
+    check_name(name)?;
+    let path = record_path(cfg, uid, name);
+    let gone = || {
+        Error::request(
+            format!("container {name}"),
+            "is not running on this node",
+            "start it with `berth holder --name NAME IMAGE` (the Slurm and PBS plugins do this per job step)",
+        )
+    };
+    let text = std::fs::read_to_string(&path).map_err(|_| gone())?;
+    let st: HolderState = serde_json::from_str(&text).map_err(|_| gone())?;
+    if !proc::still_running(st.pid, st.start_time) {
+        let _ = std::fs::remove_file(&path);
+        return Err(gone());
+    }
+    Ok(st)
+}
+
+/// Processes inside the container's mount namespace other than the holder and the FUSE
+/// server it owns.
+pub fn members(st: &HolderState) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != st.pid && ns_inode(&pid.to_string(), "mnt") == Some(st.mnt_ns))
+        .filter(|&pid| proc::stat(pid).map(|s| s.ppid) != Some(st.pid))
+        .collect()
+}
+
+/// Stop holder `name`: its remaining member processes first (they would only fail once the
+/// image is unmounted), then the holder with SIGTERM, SIGKILL after `grace`.
+pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> Result<()> {
+    let st = find(cfg, uid, name)?;
+    for pid in members(&st) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let pid = nix::unistd::Pid::from_raw(st.pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t0 = std::time::Instant::now();
+    while proc::still_running(st.pid, st.start_time) {
+        if t0.elapsed() > grace {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if t0.elapsed() > grace * 2 {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(record_path(cfg, uid, name));
+    Ok(())
+}
+
+/// The lock file guarding creation of holder `name`.
+pub fn lock_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
+    dir(cfg, uid).join(lock_name(name))
+}
+
+/// How [`join_or_create`] got into the container.
+pub struct Shared {
+    pub joined: Joined,
+    /// This call started the holder.
+    pub created: bool,
+}
+
+/// Join holder `name` if it runs on this node, else start it (detached: it outlives the
+/// caller, for its `lifetime`) from the plan `make_plan` returns, then join it.
+///
+/// `make_plan` is only called when the holder has to be created, so joiners never read the
+/// image. `image` (absolute) is compared with a running holder's: a job cannot silently get
+/// another image than the one it asked for. Must be called single-threaded (it forks and joins
+/// namespaces); on return this process is inside the container, cwd `/`.
+pub fn join_or_create(
+    cfg: &Config,
+    uid: u32,
+    name: &str,
+    image: &Path,
+    make_plan: impl FnOnce() -> Result<(Plan, bool)>,
+    lifetime: Lifetime,
+) -> Result<Shared> {
+    if !valid_name(name) {
+        return Err(Error::request(
+            format!("container name {name:?}"),
+            "is not a valid holder name",
+            "letters, digits and . _ - + @ only",
+        ));
+    }
+    ensure_state_dir(&cfg.state_dir_for(uid), uid)?;
+    let dir = dir(cfg, uid);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+    let lock_file = lock_path(cfg, uid, name);
+    let lock = lock_exclusive(&lock_file)?;
+
+    let mut created = false;
+    let state = match find(cfg, uid, name) {
+        Ok(st) => st,
+        Err(_) => {
+            let started = make_plan()
+                .and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), lifetime));
+            if let Err(e) = started {
+                // Nothing is left behind; waiters holding the unlinked lock notice and retry.
+                let _ = std::fs::remove_file(&lock_file);
+                return Err(e);
+            }
+            created = true;
+            find(cfg, uid, name)?
+        }
+    };
+    if state.image != image {
+        return Err(Error::request(
+            format!("container {name}"),
+            format!("already runs image {} on this node, not {}", state.image.display(), image.display()),
+            "one job uses one image on a node; use the same CONTAINER for every task of the job",
+        ));
+    }
+    // Entered before the lock goes: a holder kept warm stops only when it can take the lock
+    // and finds nobody inside.
+    let joined = container::join_in_process(cfg, uid, name)?;
+    drop(lock);
+    Ok(Shared { joined, created })
+}
+
+/// Take the lock at `path`, making sure the file we locked is still the one at `path` (it is
+/// removed when creation fails, by a warm holder that stops, or by the epilogue).
+fn lock_exclusive(path: &Path) -> Result<Flock<std::fs::File>> {
+    for _ in 0..100 {
+        if let Some(lock) = lock_at(path, FlockArg::LockExclusive)? {
+            return Ok(lock);
+        }
+    }
+    Err(Error::request(format!("lock {}", path.display()), "keeps being replaced", "remove it and try again"))
+}
+
+/// The lock at `path` if nobody holds it now.
+pub(crate) fn try_lock(path: &Path) -> Option<Flock<std::fs::File>> {
+    lock_at(path, FlockArg::LockExclusiveNonblock).ok().flatten()
+}
+
+/// One attempt: the lock, or None when the file was replaced meanwhile (or is busy, when
+/// not blocking).
+fn lock_at(path: &Path, how: FlockArg) -> Result<Option<Flock<std::fs::File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("cannot open lock file", path, e))?;
+    let lock = match Flock::lock(file, how) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => return Err(Error::sys("flock", path.display(), e)),
+    };
+    let locked = lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+    let current = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    Ok((locked.is_some() && locked == current).then_some(lock))
+}
+
+/// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
+fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime: Lifetime) -> Result<()> {
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
+    // SAFETY: callers are single-threaded (documented on `join_or_create`), so the child may
+    // run arbitrary code before it exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", "holder", e))? {
+        ForkResult::Child => {
+            drop(rd);
+            let _ = nix::unistd::close(lock_fd);
+            let _ = nix::unistd::setsid();
+            // SAFETY: still single-threaded (we are the forked child of a single-threaded process).
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => {
+                    let code = run_holder(plan, cleanenv, name, wr, lifetime);
+                    // SAFETY: leaving the forked process without running the parent's destructors.
+                    unsafe { libc::_exit(code) }
+                }
+                Ok(ForkResult::Parent { .. }) => {
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(0) }
+                }
+                Err(e) => {
+                    let mut w = std::fs::File::from(wr);
+                    let _ = writeln!(w, "fork: {e}");
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(1) }
+                }
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let line = match wait_ready(&std::fs::File::from(rd), None) {
+                Ready::Ready => return Ok(()),
+                Ready::Ended(line) => line,
+                Ready::TimedOut => String::new(),
+            };
+            if line.is_empty() {
+                Err(Error::request(
+                    format!("container {name}"),
+                    "the holder ended while setting the container up",
+                    "run `berth exec IMAGE true` by hand to see why",
+                ))
+            } else {
+                Err(Error::request(format!("container {name}"), line, ""))
+            }
+        }
+    }
+}
+
+/// In the detached grandchild: hold the container; report a set-up failure through `wr`.
+fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Lifetime) -> i32 {
+    // Named for `ps -o comm`/`top` (its command line is still the first starter's).
+    let _ = nix::sys::prctl::set_name(c"berth-holder");
+    // Nothing of the starter's but the ready pipe: a launcher waiting for EOF on its ranks'
+    // output (MPICH's hydra) must not wait for the holder.
+    crate::sys::process::close_fds_except(&[wr.as_raw_fd()]);
+    // Keep no descriptor of the caller's (job output pipes, the terminal) open for days.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // An ignored SIGTERM (inherited from whoever started the task) would make `stop` wait
+    // for its SIGKILL fallback: the holder must hear the signals that end it.
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        // SAFETY: restoring a default disposition installs no handler; we are single-threaded.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    let errfd = match nix::fcntl::fcntl(wr.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+        // SAFETY: fcntl just returned this new descriptor; we own it.
+        Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        Err(_) => None,
+    };
+    // The first starter's program is what the others are about to run too (MPI ranks, a
+    // loop of identical runs): read it ahead once.
+    let warm = match &plan.action {
+        crate::request::Action::Exec(argv) => argv.first().map(String::as_str),
+        _ => None,
+    };
+    match hold(plan, cleanenv, name, Some(wr), lifetime, warm) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(fd) = errfd {
+                let mut f = std::fs::File::from(fd);
+                let _ = writeln!(f, "{}", e.to_string().replace('\n', " "));
+            }
+            1
+        }
+    }
+}
+
+/// The line a holder writes on its ready descriptor once joiners may come.
+const READY_LINE: &[u8] = b"ready\n";
+
+/// Tell the starter that joiners may come (the write end of the ready pipe).
+fn signal_ready(fd: OwnedFd) {
+    let _ = std::fs::File::from(fd).write_all(READY_LINE);
+}
+
+/// What the starter learnt on a holder's ready pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// The container is set up; joiners may come.
+    Ready,
+    /// The pipe closed without the ready line: the holder ended. What it wrote instead (its
+    /// error, when it reports errors there), possibly empty.
+    Ended(String),
+    /// Nothing came within the time allowed.
+    TimedOut,
+}
+
+/// Wait (up to `timeout`, or for good) for the ready line on `r`, the read end of the pipe
+/// whose write end the holder got.
+pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Ready {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    loop {
+        let wait = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ready::TimedOut;
+                }
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut [PollFd::new(r.as_fd(), PollFlags::POLLIN)], wait) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Ready::Ended(String::new()),
+            Ok(_) => {}
+        }
+        match (&*r).read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+        if got.starts_with(READY_LINE) {
+            return Ready::Ready;
+        }
+        if got.len() > 64 * 1024 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    Ready::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
+}
+
+/// Remove what a stopped shared container may leave: its lock file and a stale state file.
+pub fn remove_leftovers(cfg: &Config, uid: u32, name: &str) {
+    let _ = std::fs::remove_file(lock_path(cfg, uid, name));
+    let dir = dir(cfg, uid);
+    let (record, tmp) = record_names(name);
+    for f in [record, tmp] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}

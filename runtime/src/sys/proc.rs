@@ -1,0 +1,67 @@
+//! The one reader of `/proc/PID/stat`, with one rule for zombies: a zombie has ended (it
+//! only waits for its parent to reap it), so it counts as gone everywhere berth asks whether
+//! a process still runs.
+
+/// The fields of `/proc/PID/stat` berth uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 4.
+    pub ppid: i32,
+    /// Field 22: clock ticks after boot, which tells a process from a later one with the same pid.
+    pub start_time: u64,
+}
+
+/// The stat of `pid` (a number, or `self`) while it runs; None once it is gone or a zombie.
+pub fn stat(pid: impl std::fmt::Display) -> Option<Stat> {
+    parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time of `pid` while it runs (see [`stat`]).
+pub fn start_time(pid: impl std::fmt::Display) -> Option<u64> {
+    stat(pid).map(|s| s.start_time)
+}
+
+/// Whether the process that started at `start_time` as `pid` still runs.
+pub fn still_running(pid: i32, start_time: u64) -> bool {
+    self::start_time(pid) == Some(start_time)
+}
+
+fn parse(text: &str) -> Option<Stat> {
+    // The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some(Stat { ppid: fields.get(1)?.parse().ok()?, start_time: fields.get(19)?.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_counted_after_the_command_name() {
+        let line = "42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        assert_eq!(parse(line), Some(Stat { ppid: 7, start_time: 12345 }));
+        assert_eq!(parse(&line.replace(" S 7", " Z 7")), None, "a zombie counts as gone");
+        assert_eq!(parse("42 (x) S 7"), None);
+        assert_eq!(parse("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_runs_and_a_reaped_child_does_not() {
+        let me = stat("self").unwrap();
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert!(still_running(std::process::id() as i32, me.start_time));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: once it exited, it is a zombie whose stat file is still there.
+        let t0 = std::time::Instant::now();
+        while start_time(pid).is_some() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z "));
+        assert_eq!(start_time(pid), None, "an exited, unreaped child is gone");
+        child.wait().unwrap();
+    }
+}
