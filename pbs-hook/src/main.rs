@@ -30,6 +30,7 @@ use berth_runtime::holder::{self, Lifetime};
 use berth_runtime::image::{self, FsType, Image, RootFs};
 use berth_runtime::plan::HostFacts;
 use berth_runtime::request::{Action, BindSpec, Request};
+use berth_runtime::scheduler::{pbs_holder_name as holder_name, shell_quote as sh_quote};
 use berth_runtime::session;
 
 const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
@@ -123,17 +124,6 @@ fn passthrough(argv: &[OsString]) -> i32 {
 // ---------------------------------------------------------------------------------------
 // $job_starter
 
-/// The holder name of a job on a node: `pbs-<job id>`, other characters than the allowed
-/// ones (array ids: `12[3].server`) replaced by `_`.
-pub fn holder_name(jobid: &str) -> String {
-    let id: String = jobid
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-+@".contains(c) { c } else { '_' })
-        .take(150)
-        .collect();
-    format!("pbs-{id}")
-}
-
 fn is_shell(p: &str) -> bool {
     matches!(
         Path::new(p).file_name().and_then(|n| n.to_str()),
@@ -176,15 +166,7 @@ fn read_stdin_line() -> std::io::Result<String> {
 
 /// `CONTAINER` made absolute: relative paths are taken from the submit directory.
 fn resolve_image(container: &str, workdir: Option<&str>) -> PathBuf {
-    let p = PathBuf::from(container);
-    if p.is_absolute() {
-        return p;
-    }
-    let base = workdir
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"));
-    base.join(p)
+    berth_runtime::scheduler::resolve_image(container, workdir.map(Path::new))
 }
 
 /// Open and check an image as the calling user: recognised, readable, mountable without
@@ -486,14 +468,6 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
 
 // ---------------------------------------------------------------------------------------
 // rsh agent
-
-fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
 
 /// The ssh command line for `rsh ARGS`: ssh options and host, then a remote command that
 /// enters the job's container on that node (when CONTAINER is set).

@@ -135,7 +135,8 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                         _ => None,
                     })
                     .unwrap_or_else(|| root.clone());
-                let finished = sys.finish_inject(injected, &lower)?;
+                // Not a system call: the glibc and MPI ABI checks read the mounted image.
+                let finished = crate::inject::finish_for_image(injected.as_ref().clone(), &lower)?;
                 for item in &finished.items {
                     bind_injected(sys, &root, item)?;
                 }

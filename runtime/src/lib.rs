@@ -20,5 +20,6 @@ pub mod holder;
 pub mod metadata;
 pub mod plan;
 pub mod privileged;
+pub mod scheduler;
 pub mod session;
 pub mod sys;

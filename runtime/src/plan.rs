@@ -30,6 +30,9 @@ pub struct UserInfo {
 #[derive(Debug, Clone)]
 pub struct HostFacts {
     pub user: UserInfo,
+    /// The name of the user's primary group (the `/etc/group` entry inside); the user's name
+    /// when the group database has none.
+    pub group: String,
     pub cwd: Option<PathBuf>,
     /// The host environment, in order.
     pub env: Vec<(String, String)>,
@@ -65,7 +68,12 @@ impl HostFacts {
             home: home_env.or_else(|| pw.as_ref().map(|p| p.dir.clone())).unwrap_or_else(|| "/".into()),
             shell: pw.as_ref().map(|p| p.shell.clone()).unwrap_or_else(|| "/bin/sh".into()),
         };
-        Ok(HostFacts { user, cwd: std::env::current_dir().ok(), env, path_kind: host_path_kind })
+        let group = nix::unistd::Group::from_gid(gid)
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+            .unwrap_or_else(|| user.name.clone());
+        Ok(HostFacts { user, group, cwd: std::env::current_dir().ok(), env, path_kind: host_path_kind })
     }
 }
 
@@ -180,10 +188,8 @@ const HOST_ENV_BLOCKED: &[&str] = &[
     "LIBRARY_PATH",
 ];
 
-/// Host variables kept with `--cleanenv`: the terminal, the locale, and the scheduler's and
-/// MPI's variables, without which a rank cannot find its peers.
-const CLEANENV_KEEP_PREFIXES: &[&str] =
-    &["SLURM_", "SLURMD_", "PMIX_", "PMI_", "OMPI_", "PRTE_", "PBS_", "HYDRA_", "MPICH_", "UCX_", "FI_"];
+/// Host variables kept with `--cleanenv` besides the scheduler's and MPI's
+/// ([`crate::scheduler::passes_cleanenv`]): the terminal and the locale.
 const CLEANENV_KEEP: &[&str] = &["TERM", "LANG", "LC_ALL", "TZ", "DISPLAY", "XAUTHORITY"];
 
 /// Host files for a minimal `/dev`.
@@ -343,11 +349,7 @@ pub fn plan(
         key: u.name.clone(),
         entry: format!("{}:x:{}:{}:{}:{}:/bin/sh", u.name, u.uid, u.gid, u.name, u.home.display()),
     });
-    let group_name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(u.gid))
-        .ok()
-        .flatten()
-        .map(|g| g.name)
-        .unwrap_or_else(|| u.name.clone());
+    let group_name = &host.group;
     steps.push(Step::UserDb {
         dst: "/etc/group".into(),
         key: group_name.clone(),
@@ -429,7 +431,7 @@ pub fn filter_host_env(
     let blocked = |k: &str| HOST_ENV_BLOCKED.contains(&k) || cfg.env.block.iter().any(|b| b == k);
     let kept_clean = |k: &str| {
         CLEANENV_KEEP.contains(&k)
-            || CLEANENV_KEEP_PREFIXES.iter().any(|p| k.starts_with(p))
+            || crate::scheduler::passes_cleanenv(k)
             || cfg.inject.pass_env_prefixes.iter().any(|p| k.starts_with(p.as_str()))
             || cfg.env.keep.iter().any(|b| b == k)
     };
@@ -606,6 +608,7 @@ pub(crate) mod tests {
                 home: "/home/alice".into(),
                 shell: "/bin/bash".into(),
             },
+            group: "physics".into(),
             cwd: Some("/scratch/alice/run1".into()),
             env: vec![
                 ("PATH".into(), "/host/bin".into()),
@@ -675,6 +678,27 @@ pub(crate) mod tests {
         assert!(matches!(p.steps.last(), Some(Step::PivotRoot)));
         assert_eq!(p.workdir, vec![PathBuf::from("/scratch/alice/run1"), "/home/alice".into(), "/".into()]);
         assert!(!p.workdir_required);
+    }
+
+    #[test]
+    fn user_entries_come_from_the_host_facts_only() {
+        let req = Request::new("app.sif".into(), Action::Shell);
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        let entries: Vec<(String, String)> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::UserDb { dst, entry, .. } => Some((dst.display().to_string(), entry.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("/etc/passwd".into(), "alice:x:1001:1001:alice:/home/alice:/bin/sh".into()),
+                ("/etc/group".into(), "physics:x:1001:".into())
+            ]
+        );
     }
 
     #[test]

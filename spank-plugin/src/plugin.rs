@@ -291,7 +291,7 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
 
     let keep = st.opts.kept_env_names();
     for (k, v) in joined.container_env(&cfg, &user).vars() {
-        if settings::is_scheduler_var(k) || keep.contains(&k.as_str()) {
+        if settings::task_owns(k) || keep.contains(&k.as_str()) {
             continue;
         }
         sp.setenv(k, v)?;

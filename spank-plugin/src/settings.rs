@@ -234,28 +234,10 @@ pub fn choose_image(
     }
 }
 
-/// Relative image paths are relative to the submit directory.
-pub fn resolve_image(image: &str, submit_dir: Option<&Path>) -> PathBuf {
-    let p = Path::new(image);
-    match submit_dir {
-        Some(d) if p.is_relative() => d.join(p),
-        _ => p.to_path_buf(),
-    }
-}
-
-pub const BATCH_STEP: u32 = 0xffff_fffb; // SLURM_BATCH_SCRIPT
-pub const EXTERN_STEP: u32 = 0xffff_fffc; // SLURM_EXTERN_CONT
-pub const INTERACTIVE_STEP: u32 = 0xffff_fffa; // SLURM_INTERACTIVE_STEP
-
-/// The holder's name on this node: one holder per job step.
-pub fn holder_name(job: u32, step: u32) -> String {
-    match step {
-        BATCH_STEP => format!("slurm-{job}.batch"),
-        INTERACTIVE_STEP => format!("slurm-{job}.interactive"),
-        EXTERN_STEP => format!("slurm-{job}.extern"),
-        s => format!("slurm-{job}.{s}"),
-    }
-}
+pub use berth_runtime::scheduler::{
+    resolve_image, slurm_holder_name as holder_name, SLURM_BATCH_STEP as BATCH_STEP,
+    SLURM_EXTERN_STEP as EXTERN_STEP,
+};
 
 /// The request a step's holder sets its container up from: `binds` in order (Slurm's own
 /// directories, the site's, the user's), then the user's options.
@@ -274,11 +256,11 @@ pub fn holder_request(image: &Path, binds: &[String], opts: &UserOpts) -> Result
     Ok(req)
 }
 
-/// Variables the image's environment must never replace in a task: Slurm's and the process
-/// managers' own wiring.
-pub fn is_scheduler_var(name: &str) -> bool {
-    const PREFIXES: [&str; 6] = ["SLURM_", "SLURMD_", "PMIX_", "PMI_", "OMPI_", "SPANK_"];
-    PREFIXES.iter().any(|p| name.starts_with(p))
+/// Variables the image's environment must never replace in a task: the scheduler's and the
+/// process managers' wiring ([`berth_runtime::scheduler::LAUNCH_PREFIXES`]), the user's
+/// identity and temporary directory as Slurm set them, and the step's image.
+pub fn task_owns(name: &str) -> bool {
+    berth_runtime::scheduler::is_launch_var(name)
         || matches!(name, "BERTH_CONTAINER_IMAGE" | "HOME" | "USER" | "LOGNAME" | "TMPDIR")
 }
 
@@ -409,9 +391,11 @@ mod tests {
 
     #[test]
     fn scheduler_vars_are_kept() {
-        assert!(is_scheduler_var("SLURM_PROCID"));
-        assert!(is_scheduler_var("PMIX_RANK"));
-        assert!(!is_scheduler_var("PATH"));
-        assert!(!is_scheduler_var("LD_LIBRARY_PATH"));
+        assert!(task_owns("SLURM_PROCID"));
+        assert!(task_owns("PMIX_RANK"));
+        assert!(task_owns("SPANK_X") && task_owns("HOME") && task_owns("BERTH_CONTAINER_IMAGE"));
+        assert!(!task_owns("PATH"));
+        assert!(!task_owns("LD_LIBRARY_PATH"));
+        assert!(!task_owns("FI_PROVIDER_PATH"), "injection sets it");
     }
 }

@@ -59,13 +59,6 @@ pub trait MountOps {
     /// Mount `/dev/fuse` on `at` and start the SquashFS server on it.
     fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()>;
     fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
-    /// Check host injection against the mounted image (`image_root`) and complete it
-    /// (binds over the image's MPI in the replace model).
-    fn finish_inject(
-        &mut self,
-        plan: &crate::inject::InjectPlan,
-        image_root: &Path,
-    ) -> Result<crate::inject::InjectPlan>;
 }
 
 /// Records operations instead of performing them (tests, and reading a plan as operations).
@@ -144,13 +137,5 @@ impl MountOps for Recorder {
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
         self.ops.push(format!("pivot_root {}", new_root.display()));
         Ok(())
-    }
-    fn finish_inject(
-        &mut self,
-        plan: &crate::inject::InjectPlan,
-        image_root: &Path,
-    ) -> Result<crate::inject::InjectPlan> {
-        self.ops.push(format!("check injection against {}", image_root.display()));
-        Ok(plan.clone())
     }
 }

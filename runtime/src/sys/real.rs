@@ -307,14 +307,6 @@ impl MountOps for RealSys {
         Ok(())
     }
 
-    fn finish_inject(
-        &mut self,
-        plan: &crate::inject::InjectPlan,
-        image_root: &Path,
-    ) -> Result<crate::inject::InjectPlan> {
-        crate::inject::finish_for_image(plan.clone(), image_root)
-    }
-
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
         // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
         // the container's tree, with no directory needed for the old root.
