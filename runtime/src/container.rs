@@ -4,6 +4,7 @@
 //! One container per node per job step; tasks join it. A holder sets the container up once and
 //! records how to find it; joiners `setns()` into its user and mount namespaces, so processes
 //! of one step share namespaces (and so shared memory transports between MPI ranks work).
+#![warn(missing_docs)]
 
 use std::io::Write;
 
@@ -20,7 +21,7 @@ use crate::sys::process::{self, Ended};
 use crate::sys::real::{FuseServer, RealSys};
 
 /// A container set up in this process's namespaces, root already pivoted.
-pub struct Entered {
+pub(crate) struct Entered {
     pub fuse: Option<FuseServer>,
     pub meta: Metadata,
     pub env: Env,
@@ -58,7 +59,7 @@ pub fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
 }
 
 /// Set up the container of `plan` in this process: new namespaces, mounts, pivot_root.
-pub fn enter(plan: &Plan) -> Result<Entered> {
+pub(crate) fn enter(plan: &Plan) -> Result<Entered> {
     ensure_state_dir(&plan.state_dir, plan.user.uid)?;
     process::enter_user_and_mount_ns(plan.user.uid, plan.user.gid)?;
     let mut sys = RealSys::new(plan.user.uid, plan.user.gid);
@@ -185,7 +186,9 @@ fn find_program(program: &str, path: Option<&str>, workdir: &Path) -> Option<Pat
 
 /// A process that joined a held container (cwd `/` of the container).
 pub struct Joined {
+    /// The record of the holder that was joined.
     pub state: HolderState,
+    /// What was read of the image's metadata (its environment files).
     pub meta: Metadata,
 }
 
@@ -220,6 +223,8 @@ impl Joined {
         compose(&envplan, &self.meta.env_files)
     }
 
+    /// Where a joining task starts: the holder's required workdir, else the task's own
+    /// directory `cwd` when the container has it, else the holder's other candidates.
     pub fn workdir(&self, cwd: Option<&Path>) -> Result<PathBuf> {
         let mut cands = self.state.workdir.clone();
         if !self.state.workdir_required {

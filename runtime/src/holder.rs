@@ -10,6 +10,7 @@
 //!
 //! Concurrent starters on one node are serialised by a `flock` on `<holders>/.<name>.lock`, so
 //! exactly one of them creates the holder and the others wait for it to be ready.
+#![warn(missing_docs)]
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -30,16 +31,25 @@ use crate::sys::process;
 /// What a holder records so joiners can find and verify it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HolderState {
+    /// The holder's name.
     pub name: String,
+    /// The holder process.
     pub pid: i32,
     /// Process start time (clock ticks since boot), guards against pid reuse.
     pub start_time: u64,
+    /// Inode of the container's user namespace (`/proc/PID/ns/user`).
     pub user_ns: u64,
+    /// Inode of the container's mount namespace (`/proc/PID/ns/mnt`).
     pub mnt_ns: u64,
+    /// The image file (absolute) the container runs.
     pub image: PathBuf,
+    /// The environment rules of the holder's plan, which joiners apply to their own.
     pub env: EnvPlan,
+    /// Whether the request asked for `--cleanenv`.
     pub cleanenv: bool,
+    /// Working directory candidates, in order.
     pub workdir: Vec<PathBuf>,
+    /// The first candidate was asked for explicitly and must exist.
     pub workdir_required: bool,
 }
 
@@ -317,6 +327,7 @@ pub fn lock_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
 
 /// How [`join_or_create`] got into the container.
 pub struct Shared {
+    /// This process, inside the container.
     pub joined: Joined,
     /// This call started the holder.
     pub created: bool,

@@ -13,13 +13,13 @@ pub mod request;
 pub mod rootpath;
 
 pub use error::{Error, Result};
-pub mod apply;
+pub(crate) mod apply;
 pub mod container;
 pub mod env;
 pub mod holder;
 pub mod metadata;
 pub mod plan;
-pub mod privileged;
+pub(crate) mod privileged;
 pub mod scheduler;
 pub mod session;
 pub mod sys;

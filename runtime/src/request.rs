@@ -1,4 +1,5 @@
 //! What the user (or a scheduler frontend) asked for, before any host facts are looked at.
+#![warn(missing_docs)]
 
 use std::path::{Component, Path, PathBuf};
 
@@ -9,8 +10,11 @@ use crate::error::{Error, Result};
 /// One bind: host `src` appears at `dst` in the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindSpec {
+    /// The host path.
     pub src: PathBuf,
+    /// Where it appears in the container (absolute, no `..`).
     pub dst: PathBuf,
+    /// Bound read-only.
     pub readonly: bool,
 }
 
@@ -82,7 +86,9 @@ pub enum Action {
 /// A container request from any frontend.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
+    /// The image file or directory.
     pub image: PathBuf,
+    /// What runs once inside.
     pub action: Action,
     /// User binds, in order (after the default and site binds).
     pub binds: Vec<BindSpec>,
@@ -103,6 +109,8 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request with the defaults: no binds of the user's, the host environment, `$HOME`
+    /// bound, read-only image, the site's MPI model, no GPUs.
     pub fn new(image: PathBuf, action: Action) -> Self {
         Request {
             image,
@@ -131,6 +139,7 @@ pub fn parse_env_assignment(s: &str) -> Result<(String, String)> {
     }
 }
 
+/// Whether `k` can name an environment variable (letters, digits, `_`, not starting with a digit).
 pub fn valid_env_name(k: &str) -> bool {
     !k.is_empty()
         && !k.as_bytes()[0].is_ascii_digit()

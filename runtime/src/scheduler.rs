@@ -1,6 +1,7 @@
 //! What the Slurm plugin and berth-pbs share about schedulers: where a job's image is, what
 //! its per-node holder is called, which variables are the scheduler's and the MPI process
 //! managers' own, and how to quote a word for a remote shell.
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,7 @@
 //! - [`prepare_holder`] and [`hold`]: set a container up for a job step and keep it;
 //! - [`join`] / [`join_or_create`] and [`Joined::exec`]: enter a held container and start a
 //!   program in it.
+#![warn(missing_docs)]
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

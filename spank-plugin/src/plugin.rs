@@ -285,8 +285,8 @@ fn site_config(st: &State) -> Result<berth_runtime::config::Config, String> {
 fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     let cfg = site_config(st)?;
     let cwd = std::env::current_dir().ok();
-    let joined =
-        berth_runtime::container::join_in_process(&cfg, h.uid, &h.name).map_err(|e| e.to_string())?;
+    // The task is the user for good here: the holder's records are its own.
+    let joined = berth_runtime::session::join(&cfg, &h.name).map_err(|e| e.to_string())?;
     let user = task_user(sp, h)?;
 
     let keep = st.opts.kept_env_names();

@@ -1,11 +1,12 @@
-//! The only place with system calls for container entry. `apply` talks to the [`MountOps`]
+//! The only place with system calls for container entry. `apply` talks to the `MountOps`
 //! trait, so mount sequences are unit-tested with a recorder and run for real with
-//! [`real::RealSys`]. Every `unsafe` block here carries a `// SAFETY:` comment.
+//! `real::RealSys`. Every `unsafe` block here carries a `// SAFETY:` comment.
+#![warn(missing_docs)]
 
 pub mod mapped;
 pub mod proc;
 pub mod process;
-pub mod real;
+pub(crate) mod real;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ use crate::error::Result;
 
 /// Mount attributes that berth sets (never clears) on a mount and, optionally, its submounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Attrs {
+pub(crate) struct Attrs {
     pub readonly: bool,
     pub nosuid: bool,
     pub nodev: bool,
@@ -29,7 +30,7 @@ impl Attrs {
 }
 
 /// What container set-up needs from the kernel.
-pub trait MountOps {
+pub(crate) trait MountOps {
     fn mount(
         &mut self,
         src: Option<&Path>,
@@ -61,14 +62,16 @@ pub trait MountOps {
     fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
 }
 
-/// Records operations instead of performing them (tests, and reading a plan as operations).
+/// Records operations instead of performing them (the tests of mount sequences).
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub ops: Vec<String>,
     /// Files `read_file` returns; paths created so far count as existing too.
     pub files: Vec<(PathBuf, String)>,
 }
 
+#[cfg(test)]
 impl MountOps for Recorder {
     fn mount(
         &mut self,

@@ -171,7 +171,9 @@ pub fn spawn_without_signals(name: &str, f: impl FnOnce() + Send + 'static) -> b
 /// How the contained program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
+    /// It exited with this status.
     Exited(i32),
+    /// A signal ended it.
     Signaled(Signal),
 }
 

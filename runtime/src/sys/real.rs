@@ -26,7 +26,6 @@ pub struct RealSys {
 /// A running `squashfuse_ll`. Dropping it stops the server; the mount goes with the namespace.
 pub struct FuseServer {
     pub child: Child,
-    pub image: PathBuf,
 }
 
 impl FuseServer {
@@ -280,7 +279,7 @@ impl MountOps for RealSys {
             hint: "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml".into(),
         })?;
         drop(fuse);
-        self.fuse = Some(FuseServer { child, image: image.to_path_buf() });
+        self.fuse = Some(FuseServer { child });
         // First access waits for the server's INIT; if the server died, the kernel answers
         // ENOTCONN at once, so this never hangs.
         if let Err(e) = std::fs::read_dir(at) {
