@@ -30,7 +30,7 @@ pub(crate) struct Entered {
 
 /// Make sure the per-user state directory exists, is ours and is private. It may live in a
 /// world-writable place such as /tmp, so anything we did not create ourselves is refused.
-pub fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
+pub(crate) fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
         Ok(()) => {}
@@ -87,7 +87,7 @@ fn choose_workdir(candidates: &[PathBuf], required: bool) -> Result<PathBuf> {
 }
 
 /// The argv an action runs, given the image's metadata.
-pub fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result<Vec<String>> {
+pub(crate) fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result<Vec<String>> {
     Ok(match action {
         Action::Exec(argv) => argv.clone(),
         Action::Run(args) => {
@@ -125,7 +125,7 @@ pub fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result<Vec<St
 
 /// Run the plan's action in a new container and return how it ended. The FUSE server is
 /// stopped before returning; all mounts go with the namespace.
-pub fn run(plan: &Plan) -> Result<Ended> {
+pub(crate) fn run(plan: &Plan) -> Result<Ended> {
     let mut entered = enter(plan)?;
     if matches!(plan.action, Action::Shell) {
         entered.env.set("PS1", "Berth> ");
@@ -167,7 +167,7 @@ const WARM_LIMIT: u64 = 64 << 20;
 /// image's whole block is decompressed again, while every rank of the node waits on them; one
 /// sequential read decompresses each block once. Best effort: it never delays the holder and
 /// a program it cannot find is simply not warmed.
-pub fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
+pub(crate) fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
     let Some(path) = find_program(program, env.get("PATH"), workdir) else { return };
     process::spawn_without_signals("berth-warm", move || {
         use std::io::Read;
@@ -194,7 +194,7 @@ pub struct Joined {
 
 /// Join holder `name` in this process (must be single-threaded). Used by `berth exec --join`
 /// and by the Slurm plugin in each task.
-pub fn join_in_process(cfg: &Config, uid: u32, name: &str) -> Result<Joined> {
+pub(crate) fn join_in_process(cfg: &Config, uid: u32, name: &str) -> Result<Joined> {
     let state = crate::holder::find(cfg, uid, name)?;
     process::join_namespaces(state.pid, state.user_ns, state.mnt_ns)?;
     let meta = Metadata { env_files: metadata::read_env_files(Path::new("/")), ..Metadata::default() };

@@ -3,7 +3,7 @@
 //! MPI ranks need that; one user namespace per rank breaks them).
 //!
 //! This module owns every part of it: the [`Spec`] a front end hands a holder, how a holder is
-//! started ([`join_or_create`] forks one from a single-threaded starter; [`command_args`] is how
+//! started (`join_or_create` forks one from a single-threaded starter; [`command_args`] is how
 //! a process that cannot fork one, slurmstepd, execs `berth holder` with the spec on stdin), the
 //! ready handshake, the state record joiners find it by (`<state_dir>/holders/NAME.json`, spelled
 //! only in [`record_path`]), who is inside ([`members`]), and [`stop`].
@@ -101,12 +101,12 @@ pub fn decode_spec(mut r: impl Read) -> Result<Spec> {
 }
 
 /// The directory of a user's holder records, in their state directory `state_dir`.
-pub fn dir_in(state_dir: &Path) -> PathBuf {
+pub(crate) fn dir_in(state_dir: &Path) -> PathBuf {
     state_dir.join("holders")
 }
 
 /// The directory of `uid`'s holder records under the site configuration.
-pub fn dir(cfg: &Config, uid: u32) -> PathBuf {
+pub(crate) fn dir(cfg: &Config, uid: u32) -> PathBuf {
     dir_in(&cfg.state_dir_for(uid))
 }
 
@@ -155,7 +155,7 @@ pub enum Lifetime {
 /// Set up the container and keep it for its `lifetime`, so others can join it.
 /// `ready` (a pipe) gets "ready\n" once joiners may come; set-up errors are returned.
 /// `warm`: the program the first tasks will run, read ahead (see [`container::warm_in_background`]).
-pub fn hold(
+pub(crate) fn hold(
     plan: &Plan,
     cleanenv: bool,
     name: &str,
@@ -321,16 +321,8 @@ pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> R
 }
 
 /// The lock file guarding creation of holder `name`.
-pub fn lock_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
+pub(crate) fn lock_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
     dir(cfg, uid).join(lock_name(name))
-}
-
-/// How [`join_or_create`] got into the container.
-pub struct Shared {
-    /// This process, inside the container.
-    pub joined: Joined,
-    /// This call started the holder.
-    pub created: bool,
 }
 
 /// Join holder `name` if it runs on this node, else start it (detached: it outlives the
@@ -340,14 +332,14 @@ pub struct Shared {
 /// image. `image` (absolute) is compared with a running holder's: a job cannot silently get
 /// another image than the one it asked for. Must be called single-threaded (it forks and joins
 /// namespaces); on return this process is inside the container, cwd `/`.
-pub fn join_or_create(
+pub(crate) fn join_or_create(
     cfg: &Config,
     uid: u32,
     name: &str,
     image: &Path,
     make_plan: impl FnOnce() -> Result<(Plan, bool)>,
     lifetime: Lifetime,
-) -> Result<Shared> {
+) -> Result<Joined> {
     if !valid_name(name) {
         return Err(Error::request(
             format!("container name {name:?}"),
@@ -361,7 +353,6 @@ pub fn join_or_create(
     let lock_file = lock_path(cfg, uid, name);
     let lock = lock_exclusive(&lock_file)?;
 
-    let mut created = false;
     let state = match find(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
@@ -372,7 +363,6 @@ pub fn join_or_create(
                 let _ = std::fs::remove_file(&lock_file);
                 return Err(e);
             }
-            created = true;
             find(cfg, uid, name)?
         }
     };
@@ -387,7 +377,7 @@ pub fn join_or_create(
     // and finds nobody inside.
     let joined = container::join_in_process(cfg, uid, name)?;
     drop(lock);
-    Ok(Shared { joined, created })
+    Ok(joined)
 }
 
 /// Take the lock at `path`, making sure the file we locked is still the one at `path` (it is

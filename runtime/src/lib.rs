@@ -1,8 +1,10 @@
 //! berth's runtime: everything that knows about images, plans, namespaces, mounts, host
 //! injection and configuration. Frontends (the `berth` launcher, the SPANK plugin, `berth-pbs`)
-//! turn what was asked into a [`request::Request`] and call in here.
+//! turn what was asked into a [`request::Request`] (or a [`holder::Spec`]) and call
+//! [`session`]; [`scheduler`] holds what the scheduler front ends share.
 //!
 //! Data flow: `request` -> `plan` (pure) -> `apply` (syscalls, through the `sys` trait) -> exec.
+//! `docs/architecture.md` follows one job through it.
 
 pub mod build;
 pub mod config;

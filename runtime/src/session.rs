@@ -6,6 +6,7 @@
 //! - [`Prepared::run`]: run the request's action in a container of its own;
 //! - [`run`]: the same for a standalone `berth exec/run`, sharing the container with the other
 //!   MPI ranks of this node or with the previous identical run where that is allowed;
+//! - [`run_in_image`]: run one command in an image (a builder's `%test`);
 //! - [`prepare_holder`] and [`hold`]: set a container up for a job step and keep it;
 //! - [`join`] / [`join_or_create`] and [`Joined::exec`]: enter a held container and start a
 //!   program in it.
@@ -21,7 +22,7 @@ use crate::holder::{self, Lifetime, Spec};
 use crate::image::{self, Image, RootFs};
 use crate::inject;
 use crate::plan::{self, HostFacts, Plan};
-use crate::request::{Action, Request};
+use crate::request::{Action, BindSpec, Request};
 use crate::sys::process::{self, Ended};
 
 pub use crate::container::Joined;
@@ -58,6 +59,14 @@ impl Prepared {
     pub fn run(&self) -> Result<Ended> {
         container::run(&self.plan)
     }
+}
+
+/// Run `argv` in `image` in a container of its own, with `binds` besides the defaults, and
+/// return how it ended: what an image builder's `%test` section needs, without the CLI.
+pub fn run_in_image(cfg: &Config, image: &Path, argv: Vec<String>, binds: Vec<BindSpec>) -> Result<Ended> {
+    let mut req = Request::new(image.to_path_buf(), Action::Exec(argv));
+    req.binds = binds;
+    prepare(cfg, req)?.run()
 }
 
 /// Prepare a holder's container. With `spec.user` (started by root) this does the root part
@@ -124,7 +133,7 @@ pub fn join_or_create(
 ) -> Result<Joined> {
     let uid = nix::unistd::getuid().as_raw();
     let make_plan = || make().map(|p| (p.plan, p.request.cleanenv));
-    Ok(holder::join_or_create(cfg, uid, name, image, make_plan, lifetime)?.joined)
+    holder::join_or_create(cfg, uid, name, image, make_plan, lifetime)
 }
 
 impl Joined {
