@@ -236,20 +236,24 @@ impl Joined {
     }
 }
 
-/// Read an image's metadata without starting anything in it: a short-lived child mounts the
-/// image in its own namespaces and sends the metadata back as JSON.
+/// Read an image's metadata without starting anything in it: a short-lived child applies a
+/// plan that only mounts the image ([`crate::plan`]'s first steps), in its own namespaces, and
+/// sends the metadata back as JSON.
 pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<Metadata> {
     use crate::image::{FsType, RootFs};
-    let (offset, path) = match &image.root {
+    match &image.root {
         RootFs::Directory { path } => return Ok(metadata::read(path)),
-        RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => (*offset, image.path.clone()),
         RootFs::Embedded { fs: FsType::Ext3, .. } => return Ok(Metadata::default()),
-    };
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
-    let state = cfg.state_dir_for(uid);
+        RootFs::Embedded { fs: FsType::Squashfs, .. } => {}
+    }
+    let mut image = image.clone();
+    image.path = std::fs::canonicalize(&image.path).unwrap_or(image.path);
+    let host = HostFacts::probe()?;
+    let (uid, gid) = (host.user.uid, host.user.gid);
+    // Only the image's mount, from the same steps every container starts with.
+    let plan = crate::plan::mount_only(&image, cfg, &host)?;
+    let state = plan.state_dir.clone();
     ensure_state_dir(&state, uid)?;
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
     // An unlinked file rather than a pipe: the child can write any amount without waiting
     // for a reader.
     let scratch = state.join(format!(".meta-{}", std::process::id()));
@@ -261,26 +265,14 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
         .map_err(|e| Error::io("cannot create", &scratch, e))?;
     let _ = std::fs::remove_file(&scratch);
     let mut out_child = out.try_clone().map_err(|e| Error::io("cannot dup", &scratch, e))?;
-    let program = cfg.squashfuse.clone();
     let ended = process::fork_and_wait(
         move || {
             let result = (|| -> Result<Metadata> {
-                use crate::sys::MountOps;
                 process::enter_user_and_mount_ns(uid, gid)?;
                 let mut sys = RealSys::new(uid, gid);
-                let at = state.join("mnt");
-                sys.mkdir_all(&at)?;
-                sys.mount(
-                    Some(Path::new("tmpfs")),
-                    &at,
-                    Some("tmpfs"),
-                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                    None,
-                )?;
-                let img = at.join("image");
-                sys.mkdir_all(&img)?;
-                sys.start_squashfuse(&program, &path, offset, &img)?;
-                Ok(metadata::read(&img))
+                crate::apply::apply(&plan, &mut sys)?;
+                let at = crate::plan::image_at(&plan).unwrap_or(Path::new("/"));
+                Ok(metadata::read(at))
             })();
             let msg = match result {
                 Ok(m) => serde_json::json!({ "ok": m }),

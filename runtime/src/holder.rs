@@ -586,3 +586,49 @@ pub fn remove_leftovers(cfg: &Config, uid: u32, name: &str) {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Action, BindSpec};
+
+    #[test]
+    fn a_spec_travels_whole() {
+        let mut request = Request::new("/i.sqsh".into(), Action::Shell);
+        request.binds.push(BindSpec { src: "/a".into(), dst: "/b".into(), readonly: true });
+        request.env.push(("A".into(), "b c".into()));
+        request.mount_home = false;
+        let spec =
+            Spec { name: "slurm-1.0".into(), request, warm: Some("vasp_std".into()), user: Some(1000) };
+        let back = decode_spec(encode_spec(&spec).as_bytes()).unwrap();
+        assert_eq!(encode_spec(&back), encode_spec(&spec));
+        assert_eq!(back.request.binds, spec.request.binds);
+        assert!(!back.request.mount_home && back.user == Some(1000));
+        let e = decode_spec(&b"--name x"[..]).unwrap_err().to_string();
+        assert!(e.contains("not a holder spec"), "{e}");
+    }
+
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        (r.into(), w.into())
+    }
+
+    #[test]
+    fn the_ready_handshake() {
+        let (r, w) = pipe();
+        signal_ready(w.into());
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_secs(5))), Ready::Ready);
+
+        let (r, mut w) = pipe();
+        w.write_all(b"image /x: not found\nmore\n").unwrap();
+        drop(w);
+        assert_eq!(wait_ready(&r, None), Ready::Ended("image /x: not found".into()));
+
+        let (r, w) = pipe();
+        let t0 = std::time::Instant::now();
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_millis(100))), Ready::TimedOut);
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(100));
+        drop(w);
+        assert_eq!(wait_ready(&r, None), Ready::Ended(String::new()));
+    }
+}

@@ -235,19 +235,9 @@ fn is_system_path(p: &Path) -> bool {
     })
 }
 
-/// Build the plan. Pure: reads only `req`, `image`, `cfg`, `host` and what host injection
-/// discovery found (`injected`, from [`crate::inject::discover`]).
-pub fn plan(
-    req: &Request,
-    image: &Image,
-    cfg: &Config,
-    host: &HostFacts,
-    injected: Option<&InjectPlan>,
-) -> Result<Plan> {
-    let state_dir = cfg.state_dir_for(host.user.uid);
-    let staging = state_dir.join("mnt");
-    let mut steps = vec![Step::Staging { at: staging.clone() }];
-
+/// The first steps of every plan: the staging tmpfs under `staging`, and the image mounted
+/// read-only at `staging/image`.
+fn image_steps(image: &Image, cfg: &Config, host: &HostFacts, staging: &Path) -> Result<Vec<Step>> {
     let image_mount = match &image.root {
         RootFs::Directory { path } => ImageMount::Directory { path: path.clone() },
         RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => ImageMount::Squashfuse {
@@ -263,7 +253,50 @@ pub fn plan(
             ))
         }
     };
-    steps.push(Step::Image { mount: image_mount, at: staging.join("image") });
+    Ok(vec![
+        Step::Staging { at: staging.to_path_buf() },
+        Step::Image { mount: image_mount, at: staging.join("image") },
+    ])
+}
+
+/// A plan that only mounts `image` (see [`image_steps`]) and runs nothing: for reading its
+/// metadata without setting a container up. The image is at [`image_at`].
+pub(crate) fn mount_only(image: &Image, cfg: &Config, host: &HostFacts) -> Result<Plan> {
+    let state_dir = cfg.state_dir_for(host.user.uid);
+    let steps = image_steps(image, cfg, host, &state_dir.join("mnt"))?;
+    Ok(Plan {
+        image: image.clone(),
+        user: host.user.clone(),
+        state_dir,
+        steps,
+        env: EnvPlan::default(),
+        workdir: vec![],
+        workdir_required: false,
+        action: Action::Shell,
+        writable: false,
+    })
+}
+
+/// Where a plan mounts its image.
+pub(crate) fn image_at(plan: &Plan) -> Option<&Path> {
+    plan.steps.iter().find_map(|s| match s {
+        Step::Image { at, .. } => Some(at.as_path()),
+        _ => None,
+    })
+}
+
+/// Build the plan. Pure: reads only `req`, `image`, `cfg`, `host` and what host injection
+/// discovery found (`injected`, from [`crate::inject::discover`]).
+pub fn plan(
+    req: &Request,
+    image: &Image,
+    cfg: &Config,
+    host: &HostFacts,
+    injected: Option<&InjectPlan>,
+) -> Result<Plan> {
+    let state_dir = cfg.state_dir_for(host.user.uid);
+    let staging = state_dir.join("mnt");
+    let mut steps = image_steps(image, cfg, host, &staging)?;
     steps.push(Step::Overlay {
         lower: staging.join("image"),
         upper: staging.join("overlay/upper"),
