@@ -4,7 +4,6 @@
 //!
 //! Data flow: `request` -> `plan` (pure) -> `apply` (syscalls, through the `sys` trait) -> exec.
 
-pub mod build;
 pub mod config;
 pub mod error;
 pub mod image;
