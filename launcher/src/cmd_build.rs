@@ -1,18 +1,15 @@
 //! `berth build OUT DEF` and `berth build --lint DEF`: the command-line piece of image building.
-//! All the work is in `berth_runtime::build`; this file only maps options and exit codes.
-//!
-//! For the lead, in main.rs:
-//!     mod cmd_build;
-//!     enum Command { ..., /// Build an image from a definition file (root)
-//!                    Build(cmd_build::BuildArgs), }
-//!     Command::Build(args) => cmd_build::run(args),
+//! All the work is in `berth_build`; this file maps options and exit codes, and tells the
+//! builder how to run `%test` in a container of the finished image.
 //!
 //! Exit codes: 0 built / lint clean; 1 lint found problems; 130 interrupted (SIGINT/SIGTERM);
 //! 255 any other failure (the message is already printed as `berth: ...`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use berth_runtime::build::{self, BuildOptions, OutputFormat, COMPRESSIONS};
+use berth_build::{self as build, BuildOptions, OutputFormat, TestRunner, COMPRESSIONS};
+use berth_runtime::error::Error;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 
@@ -125,7 +122,82 @@ pub fn options(args: &BuildArgs, def: PathBuf) -> BuildOptions {
     opts.notest = args.notest;
     opts.force = args.force;
     opts.log = args.log.clone();
-    // %test runs in the real container, through this same berth.
-    opts.berth_exec = std::env::current_exe().ok();
+    // %test runs in the real container, through this same berth. Where the running executable
+    // cannot be found (no /proc), %test runs in a chroot of the image instead.
+    opts.test_runner = std::env::current_exe().ok().map(|_| test_in_container as TestRunner);
     opts
+}
+
+/// `%test` in a container of the built image, started the way `berth exec IMAGE ARGV...` starts
+/// one, so the test sees the image as its users will.
+fn test_in_container(image: &Path, argv: &[&str]) -> berth_runtime::Result<Command> {
+    let berth = std::env::current_exe()
+        .map_err(|e| Error::io("find the running berth", Path::new("/proc/self/exe"), e))?;
+    let mut cmd = Command::new(berth);
+    cmd.arg("exec").arg(image).args(argv);
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        build: BuildArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BuildArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("berth-build").chain(args.iter().copied())).map(|c| c.build)
+    }
+
+    #[test]
+    fn build_arguments() {
+        let a = parse(&["out.img", "app.def"]).unwrap();
+        assert_eq!(a.out, PathBuf::from("out.img"));
+        assert_eq!(a.def, Some(PathBuf::from("app.def")));
+        assert_eq!(a.format, FormatArg::Squashfs);
+        assert_eq!(a.compression, "gzip");
+        assert!(!a.notest && !a.lint && !a.force && a.log.is_none());
+
+        let a = parse(&[
+            "--format",
+            "sif",
+            "--compression",
+            "zstd",
+            "--notest",
+            "--force",
+            "--log",
+            "b.log",
+            "o.sif",
+            "d.def",
+        ])
+        .unwrap();
+        assert_eq!(a.format, FormatArg::Sif);
+        let opts = options(&a, a.def.clone().unwrap());
+        assert_eq!(opts.compression, "zstd");
+        assert!(opts.notest && opts.force);
+        assert_eq!(opts.log, Some(PathBuf::from("b.log")));
+        assert_eq!(opts.format, OutputFormat::Sif);
+    }
+
+    #[test]
+    fn build_argument_errors() {
+        assert!(parse(&["out.img"]).is_err(), "DEF is required without --lint");
+        assert!(parse(&["--compression", "bzip9", "o", "d"]).is_err());
+        assert!(parse(&["--format", "tar", "o", "d"]).is_err());
+        assert!(parse(&["--lint", "app.def"]).is_ok(), "--lint takes the definition alone");
+    }
+
+    #[test]
+    fn test_runs_through_berth_exec() {
+        let opts = options(&parse(&["o.img", "d.def"]).unwrap(), PathBuf::from("d.def"));
+        let runner = opts.test_runner.expect("%test runs in a container of the image");
+        let cmd = runner(Path::new("/tmp/x.img"), &["/bin/sh", "/.singularity.d/test"]).unwrap();
+        assert_eq!(Path::new(cmd.get_program()), std::env::current_exe().unwrap());
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["exec", "/tmp/x.img", "/bin/sh", "/.singularity.d/test"]);
+    }
 }

@@ -1,75 +1,121 @@
-//! `berth build` argument handling. main.rs belongs to the lead, so the module is compiled here
-//! directly; once main.rs declares `mod cmd_build`, these tests still hold.
+//! `berth build` through the `berth` binary: lint exit codes and messages, argument errors, and
+//! (as root, with a static busybox and mksquashfs) `%test` running in a container of the
+//! finished image through `berth exec`.
 
-#[path = "../src/cmd_build.rs"]
-#[allow(dead_code)]
-mod cmd_build;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use std::path::PathBuf;
-
-use clap::Parser;
-use cmd_build::{BuildArgs, FormatArg};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    build: BuildArgs,
+fn berth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth")).arg("build").args(args).output().expect("run berth")
 }
 
-fn parse(args: &[&str]) -> Result<BuildArgs, clap::Error> {
-    Cli::try_parse_from(std::iter::once("berth-build").chain(args.iter().copied())).map(|c| c.build)
-}
-
-#[test]
-fn build_arguments() {
-    let a = parse(&["out.img", "app.def"]).unwrap();
-    assert_eq!(a.out, PathBuf::from("out.img"));
-    assert_eq!(a.def, Some(PathBuf::from("app.def")));
-    assert_eq!(a.format, FormatArg::Squashfs);
-    assert_eq!(a.compression, "gzip");
-    assert!(!a.notest && !a.lint && !a.force && a.log.is_none());
-
-    let a = parse(&[
-        "--format",
-        "sif",
-        "--compression",
-        "zstd",
-        "--notest",
-        "--force",
-        "--log",
-        "b.log",
-        "o.sif",
-        "d.def",
-    ])
-    .unwrap();
-    assert_eq!(a.format, FormatArg::Sif);
-    let opts = cmd_build::options(&a, a.def.clone().unwrap());
-    assert_eq!(opts.compression, "zstd");
-    assert!(opts.notest && opts.force);
-    assert_eq!(opts.log, Some(PathBuf::from("b.log")));
-    assert_eq!(opts.format, berth_runtime::build::OutputFormat::Sif);
-}
-
-#[test]
-fn build_argument_errors() {
-    assert!(parse(&["out.img"]).is_err(), "DEF is required without --lint");
-    assert!(parse(&["--compression", "bzip9", "o", "d"]).is_err());
-    assert!(parse(&["--format", "tar", "o", "d"]).is_err());
-    assert!(parse(&["--lint", "app.def"]).is_ok(), "--lint takes the definition alone");
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]
 fn build_lint_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.def");
-    std::fs::write(&good, "Bootstrap: scratch\n%runscript\n    echo hi\n").unwrap();
+    fs::write(&good, "Bootstrap: scratch\n%runscript\n    echo hi\n").unwrap();
     let bad = dir.path().join("bad.def");
-    std::fs::write(&bad, "From: nothing\n%wrong\n").unwrap();
-    assert_eq!(cmd_build::run(parse(&["--lint", good.to_str().unwrap()]).unwrap()).unwrap(), 0);
-    assert_eq!(
-        cmd_build::run(parse(&["--lint", bad.to_str().unwrap()]).unwrap()).unwrap(),
-        cmd_build::EXIT_LINT_PROBLEMS
-    );
+    fs::write(&bad, "From: nothing\n%wrong\n").unwrap();
+
+    let out = berth(&["--lint", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}: ok\n", good.display()));
+
+    let out = berth(&["--lint", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bad.def:2"), "problems with file:line: {stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("problem(s)"), "{}", text(&out));
+
     let missing = dir.path().join("missing.def");
-    assert_eq!(cmd_build::run(parse(&["--lint", missing.to_str().unwrap()]).unwrap()).unwrap(), 255);
+    let out = berth(&["--lint", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("berth: "), "{}", text(&out));
+}
+
+#[test]
+fn build_argument_errors() {
+    for args in [&["out.img"][..], &["--compression", "bzip9", "o", "d"], &["--format", "tar", "o", "d"]] {
+        let out = berth(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error: {}", text(&out));
+        assert!(!Path::new("o").exists() && !Path::new("out.img").exists());
+    }
+}
+
+fn static_busybox() -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: berth build needs root");
+        return None;
+    }
+    let tools = Command::new("sh")
+        .arg("-c")
+        .arg("command -v mksquashfs && command -v unshare && command -v chroot")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !tools {
+        eprintln!("SKIP: needs mksquashfs, unshare and chroot");
+        return None;
+    }
+    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
+        let Ok(out) = Command::new("file").arg("-L").arg(candidate).output() else { continue };
+        if String::from_utf8_lossy(&out.stdout).contains("statically linked") {
+            return Some(PathBuf::from(candidate));
+        }
+    }
+    eprintln!("SKIP: needs a static busybox (apt-get install busybox-static)");
+    None
+}
+
+/// `%test` runs in a container of the finished image (where berth sets BERTH_CONTAINER), not in
+/// the chroot the build uses for `%post`; a failing test fails the build and leaves no image.
+#[test]
+fn build_runs_test_in_the_container() {
+    let Some(busybox) = static_busybox() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let def = |test: &str| {
+        format!(
+            "Bootstrap: scratch\n%setup\n    mkdir -p $BERTH_ROOTFS/bin\n%files\n    {} /bin/sh\n%test\n    {test}\n",
+            busybox.display()
+        )
+    };
+    let run = |name: &str, test: &str| {
+        let def_path = dir.path().join(format!("{name}.def"));
+        fs::write(&def_path, def(test)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("build")
+            .arg(dir.path().join(format!("{name}.img")))
+            .arg(&def_path)
+            .env("BERTH_TMPDIR", &work)
+            .env("BERTH_CACHE_DIR", "")
+            .output()
+            .expect("run berth build");
+        (out, dir.path().join(format!("{name}.img")))
+    };
+
+    let (out, image) = run("inside", "test -n \"$BERTH_CONTAINER\" && echo \"in $BERTH_CONTAINER\"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("%test (in the container)"), "{}", text(&out));
+    assert_eq!(&fs::read(&image).unwrap()[..4], b"hsqs");
+
+    let (out, image) = run("failing", "exit 3");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("berth: build: %test") && err.contains("--notest"), "{err}");
+    assert!(!image.exists());
+    let left: Vec<_> = fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "work directory not cleaned: {left:?}");
+    let partial = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("berth-partial"))
+        .collect::<Vec<_>>();
+    assert!(partial.is_empty(), "{partial:?}");
 }

@@ -6,7 +6,6 @@
 //! Data flow: `request` -> `plan` (pure) -> `apply` (syscalls, through the `sys` trait) -> exec.
 //! `docs/architecture.md` follows one job through it.
 
-pub mod build;
 pub mod config;
 pub mod error;
 pub mod image;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::unistd::Pid;
 
-use crate::error::{Error, Result};
+use berth_runtime::error::{Error, Result};
 
 /// Set by the SIGINT/SIGTERM handler; checked by the runner and between build steps.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_runtime::build::{self, BuildOptions};
+use berth_build::{self as build, BuildOptions};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -444,6 +444,66 @@ fn build_bad_inputs_have_clear_messages() {
     opts.notest = true;
     build::build(&opts).unwrap_or_else(|e| panic!("{e}"));
     env.assert_clean(&["t.img"]);
+}
+
+/// A caller's [`berth_build::TestRunner`]: records its argv next to the image, then runs the
+/// image's own `/.singularity.d/test` (read out of the finished image) with a variable the
+/// chroot fallback never sets.
+fn recording_runner(image: &Path, argv: &[&str]) -> berth_runtime::Result<Command> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(concat!(
+            "img=$1; shift; dir=$(dirname \"$img\"); printf '%s\\n' \"$img\" \"$@\" > \"$dir/runner-argv\"; ",
+            "unsquashfs -cat \"$img\" /.singularity.d/test > \"$dir/runner-test\" || exit 90; ",
+            "BERTH_TEST_RUNNER=yes sh \"$dir/runner-test\"; rc=$?; rm -f \"$dir/runner-test\"; exit $rc",
+        ))
+        .arg("runner")
+        .arg(image)
+        .args(argv);
+    Ok(cmd)
+}
+
+#[test]
+fn build_runs_test_through_the_callers_runner() {
+    let Some(busybox) = busybox() else { return };
+    let env = Env::new();
+    let def = |test: &str| {
+        format!(
+            "Bootstrap: scratch\n%setup\n    mkdir -p $BERTH_ROOTFS/bin\n%files\n    {} /bin/sh\n%test\n    {test}\n",
+            busybox.display()
+        )
+    };
+    // Passes only under the runner: in the chroot fallback the variable is not set.
+    env.write("runner.def", &def("test \"$BERTH_TEST_RUNNER\" = yes"));
+    let mut opts = env.options("r.img", "runner.def");
+    opts.test_runner = Some(recording_runner);
+    build::build(&opts)
+        .unwrap_or_else(|e| panic!("{e}\n{}", fs::read_to_string(env.path("r.img.log")).unwrap_or_default()));
+    assert_eq!(&fs::read(env.path("r.img")).unwrap()[..4], b"hsqs");
+    let argv = fs::read_to_string(env.path("runner-argv")).unwrap();
+    let lines: Vec<&str> = argv.lines().collect();
+    assert_eq!(lines.len(), 3, "{argv}");
+    // The runner gets the finished image (not yet under OUT's name) and the test's argv.
+    assert!(lines[0].contains(".r.img.berth-partial-"), "{argv}");
+    assert_eq!(&lines[1..], ["/bin/sh", "/.singularity.d/test"]);
+    env.assert_clean(&["r.img"]);
+    // Without a runner the same test runs in the chroot, where it fails.
+    let mut opts = env.options("c.img", "runner.def");
+    opts.test_runner = None;
+    let err = build::build(&opts).unwrap_err().to_string();
+    assert!(err.contains("%test"), "{err}");
+    assert!(!env.path("c.img").exists());
+
+    // A test that fails under the runner fails the build and leaves no image.
+    fs::remove_file(env.path("runner-argv")).unwrap();
+    env.write("fail.def", &def("exit 3"));
+    let mut opts = env.options("f.img", "fail.def");
+    opts.test_runner = Some(recording_runner);
+    let err = build::build(&opts).unwrap_err().to_string();
+    assert!(err.contains("%test") && err.contains("--notest"), "{err}");
+    assert!(env.path("runner-argv").exists(), "the runner ran");
+    assert!(!env.path("f.img").exists());
+    env.assert_clean(&["r.img"]);
 }
 
 /// Optional: the real openmpi.def from defs/ (minutes; needs deb.debian.org).

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use berth_runtime::error::{Error, Result};
 
 /// Resolve `inner` (a path as seen inside the container) to a host path under `root`, following
 /// symlinks the way the kernel would after `chroot(root)`. An absolute symlink in the image
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 ///
 /// Missing components are fine (the result is where a new file would go).
 pub fn resolve_in_root(root: &Path, inner: &Path) -> Result<PathBuf> {
-    use crate::rootpath::{resolve, rooted, Missing};
+    use berth_runtime::rootpath::{resolve, rooted, Missing};
     let logical = resolve(root, inner, Missing::Allow)
         .map_err(|e| Error::build("resolve path in image", format!("{}: {e}", inner.display()), ""))?;
     Ok(rooted(root, &logical))

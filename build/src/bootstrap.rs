@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::def::{Bootstrap, Definition};
-use super::fsutil::{resolve_in_root, write_in_root};
-use super::runner::{run_checked, Log};
-use crate::error::{Error, Result};
-use crate::image::{self, FsType, RootFs};
+use crate::def::{Bootstrap, Definition};
+use crate::fsutil::{resolve_in_root, write_in_root};
+use crate::runner::{run_checked, Log};
+use berth_runtime::error::{Error, Result};
+use berth_runtime::image::{self, FsType, RootFs};
 
 /// Where cached debootstrap bases live unless the caller chooses another place.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/berth/bootstrap";
@@ -521,7 +521,7 @@ pub fn apply_whiteout(rootfs: &Path, entry: &str, log: &Log) -> Result<()> {
         let target = parent.join(hidden);
         match fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => {
-                let _ = super::fsutil::remove_work_dir(&target);
+                let _ = crate::fsutil::remove_work_dir(&target);
             }
             Ok(_) => {
                 let _ = fs::remove_file(&target);
@@ -541,7 +541,7 @@ fn clear_dir(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
         }
         let path = entry.path();
         if entry.file_type()?.is_dir() {
-            super::fsutil::remove_work_dir(&path)?;
+            crate::fsutil::remove_work_dir(&path)?;
         } else {
             fs::remove_file(&path)?;
         }
@@ -560,7 +560,7 @@ fn write_container_config(config: &Value, rootfs: &Path) -> Result<()> {
     let mut env = String::from("#!/bin/sh\n");
     for kv in config["Env"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
         if let Some((k, v)) = kv.split_once('=') {
-            if crate::request::valid_env_name(k) {
+            if berth_runtime::request::valid_env_name(k) {
                 env.push_str(&format!("export {k}={}\n", shell_quote(v)));
             }
         }

@@ -1,5 +1,10 @@
 //! `berth build OUT DEF`: an image from a Singularity-syntax definition file.
 //!
+//! A crate of its own so that the front ends that only run containers (the SPANK plugin,
+//! `berth-pbs`) do not link the builder. It uses `berth-runtime`'s public API for errors, image
+//! formats and paths inside a root; running a container (for `%test`) is the caller's, through
+//! [`TestRunner`].
+//!
 //! Pipeline (each step checks for Ctrl-C before it starts):
 //!
 //! 1. checks: root, the definition parses, OUT's directory exists, OUT is not there (or --force);
@@ -9,7 +14,8 @@
 //! 4. `%post` in a chroot of the rootfs, inside a private mount namespace (`unshare --mount`) with
 //!    /proc, /dev and /sys mounted and the host's /etc/resolv.conf copied in for the duration;
 //! 5. metadata in Apptainer's layout under `/.singularity.d/` so both tools run the image;
-//! 6. `%test` (unless --notest): a failing test fails the build;
+//! 6. `%test` (unless --notest): in the finished image through [`BuildOptions::test_runner`], or
+//!    in a chroot of the root filesystem when there is none; a failing test fails the build;
 //! 7. mksquashfs into a temporary file next to OUT, then rename: OUT appears whole or not at all.
 //!
 //! On any failure or SIGINT/SIGTERM the child tree is stopped, the work directory and the
@@ -31,7 +37,7 @@ use def::{Definition, Script};
 use fsutil::{resolve_in_root, write_in_root};
 use runner::{interrupted, interrupted_error, run_checked, Log, SignalGuard};
 
-use crate::error::{Error, Result};
+use berth_runtime::error::{Error, Result};
 
 pub use def::{lint, parse, LintIssue};
 
@@ -48,6 +54,13 @@ pub enum OutputFormat {
 /// SquashFS compressors mksquashfs knows; gzip is the default because every kernel and
 /// squashfuse can read it (Apptainer makes the same choice).
 pub const COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "lzo", "lzma"];
+
+/// Makes the command that runs `argv` inside a container of the image at `image` (a finished
+/// SquashFS or SIF file), for `%test`. The build starts that command as its child, like every
+/// other step, so its output goes to the build log and Ctrl-C stops its whole process tree;
+/// the caller only says what runs a container, so this crate needs no container runtime and no
+/// CLI of its own. The command's exit status is the test's.
+pub type TestRunner = fn(image: &Path, argv: &[&str]) -> Result<Command>;
 
 /// Everything `berth build` needs.
 #[derive(Debug, Clone)]
@@ -70,10 +83,9 @@ pub struct BuildOptions {
     pub work_parent: Option<PathBuf>,
     /// Cache for debootstrap bases; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// A `berth` binary whose `exec` runs `%test` inside the finished image. `None` runs `%test`
-    /// in a chroot of the root filesystem instead.
-    // TODO(lead): set this to std::env::current_exe() in the launcher once `berth exec` lands.
-    pub berth_exec: Option<PathBuf>,
+    /// Runs `%test` inside the finished image, as the container runtime would run it. `None`
+    /// runs `%test` in a chroot of the root filesystem instead (before squashing).
+    pub test_runner: Option<TestRunner>,
     /// Time limit for one debootstrap run.
     pub debootstrap_timeout: Duration,
 }
@@ -99,7 +111,7 @@ impl BuildOptions {
             log: None,
             work_parent: std::env::var_os("BERTH_TMPDIR").map(PathBuf::from),
             cache_dir,
-            berth_exec: None,
+            test_runner: None,
             debootstrap_timeout: Duration::from_secs(timeout),
         }
     }
@@ -340,10 +352,8 @@ fn build_in(
     step(log, "metadata (/.singularity.d)");
     write_metadata(def, rootfs)?;
 
-    let chroot_test = def.test.as_ref().filter(|_| !opts.notest && opts.berth_exec.is_none());
+    let chroot_test = def.test.as_ref().filter(|_| !opts.notest && opts.test_runner.is_none());
     if let Some(test) = chroot_test {
-        // TODO(lead): once `berth exec` exists, BuildOptions::berth_exec runs %test in the real
-        // container (below, after squashing); the chroot is the fallback until then.
         step(log, "%test (in a chroot of the image)");
         run_in_image(&Script { body: String::new(), ..test.clone() }, "%test", rootfs, log)
             .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
@@ -360,10 +370,9 @@ fn build_in(
         fs::rename(&pending.path, &squashfs).map_err(|e| Error::io("move", &squashfs, e))?;
         write_sif(&squashfs, def, &labels_for(def, rootfs), &pending.path)?;
     }
-    if let (Some(_), Some(berth)) = (def.test.as_ref().filter(|_| !opts.notest), &opts.berth_exec) {
+    if let (Some(_), Some(runner)) = (def.test.as_ref().filter(|_| !opts.notest), opts.test_runner) {
         step(log, "%test (in the container)");
-        let mut cmd = Command::new(berth);
-        cmd.arg("exec").arg(&pending.path).arg("/bin/sh").arg("/.singularity.d/test");
+        let mut cmd = runner(&pending.path, &["/bin/sh", "/.singularity.d/test"])?;
         run_checked(&mut cmd, "%test", log, None, true)
             .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
         checkpoint()?;
@@ -754,7 +763,7 @@ fn sif_writer_available() -> Result<()> {
 /// A SIF with the SquashFS as its primary partition, the definition file and the labels, and
 /// the `run-singularity` launch line so `./app.sif args` runs its runscript.
 fn write_sif(squashfs: &Path, def: &Definition, labels: &BTreeMap<String, String>, out: &Path) -> Result<()> {
-    use crate::image::{SifObject, SifObjectKind};
+    use berth_runtime::image::{SifObject, SifObjectKind};
     let labels =
         serde_json::to_vec_pretty(labels).map_err(|e| Error::build("labels.json", e.to_string(), ""))?;
     let objects = [
@@ -765,7 +774,7 @@ fn write_sif(squashfs: &Path, def: &Definition, labels: &BTreeMap<String, String
         },
         SifObject { kind: SifObjectKind::Labels, name: "labels.json".into(), data: labels },
     ];
-    crate::image::write_sif(out, squashfs, &objects, None)
+    berth_runtime::image::write_sif(out, squashfs, &objects, None)
 }
 
 #[cfg(test)]

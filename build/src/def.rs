@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use berth_runtime::error::{Error, Result};
 
 /// Header keys berth understands (compared case-insensitively, as Apptainer does).
 pub const HEADER_KEYS: &[&str] = &["Bootstrap", "From", "OSVersion", "MirrorURL", "Include"];

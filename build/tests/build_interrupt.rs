@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_runtime::build::{self, BuildOptions};
+use berth_build::{self as build, BuildOptions};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
