@@ -12,7 +12,9 @@ ln -sf berth /usr/local/bin/run-singularity
 demo=/var/tmp/berth-demo
 rm -rf "$demo"; mkdir -p "$demo/root"/{bin,etc,.singularity.d/env}
 cp /bin/busybox "$demo/root/bin/"
-for a in $(/bin/busybox --list); do ln -sf busybox "$demo/root/bin/$a"; done
+# Debian 12's busybox lists itself as an applet: linking that name would replace the binary
+# with a link to itself ("too many symbolic links").
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$demo/root/bin/$a"; done
 cat > "$demo/root/etc/os-release" <<'OS'
 PRETTY_NAME="berth demo image (busybox)"
 NAME="berth-demo"
