@@ -178,8 +178,9 @@ JOB
     # across nodes over UCX 1.13's TCP transport, without Slurm or berth too: every rank closes
     # its endpoints, waits for the closes, then blocks in a PMI barrier without progressing UCX;
     # a rank whose close of a TCP endpoint needs its peer's progress then waits forever
-    # (pmodels/mpich#6596 removed that barrier in MPICH 4.2; openucx/ucx#8738). The test
-    # cluster's only link between nodes is TCP. Across nodes, Open MPI is tested below.
+    # (pmodels/mpich#6596 removed that barrier later; openucx/ucx#8738); mpich-tcp-finalize.sh
+    # reproduces it. The test cluster's only link between nodes is TCP. Across nodes, Open MPI
+    # is tested below.
     T=60 as_user srun --mpi=pmi2 -N1 -n2 --container=imga.sqsh --container-mounts="$MPI_MOUNTS" \
         "$WORK/ring_mpich" allreduce > "$OUT" 2> "$ERR"; rc=$?
     check "(d) MPICH (--mpi=pmi2) -N1 -n2 in the image: allreduce, step ends (rc=$rc)" \
