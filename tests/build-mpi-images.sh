@@ -6,13 +6,15 @@
 # cover the build code itself);
 # the debootstrap base is cached by berth itself (/var/cache/berth/bootstrap). Prints the
 # variables the tests read: BERTH_TEST_OPENMPI_IMAGE=..., BERTH_TEST_MPICH_IMAGE=...
+# Arguments name the recipes to build (default: openmpi mpich).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 dir=${BERTH_TEST_IMAGE_DIR:-/var/cache/berth/test-images}
 berth=${BERTH:-$here/target/debug/berth}
 install -d -m 0755 "$dir"
 cd "$here"
-for name in openmpi mpich; do
+names=("$@"); [ $# -gt 0 ] || names=(openmpi mpich)
+for name in "${names[@]}"; do
   key=$(cat "defs/$name.def" tests/mpi/berth-mpitest.c | sha256sum | cut -c1-16)
   img="$dir/$name-$key.img"
   if [ ! -f "$img" ]; then

@@ -12,8 +12,8 @@ R=${1:?usage: make-mpi-image.sh DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$R"
 mkdir -p "$R/bin" "$R/usr/bin" "$R/etc" "$R/tmp" "$R/usr/lib/x86_64-linux-gnu" "$R/usr/share"
-for a in $(busybox --list); do ln -sf busybox "$R/bin/$a"; done
-rm -f "$R/bin/busybox"
+# busybox lists itself among its applets (Debian 12): skip that name, never link the binary to itself.
+for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 cp /bin/busybox "$R/bin/busybox"
 M=/usr/lib/x86_64-linux-gnu
 cp -a $M/openmpi $M/pmix2 "$R$M/"
