@@ -104,7 +104,6 @@ impl Default for BindsConfig {
     }
 }
 
-
 impl Default for PrivilegedConfig {
     fn default() -> Self {
         PrivilegedConfig { allowed_dirs: vec![], allowed_owners: vec!["root".into()] }

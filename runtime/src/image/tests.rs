@@ -104,7 +104,39 @@ fn fifo_is_refused_without_blocking() {
         eprintln!("skipping: cannot make a FIFO here");
         return;
     }
-    assert_error(open(&fifo), &["not a regular file"]);
+    assert_error(open(&fifo), &["named pipe (FIFO)", "not an image file"]);
+}
+
+/// A file swapped for a FIFO by rename between berth's checks must never make `open` wait for
+/// a writer: every open ends, with the image or with an error.
+#[test]
+fn swapping_an_image_for_a_fifo_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, fifo, regular) = (dir.path().join("img"), dir.path().join("f"), dir.path().join("r"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (path, fifo, regular, stop) = (path.clone(), fifo.clone(), regular.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU);
+                let _ = std::fs::rename(&fifo, &path);
+                let _ = std::fs::write(&regular, b"not an image");
+                let _ = std::fs::rename(&regular, &path);
+            }
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = std::thread::spawn(move || {
+        for _ in 0..2000 {
+            let _ = open(&path);
+        }
+        let _ = tx.send(());
+    });
+    let finished = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(finished, "open() blocked on a FIFO swapped in for the image");
+    opener.join().unwrap();
 }
 
 // ---- SquashFS and Singularity 2 ----
