@@ -135,7 +135,7 @@ pub fn arch_name(code: &[u8]) -> String {
         .iter()
         .find(|(c, _)| c.as_slice() == code)
         .map(|(_, name)| (*name).to_string())
-        .unwrap_or_else(|| format!("unknown ({})", c_string(code)))
+        .unwrap_or_else(|| format!("unknown ({:?})", c_string(code)))
 }
 
 /// SIF arch code for a Rust `std::env::consts::ARCH` value.
