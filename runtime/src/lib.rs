@@ -7,6 +7,8 @@
 pub mod build;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod image;
 pub mod inject;
 pub mod request;

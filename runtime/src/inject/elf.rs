@@ -185,8 +185,10 @@ struct Elf<'s, S: Source + ?Sized> {
 
 impl<S: Source + ?Sized> Elf<'_, S> {
     fn read(&self, offset: u64, len: usize, what: &str) -> std::result::Result<Vec<u8>, String> {
-        let mut buf = vec![0u8; len];
-        let n = self.src.read_at(offset, &mut buf)?;
+        // Checked before allocating: the length comes from the file.
+        let fits = offset.checked_add(len as u64).is_some_and(|end| end <= self.src.len());
+        let mut buf = if fits { vec![0u8; len] } else { vec![] };
+        let n = if fits { self.src.read_at(offset, &mut buf)? } else { 0 };
         if n < len {
             return Err(format!(
                 "truncated: {what} needs bytes {offset}..{} but the file has {}",
@@ -267,7 +269,9 @@ fn parse_elf_from<S: Source + ?Sized>(src: &S) -> std::result::Result<ElfFacts, 
     if phnum == 0 {
         return Ok(facts);
     }
-    if phentsize < min_phent {
+    // Real entries are exactly 56 or 32 bytes; a few times that is tolerated, no more, so the
+    // table read stays small.
+    if phentsize < min_phent || phentsize > 4 * min_phent {
         return Err(format!("program header entries of {phentsize} bytes"));
     }
     // At most 65535 entries of a few dozen bytes: bounded by the field widths.
