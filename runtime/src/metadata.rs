@@ -21,7 +21,7 @@ pub struct Metadata {
 }
 
 /// Largest metadata file read (they are small; a huge one is a broken image).
-const MAX_META: u64 = 1 << 20;
+const MAX_META: u64 = 256 << 10;
 /// Most bytes of environment files read in all: a SquashFS of a few megabytes can hold
 /// thousands of files of `MAX_META` zeros, and the image must not decide berth's memory.
 const MAX_ENV_TOTAL: usize = 1 << 20;

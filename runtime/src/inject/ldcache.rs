@@ -134,14 +134,14 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 
 /// Largest ld.so.cache read. Real ones are well under 1 MiB even with thousands of libraries;
 /// an image's cache is the image author's, so its size must not decide berth's memory.
-pub const MAX_CACHE_FILE: u64 = 16 << 20;
+pub const MAX_CACHE_FILE: u64 = 8 << 20;
 /// Most entries taken from a cache (a distribution's has a few thousand).
 pub const MAX_CACHE_ENTRIES: usize = 1 << 16;
 /// Longest name or path in an entry (PATH_MAX): the terminating NUL is looked for this far only,
 /// so that entries pointing into one huge unterminated string cost nothing quadratic.
 const MAX_CACHE_STRING: usize = 4096;
 /// Most bytes of names and paths kept from one cache (entries may share strings on disk).
-const MAX_CACHE_STRINGS_TOTAL: usize = 16 << 20;
+const MAX_CACHE_STRINGS_TOTAL: usize = 8 << 20;
 
 fn c_string_at(b: &[u8], off: usize) -> Option<String> {
     let rest = b.get(off..)?;
@@ -303,6 +303,33 @@ pub fn write_cache(entries: &[(String, PathBuf, i32)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries that all point at one long string, or more entries than any real cache has:
+    /// an error after bounded work, not gigabytes of copies.
+    #[test]
+    fn crafted_caches_are_refused_in_bounded_work() {
+        let n = 60_000usize;
+        let strings = NEW_HEADER_LEN + n * NEW_ENTRY_LEN;
+        let mut b = NEW_MAGIC.to_vec();
+        b.extend_from_slice(&(n as u32).to_le_bytes());
+        b.resize(NEW_HEADER_LEN, 0);
+        for _ in 0..n {
+            for v in [0x303u32, strings as u32, strings as u32, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&0u64.to_le_bytes());
+        }
+        b.extend(std::iter::repeat(b'a').take(4095));
+        b.push(0);
+        let err = LdCache::parse(&b).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        b[NEW_MAGIC.len()..NEW_MAGIC.len() + 4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(LdCache::parse(&b).unwrap_err().contains("entries"));
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("ld.so.cache");
+        std::fs::File::create(&big).unwrap().set_len(MAX_CACHE_FILE + 1).unwrap();
+        assert!(LdCache::load(&big).unwrap_err().to_string().contains("more than"));
+    }
     use std::process::Command;
 
     /// `ldconfig -p` lines: `\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1`.
