@@ -319,7 +319,7 @@ mod tests {
             }
             b.extend_from_slice(&0u64.to_le_bytes());
         }
-        b.extend(std::iter::repeat(b'a').take(4095));
+        b.resize(b.len() + 4095, b'a');
         b.push(0);
         let err = LdCache::parse(&b).unwrap_err();
         assert!(err.contains("more than"), "{err}");
