@@ -422,3 +422,256 @@ fn a_closed_pipe_ends_the_program_like_natively() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("image:"));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "quiet on a closed pipe");
 }
+
+// ---- Adversarial images and requests: bounded work, clear errors ----
+
+/// What a measured run of berth gave: exit code, stdout, stderr, and its peak RSS in KiB
+/// (its own and that of the children it waited for).
+struct Measured {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    max_rss_kib: i64,
+}
+
+/// Runs `c` under a 1 GiB address-space limit (so that a regression fails this test with an
+/// abort instead of exhausting the machine) and measures its peak RSS with wait4.
+fn measured(mut c: std::process::Command) -> Measured {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only setrlimit runs (async-signal-safe), on a struct that
+    // lives on this stack frame.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 1 << 30, rlim_max: 1 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut stdout);
+    let stderr = err_reader.join().unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 on our own child's pid, with pointers to locals; the Child is not waited
+    // on again afterwards (it is forgotten).
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::wait4(child.id() as i32, &mut status, 0, &mut ru), child.id() as i32);
+        ru
+    };
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) { Some(libc::WEXITSTATUS(status)) } else { None };
+    Measured { code, stdout, stderr, max_rss_kib: ru.ru_maxrss }
+}
+
+impl Measured {
+    /// berth's error exit, one `berth:` message with every needle, and peak RSS under 64 MiB.
+    fn fails_clearly(&self, needles: &[&str]) {
+        assert_eq!(self.code, Some(255), "expected berth's error exit, got {:?}: {}", self.code, self.stderr);
+        assert!(self.stderr.starts_with("berth: "), "{}", self.stderr);
+        for n in needles {
+            assert!(self.stderr.contains(n), "stderr lacks {n:?}: {}", self.stderr);
+        }
+        self.small();
+    }
+
+    fn small(&self) {
+        assert!(
+            self.max_rss_kib < 64 << 10,
+            "peak RSS {} KiB (limit 64 MiB): {}",
+            self.max_rss_kib,
+            self.stderr
+        );
+    }
+}
+
+/// A 3.4 MB SIF: a real primary partition, then 4095 one-MiB deffile descriptors over the
+/// same bytes. Reading each object would copy 4 GB.
+fn sif_with_overlapping_objects(squashfs: &[u8]) -> Vec<u8> {
+    const N: usize = 4096;
+    const DL: usize = 585;
+    let table_off = 4096usize;
+    let data_off = (table_off + N * DL).div_ceil(4096) * 4096;
+    let mut f = vec![0u8; data_off];
+    f[..31].copy_from_slice(b"#!/usr/bin/env run-singularity\n");
+    f[32..42].copy_from_slice(b"SIF_MAGIC\0");
+    f[42..45].copy_from_slice(b"01\0");
+    f[45..48].copy_from_slice(b"02\0");
+    for (i, v) in [N as i64, table_off as i64, (N * DL) as i64, data_off as i64, 1 << 20].iter().enumerate() {
+        f[88 + 8 * i..96 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    let mut desc = |i: usize, kind: i32, size: usize, name: &[u8], extra: &[u8]| {
+        let d = &mut f[table_off + i * DL..table_off + (i + 1) * DL];
+        d[0..4].copy_from_slice(&kind.to_le_bytes());
+        d[4] = 1;
+        d[5..9].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+        d[9..13].copy_from_slice(&0xf000_0001u32.to_le_bytes());
+        d[17..25].copy_from_slice(&(data_off as i64).to_le_bytes());
+        d[25..33].copy_from_slice(&(size as i64).to_le_bytes());
+        d[73..73 + name.len()].copy_from_slice(name);
+        d[201..201 + extra.len()].copy_from_slice(extra);
+    };
+    desc(0, 0x4004, squashfs.len(), b"rootfs", &[1, 0, 0, 0, 2, 0, 0, 0, b'0', b'2', 0]);
+    for i in 1..N {
+        desc(i, 0x4001, 1 << 20, b"deffile", &[]);
+    }
+    f.extend_from_slice(squashfs);
+    f.resize(f.len().max(data_off + (1 << 20)), 0);
+    f
+}
+
+#[test]
+fn crafted_sif_with_overlapping_objects_is_refused_in_bounded_memory() {
+    let w = world();
+    let sif = w.user_file("overlap.sif", &sif_with_overlapping_objects(&std::fs::read(&w.image).unwrap()));
+    let sif = sif.to_str().unwrap();
+    for args in [&["inspect", sif][..], &["inspect", "--json", sif], &["exec", "--no-share", sif, "true"]] {
+        measured(w.berth(args)).fails_clearly(&["overlap.sif", "overlap"]);
+    }
+}
+
+#[test]
+fn sparse_huge_libc_in_a_directory_image_is_read_by_its_headers() {
+    let w = world();
+    let Some(libc) = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: no host libc.so.6 to copy");
+        return;
+    };
+    let root = w.path("sparse-libc-root");
+    harness::build_busybox_root(&root);
+    let dir = root.join(libc.parent().unwrap().strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("libc.so.6");
+    std::fs::copy(std::fs::canonicalize(libc).unwrap(), &big).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(3 << 30).unwrap();
+    let m = measured(w.berth(&["exec", "--no-share", root.to_str().unwrap(), "cat", "/etc/os-release"]));
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    assert!(m.stdout.contains("berth-busybox"), "{}", m.stdout);
+    m.small();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn doubling_environment_file_is_a_clear_error() {
+    let w = world();
+    let root = w.path("env-bomb-root");
+    harness::build_busybox_root(&root);
+    let text = "export A=x\n".to_string() + &"A=$A$A\n".repeat(40);
+    std::fs::write(root.join(".singularity.d/env/90-environment.sh"), text).unwrap();
+    let img = w.path("env-bomb.sqsh");
+    harness::mksquashfs(&root, &img);
+    let _ = std::fs::remove_dir_all(&root);
+    let img = img.to_str().unwrap();
+    measured(w.berth(&["exec", "--no-share", img, "true"])).fails_clearly(&[
+        "90-environment.sh",
+        "line 18",
+        "131072 bytes",
+    ]);
+    // Through a shared (warm) container the same message reaches the user.
+    w.run(&["exec", img, "true"]).fails_with(&["90-environment.sh", "131072 bytes"]);
+    let m = measured(w.berth(&["inspect", img]));
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    m.small();
+}
+
+#[test]
+fn a_fifo_as_image_fails_at_once() {
+    let w = world();
+    let fifo = w.path("pipe.sif");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    nix::unistd::chown(&fifo, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    for verb in ["inspect", "exec"] {
+        let t0 = Instant::now();
+        let mut args = vec![verb, fifo.to_str().unwrap()];
+        if verb == "exec" {
+            args.push("true");
+        }
+        w.run(&args).fails_with(&["pipe.sif", "named pipe (FIFO)"]);
+        assert!(t0.elapsed() < Duration::from_secs(10), "{verb} took {:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn inspect_escapes_terminal_controls_from_the_image() {
+    use berth_runtime::image::{write_sif, SifObject, SifObjectKind};
+    let w = world();
+    let sif = w.path("escape.sif");
+    write_sif(
+        &sif,
+        &w.image,
+        &[SifObject {
+            kind: SifObjectKind::Deffile,
+            name: "def\u{1b}]0;owned\u{7}\u{1b}[2J".into(),
+            data: b"Bootstrap: scratch\n".to_vec(),
+        }],
+        None,
+    )
+    .unwrap();
+    let out = w.run(&["inspect", sif.to_str().unwrap()]).ok();
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "raw controls reached the terminal: {out:?}");
+    assert!(out.contains("def\\x1b]0;owned\\x07\\x1b[2J"), "{out}");
+}
+
+#[test]
+fn stop_reports_signals_it_is_not_allowed_to_send() {
+    let w = world();
+    let cfg = w.path("stop-eperm.toml");
+    let state = format!("/tmp/berth-it-eperm-{}-{{uid}}", std::process::id());
+    std::fs::write(&cfg, format!("state_dir = \"{state}\"\n")).unwrap();
+    let mut holder = w
+        .berth(&["holder", "--name", "eperm", w.image()])
+        .env("BERTH_CONFIG", &cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // Point the record at init (root's): what a stale record after pid reuse by another
+    // user's process looks like.
+    let state = std::path::PathBuf::from(state.replace("{uid}", &w.uid.to_string()));
+    let record = state.join("holders/eperm.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let stat = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    v["pid"] = 1.into();
+    v["start_time"] = fields[19].parse::<u64>().unwrap().into();
+    std::fs::write(&record, v.to_string()).unwrap();
+    let out = harness::Out(w.berth(&["stop", "eperm"]).env("BERTH_CONFIG", &cfg).output().unwrap());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = std::fs::remove_dir_all(&state);
+    out.fails_with(&["stop eperm", "process 1", "not permitted", "not yours"]);
+}
+
+#[test]
+fn binding_over_etc_writes_nothing_into_the_host_directory() {
+    let w = world();
+    let etc = w.home.join("berth-it-etc");
+    let _ = std::fs::remove_dir_all(&etc);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("motd"), "from the host\n").unwrap();
+    nix::unistd::chown(&etc, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    let bind = format!("{}:/etc", etc.display());
+    let out = w.run(&["exec", "--no-share", "-B", &bind, w.image(), "cat", "/etc/motd"]).ok();
+    assert_eq!(out, "from the host\n");
+    let mut left: Vec<String> =
+        std::fs::read_dir(&etc).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    left.sort();
+    let _ = std::fs::remove_dir_all(&etc);
+    assert_eq!(left, ["motd"], "berth wrote into the bound host directory");
+}

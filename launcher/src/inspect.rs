@@ -55,6 +55,31 @@ pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Resu
     Ok(0)
 }
 
+/// `s` with the control characters an image could use to drive the terminal (ESC sequences,
+/// carriage returns, backspaces, C1 controls) shown as `\xNN`/`\u{NN}` instead. `multiline`
+/// keeps newlines and tabs, for script bodies shown line by line.
+fn clean(s: &str, multiline: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' if multiline => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if ('\u{80}'..='\u{9f}').contains(&c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            // Bidirectional overrides reorder what follows them on screen.
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One-line text from the image (names, labels).
+fn line(s: &str) -> String {
+    clean(s, false)
+}
+
 pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
     let img = image::open(a.image.as_deref().unwrap_or(std::path::Path::new("")))?;
     let meta = berth_runtime::container::read_image_metadata(&img, cfg)?;
@@ -66,13 +91,13 @@ pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(0);
     }
-    println!("image:     {}", img.path.display());
+    println!("image:     {}", line(&img.path.display().to_string()));
     println!("format:    {:?}", img.format);
     match &img.root {
         RootFs::Embedded { fs, offset, size } => {
             println!("root fs:   {fs:?}, {size} bytes at offset {offset} (file is {} bytes)", img.file_size)
         }
-        RootFs::Directory { path } => println!("root fs:   directory {}", path.display()),
+        RootFs::Directory { path } => println!("root fs:   directory {}", line(&path.display().to_string())),
     }
     if !img.partitions.is_empty() {
         println!("objects:");
@@ -81,12 +106,12 @@ pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
                 "  id {:3} group {:2} {:10} {:>12} bytes @ {:<10} {}{}",
                 p.id,
                 p.group,
-                p.kind,
+                line(&p.kind),
                 p.size,
                 p.offset,
-                p.name,
+                line(&p.name),
                 match (&p.fs, &p.role) {
-                    (Some(fs), Some(r)) => format!(" ({fs}, {r})"),
+                    (Some(fs), Some(r)) => format!(" ({}, {})", line(fs), line(r)),
                     _ => String::new(),
                 }
             );
@@ -95,14 +120,14 @@ pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
     if !meta.labels.is_empty() {
         println!("labels:");
         for (k, v) in &meta.labels {
-            println!("  {k}: {v}");
+            println!("  {}: {}", line(k), line(v));
         }
     }
     let section = |title: &str, body: &Option<String>| {
         if let Some(b) = body {
-            println!("{title}:");
+            println!("{}:", line(title));
             for l in b.lines() {
-                println!("  {l}");
+                println!("  {}", clean(l, true));
             }
         }
     };
@@ -113,4 +138,19 @@ pub fn run(cfg: &Config, a: InspectArgs) -> Result<i32, Error> {
     section("help", &meta.help);
     section("definition", &meta.definition);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn terminal_controls_from_images_are_shown_not_obeyed() {
+        assert_eq!(clean("evil\u{1b}]0;owned\u{7}\u{1b}[2J", false), "evil\\x1b]0;owned\\x07\\x1b[2J");
+        assert_eq!(clean("a\rb\u{8}c\u{9b}d", false), "a\\x0db\\x08c\\u{9b}d");
+        assert_eq!(clean("one\ttwo\nthree", true), "one\ttwo\nthree");
+        assert_eq!(clean("one\ttwo\nthree", false), "one\\x09two\\x0athree");
+        assert_eq!(clean("x\u{202e}y", false), "x\\u{202e}y");
+        assert_eq!(clean("héllo wörld", false), "héllo wörld");
+    }
 }

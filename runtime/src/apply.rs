@@ -143,6 +143,21 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
             }
             Step::UserDb { dst, entry, key } => {
                 let target = sys.resolve_in_root(&root, dst)?;
+                if let Some(src) = host_dir_bound_over(plan, dst) {
+                    // The user bound a host directory over this file's directory (`-B ~/dir:/etc`):
+                    // creating the mount point would leave an empty file in that host directory.
+                    // Their own file, if they have one there, still gets their entry added.
+                    if !sys.exists(&target) {
+                        tracing::warn!(
+                            "{} comes from {} (a bind), which has no {}: your user and group names \
+                             are not known inside the container",
+                            dst.parent().unwrap_or(dst).display(),
+                            src.display(),
+                            dst.file_name().unwrap_or_default().to_string_lossy()
+                        );
+                        continue;
+                    }
+                }
                 let image_copy = sys.read_file(&target).unwrap_or_default();
                 let merged = merge_user_db(&image_copy, key, entry);
                 // On the layers' tmpfs: nothing can be bound from the unbindable staging mount.
@@ -249,6 +264,17 @@ fn bind_error(src: &Path, dst: &Path, why: &str, e: Error) -> Error {
     )
 }
 
+/// The host directory a bind puts over `dst`'s directory, if one does (the last such bind wins,
+/// as it is mounted last).
+fn host_dir_bound_over<'a>(plan: &'a Plan, dst: &Path) -> Option<&'a Path> {
+    plan.steps.iter().rev().find_map(|s| match s {
+        Step::Bind { src, dst: bind_dst, kind: PathKind::Dir, .. } if dst.starts_with(bind_dst) => {
+            Some(src.as_path())
+        }
+        _ => None,
+    })
+}
+
 /// The image's passwd/group file with the user's entry replacing any entry of the same name.
 pub fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
     let mut out: String =
@@ -295,6 +321,28 @@ mod tests {
         let n = rec.ops.len();
         assert!(rec.ops[n - 2].starts_with("attrs /tmp/berth-1001/mnt/root rec=false Attrs { readonly: true"));
         assert_eq!(rec.ops[n - 1], "pivot_root /tmp/berth-1001/mnt/root");
+    }
+
+    /// `-B ~/dir:/etc` where `~/dir` has no passwd/group: nothing is created in the host
+    /// directory (no empty mount-point files), and the rest of the container still starts.
+    #[test]
+    fn user_db_is_not_created_in_a_host_directory_bound_over_etc() {
+        let myetc = tempfile::tempdir().unwrap();
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.binds.push(crate::request::BindSpec::parse(&format!("{}:/etc", myetc.path().display())).unwrap());
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        let mut rec = Recorder::default();
+        apply(&plan, &mut rec).unwrap();
+        let ops = rec.ops.join("\n");
+        assert!(
+            ops.contains(&format!("mount {} /tmp/berth-1001/mnt/root/etc", myetc.path().display())),
+            "{ops}"
+        );
+        for f in ["passwd", "group"] {
+            assert!(!ops.contains(&format!("touch /tmp/berth-1001/mnt/root/etc/{f}")), "{ops}");
+            assert!(!ops.contains(&format!("/tmp/berth-1001/mnt/root/etc/{f} -")), "{ops}");
+        }
+        assert!(ops.ends_with("pivot_root /tmp/berth-1001/mnt/root"), "{ops}");
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub(crate) fn enter(plan: &Plan) -> Result<Entered> {
     let mut sys = RealSys::new(plan.user.uid, plan.user.gid);
     crate::apply::apply(plan, &mut sys)?;
     let meta = metadata::read(Path::new("/"));
-    let env = compose(&plan.env, &meta.env_files);
+    let env = crate::env::try_compose(&plan.env, &meta.env_files)?;
     let workdir = choose_workdir(&plan.workdir, plan.workdir_required)?;
     Ok(Entered { fuse: sys.fuse.take(), meta, env, workdir })
 }

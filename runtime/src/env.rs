@@ -7,9 +7,19 @@
 //! expansions) and ignores what is not an assignment, so start-up costs no extra process and an
 //! image without `/bin/sh` still works.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
+use crate::error::{Error, Result};
 use crate::plan::{EnvPlan, DEFAULT_PATH};
+
+/// Longest value an image's environment file may build: the kernel refuses any single
+/// environment string longer than this at exec (MAX_ARG_STRLEN, 32 pages), so a longer one
+/// could never reach the program. The cap also keeps `A=$A$A` repeated from doubling memory
+/// until the allocator aborts.
+pub const MAX_VALUE: usize = 128 << 10;
+/// Most bytes (names and values) the image's environment files may set in all.
+pub const MAX_TOTAL: usize = 8 << 20;
 
 /// An ordered environment where setting a variable again keeps its first position.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,14 +65,34 @@ impl Env {
 
 /// Compose the final environment: `plan.host`, `PATH` default, each image env file in order,
 /// then `plan.overrides` and the injected library directories.
+///
+/// An environment file that builds a value past [`MAX_VALUE`] (or the files together past
+/// [`MAX_TOTAL`]) is an error: the container would not get the environment its image asks for.
+pub fn try_compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Result<Env> {
+    compose_with(plan, image_env_files, true)
+}
+
+/// Like [`try_compose`], for callers that cannot fail (a task joining a container that
+/// already started with the same files): evaluation stops at the file that grows too much.
 pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
+    compose_with(plan, image_env_files, false).unwrap_or_default()
+}
+
+fn compose_with(plan: &EnvPlan, image_env_files: &[(String, String)], strict: bool) -> Result<Env> {
     let mut env = Env::default();
     for (k, v) in &plan.host {
         env.set(k, v);
     }
     env.set("PATH", DEFAULT_PATH);
+    let mut budget = MAX_TOTAL;
     for (name, text) in image_env_files {
-        eval_assignments(text, &mut env, name);
+        if let Err(e) = eval_assignments_bounded(text, &mut env, name, &mut budget) {
+            if strict {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+            break;
+        }
     }
     for (k, v) in &plan.overrides {
         env.set(k, v);
@@ -83,11 +113,29 @@ pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
         }
         env.set("LD_LIBRARY_PATH", &parts.join(":"));
     }
-    env
+    Ok(env)
 }
 
-/// Evaluate the assignments of a shell fragment into `env`.
-pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
+/// Evaluate the assignments of a shell fragment into `env`. An error when a value would grow
+/// past [`MAX_VALUE`] or the fragment would set more than [`MAX_TOTAL`] bytes.
+pub fn eval_assignments(text: &str, env: &mut Env, source: &str) -> Result<()> {
+    let mut budget = MAX_TOTAL;
+    eval_assignments_bounded(text, env, source, &mut budget)
+}
+
+fn too_large(source: &str, line: usize, what: String) -> Error {
+    Error::image(
+        std::path::Path::new(&format!("/{}/env/{source}", crate::metadata::META_DIR)),
+        format!("line {line}: {what}"),
+        "the image's environment file builds values without bound (e.g. `A=$A$A` repeated); fix the \
+         file in the image's definition and rebuild it",
+    )
+}
+
+/// `budget`: bytes the files may still set; each assignment spends the length of its name
+/// and value.
+fn eval_assignments_bounded(text: &str, env: &mut Env, source: &str, budget: &mut usize) -> Result<()> {
+    let overflow = Cell::new(false);
     for (n, raw) in logical_lines(text).into_iter().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -98,7 +146,17 @@ pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
             Some(r) => (true, r.trim_start()),
             None => (false, line),
         };
-        match parse_words(rest, env) {
+        let parsed = parse_words(rest, env, &overflow);
+        if overflow.get() {
+            return Err(too_large(
+                source,
+                n + 1,
+                format!(
+                    "a value grows past {MAX_VALUE} bytes (the kernel's limit for one environment string)"
+                ),
+            ));
+        }
+        match parsed {
             Some(words) if !words.is_empty() => {
                 let mut all_ok = true;
                 let mut assigns = vec![];
@@ -113,6 +171,15 @@ pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
                 }
                 if all_ok {
                     for (k, v) in assigns {
+                        let cost = k.len() + v.len();
+                        if cost > *budget {
+                            return Err(too_large(
+                                source,
+                                n + 1,
+                                format!("the image's environment files set more than {MAX_TOTAL} bytes"),
+                            ));
+                        }
+                        *budget -= cost;
                         env.set(&k, &v);
                     }
                 } else {
@@ -122,6 +189,7 @@ pub fn eval_assignments(text: &str, env: &mut Env, source: &str) {
             _ => tracing::debug!("{source}:{}: not understood, ignored: {line}", n + 1),
         }
     }
+    Ok(())
 }
 
 /// Join backslash-continued lines.
@@ -144,8 +212,9 @@ fn logical_lines(text: &str) -> Vec<String> {
 
 /// Split into words with shell quoting and `$V`, `${V}`, `${V:-d}`, `${V-d}`, `${V:+a}`
 /// expansion. Returns None for constructs we do not evaluate (command substitution,
-/// unbalanced quotes, operators), so such lines are skipped whole.
-fn parse_words(s: &str, env: &Env) -> Option<Vec<String>> {
+/// unbalanced quotes, operators), so such lines are skipped whole. A word that grows past
+/// [`MAX_VALUE`] sets `overflow` and gives None.
+fn parse_words(s: &str, env: &Env, overflow: &Cell<bool>) -> Option<Vec<String>> {
     let mut words = vec![];
     let mut cur = String::new();
     let mut in_word = false;
@@ -179,7 +248,13 @@ fn parse_words(s: &str, env: &Env) -> Option<Vec<String>> {
                                 cur.push(ch);
                             }
                         },
-                        '$' => cur.push_str(&expand(&mut chars, env)?),
+                        '$' => {
+                            cur.push_str(&expand(&mut chars, env, overflow)?);
+                            if cur.len() > MAX_VALUE {
+                                overflow.set(true);
+                                return None;
+                            }
+                        }
                         '`' => return None,
                         ch => cur.push(ch),
                     }
@@ -191,7 +266,11 @@ fn parse_words(s: &str, env: &Env) -> Option<Vec<String>> {
             }
             '$' => {
                 in_word = true;
-                cur.push_str(&expand(&mut chars, env)?);
+                cur.push_str(&expand(&mut chars, env, overflow)?);
+                if cur.len() > MAX_VALUE {
+                    overflow.set(true);
+                    return None;
+                }
             }
             ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' => return None,
             ch => {
@@ -206,7 +285,11 @@ fn parse_words(s: &str, env: &Env) -> Option<Vec<String>> {
     Some(words)
 }
 
-fn expand(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, env: &Env) -> Option<String> {
+fn expand(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    env: &Env,
+    overflow: &Cell<bool>,
+) -> Option<String> {
     let lookup = |k: &str| env.get(k).map(str::to_string);
     match chars.peek() {
         Some('{') => {
@@ -223,7 +306,7 @@ fn expand(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, env: &Env) -> Op
                 return None;
             }
             let val = lookup(name);
-            let word = || parse_words(word, env).map(|w| w.join(" "));
+            let word = || parse_words(word, env, overflow).map(|w| w.join(" "));
             Some(match op {
                 "" => val.unwrap_or_default(),
                 ":-" => match val.filter(|v| !v.is_empty()) {
@@ -286,8 +369,28 @@ mod tests {
         for (k, v) in start {
             env.set(k, v);
         }
-        eval_assignments(text, &mut env, "test.sh");
+        eval_assignments(text, &mut env, "test.sh").unwrap();
         env
+    }
+
+    #[test]
+    fn doubling_values_is_an_error_not_an_abort() {
+        let text = "A=x\n".to_string() + &"A=$A$A\n".repeat(40);
+        let mut env = Env::default();
+        let err = eval_assignments(&text, &mut env, "90-environment.sh").unwrap_err().to_string();
+        assert!(err.contains("90-environment.sh") && err.contains("line 18"), "{err}");
+        assert!(err.contains(&MAX_VALUE.to_string()), "{err}");
+        assert!(env.get("A").unwrap().len() <= MAX_VALUE);
+        // The same through try_compose; compose (joins) keeps what came before the bad file.
+        let files = vec![("10-ok.sh".to_string(), "OK=1\n".to_string()), ("90-bad.sh".to_string(), text)];
+        let plan = EnvPlan::default();
+        assert!(try_compose(&plan, &files).is_err());
+        assert_eq!(compose(&plan, &files).get("OK"), Some("1"));
+        // Many distinct large values exhaust the total budget instead.
+        let big = "v".repeat(100_000);
+        let many: String = (0..100).map(|i| format!("V{i}={big}\n")).collect();
+        let err = eval_assignments(&many, &mut Env::default(), "x.sh").unwrap_err().to_string();
+        assert!(err.contains(&MAX_TOTAL.to_string()), "{err}");
     }
 
     #[test]

@@ -301,11 +301,26 @@ pub fn members(st: &HolderState) -> Vec<i32> {
 /// image is unmounted), then the holder with SIGTERM, SIGKILL after `grace`.
 pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> Result<()> {
     let st = find(cfg, uid, name)?;
+    // A signal refused with EPERM means the process is not the user's (a record pointing at
+    // someone else's pid): say so and leave the record, rather than report a stop that did
+    // not happen. ESRCH (already gone) is what stopping wants.
+    let refused = |pid: i32, e: nix::Error| {
+        Error::request(
+            format!("stop {name}"),
+            format!("cannot signal process {pid}: {e}"),
+            "the process is not yours (another user's, or running with other credentials); \
+             ask its owner or an administrator to stop it",
+        )
+    };
+    let signal = |pid: i32, sig| match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+        Err(e @ nix::Error::EPERM) => Err(refused(pid, e)),
+        _ => Ok(()),
+    };
     for pid in members(&st) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        signal(pid, nix::sys::signal::Signal::SIGKILL)?;
     }
     let pid = nix::unistd::Pid::from_raw(st.pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    signal(st.pid, nix::sys::signal::Signal::SIGTERM)?;
     let t0 = std::time::Instant::now();
     while proc::still_running(st.pid, st.start_time) {
         if t0.elapsed() > grace {

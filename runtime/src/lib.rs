@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod image;
 pub mod inject;
 pub mod request;

@@ -21,32 +21,48 @@ pub struct Metadata {
 }
 
 /// Largest metadata file read (they are small; a huge one is a broken image).
-const MAX_META: u64 = 4 << 20;
+const MAX_META: u64 = 256 << 10;
+/// Most bytes of environment files read in all: a SquashFS of a few megabytes can hold
+/// thousands of files of `MAX_META` zeros, and the image must not decide berth's memory.
+const MAX_ENV_TOTAL: usize = 1 << 20;
 
 fn read_small(p: &Path) -> Option<String> {
-    let m = std::fs::metadata(p).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Open first (never blocking: a FIFO in a sandbox directory), then check what was opened.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p).ok()?;
+    let m = file.metadata().ok()?;
     if !m.is_file() || m.len() > MAX_META {
         return None;
     }
-    std::fs::read(p).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    let mut bytes = Vec::new();
+    file.take(MAX_META).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The image's environment files, in the order they apply (all a joining task needs).
 pub fn read_env_files(root: &Path) -> Vec<(String, String)> {
     let dir = root.join(META_DIR);
-    let mut env_files: Vec<(String, String)> = std::fs::read_dir(dir.join("env"))
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("env"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            if !name.ends_with(".sh") {
-                return None;
-            }
-            Some((name, read_small(&e.path())?))
-        })
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".sh"))
+        .take(4096)
         .collect();
-    env_files.sort();
+    names.sort();
+    let mut total = 0usize;
+    let mut env_files = Vec::new();
+    for name in names {
+        let Some(text) = read_small(&dir.join("env").join(&name)) else { continue };
+        total += text.len();
+        if total > MAX_ENV_TOTAL {
+            tracing::warn!("image environment files beyond {MAX_ENV_TOTAL} bytes ignored, from {name} on");
+            break;
+        }
+        env_files.push((name, text));
+    }
     env_files
 }
 

@@ -97,6 +97,9 @@ pub struct Image {
     /// SIF descriptors (empty for other formats).
     pub partitions: Vec<Partition>,
     /// Small data objects stored beside the root fs (SIF deffile, labels JSON), by kind.
+    /// Serialized as `{kind, size, text}` (text lossy UTF-8), not as arrays of numbers that
+    /// would make `inspect --json` print a dozen bytes per byte.
+    #[serde(serialize_with = "objects_as_text")]
     pub embedded_objects: Vec<(String, Vec<u8>)>,
     /// The root SquashFS's superblock (compression, inode count...), when the root is SquashFS.
     pub squashfs: Option<SquashfsInfo>,
@@ -104,6 +107,24 @@ pub struct Image {
     pub ext3: Option<Ext3Info>,
     /// SIF global header details (SIF only).
     pub sif: Option<SifInfo>,
+}
+
+fn objects_as_text<S: serde::Serializer>(
+    objects: &[(String, Vec<u8>)],
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    #[derive(Serialize)]
+    struct Object<'a> {
+        kind: &'a str,
+        size: usize,
+        text: std::borrow::Cow<'a, str>,
+    }
+    let mut seq = ser.serialize_seq(Some(objects.len()))?;
+    for (kind, bytes) in objects {
+        seq.serialize_element(&Object { kind, size: bytes.len(), text: String::from_utf8_lossy(bytes) })?;
+    }
+    seq.end()
 }
 
 impl Image {
@@ -132,19 +153,12 @@ impl Image {
 /// Reads only headers. Checks that the root filesystem lies whole inside the file, so that a
 /// truncated copy fails here, with a message, rather than at some later read inside the mount.
 pub fn open(path: &Path) -> Result<Image> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::image_io(path, "cannot open the image", e))?;
-    if meta.is_dir() {
-        return Ok(Image::new(path, Format::Directory, RootFs::Directory { path: path.to_path_buf() }, 0));
-    }
-    if !meta.is_file() {
-        // Opening a FIFO would block, and devices have no size to check against.
-        return Err(Error::image(
-            path,
-            "not a regular file or a directory",
-            "give the path of an image file (.sif, .sqsh, .img) or of a sandbox directory",
-        ));
-    }
-    let file = ImageFile::open(path)?;
+    let file = match reader::open_image_path(path)? {
+        reader::Opened::Directory => {
+            return Ok(Image::new(path, Format::Directory, RootFs::Directory { path: path.to_path_buf() }, 0))
+        }
+        reader::Opened::File(file) => file,
+    };
     if file.size() == 0 {
         return Err(Error::image(
             path,

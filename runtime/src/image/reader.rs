@@ -20,12 +20,58 @@ pub(crate) struct ImageFile {
     size: u64,
 }
 
+/// What [`open_image_path`] found at a path.
+pub(crate) enum Opened {
+    File(ImageFile),
+    Directory,
+}
+
+/// Opens what the user named, without blocking and without a check-then-open race: one
+/// `open(O_RDONLY|O_NONBLOCK)` (symlinks the user made are followed, it is their path), then
+/// `fstat` of that descriptor decides. A FIFO opens at once under O_NONBLOCK and is refused by
+/// its type; a file swapped in after a separate `stat` cannot be what is read.
+pub(crate) fn open_image_path(path: &Path) -> Result<Opened> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::image_io(path, "cannot open the image", e))?;
+    let meta = file.metadata().map_err(|e| Error::image_io(path, "cannot read the image's size", e))?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Ok(Opened::Directory);
+    }
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::image(
+            path,
+            format!("{kind}, not an image file or a directory"),
+            "give the path of an image file (.sif, .sqsh, .img) or of a sandbox directory",
+        ));
+    }
+    Ok(Opened::File(ImageFile { file, path: path.to_path_buf(), size: meta.len() }))
+}
+
 impl ImageFile {
+    /// Opens a regular file as an image (a FIFO or a device is refused without blocking).
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::image_io(path, "cannot open the image", e))?;
-        let size =
-            file.metadata().map_err(|e| Error::image_io(path, "cannot read the image's size", e))?.len();
-        Ok(ImageFile { file, path: path.to_path_buf(), size })
+        match open_image_path(path)? {
+            Opened::File(f) => Ok(f),
+            Opened::Directory => Err(Error::image(
+                path,
+                "a directory, not an image file",
+                "give the path of an image file (.sif, .sqsh, .img)",
+            )),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -135,7 +135,7 @@ pub fn arch_name(code: &[u8]) -> String {
         .iter()
         .find(|(c, _)| c.as_slice() == code)
         .map(|(_, name)| (*name).to_string())
-        .unwrap_or_else(|| format!("unknown ({})", c_string(code)))
+        .unwrap_or_else(|| format!("unknown ({:?})", c_string(code)))
 }
 
 /// SIF arch code for a Rust `std::env::consts::ARCH` value.
@@ -237,6 +237,7 @@ pub(crate) fn parse(file: &ImageFile) -> Result<Parsed> {
     for d in &descriptors {
         check_in_file(file, d)?;
     }
+    check_no_overlap(file, &descriptors)?;
     let primary = primary_partition(file, &descriptors)?;
     let (root, fs_info) = root_of(file, primary)?;
     let (squashfs, ext3) = match fs_info {
@@ -378,6 +379,33 @@ fn check_in_file(file: &ImageFile, d: &Descriptor) -> Result<()> {
     ))
 }
 
+/// SIF writers place each object in its own byte range. Descriptors that share bytes are a
+/// crafted file (4095 descriptors over the same megabyte would otherwise make every reader of
+/// the objects copy gigabytes), so they are refused.
+fn check_no_overlap(file: &ImageFile, descriptors: &[Descriptor]) -> Result<()> {
+    let mut ranges: Vec<&Descriptor> = descriptors.iter().filter(|d| d.size > 0).collect();
+    ranges.sort_by_key(|d| (d.offset, d.size));
+    for pair in ranges.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if a.offset + a.size > b.offset {
+            return Err(Error::image(
+                file.path(),
+                format!(
+                    "corrupt SIF: {} (bytes {}..{}) and {} (bytes {}..{}) overlap",
+                    a.describe(),
+                    a.offset,
+                    a.offset + a.size,
+                    b.describe(),
+                    b.offset,
+                    b.offset + b.size
+                ),
+                "the image is damaged or crafted; rebuild it",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The one partition marked "primary system", with a message that names the fix otherwise.
 fn primary_partition<'a>(file: &ImageFile, descriptors: &'a [Descriptor]) -> Result<&'a Descriptor> {
     let primaries: Vec<&Descriptor> =
@@ -463,11 +491,18 @@ fn root_of(file: &ImageFile, primary: &Descriptor) -> Result<(RootFs, RootFsInfo
 }
 
 /// Copies the small metadata objects (definition file, labels, environment, JSON) for inspect
-/// and for the runscript/env logic.
+/// and for the runscript/env logic: the first of each kind only (what [`super::Image::object`]
+/// returns), so at most four objects of [`MAX_EMBEDDED_OBJECT`] bytes whatever the file holds.
 fn embedded_objects(file: &ImageFile, descriptors: &[Descriptor]) -> Result<Vec<(String, Vec<u8>)>> {
     let wanted = [TYPE_DEFFILE, TYPE_LABELS, TYPE_ENV_VARS, TYPE_GENERIC_JSON];
     let mut objects = Vec::new();
+    let mut taken: Vec<i32> = Vec::new();
     for d in descriptors.iter().filter(|d| wanted.contains(&d.data_type)) {
+        if taken.contains(&d.data_type) {
+            tracing::debug!("skipping SIF {}: only the first of its kind is used", d.describe());
+            continue;
+        }
+        taken.push(d.data_type);
         if d.size > MAX_EMBEDDED_OBJECT {
             tracing::debug!("skipping SIF {} of {} bytes: too large to embed", d.describe(), d.size);
             continue;

@@ -17,7 +17,12 @@ fn fixtures_dir() -> Option<PathBuf> {
     }
 }
 
+/// A sylabs test file: the repository's copy (tests/fixtures/sif) first, then the shared set.
 fn fixture(name: &str) -> Option<Vec<u8>> {
+    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sif").join(name);
+    if in_repo.is_file() {
+        return Some(std::fs::read(in_repo).expect("fixture readable"));
+    }
     Some(std::fs::read(fixtures_dir()?.join(name)).expect("fixture readable"))
 }
 
@@ -104,7 +109,39 @@ fn fifo_is_refused_without_blocking() {
         eprintln!("skipping: cannot make a FIFO here");
         return;
     }
-    assert_error(open(&fifo), &["not a regular file"]);
+    assert_error(open(&fifo), &["named pipe (FIFO)", "not an image file"]);
+}
+
+/// A file swapped for a FIFO by rename between berth's checks must never make `open` wait for
+/// a writer: every open ends, with the image or with an error.
+#[test]
+fn swapping_an_image_for_a_fifo_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, fifo, regular) = (dir.path().join("img"), dir.path().join("f"), dir.path().join("r"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (path, fifo, regular, stop) = (path.clone(), fifo.clone(), regular.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU);
+                let _ = std::fs::rename(&fifo, &path);
+                let _ = std::fs::write(&regular, b"not an image");
+                let _ = std::fs::rename(&regular, &path);
+            }
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = std::thread::spawn(move || {
+        for _ in 0..2000 {
+            let _ = open(&path);
+        }
+        let _ = tx.send(());
+    });
+    let finished = rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(finished, "open() blocked on a FIFO swapped in for the image");
+    opener.join().unwrap();
 }
 
 // ---- SquashFS and Singularity 2 ----
@@ -395,6 +432,24 @@ fn sif_objects_are_embedded() {
     assert_eq!(image.object("deffile"), Some(&[0xfa, 0xce, 0xfe, 0xed][..]));
     assert_eq!(image.partitions[0].kind, "deffile");
     assert_eq!(image.partitions[0].fs, None);
+}
+
+/// Descriptors over the same bytes are refused (4095 of them over one MiB made every reader copy
+/// 4 GB); the JSON of embedded objects is text, not a dozen bytes of numbers per byte.
+#[test]
+fn sif_overlapping_objects_are_refused() {
+    let Some(r) = damaged_one_group(|b| {
+        let partition_at = i64::from_le_bytes(b[descriptor(1) + 17..descriptor(1) + 25].try_into().unwrap());
+        put_i32(b, descriptor(0), sif::TYPE_DEFFILE);
+        put_i64(b, descriptor(0) + 17, partition_at);
+    }) else {
+        return;
+    };
+    assert_error(r, &["corrupt SIF", "overlap", "data object 1 (deffile)"]);
+    let image = damaged_one_group(|b| put_i32(b, descriptor(0), sif::TYPE_DEFFILE)).unwrap().unwrap();
+    let json = serde_json::to_value(&image).unwrap();
+    assert_eq!(json["embedded_objects"][0]["kind"], "deffile");
+    assert_eq!(json["embedded_objects"][0]["size"], 4);
 }
 
 // ---- SIF writer ----

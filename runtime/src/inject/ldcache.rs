@@ -132,10 +132,22 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
+/// Largest ld.so.cache read. Real ones are well under 1 MiB even with thousands of libraries;
+/// an image's cache is the image author's, so its size must not decide berth's memory.
+pub const MAX_CACHE_FILE: u64 = 8 << 20;
+/// Most entries taken from a cache (a distribution's has a few thousand).
+pub const MAX_CACHE_ENTRIES: usize = 1 << 16;
+/// Longest name or path in an entry (PATH_MAX): the terminating NUL is looked for this far only,
+/// so that entries pointing into one huge unterminated string cost nothing quadratic.
+const MAX_CACHE_STRING: usize = 4096;
+/// Most bytes of names and paths kept from one cache (entries may share strings on disk).
+const MAX_CACHE_STRINGS_TOTAL: usize = 8 << 20;
+
 fn c_string_at(b: &[u8], off: usize) -> Option<String> {
     let rest = b.get(off..)?;
-    let end = rest.iter().position(|&c| c == 0)?;
-    String::from_utf8(rest[..end].to_vec()).ok()
+    let window = &rest[..rest.len().min(MAX_CACHE_STRING)];
+    let end = window.iter().position(|&c| c == 0)?;
+    String::from_utf8(window[..end].to_vec()).ok()
 }
 
 impl LdCache {
@@ -163,9 +175,22 @@ impl LdCache {
         }
 
         let mut entries = Vec::new();
+        let too_many = |n: usize| format!("{n} entries (more than {MAX_CACHE_ENTRIES}): not a real cache");
+        let mut kept = 0usize;
+        let mut keep = |e: CacheEntry, entries: &mut Vec<CacheEntry>| {
+            kept += e.name.len() + e.path.as_os_str().len();
+            if kept > MAX_CACHE_STRINGS_TOTAL {
+                return Err(format!("names and paths of more than {MAX_CACHE_STRINGS_TOTAL} bytes"));
+            }
+            entries.push(e);
+            Ok(())
+        };
         if let Some(base) = new_start {
             let b = &bytes[base..];
             let nlibs = u32_at(b, 20).ok_or_else(truncated)? as usize;
+            if nlibs > MAX_CACHE_ENTRIES {
+                return Err(too_many(nlibs));
+            }
             for i in 0..nlibs {
                 let off = NEW_HEADER_LEN + i * NEW_ENTRY_LEN;
                 let flags = u32_at(b, off).ok_or_else(truncated)? as i32;
@@ -175,9 +200,12 @@ impl LdCache {
                 let name = c_string_at(b, key).ok_or_else(|| format!("entry {i}: bad name offset {key}"))?;
                 let path =
                     c_string_at(b, value).ok_or_else(|| format!("entry {i}: bad path offset {value}"))?;
-                entries.push(CacheEntry { flags, name, path: PathBuf::from(path), hwcap });
+                keep(CacheEntry { flags, name, path: PathBuf::from(path), hwcap }, &mut entries)?;
             }
         } else if let Some((nlibs, strings)) = old {
+            if nlibs > MAX_CACHE_ENTRIES {
+                return Err(too_many(nlibs));
+            }
             for i in 0..nlibs {
                 let off = 16 + i * OLD_ENTRY_LEN;
                 let flags = u32_at(bytes, off).ok_or_else(truncated)? as i32;
@@ -187,7 +215,7 @@ impl LdCache {
                     c_string_at(bytes, strings + key).ok_or_else(|| format!("entry {i}: bad name offset"))?;
                 let path = c_string_at(bytes, strings + value)
                     .ok_or_else(|| format!("entry {i}: bad path offset"))?;
-                entries.push(CacheEntry { flags, name, path: PathBuf::from(path), hwcap: 0 });
+                keep(CacheEntry { flags, name, path: PathBuf::from(path), hwcap: 0 }, &mut entries)?;
             }
         }
         Ok(LdCache { entries })
@@ -195,8 +223,23 @@ impl LdCache {
 
     /// Read and parse `path`.
     pub fn load(path: &Path) -> crate::Result<LdCache> {
-        let bytes =
-            std::fs::read(path).map_err(|e| crate::Error::io("cannot read the library cache", path, e))?;
+        use std::io::Read;
+        let io_err = |e| crate::Error::io("cannot read the library cache", path, e);
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let size = file.metadata().map_err(io_err)?.len();
+        let mut bytes = Vec::new();
+        // Read one byte past the cap, so that a file growing after the fstat is caught too.
+        file.take(MAX_CACHE_FILE + 1).read_to_end(&mut bytes).map_err(io_err)?;
+        if size > MAX_CACHE_FILE || bytes.len() as u64 > MAX_CACHE_FILE {
+            return Err(crate::Error::inject(
+                format!("library cache {}", path.display()),
+                format!(
+                    "{} bytes, more than the {MAX_CACHE_FILE} an ld.so.cache can sensibly hold",
+                    size.max(bytes.len() as u64)
+                ),
+                "run ldconfig to rebuild it",
+            ));
+        }
         LdCache::parse(&bytes).map_err(|why| {
             crate::Error::inject(
                 format!("library cache {}", path.display()),
@@ -260,6 +303,33 @@ pub fn write_cache(entries: &[(String, PathBuf, i32)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries that all point at one long string, or more entries than any real cache has:
+    /// an error after bounded work, not gigabytes of copies.
+    #[test]
+    fn crafted_caches_are_refused_in_bounded_work() {
+        let n = 60_000usize;
+        let strings = NEW_HEADER_LEN + n * NEW_ENTRY_LEN;
+        let mut b = NEW_MAGIC.to_vec();
+        b.extend_from_slice(&(n as u32).to_le_bytes());
+        b.resize(NEW_HEADER_LEN, 0);
+        for _ in 0..n {
+            for v in [0x303u32, strings as u32, strings as u32, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&0u64.to_le_bytes());
+        }
+        b.resize(b.len() + 4095, b'a');
+        b.push(0);
+        let err = LdCache::parse(&b).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        b[NEW_MAGIC.len()..NEW_MAGIC.len() + 4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(LdCache::parse(&b).unwrap_err().contains("entries"));
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("ld.so.cache");
+        std::fs::File::create(&big).unwrap().set_len(MAX_CACHE_FILE + 1).unwrap();
+        assert!(LdCache::load(&big).unwrap_err().to_string().contains("more than"));
+    }
     use std::process::Command;
 
     /// `ldconfig -p` lines: `\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1`.

@@ -109,9 +109,26 @@ pub fn libtool_version(file_name: &str) -> Option<Vec<u32>> {
     parts.filter(|p| p.len() >= 2)
 }
 
+/// Largest MPI library read whole to find its version strings (the biggest real ones, Intel
+/// MPI's and Cray's, are well under 100 MB); an image's file of any size must not decide
+/// berth's memory.
+const MAX_MPI_LIBRARY: u64 = 192 << 20;
+
 /// Identify the MPI library at `real_path` (the file, symlinks followed) known by `soname`.
 pub fn identify(soname: &str, real_path: &Path) -> Result<MpiInfo> {
-    let bytes = std::fs::read(real_path).map_err(|e| Error::io("cannot read MPI library", real_path, e))?;
+    use std::io::Read;
+    let io_err = |e| Error::io("cannot read MPI library", real_path, e);
+    let file = std::fs::File::open(real_path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    if size > MAX_MPI_LIBRARY {
+        return Err(Error::inject(
+            format!("MPI library {}", real_path.display()),
+            format!("{size} bytes, more than the {MAX_MPI_LIBRARY} berth reads to identify an MPI"),
+            "use --mpi=hybrid, or an image whose MPI library is a real one",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MPI_LIBRARY).read_to_end(&mut bytes).map_err(io_err)?;
     let file_name = real_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     identify_bytes(soname, &file_name, &bytes).ok_or_else(|| {
         Error::inject(
