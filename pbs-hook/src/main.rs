@@ -2,14 +2,15 @@
 //!
 //! TORQUE has no loadable plugin API for job launch, so this is an executable pbs_mom starts:
 //!
-//! - as `$job_starter` (default mode): `berth-pbs /bin/bash` with the job script's path on
-//!   stdin (the batch shell), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
+//! - as `$job_starter` (default mode), as the job's user (never root: `user.rs`):
+//!   `berth-pbs /bin/bash -bash` with the job script's line on stdin (the batch or interactive
+//!   shell, `jobfile.rs`), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
 //!   spawned through TM: pbsdsh, orted). With `CONTAINER` in the job's environment both run in
 //!   one container per node per job (see `berth_runtime::shared`); without it the command is
 //!   executed unchanged.
 //! - as `prologue`/`epilogue` (and `.parallel`), by name (symlinks in `mom_priv`) or as
-//!   `berth-pbs prologue ARGS...`: check the image before the job runs; stop the job's
-//!   containers after it.
+//!   `berth-pbs prologue ARGS...`: check the node before the job runs (`prologue.rs`); stop
+//!   the job's containers after it.
 //! - as an rsh agent for MPI launchers without TM support: `berth-pbs rsh HOST CMD...` runs
 //!   `ssh HOST ... berth-pbs task CMD...`, so remote daemons enter the image too.
 //!
