@@ -626,7 +626,7 @@ fn timings() {
     let mut mom = Mom::new(w);
     let a = Node::new(w, "a");
     let mut n = 0;
-    let mut measure = |mom: &Mom, container: bool| -> Vec<f64> {
+    let mut measure = |mom: &Mom, container: bool| -> Vec<(f64, f64)> {
         (0..6)
             .map(|_| {
                 n += 1;
@@ -635,7 +635,7 @@ fn timings() {
                 mom.submit(&job, &[&a]);
                 let end = mom.run_job(&job, &a, None);
                 assert_eq!(end.status, 0, "{:?}", end.err);
-                end.elapsed.as_secs_f64() * 1000.0
+                (end.elapsed.as_secs_f64() * 1000.0, end.until_job_end.as_secs_f64() * 1000.0)
             })
             .skip(1)
             .collect()
@@ -645,8 +645,11 @@ fn timings() {
     mom.berth = true;
     let native = measure(&mom, false);
     let contained = measure(&mom, true);
-    for (what, v) in [("no berth", none), ("berth, native job", native), ("berth, CONTAINER job", contained)]
+    for (what, both) in
+        [("no berth", none), ("berth, native job", native), ("berth, CONTAINER job", contained)]
     {
+        let v: Vec<f64> = both.iter().map(|p| p.0).collect();
+        let epi: Vec<f64> = both.iter().map(|p| p.0 - p.1).collect();
         let min = v.iter().cloned().fold(f64::MAX, f64::min);
         let max = v.iter().cloned().fold(0.0, f64::max);
         let med = {
@@ -654,7 +657,9 @@ fn timings() {
             s.sort_by(|a, b| a.partial_cmp(b).unwrap());
             s[2]
         };
-        eprintln!("TIMING {what}: min {min:.1} ms, median {med:.1} ms, max {max:.1} ms ({v:.1?})");
+        eprintln!(
+            "TIMING {what}: min {min:.1} ms, median {med:.1} ms, max {max:.1} ms ({v:.1?}); epilogue {epi:.1?}"
+        );
     }
 }
 

@@ -369,13 +369,20 @@ impl<'w> Mom<'w> {
             err.push_str(&r.stderr());
             status = r.code().unwrap_or(128 + 9);
         }
+        let t_job = t0.elapsed();
         if self.berth {
             let e = self.hook("epilogue", job, node);
             out.push_str(&e.stdout());
             err.push_str(&e.stderr());
         }
         let returned = !(-3..=-1).contains(&status);
-        JobEnd { status, out: returned.then_some(out), err: returned.then_some(err), elapsed: t0.elapsed() }
+        JobEnd {
+            status,
+            out: returned.then_some(out),
+            err: returned.then_some(err),
+            elapsed: t0.elapsed(),
+            until_job_end: t_job,
+        }
     }
 
     /// A TM task (pbsdsh, orted): `[starter, argv...]`, stdin /dev/null.
@@ -444,6 +451,8 @@ pub struct JobEnd {
     pub err: Option<String>,
     /// Prologue start to epilogue end (commit to obit, less the server's messages).
     pub elapsed: std::time::Duration,
+    /// Prologue start to the job's end (the rest of `elapsed` is the epilogue).
+    pub until_job_end: std::time::Duration,
 }
 
 /// Processes (not zombies) whose environment says they belong to `jobid`: holders, FUSE
