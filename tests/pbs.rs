@@ -713,3 +713,25 @@ fn static_starter_ignores_ld_preload_as_root() {
     assert!(marker.exists(), "the preload library works in a dynamic program");
     let _ = std::fs::remove_file(&marker);
 }
+
+/// Array jobs (`qsub -t`): ids like `12[3].server` name the holder and the script file.
+#[test]
+fn array_job_runs_in_its_container() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let id = format!("12[3].srv{}", std::process::id());
+    let job =
+        Job::new(w, &id, &[("CONTAINER", w.image())], "grep ^NAME= /etc/os-release; echo ID=$PBS_JOBID\n");
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!(end.status, 0, "{:?}", end.err);
+    assert_eq!(end.out.unwrap(), format!("NAME=\"berth-busybox\"\nID={id}\n"));
+    let t0 = std::time::Instant::now();
+    while !job_processes(&id).is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(job_processes(&id), Vec::<String>::new());
+    assert!(job_files(&a, &id.replace(['[', ']'], "_")).is_empty(), "holder files left");
+}
