@@ -714,6 +714,29 @@ fn static_starter_ignores_ld_preload_as_root() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (`PBS_GPUFILE`), ask for the host's NVIDIA
+/// driver like `--nv`; on a node without one the job's error file says so.
+#[test]
+fn gpu_jobs_ask_for_the_driver() {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        eprintln!("skipped: this host has an NVIDIA driver (tests/gpu covers it)");
+        return;
+    }
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    for (n, var) in [("801", ("BERTH_NV", "1")), ("802", ("PBS_GPUFILE", "/var/spool/torque/aux/x.gpu"))] {
+        let job = Job::new(w, &jid(n), &[("CONTAINER", w.image()), var], "echo should-not-run\n");
+        mom.submit(&job, &[&a]);
+        let end = mom.run_job(&job, &a, None);
+        let err = end.err.unwrap();
+        assert_eq!(end.status, 255, "{var:?}: {err}");
+        assert!(err.starts_with("berth: ") && err.contains("no NVIDIA driver"), "{var:?}: {err}");
+        assert_clean(&[&a], &job.id);
+    }
+}
+
 /// Array jobs (`qsub -t`): ids like `12[3].server` name the holder and the script file.
 #[test]
 fn array_job_runs_in_its_container() {

@@ -93,6 +93,14 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
     Ok(o)
 }
 
+/// Whether pbs_mom allocated GPUs to the job on this node: TORQUE sets `PBS_GPUFILE` for
+/// jobs with `gpus=N` (OpenPBS: `CUDA_VISIBLE_DEVICES` from its cgroup hook). Under the
+/// site's `inject.nvidia = "auto"` such a job gets the driver without asking, as under Slurm.
+pub fn gpus_allocated(cfg: &berth_runtime::config::Config, env: impl Fn(&str) -> Option<String>) -> bool {
+    cfg.inject.nvidia == berth_runtime::inject::NvidiaMode::Auto
+        && (env("PBS_GPUFILE").is_some() || env("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.trim().is_empty()))
+}
+
 /// The `BERTH_*` pairs of the environment, for [`CARRIED`].
 pub fn carried_from_env() -> Vec<(String, String)> {
     std::env::vars().filter(|(k, _)| k.starts_with("BERTH_") && k != "BERTH_CONTAINER").collect()
