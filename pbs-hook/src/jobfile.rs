@@ -9,6 +9,10 @@
 //! arguments are split and quoted by the shell, as for any command line. Interactive jobs
 //! (`qsub -I`) get the same argv with the terminal as stdin and
 //! `PBS_ENVIRONMENT=PBS_INTERACTIVE`. TM tasks (pbsdsh, orted) are `[starter, ARGV...]`.
+//!
+//! OpenPBS (`src/resmom/start_exec.c` `finish_exec`) writes the same kind of line, with `[`
+//! and `]` of array job ids escaped by a backslash, and `cd $PBS_JOBDIR;` before it under
+//! `sandbox=PRIVATE`.
 
 use std::path::{Path, PathBuf};
 
@@ -65,9 +69,22 @@ pub fn parse_line(line: &str) -> Result<ScriptLine, String> {
     if line.is_empty() {
         return Err("the batch shell's stdin carried no job script path (expected one line, $PBS_HOME/mom_priv/jobs/<jobid>.SC); is berth-pbs configured as $job_starter of this pbs_mom?".into());
     }
-    let rest = line.strip_prefix("exec ").map(str::trim_start).unwrap_or(line);
+    let mut rest = line;
+    if rest.starts_with("cd ") {
+        rest = rest.split_once(';').map(|(_, r)| r.trim_start()).unwrap_or(rest);
+    }
+    let rest = rest.strip_prefix("exec ").map(str::trim_start).unwrap_or(rest);
     let path = rest.split_whitespace().next().unwrap_or_default();
-    let script = PathBuf::from(path);
+    // The shell would drop the escaping backslashes: so does the path we bind.
+    let mut unescaped = String::with_capacity(path.len());
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => unescaped.extend(chars.next()),
+            c => unescaped.push(c),
+        }
+    }
+    let script = PathBuf::from(unescaped);
     if !script.is_absolute() {
         return Err(format!("the job script path {path:?} from the batch shell's stdin is not absolute"));
     }
@@ -131,6 +148,9 @@ mod tests {
         assert_eq!(l.line, format!("{p} one 'two three'"));
         let l = parse_line(&format!("exec {p}")).unwrap();
         assert_eq!(l.script, PathBuf::from(p));
+        let l =
+            parse_line("cd /home/u/pbs.12.srv.x8z;/var/spool/pbs/mom_priv/jobs/12\\[3\\].srv.SC").unwrap();
+        assert_eq!(l.script, PathBuf::from("/var/spool/pbs/mom_priv/jobs/12[3].srv.SC"));
         assert!(parse_line("").unwrap_err().contains("no job script path"));
         assert!(parse_line("exec rel.SC").unwrap_err().contains("not absolute"));
     }
