@@ -56,7 +56,11 @@ fn job_and_tasks_run_in_one_container_per_node() {
     let text = out.ok();
     assert_eq!(line(&text, "NAME="), "\"berth-busybox\"", "the script runs in the image: {text}");
     assert_eq!(line(&text, "UID="), w.uid.to_string());
-    assert_eq!(line(&text, "PWD="), job.workdir.display().to_string(), "workdir is $PBS_O_WORKDIR");
+    assert_eq!(
+        line(&text, "PWD="),
+        w.home.display().to_string(),
+        "starts where a native job starts: $HOME (pbs_mom's cwd)"
+    );
     assert_eq!(line(&text, "NET="), a.net_id(), "host networking of the node");
     assert_eq!(line(&text, "NODES="), "a b", "$PBS_NODEFILE is readable inside");
     assert_eq!(line(&text, "SCRIPT="), "4", "the job script is visible inside");
@@ -81,6 +85,7 @@ fn job_and_tasks_run_in_one_container_per_node() {
         vars: vec![("CONTAINER".into(), w.rootfs.display().to_string())],
         workdir: job.workdir.clone(),
         script_body: String::new(),
+        args: None,
     };
     let out = mom.task(&other, &a, 9, &["true"]);
     assert_eq!(out.code(), Some(255));
@@ -142,66 +147,47 @@ fn job_and_tasks_run_in_one_container_per_node() {
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
 }
 
+/// `$job_starter_run_privileged true`: pbs_mom starts the starter as root with the job's
+/// environment, which the job's user sets. berth-pbs refuses at once, with or without
+/// CONTAINER, whatever USER/LOGNAME say.
 #[test]
-fn run_privileged_starter_drops_to_the_job_user() {
+fn run_privileged_starter_is_refused() {
     let _s = serial();
     let w = world();
     let mom = Mom::new(w);
     let a = Node::new(w, "a");
-    let job = Job::new(
-        w,
-        &jid("102"),
-        &[("CONTAINER", w.image())],
-        "echo UID=$(id -u) GID=$(id -g) GROUPS=$(id -G); grep ^NAME= /etc/os-release\n",
-    );
-    mom.submit(&job, &[&a]);
-    let _cleanup = Epilogues(&mom, &job, vec![&a]);
-    let out = mom.batch(&job, &a, As::Root).ok();
-    assert!(out.contains(&format!("UID={} GID={} GROUPS={}\n", w.uid, w.gid, w.gid)), "{out}");
-    assert!(out.contains("NAME=\"berth-busybox\""), "{out}");
-    // The holder runs as the user too (its state is in the user's state dir, owned by them).
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(a.holders_dir()).unwrap().uid(), w.uid);
-    mom.hook("epilogue", &job, &a);
-    assert_clean(&[&a], &jid("102"));
-
-    // The drop happens before anything the user controls is read: a job script only root
-    // could read is refused.
-    let secret = Job::new(w, &jid("106"), &[("CONTAINER", w.image())], "echo should-not-run\n");
-    mom.submit(&secret, &[&a]);
-    nix::unistd::chown(&secret.script_path(&a), Some(0.into()), Some(0.into())).unwrap();
-    std::fs::set_permissions(secret.script_path(&a), std::fs::Permissions::from_mode(0o400)).unwrap();
-    let out = mom.batch(&secret, &a, As::Root);
-    assert_eq!(out.code(), Some(255));
-    assert!(
-        out.stderr().contains("cannot read the job script") && out.stderr().contains("ermission denied"),
-        "{}",
-        out.stderr()
-    );
-    assert_clean(&[&a], &secret.id);
-    // An unknown job user, or root, is refused.
-    for (user, needle) in [
-        ("nosuchuser-xyz", "not in the passwd database"),
-        ("root", "refusing to run a container job as root"),
-    ] {
-        let j = Job::new(
-            w,
-            &jid("107"),
-            &[("CONTAINER", w.image()), ("USER", user), ("LOGNAME", user)],
-            "id -u\n",
-        );
-        mom.submit(&j, &[&a]);
-        let out = mom.batch(&j, &a, As::Root);
-        assert_eq!(out.code(), Some(255), "{user}");
-        assert!(out.stderr().contains(needle), "{}", out.stderr());
+    let victim_file = w.home.join(format!("victim-{}", std::process::id()));
+    let _ = std::fs::remove_file(&victim_file);
+    let touch = format!("id -u; touch {}", victim_file.display());
+    for vars in [vec![("CONTAINER", w.image())], vec![]] {
+        let job = Job::new(w, &jid("102"), &vars, &format!("{touch}\n"));
+        mom.submit(&job, &[&a]);
+        let out = mom.batch(&job, &a, As::Root);
+        assert_eq!(out.code(), Some(255), "{vars:?}: {} {}", out.stdout(), out.stderr());
+        assert!(out.stderr().contains("$job_starter_run_privileged"), "{}", out.stderr());
+        assert_eq!(out.stdout(), "", "nothing ran");
+        assert_clean(&[&a], &job.id);
     }
-
-    // Without CONTAINER, a privileged starter still runs the job as the user.
-    let plain = Job::new(w, &jid("103"), &[], "id -u\n");
-    mom.submit(&plain, &[&a]);
-    let sc = plain.script_path(&a);
-    std::fs::set_permissions(&sc, std::fs::Permissions::from_mode(0o700)).unwrap();
-    assert_eq!(mom.batch(&plain, &a, As::Root).ok(), format!("{}\n", w.uid));
+    // The audit's case: root, an environment naming another user, a TM task.
+    let starter = mom.starter.display().to_string();
+    for container in [Some(w.image()), None] {
+        let mut c = mom::in_node(&a.netns_path(), As::Root, 0, 0, &[&starter, "task", "sh", "-c", &touch]);
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("USER", harness::USER)
+            .env("LOGNAME", harness::USER)
+            .env("PBS_JOBID", "77.srv")
+            .env("BERTH_CONFIG", &a.config);
+        if let Some(img) = container {
+            c.env("CONTAINER", img);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{container:?}: {err}");
+        assert!(err.starts_with("berth: ") && err.contains("$job_starter_run_privileged"), "{err}");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(!victim_file.exists(), "nothing ran as the user the environment named");
 }
 
 #[test]
@@ -220,44 +206,73 @@ fn without_container_commands_run_unchanged() {
     let out = mom.task(&job, &a, 1, &["no-such-command-xyz"]);
     assert_eq!(out.code(), Some(127), "{}", out.stderr());
     assert!(!a.state_dir.exists(), "nothing of berth's was touched: {}", a.state_dir.display());
-    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
-    assert_eq!(mom.hook("epilogue", &job, &a).code(), Some(0));
+    // The whole job as pbs_mom runs it (pbs_mom's environment has no qstat and nothing of
+    // berth's): prologue, script, epilogue say nothing; the job's files are the job's own.
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!(end.status, 0);
+    assert_eq!(end.out.as_deref(), Some(host_release.as_str()));
+    assert_eq!(end.err.as_deref(), Some(""), "a native job sees nothing of berth");
+    assert!(!a.state_dir.exists());
 }
 
+/// A user's mistake reaches the user: the prologue lets the job run, the starter writes the
+/// usual `berth:` message into the job's error file and the job fails; pbs_mom returns the
+/// files (it does not for a failed prologue) and the node keeps nothing.
 #[test]
-fn prologue_checks_the_image_as_the_user() {
+fn user_errors_reach_the_jobs_error_file() {
     let _s = serial();
     let w = world();
     let mom = Mom::new(w);
     let a = Node::new(w, "a");
-    let bad = bad_images(w);
-    let check = |id: &str, vars: &[(&str, &str)]| {
-        let job = Job::new(w, id, vars, "true\n");
+    let mut n = 0;
+    let mut expect = |vars: &[(&str, &str)], needles: &[&str]| {
+        n += 1;
+        let job = Job::new(w, &jid(&format!("21{n}")), vars, "echo should-not-run\n");
         mom.submit(&job, &[&a]);
-        mom.hook("prologue", &job, &a)
+        let end = mom.run_job(&job, &a, None);
+        let err = end.err.clone().unwrap_or_else(|| {
+            panic!("{vars:?}: pbs_mom returned no output files (job exit status {})", end.status)
+        });
+        assert!(end.status > 0, "{vars:?}: a failed job, not a pbs_mom error: {}: {err}", end.status);
+        assert!(err.starts_with("berth: "), "{vars:?}: {err}");
+        for nd in needles {
+            assert!(err.contains(nd), "{vars:?}: the .e file lacks {nd:?}: {err}");
+        }
+        assert!(!end.out.unwrap().contains("should-not-run"));
+        assert_clean(&[&a], &job.id);
     };
-    assert_eq!(check(&jid("201"), &[("CONTAINER", w.image())]).code(), Some(0));
-    // Relative paths are taken from the submit directory.
-    let rel_dir = w.path(&format!("submit-{}", jid("202")));
-    std::fs::create_dir_all(&rel_dir).unwrap();
-    std::fs::copy(&w.image, rel_dir.join("rel.sqsh")).unwrap();
-    assert_eq!(check(&jid("202"), &[("CONTAINER", "rel.sqsh")]).code(), Some(0));
-    assert_eq!(check(&jid("203"), &[]).code(), Some(0), "no CONTAINER: nothing to check");
-    for (i, (img, needle)) in bad.iter().enumerate() {
-        let out = check(&jid(&format!("21{i}")), &[("CONTAINER", img.as_str())]);
-        assert_eq!(out.code(), Some(1), "bad image {img} aborts the job (1, never a requeue code)");
-        let err = out.stderr();
-        assert!(
-            err.contains(img.as_str()) && err.contains(needle),
-            "message names {img} and {needle:?}: {err}"
-        );
+    for (img, needle) in bad_images(w) {
+        expect(&[("CONTAINER", img.as_str())], &[img.as_str(), needle]);
     }
-    let out = check(&jid("220"), &[("CONTAINER", w.image()), ("BERTH_BINDZ", "/x")]);
-    assert_eq!(out.code(), Some(1));
-    assert!(out.stderr().contains("BERTH_BINDZ"), "{}", out.stderr());
-    // The job unknown to qstat: nothing to check, the job is not held back.
-    let ghost = Job::new(w, &jid("299"), &[], "");
-    assert_eq!(mom.hook("prologue", &ghost, &a).code(), Some(0));
+    let img = w.image();
+    expect(&[("CONTAINER", img), ("BERTH_BINDZ", "/x")], &["BERTH_BINDZ"]);
+    expect(&[("CONTAINER", img), ("BERTH_BIND", "/no/such/dir:/data")], &["/no/such/dir"]);
+    expect(&[("CONTAINER", img), ("BERTH_MPI", "openmpi")], &["BERTH_MPI", "hybrid, host or none"]);
+    expect(&[("CONTAINER", img), ("BERTH_NV", "please")], &["BERTH_NV"]);
+    // Relative images are taken from the submit directory.
+    let ok = Job::new(w, &jid("230"), &[("CONTAINER", "rel.sqsh")], "grep ^NAME= /etc/os-release\n");
+    std::fs::copy(&w.image, ok.workdir.join("rel.sqsh")).unwrap();
+    mom.submit(&ok, &[&a]);
+    let end = mom.run_job(&ok, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{:?}", end.err);
+    assert_clean(&[&a], &ok.id);
+}
+
+/// Node faults only (here: a broken site configuration) stop a job in the prologue, with a
+/// requeue code (never 1, which deletes the job and its output).
+#[test]
+fn broken_node_configuration_requeues() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    std::fs::write(&a.config, "state_dir = [\n").unwrap();
+    let job = Job::new(w, &jid("240"), &[("CONTAINER", w.image())], "true\n");
+    mom.submit(&job, &[&a]);
+    let p = mom.hook("prologue", &job, &a);
+    assert_eq!(p.code(), Some(2), "{}", p.stderr());
+    assert!(p.stderr().contains("configuration") && p.stderr().contains(&job.id), "{}", p.stderr());
+    assert_eq!(mom.run_job(&job, &a, None).status, -3, "requeued (JOB_EXEC_RETRY)");
 }
 
 /// Images a user cannot use, with what the message must say.
@@ -300,7 +315,7 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         let err = out.stderr();
         assert_eq!(out.code(), Some(255), "berth-pbs's own error exit for {vars:?}: {err}");
         assert!(!out.stdout().contains("should-not-run"), "{}", out.stdout());
-        assert!(err.starts_with("berth-pbs: "), "{err}");
+        assert!(err.starts_with("berth: "), "{err}");
         for nd in needles {
             assert!(err.contains(nd), "stderr lacks {nd:?}: {err}");
         }
@@ -524,4 +539,222 @@ fn mpi_across_nodes_through_the_rsh_agent() {
     drop(ssh);
     drop(_cleanup);
     assert_clean(&[&a, &b], &job.id);
+}
+
+/// The script line's forms pbs_mom writes (`qsub -F` arguments appended, `$exec_with_exec`):
+/// a container job gets its arguments exactly as the same job without CONTAINER does.
+#[test]
+fn script_arguments_and_exec_with_exec_as_native() {
+    let _s = serial();
+    let w = world();
+    let mut mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let script = "echo \"ARGS=$#:$1:$2\"\n";
+    let mut n = 0;
+    let mut run = |mom: &Mom, container: bool, args: Option<&str>| {
+        n += 1;
+        let vars: Vec<(&str, &str)> = if container { vec![("CONTAINER", w.image())] } else { vec![] };
+        let mut job = Job::new(w, &jid(&format!("50{n}")), &vars, script);
+        job.args = args.map(str::to_string);
+        mom.submit(&job, &[&a]);
+        let end = mom.run_job(&job, &a, None);
+        assert_eq!(end.status, 0, "{:?}", end.err);
+        assert_clean(&[&a], &job.id);
+        let out = end.out.unwrap();
+        line(&out, "ARGS=").to_string()
+    };
+    for exec in [false, true] {
+        mom.exec_with_exec = exec;
+        for args in [None, Some("one 'two three'")] {
+            let native = run(&mom, false, args);
+            let contained = run(&mom, true, args);
+            assert_eq!(contained, native, "exec_with_exec={exec} -F {args:?}");
+        }
+    }
+    mom.exec_with_exec = false;
+    assert_eq!(run(&mom, true, Some("one 'two three'")), "2:one:two three");
+}
+
+/// `qsub -I`: the user's shell is not in the image -> /bin/sh with a note, like batch jobs;
+/// the shell starts where a native one does ($HOME).
+#[test]
+fn interactive_job_falls_back_to_sh() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let job = Job::new(w, &jid("601"), &[("CONTAINER", w.image())], "");
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, Some("grep ^NAME= /etc/os-release; pwd; exit 3\n"));
+    let err = end.err.clone().unwrap();
+    assert_eq!(end.status, 3, "the shell's exit status: {err}");
+    let out = end.out.unwrap();
+    assert!(out.contains("NAME=\"berth-busybox\""), "{out} {err}");
+    assert!(out.contains(&format!("{}\n", w.home.display())), "{out}");
+    assert!(err.contains("/bin/bash is not in the image") && err.contains("/bin/sh"), "{err}");
+    assert_clean(&[&a], &job.id);
+}
+
+/// Per-job GPU and MPI switches are the CLI's `--nv` / `--mpi=`: a valid one is taken
+/// (a bad one is refused in `user_errors_reach_the_jobs_error_file`).
+#[test]
+fn per_job_mpi_and_workdir() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let job = Job::new(
+        w,
+        &jid("701"),
+        &[("CONTAINER", w.image()), ("BERTH_MPI", "none"), ("BERTH_WORKDIR", "/tmp")],
+        "pwd\n",
+    );
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("/tmp\n")), "{:?}", end.err);
+    assert_clean(&[&a], &job.id);
+}
+
+/// Commit-to-obit on the emulator (prologue start to epilogue end, the part berth adds to):
+/// a mom without berth, berth with a native job, berth with a CONTAINER job; 5 runs each
+/// after one warm-up. `cargo test -p berth-pbs --test pbs timings -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timings() {
+    let _s = serial();
+    let w = world();
+    let mut mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let mut n = 0;
+    let mut measure = |mom: &Mom, container: bool| -> Vec<(f64, f64)> {
+        (0..6)
+            .map(|_| {
+                n += 1;
+                let vars: Vec<(&str, &str)> = if container { vec![("CONTAINER", w.image())] } else { vec![] };
+                let job = Job::new(w, &jid(&format!("9{n:02}")), &vars, "true\n");
+                mom.submit(&job, &[&a]);
+                let end = mom.run_job(&job, &a, None);
+                assert_eq!(end.status, 0, "{:?}", end.err);
+                (end.elapsed.as_secs_f64() * 1000.0, end.until_job_end.as_secs_f64() * 1000.0)
+            })
+            .skip(1)
+            .collect()
+    };
+    mom.berth = false;
+    let none = measure(&mom, false);
+    mom.berth = true;
+    let native = measure(&mom, false);
+    let contained = measure(&mom, true);
+    for (what, both) in
+        [("no berth", none), ("berth, native job", native), ("berth, CONTAINER job", contained)]
+    {
+        let v: Vec<f64> = both.iter().map(|p| p.0).collect();
+        let epi: Vec<f64> = both.iter().map(|p| p.0 - p.1).collect();
+        let min = v.iter().cloned().fold(f64::MAX, f64::min);
+        let max = v.iter().cloned().fold(0.0, f64::max);
+        let med = {
+            let mut s = v.clone();
+            s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            s[2]
+        };
+        eprintln!(
+            "TIMING {what}: min {min:.1} ms, median {med:.1} ms, max {max:.1} ms ({v:.1?}); epilogue {epi:.1?}"
+        );
+    }
+}
+
+/// The packaged build (README: `RUSTFLAGS="-C target-feature=+crt-static"`) has no dynamic
+/// loader, so a job's `LD_PRELOAD` runs nothing even in a starter that a misconfigured
+/// pbs_mom started as root; berth-pbs then refuses the job. Gated on the static binary:
+/// `BERTH_TEST_PBS_STATIC=target/x86_64-unknown-linux-gnu/release/berth-pbs`.
+#[test]
+fn static_starter_ignores_ld_preload_as_root() {
+    let Some(bin) = std::env::var_os("BERTH_TEST_PBS_STATIC") else {
+        eprintln!("skipped: set BERTH_TEST_PBS_STATIC to the static berth-pbs build");
+        return;
+    };
+    let _s = serial();
+    let w = world();
+    let file = std::process::Command::new("file").arg(&bin).output().unwrap();
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(file.contains("statically linked") || file.contains("static-pie linked"), "{file}");
+    let src = w.path("evil.c");
+    let marker = w.path(&format!("evil-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let so = w.path("evil.so");
+    assert!(std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let out = std::process::Command::new(&bin)
+        .args(["task", "true"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LD_PRELOAD", &so)
+        .env("USER", harness::USER)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("$job_starter_run_privileged"));
+    assert!(!marker.exists(), "the job's LD_PRELOAD ran as root");
+    // The same preload does run in a dynamically linked program (the test means something).
+    std::process::Command::new("/bin/true").env("LD_PRELOAD", &so).status().unwrap();
+    assert!(marker.exists(), "the preload library works in a dynamic program");
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (`PBS_GPUFILE`), ask for the host's NVIDIA
+/// driver like `--nv`; on a node without one the job's error file says so.
+#[test]
+fn gpu_jobs_ask_for_the_driver() {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        eprintln!("skipped: this host has an NVIDIA driver (tests/gpu covers it)");
+        return;
+    }
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    for (n, var) in [("801", ("BERTH_NV", "1")), ("802", ("PBS_GPUFILE", "/var/spool/torque/aux/x.gpu"))] {
+        let job = Job::new(w, &jid(n), &[("CONTAINER", w.image()), var], "echo should-not-run\n");
+        mom.submit(&job, &[&a]);
+        let end = mom.run_job(&job, &a, None);
+        let err = end.err.unwrap();
+        assert_eq!(end.status, 255, "{var:?}: {err}");
+        assert!(err.starts_with("berth: ") && err.contains("no NVIDIA driver"), "{var:?}: {err}");
+        assert_clean(&[&a], &job.id);
+    }
+}
+
+/// Array jobs (`qsub -t`): ids like `12[3].server` name the holder and the script file.
+#[test]
+fn array_job_runs_in_its_container() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let id = format!("12[3].srv{}", std::process::id());
+    let job =
+        Job::new(w, &id, &[("CONTAINER", w.image())], "grep ^NAME= /etc/os-release; echo ID=$PBS_JOBID\n");
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!(end.status, 0, "{:?}", end.err);
+    assert_eq!(end.out.unwrap(), format!("NAME=\"berth-busybox\"\nID={id}\n"));
+    let t0 = std::time::Instant::now();
+    while !job_processes(&id).is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(job_processes(&id), Vec::<String>::new());
+    assert!(job_files(&a, &id.replace(['[', ']'], "_")).is_empty(), "holder files left");
 }

@@ -9,10 +9,14 @@
 #   Existing prologue/epilogue scripts are left alone: call
 #   `/usr/libexec/berth/berth-pbs prologue "$@" || exit $?` (or epilogue) from them instead.
 # - the $job_starter line in mom_priv/config (printed, not edited: see mom_priv-config).
+# - warns when BERTH_PBS_BINARY is dynamically linked (see README.md: build it static).
 set -eu
 PBS_HOME=${1:-/var/spool/torque}
 BIN=${2:-target/release/berth-pbs}
 here=$(cd "$(dirname "$0")" && pwd)
+if ldd "$BIN" >/dev/null 2>&1; then
+    echo "install.sh: note: $BIN is dynamically linked; the README's static build is preferred" >&2
+fi
 install -d -o root -g root -m 0755 /usr/libexec/berth
 install -o root -g root -m 0755 "$BIN" /usr/libexec/berth/berth-pbs
 install -o root -g root -m 0755 "$here/berth-pbs-rsh" /usr/libexec/berth/berth-pbs-rsh
@@ -25,3 +29,5 @@ for h in prologue epilogue prologue.parallel epilogue.parallel; do
 done
 echo "now add to $PBS_HOME/mom_priv/config:"
 grep -v '^#' "$here/mom_priv-config" | grep .
+echo "and create /etc/berth/berth.toml if the defaults do not fit (packaging/berth.toml);"
+echo "check the node with: berth config check"

@@ -2,22 +2,25 @@
 //!
 //! TORQUE has no loadable plugin API for job launch, so this is an executable pbs_mom starts:
 //!
-//! - as `$job_starter` (default mode): `berth-pbs /bin/bash` with the job script's path on
-//!   stdin (the batch shell), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
+//! - as `$job_starter` (default mode), as the job's user (never root: `user.rs`):
+//!   `berth-pbs /bin/bash -bash` with the job script's line on stdin (the batch or interactive
+//!   shell, `jobfile.rs`), or `berth-pbs TASK ARGV...` with stdin `/dev/null` (every task
 //!   spawned through TM: pbsdsh, orted). With `CONTAINER` in the job's environment both run in
 //!   one container per node per job (see `berth_runtime::holder`); without it the command is
 //!   executed unchanged.
 //! - as `prologue`/`epilogue` (and `.parallel`), by name (symlinks in `mom_priv`) or as
-//!   `berth-pbs prologue ARGS...`: check the image before the job runs; stop the job's
-//!   containers after it.
+//!   `berth-pbs prologue ARGS...`: check the node before the job runs (`prologue.rs`); stop
+//!   the job's containers after it.
 //! - as an rsh agent for MPI launchers without TM support: `berth-pbs rsh HOST CMD...` runs
 //!   `ssh HOST ... berth-pbs task CMD...`, so remote daemons enter the image too.
 //!
-//! Exit status: the job's own; 255 with one `berth-pbs: ...` message for berth's failures.
-//! The prologue exits only 0 (run) or 1 (abort with a message), never a code that requeues.
+//! Exit status: the job's own; 255 with one `berth: ...` message (in the job's error file)
+//! for a failure the user can fix (image, options) or berth's own. The prologue exits 0, or
+//! 2 (requeue) for a node fault (see `prologue.rs`).
 
+mod jobfile;
 mod options;
-mod qstat;
+mod prologue;
 mod user;
 
 use std::ffi::{CString, OsString};
@@ -59,9 +62,8 @@ fn main() {
     }
     let code = std::panic::catch_unwind(|| dispatch(&args, hook, &first)).unwrap_or_else(|_| {
         eprintln!("berth-pbs: internal error (a bug: please report it with the job's output)");
-        // A prologue must never exit with a code that requeues the job forever.
         if named.starts_with("prologue") || first.starts_with("prologue") {
-            1
+            prologue::NODE_FAULT
         } else {
             EXIT_BERTH_ERROR
         }
@@ -77,7 +79,7 @@ fn dispatch(args: &[OsString], hook: Option<(String, usize)>, first: &str) -> i3
     let strings = || args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<String>>();
     if let Some((which, skip)) = hook {
         let a: Vec<String> = strings().into_iter().skip(skip).collect();
-        return if which.starts_with("prologue") { prologue(&which, &a) } else { epilogue(&which, &a) };
+        return if which.starts_with("prologue") { prologue::run(&which, &a) } else { epilogue(&which, &a) };
     }
     match first {
         "" | "-h" | "--help" => {
@@ -99,13 +101,13 @@ fn dispatch(args: &[OsString], hook: Option<(String, usize)>, first: &str) -> i3
 }
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("berth-pbs: {msg}");
+    eprintln!("berth: {msg}");
     EXIT_BERTH_ERROR
 }
 
 /// Execute `argv` as is (host PATH), as the job user.
 fn passthrough(argv: &[OsString]) -> i32 {
-    if let Err(e) = user::drop_if_root() {
+    if let Err(e) = user::refuse_root() {
         return fail(e);
     }
     if argv.is_empty() {
@@ -113,7 +115,7 @@ fn passthrough(argv: &[OsString]) -> i32 {
     }
     let c: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let e = nix::unistd::execvp(&c[0], &c).unwrap_err();
-    eprintln!("berth-pbs: cannot run {}: {}", argv[0].to_string_lossy(), e.desc());
+    eprintln!("berth: cannot run {}: {}", argv[0].to_string_lossy(), e.desc());
     if e == nix::Error::ENOENT {
         127
     } else {
@@ -123,13 +125,6 @@ fn passthrough(argv: &[OsString]) -> i32 {
 
 // ---------------------------------------------------------------------------------------
 // $job_starter
-
-fn is_shell(p: &str) -> bool {
-    matches!(
-        Path::new(p).file_name().and_then(|n| n.to_str()),
-        Some("bash" | "sh" | "dash" | "ksh" | "zsh" | "csh" | "tcsh" | "ash")
-    )
-}
 
 fn stdin_is_pipe() -> bool {
     use nix::sys::stat::SFlag;
@@ -210,8 +205,8 @@ fn bindable_workdir(p: &Path) -> bool {
 }
 
 fn starter(argv: &[OsString], forced_task: bool) -> i32 {
-    // Root (run-privileged) becomes the job user before anything user-controlled is read.
-    if let Err(e) = user::drop_if_root() {
+    // Never as root: see user.rs (before anything the job controls is read).
+    if let Err(e) = user::refuse_root() {
         return fail(e);
     }
     let argv: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -230,28 +225,31 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let Some(jobid) = env("PBS_JOBID") else {
         return fail("CONTAINER is set but PBS_JOBID is not: berth-pbs runs jobs started by pbs_mom (use `berth exec IMAGE CMD` elsewhere)");
     };
-    let batch = !forced_task && argv.len() == 1 && is_shell(&argv[0]) && stdin_is_pipe();
-    let script = if batch {
+    let launch = if forced_task {
+        jobfile::Launch::Task
+    } else {
+        let interactive = env("PBS_ENVIRONMENT").as_deref() == Some("PBS_INTERACTIVE");
+        jobfile::classify(&argv, interactive, stdin_is_pipe())
+    };
+    let script = if matches!(launch, jobfile::Launch::Batch { .. }) {
         let line = match read_stdin_line() {
             Ok(l) => l,
             Err(e) => {
                 return fail(format!("cannot read the job script's path from the batch shell's stdin: {e}"))
             }
         };
-        if line.is_empty() {
-            return fail("the batch shell's stdin carried no job script path (expected one line, $PBS_HOME/mom_priv/jobs/<jobid>.SC); is berth-pbs configured as $job_starter of this pbs_mom?");
+        let parsed = match jobfile::parse_line(&line) {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::fs::File::open(&parsed.script) {
+            return fail(format!("cannot read the job script {}: {e}", parsed.script.display()));
         }
-        let p = PathBuf::from(&line);
-        if !p.is_absolute() {
-            return fail(format!("the job script path {line:?} from stdin is not absolute"));
-        }
-        if let Err(e) = std::fs::File::open(&p) {
-            return fail(format!("cannot read the job script {}: {e}", p.display()));
-        }
-        Some(p)
+        Some(parsed)
     } else {
         None
     };
+    let argv = jobfile::container_argv(&launch, script.as_ref(), &argv);
     let image =
         resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
     // Tasks see where the job's image is, and remote nodes (rsh agent) get the same options.
@@ -264,10 +262,11 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
         // BERTH_* variables do not pass into the container; the rsh agent script reads this.
         std::env::set_var("PBS_BERTH_SSH", ssh);
     }
-    match run_in_container(&jobid, &image, &opts, script.as_deref(), &argv) {
+    let script = script.map(|s| s.script);
+    match run_in_container(&jobid, &image, &opts, script.as_deref(), &launch, argv) {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("berth-pbs: {e}");
+            eprintln!("berth: {e}");
             e.exit_code()
         }
     }
@@ -280,7 +279,8 @@ fn run_in_container(
     image: &Path,
     opts: &options::Options,
     script: Option<&Path>,
-    argv: &[String],
+    launch: &jobfile::Launch,
+    mut argv: Vec<String>,
 ) -> Result<Never, Error> {
     let (cfg, _) = Config::load()?;
     let host = HostFacts::probe()?;
@@ -315,27 +315,18 @@ fn run_in_container(
             req.binds.push(bind(&exe, true));
         }
         req.binds.extend(opts.binds.iter().cloned());
-        req.workdir = opts.workdir.clone().or(workdir);
+        // Like a native job: the directory pbs_mom started the job in ($HOME, or
+        // PBS_O_INITDIR), unless the job asks for another.
+        req.workdir = opts.workdir.clone();
+        req.nvidia = opts.nvidia || options::gpus_allocated(&cfg, env);
+        req.mpi = opts.mpi;
         req.cleanenv = opts.cleanenv;
         req.mount_home = !opts.no_home;
         req.writable_tmpfs = opts.writable_tmpfs;
         session::prepare_opened(&cfg, req, img)
     };
     let joined = session::join_or_create(&cfg, &name, image, make, Lifetime::UntilStopped)?;
-    let argv: Vec<String> = match script {
-        Some(s) => {
-            let mut shell = argv[0].clone();
-            if !Path::new(&shell).exists() {
-                eprintln!(
-                    "berth-pbs: {shell} is not in the image {}; running the job script with /bin/sh",
-                    image.display()
-                );
-                shell = "/bin/sh".into();
-            }
-            vec![shell, s.display().to_string()]
-        }
-        None => argv.to_vec(),
-    };
+    jobfile::shell_fallback(launch, &mut argv, image);
     Err(joined.exec(&cfg, &host, &argv))
 }
 
@@ -379,46 +370,6 @@ fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
     }
 }
 
-/// Prologue: 0 runs the job, 1 aborts it with the message in the job's output. Never
-/// anything else (TORQUE requeues on other codes).
-fn prologue(which: &str, args: &[String]) -> i32 {
-    let (Some(jobid), Some(user)) = (args.first(), args.get(1)) else {
-        eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
-        return 1;
-    };
-    let vars = match qstat::job_variables(jobid) {
-        Ok(v) => v,
-        Err(e) => {
-            // Without the job's variables nothing can be checked; the starter still reports
-            // a bad image when the job starts.
-            eprintln!("berth-pbs {which}: job {jobid}: not checking its container: {e}");
-            return 0;
-        }
-    };
-    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-    let Some(container) = get("CONTAINER") else { return 0 };
-    if let Err(e) = options::parse(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        eprintln!("berth-pbs {which}: job {jobid}: {e}");
-        return 1;
-    }
-    let image = resolve_image(&container, get("PBS_O_WORKDIR").as_deref());
-    let checked = as_user(user, || match check_image(&image) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("berth-pbs {which}: job {jobid}: CONTAINER={container}: {e}");
-            false
-        }
-    });
-    match checked {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("berth-pbs {which}: job {jobid}: {e}");
-            1
-        }
-    }
-}
-
 /// Epilogue: stop the job's container on this node (as the job user: the state files are
 /// theirs to write, so a root epilogue must not trust them) and remove what is left.
 /// Always 0.
@@ -428,6 +379,9 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
         return 0;
     };
     let name = holder_name(jobid);
+    if prologue::nothing_to_stop(user, &name) {
+        return 0;
+    }
     let r = as_user(user, || {
         let cfg = match Config::load() {
             Ok((c, _)) => c,
@@ -553,12 +507,6 @@ mod tests {
         assert_eq!(holder_name("12.server.example"), "pbs-12.server.example");
         assert_eq!(holder_name("12[3].srv"), "pbs-12_3_.srv");
         assert!(holder::valid_name(&holder_name("a/b c;d")));
-    }
-
-    #[test]
-    fn shells() {
-        assert!(is_shell("/bin/bash") && is_shell("tcsh"));
-        assert!(!is_shell("/usr/bin/orted"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use berth_runtime::inject::MpiMode;
 use berth_runtime::request::BindSpec;
 
 /// Options berth-pbs understands. Anything else starting with `BERTH_` is refused, so a typo
@@ -15,7 +16,8 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("BERTH_CONFIG", "site configuration file"),
     ("BERTH_LOG", "log filter"),
     ("BERTH_CONTAINER", "set by berth inside containers"),
-    ("BERTH_PBS_QSTAT", "qstat command used by the prologue"),
+    ("BERTH_NV", "1: the host's NVIDIA driver stack inside (like `berth exec --nv`)"),
+    ("BERTH_MPI", "hybrid|host|none: the MPI model (like `berth exec --mpi=`)"),
     ("BERTH_PBS_SSH", "ssh command used by the rsh agent"),
 ];
 
@@ -33,6 +35,8 @@ pub struct Options {
     pub cleanenv: bool,
     pub no_home: bool,
     pub writable_tmpfs: bool,
+    pub nvidia: bool,
+    pub mpi: Option<MpiMode>,
 }
 
 fn flag(name: &str, v: &str) -> Result<bool, String> {
@@ -63,9 +67,22 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
             "BERTH_CLEANENV" => o.cleanenv = flag(k, v)?,
             "BERTH_NO_HOME" => o.no_home = flag(k, v)?,
             "BERTH_WRITABLE_TMPFS" => o.writable_tmpfs = flag(k, v)?,
+            "BERTH_NV" => o.nvidia = flag(k, v)?,
+            "BERTH_MPI" => {
+                o.mpi = Some(match v.trim() {
+                    "hybrid" => MpiMode::Hybrid,
+                    "host" => MpiMode::Host,
+                    "none" => MpiMode::None,
+                    _ => return Err(format!("BERTH_MPI={v:?}: use hybrid, host or none")),
+                })
+            }
             _ if KNOWN.iter().any(|(n, _)| *n == k) => {}
             _ => {
-                let known: Vec<&str> = KNOWN.iter().map(|(n, _)| *n).take(5).collect();
+                let known: Vec<&str> = KNOWN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| !matches!(*n, "BERTH_CONFIG" | "BERTH_LOG" | "BERTH_CONTAINER"))
+                    .collect();
                 return Err(format!(
                     "unknown option {k} (berth-pbs knows {}, and BERTH_ENV_NAME=value to set NAME inside); fix the name in `qsub -v`",
                     known.join(", ")
@@ -74,6 +91,14 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
         }
     }
     Ok(o)
+}
+
+/// Whether pbs_mom allocated GPUs to the job on this node: TORQUE sets `PBS_GPUFILE` for
+/// jobs with `gpus=N` (OpenPBS: `CUDA_VISIBLE_DEVICES` from its cgroup hook). Under the
+/// site's `inject.nvidia = "auto"` such a job gets the driver without asking, as under Slurm.
+pub fn gpus_allocated(cfg: &berth_runtime::config::Config, env: impl Fn(&str) -> Option<String>) -> bool {
+    cfg.inject.nvidia == berth_runtime::inject::NvidiaMode::Auto
+        && (env("PBS_GPUFILE").is_some() || env("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// The `BERTH_*` pairs of the environment, for [`CARRIED`].
@@ -115,5 +140,9 @@ mod tests {
         assert!(parse([("BERTH_CLEANENV", "maybe")]).unwrap_err().contains("BERTH_CLEANENV"));
         assert!(parse([("BERTH_WORKDIR", "rel")]).unwrap_err().contains("absolute"));
         assert!(parse([("BERTH_BIND", "/a:rel")]).unwrap_err().contains("BERTH_BIND"));
+        assert!(parse([("BERTH_MPI", "openmpi")]).unwrap_err().contains("use hybrid, host or none"));
+        assert!(parse([("BERTH_NV", "gpu")]).unwrap_err().contains("BERTH_NV"));
+        let o = parse([("BERTH_MPI", "host"), ("BERTH_NV", "1")]).unwrap();
+        assert_eq!((o.mpi, o.nvidia), (Some(MpiMode::Host), true));
     }
 }

@@ -1,25 +1,37 @@
-//! Becoming the job's user. The one place where berth-pbs gives up root: pbs_mom runs it as
-//! root for `$job_starter_run_privileged true` and for the prologue/epilogue.
+//! Who berth-pbs runs as.
+//!
+//! As `$job_starter` it must be the job's user, started so by pbs_mom. TORQUE's
+//! `$job_starter_run_privileged true` instead starts it as root with the job's environment,
+//! which the job controls entirely (`qsub -v`, `pbsdsh -e`): `USER`/`LOGNAME` would name the
+//! user to become, and `LD_PRELOAD` would run the job's code as root in a dynamically linked
+//! starter before `main`. Nothing in the environment can be trusted there, so berth-pbs
+//! does not support that setting and refuses to run at all. The prologue and epilogue are
+//! the only root paths: pbs_mom runs them with its own environment and the job owner in argv.
 
 use std::ffi::CString;
 
 use nix::unistd::{Gid, Uid, User};
 
-/// The job user's name, from the environment pbs_mom gives the job (`USER`, `LOGNAME`, then
-/// the submitter's `PBS_O_LOGNAME`).
-pub fn job_user_name() -> Option<String> {
-    ["USER", "LOGNAME", "PBS_O_LOGNAME"].iter().filter_map(|k| std::env::var(k).ok()).find(|v| !v.is_empty())
+/// The administrator's message when the starter runs as root.
+pub const RUN_PRIVILEGED: &str = "berth-pbs runs as root as the job starter: `$job_starter_run_privileged true` is set in this node's mom_priv/config, and berth-pbs does not support it (as root it would act on the job's environment, which the job's user controls). Ask the administrator to remove that line and restart pbs_mom; no job was run";
+
+/// Refuse to act as a job starter as root (see the module comment).
+pub fn refuse_root() -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root() {
+        return Err(RUN_PRIVILEGED.into());
+    }
+    Ok(())
 }
 
 /// Drop from root to `name` for good: supplementary groups from the group database, then gid,
-/// then uid; verified afterwards (no way back to root). Refuses root itself: a container job
-/// never runs as root.
+/// then uid; verified afterwards (no way back to root). Refuses root itself. `name` comes
+/// from pbs_mom's argv of the prologue/epilogue, never from the environment.
 pub fn drop_to(name: &str) -> Result<User, String> {
     let pw = User::from_name(name).map_err(|e| format!("cannot look up user {name:?}: {e}"))?.ok_or_else(
         || format!("user {name:?} (the job's owner) is not in the passwd database of this node"),
     )?;
     if pw.uid.is_root() {
-        return Err(format!("refusing to run a container job as root (job user {name:?})"));
+        return Err(format!("refusing to act for a job of root (job user {name:?})"));
     }
     let cname = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
     nix::unistd::initgroups(&cname, pw.gid).map_err(|e| format!("initgroups({name}): {e}"))?;
@@ -39,20 +51,4 @@ pub fn drop_to(name: &str) -> Result<User, String> {
     // is left in this process (no descriptor was opened as root), so it may be the user's.
     nix::sys::prctl::set_dumpable(true).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     Ok(pw)
-}
-
-/// If started as root (run-privileged starter), become the job user; otherwise nothing.
-pub fn drop_if_root() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let name = job_user_name().ok_or_else(|| {
-        "started as root ($job_starter_run_privileged) but USER, LOGNAME and PBS_O_LOGNAME are all unset: cannot tell the job's user".to_string()
-    })?;
-    let pw = drop_to(&name)?;
-    // pbs_mom set HOME for the job already; keep USER/LOGNAME consistent with who we are now.
-    if std::env::var_os("HOME").is_none() {
-        std::env::set_var("HOME", &pw.dir);
-    }
-    Ok(())
 }

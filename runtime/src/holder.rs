@@ -120,6 +120,17 @@ pub fn record_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
     dir(cfg, uid).join(record_names(name).0)
 }
 
+/// True when nothing of holder `name` of user `uid` exists on this node: no record, no lock,
+/// no record being written. Only existence is looked at (no symlink followed, nothing opened),
+/// so a root caller (the PBS epilogue) can skip the work for jobs that never used berth here.
+pub fn nothing_left(cfg: &Config, uid: u32, name: &str) -> bool {
+    let dir = dir(cfg, uid);
+    let (record, tmp) = record_names(name);
+    [record, tmp, lock_name(name)].iter().all(
+        |f| matches!(std::fs::symlink_metadata(dir.join(f)), Err(e) if e.kind() == std::io::ErrorKind::NotFound),
+    )
+}
+
 /// The lock file guarding creation of holder `name`.
 fn lock_name(name: &str) -> String {
     format!(".{name}.lock")

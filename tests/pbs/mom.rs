@@ -1,17 +1,36 @@
 //! A pbs_mom emulator: starts `berth-pbs` exactly as TORQUE's pbs_mom does (design.md §5).
+//! Each modelled behaviour follows TORQUE 6.1 (adaptivecomputing/torque, `src/resmom/`):
 //!
 //! - nodes: each emulated node is a network namespace (`ip netns`, loopback only) with its own
-//!   `$PBS_HOME` (mom_priv/jobs, aux) and its own berth site configuration (on real nodes
-//!   `/etc/berth/berth.toml` and `/tmp` are per node; here `BERTH_CONFIG` gives each node its
-//!   own state directory);
-//! - `$job_starter`: the batch shell as argv `[starter, /bin/bash]` with stdin a pipe carrying
-//!   one line, the job script path `$PBS_HOME/mom_priv/jobs/<jobid>.SC`; TM tasks as
-//!   `[starter, task argv...]` with stdin `/dev/null`; both as the job user (fork, setns into
-//!   the node, setgroups/setgid/setuid), or as root for `$job_starter_run_privileged true`;
-//!   cwd the user's home; the job environment pbs_mom builds (PBS_* plus `qsub -v` variables);
-//! - prologue/epilogue: root, argv `jobid user group jobname resources queue account`,
-//!   no `-v` variables (the hook reads them with `qstat -f`, here a fake qstat that prints
-//!   the job's Variable_List).
+//!   `$PBS_HOME` (mom_priv/jobs, aux) and its own berth site configuration;
+//! - pbs_mom's environment: at start it replaces its environment with the lines of
+//!   `$PBS_HOME/pbs_environment` (`mom_main.c` `parse_command_line` -> `setup_env`);
+//!   the emulator's file holds `PATH=/bin:/usr/bin` (what `make install` writes) and the
+//!   node's `BERTH_CONFIG` (a real node has `/etc/berth/berth.toml`). Prologue, epilogue and
+//!   every job process get these variables (`start_exec.c` `InitUserEnv`: "first variables
+//!   from the local environment", then the job's `qsub -v` list, then the PBS_* variables);
+//! - `$job_starter`, batch shell: argv `[starter, SHELL, -SHELLNAME]`
+//!   (`start_exec.c` `mom_jobstarter_execute_job`, login name from
+//!   `source_login_shells_or_not`), stdin a pipe carrying one line: the job script path
+//!   `$PBS_HOME/mom_priv/jobs/<jobid>.SC`, `exec ` before it under `$exec_with_exec true`, the
+//!   `qsub -F` arguments appended after a space (`start_exec.c` `TMomFinalizeJob2`); cwd
+//!   `$HOME` (or `PBS_O_INITDIR`, `start_exec.c` `go_to_init_dir`); as the job user;
+//! - interactive jobs (`qsub -I`): the same argv, the terminal as stdin (a pipe here, with
+//!   the commands the user types), `PBS_ENVIRONMENT=PBS_INTERACTIVE` (`start_exec.c`
+//!   `start_interactive_session`);
+//! - TM tasks: `[starter, argv...]` with stdin `/dev/null`, as the job user;
+//! - `$job_starter_run_privileged true` (`As::Root`): the starter as root with the job's
+//!   environment;
+//! - prologue/epilogue: root, argv `jobid user group jobname resources queue account`, the
+//!   mom's environment plus PBS_NODEFILE, PBS_O_WORKDIR, PBS_NODENUM, PBS_MSHOST
+//!   (`prolog.c` `setup_pelog_environment`), not the job's `-v` variables; their output goes
+//!   to the job's spool output files (`PE_IO_TYPE_ASIS`);
+//! - the prologue's exit status (`start_exec.c` `handle_prologs`): 0 runs the job; 1 (and any
+//!   failure of an interactive job's prologue) ends it with exit status -2 (`JOB_EXEC_FAIL2`);
+//!   other values requeue it, -3 (`JOB_EXEC_RETRY`);
+//! - output return (`requests.c` `send_back_std_and_staged_files`, called from
+//!   `catch_child.c` `preobit_preparation`): for exit statuses -1..-3 the job's `.o`/`.e`
+//!   files are not returned to the user at all.
 
 #![allow(dead_code)]
 
@@ -54,7 +73,22 @@ impl Node {
             format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id()),
         )
         .unwrap();
+        std::fs::write(
+            pbs_home.join("pbs_environment"),
+            format!("PATH=/bin:/usr/bin\nBERTH_CONFIG={}\n", config.display()),
+        )
+        .unwrap();
         Node { name: name.into(), netns, pbs_home, config, state_dir }
+    }
+
+    /// pbs_mom's own environment: `$PBS_HOME/pbs_environment`, `NAME=value` lines.
+    pub fn mom_env(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.pbs_home.join("pbs_environment"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     pub fn netns_path(&self) -> PathBuf {
@@ -119,6 +153,8 @@ pub struct Job {
     pub vars: Vec<(String, String)>,
     pub workdir: PathBuf,
     pub script_body: String,
+    /// `qsub -F "..."`: the script's arguments, as one string.
+    pub args: Option<String>,
 }
 
 impl Job {
@@ -131,6 +167,7 @@ impl Job {
             vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             workdir,
             script_body: script.into(),
+            args: None,
         }
     }
 
@@ -149,7 +186,10 @@ pub struct Mom<'w> {
     pub starter: PathBuf,
     /// The rsh agent script, installed beside the starter.
     pub rsh_agent: PathBuf,
-    pub qstat: PathBuf,
+    /// `$exec_with_exec true` in mom_priv/config.
+    pub exec_with_exec: bool,
+    /// berth-pbs installed (`$job_starter`, prologue, epilogue); false: a mom without berth.
+    pub berth: bool,
 }
 
 /// How pbs_mom runs the starter.
@@ -176,33 +216,11 @@ impl<'w> Mom<'w> {
             .unwrap();
             std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let qstat = w.path("fake-qstat");
-        if !qstat.exists() {
-            let dir = w.path("qstat");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                &qstat,
-                format!(
-                    "#!/bin/sh\n# fake qstat -f JOBID: the Variable_List TORQUE would print\n[ \"$1\" = -f ] || exit 2\nf={}/\"$2\"\n[ -f \"$f\" ] || {{ echo \"qstat: Unknown Job Id $2\" >&2; exit 153; }}\necho \"Job Id: $2\"\necho \"    Job_Name = job.sh\"\nprintf '    Variable_List = %s\\n' \"$(cat \"$f\")\"\necho \"    euser = {USER}\"\n",
-                    dir.display()
-                ),
-            )
-            .unwrap();
-            std::fs::set_permissions(&qstat, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Mom { w, starter, rsh_agent, qstat }
+        Mom { w, starter, rsh_agent, exec_with_exec: false, berth: true }
     }
 
-    /// What qsub records for the job (pbs_server's copy, read by the prologue through qstat).
+    /// What pbs_server sends the mother superior: the script and the node file.
     pub fn submit(&self, job: &Job, nodes: &[&Node]) {
-        let mut list = vec![
-            format!("PBS_O_HOME={}", self.w.home.display()),
-            format!("PBS_O_LOGNAME={USER}"),
-            format!("PBS_O_WORKDIR={}", job.workdir.display()),
-            "PBS_O_QUEUE=batch".into(),
-        ];
-        list.extend(job.vars.iter().map(|(k, v)| format!("{k}={}", v.replace(',', "\\,"))));
-        std::fs::write(self.w.path("qstat").join(&job.id), list.join(",")).unwrap();
         // The mother superior gets the script and the node file.
         let ms = nodes[0];
         let sc = job.script_path(ms);
@@ -214,37 +232,47 @@ impl<'w> Mom<'w> {
         std::fs::set_permissions(&nf, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    /// The environment pbs_mom gives the job's processes on `node`.
+    /// The environment pbs_mom gives the job's processes on `node`: its own environment,
+    /// then the job's `qsub -v` variables, then the PBS_* and login variables it sets itself
+    /// (which win).
     pub fn job_env(&self, job: &Job, node: &Node, task: u32) -> Vec<(String, String)> {
         let home = self.w.home.display().to_string();
-        let mut env: Vec<(String, String)> = [
+        let mut env: Vec<(String, String)> = node.mom_env();
+        let mut set = |k: &str, v: String| {
+            env.retain(|(n, _)| n != k);
+            env.push((k.into(), v));
+        };
+        for (k, v) in [
+            ("PBS_O_HOME", home.as_str()),
+            ("PBS_O_LOGNAME", USER),
+            ("PBS_O_HOST", "node-a"),
+            ("PBS_O_QUEUE", "batch"),
+            ("PBS_O_PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ] {
+            set(k, v.to_string());
+        }
+        set("PBS_O_WORKDIR", job.workdir.display().to_string());
+        for (k, v) in &job.vars {
+            set(k, v.clone());
+        }
+        for (k, v) in [
             ("HOME", home.as_str()),
             ("USER", USER),
             ("LOGNAME", USER),
             ("SHELL", "/bin/bash"),
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("PBS_JOBNAME", "job.sh"),
             ("PBS_ENVIRONMENT", "PBS_BATCH"),
             ("PBS_QUEUE", "batch"),
             ("PBS_MOMPORT", "15003"),
-            ("PBS_O_LOGNAME", USER),
-            ("PBS_O_HOME", home.as_str()),
-            ("PBS_O_HOST", "node-a"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let mut add = |k: &str, v: String| env.push((k.into(), v));
-        add("PBS_JOBID", job.id.clone());
-        add("PBS_O_WORKDIR", job.workdir.display().to_string());
-        add("PBS_HOME", node.pbs_home.display().to_string());
-        add("PBS_NODEFILE", node.pbs_home.join("aux").join(&job.id).display().to_string());
-        add("PBS_TASKNUM", task.to_string());
-        add("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
-        add("PBS_VNODENUM", task.to_string());
-        // The node's site configuration (its own /etc/berth/berth.toml on a real node).
-        add("BERTH_CONFIG", node.config.display().to_string());
-        env.extend(job.vars.iter().cloned());
+        ] {
+            set(k, v.to_string());
+        }
+        set("PBS_JOBID", job.id.clone());
+        set("PBS_HOME", node.pbs_home.display().to_string());
+        set("PBS_NODEFILE", node.pbs_home.join("aux").join(&job.id).display().to_string());
+        set("PBS_TASKNUM", task.to_string());
+        set("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
+        set("PBS_VNODENUM", task.to_string());
         env
     }
 
@@ -254,27 +282,107 @@ impl<'w> Mom<'w> {
         c
     }
 
-    /// The batch shell: `[starter, shell]`, stdin a pipe carrying `stdin` (normally the job
-    /// script path and a newline).
+    /// The batch shell: `[starter, shell, -name]`, stdin a pipe carrying `stdin` (normally
+    /// the line [`Mom::script_line`]). Without berth: the shell itself, argv0 `-name`.
     pub fn batch_with_stdin(&self, job: &Job, node: &Node, as_: As, shell: &str, stdin: &str) -> Out {
-        let env = self.job_env(job, node, 0);
+        self.shell_job(job, node, as_, shell, stdin, &[])
+    }
+
+    fn shell_job(
+        &self,
+        job: &Job,
+        node: &Node,
+        as_: As,
+        shell: &str,
+        stdin: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Out {
+        let mut env = self.job_env(job, node, 0);
+        for (k, v) in extra_env {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_string(), v.to_string()));
+        }
         let starter = self.starter.display().to_string();
-        let mut child = self
-            .command(node, as_, &[&starter, shell], &env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let login = format!("-{}", Path::new(shell).file_name().unwrap().to_string_lossy());
+        let mut cmd = if self.berth {
+            self.command(node, as_, &[&starter, shell, &login], &env)
+        } else {
+            let mut c = self.command(node, as_, &[shell], &env);
+            c.arg0(&login);
+            c
+        };
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut pipe = child.stdin.take().unwrap();
         let _ = pipe.write_all(stdin.as_bytes());
         drop(pipe);
         Out(child.wait_with_output().unwrap())
     }
 
+    /// The line pbs_mom writes to the batch shell (`TMomFinalizeJob2`).
+    pub fn script_line(&self, job: &Job, node: &Node) -> String {
+        let mut line = job.script_path(node).display().to_string();
+        if self.exec_with_exec {
+            line.insert_str(0, "exec ");
+        }
+        if let Some(a) = &job.args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        line.push('\n');
+        line
+    }
+
     pub fn batch(&self, job: &Job, node: &Node, as_: As) -> Out {
-        let line = format!("{}\n", job.script_path(node).display());
+        let line = self.script_line(job, node);
         self.batch_with_stdin(job, node, as_, "/bin/bash", &line)
+    }
+
+    /// `qsub -I`: the job's shell with `typed` as what the user types.
+    pub fn interactive(&self, job: &Job, node: &Node, typed: &str) -> Out {
+        self.shell_job(job, node, As::User, "/bin/bash", typed, &[("PBS_ENVIRONMENT", "PBS_INTERACTIVE")])
+    }
+
+    /// A whole job on one node as pbs_mom runs it: prologue, the job (batch or interactive),
+    /// epilogue, then what the user gets back.
+    pub fn run_job(&self, job: &Job, node: &Node, interactive: Option<&str>) -> JobEnd {
+        let t0 = std::time::Instant::now();
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut status = 0;
+        if self.berth {
+            let p = self.hook("prologue", job, node);
+            out.push_str(&p.stdout());
+            err.push_str(&p.stderr());
+            status = match p.code() {
+                Some(0) => 0,
+                Some(1) => -2,
+                _ if interactive.is_some() => -2,
+                _ => -3,
+            };
+        }
+        if status == 0 {
+            let r = match interactive {
+                Some(typed) => self.interactive(job, node, typed),
+                None => self.batch(job, node, As::User),
+            };
+            out.push_str(&r.stdout());
+            err.push_str(&r.stderr());
+            status = r.code().unwrap_or(128 + 9);
+        }
+        let t_job = t0.elapsed();
+        if self.berth {
+            let e = self.hook("epilogue", job, node);
+            out.push_str(&e.stdout());
+            err.push_str(&e.stderr());
+        }
+        let returned = !(-3..=-1).contains(&status);
+        JobEnd {
+            status,
+            out: returned.then_some(out),
+            err: returned.then_some(err),
+            elapsed: t0.elapsed(),
+            until_job_end: t_job,
+        }
     }
 
     /// A TM task (pbsdsh, orted): `[starter, argv...]`, stdin /dev/null.
@@ -313,16 +421,13 @@ impl<'w> Mom<'w> {
         } else {
             argv.extend_from_slice(&[res, "batch", ""]);
         }
-        let env = vec![
-            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_string()),
+        let mut env = node.mom_env();
+        env.extend([
             ("PBS_NODEFILE".to_string(), job.nodefile(node).display().to_string()),
             ("PBS_O_WORKDIR".to_string(), job.workdir.display().to_string()),
             ("PBS_NODENUM".to_string(), if node.name == "a" { "0" } else { "1" }.to_string()),
             ("PBS_MSHOST".to_string(), "a".to_string()),
-            // Test seams: the fake qstat, and the node's site configuration.
-            ("BERTH_PBS_QSTAT".to_string(), self.qstat.display().to_string()),
-            ("BERTH_CONFIG".to_string(), node.config.display().to_string()),
-        ];
+        ]);
         // A file just copied may still be open for writing in a child another test thread
         // forked meanwhile (ETXTBSY until that child execs): try again shortly.
         for _ in 0..100 {
@@ -335,6 +440,19 @@ impl<'w> Mom<'w> {
         }
         panic!("{path} stays busy");
     }
+}
+
+/// What the user sees of a finished job.
+pub struct JobEnd {
+    /// The job's exit status (negative: pbs_mom's JOB_EXEC_* codes).
+    pub status: i32,
+    /// The `.o` and `.e` files, when pbs_mom returns them.
+    pub out: Option<String>,
+    pub err: Option<String>,
+    /// Prologue start to epilogue end (commit to obit, less the server's messages).
+    pub elapsed: std::time::Duration,
+    /// Prologue start to the job's end (the rest of `elapsed` is the epilogue).
+    pub until_job_end: std::time::Duration,
 }
 
 /// Processes (not zombies) whose environment says they belong to `jobid`: holders, FUSE

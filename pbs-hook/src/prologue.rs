@@ -1,0 +1,46 @@
+//! The prologue: node checks only.
+//!
+//! pbs_mom runs it as root, with its own environment (`$PBS_HOME/pbs_environment`) and the
+//! job owner in argv; it does not see the job's `qsub -v` variables. It no longer reads them
+//! (through `qstat` or otherwise): a user's mistake (a bad image, bad `BERTH_*` options) is
+//! reported by the starter into the job's error file with a failed exit status, because
+//! TORQUE returns no output files at all for a job whose prologue failed
+//! (`send_back_std_and_staged_files` skips exit statuses -1..-3). The prologue fails a job
+//! only for what is wrong with the node, and then asks for a requeue, so the job can run on
+//! a healthy node:
+//!
+//! - 0: run the job (always, for every job whose node is fine: native jobs see nothing);
+//! - 2: the node's berth site configuration is broken (TORQUE: `JOB_EXEC_RETRY`, the job
+//!   goes back to the queue; the message is in the mom's log and its spool).
+
+use berth_runtime::config::Config;
+
+/// Exit status asking pbs_mom to requeue the job (any status above 1; `handle_prologs` in
+/// TORQUE's `start_exec.c`).
+pub const NODE_FAULT: i32 = 2;
+
+pub fn run(which: &str, args: &[String]) -> i32 {
+    let Some(jobid) = args.first() else {
+        eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
+        return NODE_FAULT;
+    };
+    match Config::load() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!(
+                "berth-pbs {which}: job {jobid}: requeued: this node's berth configuration is broken ({e}); fix it (`berth config check`) or take the node offline"
+            );
+            NODE_FAULT
+        }
+    }
+}
+
+/// Epilogue shortcut: true when `user` has nothing of holder `name` on this node (no record,
+/// lock or temporary record), so a job that never used berth here costs no fork and no
+/// privilege drop. Only existence is looked at (no symlink followed, nothing opened or
+/// trusted); when in doubt (unknown user, broken configuration) the full epilogue runs.
+pub fn nothing_to_stop(user: &str, name: &str) -> bool {
+    let Ok((cfg, _)) = Config::load() else { return false };
+    let Ok(Some(pw)) = nix::unistd::User::from_name(user) else { return false };
+    berth_runtime::holder::nothing_left(&cfg, pw.uid.as_raw(), name)
+}
