@@ -292,7 +292,7 @@ fn bad_images(w: &World) -> Vec<(String, &'static str)> {
         (s(&missing), "No such file"),
         (s(&unreadable), "ermission denied"),
         (s(&corrupt), ""),
-        (s(&closed_dir), "not readable"),
+        (s(&closed_dir), "must be readable by you"),
     ]
 }
 
