@@ -235,7 +235,7 @@ fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
     skopeo_push(&f.app, "v1", &r, &[]);
     let home = user_dir(w, "pull-plain");
 
-    let err = run(pull_cmd(w, &home, &["pull", &r, "app.sqsh"])).fails_with(&["--insecure"]);
+    let err = run(pull_cmd(w, &home, &["pull", &r, "app.sqsh"])).fails_with(&["plain HTTP", "--insecure"]);
     assert!(partials(&home).is_empty(), "{err}");
 
     let out = run(pull_cmd(w, &home, &["pull", "--insecure", &r, "app.sqsh"]));
@@ -356,7 +356,7 @@ fn tls_registry_with_basic_auth_uses_the_users_credentials() {
     // Without the CA the certificate is refused.
     let mut c = pull_cmd(w, &home, &["pull", &r, "x.sqsh"]);
     c.env("SSL_CERT_FILE", "/dev/null");
-    run(c).fails_with(&["certificate"]);
+    run(c).fails_with(&["certificate", "SSL_CERT_FILE"]);
     // No credentials, then wrong ones: one clear message each, nothing written.
     with(&["pull", &r, "x.sqsh"], None).fails_with(&["user name and password", "log in"]);
     let bad = auth("alice", "wrong");

@@ -78,6 +78,7 @@ enum Attempt {
     Retry(String, Option<Duration>),
     /// A final error status (4xx), to be explained or answered (401).
     Status(Box<ureq::Response>),
+    Fatal(Error),
 }
 
 impl Client {
@@ -183,7 +184,26 @@ impl Client {
                 Attempt::Retry(format!("HTTP {code}"), after)
             }
             Err(ureq::Error::Status(_, r)) => Attempt::Status(Box::new(r)),
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(t.to_string(), None),
+            Err(ureq::Error::Transport(t)) => {
+                let msg = t.to_string();
+                // TLS failures do not heal by retrying.
+                if msg.contains("certificate") {
+                    Attempt::Fatal(Error::new(
+                        self.what(),
+                        format!("TLS: {msg}"),
+                        "the registry's certificate is not trusted: add its CA to the system store \
+                         (/usr/local/share/ca-certificates + update-ca-certificates) or point SSL_CERT_FILE at it",
+                    ))
+                } else if msg.contains("wrong version number") || msg.contains("http request") {
+                    Attempt::Fatal(Error::new(
+                        self.what(),
+                        format!("TLS: {msg}"),
+                        "the registry speaks plain HTTP: use --insecure",
+                    ))
+                } else {
+                    Attempt::Retry(msg, None)
+                }
+            }
         }
     }
 
@@ -206,6 +226,7 @@ impl Client {
         while n < ATTEMPTS {
             match self.attempt(url, accept, range) {
                 Attempt::Done(r) => return Ok(*r),
+                Attempt::Fatal(e) => return Err(e),
                 Attempt::Retry(why, after) => {
                     last = why;
                     n += 1;
@@ -243,11 +264,7 @@ impl Client {
                 }
             }
         }
-        let hint = if last.contains("InvalidData") || last.contains("http") && last.contains("https") {
-            "use --insecure for a registry that speaks plain HTTP"
-        } else {
-            "check the network and the registry's address, then try again"
-        };
+        let hint = "check the network and the registry's address, then try again";
         Err(Error::new(self.what(), format!("{what}: gave up after {ATTEMPTS} attempts: {last}"), hint))
     }
 

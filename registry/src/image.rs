@@ -182,11 +182,34 @@ impl Store {
         let f = File::open(path).map_err(|e| Error::io(&what, e))?;
         let mut ar = tar::Archive::new(f);
         let mut index = HashMap::new();
+        let mut links = vec![];
         for e in ar.entries().map_err(|e| Error::new(&what, e.to_string(), "is it a tar file?"))? {
             let e = e.map_err(|e| Error::new(&what, e.to_string(), "is it a complete tar file?"))?;
+            let name = norm_member(&String::from_utf8_lossy(&e.path_bytes()));
             if e.header().entry_type().is_file() {
-                let name = norm_member(&String::from_utf8_lossy(&e.path_bytes()));
                 index.insert(name, (e.raw_file_position(), e.size()));
+            } else if e.header().entry_type().is_symlink() {
+                // skopeo's docker-archive links `ID/layer.tar` to the layer stored once.
+                if let Some(t) = e.link_name_bytes() {
+                    let dir = Path::new(&name).parent().unwrap_or(Path::new(""));
+                    let target = dir.join(String::from_utf8_lossy(&t).as_ref());
+                    links.push((name, target));
+                }
+            }
+        }
+        for (name, target) in links {
+            let mut parts: Vec<String> = vec![];
+            for c in target.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        parts.pop();
+                    }
+                    std::path::Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+                    _ => {}
+                }
+            }
+            if let Some(&v) = index.get(&parts.join("/")) {
+                index.insert(name, v);
             }
         }
         Ok(Store::Tar(path.to_path_buf(), index))
