@@ -246,6 +246,7 @@ fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
 
     // Owners and modes as in the image although no root was involved.
     let l = listing(&img);
+    assert!(l.lines().next().unwrap().starts_with("drwxr-xr-x 0/0"), "root dir: {l}");
     assert!(line_for(&l, "/srv").starts_with("drwxr-x--- 1234/4321"), "{l}");
     assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
     assert!(line_for(&l, "/usr/bin/suid").starts_with("-rwsr-xr-x 0/0"), "{l}");

@@ -159,6 +159,40 @@ fn io_what(out: &Path) -> String {
     format!("output {}", out.display())
 }
 
+/// `mksquashfs SOURCE DEST` (options must follow the two paths).
+fn mksquashfs(source: &Path, dest: &Path) -> Command {
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(source).arg(dest).args(["-quiet", "-no-progress"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; mksquashfs must not outlive berth.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Collect a child's stderr on a thread (so a chatty child never blocks on a full pipe).
+fn stderr_of(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    })
+}
+
+fn check(status: std::process::ExitStatus, errs: std::thread::JoinHandle<String>) -> Result<()> {
+    let msg = errs.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let last = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let hint = if msg.contains("No space") { "free some space, or write elsewhere" } else { "" };
+    Err(Error::new("mksquashfs", format!("failed ({status}): {last}"), hint))
+}
+
 /// Merge the layers and write the SquashFS file to `out`, atomically.
 fn convert(
     store: &Store,
@@ -185,22 +219,8 @@ fn convert(
     let _guard = cleanup::register(tmp.path());
     let root =
         tree.root.clone().unwrap_or(flatten::Meta { mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: vec![] });
-    let mut cmd = Command::new("mksquashfs");
-    cmd.arg("-")
-        .arg(tmp.path())
-        .args(["-tar", "-noappend", "-quiet", "-no-progress"])
-        .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
-        .args(["-root-uid", &root.uid.to_string(), "-root-gid", &root.gid.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; mksquashfs must not outlive berth.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let mut cmd = mksquashfs(Path::new("-"), tmp.path());
+    cmd.args(["-tar", "-noappend"]).stdin(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::new(
             "mksquashfs",
@@ -209,12 +229,7 @@ fn convert(
         )
     })?;
     let stdin = child.stdin.take().expect("piped stdin");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let errs = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let errs = stderr_of(&mut child);
     progress.phase("writing squashfs", n, total);
     let written =
         flatten::write_tar(store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
@@ -224,16 +239,24 @@ fn convert(
             w.into_inner().map(drop).map_err(|e| Error::new("mksquashfs", e.error().to_string(), ""))
         });
     let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
-    let msg = errs.join().unwrap_or_default();
     progress.finish();
-    if !status.success() {
-        let last = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        let e = Error::io(io_what(out), std::io::Error::from_raw_os_error(libc::EIO));
-        let hint =
-            if msg.contains("No space") { "free some space, or write elsewhere" } else { e.hint.as_str() };
-        return Err(Error::new("mksquashfs", format!("failed ({status}): {last}"), hint));
-    }
+    check(status, errs)?;
     written?;
+    // `mksquashfs -tar` (4.5) gives the root directory the caller's owner and mode 0777, and
+    // ignores -root-*; appending an empty directory with -root-* sets them as the image says.
+    let empty = tempfile::Builder::new()
+        .prefix(".berth-root-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(io_what(out), e))?;
+    let mut cmd = mksquashfs(empty.path(), tmp.path());
+    cmd.arg("-no-recovery")
+        .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
+        .args(["-root-uid", &root.uid.to_string(), "-root-gid", &root.gid.to_string()])
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    let errs = stderr_of(&mut child);
+    let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    check(status, errs)?;
     // SAFETY: umask(2) only swaps the process mask; it is put back at once.
     let mask = unsafe {
         let m = libc::umask(0o022);
