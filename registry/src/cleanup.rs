@@ -1,5 +1,6 @@
-//! Nothing partial is left behind, even on Ctrl-C: every temporary file berth writes is
-//! registered here, and a SIGINT/SIGTERM/SIGHUP handler unlinks them before exiting.
+//! Nothing partial is left behind, even on Ctrl-C: every temporary file (and empty work
+//! directory) berth writes is registered here, and a SIGINT/SIGTERM/SIGHUP handler removes them
+//! before exiting.
 //! Ordinary failures are handled by the owners' `Drop`.
 
 use std::ffi::CString;
@@ -16,9 +17,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
     for slot in &PATHS {
         let p = slot.load(Ordering::SeqCst);
         if !p.is_null() {
-            // SAFETY: `p` is a leaked, NUL-terminated CString that is never freed; unlink(2) is
-            // async-signal-safe.
-            unsafe { libc::unlink(p) };
+            // SAFETY: `p` is a leaked, NUL-terminated CString that is never freed; unlink(2) and
+            // rmdir(2) are async-signal-safe (an empty work directory is removed too).
+            unsafe {
+                if libc::unlink(p) != 0 {
+                    libc::rmdir(p);
+                }
+            };
         }
     }
     // SAFETY: _exit(2) is async-signal-safe; the status follows the shell convention.

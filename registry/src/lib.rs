@@ -248,6 +248,7 @@ fn convert(
         .prefix(".berth-root-")
         .tempdir_in(&dir)
         .map_err(|e| Error::io(io_what(out), e))?;
+    let _guard_dir = cleanup::register(empty.path());
     let mut cmd = mksquashfs(empty.path(), tmp.path());
     cmd.arg("-no-recovery")
         .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
