@@ -193,7 +193,7 @@ impl Tree {
             return Ok(());
         }
         let path = join(name);
-        let meta = meta_of(&h, xattrs);
+        let mut meta = meta_of(&h, xattrs);
         let kind = match et {
             EntryType::Directory => {
                 if let Some(n) = self.nodes.get_mut(&path).filter(|n| matches!(n.kind, Kind::Dir)) {
@@ -218,6 +218,11 @@ impl Tree {
                 let target = components(&raw, what)?.join("/");
                 match self.nodes.get(&target).map(|n| &n.kind) {
                     Some(Kind::File(k, _)) | Some(Kind::Hardlink(k)) => Kind::Hardlink(*k),
+                    // A hardlink to a symlink, device or fifo: the same kind of entry again.
+                    Some(k @ (Kind::Symlink(_) | Kind::Char(..) | Kind::Block(..) | Kind::Fifo)) => {
+                        meta = self.nodes[&target].meta.clone();
+                        k.clone()
+                    }
                     _ => {
                         return Err(refuse(
                             what,

@@ -83,6 +83,7 @@ fn layered(dir: &Path) {
             Ent::File("big", b"replaced", 0o644, 0, 0),
             Ent::Hardlink("srv/data2", "srv/data"),
             Ent::Symlink("lib", "usr/lib"),
+            Ent::Hardlink("lib64", "lib"),
         ],
         false,
     );
@@ -107,6 +108,7 @@ fn layers_merge_with_whiteouts_owners_and_links() {
     // The link was made to the old `big`: it keeps that content although `big` was replaced.
     assert_eq!(m["biglink"], ('f', 0o644, 0, 0, "orig".into()));
     assert_eq!(m["lib"], ('l', 0o777, 0, 0, "usr/lib".into()));
+    assert_eq!(m["lib64"], ('l', 0o777, 0, 0, "usr/lib".into()), "a hardlink to a symlink is that symlink");
     assert!(!m.keys().any(|k| k.contains(".wh.")), "no whiteout file reaches the image");
 }
 
