@@ -60,7 +60,7 @@ pub enum CacheCmd {
 
 fn options(platform: Option<&str>, insecure: bool, quiet: bool) -> berth_registry::Result<Options> {
     let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
-    Ok(Options { platform, insecure, quiet, cache: BlobCache::new(BlobCache::default_root()) })
+    Ok(Options { platform, insecure, quiet, ..Options::default() })
 }
 
 fn report(r: berth_registry::Result<berth_registry::Report>, quiet: bool) -> i32 {

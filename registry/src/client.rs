@@ -104,6 +104,11 @@ impl Client {
         })
     }
 
+    /// Use these credentials instead of the ones found in the user's files.
+    pub fn set_credentials(&mut self, creds: Option<Credentials>) {
+        self.creds = creds;
+    }
+
     fn what(&self) -> String {
         self.image.to_string()
     }

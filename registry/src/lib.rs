@@ -44,6 +44,10 @@ pub struct Options {
     /// No progress display even on a terminal.
     pub quiet: bool,
     pub cache: BlobCache,
+    /// Credentials to use instead of looking them up (a front end that has its own).
+    pub credentials: Option<auth::Credentials>,
+    /// Base delay between retries.
+    pub backoff: std::time::Duration,
 }
 
 impl Default for Options {
@@ -53,6 +57,8 @@ impl Default for Options {
             insecure: false,
             quiet: false,
             cache: BlobCache::new(BlobCache::default_root()),
+            credentials: None,
+            backoff: std::time::Duration::from_millis(500),
         }
     }
 }
@@ -85,6 +91,10 @@ fn locate(src: &Source, opts: &Options) -> Result<Located> {
     match src {
         Source::Registry(r) => {
             let mut client = Box::new(client::Client::new(r, opts.insecure)?);
+            client.backoff = opts.backoff;
+            if opts.credentials.is_some() {
+                client.set_credentials(opts.credentials.clone());
+            }
             let (body, ct, mut digest) = client.manifest(r.reference())?;
             let mut m = image::parse_manifest(&body, &what)?;
             if m.is_index(&ct) {

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::testimg::{finish, image, layer, Ent};
 use crate::*;
@@ -11,9 +12,10 @@ use crate::*;
 fn opts(cache: &Path) -> Options {
     Options {
         platform: Platform::parse("linux/amd64").unwrap(),
-        insecure: false,
         quiet: true,
         cache: BlobCache::new(cache),
+        backoff: std::time::Duration::from_millis(10),
+        ..Options::default()
     }
 }
 
@@ -240,4 +242,212 @@ fn multi_arch_layout_resolves_to_the_platform() {
     let bytes = flatten::write_tar(&store, &resolved.layers, &tree, vec![], || {}).unwrap();
     assert!(bytes.windows(5).any(|w| w == b"arm64"));
     assert!(!bytes.windows(5).any(|w| w == b"amd64"));
+}
+
+/// A registry speaking just enough HTTP/1.1 to serve `layout`, with faults chosen per request
+/// by `policy(n, path, headers) -> Option<(status, extra headers)>` (None: serve normally).
+/// Blob bodies are cut half-way when the policy answers status 0.
+type Policy = dyn Fn(usize, &str, &str) -> Option<(u16, String)> + Send + Sync;
+
+struct Server {
+    port: u16,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn serve(layout: PathBuf, policy: Box<Policy>) -> Server {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let log = hits.clone();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let (mut line, mut headers) = (String::new(), String::new());
+            r.read_line(&mut line).unwrap_or(0);
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                headers.push_str(&h.to_ascii_lowercase());
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(path.clone());
+            let fault = policy(n, &path, &headers);
+            if let Some((code, extra)) = fault.clone().filter(|(c, _)| *c != 0) {
+                let body = if code == 200 { extra.clone() } else { String::new() };
+                let extra = if code == 200 { "Content-Type: application/json\r\n".into() } else { extra };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let blob = |hex: &str| std::fs::read(layout.join("blobs/sha256").join(hex)).ok();
+            let body = if path.contains("/manifests/") {
+                let idx: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+                blob(&idx["manifests"][0]["digest"].as_str().unwrap()[7..])
+            } else {
+                path.split("sha256:").nth(1).and_then(blob)
+            };
+            let Some(body) = body else {
+                let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let from = headers
+                .lines()
+                .find_map(|h| h.strip_prefix("range: bytes="))
+                .and_then(|v| v.trim().trim_end_matches('-').parse::<usize>().ok())
+                .unwrap_or(0);
+            let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+            let part = &body[from.min(body.len())..];
+            let ct = if path.contains("/manifests/") {
+                "application/vnd.oci.image.manifest.v1+json"
+            } else {
+                "application/octet-stream"
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                part.len()
+            );
+            let cut = if fault.is_some() { part.len() / 2 } else { part.len() };
+            let _ = s.write_all(&part[..cut]);
+        }
+    });
+    Server { port, hits }
+}
+
+fn registry_pull(port: u16, o: &Options, out: &Path) -> Result<Report> {
+    let r = reference::parse_image_ref(&format!("127.0.0.1:{port}/test/app:v1")).unwrap();
+    let mut o2 = Options {
+        cache: BlobCache::new(&o.cache.root),
+        credentials: o.credentials.clone(),
+        ..opts(&o.cache.root)
+    };
+    o2.insecure = true;
+    pull(&Source::Registry(r), out, &o2)
+}
+
+fn big_layout(dir: &Path) {
+    // A layer larger than the faults' threshold, so it is cut and resumed.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let m = image(dir, &cfg(), &[layer(&[Ent::File("big", &data, 0o644, 0, 0)], true)], "amd64");
+    finish(dir, vec![m], "v1");
+}
+
+fn is_big_blob(path: &str, layout: &Path) -> bool {
+    path.split("sha256:").nth(1).is_some_and(|h| {
+        std::fs::metadata(layout.join("blobs/sha256").join(h)).map(|m| m.len() > 4096).unwrap_or(false)
+    })
+}
+
+#[test]
+fn registry_bearer_token_flow_with_basic_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    big_layout(&lay);
+    let port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let p2 = port.clone();
+    let srv = serve(
+        lay.clone(),
+        Box::new(move |_, path, headers| {
+            let realm = format!("http://127.0.0.1:{}/token", p2.load(std::sync::atomic::Ordering::SeqCst));
+            if path.starts_with("/token") {
+                // alice:pw
+                return Some(
+                    if headers.contains("authorization: basic ywxpy2u6chc=")
+                        && path.contains("scope=repository%3Atest%2Fapp%3Apull")
+                    {
+                        (200, r#"{"token":"tok-123"}"#.to_string())
+                    } else {
+                        (401, String::new())
+                    },
+                );
+            }
+            if headers.contains("authorization: bearer tok-123") {
+                None
+            } else {
+                Some((401, format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:test/app:pull\"\r\n")))
+            }
+        }),
+    );
+    port.store(srv.port, std::sync::atomic::Ordering::SeqCst);
+    let mut o = opts(&t.path().join("cache"));
+    let out = t.path().join("o.sqsh");
+    let e = registry_pull(srv.port, &o, &out).unwrap_err().to_string();
+    assert!(e.contains("refused the credentials") || e.contains("401"), "no credentials: {e}");
+    o.credentials = Some(auth::Credentials { user: "alice".into(), password: "wrong".into() });
+    let e = registry_pull(srv.port, &o, &out).unwrap_err().to_string();
+    assert!(e.contains("refused the credentials"), "{e}");
+    assert!(!out.exists());
+    o.credentials = Some(auth::Credentials { user: "alice".into(), password: "pw".into() });
+    registry_pull(srv.port, &o, &out).unwrap();
+    assert!(unsquash_list(&out).contains("/big"));
+    assert!(srv.hits.lock().unwrap().iter().any(|h| h.starts_with("/token?service=reg&scope=")));
+}
+
+#[test]
+fn registry_retries_5xx_and_429_and_resumes_dropped_blobs() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    big_layout(&lay);
+    let l2 = lay.clone();
+    let big_seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let b2 = big_seen.clone();
+    let srv = serve(
+        lay.clone(),
+        Box::new(move |n, path, _| match n {
+            0 => Some((503, String::new())),
+            1 => Some((429, "Retry-After: 0\r\n".into())),
+            _ if is_big_blob(path, &l2) && b2.fetch_add(1, Ordering::SeqCst) < 2 => Some((0, String::new())),
+            _ => None,
+        }),
+    );
+    let out = t.path().join("o.sqsh");
+    let o = opts(&t.path().join("cache"));
+    registry_pull(srv.port, &o, &out).unwrap();
+    let hits = srv.hits.lock().unwrap().clone();
+    assert_eq!(big_seen.load(Ordering::SeqCst), 3, "cut twice, resumed: {hits:?}");
+    assert!(unsquash_list(&out).contains("/big"));
+}
+
+#[test]
+fn registry_faults_that_do_not_heal_leave_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    big_layout(&lay);
+    let out = t.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let o = opts(&t.path().join("cache"));
+    let l2 = lay.clone();
+    // Every transfer of the layer is cut.
+    let srv = serve(lay.clone(), Box::new(move |_, p, _| is_big_blob(p, &l2).then(|| (0, String::new()))));
+    let e = registry_pull(srv.port, &o, &out.join("o.sqsh")).unwrap_err().to_string();
+    assert!(e.contains("transfer incomplete"), "{e}");
+    // Always 500.
+    let srv = serve(lay.clone(), Box::new(|_, _, _| Some((500, String::new()))));
+    let e = registry_pull(srv.port, &o, &out.join("o.sqsh")).unwrap_err().to_string();
+    assert!(e.contains("gave up after 5 attempts: HTTP 500"), "{e}");
+    // Unknown tag.
+    let srv = serve(lay.clone(), Box::new(|_, p, _| p.contains("/manifests/").then(|| (404, String::new()))));
+    let e = registry_pull(srv.port, &o, &out.join("o.sqsh")).unwrap_err().to_string();
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing partial");
+    let c = BlobCache::new(t.path().join("cache"));
+    for (d, _) in c.list() {
+        assert_eq!(cache::file_digest(&c.path(&d)).unwrap(), d);
+    }
+    assert!(!std::fs::read_dir(t.path().join("cache/blobs/sha256")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
 }
