@@ -223,7 +223,9 @@ fn listing(img: &Path) -> String {
 
 fn line_for<'a>(list: &'a str, path: &str) -> &'a str {
     list.lines()
-        .find(|l| l.ends_with(&format!("squashfs-root{path}")))
+        .find(|l| {
+            l.ends_with(&format!("squashfs-root{path}")) || l.contains(&format!("squashfs-root{path} -> "))
+        })
         .unwrap_or_else(|| panic!("{path} missing:\n{list}"))
 }
 
