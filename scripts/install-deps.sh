@@ -20,6 +20,9 @@ pkgs=(
   util-linux procps iproute2
   # tests: the OpenPBS hook runs under python3 with a fake `pbs` module
   python3
+  # berth pull: TLS via the system OpenSSL; tests start a real registry, push with skopeo,
+  # make the TLS CA with openssl and the htpasswd file; umoci for the pull benchmark
+  libssl-dev docker-registry skopeo openssl apache2-utils umoci
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

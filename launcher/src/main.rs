@@ -5,6 +5,7 @@
 //! status and signals pass through unchanged.
 
 mod cmd_build;
+mod cmd_pull;
 mod inspect;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -59,6 +60,15 @@ enum Cmd {
     },
     /// Build an image from a definition file (root): berth build OUT DEF
     Build(cmd_build::BuildArgs),
+    /// Convert a registry image to a SquashFS file, as yourself: berth pull REF [OUT]
+    Pull(cmd_pull::PullArgs),
+    /// Convert an OCI/Docker archive or OCI layout: berth import SOURCE [OUT]
+    Import(cmd_pull::ImportArgs),
+    /// The blob cache of berth pull/import
+    Cache {
+        #[command(subcommand)]
+        what: cmd_pull::CacheCmd,
+    },
     /// Check the site configuration and this node's prerequisites
     Config {
         #[command(subcommand)]
@@ -212,6 +222,13 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             EXIT_BERTH_ERROR
         }));
     }
+    // Registry conversion needs no site config either.
+    match cmd {
+        Cmd::Pull(a) => return Ok(cmd_pull::pull(a)),
+        Cmd::Import(a) => return Ok(cmd_pull::import(a)),
+        Cmd::Cache { what } => return Ok(cmd_pull::cache(what)),
+        _ => {}
+    }
     let (cfg, cfg_path) = Config::load()?;
     match cmd {
         Cmd::Exec(a) => {
@@ -273,7 +290,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
-        Cmd::Build(_) => Err(Error::request("berth build", "internal error: dispatched twice", "")),
+        Cmd::Build(_) | Cmd::Pull(_) | Cmd::Import(_) | Cmd::Cache { .. } => {
+            Err(Error::request("berth", "internal error: dispatched twice", ""))
+        }
         Cmd::Config { what: ConfigCmd::Show } => {
             print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
             Ok(0)

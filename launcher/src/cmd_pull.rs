@@ -1,0 +1,133 @@
+//! `berth pull`, `berth import` and `berth cache`: images from registries and archives into one
+//! SquashFS file, as the user. All the work is in `berth_registry`; this file maps options.
+
+use std::path::PathBuf;
+
+use berth_registry::{BlobCache, Options, Platform, Source};
+use clap::{Args, Subcommand};
+
+/// Convert a registry image to a SquashFS file: berth pull docker://HOST/REPO:TAG [OUT]
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    berth pull docker://ubuntu:22.04\n  \
+    berth pull docker://nvcr.io/hpc/gromacs:2023.2 gromacs.sqsh\n  \
+    berth pull --insecure docker://registry.local:5000/app@sha256:<digest> app.sqsh\n\n\
+Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
+~/.docker/config.json and ~/.netrc (docker/podman/skopeo login write them). Blobs are cached \
+(verified) in $BERTH_CACHE_DIR, else ~/.cache/berth.")]
+pub struct PullArgs {
+    /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], or a Docker Hub name
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Image file to write (default: REPO_TAG.sqsh in the current directory)
+    #[arg(value_name = "OUT")]
+    pub out: Option<PathBuf>,
+    /// Talk plain HTTP to the registry
+    #[arg(long)]
+    pub insecure: bool,
+    /// OS/ARCH[/VARIANT] to choose from a multi-platform image (default: this machine's)
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// No progress display
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Convert an image archive or OCI layout: berth import oci-archive:FILE|docker-archive:FILE|oci:DIR[:TAG] [OUT]
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// oci-archive:FILE, docker-archive:FILE or oci:DIR[:TAG]
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Image file to write (default: the source's name with .sqsh)
+    #[arg(value_name = "OUT")]
+    pub out: Option<PathBuf>,
+    /// OS/ARCH[/VARIANT] to choose from a multi-platform layout
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// No progress display
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// List the cached blobs (digest, size)
+    List,
+    /// Remove every cached blob
+    Clean,
+}
+
+fn options(platform: Option<&str>, insecure: bool, quiet: bool) -> berth_registry::Result<Options> {
+    let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
+    Ok(Options { platform, insecure, quiet, ..Options::default() })
+}
+
+fn report(r: berth_registry::Result<berth_registry::Report>, quiet: bool) -> i32 {
+    match r {
+        Ok(r) => {
+            if !quiet {
+                let digest = r.digest.map(|d| format!(" ({d})")).unwrap_or_default();
+                eprintln!("berth: wrote {}{digest}, {} layers", r.out.display(), r.layers);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            berth_runtime::error::EXIT_BERTH_ERROR
+        }
+    }
+}
+
+pub fn pull(a: PullArgs) -> i32 {
+    let r = (|| {
+        let src = berth_registry::reference::parse_image_ref(&a.reference)?;
+        let out = a.out.clone().unwrap_or_else(|| src.default_file_name().into());
+        let opts = options(a.platform.as_deref(), a.insecure, a.quiet)?;
+        berth_registry::pull(&Source::Registry(src), &out, &opts)
+    })();
+    report(r, a.quiet)
+}
+
+pub fn import(a: ImportArgs) -> i32 {
+    let r = (|| {
+        let src = berth_registry::parse_source(&a.source)?;
+        let out = match (&a.out, &src) {
+            (Some(o), _) => o.clone(),
+            (None, Source::OciArchive(p) | Source::DockerArchive(p) | Source::OciDir(p, _)) => {
+                let stem =
+                    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+                format!("{stem}.sqsh").into()
+            }
+            (None, Source::Registry(r)) => r.default_file_name().into(),
+        };
+        let opts = options(a.platform.as_deref(), false, a.quiet)?;
+        berth_registry::pull(&src, &out, &opts)
+    })();
+    report(r, a.quiet)
+}
+
+pub fn cache(c: CacheCmd) -> i32 {
+    let cache = BlobCache::new(BlobCache::default_root());
+    match c {
+        CacheCmd::List => {
+            let list = cache.list();
+            let total: u64 = list.iter().map(|(_, s)| s).sum();
+            for (d, s) in &list {
+                println!("{d}  {s}");
+            }
+            eprintln!("berth: {} blobs, {total} bytes in {}", list.len(), cache.root.display());
+            0
+        }
+        CacheCmd::Clean => match cache.clean() {
+            Ok((n, bytes)) => {
+                eprintln!("berth: removed {n} blobs ({bytes} bytes) from {}", cache.root.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("berth: {e}");
+                berth_runtime::error::EXIT_BERTH_ERROR
+            }
+        },
+    }
+}

@@ -1,0 +1,147 @@
+//! Registry credentials, read where the container tools keep them, never from the command line:
+//! `$REGISTRY_AUTH_FILE` and `$XDG_RUNTIME_DIR/containers/auth.json` (podman/skopeo),
+//! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` (docker), then `~/.netrc`.
+//! Credential helpers (`credsStore`) are not run.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.user)
+    }
+}
+
+impl Credentials {
+    pub fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.user, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+/// The auth files to consult, most specific first.
+pub fn auth_files() -> Vec<PathBuf> {
+    let mut v = vec![];
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|f| !f.is_empty()) {
+        v.push(PathBuf::from(f));
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|f| !f.is_empty()) {
+        v.push(Path::new(&d).join("containers/auth.json"));
+    }
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|f| !f.is_empty()) {
+        v.push(Path::new(&d).join("config.json"));
+    } else if let Some(h) = home() {
+        v.push(h.join(".docker/config.json"));
+    }
+    v
+}
+
+/// Keys a registry may be filed under in `auths`.
+fn keys_for(registry: &str) -> Vec<String> {
+    let mut k = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
+    if registry == crate::reference::DOCKER_HUB {
+        k.extend(
+            ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"].map(String::from),
+        );
+    }
+    k
+}
+
+fn from_auth_json(text: &str, registry: &str) -> Option<Credentials> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let auths = v.get("auths")?.as_object()?;
+    for key in keys_for(registry) {
+        let Some(e) = auths.get(&key).or_else(|| auths.get(&format!("{key}/"))) else { continue };
+        if let Some(a) = e.get("auth").and_then(|a| a.as_str()) {
+            let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).ok()?;
+            let raw = String::from_utf8(raw).ok()?;
+            let (u, p) = raw.split_once(':')?;
+            return Some(Credentials { user: u.into(), password: p.into() });
+        }
+        if let (Some(u), Some(p)) =
+            (e.get("username").and_then(|x| x.as_str()), e.get("password").and_then(|x| x.as_str()))
+        {
+            return Some(Credentials { user: u.into(), password: p.into() });
+        }
+    }
+    None
+}
+
+fn from_netrc(text: &str, host: &str) -> Option<Credentials> {
+    let host = host.split(':').next().unwrap_or(host);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (mut i, mut found, mut user, mut pass) = (0, false, None, None);
+    while i < words.len() {
+        match words[i] {
+            "machine" => {
+                if found {
+                    break;
+                }
+                found = words.get(i + 1) == Some(&host);
+                i += 1;
+            }
+            "default" => {
+                if found {
+                    break;
+                }
+                found = true;
+            }
+            "login" if found => user = words.get(i + 1).map(|s| s.to_string()),
+            "password" if found => pass = words.get(i + 1).map(|s| s.to_string()),
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(Credentials { user: user?, password: pass? })
+}
+
+/// Credentials for `registry` (`host[:port]`), if the user has filed some.
+pub fn lookup(registry: &str) -> Option<Credentials> {
+    for f in auth_files() {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            if let Some(c) = from_auth_json(&text, registry) {
+                return Some(c);
+            }
+        }
+    }
+    let netrc = std::env::var_os("NETRC").map(PathBuf::from).or_else(|| home().map(|h| h.join(".netrc")))?;
+    from_netrc(&std::fs::read_to_string(netrc).ok()?, registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_forms() {
+        let j = r#"{"auths":{"127.0.0.1:5000":{"auth":"YWxpY2U6czNjcjN0"},
+                    "https://index.docker.io/v1/":{"auth":"Ym9iOnB3"},
+                    "h.io":{"username":"u","password":"p:x"}}}"#;
+        let c = from_auth_json(j, "127.0.0.1:5000").unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("alice", "s3cr3t"));
+        assert_eq!(c.basic_header(), "Basic YWxpY2U6czNjcjN0");
+        assert_eq!(from_auth_json(j, "docker.io").unwrap().user, "bob");
+        assert_eq!(from_auth_json(j, "h.io").unwrap().password, "p:x");
+        assert!(from_auth_json(j, "other.io").is_none());
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn netrc() {
+        let t = "machine a.io login x password y\nmachine reg.io\n  login alice\n  password pw\n";
+        let c = from_netrc(t, "reg.io:5000").unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("alice", "pw"));
+        assert!(from_netrc(t, "b.io").is_none());
+    }
+}

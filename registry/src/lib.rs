@@ -1,0 +1,368 @@
+//! berth-registry: container images from OCI registries (`docker://`), OCI layouts and archives
+//! (`oci:`, `oci-archive:`, `docker-archive:`), converted as an ordinary user into one SquashFS
+//! file with owners, modes and metadata kept.
+//!
+//! Flow: resolve the reference to one manifest (index -> platform), fetch its config and layers
+//! into the verified blob cache, merge the layers' headers into the final tree, stream that
+//! tree as one tar into `mksquashfs -tar` writing a temporary file next to the output, then
+//! rename it into place. Front ends call [`pull`] for a named output or [`ensure_converted`]
+//! for a shared per-digest cache where one process converts and the others wait.
+
+pub mod auth;
+pub mod cache;
+mod cleanup;
+pub mod client;
+pub mod error;
+pub mod flatten;
+pub mod image;
+pub mod meta;
+pub mod progress;
+pub mod reference;
+#[doc(hidden)]
+pub mod testimg;
+
+use std::io::{BufWriter, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use cache::BlobCache;
+pub use error::{Error, Result};
+pub use image::Platform;
+pub use reference::{parse_source, Source};
+
+use image::{Resolved, Store};
+use progress::Progress;
+
+pub struct Options {
+    pub platform: Platform,
+    /// Plain HTTP to the registry.
+    pub insecure: bool,
+    /// No progress display even on a terminal.
+    pub quiet: bool,
+    pub cache: BlobCache,
+    /// Credentials to use instead of looking them up (a front end that has its own).
+    pub credentials: Option<auth::Credentials>,
+    /// Base delay between retries.
+    pub backoff: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            platform: Platform::host(),
+            insecure: false,
+            quiet: false,
+            cache: BlobCache::new(BlobCache::default_root()),
+            credentials: None,
+            backoff: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub out: PathBuf,
+    /// The manifest's digest, when the source has one.
+    pub digest: Option<String>,
+    pub layers: usize,
+}
+
+/// A source resolved to one manifest, before its layers are fetched.
+enum Located {
+    Registry { client: Box<client::Client>, manifest: image::Manifest, digest: String },
+    Local { store: Store, resolved: Resolved },
+}
+
+impl Located {
+    fn digest(&self) -> Option<&str> {
+        match self {
+            Located::Registry { digest, .. } => Some(digest),
+            Located::Local { resolved, .. } => resolved.digest.as_deref(),
+        }
+    }
+}
+
+fn locate(src: &Source, opts: &Options) -> Result<Located> {
+    let what = src.to_string();
+    match src {
+        Source::Registry(r) => {
+            let mut client = Box::new(client::Client::new(r, opts.insecure)?);
+            client.backoff = opts.backoff;
+            if opts.credentials.is_some() {
+                client.set_credentials(opts.credentials.clone());
+            }
+            let (body, ct, mut digest) = client.manifest(r.reference())?;
+            let mut m = image::parse_manifest(&body, &what)?;
+            if m.is_index(&ct) {
+                let d = image::choose(&m, &opts.platform, &what)?.digest.clone();
+                let (body, _, d2) = client.manifest(&d)?;
+                m = image::parse_manifest(&body, &what)?;
+                if m.is_index("") {
+                    return Err(Error::new(&what, "an index inside an index is not supported", ""));
+                }
+                digest = d2;
+            }
+            Ok(Located::Registry { client, manifest: m, digest })
+        }
+        Source::OciDir(dir, tag) => {
+            if !dir.join("index.json").is_file() {
+                return Err(Error::new(
+                    &what,
+                    "not an OCI image layout (no index.json)",
+                    "make one with skopeo copy ... oci:DIR",
+                ));
+            }
+            let store = Store::Dir(dir.clone());
+            let resolved = image::resolve_oci(&store, tag.as_deref(), &opts.platform, &what)?;
+            Ok(Located::Local { store, resolved })
+        }
+        Source::OciArchive(p) => {
+            let store = Store::open_tar(p)?;
+            let resolved = image::resolve_oci(&store, None, &opts.platform, &what)?;
+            Ok(Located::Local { store, resolved })
+        }
+        Source::DockerArchive(p) => {
+            let store = Store::open_tar(p)?;
+            let resolved = image::resolve_docker_archive(&store, &what)?;
+            Ok(Located::Local { store, resolved })
+        }
+    }
+}
+
+/// Fetch what a located source needs into the cache.
+fn fetch(loc: Located, opts: &Options, progress: &mut Progress) -> Result<(Store, Resolved)> {
+    match loc {
+        Located::Local { store, resolved } => Ok((store, resolved)),
+        Located::Registry { mut client, manifest, digest } => {
+            let what = "image config";
+            let cfg =
+                manifest.config.as_ref().ok_or_else(|| Error::new(what, "the manifest has no config", ""))?;
+            let total = manifest.layers.iter().map(|l| l.size).sum::<u64>() + cfg.size;
+            progress.phase("downloading", manifest.layers.len(), total);
+            let cfg_path = client.blob(&opts.cache, &cfg.digest, Some(cfg.size), progress)?;
+            let config: serde_json::Value = std::fs::read(&cfg_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| Error::new(what, "the image config is not JSON", ""))?;
+            let mut layers = vec![];
+            for l in &manifest.layers {
+                client.blob(&opts.cache, &l.digest, Some(l.size), progress)?;
+                progress.layer_done();
+                // Checked on the way into the cache: no second check while merging.
+                layers.push(image::Layer {
+                    key: l.digest.clone(),
+                    digest: None,
+                    media_type: l.media_type.clone(),
+                    size: l.size,
+                });
+            }
+            Ok((Store::Dir(opts.cache.root.clone()), Resolved { config, layers, digest: Some(digest) }))
+        }
+    }
+}
+
+fn io_what(out: &Path) -> String {
+    format!("output {}", out.display())
+}
+
+/// `mksquashfs SOURCE DEST` (options must follow the two paths).
+fn mksquashfs(source: &Path, dest: &Path) -> Command {
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(source).arg(dest).args(["-quiet", "-no-progress"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; mksquashfs must not outlive berth.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Collect a child's stderr on a thread (so a chatty child never blocks on a full pipe).
+fn stderr_of(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    })
+}
+
+fn check(status: std::process::ExitStatus, errs: std::thread::JoinHandle<String>) -> Result<()> {
+    let msg = errs.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let last = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let hint = if msg.contains("No space") { "free some space, or write elsewhere" } else { "" };
+    Err(Error::new("mksquashfs", format!("failed ({status}): {last}"), hint))
+}
+
+/// Merge the layers and write the SquashFS file to `out`, atomically.
+fn convert(
+    store: &Store,
+    resolved: &Resolved,
+    source: &str,
+    out: &Path,
+    progress: &mut Progress,
+) -> Result<()> {
+    let n = resolved.layers.len();
+    let total = resolved.layers.iter().map(|l| l.size).sum();
+    progress.phase("reading layers", n, total);
+    let mut tree = flatten::merge(store, &resolved.layers, || progress.layer_done())?;
+    meta::add_to(&mut tree, &resolved.config, source, resolved.digest.as_deref());
+
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempfile_in(&dir)
+        .map_err(|e| Error::io(io_what(out), e))?;
+    let _guard = cleanup::register(tmp.path());
+    let root =
+        tree.root.clone().unwrap_or(flatten::Meta { mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: vec![] });
+    let mut cmd = mksquashfs(Path::new("-"), tmp.path());
+    cmd.args(["-tar", "-noappend"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::new(
+            "mksquashfs",
+            e.to_string(),
+            "install squashfs-tools 4.5 or later (apt-get install squashfs-tools)",
+        )
+    })?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let errs = stderr_of(&mut child);
+    progress.phase("writing squashfs", n, total);
+    let written =
+        flatten::write_tar(store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
+            progress.layer_done()
+        })
+        .and_then(|w| {
+            w.into_inner().map(drop).map_err(|e| Error::new("mksquashfs", e.error().to_string(), ""))
+        });
+    let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    progress.finish();
+    check(status, errs)?;
+    written?;
+    // `mksquashfs -tar` (4.5) gives the root directory the caller's owner and mode 0777, and
+    // ignores -root-*; appending an empty directory with -root-* sets them as the image says.
+    let empty = tempfile::Builder::new()
+        .prefix(".berth-root-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(io_what(out), e))?;
+    let _guard_dir = cleanup::register(empty.path());
+    let mut cmd = mksquashfs(empty.path(), tmp.path());
+    cmd.arg("-no-recovery")
+        .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
+        .args(["-root-uid", &root.uid.to_string(), "-root-gid", &root.gid.to_string()])
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    let errs = stderr_of(&mut child);
+    let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    check(status, errs)?;
+    // SAFETY: umask(2) only swaps the process mask; it is put back at once.
+    let mask = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    };
+    let mode = 0o644 & !(mask as u32);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(io_what(out), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(io_what(out), e))?;
+    tmp.persist(out).map_err(|e| Error::io(io_what(out), e.error))?;
+    Ok(())
+}
+
+/// Convert `src` into the SquashFS file `out` (replaced atomically; nothing partial on failure).
+pub fn pull(src: &Source, out: &Path, opts: &Options) -> Result<Report> {
+    let mut progress = Progress::new(opts.quiet);
+    let loc = locate(src, opts)?;
+    let (store, resolved) = fetch(loc, opts, &mut progress)?;
+    convert(&store, &resolved, &src.to_string(), out, &mut progress)?;
+    Ok(Report { out: out.to_path_buf(), digest: resolved.digest.clone(), layers: resolved.layers.len() })
+}
+
+/// How many conversions [`ensure_converted`] ran in this process (the others found the file).
+pub static CONVERSIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// An exclusive flock on `path` (created if missing), released when dropped.
+struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    fn take(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .or_else(|_| std::fs::File::open(path))
+            .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; it is released when `f` closes.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                return Ok(Lock { _file: f });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io(format!("lock {}", path.display()), e));
+            }
+        }
+    }
+}
+
+/// The converted image for `src` in `cache_dir` (`<manifest digest>.sqsh`), converting it first
+/// if no one has. Concurrent callers (threads, processes, nodes sharing the directory over a
+/// filesystem with working flock) serialize on a lock file per digest: one converts, the others
+/// wait and then use its file. A digest-pinned reference whose file exists needs no network.
+pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<PathBuf> {
+    let source = parse_source(src)?;
+    if let Source::Registry(r) = &source {
+        if let Some(d) = &r.digest {
+            let p = cache_dir.join(format!("{}.sqsh", &d[7..]));
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let loc = locate(&source, opts)?;
+    let digest = loc.digest().map(|d| d.trim_start_matches("sha256:").to_string()).ok_or_else(|| {
+        Error::new(
+            src,
+            "this source has no digest to cache it under",
+            "use berth pull/import with an output file",
+        )
+    })?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| Error::io(format!("image cache {}", cache_dir.display()), e))?;
+    let out = cache_dir.join(format!("{digest}.sqsh"));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let _lock = Lock::take(&cache_dir.join(format!("{digest}.lock")))?;
+    if out.is_file() {
+        return Ok(out);
+    }
+    CONVERSIONS.fetch_add(1, Ordering::SeqCst);
+    let mut progress = Progress::new(opts.quiet);
+    let (store, resolved) = fetch(loc, opts, &mut progress)?;
+    convert(&store, &resolved, &source.to_string(), &out, &mut progress)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

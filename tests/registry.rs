@@ -1,0 +1,571 @@
+//! `berth pull` / `berth import` against real registries (Debian's `docker-registry`, one plain
+//! HTTP instance and one with TLS from a CA made here and htpasswd auth), images pushed with
+//! `skopeo copy` from OCI layouts written here, pulled and run as the unprivileged test user.
+//! Faults a real registry does not make on demand (dropped connections, slow transfers) come
+//! from a small HTTP server in this file that serves the same layout.
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use berth_registry::testimg::{finish, image, layer, Ent};
+use harness::{world, World};
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `docker-registry`, stopped on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    storage: PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(dir: &Path, tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let storage = dir.join("storage");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = tls {
+            cfg += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+        }
+        if let Some(h) = htpasswd {
+            cfg += &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", h.display());
+        }
+        std::fs::write(dir.join("config.yml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "registry did not start: {}", dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, port, storage }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn skopeo_push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
+    let mut c = Command::new("skopeo");
+    c.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
+    c.arg(format!("oci:{}:{tag}", layout.display())).arg(dest);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "skopeo copy to {dest}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// What the test image holds besides busybox: layers with whiteouts, an opaque directory,
+/// hardlinks, files of uid 0 and of other users, a setuid file.
+fn app_layers(w: &World, dir: &Path) -> Vec<Vec<u8>> {
+    let base = dir.join("base.tar.gz");
+    sh(&format!(
+        "tar -C {} --numeric-owner --owner=0 --group=0 --exclude=./.singularity.d -czf {} .",
+        w.rootfs.display(),
+        base.display()
+    ));
+    let l2 = layer(
+        &[
+            Ent::Dir("etc", 0o755, 0, 0),
+            Ent::File("etc/gone", b"x", 0o644, 0, 0),
+            Ent::Dir("opt/old", 0o755, 0, 0),
+            Ent::File("opt/old/a", b"a", 0o644, 0, 0),
+            Ent::Dir("srv", 0o750, 1234, 4321),
+            Ent::File("srv/data", b"svc", 0o640, 1234, 4321),
+            Ent::File("usr/bin/suid", b"#!/bin/sh\nid -u\n", 0o4755, 0, 0),
+            Ent::File("pub/orig", b"orig\n", 0o644, 0, 0),
+            Ent::Hardlink("pub/link", "pub/orig"),
+            Ent::File("pub/mine", b"mine\n", 0o664, 4242, 4242),
+        ],
+        true,
+    );
+    let l3 = layer(
+        &[
+            Ent::File("etc/.wh.gone", b"", 0o644, 0, 0),
+            Ent::File("opt/.wh..wh..opq", b"", 0o644, 0, 0),
+            Ent::File("opt/new", b"new\n", 0o644, 0, 0),
+            Ent::Hardlink("pub/link2", "pub/orig"),
+            Ent::Symlink("pub/sym", "orig"),
+        ],
+        true,
+    );
+    vec![std::fs::read(base).unwrap(), l2, l3]
+}
+
+fn app_config() -> serde_json::Value {
+    serde_json::json!({"config": {
+        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello from the registry"],
+        "WorkingDir": "/opt",
+        "Entrypoint": ["/bin/echo", "ep"],
+        "Cmd": ["default-cmd"],
+        "Labels": {"org.opencontainers.image.title": "berth-test-app"}
+    }})
+}
+
+struct Fixture {
+    /// Single-arch app image layout (tag v1).
+    app: PathBuf,
+    /// Multi-arch index (amd64 + arm64), tag multi.
+    multi: PathBuf,
+    /// A layer with a `../` entry, tag bad.
+    hostile: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    htpasswd: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let w = world();
+        let d = w.path("registry-fixture");
+        std::fs::create_dir_all(&d).unwrap();
+        let app = d.join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        let m = image(&app, &app_config(), &app_layers(w, &d), "amd64");
+        finish(&app, vec![m], "v1");
+
+        let multi = d.join("multi");
+        std::fs::create_dir_all(&multi).unwrap();
+        let base = std::fs::read(d.join("base.tar.gz")).unwrap();
+        let arch = |a: &str| layer(&[Ent::File("arch", format!("{a}\n").as_bytes(), 0o644, 0, 0)], true);
+        let cfg = serde_json::json!({"config": {"Cmd": ["/bin/cat", "/arch"]}});
+        let a = image(&multi, &cfg, &[base.clone(), arch("amd64")], "amd64");
+        let b = image(&multi, &cfg, &[base, arch("arm64")], "arm64");
+        finish(&multi, vec![a, b], "multi");
+
+        let hostile = d.join("hostile");
+        std::fs::create_dir_all(&hostile).unwrap();
+        let evil = layer(&[Ent::File("ok", b"ok", 0o644, 0, 0), Ent::RawFile("../../../tmp/berth-escape", b"x")], true);
+        let m = image(&hostile, &serde_json::json!({}), &[evil], "amd64");
+        finish(&hostile, vec![m], "bad");
+
+        let (ca, cert, key) = (d.join("ca.pem"), d.join("srv.pem"), d.join("srv.key"));
+        sh(&format!(
+            "cd {dir} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+             -subj /CN=berth-test-ca 2>/dev/null && \
+             openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null && \
+             printf 'subjectAltName=IP:127.0.0.1\\n' > ext && \
+             openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 \
+             -extfile ext 2>/dev/null && chmod 644 ca.pem",
+            dir = d.display()
+        ));
+        let htpasswd = d.join("htpasswd");
+        sh(&format!("htpasswd -Bbn alice s3cret-pw > {}", htpasswd.display()));
+        Fixture { app, multi, hostile, ca, cert, key, htpasswd }
+    })
+}
+
+/// A directory the test user owns (outputs, caches, auth files).
+fn user_dir(w: &World, name: &str) -> PathBuf {
+    let p = w.path(name);
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    nix::unistd::chown(&p, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    p
+}
+
+fn pull_cmd(w: &World, home: &Path, args: &[&str]) -> Command {
+    let mut c = w.berth(args);
+    c.current_dir(home).env("BERTH_CACHE_DIR", home.join("cache"));
+    c
+}
+
+fn run(mut c: Command) -> harness::Out {
+    harness::Out(c.output().unwrap())
+}
+
+/// Files in `dir` whose names show a partial write.
+fn partials(dir: &Path) -> Vec<String> {
+    sh(&format!("find {} -name '*partial*' 2>/dev/null || true", dir.display()))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn listing(img: &Path) -> String {
+    sh(&format!("unsquashfs -lln {}", img.display()))
+}
+
+fn line_for<'a>(list: &'a str, path: &str) -> &'a str {
+    list.lines()
+        .find(|l| {
+            l.ends_with(&format!("squashfs-root{path}")) || l.contains(&format!("squashfs-root{path} -> "))
+        })
+        .unwrap_or_else(|| panic!("{path} missing:\n{list}"))
+}
+
+#[test]
+fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-plain"), None, None);
+    let r = format!("docker://{}/test/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &[]);
+    let home = user_dir(w, "pull-plain");
+
+    let err = run(pull_cmd(w, &home, &["pull", &r, "app.sqsh"])).fails_with(&["plain HTTP", "--insecure"]);
+    assert!(partials(&home).is_empty(), "{err}");
+
+    let out = run(pull_cmd(w, &home, &["pull", "--insecure", &r, "app.sqsh"]));
+    out.ok();
+    let img = home.join("app.sqsh");
+    assert_eq!(std::fs::metadata(&img).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(partials(&home).is_empty());
+
+    // Owners and modes as in the image although no root was involved.
+    let l = listing(&img);
+    assert!(l.lines().next().unwrap().starts_with("drwxr-xr-x 0/0"), "root dir: {l}");
+    assert!(line_for(&l, "/srv").starts_with("drwxr-x--- 1234/4321"), "{l}");
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert!(line_for(&l, "/usr/bin/suid").starts_with("-rwsr-xr-x 0/0"), "{l}");
+    assert!(line_for(&l, "/pub/mine").starts_with("-rw-rw-r-- 4242/4242"), "{l}");
+    assert!(line_for(&l, "/bin/busybox").starts_with("-rwxr-xr-x 0/0"), "{l}");
+    assert!(line_for(&l, "/pub/sym").contains("-> orig"), "{l}");
+    for gone in ["/etc/gone", "/opt/old", "/opt/old/a"] {
+        assert!(
+            !l.lines().any(|x| x.ends_with(&format!("squashfs-root{gone}"))),
+            "{gone} must be whited out:\n{l}"
+        );
+    }
+    assert!(!l.contains(".wh."), "{l}");
+    // Every busybox applet of the base layer is there.
+    let applets = std::fs::read_dir(w.rootfs.join("bin")).unwrap().count();
+    assert_eq!(l.lines().filter(|x| x.contains("squashfs-root/bin/")).count(), applets);
+
+    // Run it as the user: contents, hardlinks (same inode), env, workdir, docker-run semantics.
+    let got = run(pull_cmd(
+        w,
+        &home,
+        &[
+            "exec",
+            "app.sqsh",
+            "sh",
+            "-c",
+            "cat /pub/orig /pub/link /pub/link2 /pub/sym /opt/new; echo \"$GREETING\"; \
+             stat -c %i /pub/orig /pub/link /pub/link2 | sort -u | wc -l; stat -c '%a' /srv /usr/bin/suid; \
+             ls /opt; cat /srv/data 2>/dev/null || echo denied",
+        ],
+    ))
+    .ok();
+    assert_eq!(
+        got, "orig\norig\norig\norig\nnew\nhello from the registry\n1\n750\n4755\nnew\ndenied\n",
+        "tree as seen inside"
+    );
+    let ran = run(pull_cmd(w, &home, &["run", "app.sqsh"])).ok();
+    assert_eq!(ran, "ep default-cmd\n");
+    let ran = run(pull_cmd(w, &home, &["run", "app.sqsh", "a b", "c"])).ok();
+    assert_eq!(ran, "ep a b c\n");
+    let pwd = run(pull_cmd(w, &home, &["exec", "app.sqsh", "/bin/sh", "/.singularity.d/runscript"])).ok();
+    assert_eq!(pwd, "ep default-cmd\n");
+
+    // inspect shows where it came from, with the digest; pulling by that digest gives the same.
+    let info = run(pull_cmd(w, &home, &["inspect", "app.sqsh"])).ok();
+    assert!(info.contains(&format!("org.berth.source: {r}")) || info.contains(&r), "{info}");
+    let digest = info
+        .split("sha256:")
+        .nth(1)
+        .map(|s| format!("sha256:{}", &s[..64]))
+        .unwrap_or_else(|| panic!("no digest in inspect: {info}"));
+    assert!(info.contains("berth-test-app"), "{info}");
+    let by_digest = format!("docker://{}/test/app@{digest}", reg.addr());
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &by_digest])).ok();
+    let default_name = home.join("app_".to_string() + &digest[7..19] + ".sqsh");
+    // The same tree (the root's time and the source label differ).
+    let tree = |p: &Path| -> Vec<String> {
+        listing(p)
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("labels.json"))
+            .map(|l| l.replace(&p.display().to_string(), ""))
+            .collect()
+    };
+    assert_eq!(tree(&default_name), tree(&img));
+    // The blob cache: listed, reused (second pull reads nothing new), cleaned.
+    let cached = run(pull_cmd(w, &home, &["cache", "list"])).ok();
+    assert_eq!(cached.lines().count(), 4, "config + 3 layers: {cached}");
+    let out = run(pull_cmd(w, &home, &["cache", "clean"]));
+    assert!(out.stderr().contains("removed 4 blobs"), "{}", out.stderr());
+    assert_eq!(run(pull_cmd(w, &home, &["cache", "list"])).ok(), "");
+}
+
+#[test]
+fn multi_arch_index_resolves_to_the_platform() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-multi"), None, None);
+    let r = format!("docker://{}/test/multi:latest", reg.addr());
+    skopeo_push(&f.multi, "multi", &r, &["--all"]);
+    let home = user_dir(w, "pull-multi");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", "--platform", "linux/amd64", &r, "amd.sqsh"])).ok();
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", "--platform", "linux/arm64", &r, "arm.sqsh"])).ok();
+    assert_eq!(run(pull_cmd(w, &home, &["run", "amd.sqsh"])).ok(), "amd64\n");
+    assert_eq!(run(pull_cmd(w, &home, &["exec", "arm.sqsh", "cat", "/arch"])).ok(), "arm64\n");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "--platform", "linux/s390x", &r, "s.sqsh"]))
+        .fails_with(&["no image for linux/s390x", "linux/amd64", "linux/arm64"]);
+    assert!(!home.join("s.sqsh").exists());
+}
+
+#[test]
+fn tls_registry_with_basic_auth_uses_the_users_credentials() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-tls"), Some((&f.cert, &f.key)), Some(&f.htpasswd));
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
+    let home = user_dir(w, "pull-tls");
+    let auth = |user: &str, pw: &str| {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        let p = home.join("auth.json");
+        std::fs::write(&p, format!(r#"{{"auths":{{"{}":{{"auth":"{b}"}}}}}}"#, reg.addr())).unwrap();
+        nix::unistd::chown(&p, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+        p
+    };
+    let with = |args: &[&str], authfile: Option<&Path>| {
+        let mut c = pull_cmd(w, &home, args);
+        c.env("SSL_CERT_FILE", &f.ca);
+        if let Some(a) = authfile {
+            c.env("REGISTRY_AUTH_FILE", a);
+        }
+        run(c)
+    };
+    // Without the CA the certificate is refused.
+    let mut c = pull_cmd(w, &home, &["pull", &r, "x.sqsh"]);
+    c.env("SSL_CERT_FILE", "/dev/null");
+    run(c).fails_with(&["certificate", "SSL_CERT_FILE"]);
+    // No credentials, then wrong ones: one clear message each, nothing written.
+    with(&["pull", &r, "x.sqsh"], None).fails_with(&["user name and password", "log in"]);
+    let bad = auth("alice", "wrong");
+    with(&["pull", &r, "x.sqsh"], Some(&bad)).fails_with(&["refused your credentials"]);
+    assert!(!home.join("x.sqsh").exists());
+    let good = auth("alice", "s3cret-pw");
+    with(&["pull", "-q", &r, "x.sqsh"], Some(&good)).ok();
+    assert_eq!(run(pull_cmd(w, &home, &["run", "x.sqsh", "private"])).ok(), "ep private\n");
+    // docker's own config file works the same way.
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    std::fs::copy(&good, home.join(".docker/config.json")).unwrap();
+    sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.join(".docker").display()));
+    let mut c = pull_cmd(w, &home, &["pull", "-q", &r, "y.sqsh"]);
+    c.env("SSL_CERT_FILE", &f.ca).env("HOME", &home);
+    run(c).ok();
+}
+
+#[test]
+fn bad_input_gets_one_message_and_leaves_nothing() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-bad"), None, None);
+    let a = reg.addr();
+    skopeo_push(&f.app, "v1", &format!("docker://{a}/test/app:v1"), &[]);
+    skopeo_push(&f.hostile, "bad", &format!("docker://{a}/test/hostile:bad"), &[]);
+    let home = user_dir(w, "pull-bad");
+    let p = |r: String| run(pull_cmd(w, &home, &["pull", "--insecure", &r, "o.sqsh"]));
+    p(format!("docker://{a}/test/nope:v1")).fails_with(&["not found"]);
+    p(format!("docker://{a}/test/app:nope")).fails_with(&["not found"]);
+    p(format!("docker://{a}/test/hostile:bad")).fails_with(&["outside the image root", "hostile"]);
+    assert!(!Path::new("/tmp/berth-escape").exists());
+    run(pull_cmd(w, &home, &["pull", "docker://Bad/REF"])).fails_with(&["image reference"]);
+    let free = free_port();
+    p(format!("docker://127.0.0.1:{free}/x/y:z")).fails_with(&["gave up", "Connection refused"]);
+    // A registry serving a corrupt blob: refused, and the cache keeps nothing bad.
+    let blobs = reg.storage.join("docker/registry/v2/blobs/sha256");
+    let layer = sh(&format!("find {} -name data -size +20k | head -1", blobs.display()));
+    let layer = Path::new(layer.trim());
+    let mut bytes = std::fs::read(layer).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(layer, bytes).unwrap();
+    p(format!("docker://{a}/test/app:v1")).fails_with(&["digest mismatch"]);
+    assert!(!home.join("o.sqsh").exists());
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+    for (d, _) in berth_registry::BlobCache::new(home.join("cache")).list() {
+        let p = home.join("cache/blobs/sha256").join(&d[7..]);
+        assert_eq!(berth_registry::cache::file_digest(&p).unwrap(), d, "the cache holds a bad blob");
+    }
+}
+
+/// A minimal registry serving an OCI layout, with faults: blob responses cut after `cut` bytes
+/// the first `cuts` times (then served whole, honouring Range), or sent slowly.
+struct Faulty {
+    port: u16,
+    served: Arc<AtomicUsize>,
+}
+
+fn faulty(layout: PathBuf, cuts: usize, slow: bool) -> Faulty {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap_or(0);
+            let mut range = 0u64;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (body, ct) = if path == "/v2/" {
+                (b"{}".to_vec(), "application/json")
+            } else if let Some(i) = path.find("/manifests/") {
+                let idx: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+                let d = &idx["manifests"][0]["digest"].as_str().unwrap()[7..];
+                let _ = i;
+                (
+                    std::fs::read(layout.join("blobs/sha256").join(d)).unwrap(),
+                    "application/vnd.oci.image.manifest.v1+json",
+                )
+            } else if let Some(i) = path.find("/blobs/sha256:") {
+                let hex = &path[i + 14..];
+                match std::fs::read(layout.join("blobs/sha256").join(hex)) {
+                    Ok(b) => (b, "application/octet-stream"),
+                    Err(_) => (vec![], "none"),
+                }
+            } else {
+                (vec![], "none")
+            };
+            if ct == "none" {
+                let _ =
+                    s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let blob = ct == "application/octet-stream" && body.len() > 4096;
+            let n = if blob { counter.fetch_add(1, Ordering::SeqCst) } else { usize::MAX };
+            let (status, start) =
+                if blob && range > 0 { ("206 Partial Content", range as usize) } else { ("200 OK", 0) };
+            let part = &body[start.min(body.len())..];
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                part.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            if blob && n < cuts {
+                // Drop the connection half-way through.
+                let _ = s.write_all(&part[..part.len() / 2]);
+                continue;
+            }
+            if slow && blob {
+                for c in part.chunks(2048) {
+                    if s.write_all(c).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                let _ = s.write_all(part);
+            }
+        }
+    });
+    Faulty { port, served }
+}
+
+#[test]
+fn dropped_connections_resume_and_give_up_cleanly() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "pull-drop");
+    // Cut twice: the download resumes from where it stopped and the image is complete.
+    let srv = faulty(f.app.clone(), 2, false);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", srv.port);
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "ok.sqsh"])).ok();
+    assert!(srv.served.load(Ordering::SeqCst) >= 3);
+    assert_eq!(run(pull_cmd(w, &home, &["exec", "ok.sqsh", "cat", "/opt/new"])).ok(), "new\n");
+    // Cut every time: one message after the retries, nothing partial, nothing bad cached.
+    run(pull_cmd(w, &home, &["cache", "clean"])).ok();
+    let srv = faulty(f.app.clone(), usize::MAX, false);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", srv.port);
+    let t = Instant::now();
+    run(pull_cmd(w, &home, &["pull", "--insecure", &r, "bad.sqsh"])).fails_with(&["transfer incomplete"]);
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(!home.join("bad.sqsh").exists());
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+    assert!(
+        berth_registry::BlobCache::new(home.join("cache")).list().len() <= 1,
+        "only the small config may be cached"
+    );
+}
+
+#[test]
+fn interrupted_pull_leaves_nothing_partial() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "pull-int");
+    let srv = faulty(f.app.clone(), 0, true);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", srv.port);
+    let mut c = pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "int.sqsh"]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let t = Instant::now();
+    while partials(&home).is_empty() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!partials(&home).is_empty(), "the download should be under way");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+    assert!(!home.join("int.sqsh").exists());
+}
+
+#[test]
+fn import_archives_and_layouts() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "import");
+    let oci_tar = home.join("app-oci.tar");
+    let docker_tar = home.join("app-docker.tar");
+    let src = format!("oci:{}:v1", f.app.display());
+    sh(&format!("skopeo copy --quiet {src} oci-archive:{}", oci_tar.display()));
+    sh(&format!("skopeo copy --quiet {src} docker-archive:{}:test/app:v1", docker_tar.display()));
+    sh(&format!("chmod 644 {} {}", oci_tar.display(), docker_tar.display()));
+    let layout = format!("oci:{}:v1", f.app.display());
+    for (source, out) in [
+        (format!("oci-archive:{}", oci_tar.display()), "a.sqsh"),
+        (format!("docker-archive:{}", docker_tar.display()), "b.sqsh"),
+        (layout, "c.sqsh"),
+    ] {
+        run(pull_cmd(w, &home, &["import", "-q", &source, out])).ok();
+        assert_eq!(run(pull_cmd(w, &home, &["run", out, "imported"])).ok(), "ep imported\n", "{source}");
+        let l = listing(&home.join(out));
+        assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{source}: {l}");
+    }
+    run(pull_cmd(w, &home, &["import", "oci-archive:/nonexistent.tar", "z.sqsh"]))
+        .fails_with(&["/nonexistent.tar"]);
+}
