@@ -209,10 +209,16 @@ impl UserOpts {
             }
             Opt::Mounts => {
                 let v = arg_or("container-mounts")?;
-                berth_runtime::request::BindSpec::parse_list(v)
+                let mounts = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(pyxis_mount)
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("--container-mounts={v}: {e}"))?;
-                self.mounts =
-                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                berth_runtime::request::BindSpec::parse_list(&mounts.join(","))
+                    .map_err(|e| format!("--container-mounts={v}: {e}"))?;
+                self.mounts = mounts;
             }
             Opt::Workdir => {
                 let v = arg_or("container-workdir")?;
@@ -307,6 +313,31 @@ impl UserOpts {
     pub fn kept_env_names(&self) -> Vec<&str> {
         self.env.iter().filter(|e| !e.contains('=')).map(String::as_str).collect()
     }
+}
+
+/// One `--container-mounts` entry in berth's `SRC[:DST[:ro|rw]]` form. pyxis joins mount flags
+/// with `+` (`/d:/d:ro+rprivate`); besides `ro`/`rw`, the flags that describe what berth does
+/// anyway are accepted: binds are recursive (`rbind`) and never propagate back to the host
+/// (`rprivate`, `private`, `rslave`, `slave`). Any other flag is refused rather than ignored.
+pub fn pyxis_mount(entry: &str) -> Result<String, String> {
+    let mut parts = entry.splitn(3, ':');
+    let (src, dst, flags) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+    let Some(flags) = flags.filter(|f| !f.is_empty()) else { return Ok(entry.to_string()) };
+    let mut ro = false;
+    for f in flags.split('+') {
+        match f {
+            "ro" => ro = true,
+            "rw" => ro = false,
+            "rbind" | "rprivate" | "private" | "rslave" | "slave" => {}
+            _ => {
+                return Err(format!(
+                    "{entry:?}: mount flag {f:?} is not supported (use ro or rw; rbind, rprivate and \
+                     rslave are what berth does anyway)"
+                ))
+            }
+        }
+    }
+    Ok(format!("{src}:{}:{}", dst.unwrap_or(src), if ro { "ro" } else { "rw" }))
 }
 
 /// Choose the step's image on the client (srun/sbatch/salloc) after option parsing.
@@ -428,6 +459,19 @@ mod tests {
         assert_eq!(o.batch, Some(BatchMode::Image));
         assert_eq!(Opt::from_val(Opt::Batch as i32), Some(Opt::Batch));
         assert_eq!(Opt::from_val(0), None);
+    }
+
+    #[test]
+    fn pyxis_mount_flags() {
+        assert_eq!(pyxis_mount("/a").unwrap(), "/a");
+        assert_eq!(pyxis_mount("/a:/b").unwrap(), "/a:/b");
+        assert_eq!(pyxis_mount("/a:/b:ro+rprivate").unwrap(), "/a:/b:ro");
+        assert_eq!(pyxis_mount("/a:/b:rbind+rw").unwrap(), "/a:/b:rw");
+        assert!(pyxis_mount("/a:/b:ro+noexec").unwrap_err().contains("\"noexec\" is not supported"));
+        let mut o = UserOpts::default();
+        o.set(Opt::Mounts, Some("/x:/y:ro+rslave,/z")).unwrap();
+        assert_eq!(o.mounts, s(&["/x:/y:ro", "/z"]));
+        assert!(o.set(Opt::Mounts, Some("/x:/y:rshared")).is_err());
     }
 
     #[test]
