@@ -5,6 +5,7 @@
 //! status and signals pass through unchanged.
 
 mod cmd_build;
+mod cmd_list;
 mod cmd_pull;
 mod inspect;
 
@@ -53,6 +54,8 @@ enum Cmd {
     Inspect(inspect::InspectArgs),
     /// Set a container up once and keep it for others to join (one per node per job step)
     Holder(HolderArgs),
+    /// List your held containers on this node (name, pid, age, members, image)
+    List(cmd_list::ListArgs),
     /// Stop a held container
     Stop {
         /// The holder's name
@@ -285,6 +288,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             };
             session::hold(&prepared, &spec, ready)
         }
+        Cmd::List(a) => cmd_list::run(&cfg, a),
         Cmd::Stop { name } => {
             holder::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
             Ok(0)

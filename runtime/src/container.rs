@@ -61,8 +61,10 @@ pub(crate) fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
 /// Set up the container of `plan` in this process: new namespaces, mounts, pivot_root.
 pub(crate) fn enter(plan: &Plan) -> Result<Entered> {
     ensure_state_dir(&plan.state_dir, plan.user.uid)?;
-    process::enter_user_and_mount_ns(plan.user.uid, plan.user.gid)?;
-    let mut sys = RealSys::new(plan.user.uid, plan.user.gid);
+    // The ids the user has inside: what the FUSE mount's owner options must name.
+    let inside = if plan.remap_root { (0, 0) } else { (plan.user.uid, plan.user.gid) };
+    process::enter_user_and_mount_ns_as(plan.user.uid, plan.user.gid, inside)?;
+    let mut sys = RealSys::new(inside.0, inside.1);
     crate::apply::apply(plan, &mut sys)?;
     let meta = metadata::read(Path::new("/"));
     let env = crate::env::try_compose(&plan.env, &meta.env_files)?;

@@ -163,6 +163,8 @@ pub struct Plan {
     pub workdir_required: bool,
     pub action: Action,
     pub writable: bool,
+    /// The user appears as uid/gid 0 inside (mapped to themselves outside).
+    pub remap_root: bool,
 }
 
 /// Default PATH inside when the image defines none.
@@ -274,6 +276,7 @@ pub(crate) fn mount_only(image: &Image, cfg: &Config, host: &HostFacts) -> Resul
         workdir_required: false,
         action: Action::Shell,
         writable: false,
+        remap_root: false,
     })
 }
 
@@ -433,6 +436,7 @@ pub fn plan(
         workdir_required,
         action: req.action.clone(),
         writable: req.writable_tmpfs,
+        remap_root: req.remap_root,
     })
 }
 
@@ -508,8 +512,11 @@ impl fmt::Display for Plan {
         writeln!(f, "image   {} ({:?})", self.image.path.display(), self.image.format)?;
         writeln!(
             f,
-            "user    {} (uid {}, gid {}), mapped to itself",
-            self.user.name, self.user.uid, self.user.gid
+            "user    {} (uid {}, gid {}), {}",
+            self.user.name,
+            self.user.uid,
+            self.user.gid,
+            if self.remap_root { "appears as uid 0, gid 0 inside" } else { "mapped to itself" }
         )?;
         writeln!(f, "state   {}", self.state_dir.display())?;
         writeln!(f, "steps:")?;
@@ -775,6 +782,17 @@ pub(crate) mod tests {
         assert!(!binds(&p).iter().any(|(s, _)| s == "/home/alice"));
         assert!(!p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
         assert_eq!(p.workdir, vec![PathBuf::from("/")]);
+    }
+
+    #[test]
+    fn remap_root_is_carried_and_shown() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        assert!(!p.remap_root && p.to_string().contains("mapped to itself"));
+        req.remap_root = true;
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        assert!(p.remap_root);
+        assert!(p.to_string().contains("(uid 1001, gid 1001), appears as uid 0, gid 0 inside"), "{p}");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct Request {
     pub mpi: Option<crate::inject::MpiMode>,
     /// `--nv`: the host's NVIDIA driver stack and the job's GPUs.
     pub nvidia: bool,
+    /// Appear as uid/gid 0 inside (pyxis' `--container-remap-root`): the user namespace maps
+    /// 0 to the user's own ids, so no privilege is gained outside.
+    #[serde(default)]
+    pub remap_root: bool,
 }
 
 impl Request {
@@ -123,6 +127,7 @@ impl Request {
             writable_tmpfs: false,
             mpi: None,
             nvidia: false,
+            remap_root: false,
         }
     }
 }

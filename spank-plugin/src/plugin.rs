@@ -113,6 +113,10 @@ pub fn init_post_opt(sp: &Spank, _args: &[String]) -> Result<(), String> {
 
 fn choose_client_image() -> Result<(), String> {
     let st = state();
+    // Refused here, before the job or step exists: srun/sbatch/salloc fail with the reason.
+    if let Some(why) = st.opts.unsupported() {
+        return Err(why);
+    }
     let cli = std::env::var(SLURM_CONTAINER).ok();
     let Some(image) =
         settings::choose_image(cli.as_deref(), st.opts.image.as_deref(), st.inherited.as_deref())?
@@ -136,7 +140,15 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
         sp.getenv(IMAGE_VAR).filter(|s| !s.is_empty()).or_else(|| st.opts.image.clone()).or(slurm_container);
     // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
     sp.unsetenv(SLURM_CONTAINER);
-    let Some(image) = chosen else { return Ok(()) };
+    let Some(image) = chosen else {
+        // pyxis runs a step in its named container even without an image; berth would run
+        // it on the host instead, so it fails the step with the reason.
+        if let Some(why) = st.opts.unsupported() {
+            st.image = Some(PathBuf::new());
+            st.failure.get_or_insert(why);
+        }
+        return Ok(());
+    };
     let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
     let image = settings::resolve_image(&image, submit_dir.as_deref());
     let _ = sp.setenv(IMAGE_VAR, &image.display().to_string());
@@ -147,6 +159,9 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
         return Ok(());
     }
     let oci = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
+    if let Some(why) = st.opts.unsupported() {
+        st.failure.get_or_insert(why);
+    }
     if oci.exists() {
         st.failure.get_or_insert(format!(
             "this node is set up for Slurm's own OCI containers ({} exists), which own --container; \
@@ -223,10 +238,22 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         // Set by holder::start when the holder starts as root.
         user: None,
     };
-    let env = ["HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "SLURM_JOB_ID", "SLURM_STEP_ID"]
-        .iter()
-        .filter_map(|k| sp.getenv(k).map(|v| (k.to_string(), v)))
-        .collect();
+    // The step's GPUs too: berth binds the NVIDIA stack when the step has GPUs (and only those).
+    let env = [
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TMPDIR",
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
+        "SLURM_STEP_GPUS",
+        "SLURM_JOB_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+    ]
+    .iter()
+    .filter_map(|k| sp.getenv(k).map(|v| (k.to_string(), v)))
+    .collect();
     // The step's directory, checked as the user (our euid here); else the submit directory.
     let workdir = [sp.getenv(CLIENT_CWD_VAR), sp.getenv("SLURM_SUBMIT_DIR")]
         .into_iter()

@@ -4,7 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_runtime::inject::MpiMode;
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
+
+/// `--container-mpi`, with the values and spelling of `berth exec --mpi`.
+pub fn parse_mpi(s: &str) -> Result<MpiMode, String> {
+    match s {
+        "hybrid" => Ok(MpiMode::Hybrid),
+        "host" => Ok(MpiMode::Host),
+        "none" => Ok(MpiMode::None),
+        _ => Err(format!("--container-mpi={s}: not an MPI model (use hybrid, host or none)")),
+    }
+}
 
 /// Where the batch script runs when the job asked for a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +133,20 @@ pub enum Opt {
     Writable,
     Readonly,
     Batch,
+    Name,
+    Save,
+    RemapRoot,
+    NoRemapRoot,
+    Entrypoint,
+    NoEntrypoint,
+    EntrypointLog,
+    Mpi,
+    Nv,
 }
 
 impl Opt {
     /// name, argument (None for flags), usage.
-    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 9] = [
+    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 18] = [
         (Opt::Image, "container-image", Some("IMAGE"), "[berth] image file to run the step in (same as --container)"),
         (Opt::Mounts, "container-mounts", Some("SRC[:DST[:ro|rw]][,...]"), "[berth] bind mount host paths into the container"),
         (Opt::Workdir, "container-workdir", Some("DIR"), "[berth] working directory inside the container"),
@@ -136,6 +156,15 @@ impl Opt {
         (Opt::Writable, "container-writable", None, "[berth] writable container (changes go to a tmpfs, lost at the end)"),
         (Opt::Readonly, "container-readonly", None, "[berth] read-only container (default)"),
         (Opt::Batch, "container-batch", Some("host|image"), "[berth] where the batch script runs: host (srun steps in the image) or image"),
+        (Opt::Name, "container-name", Some("NAME[:create|exec|no_exec]"), "[berth] a container kept for the job under NAME (not supported yet: refused)"),
+        (Opt::Save, "container-save", Some("PATH"), "[berth] save the container's state as a SquashFS file (not supported yet: refused)"),
+        (Opt::RemapRoot, "container-remap-root", None, "[berth] appear as root (uid 0) inside, still yourself outside; grants no privilege"),
+        (Opt::NoRemapRoot, "no-container-remap-root", None, "[berth] keep your own uid inside the container (default)"),
+        (Opt::Entrypoint, "container-entrypoint", None, "[berth] run the image's runscript before the command (not supported yet: refused)"),
+        (Opt::NoEntrypoint, "no-container-entrypoint", None, "[berth] run the command directly, not through the image's runscript (default)"),
+        (Opt::EntrypointLog, "container-entrypoint-log", None, "[berth] show the entrypoint's output (berth runs no entrypoint: no effect)"),
+        (Opt::Mpi, "container-mpi", Some("hybrid|host|none"), "[berth] MPI model: the image's MPI over the host fabric (hybrid), the host's MPI (host), or nothing injected (none)"),
+        (Opt::Nv, "container-nv", None, "[berth] the host's NVIDIA driver and the step's GPUs (automatic when the step has GPUs)"),
     ];
 
     pub fn from_val(val: i32) -> Option<Opt> {
@@ -154,6 +183,14 @@ pub struct UserOpts {
     pub mount_home: Option<bool>,
     pub writable: Option<bool>,
     pub batch: Option<BatchMode>,
+    /// `--container-name=NAME[:FLAGS]`: the name and its flag (`auto` when none was given).
+    pub name: Option<(String, String)>,
+    pub save: Option<String>,
+    pub remap_root: Option<bool>,
+    pub entrypoint: Option<bool>,
+    pub entrypoint_log: bool,
+    pub mpi: Option<MpiMode>,
+    pub nv: bool,
 }
 
 impl UserOpts {
@@ -172,10 +209,16 @@ impl UserOpts {
             }
             Opt::Mounts => {
                 let v = arg_or("container-mounts")?;
-                berth_runtime::request::BindSpec::parse_list(v)
+                let mounts = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(pyxis_mount)
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("--container-mounts={v}: {e}"))?;
-                self.mounts =
-                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                berth_runtime::request::BindSpec::parse_list(&mounts.join(","))
+                    .map_err(|e| format!("--container-mounts={v}: {e}"))?;
+                self.mounts = mounts;
             }
             Opt::Workdir => {
                 let v = arg_or("container-workdir")?;
@@ -205,14 +248,96 @@ impl UserOpts {
                         .map_err(|e| format!("--container-batch: {e}"))?,
                 )
             }
+            Opt::Name => {
+                let v = arg_or("container-name")?;
+                let (name, flag) = v.split_once(':').unwrap_or((v, ""));
+                if !berth_runtime::holder::valid_name(name) {
+                    return Err(format!(
+                        "--container-name={v}: the name may hold only letters, digits and . _ - + @ \
+                         (not starting with '.')"
+                    ));
+                }
+                let flag = if flag.is_empty() { "auto" } else { flag };
+                if !matches!(flag, "auto" | "create" | "exec" | "no_exec") {
+                    return Err(format!(
+                        "--container-name={v}: {flag:?} is not a flag (use auto, create, exec or no_exec)"
+                    ));
+                }
+                self.name = Some((name.to_string(), flag.to_string()));
+            }
+            Opt::Save => {
+                let v = arg_or("container-save")?;
+                if v.is_empty() || v.ends_with('/') {
+                    return Err(format!("--container-save={v}: expected a file path, not a directory"));
+                }
+                self.save = Some(v.to_string());
+            }
+            Opt::RemapRoot => self.remap_root = Some(true),
+            Opt::NoRemapRoot => self.remap_root = Some(false),
+            Opt::Entrypoint => self.entrypoint = Some(true),
+            Opt::NoEntrypoint => self.entrypoint = Some(false),
+            Opt::EntrypointLog => self.entrypoint_log = true,
+            Opt::Mpi => self.mpi = Some(parse_mpi(arg_or("container-mpi")?)?),
+            Opt::Nv => self.nv = true,
         }
         Ok(())
+    }
+
+    /// Why these options cannot be honoured, for options berth registers with pyxis' meaning
+    /// but cannot give that meaning yet: refusing is better than running the step in a
+    /// container other than the one the script asked for.
+    pub fn unsupported(&self) -> Option<String> {
+        if let Some((name, _)) = &self.name {
+            return Some(format!(
+                "--container-name={name}: named containers kept across the steps of a job are not supported \
+                 yet; drop the option (every step then gets a fresh container from its image)"
+            ));
+        }
+        if let Some(path) = &self.save {
+            return Some(format!(
+                "--container-save={path}: saving a container's state is not supported yet; \
+                 build the image with `berth build` instead"
+            ));
+        }
+        if self.entrypoint == Some(true) {
+            return Some(
+                "--container-entrypoint: running the image's entrypoint before the command is not \
+                 supported yet; run it as the command instead (srun ... /.singularity.d/runscript ARGS)"
+                    .into(),
+            );
+        }
+        None
     }
 
     /// Names from `--container-env NAME` whose host value wins over the image's.
     pub fn kept_env_names(&self) -> Vec<&str> {
         self.env.iter().filter(|e| !e.contains('=')).map(String::as_str).collect()
     }
+}
+
+/// One `--container-mounts` entry in berth's `SRC[:DST[:ro|rw]]` form. pyxis joins mount flags
+/// with `+` (`/d:/d:ro+rprivate`); besides `ro`/`rw`, the flags that describe what berth does
+/// anyway are accepted: binds are recursive (`rbind`) and never propagate back to the host
+/// (`rprivate`, `private`, `rslave`, `slave`). Any other flag is refused rather than ignored.
+pub fn pyxis_mount(entry: &str) -> Result<String, String> {
+    let mut parts = entry.splitn(3, ':');
+    let (src, dst, flags) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+    let Some(flags) = flags.filter(|f| !f.is_empty()) else { return Ok(entry.to_string()) };
+    let mut ro = false;
+    for f in flags.split('+') {
+        match f {
+            "ro" => ro = true,
+            "rw" => ro = false,
+            "rbind" | "rprivate" | "private" | "rslave" | "slave" => {}
+            _ => {
+                return Err(format!(
+                    "{entry:?}: mount flag {f:?} is not supported (use ro or rw; rbind, rprivate and \
+                     rslave are what berth does anyway)"
+                ))
+            }
+        }
+    }
+    Ok(format!("{src}:{}:{}", dst.unwrap_or(src), if ro { "ro" } else { "rw" }))
 }
 
 /// Choose the step's image on the client (srun/sbatch/salloc) after option parsing.
@@ -253,6 +378,10 @@ pub fn holder_request(image: &Path, binds: &[String], opts: &UserOpts) -> Result
     req.workdir = opts.workdir.as_ref().map(PathBuf::from);
     req.writable_tmpfs = opts.writable.unwrap_or(false);
     req.mount_home = opts.mount_home.unwrap_or(true);
+    req.remap_root = opts.remap_root.unwrap_or(false);
+    req.mpi = opts.mpi;
+    // Without --container-nv, berth's own rule still applies: GPUs when the step has some.
+    req.nvidia = opts.nv;
     Ok(req)
 }
 
@@ -330,6 +459,71 @@ mod tests {
         assert_eq!(o.batch, Some(BatchMode::Image));
         assert_eq!(Opt::from_val(Opt::Batch as i32), Some(Opt::Batch));
         assert_eq!(Opt::from_val(0), None);
+    }
+
+    #[test]
+    fn pyxis_mount_flags() {
+        assert_eq!(pyxis_mount("/a").unwrap(), "/a");
+        assert_eq!(pyxis_mount("/a:/b").unwrap(), "/a:/b");
+        assert_eq!(pyxis_mount("/a:/b:ro+rprivate").unwrap(), "/a:/b:ro");
+        assert_eq!(pyxis_mount("/a:/b:rbind+rw").unwrap(), "/a:/b:rw");
+        assert!(pyxis_mount("/a:/b:ro+noexec").unwrap_err().contains("\"noexec\" is not supported"));
+        let mut o = UserOpts::default();
+        o.set(Opt::Mounts, Some("/x:/y:ro+rslave,/z")).unwrap();
+        assert_eq!(o.mounts, s(&["/x:/y:ro", "/z"]));
+        assert!(o.set(Opt::Mounts, Some("/x:/y:rshared")).is_err());
+    }
+
+    #[test]
+    fn pyxis_options_parse_like_pyxis() {
+        let mut o = UserOpts::default();
+        assert_eq!(o.unsupported(), None);
+        o.set(Opt::RemapRoot, None).unwrap();
+        o.set(Opt::NoEntrypoint, None).unwrap();
+        o.set(Opt::EntrypointLog, None).unwrap();
+        assert_eq!(o.unsupported(), None, "options berth honours are not refused");
+        let req = holder_request(Path::new("/i"), &[], &o).unwrap();
+        assert!(req.remap_root);
+        o.set(Opt::NoRemapRoot, None).unwrap();
+        assert!(!holder_request(Path::new("/i"), &[], &o).unwrap().remap_root);
+
+        o.set(Opt::Mpi, Some("host")).unwrap();
+        o.set(Opt::Nv, None).unwrap();
+        let req = holder_request(Path::new("/i"), &[], &o).unwrap();
+        assert_eq!((req.mpi, req.nvidia), (Some(MpiMode::Host), true));
+        let e = o.set(Opt::Mpi, Some("openmpi")).unwrap_err();
+        assert!(e.contains("--container-mpi=openmpi") && e.contains("hybrid, host or none"), "{e}");
+        let plain = holder_request(Path::new("/i"), &[], &UserOpts::default()).unwrap();
+        assert_eq!((plain.mpi, plain.nvidia, plain.remap_root), (None, false, false));
+
+        o.set(Opt::Name, Some("train")).unwrap();
+        assert_eq!(o.name, Some(("train".into(), "auto".into())));
+        o.set(Opt::Name, Some("train:no_exec")).unwrap();
+        assert_eq!(o.name, Some(("train".into(), "no_exec".into())));
+        assert!(o.set(Opt::Name, Some("train:later")).unwrap_err().contains("auto, create, exec or no_exec"));
+        assert!(o.set(Opt::Name, Some("../x")).is_err());
+        assert!(o.set(Opt::Name, Some(":create")).is_err());
+        assert!(o.unsupported().unwrap().starts_with("--container-name=train: named containers"));
+
+        let mut o = UserOpts::default();
+        assert!(o.set(Opt::Save, Some("/out/")).unwrap_err().contains("not a directory"));
+        o.set(Opt::Save, Some("/out/c.sqsh")).unwrap();
+        assert!(o.unsupported().unwrap().contains("--container-save=/out/c.sqsh"));
+
+        let mut o = UserOpts::default();
+        o.set(Opt::Entrypoint, None).unwrap();
+        assert!(o.unsupported().unwrap().starts_with("--container-entrypoint:"));
+        o.set(Opt::NoEntrypoint, None).unwrap();
+        assert_eq!(o.unsupported(), None);
+
+        // Every option has its own value and name, and all are registered.
+        let mut names: Vec<_> = Opt::ALL.iter().map(|o| o.1).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Opt::ALL.len());
+        for (opt, ..) in Opt::ALL {
+            assert_eq!(Opt::from_val(opt as i32), Some(opt));
+        }
     }
 
     #[test]

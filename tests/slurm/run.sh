@@ -62,8 +62,10 @@ mkimage() {  # name pretty
     local root=$WORK/$1.root
     mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/proc" "$root/dev" "$root/sys" "$root/home" "$root/data"
     cp "$(command -v busybox)" "$root/bin/busybox"
-    for a in sh cat env id ls pwd hostname true false echo sleep grep; do ln -sf busybox "$root/bin/$a"; done
+    for a in sh cat env id ls pwd hostname true false echo sleep grep touch; do ln -sf busybox "$root/bin/$a"; done
     printf 'NAME="%s"\nID=%s\nPRETTY_NAME="%s"\n' "$2" "$1" "$2" > "$root/etc/os-release"
+    # pyxis' examples start scripts with #!/bin/bash; busybox has no bash applet.
+    printf '#!/bin/sh\nexec /bin/sh "$@"\n' > "$root/bin/bash"; chmod 0755 "$root/bin/bash"
     mksquashfs "$root" "$WORK/$1.sqsh" -noappend -quiet >/dev/null
     chmod 0644 "$WORK/$1.sqsh"
 }
@@ -82,7 +84,9 @@ OUT=$WORK/out ERR=$WORK/err
 # ------------------------------------------------------------------------- (a) plugin loads
 as_user srun --help > "$OUT" 2> "$ERR"
 for o in container-image container-mounts container-workdir container-env container-mount-home \
-         no-container-mount-home container-writable container-readonly container-batch; do
+         no-container-mount-home container-writable container-readonly container-batch container-name \
+         container-save container-remap-root no-container-remap-root container-entrypoint \
+         no-container-entrypoint container-entrypoint-log container-mpi container-nv; do
     check "(a) srun --help lists --$o" has "--$o" "$OUT"
 done
 as_user sbatch --help > "$OUT" 2>&1
@@ -121,6 +125,28 @@ check "(c) --container and --container-image naming different images refused" \
     bash -c "[ $rc != 0 ] && grep -q 'name different images' '$ERR'"
 as_user sbatch --container-batch=sometimes --wrap true > "$OUT" 2>&1; rc=$?
 check "(c) bad --container-batch refused by sbatch" bash -c "[ $rc != 0 ] && grep -q 'not a batch mode' '$OUT'"
+as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-mpi=openmpi true > "$OUT" 2> "$ERR"; rc=$?
+check "(c) bad --container-mpi refused by srun with the choices" \
+    bash -c "[ $rc != 0 ] && grep -q 'container-mpi=openmpi: not an MPI model (use hybrid, host or none)' '$ERR'"
+as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=train:later true > "$OUT" 2> "$ERR"; rc=$?
+check "(c) bad --container-name flag refused by srun" \
+    bash -c "[ $rc != 0 ] && grep -q 'is not a flag (use auto, create, exec or no_exec)' '$ERR'"
+# pyxis options whose meaning berth cannot give yet: refused with the reason, nothing runs.
+for o in "--container-name=train" "--container-name=train:create" "--container-save=$WORK/saved.sqsh" \
+         "--container-entrypoint"; do
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" "$o" touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
+    check "(c) srun $o: refused as not supported yet (rc=$rc), the command did not run" \
+        bash -c "[ $rc != 0 ] && grep -q -- '${o%%=*}.*not supported yet' '$ERR' && ! [ -e '$WORK/ran' ]"
+done
+as_user srun -N1 --container-name=train touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
+check "(c) srun --container-name without an image: refused, not run on the host (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && grep -q 'container-name=train: named containers' '$ERR' && ! [ -e '$WORK/ran' ]"
+printf '#!/bin/sh\n#SBATCH --container-image=%s\n#SBATCH --container-name=train\ntouch %s\n' \
+    "$WORK/imga.sqsh" "$WORK/ran" > "$WORK/named.sh"
+as_user sbatch --wait -o "$WORK/named.out" "$WORK/named.sh" > "$OUT" 2>&1; rc=$?
+check "(c) #SBATCH --container-name refused by sbatch with the reason (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && grep -q 'named containers kept across the steps of a job are not supported yet' '$OUT' && ! [ -e '$WORK/ran' ]"
+wait_idle; check "(c) ... nodes idle, not drained" nodes_idle
 
 : > "$DIR/etc/oci.conf"
 as_user srun -N1 --container-image="$WORK/imga.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
@@ -161,6 +187,79 @@ JOB
         > "$OUT" 2> "$ERR"
     check "(d) pyxis options: --container-image/-mounts/-workdir/-env" \
         bash -c "grep -qx /data '$OUT' && grep -qx data-file '$OUT' && grep -qx FOO=bar '$OUT' && grep -q 'image A' '$OUT'"
+
+    # The pyxis README's examples, unchanged (a SquashFS path as the image).
+    as_user srun --container-image="$WORK/imga.sqsh" grep PRETTY /etc/os-release > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) pyxis README: srun --container-image=IMG grep PRETTY /etc/os-release (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(cat '$OUT')\" = 'PRETTY_NAME=\"berth test image A\"' ]"
+    as_user srun --container-image="$WORK/imga.sqsh" --container-mounts=/etc/os-release:/host/os-release \
+        grep PRETTY /host/os-release > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) pyxis README: --container-mounts=/etc/os-release:/host/os-release shows the host's (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(cat '$OUT')\" = \"\$(grep PRETTY /etc/os-release)\" ]"
+    as_user srun --container-image="$WORK/imga.sqsh" --container-mounts="$WORK:/d:ro+rprivate" \
+        sh -c 'cat /d/datafile; touch /d/x || echo refused' > "$OUT" 2>&1; rc=$?
+    check "(d) pyxis mount flags: --container-mounts=SRC:DST:ro+rprivate binds read-only" \
+        bash -c "grep -qx data-file '$OUT' && grep -qx refused '$OUT' && ! [ -e '$WORK/x' ]"
+    # The sbatch example: pyxis runs the script in the image, which is berth's batch=image.
+    printf '#!/bin/bash\n#SBATCH --container-image %s\n\ngrep PRETTY /etc/os-release\n' "$WORK/imga.sqsh" > "$WORK/readme.sh"
+    as_user sbatch --container-batch=image --wait -o "$WORK/readme.out" "$WORK/readme.sh" > "$OUT" 2>&1; rc=$?
+    check "(d) pyxis README: sbatch script with #SBATCH --container-image runs in the image (batch=image) (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && grep -qx 'PRETTY_NAME=\"berth test image A\"' '$WORK/readme.out'"
+
+    # --container-remap-root: uid 0 inside on every node, the user outside.
+    as_user srun -N2 -l --container-image="$WORK/imga.sqsh" --container-remap-root \
+        sh -c 'echo "id=$(id -u):$(id -g)"; touch "$0/remap.$(hostname)"' "$WORK" > "$OUT" 2> "$ERR"; rc=$?
+    owners=$(stat -c %U "$WORK"/remap.bnode1 "$WORK"/remap.bnode2 2>/dev/null | sort -u | tr '\n' ' ')
+    check "(d) --container-remap-root: uid/gid 0 inside on both nodes, files owned by the user outside (rc=$rc, $owners)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c 'id=0:0' '$OUT') = 2 ] && [ '$owners' = '$TEST_USER ' ]"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N1 --container-image="$WORK/imga.sqsh" --no-container-remap-root --no-container-entrypoint \
+        --container-entrypoint-log id -u > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --no-container-remap-root --no-container-entrypoint --container-entrypoint-log: the user's own uid" \
+        bash -c "[ $rc = 0 ] && [ \"\$(cat '$OUT')\" = $(id -u "$TEST_USER") ]"
+
+    # --container-writable: a throwaway writable layer; --container-readonly (default): refused writes.
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-writable sh -c 'touch /new && echo wrote' > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-writable: the image's root is writable on both nodes (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -cx wrote '$OUT') = 2 ]"
+    as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-readonly sh -c 'touch /new && echo wrote' > "$OUT" 2>&1; rc=$?
+    check "(d) --container-readonly: writing to the image fails (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && grep -q 'Read-only file system' '$OUT'"
+
+    # --container-mpi: the step's MPI model; none runs without any injection.
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-mpi=none grep PRETTY /etc/os-release > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-mpi=none: the step runs in the image (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c 'image A' '$OUT') = 2 ]"
+    as_user srun --mpi=pmix -N2 -n4 --container=imga.sqsh --container-mpi=none --container-mounts="$MPI_MOUNTS" \
+        "$WORK/ring_ompi" > "$OUT" 2> "$ERR"
+    check "(d) --container-mpi=none: Open MPI -N2 -n4 from the image's own libraries: ring and allreduce" \
+        bash -c "[ \$(grep -c 'ring rank [0-3]/4 host bnode[12] sum 6' '$OUT') = 4 ]"
+    # Asked for explicitly, the model is required, as with `berth exec --mpi=hybrid`: this
+    # cluster has no fabric libraries, so the step fails with berth's reason.
+    as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-mpi=hybrid true > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-mpi=hybrid reaches the holder: required, fails with berth's reason here (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && grep -q 'berth: error: host library injection' '$ERR'"
+    [ "$rc" != 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-nv true > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-nv on nodes without NVIDIA GPUs: the step fails with the reason from both nodes (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --nv: no NVIDIA driver on this host' '$ERR') = 2 ]"
+    wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
+
+    # berth list, on the node, while a step's container is held there.
+    cat > "$WORK/list.sh" <<LIST
+#!/bin/sh
+srun -N1 --container-image=$WORK/imga.sqsh sleep 6 &
+sleep 3
+srun -N1 --overlap $DIR/bin/berth list
+srun -N1 --overlap $DIR/bin/berth list --json
+wait
+LIST
+    chmod 0755 "$WORK/list.sh"
+    as_user sbatch -N1 -w bnode1 --wait -o "$WORK/list.out" "$WORK/list.sh" > "$OUT" 2>&1; rc=$?
+    check "(d) berth list on the node: the step's container with its image and one member, and --json (rc=$rc)" \
+        bash -c "grep -Eq '^slurm-[0-9]+\.0 +[0-9]+ +[0-9]+s +1  $WORK/imga.sqsh\$' '$WORK/list.out' \
+                 && grep -q '\"members\": 1' '$WORK/list.out' && grep -q '\"image\": \"$WORK/imga.sqsh\"' '$WORK/list.out'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$WORK/list.out"
 
     # Tasks start where srun was started, also outside /tmp and $HOME: that directory is bound
     # into the image on every node, as `berth exec` binds its current directory.

@@ -17,6 +17,13 @@ use crate::plan::DEFAULT_PATH;
 /// Enter new user and mount namespaces, mapping the user (and their group) to themselves.
 /// Must be called while the process is single-threaded (a kernel rule for user namespaces).
 pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
+    enter_user_and_mount_ns_as(uid, gid, (uid, gid))
+}
+
+/// [`enter_user_and_mount_ns`], the user and their group appearing inside as `inside`
+/// (`(0, 0)` for pyxis' `--container-remap-root`). Still only the user's own ids are mapped,
+/// so nothing is gained outside the namespace.
+pub fn enter_user_and_mount_ns_as(uid: u32, gid: u32, inside: (u32, u32)) -> Result<()> {
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .map_err(|e| Error::sys("unshare", "user and mount namespaces", e))?;
     let write = |file: &str, text: String| {
@@ -27,8 +34,8 @@ pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
     // capabilities are now the new namespace's), and for its group only after giving up
     // setgroups(); its supplementary groups still count for file access on the host.
     write("setgroups", "deny".into())?;
-    write("uid_map", format!("{uid} {uid} 1\n"))?;
-    write("gid_map", format!("{gid} {gid} 1\n"))?;
+    write("uid_map", format!("{} {uid} 1\n", inside.0))?;
+    write("gid_map", format!("{} {gid} 1\n", inside.1))?;
     // Our mounts must never propagate back to the host; the host's unmounts still reach us.
     nix::mount::mount(
         None::<&str>,

@@ -1,0 +1,161 @@
+//! `berth list`: the calling user's held containers on this node (a Slurm step's, a PBS job's,
+//! `berth holder`'s, the warm ones `berth exec` keeps), as a table or JSON.
+
+use std::path::PathBuf;
+
+use berth_runtime::config::Config;
+use berth_runtime::error::Error;
+use berth_runtime::holder;
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Print JSON (an array of objects) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One running holder, as listed.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Listed {
+    pub name: String,
+    pub image: PathBuf,
+    pub pid: i32,
+    /// Seconds since the holder started.
+    pub age_s: u64,
+    /// Processes inside the container besides the holder.
+    pub members: usize,
+}
+
+pub fn run(cfg: &Config, args: ListArgs) -> Result<i32, Error> {
+    let uid = nix::unistd::getuid().as_raw();
+    let list = list(cfg, uid);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        return Ok(0);
+    }
+    print!("{}", table(&list));
+    Ok(0)
+}
+
+/// The running holders of `uid`, by name. Records of holders that are gone are skipped (and
+/// removed by `holder::find`, as they would be by the next joiner).
+pub fn list(cfg: &Config, uid: u32) -> Vec<Listed> {
+    let record = holder::record_path(cfg, uid, "x");
+    let Some(dir) = record.parent() else { return vec![] };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(String::from))
+        .filter(|n| holder::valid_name(n))
+        .collect();
+    names.sort();
+    let now = uptime_ticks();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let st = holder::find(cfg, uid, &name).ok()?;
+            let age_s = match (now, clock_ticks()) {
+                (Some(now), Some(hz)) => now.saturating_sub(st.start_time) / hz,
+                _ => 0,
+            };
+            let members = holder::members(&st).len();
+            Some(Listed { name, image: st.image, pid: st.pid, age_s, members })
+        })
+        .collect()
+}
+
+/// The table `berth list` prints; a header only when nothing is held.
+pub fn table(list: &[Listed]) -> String {
+    let w = list.iter().map(|l| l.name.len()).max().unwrap_or(0).max(4);
+    let mut out = format!("{:<w$}  {:>8}  {:>7}  {:>7}  IMAGE\n", "NAME", "PID", "AGE", "MEMBERS");
+    for l in list {
+        out += &format!(
+            "{:<w$}  {:>8}  {:>7}  {:>7}  {}\n",
+            l.name,
+            l.pid,
+            age(l.age_s),
+            l.members,
+            l.image.display()
+        );
+    }
+    out
+}
+
+/// `42s`, `3m07s`, `2h05m`, `3d04h`.
+fn age(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn clock_ticks() -> Option<u64> {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then_some(hz as u64)
+}
+
+/// Now, in the clock ticks since boot that `/proc/PID/stat` counts start times in.
+fn uptime_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some((secs * clock_ticks()? as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_runtime::sys::proc;
+
+    #[test]
+    fn ages_read_like_ps() {
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(187), "3m07s");
+        assert_eq!(age(7500), "2h05m");
+        assert_eq!(age(3 * 86400 + 4 * 3600 + 5), "3d04h");
+    }
+
+    #[test]
+    fn table_columns() {
+        assert_eq!(table(&[]), "NAME       PID      AGE  MEMBERS  IMAGE\n");
+        let t = table(&[Listed {
+            name: "slurm-12.0".into(),
+            image: "/i/a.sqsh".into(),
+            pid: 4242,
+            age_s: 61,
+            members: 4,
+        }]);
+        assert_eq!(t.lines().nth(1), Some("slurm-12.0      4242    1m01s        4  /i/a.sqsh"));
+    }
+
+    #[test]
+    fn own_holder_is_listed_and_a_stale_record_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { state_dir: dir.path().join("st").display().to_string(), ..Config::default() };
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(list(&cfg, uid), vec![]);
+        let rec = holder::record_path(&cfg, uid, "gone");
+        std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+        let stale = serde_json::json!({"name": "gone", "pid": i32::MAX, "start_time": 1, "user_ns": 0,
+            "mnt_ns": 0, "image": "/x.sqsh", "env": {"host": [], "overrides": [], "ld_library_path_prepend": []},
+            "cleanenv": false, "workdir": [], "workdir_required": false});
+        std::fs::write(&rec, stale.to_string()).unwrap();
+        // This test process stands in for a live holder (its own pid and start time).
+        let me = std::process::id() as i32;
+        let live = serde_json::json!({"name": "live", "pid": me, "start_time": proc::start_time("self").unwrap(),
+            "user_ns": 0, "mnt_ns": 0, "image": "/i/a.sqsh",
+            "env": {"host": [], "overrides": [], "ld_library_path_prepend": []},
+            "cleanenv": false, "workdir": [], "workdir_required": false});
+        std::fs::write(holder::record_path(&cfg, uid, "live"), live.to_string()).unwrap();
+        let l = list(&cfg, uid);
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!((l[0].name.as_str(), l[0].pid, l[0].image.as_path()), ("live", me, "/i/a.sqsh".as_ref()));
+        assert!(l[0].age_s < 3600);
+        assert!(!rec.exists(), "the stale record is cleaned up");
+    }
+}
