@@ -161,8 +161,9 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
         // Ended before we asked (a zombie counts as gone): reap it if it is still ours.
         let _ = sys::try_reap(h.pid);
     }
+    // The record sits in a directory the user owns: never follow a link of theirs as root.
     if let Some(f) = state_file {
-        let _ = std::fs::remove_file(f);
+        let _ = protocol::remove_file_nofollow(f);
     }
 }
 
