@@ -292,7 +292,8 @@ fn bad_images(w: &World) -> Vec<(String, &'static str)> {
         (s(&missing), "No such file"),
         (s(&unreadable), "ermission denied"),
         (s(&corrupt), ""),
-        (s(&closed_dir), "not readable"),
+        // The directory is opened (as the user) before anything else looks at it.
+        (s(&closed_dir), "readable by you"),
     ]
 }
 

@@ -74,18 +74,6 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Re
     if !meta.is_file() {
         return Err(refuse("is not a regular file".into()));
     }
-    let owner =
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())).ok().flatten().map(|u| u.name);
-    if !owner.as_ref().is_some_and(|o| cfg.allowed_owners.iter().any(|a| a == o)) {
-        return Err(refuse(format!(
-            "belongs to {}, not to an allowed owner ({})",
-            owner.unwrap_or_else(|| meta.uid().to_string()),
-            cfg.allowed_owners.join(", ")
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(refuse(format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777)));
-    }
     // Where the opened file is (the kernel's name for it, no path walked again).
     let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let canonical = std::fs::read_link(&fd_path).map_err(|e| Error::io("cannot read", &fd_path, e))?;
@@ -97,6 +85,18 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Re
             "is not under an allowed directory ({})",
             if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
         )));
+    }
+    let owner =
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())).ok().flatten().map(|u| u.name);
+    if !owner.as_ref().is_some_and(|o| cfg.allowed_owners.iter().any(|a| a == o)) {
+        return Err(refuse(format!(
+            "belongs to {}, not to an allowed owner ({})",
+            owner.unwrap_or_else(|| meta.uid().to_string()),
+            cfg.allowed_owners.join(", ")
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777)));
     }
     Ok((file, canonical))
 }
