@@ -11,7 +11,7 @@
 //! | 5 | small crafted images exhaust memory | `tests/cli.rs`: `crafted_sif_with_overlapping_objects_is_refused_in_bounded_memory`, `sparse_huge_libc_in_a_directory_image_is_read_by_its_headers`, `doubling_environment_file_is_a_clear_error` |
 //! | 6 | a holder whose record was removed lives forever | `a_holder_whose_record_is_removed_stops` (here) |
 //! | 7 | a FIFO swapped in for the image hangs berth | `tests/cli.rs`: `a_fifo_as_image_fails_at_once` |
-//! | 8 | root unlinks through a directory the user owns | `root_never_follows_the_users_links_when_removing_records` (here) |
+//! | 8 | root unlinks through a directory the user owns | `root_never_follows_the_users_links_when_removing_records` (here); the plugin's own `stop`: `spank-plugin/src/holder.rs` `stop_removes_no_file_through_the_users_link` |
 //! | 9 | image strings reach the terminal raw | `tests/cli.rs`: `inspect_escapes_terminal_controls_from_the_image` |
 //! | 10 | `berth stop` claims success on EPERM | `tests/cli.rs`: `stop_reports_signals_it_is_not_allowed_to_send` |
 //! | 11 | `-B ~/dir:/etc` writes into the host directory | `tests/cli.rs`: `binding_over_etc_writes_nothing_into_the_host_directory` |
