@@ -394,7 +394,9 @@ fn privileged_mode_mounts_with_the_kernel_then_runs_as_the_user() {
         .collect();
     assert!(fuse.is_empty(), "{fuse:?}");
     // The host's mount table never saw the image mount.
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("/run/berth/image"));
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains("/run/berth-privileged/image"));
 
     stop_and_check_loop_freed(w, "priv-1", &image);
 }

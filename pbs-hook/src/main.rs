@@ -282,7 +282,7 @@ fn run_in_container(
     launch: &jobfile::Launch,
     mut argv: Vec<String>,
 ) -> Result<Never, Error> {
-    let (cfg, _) = Config::load()?;
+    let (cfg, _) = Config::load_for_job()?;
     let host = HostFacts::probe()?;
     let name = holder_name(jobid);
     let make = || {
@@ -383,7 +383,7 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
         return 0;
     }
     let r = as_user(user, || {
-        let cfg = match Config::load() {
+        let cfg = match Config::load_for_job() {
             Ok((c, _)) => c,
             Err(e) => {
                 eprintln!("berth-pbs {which}: job {jobid}: {e}");

@@ -24,8 +24,24 @@ pub fn run(which: &str, args: &[String]) -> i32 {
         eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
         return NODE_FAULT;
     };
-    match Config::load() {
-        Ok(_) => 0,
+    match Config::load_for_job() {
+        Ok((cfg, _)) => {
+            // Root, with the job owner from pbs_mom's argv: the user's state directory that
+            // no other user can occupy first. Without it berth falls back to /tmp/berth-<uid>,
+            // so a failure is only logged.
+            if cfg.state_dir.is_empty() && which.starts_with("prologue") {
+                if let Some(Ok(Some(pw))) = args.get(1).map(|u| nix::unistd::User::from_name(u)) {
+                    if !pw.uid.is_root() {
+                        if let Err(e) =
+                            berth_runtime::config::create_user_state_dir(pw.uid.as_raw(), pw.gid.as_raw())
+                        {
+                            eprintln!("berth-pbs {which}: job {jobid}: {e}");
+                        }
+                    }
+                }
+            }
+            0
+        }
         Err(e) => {
             eprintln!(
                 "berth-pbs {which}: job {jobid}: requeued: this node's berth configuration is broken ({e}); fix it (`berth config check`) or take the node offline"
@@ -40,7 +56,7 @@ pub fn run(which: &str, args: &[String]) -> i32 {
 /// privilege drop. Only existence is looked at (no symlink followed, nothing opened or
 /// trusted); when in doubt (unknown user, broken configuration) the full epilogue runs.
 pub fn nothing_to_stop(user: &str, name: &str) -> bool {
-    let Ok((cfg, _)) = Config::load() else { return false };
+    let Ok((cfg, _)) = Config::load_for_job() else { return false };
     let Ok(Some(pw)) = nix::unistd::User::from_name(user) else { return false };
     berth_runtime::holder::nothing_left(&cfg, pw.uid.as_raw(), name)
 }

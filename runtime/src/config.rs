@@ -27,6 +27,8 @@ pub enum MountMode {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Per-user state (holders, staging mount point). `{uid}` is replaced by the user's uid.
+    /// Empty (the default): chosen per user by [`default_state_dir`], in places no other
+    /// user can occupy first.
     pub state_dir: String,
     /// The FUSE SquashFS server (multithreaded `squashfuse_ll`).
     pub squashfuse: String,
@@ -41,6 +43,10 @@ pub struct Config {
     pub privileged: PrivilegedConfig,
     /// Host MPI / fabric / NVIDIA injection.
     pub inject: crate::inject::InjectConfig,
+    /// The caller's `XDG_RUNTIME_DIR`, read once when the configuration is loaded (never by
+    /// the planner), for the default state directory.
+    #[serde(skip)]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +86,7 @@ pub struct PrivilegedConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            state_dir: "/tmp/berth-{uid}".into(),
+            state_dir: String::new(),
             squashfuse: "squashfuse_ll".into(),
             mount_mode: MountMode::Unprivileged,
             keep_warm_seconds: 10,
@@ -88,6 +94,7 @@ impl Default for Config {
             env: EnvConfig::default(),
             privileged: PrivilegedConfig::default(),
             inject: crate::inject::InjectConfig::default(),
+            runtime_dir: None,
         }
     }
 }
@@ -114,15 +121,26 @@ impl Config {
     /// Load the configuration: `BERTH_CONFIG` if set, else the default path if it exists,
     /// else built-in defaults.
     pub fn load() -> Result<(Config, Option<PathBuf>)> {
-        if let Some(p) = std::env::var_os("BERTH_CONFIG") {
+        let (mut cfg, path) = if let Some(p) = std::env::var_os("BERTH_CONFIG") {
             let p = PathBuf::from(p);
-            return Ok((Self::load_file(&p)?, Some(p)));
-        }
-        let p = Path::new(DEFAULT_PATH);
-        if p.exists() {
-            return Ok((Self::load_file(p)?, Some(p.to_path_buf())));
-        }
-        Ok((Config::default(), None))
+            (Self::load_file(&p)?, Some(p))
+        } else if Path::new(DEFAULT_PATH).exists() {
+            (Self::load_file(Path::new(DEFAULT_PATH))?, Some(PathBuf::from(DEFAULT_PATH)))
+        } else {
+            (Config::default(), None)
+        };
+        cfg.runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        Ok((cfg, path))
+    }
+
+    /// [`Config::load`] for a scheduler's job: the state directory must be the same for
+    /// every part of the job (root side, holder, tasks, epilogue), whose environments differ,
+    /// so the job's `XDG_RUNTIME_DIR` plays no part.
+    pub fn load_for_job() -> Result<(Config, Option<PathBuf>)> {
+        Self::load().map(|(mut c, p)| {
+            c.runtime_dir = None;
+            (c, p)
+        })
     }
 
     pub fn load_file(path: &Path) -> Result<Config> {
@@ -157,7 +175,7 @@ impl Config {
             msg,
             hint: String::new(),
         };
-        if !self.state_dir.starts_with('/') {
+        if !self.state_dir.is_empty() && !self.state_dir.starts_with('/') {
             return Err(err(
                 "state_dir",
                 format!("state_dir must be an absolute path, not {:?}", self.state_dir),
@@ -182,10 +200,95 @@ impl Config {
         Ok(())
     }
 
-    /// The state directory for `uid`.
+    /// The state directory for `uid`: the site's `state_dir`, else [`default_state_dir`]
+    /// (with this configuration's `XDG_RUNTIME_DIR`, which is the caller's).
     pub fn state_dir_for(&self, uid: u32) -> PathBuf {
-        PathBuf::from(self.state_dir.replace("{uid}", &uid.to_string()))
+        if self.state_dir.is_empty() {
+            default_state_dir(uid, self.runtime_dir.as_deref())
+        } else {
+            PathBuf::from(self.state_dir.replace("{uid}", &uid.to_string()))
+        }
     }
+}
+
+/// The root-owned directory under which the root side of a scheduler (the SPANK plugin in
+/// slurmstepd, the PBS prologue) creates each job user's state directory.
+pub const USER_STATE_ROOT: &str = "/run/berth";
+
+/// The default state directory of `uid`, first of:
+///
+/// 1. `/run/berth/<uid>`, when root made it for the user (a directory owned by the user,
+///    mode 0700, in a root-owned `/run/berth` nobody else may write): nobody else can create
+///    or replace it;
+/// 2. `<runtime_dir>/berth`, when `runtime_dir` (the user's `XDG_RUNTIME_DIR`, made by the
+///    login manager) is a directory owned by the user with mode 0700;
+/// 3. `/tmp/berth-<uid>`, where another user may have put something first: berth then
+///    refuses it and names the owner (see `ensure_state_dir`).
+///
+/// Only `lstat` is used: no symlink is followed, nothing is created.
+pub fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let private_dir = |p: &Path, owner: u32, mask: u32| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == owner && m.mode() & mask == 0)
+    };
+    let root = Path::new(USER_STATE_ROOT);
+    let mine = root.join(uid.to_string());
+    if private_dir(root, 0, 0o022) && private_dir(&mine, uid, 0o077) {
+        return mine;
+    }
+    if let Some(rt) = runtime_dir.filter(|d| d.is_absolute() && private_dir(d, uid, 0o077)) {
+        return rt.join("berth");
+    }
+    PathBuf::from(format!("/tmp/berth-{uid}"))
+}
+
+/// As root (the scheduler's root side): make `/run/berth/<uid>`, the user's own state
+/// directory that no other user can occupy first, owned by `uid:gid`, mode 0700, in a
+/// root-owned 0755 `/run/berth`. Nothing in either path is followed if it is a symlink, and
+/// nothing anyone else made is accepted.
+pub fn create_user_state_dir(uid: u32, gid: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let root = Path::new(USER_STATE_ROOT);
+    let check = |p: &Path, owner: u32, mode: u32| -> Result<()> {
+        let m = std::fs::symlink_metadata(p).map_err(|e| Error::io("cannot stat", p, e))?;
+        if !m.is_dir() || m.uid() != owner || m.mode() & 0o7777 != mode {
+            return Err(Error::Io {
+                what: "unexpected state directory".into(),
+                path: p.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "must be a directory of uid {owner} with mode {mode:o} (it is {} of uid {} with mode {:o})",
+                    if m.is_dir() { "a directory" } else { "not a directory" },
+                    m.uid(),
+                    m.mode() & 0o7777
+                )),
+                hint: format!("only root creates entries in {USER_STATE_ROOT}; remove it and try again"),
+            });
+        }
+        Ok(())
+    };
+    match std::fs::DirBuilder::new().mode(0o755).create(root) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::io("cannot create", root, e))
+        }
+        _ => {}
+    }
+    check(root, 0, 0o755)?;
+    let dir = root.join(uid.to_string());
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {
+            // Made by us just now, in a directory only root writes: safe to give away.
+            nix::unistd::chown(
+                &dir,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| Error::sys("chown", dir.display(), e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("cannot create", &dir, e)),
+    }
+    check(&dir, uid, 0o700)?;
+    Ok(dir)
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -240,6 +343,31 @@ mod tests {
 
     #[test]
     fn state_dir_substitutes_uid() {
-        assert_eq!(Config::default().state_dir_for(1001), PathBuf::from("/tmp/berth-1001"));
+        let site = Config { state_dir: "/scratch/berth-{uid}".into(), ..Config::default() };
+        assert_eq!(site.state_dir_for(1001), PathBuf::from("/scratch/berth-1001"));
+    }
+
+    #[test]
+    fn default_state_dir_prefers_a_private_runtime_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        // A uid no test user has: /run/berth/<uid> cannot exist.
+        let uid = nix::unistd::getuid().as_raw();
+        let t = tempfile::tempdir().unwrap();
+        let rt = t.path().join("rt");
+        std::fs::create_dir(&rt).unwrap();
+        std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let tmp = PathBuf::from(format!("/tmp/berth-{uid}"));
+        if !Path::new(USER_STATE_ROOT).join(uid.to_string()).exists() {
+            assert_eq!(default_state_dir(uid, Some(&rt)), rt.join("berth"));
+            assert_eq!(default_state_dir(uid, None), tmp);
+            // Someone else's runtime directory, or one others may enter, is not used.
+            assert_eq!(
+                default_state_dir(uid + 1, Some(&rt)),
+                PathBuf::from(format!("/tmp/berth-{}", uid + 1))
+            );
+            std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert_eq!(default_state_dir(uid, Some(&rt)), tmp);
+            assert_eq!(default_state_dir(uid, Some(Path::new("relative"))), tmp);
+        }
     }
 }

@@ -216,6 +216,17 @@ pub(crate) fn hold(
     std::fs::write(&tmp_path, serde_json::to_vec_pretty(&state).unwrap_or_default())
         .and_then(|_| std::fs::rename(&tmp_path, &state_path))
         .map_err(|e| Error::io("cannot record container", &dir.join(&record), e))?;
+    // The record as written; the holder lives only while it stays there (below).
+    let record_id = |dirfd: &std::fs::File| {
+        nix::sys::stat::fstatat(
+            Some(dirfd.as_raw_fd()),
+            record.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
+    };
+    let written = record_id(&dirfd);
     if let Some(program) = warm {
         container::warm_in_background(program, &entered.env, &entered.workdir);
     }
@@ -229,6 +240,11 @@ pub(crate) fn hold(
     let mut closing_lock = None;
     let mut idle_since: Option<std::time::Instant> = None;
     let mut no_longer_needed = || {
+        // Nobody can join a holder without its record: one whose record (or whole state
+        // directory) was removed, or replaced, would otherwise keep its container forever.
+        if record_id(&dirfd) != written {
+            return true;
+        }
         let Lifetime::UntilIdle(keep) = lifetime else { return false };
         if !members(&state).is_empty() {
             idle_since = None;
@@ -247,18 +263,21 @@ pub(crate) fn hold(
             _ => false,
         }
     };
-    let period = match lifetime {
+    let period = Some(match lifetime {
         Lifetime::UntilIdle(keep) => {
-            Some(keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)))
+            keep.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1))
         }
-        _ => None,
-    };
+        _ => std::time::Duration::from_secs(1),
+    });
     let stopped = process::wait_for_stop(
         |pid, _| Some(pid.as_raw()) == fuse_pid,
         watch,
         period.map(|p| (p, &mut no_longer_needed as &mut dyn FnMut() -> bool)),
     );
-    let _ = std::fs::remove_file(&state_path);
+    // Not a record that replaced ours (a new holder of the same name).
+    if record_id(&dirfd) == written {
+        let _ = std::fs::remove_file(&state_path);
+    }
     // The lock file of a holder that is not the scheduler's goes with it (the epilogue
     // removes those): waiting joiners notice it was replaced and start a new holder, and after
     // an MPI launcher ended no rank of it comes again.
@@ -603,6 +622,43 @@ pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Re
     Ready::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
 }
 
+/// Remove the file at the absolute `path` without following a symlink anywhere on the way:
+/// each directory is opened from the previous one with `O_NOFOLLOW|O_DIRECTORY`, and the
+/// file is removed with `unlinkat` in the last. For root removing a record in a directory the
+/// user owns (`slurm_spank_exit`): a `holders` that the user turned into a symlink to
+/// somewhere else makes this fail instead of removing a file there.
+pub fn remove_file_nofollow(path: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::path::Component;
+    let bad = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    if !path.is_absolute() {
+        return Err(bad());
+    }
+    let parts: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(Ok(n)),
+            Component::RootDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    let (file, dirs) = parts.split_last().ok_or_else(bad)?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open = |at: Option<&OwnedFd>, name: &std::ffi::OsStr| -> std::io::Result<OwnedFd> {
+        let fd = openat(at.map(|f| f.as_raw_fd()), name, flags, Mode::empty())?;
+        // SAFETY: openat just returned this descriptor; nobody else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    let mut dir = open(None, std::ffi::OsStr::new("/"))?;
+    for d in dirs {
+        dir = open(Some(&dir), d)?;
+    }
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), *file, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    Ok(())
+}
+
 /// Remove what a stopped shared container may leave: its lock file and a stale state file.
 pub fn remove_leftovers(cfg: &Config, uid: u32, name: &str) {
     let _ = std::fs::remove_file(lock_path(cfg, uid, name));
@@ -656,5 +712,25 @@ mod tests {
         assert!(t0.elapsed() >= std::time::Duration::from_millis(100));
         drop(w);
         assert_eq!(wait_ready(&r, None), Ready::Ended(String::new()));
+    }
+
+    #[test]
+    fn records_are_removed_without_following_links() {
+        let t = tempfile::tempdir().unwrap();
+        let holders = t.path().join("holders");
+        std::fs::create_dir(&holders).unwrap();
+        std::fs::write(holders.join("a.json"), b"{}").unwrap();
+        remove_file_nofollow(&holders.join("a.json")).unwrap();
+        assert!(!holders.join("a.json").exists());
+        // `holders` pointing elsewhere: nothing there is removed.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("a.json"), b"{}").unwrap();
+        std::fs::remove_dir(&holders).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &holders).unwrap();
+        assert!(remove_file_nofollow(&holders.join("a.json")).is_err());
+        assert!(elsewhere.join("a.json").exists());
+        assert!(remove_file_nofollow(Path::new("relative/a.json")).is_err());
+        assert!(remove_file_nofollow(&t.path().join("x/../a.json")).is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::image::{FsType, Image, RootFs};
 
 /// Where the image is mounted, in the private mount namespace this process enters.
-pub const MOUNT_DIR: &str = "/run/berth";
+pub const MOUNT_DIR: &str = "/run/berth-privileged";
 
 /// The user a root holder becomes.
 #[derive(Debug, Clone)]
@@ -50,9 +50,18 @@ impl Target {
     }
 }
 
-/// Check `image` against the site's limits and open it. The checks are made on the opened
-/// file, so the file checked is the file mounted.
-pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathBuf)> {
+/// Open `image` as `target` and check the opened file against the site's limits; the file
+/// returned is the one to mount, with its path as the kernel names it.
+///
+/// The open happens in a child that has become the user for good (groups, gid, uid), so a
+/// file the user may not read (root's 0600 image, an image behind a 0700 directory, reached
+/// by a symlink of the user's or not) is never opened, let alone mounted. The child passes
+/// the descriptor back over a socket pair (`SCM_RIGHTS`); root then judges that descriptor
+/// (`fstat`: a regular file of an allowed owner nobody else may write; where it is, from
+/// `/proc/self/fd`: under an allowed directory) and mounts it. No path is walked twice.
+///
+/// Must be called single-threaded (it forks).
+pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Result<(File, PathBuf)> {
     let refuse = |why: String| {
         Error::request(
             format!("image {}", image.display()),
@@ -60,8 +69,14 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathB
             "privileged mounting is limited to images the site vetted ([privileged] in berth.toml); ask your administrator to place it there",
         )
     };
-    let canonical =
-        std::fs::canonicalize(image).map_err(|e| Error::image_io(image, "cannot open the image", e))?;
+    let file = open_as(target, image)?;
+    let meta = file.metadata().map_err(|e| Error::image_io(image, "cannot stat the image", e))?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    // Where the opened file is (the kernel's name for it, no path walked again).
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let canonical = std::fs::read_link(&fd_path).map_err(|e| Error::io("cannot read", &fd_path, e))?;
     let inside =
         cfg.allowed_dirs.iter().any(|d| std::fs::canonicalize(d).is_ok_and(|d| canonical.starts_with(d)));
     if !inside {
@@ -70,15 +85,6 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathB
             "is not under an allowed directory ({})",
             if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
         )));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&canonical)
-        .map_err(|e| Error::image_io(image, "cannot open the image", e))?;
-    let meta = file.metadata().map_err(|e| Error::image_io(image, "cannot stat the image", e))?;
-    if !meta.is_file() {
-        return Err(refuse("is not a regular file".into()));
     }
     let owner =
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())).ok().flatten().map(|u| u.name);
@@ -93,6 +99,99 @@ pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path) -> Result<(File, PathB
         return Err(refuse(format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777)));
     }
     Ok((file, canonical))
+}
+
+/// Open `path` read-only, non-blocking (a FIFO cannot hang root) in a forked child that is
+/// `target` for good, and receive the descriptor from it.
+fn open_as(target: &Target, path: &Path) -> Result<File> {
+    use nix::sys::socket::{
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+        SockType,
+    };
+    use std::io::{IoSlice, IoSliceMut};
+    let (parent, child) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| Error::sys("socketpair", "image", e))?;
+    // SAFETY: the caller is single-threaded (documented), so the child may allocate and run
+    // ordinary code; it leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", "image", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(parent);
+            // The status: 0 with the descriptor, -1 if the child could not become the user,
+            // else the errno of the open.
+            let (status, fd) = match become_user(target) {
+                Err(_) => (-1, None),
+                Ok(()) => match std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(path)
+                {
+                    Ok(f) => (0, Some(f)),
+                    Err(e) => (e.raw_os_error().unwrap_or(libc::EIO), None),
+                },
+            };
+            let bytes = status.to_ne_bytes();
+            let iov = [IoSlice::new(&bytes)];
+            let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
+            let cmsg: Vec<ControlMessage> =
+                if fds.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&fds)] };
+            let code =
+                i32::from(sendmsg::<()>(child.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).is_err());
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child: pid } => {
+            drop(child);
+            let mut bytes = [0u8; 4];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let received = {
+                let mut iov = [IoSliceMut::new(&mut bytes)];
+                recvmsg::<()>(parent.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).map(
+                    |msg| {
+                        let fd = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+                            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                            _ => None,
+                        });
+                        (msg.bytes, fd)
+                    },
+                )
+            };
+            let _ = nix::sys::wait::waitpid(pid, None);
+            let (n, fd) = received.map_err(|e| Error::sys("recvmsg", "image", e))?;
+            // SAFETY: the kernel just installed this descriptor in our table for us (SCM_RIGHTS).
+            let file = fd.map(|fd| unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            let status = if n == 4 { i32::from_ne_bytes(bytes) } else { libc::EIO };
+            match (status, file) {
+                (0, Some(f)) => {
+                    // Back to blocking reads for the loop device and the header reader.
+                    let _ = nix::fcntl::fcntl(
+                        f.as_raw_fd(),
+                        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+                    );
+                    Ok(f)
+                }
+                (-1, _) => Err(Error::request(
+                    format!("image {}", path.display()),
+                    format!("cannot be opened as uid {}: could not become that user", target.uid),
+                    "privileged mounting is for jobs of ordinary users",
+                )),
+                (e, _) => {
+                    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(target.uid))
+                        .ok()
+                        .flatten()
+                        .map(|u| u.name)
+                        .unwrap_or_else(|| target.uid.to_string());
+                    Err(Error::request(
+                        format!("image {}", path.display()),
+                        format!(
+                            "cannot be opened by the job's user {user}: {}",
+                            std::io::Error::from_raw_os_error(if e == 0 { libc::EIO } else { e })
+                        ),
+                        "an image is mounted only when its user may read it; ask the image's owner to make it readable to you",
+                    ))
+                }
+            }
+        }
+    }
 }
 
 // <linux/loop.h>
@@ -188,7 +287,7 @@ fn attach_loop(file: &File, offset: u64, size: u64) -> Result<(OwnedFd, PathBuf)
     ))
 }
 
-/// Enter a private mount namespace and mount `image` (opened by [`open_allowed`]) read-only,
+/// Enter a private mount namespace and mount `image` (opened by [`open_allowed`]: `file`) read-only,
 /// nosuid, nodev at [`MOUNT_DIR`]`/image`. Returns that directory. The mount lives as long as
 /// a process of this namespace or of a namespace copied from it (the container) does.
 pub fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
@@ -262,6 +361,18 @@ pub fn become_user(target: &Target) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The user the image is opened as (the tests run as root, who cannot "become" root).
+    fn me() -> Target {
+        Target { uid: 65534, gid: 65534, groups: vec![] }
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        t
+    }
+
     fn cfg(dir: &Path) -> PrivilegedConfig {
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
         PrivilegedConfig { allowed_dirs: vec![dir.to_path_buf()], allowed_owners: vec![me] }
@@ -269,35 +380,73 @@ mod tests {
 
     #[test]
     fn images_outside_the_allowed_directories_are_refused() {
-        let t = tempfile::tempdir().unwrap();
+        // The image is opened as another user, which needs root.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let t = tempdir();
         let f = t.path().join("a.img");
         std::fs::write(&f, b"x").unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let e = open_allowed(&cfg(other.path()), &f).unwrap_err().to_string();
+        let other = tempdir();
+        let e = open_allowed(&cfg(other.path()), &f, &me()).unwrap_err().to_string();
         assert!(e.contains("not under an allowed directory"), "{e}");
         // A symlink into an allowed directory is judged by where it leads.
         let link = other.path().join("link.img");
         std::os::unix::fs::symlink(&f, &link).unwrap();
-        let (_, canonical) = open_allowed(&cfg(t.path()), &link).unwrap();
+        let (_, canonical) = open_allowed(&cfg(t.path()), &link, &me()).unwrap();
         assert_eq!(canonical, std::fs::canonicalize(&f).unwrap());
-        let e = open_allowed(&cfg(other.path()), &link).unwrap_err().to_string();
+        let e = open_allowed(&cfg(other.path()), &link, &me()).unwrap_err().to_string();
         assert!(e.contains("not under an allowed directory"), "{e}");
     }
 
     #[test]
     fn writable_or_foreign_images_are_refused() {
+        // The image is opened as another user, which needs root.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
         use std::os::unix::fs::PermissionsExt;
-        let t = tempfile::tempdir().unwrap();
+        let t = tempdir();
         let f = t.path().join("a.img");
         std::fs::write(&f, b"x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
         let c = cfg(t.path());
-        let e = open_allowed(&c, &f).unwrap_err().to_string();
+        let e = open_allowed(&c, &f, &me()).unwrap_err().to_string();
         assert!(e.contains("writable by group or others"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(open_allowed(&c, &f).is_ok());
+        assert!(open_allowed(&c, &f, &me()).is_ok());
         let c = PrivilegedConfig { allowed_owners: vec!["nobody-here".into()], ..c };
-        let e = open_allowed(&c, &f).unwrap_err().to_string();
+        let e = open_allowed(&c, &f, &me()).unwrap_err().to_string();
         assert!(e.contains("not to an allowed owner"), "{e}");
+    }
+
+    #[test]
+    fn images_the_user_cannot_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let nobody = Target { uid: 65534, gid: 65534, groups: vec![] };
+        let t = tempdir();
+        let f = t.path().join("secret.img");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = open_allowed(&cfg(t.path()), &f, &nobody).unwrap_err().to_string();
+        assert!(e.contains("cannot be opened by the job's user") && e.contains("Permission denied"), "{e}");
+        // Readable by all, behind a directory only its owner may enter, reached by a link.
+        let closed = t.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        let g = closed.join("app.img");
+        std::fs::write(&g, b"x").unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = t.path().join("link.img");
+        std::os::unix::fs::symlink(&g, &link).unwrap();
+        let e = open_allowed(&cfg(t.path()), &link, &nobody).unwrap_err().to_string();
+        assert!(e.contains("cannot be opened by the job's user"), "{e}");
+        // What the user can read is opened, and named where it really is.
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (_, at) = open_allowed(&cfg(t.path()), &link, &nobody).unwrap();
+        assert_eq!(at, std::fs::canonicalize(&g).unwrap());
     }
 }

@@ -12,7 +12,7 @@
 //!   program in it.
 #![warn(missing_docs)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, MountMode};
@@ -86,8 +86,11 @@ pub fn prepare_holder(cfg: &Config, spec: &Spec) -> Result<Prepared> {
     }
     let target = privileged::Target::lookup(uid)?;
     let mounted = if cfg.mount_mode == MountMode::Privileged {
-        let (file, canonical) = privileged::open_allowed(&cfg.privileged, &spec.request.image)?;
-        let img = image::open(&canonical)?;
+        let (file, canonical) = privileged::open_allowed(&cfg.privileged, &spec.request.image, &target)?;
+        // The headers are read from the file the user opened (its /proc/self/fd link reaches
+        // that same open file, not a path), and the image keeps the name the kernel gives it.
+        let mut img = image::open(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+        img.path = canonical;
         let at = privileged::mount_image(&img, &file)?;
         Some((img, at))
     } else {

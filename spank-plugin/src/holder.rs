@@ -161,12 +161,41 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
         // Ended before we asked (a zombie counts as gone): reap it if it is still ours.
         let _ = sys::try_reap(h.pid);
     }
+    // The record sits in a directory the user owns: never follow a link of theirs as root.
     if let Some(f) = state_file {
-        let _ = std::fs::remove_file(f);
+        let _ = protocol::remove_file_nofollow(f);
     }
 }
 
 /// Where the holder keeps its state.
 pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> std::path::PathBuf {
     protocol::record_path(cfg, uid, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `slurm_spank_exit` runs this as root; the record's directory is the user's. A user who
+    /// turns `holders` into a link to another directory gets nothing removed there.
+    #[test]
+    fn stop_removes_no_file_through_the_users_link() {
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = t.path().join("etc");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("slurm-7.0.json"), b"not the user's").unwrap();
+        let state = t.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.join("holders")).unwrap();
+        // A holder that already ended (no start time): only the record is left to remove.
+        let gone = Running { pid: i32::MAX, start_time: None, name: "slurm-7.0".into(), uid: 0 };
+        stop(&gone, Some(&state.join("holders/slurm-7.0.json")), Duration::from_millis(1));
+        assert!(elsewhere.join("slurm-7.0.json").exists());
+        // Its own record in a real directory goes.
+        std::fs::remove_file(state.join("holders")).unwrap();
+        std::fs::create_dir(state.join("holders")).unwrap();
+        std::fs::write(state.join("holders/slurm-7.0.json"), b"{}").unwrap();
+        stop(&gone, Some(&state.join("holders/slurm-7.0.json")), Duration::from_millis(1));
+        assert!(!state.join("holders/slurm-7.0.json").exists());
+    }
 }

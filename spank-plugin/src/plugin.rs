@@ -1,5 +1,6 @@
 //! What each SPANK callback does, in plain Rust. See the crate docs for the order.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -171,6 +172,18 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
         ));
     }
     st.image = Some(image);
+    // slurmstepd is still root here (user_init runs with the user's euid): make the user's
+    // state directory that no other user can occupy first. Failing that, berth falls back to
+    // /tmp/berth-<uid>, so this only logs.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && site_config(&st).is_ok_and(|c| c.state_dir.is_empty()) {
+        if let (Some(uid), Some(gid)) = (sp.job_uid(), sp.job_gid()) {
+            if let Err(e) = berth_runtime::config::create_user_state_dir(uid, gid) {
+                log_error(&e.to_string());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -205,8 +218,12 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
 }
 
 fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String> {
-    // Checked here as the user (slurmstepd's euid is the user in user_init) for a clear message.
-    if let Err(e) = std::fs::metadata(image) {
+    // Opened here as the user (slurmstepd's euid is the user in user_init), non-blocking, for
+    // a clear message early. Only a message: the holder opens the image itself (as the user,
+    // also in the privileged mode) and checks what it opened.
+    if let Err(e) =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(image)
+    {
         return Err(format!("image {}: {e}", image.display()));
     }
     let (job, step) = (sp.job_id().ok_or("no job id")?, sp.step_id().ok_or("no step id")?);
@@ -304,7 +321,7 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
 fn site_config(st: &State) -> Result<berth_runtime::config::Config, String> {
     match &st.site.config {
         Some(p) => berth_runtime::config::Config::load_file(p),
-        None => berth_runtime::config::Config::load().map(|(c, _)| c),
+        None => berth_runtime::config::Config::load_for_job().map(|(c, _)| c),
     }
     .map_err(|e| e.to_string())
 }
@@ -361,7 +378,7 @@ pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
             .config
             .as_deref()
             .map(berth_runtime::config::Config::load_file)
-            .unwrap_or_else(|| berth_runtime::config::Config::load().map(|(c, _)| c))
+            .unwrap_or_else(|| berth_runtime::config::Config::load_for_job().map(|(c, _)| c))
             .ok();
         let state_file = cfg.map(|c| holder::state_file(&c, h.uid, &h.name));
         holder::stop(&h, state_file.as_deref(), std::time::Duration::from_secs(10));

@@ -215,6 +215,9 @@ start_slurmd() {
         [ -s "$DIR/nodes/$n/boot_id" ] || cat /proc/sys/kernel/random/uuid > "$DIR/nodes/$n/boot_id"
         chmod 0444 "$DIR/nodes/$n/boot_id"
         setup_tmp="mount --bind $DIR/nodes/$n/boot_id /proc/sys/kernel/random/boot_id && $setup_tmp"
+        # And its own /run/berth, where the plugin makes each job user's state directory.
+        install -d -m 0755 /run/berth "$DIR/nodes/$n/runberth"
+        setup_tmp="mount --bind $DIR/nodes/$n/runberth /run/berth && $setup_tmp"
         # nsenter --net, NOT `ip netns exec` (that remounts /sys and hides the cgroup v1 trees).
         nsenter --net="/run/netns/bsnode$i" unshare --uts --mount --propagation slave \
             sh -c "hostname $n && $setup_tmp exec /usr/sbin/slurmd -N $n"

@@ -349,6 +349,12 @@ LIST
     rm -f "$DIR/work/unvetted.$$.sqsh"
     check "(d) ... an image outside allowed_dirs fails the step with the reason (rc=$rc)" \
         bash -c "[ $rc != 0 ] && grep -q 'not under an allowed directory' '$ERR'"
+    # Root mounts only what the user could open: a root-only image in the vetted directory.
+    cp "$WORK/imgb.sqsh" "$WORK/secret.$$.sqsh"; chmod 0600 "$WORK/secret.$$.sqsh"
+    as_user srun -N1 --container="$WORK/secret.$$.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
+    rm -f "$WORK/secret.$$.sqsh"
+    check "(d) ... a root-only image under allowed_dirs fails the step, as the user could not read it (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && grep -q 'Permission denied' '$ERR'"
     if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
     wait_idle
     left=$(losetup -a | grep -c "$WORK/")
@@ -360,7 +366,7 @@ LIST
     check "(d) $STEPS consecutive container steps all succeed ($fails failed)" test "$fails" = 0
     check "(d) ... no processes of $TEST_USER left" no_user_procs
     check "(d) ... no squashfuse left" bash -c "! pgrep -x squashfuse_ll >/dev/null"
-    check "(d) ... no holder state left" bash -c "! ls $DIR/nodes/*/roottmp/berth-*/holders/*.json >/dev/null 2>&1"
+    check "(d) ... no holder state left" bash -c "! ls $DIR/nodes/*/roottmp/berth-*/holders/*.json $DIR/nodes/*/runberth/*/holders/*.json 2>/dev/null | grep -q ."
     check "(d) ... nodes idle" nodes_idle
 fi
 

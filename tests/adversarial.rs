@@ -1,0 +1,319 @@
+//! The adversarial suite of issue 11: two ordinary users, `mallory` (hostile) and `victim`,
+//! and root where a scheduler runs berth as root. One case per finding; where a case lives
+//! with the feature's own tests, this table names it instead of repeating it.
+//!
+//! | row | finding | case |
+//! |---|---|---|
+//! | 1 | a root job starter takes the user from the job's environment | `tests/pbs.rs`: `run_privileged_starter_is_refused` |
+//! | 2 | `LD_PRELOAD` reaches a root job starter | `tests/pbs.rs`: `static_starter_ignores_ld_preload_as_root` |
+//! | 3 | privileged mode mounts what the user cannot read | `privileged_mode_opens_the_image_as_the_user` (here) |
+//! | 4 | another user occupies the state directory | `another_user_cannot_occupy_the_state_directory` (here) |
+//! | 5 | small crafted images exhaust memory | `tests/cli.rs`: `crafted_sif_with_overlapping_objects_is_refused_in_bounded_memory`, `sparse_huge_libc_in_a_directory_image_is_read_by_its_headers`, `doubling_environment_file_is_a_clear_error` |
+//! | 6 | a holder whose record was removed lives forever | `a_holder_whose_record_is_removed_stops` (here) |
+//! | 7 | a FIFO swapped in for the image hangs berth | `tests/cli.rs`: `a_fifo_as_image_fails_at_once` |
+//! | 8 | root unlinks through a directory the user owns | `root_never_follows_the_users_links_when_removing_records` (here); the plugin's own `stop`: `spank-plugin/src/holder.rs` `stop_removes_no_file_through_the_users_link` |
+//! | 9 | image strings reach the terminal raw | `tests/cli.rs`: `inspect_escapes_terminal_controls_from_the_image` |
+//! | 10 | `berth stop` claims success on EPERM | `tests/cli.rs`: `stop_reports_signals_it_is_not_allowed_to_send` |
+//! | 11 | `-B ~/dir:/etc` writes into the host directory | `tests/cli.rs`: `binding_over_etc_writes_nothing_into_the_host_directory` |
+
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::world;
+
+/// An ordinary user of this host, created if missing.
+struct User {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+fn user(name: &'static str) -> User {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("id -u {name} >/dev/null 2>&1 || useradd -m -s /bin/sh {name}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "useradd {name}");
+    let pw = nix::unistd::User::from_name(name).unwrap().unwrap();
+    User { name, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
+}
+
+impl User {
+    /// `program ARGS` as this user, with a plain environment.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("USER", self.name)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn berth(&self, args: &[&str]) -> Command {
+        self.command(&world().berth, args)
+    }
+
+    fn sh(&self, script: &str) -> std::process::Output {
+        self.command(Path::new("/bin/sh"), &["-c", script]).output().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A configuration file root owns, with `body`.
+fn config(name: &str, body: &str) -> PathBuf {
+    let p = world().path(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+/// Row 3. Root (the scheduler's privileged holder) mounts only what the job's user could open
+/// themselves: a root-only image under the vetted directory, and a vetted image behind a
+/// directory the user cannot enter, reached by the user's own symlink, are both refused
+/// with a message, and nothing is mounted.
+#[test]
+fn privileged_mode_opens_the_image_as_the_user() {
+    let w = world();
+    let victim = user("victim");
+    let mallory = user("mallory");
+    let vetted = w.path("adv-vetted");
+    let closed = vetted.join("closed");
+    std::fs::create_dir_all(&closed).unwrap();
+    std::fs::set_permissions(&vetted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = vetted.join("secret.sqsh");
+    std::fs::copy(&w.image, &secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hidden = closed.join("app.sqsh");
+    std::fs::copy(&w.image, &hidden).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = mallory.home.join("adv-link.sqsh");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&hidden, &link).unwrap();
+    let cfg = config(
+        "adv-privileged.toml",
+        &format!(
+            "state_dir = \"/tmp/berth-adv-{{uid}}\"\nmount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n",
+            vetted.display()
+        ),
+    );
+    let root_holder = |who: &User, name: &str, image: &Path| {
+        Command::new(&w.berth)
+            .args(["holder", "--user", &who.uid.to_string(), "--name", name])
+            .arg(image)
+            .env_clear()
+            .env("BERTH_CONFIG", &cfg)
+            .env("HOME", &who.home)
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (who, name, image, needle) in [
+        (&victim, "adv-secret", &secret, "cannot be opened by the job's user victim"),
+        (&mallory, "adv-link", &link, "cannot be opened by the job's user mallory"),
+    ] {
+        let mut child = root_holder(who, name, image);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        if line == "ready\n" {
+            let _ = who.berth(&["stop", name]).env("BERTH_CONFIG", &cfg).output();
+            let _ = child.wait();
+            panic!("{} was mounted for {}", image.display(), who.name);
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.starts_with("berth: ") && err.contains(needle), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    let losetup = text(&Command::new("losetup").arg("-a").output().unwrap().stdout);
+    assert!(!losetup.contains("adv-vetted"), "no loop device left: {losetup}");
+    let _ = std::fs::remove_file(&link);
+}
+
+/// Row 4. mallory makes `/tmp/berth-<victim's uid>` first. victim is told who is in the way
+/// and what to do; with a private `XDG_RUNTIME_DIR`, or the `/run/berth/<uid>` root makes for
+/// a job (the Slurm plugin, the PBS prologue), victim's berth works regardless.
+#[test]
+fn another_user_cannot_occupy_the_state_directory() {
+    let w = world();
+    let victim = user("victim");
+    let mallory = user("mallory");
+    let squat = PathBuf::from(format!("/tmp/berth-{}", victim.uid));
+    let run_dir = Path::new("/run/berth").join(victim.uid.to_string());
+    let _ = std::fs::remove_dir_all(&squat);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let out = mallory.sh(&format!("mkdir -m 700 {}", squat.display()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // No container kept warm: nothing of victim's stays behind.
+    let cfg = config("adv-nowarm.toml", "keep_warm_seconds = 0\n");
+
+    let out = victim.berth(&["exec", w.image(), "id", "-u"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.starts_with("berth: ") && err.contains(&squat.display().to_string()), "{err}");
+    assert!(err.contains(&format!("mallory (uid {})", mallory.uid)), "names the owner: {err}");
+    assert!(err.contains("XDG_RUNTIME_DIR") && err.contains("state_dir"), "says what to do: {err}");
+
+    // A private runtime directory of victim's own (what a login manager makes).
+    let rt = w.path("adv-victim-runtime");
+    let _ = std::fs::remove_dir_all(&rt);
+    std::fs::create_dir(&rt).unwrap();
+    std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&rt, Some(victim.uid.into()), Some(victim.gid.into())).unwrap();
+    let out = victim
+        .berth(&["exec", w.image(), "id", "-u"])
+        .env("BERTH_CONFIG", &cfg)
+        .env("XDG_RUNTIME_DIR", &rt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), victim.uid.to_string());
+    assert!(rt.join("berth").is_dir());
+    // mallory's runtime directory setting cannot send victim's state elsewhere: a directory
+    // victim does not own is not used.
+    let out = victim
+        .berth(&["exec", "--dry-run", w.image(), "true"])
+        .env("BERTH_CONFIG", &cfg)
+        .env("XDG_RUNTIME_DIR", &mallory.home)
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains(&format!("state   {}", squat.display())), "{}", text(&out.stdout));
+
+    // Root's side of a job makes /run/berth/<uid>; mallory cannot make or change it.
+    berth_runtime::config::create_user_state_dir(victim.uid, victim.gid).unwrap();
+    let out = mallory.sh(&format!("mkdir /run/berth/{}", mallory.uid + 100000));
+    assert!(!out.status.success(), "mallory may not create state directories for others");
+    let out =
+        victim.berth(&["exec", "--dry-run", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    assert!(text(&out.stdout).contains(&format!("state   {}", run_dir.display())), "{}", text(&out.stdout));
+    let out = victim.berth(&["exec", w.image(), "id", "-u"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), victim.uid.to_string());
+
+    let _ = std::fs::remove_dir_all(&squat);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = std::fs::remove_dir_all(&rt);
+}
+
+/// Row 6. A holder whose record (here: the whole state directory) was removed can never be
+/// joined or stopped by name again: it ends by itself, with its FUSE server.
+#[test]
+fn a_holder_whose_record_is_removed_stops() {
+    let w = world();
+    let victim = user("victim");
+    let cfg = config("adv-orphan.toml", "state_dir = \"/tmp/berth-adv-orphan-{uid}\"\n");
+    let state = PathBuf::from(format!("/tmp/berth-adv-orphan-{}", victim.uid));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut child = victim
+        .berth(&["holder", "--name", "adv-orphan", w.image()])
+        .env("BERTH_CONFIG", &cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let fuse = || {
+        harness_processes(victim.uid)
+            .into_iter()
+            .filter(|p| p.starts_with("squashfuse_ll") && p.contains("adv-orphan"))
+            .count()
+    };
+    std::fs::remove_dir_all(&state).unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the holder lived on without its record");
+    }
+    let t0 = Instant::now();
+    while fuse() > 0 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fuse(), 0, "the FUSE server went with the holder");
+}
+
+/// The command lines of `uid`'s processes.
+fn harness_processes(uid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .map(|c| c.replace('\0', " "))
+        .collect()
+}
+
+/// Row 8. `slurm_spank_exit` removes the step's record as root with
+/// `holder::remove_file_nofollow`; mallory turns her `holders` directory into a link to a
+/// directory of root's holding a file of the record's name: root removes nothing there.
+#[test]
+fn root_never_follows_the_users_links_when_removing_records() {
+    let w = world();
+    let mallory = user("mallory");
+    let state = PathBuf::from(format!("/tmp/berth-adv-rm-{}", mallory.uid));
+    let _ = std::fs::remove_dir_all(&state);
+    let target = w.path("adv-root-only");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("slurm-7.0.json"), b"root's").unwrap();
+    let out = mallory.sh(&format!(
+        "mkdir -m 700 {s} && ln -s {t} {s}/holders",
+        s = state.display(),
+        t = target.display()
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = state.join("holders/slurm-7.0.json");
+    assert!(berth_runtime::holder::remove_file_nofollow(&record).is_err());
+    assert!(target.join("slurm-7.0.json").exists(), "root removed a file through mallory's link");
+    // A link higher up (the state directory itself) is not followed either.
+    let _ = std::fs::remove_dir_all(&state);
+    let out = mallory.sh(&format!("ln -s {} {}", w.dir.display(), state.display()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::create_dir_all(w.dir.join("holders")).unwrap();
+    std::fs::write(w.dir.join("holders/slurm-7.0.json"), b"root's").unwrap();
+    assert!(berth_runtime::holder::remove_file_nofollow(&record).is_err());
+    assert!(w.dir.join("holders/slurm-7.0.json").exists());
+    // Her own record in her own directory goes.
+    let _ = std::fs::remove_file(&state);
+    let out = mallory.sh(&format!(
+        "mkdir -p -m 700 {s}/holders && echo {{}} > {s}/holders/slurm-7.0.json",
+        s = state.display()
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    berth_runtime::holder::remove_file_nofollow(&record).unwrap();
+    assert!(!record.exists());
+    let _ = std::fs::remove_dir_all(&state);
+}
