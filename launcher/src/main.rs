@@ -6,6 +6,7 @@
 
 mod apptainer;
 mod cmd_build;
+mod generate;
 mod inspect;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -68,6 +69,9 @@ enum Cmd {
         #[command(subcommand)]
         what: ConfigCmd,
     },
+    /// Write man pages or shell completions generated from this command line (packaging)
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -241,6 +245,9 @@ impl Cmd {
 }
 
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    if let Cmd::Generate(args) = cmd {
+        return generate::run::<Cli>(args);
+    }
     if let Cmd::Build(args) = cmd {
         // The build prints its own messages (and a log tail); it needs no site config.
         return Ok(cmd_build::run(args).unwrap_or_else(|e| {
@@ -322,7 +329,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
-        Cmd::Build(_) => Err(Error::request("berth build", "internal error: dispatched twice", "")),
+        Cmd::Build(_) | Cmd::Generate(_) => {
+            Err(Error::request("berth", "internal error: dispatched twice", ""))
+        }
         Cmd::Config { what: ConfigCmd::Show } => {
             print!("{}", toml::to_string_pretty(&cfg).unwrap_or_default());
             Ok(0)
