@@ -8,6 +8,7 @@ mod apptainer;
 mod cmd_build;
 mod generate;
 mod inspect;
+mod slurm_check;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -444,6 +445,23 @@ fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
         ),
         "apt-get install squashfuse (or set `squashfuse` in berth.toml)",
     );
+    if let Some(so) = slurm_check::configured_plugin() {
+        match (slurm_check::plugin_release(&so), slurm_check::running_release()) {
+            (Err(e), _) => check(false, format!("Slurm plugin: {e}"), "reinstall berth-slurm"),
+            (Ok(built), running) => {
+                let built = slurm_check::release_string(built);
+                let what = format!("{} built for Slurm {built}", so.display());
+                match running {
+                    Some(r) => check(
+                        r == built,
+                        format!("{what}, installed Slurm {r}"),
+                        "Slurm loads a plugin only on the release it was built for: rebuild                          berth-slurm against this Slurm (bash packaging/build.sh) and reinstall it",
+                    ),
+                    None => println!("ok   {what} (no slurmd or srun here to compare with)"),
+                }
+            }
+        }
+    }
     if problems > 0 {
         return Err(Error::request(
             "config check",
