@@ -20,6 +20,8 @@ pkgs=(
   util-linux procps iproute2
   # tests: the OpenPBS hook runs under python3 with a fake `pbs` module
   python3
+  # packages: dpkg-deb/dpkg-shlibdeps, rpmbuild, and man and file for checking them
+  dpkg-dev rpm man-db file
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
