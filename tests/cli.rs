@@ -740,7 +740,7 @@ fn apptainer_contain_home_pwd_env_file_and_bind_variables() {
     let alt = w.path("althome");
     std::fs::create_dir_all(&alt).unwrap();
     nix::unistd::chown(&alt, Some(w.uid.into()), Some(w.gid.into())).unwrap();
-    std::fs::write(alt.join("file"), "in-alt-home").unwrap();
+    std::fs::write(alt.join("file"), "in-alt-home\n").unwrap();
     let spec = format!("{}:/home/other", alt.display());
     let out = w
         .run(&[
