@@ -39,7 +39,12 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BERT
 #[command(
     name = "berth",
     version = VERSION,
-    about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself"
+    about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself",
+    after_long_help = "Environment: BERTH_CONFIG (the site configuration; default /etc/berth/berth.toml), \
+BERTH_BIND, APPTAINER_BIND, SINGULARITY_BIND (bind lists, read before --bind), \
+BERTH_ENV_NAME=VALUE, APPTAINERENV_NAME, SINGULARITYENV_NAME (NAME=VALUE inside), BERTH_LOG (log filter).
+
+See also: berth.toml(5), spank_berth(8), berth-pbs(8)."
 )]
 struct Cli {
     #[command(subcommand)]
