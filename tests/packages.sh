@@ -64,7 +64,7 @@ check "the plugstack.conf.d snippet is a conffile" \
     sh -c "dpkg-query -W -f='\${Conffiles}' berth-slurm | grep -q /etc/slurm/plugstack.conf.d/berth.conf"
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 check "the snippet names the installed plugin and berth" \
-    grep -q "^optional /usr/lib/$multiarch/slurm-wlm/spank_berth.so berth=/usr/bin/berth" /etc/slurm/plugstack.conf.d/berth.conf
+    grep -q "^required /usr/lib/$multiarch/slurm-wlm/spank_berth.so berth=/usr/bin/berth" /etc/slurm/plugstack.conf.d/berth.conf
 check "the plugin is where the snippet says" test -f "/usr/lib/$multiarch/slurm-wlm/spank_berth.so"
 slurm=$(dpkg-query -W -f='${Version}' slurm-wlm-basic-plugins | sed 's/-[^-]*$//')
 check "berth-slurm depends on the Slurm release it was built for ($slurm)" \
