@@ -23,6 +23,8 @@ pkgs=(
   # berth pull: TLS via the system OpenSSL; tests start a real registry, push with skopeo,
   # make the TLS CA with openssl and the htpasswd file; umoci for the pull benchmark
   libssl-dev docker-registry skopeo openssl apache2-utils umoci
+  # packages: dpkg-deb/dpkg-shlibdeps, rpmbuild, and man and file for checking them
+  dpkg-dev rpm man-db file
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -675,3 +675,125 @@ fn binding_over_etc_writes_nothing_into_the_host_directory() {
     let _ = std::fs::remove_dir_all(&etc);
     assert_eq!(left, ["motd"], "berth wrote into the bound host directory");
 }
+
+// ---- Command-line errors and Apptainer habits ----
+
+/// A clap usage error: status 2, clap's message, nothing run.
+fn usage_error(o: &harness::Out, needles: &[&str]) {
+    let err = o.stderr();
+    assert_eq!(o.code(), Some(2), "expected a command-line error; stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_options_are_errors_on_every_verb_and_options_after_the_image_are_the_programs() {
+    let w = world();
+    for verb in [&["exec"][..], &["run"], &["shell"], &["holder", "--name", "x"], &["inspect"]] {
+        let args: Vec<&str> = verb.iter().copied().chain(["--bogus", w.image(), "true"]).collect();
+        usage_error(&w.run(&args), &["unexpected argument '--bogus'"]);
+    }
+    usage_error(&w.run(&["exec", "--clenaenv", w.image(), "true"]), &["similar argument", "--cleanenv"]);
+    usage_error(&w.run(&["stop", "--bogus", "x"]), &["unexpected argument '--bogus'"]);
+    usage_error(&w.run(&["config", "check", "--bogus"]), &["unexpected argument '--bogus'"]);
+    // After IMAGE, berth's own options (-c, -e, --nv) are the program's arguments.
+    assert_eq!(w.run(&["exec", w.image(), "echo", "-c", "-e", "--nv"]).ok(), "-c -e --nv\n");
+    assert_eq!(w.run(&["run", w.image(), "-c", "--bogus"]).ok(), "runscript got: -c --bogus\n");
+}
+
+#[test]
+fn apptainer_options_berth_cannot_honour_are_refused_with_what_to_use() {
+    let w = world();
+    for (args, needles) in [
+        (&["exec", "--fakeroot"][..], &["berth does not support --fakeroot", "berth build"][..]),
+        (&["exec", "--overlay", "o.img"], &["berth does not support --overlay", "--writable-tmpfs"]),
+        (&["run", "--rocm"], &["berth does not support --rocm", "--bind"]),
+    ] {
+        let args: Vec<&str> = args.iter().copied().chain([w.image(), "touch", "/tmp/ran"]).collect();
+        usage_error(&w.run(&args), needles);
+    }
+    usage_error(&w.run(&["shell", "-p", w.image()]), &["berth does not support --pid"]);
+    usage_error(&w.run(&["holder", "--name", "n", "--net", w.image()]), &["berth does not support --net"]);
+}
+
+#[test]
+fn apptainer_contain_home_pwd_env_file_and_bind_variables() {
+    let w = world();
+    let probe = "test -e /tmp/berth-contain-marker && echo host-tmp; test -d $HOME && echo home; \
+                 test -e contain-marker && echo cwd; pwd; mkdir -p /tmp && touch /tmp/t && echo tmp-writable";
+    // The default: home, cwd and the host /tmp are bound.
+    let host_tmp_marker = w.user_file("contain-marker", b"");
+    let _ = std::fs::copy(&host_tmp_marker, "/tmp/berth-contain-marker");
+    let out = w.run(&["exec", w.image(), "sh", "-c", probe]).ok();
+    assert!(out.starts_with("host-tmp\nhome\ncwd\n"), "{out}");
+    for flag in ["-c", "--contain", "-C", "--containall"] {
+        // Neither the host's /tmp, nor home, nor the current directory; a writable /tmp.
+        let out = w.run(&["exec", flag, w.image(), "sh", "-c", probe]).ok();
+        assert_eq!(out, "/\ntmp-writable\n", "{flag}");
+    }
+    let _ = std::fs::remove_file("/tmp/berth-contain-marker");
+    let env = w.run(&["exec", "-C", w.image(), "sh", "-c", "echo mark=$TEST_HOST_MARK"]).ok();
+    assert_eq!(env, "mark=\n", "--containall cleans the environment");
+
+    // --home SRC:DST binds SRC at DST and sets HOME; --pwd sets the working directory.
+    let alt = w.path("althome");
+    std::fs::create_dir_all(&alt).unwrap();
+    nix::unistd::chown(&alt, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    std::fs::write(alt.join("file"), "in-alt-home\n").unwrap();
+    let spec = format!("{}:/home/other", alt.display());
+    let out = w
+        .run(&[
+            "exec",
+            "--home",
+            &spec,
+            "--pwd",
+            "/opt",
+            w.image(),
+            "sh",
+            "-c",
+            "echo $HOME; cat $HOME/file; pwd",
+        ])
+        .ok();
+    assert_eq!(out, "/home/other\nin-alt-home\n/opt\n");
+
+    // --env-file, with --env winning over it.
+    let f = w.user_file("vars.env", b"# site\nexport A=\"one two\"\nB=file\n");
+    let out = w
+        .run(&[
+            "exec",
+            "--env-file",
+            f.to_str().unwrap(),
+            "--env",
+            "B=cli",
+            w.image(),
+            "sh",
+            "-c",
+            "echo $A/$B",
+        ])
+        .ok();
+    assert_eq!(out, "one two/cli\n");
+    let bad = w.user_file("bad.env", b"A=1\nnonsense\n");
+    w.run(&["exec", "--env-file", bad.to_str().unwrap(), w.image(), "true"]).fails_with(&["bad.env:2"]);
+
+    // Apptainer's bind variables are --bind lists.
+    let src = w.path("bindvar");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "via-var").unwrap();
+    for var in ["APPTAINER_BIND", "SINGULARITY_BIND", "SINGULARITY_BINDPATH"] {
+        let out = w
+            .berth(&["exec", w.image(), "cat", "/mnt/v/f"])
+            .env(var, format!("{}:/mnt/v:ro", src.display()))
+            .output()
+            .unwrap();
+        assert_eq!(harness::Out(out).ok(), "via-var", "{var}");
+    }
+}
+
+#[test]
+fn version_names_the_release_and_commit() {
+    let w = world();
+    let out = w.run(&["--version"]).ok();
+    assert!(out.starts_with(&format!("berth {} (commit ", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(!out.contains("(commit )"), "{out}");
+}

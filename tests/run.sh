@@ -24,6 +24,9 @@ cargo test --workspace --no-fail-fast 2>&1 || status=1
 echo "== fuzz: image, environment-file, definition-file, ld.so.cache, ELF and labels parsers (30 s)"
 cargo run -q -p berth-build --example fuzz -- --seconds 30 --seed "$(date +%j)" 2>&1 || status=1
 
+echo "== packages: build, install, check, purge (tests/packages.sh)"
+bash tests/packages.sh 2>&1 || status=1
+
 echo "== Slurm: multi-node cluster with the berth SPANK plugin"
 bash tests/slurm/run.sh 2>&1 || status=1
 bash tests/slurm/cluster.sh down >/dev/null 2>&1 || true

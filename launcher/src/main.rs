@@ -4,10 +4,13 @@
 //! Every failure prints one `berth: ...` message and exits 255; the contained program's exit
 //! status and signals pass through unchanged.
 
+mod apptainer;
 mod cmd_build;
 mod cmd_list;
 mod cmd_pull;
+mod generate;
 mod inspect;
+mod slurm_check;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -31,11 +34,19 @@ fn parse_mpi(s: &str) -> Result<MpiMode, String> {
     }
 }
 
+/// `berth --version`: the release and the commit it was built from (`unknown` outside git).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BERTH_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "berth",
-    version,
-    about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself"
+    version = VERSION,
+    about = "Run single-file container images (SquashFS, SIF, Singularity) as yourself",
+    after_long_help = "Environment: BERTH_CONFIG (the site configuration; default /etc/berth/berth.toml), \
+BERTH_BIND, APPTAINER_BIND, SINGULARITY_BIND (bind lists, read before --bind), \
+BERTH_ENV_NAME=VALUE, APPTAINERENV_NAME, SINGULARITYENV_NAME (NAME=VALUE inside), BERTH_LOG (log filter).
+
+See also: berth.toml(5), spank_berth(8), berth-pbs(8)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -77,6 +88,9 @@ enum Cmd {
         #[command(subcommand)]
         what: ConfigCmd,
     },
+    /// Write man pages or shell completions generated from this command line (packaging)
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +118,25 @@ struct ContainerOpts {
     /// Do not bind your home directory
     #[arg(long)]
     no_home: bool,
+    /// Bind SRC as your home directory, at DST (default SRC), and set HOME to it
+    #[arg(long, value_name = "SRC[:DST]")]
+    home: Option<String>,
+    /// Bind neither $HOME, /tmp nor the current directory; a throwaway writable layer gives
+    /// an empty writable /tmp (Apptainer's --contain)
+    #[arg(short = 'c', long)]
+    contain: bool,
+    /// --contain and --cleanenv (processes and IPC stay the host's, as MPI needs)
+    #[arg(short = 'C', long)]
+    containall: bool,
+    /// Set the variables of FILE inside: NAME=VALUE lines, `export` and quotes allowed,
+    /// `#` comments; --env wins over it
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// Accepted for Apptainer habits: berth always runs in a user namespace
+    #[arg(short = 'u', long, hide = true)]
+    userns: bool,
+    #[command(flatten)]
+    unsupported: apptainer::Unsupported,
     /// A throwaway writable layer over the image
     #[arg(long)]
     writable_tmpfs: bool,
@@ -133,13 +166,11 @@ struct ExecArgs {
     /// Join the held container NAME instead of starting one (then no IMAGE is given)
     #[arg(long, value_name = "NAME")]
     join: Option<String>,
-    /// IMAGE then COMMAND [ARGS...] (COMMAND [ARGS...] alone with --join)
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true,
-        value_name = "IMAGE COMMAND"
-    )]
+    /// IMAGE then COMMAND [ARGS...] (COMMAND [ARGS...] alone with --join). Options before
+    /// IMAGE are berth's, everything after it belongs to the command
+    // One list whose first value must not look like an option (so a mistyped option is an
+    // error, not an image name) and after which everything is the program's.
+    #[arg(trailing_var_arg = true, required = true, value_names = ["IMAGE", "COMMAND"])]
     args: Vec<String>,
 }
 
@@ -147,8 +178,8 @@ struct ExecArgs {
 struct RunArgs {
     #[command(flatten)]
     opts: ContainerOpts,
-    image: PathBuf,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// IMAGE then the runscript's ARGS (options after IMAGE belong to the runscript)
+    #[arg(trailing_var_arg = true, required = true, value_names = ["IMAGE", "ARGS"])]
     args: Vec<String>,
 }
 
@@ -201,6 +232,9 @@ fn main() {
         argv.insert(1, "run".into());
     }
     let cli = Cli::parse_from(argv);
+    if let Some(opts) = cli.cmd.container_opts() {
+        opts.unsupported.refuse::<Cli>();
+    }
     // Parsing filter directives costs about a millisecond of start-up: only when asked for.
     let log = tracing_subscriber::fmt().with_writer(std::io::stderr).without_time();
     match tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG") {
@@ -217,7 +251,22 @@ fn main() {
     std::process::exit(code)
 }
 
+impl Cmd {
+    fn container_opts(&self) -> Option<&ContainerOpts> {
+        match self {
+            Cmd::Exec(a) => Some(&a.opts),
+            Cmd::Run(a) => Some(&a.opts),
+            Cmd::Shell(a) => Some(&a.opts),
+            Cmd::Holder(a) => Some(&a.opts),
+            _ => None,
+        }
+    }
+}
+
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    if let Cmd::Generate(args) = cmd {
+        return generate::run::<Cli>(args);
+    }
     if let Cmd::Build(args) = cmd {
         // The build prints its own messages (and a log tail); it needs no site config.
         return Ok(cmd_build::run(args).unwrap_or_else(|e| {
@@ -232,7 +281,16 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::Cache { what } => return Ok(cmd_pull::cache(what)),
         _ => {}
     }
-    let (cfg, cfg_path) = Config::load()?;
+    let (mut cfg, cfg_path) = Config::load()?;
+    if let Some(opts) = cmd.container_opts() {
+        if opts.contain || opts.containall {
+            // Apptainer's --contain shares no host directories but the system's own.
+            cfg.binds.home = false;
+            cfg.binds.tmp = false;
+            cfg.binds.cwd = false;
+        }
+    }
+    let cfg = cfg;
     match cmd {
         Cmd::Exec(a) => {
             if let Some(name) = a.join {
@@ -250,7 +308,11 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             }
             start(&cfg, &a.opts, image, Action::Exec(argv))
         }
-        Cmd::Run(a) => start(&cfg, &a.opts, a.image, Action::Run(a.args)),
+        Cmd::Run(a) => {
+            let mut args = a.args.into_iter();
+            let image = PathBuf::from(args.next().unwrap_or_default());
+            start(&cfg, &a.opts, image, Action::Run(args.collect()))
+        }
         Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
         Cmd::Inspect(a) if a.host => {
             let req = make_request(
@@ -294,7 +356,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
-        Cmd::Build(_) | Cmd::Pull(_) | Cmd::Import(_) | Cmd::Cache { .. } => {
+        Cmd::Build(_) | Cmd::Generate(_) | Cmd::Pull(_) | Cmd::Import(_) | Cmd::Cache { .. } => {
             Err(Error::request("berth", "internal error: dispatched twice", ""))
         }
         Cmd::Config { what: ConfigCmd::Show } => {
@@ -306,19 +368,33 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
 
 fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<Request, Error> {
     let mut req = Request::new(image, action);
-    if let Ok(list) = std::env::var("BERTH_BIND") {
-        req.binds.extend(BindSpec::parse_list(&list)?);
+    for var in apptainer::BIND_VARS {
+        if let Ok(list) = std::env::var(var) {
+            req.binds.extend(BindSpec::parse_list(&list)?);
+        }
     }
     for b in &opts.bind {
         req.binds.extend(BindSpec::parse_list(b)?);
     }
+    if let Some(file) = &opts.env_file {
+        req.env.extend(apptainer::read_env_file(file)?);
+    }
     for e in &opts.env {
         req.env.push(parse_env_assignment(e)?);
     }
-    req.cleanenv = opts.cleanenv;
+    req.cleanenv = opts.cleanenv || opts.containall;
     req.workdir = opts.workdir.clone();
-    req.mount_home = !opts.no_home;
-    req.writable_tmpfs = opts.writable_tmpfs;
+    req.mount_home = !opts.no_home && !opts.contain && !opts.containall;
+    // Contained runs get an empty writable /tmp (the image's, under a throwaway layer)
+    // rather than a read-only one.
+    req.writable_tmpfs = opts.writable_tmpfs || opts.contain || opts.containall;
+    if let Some(spec) = &opts.home {
+        let (bind, home) = apptainer::home_bind(spec)?;
+        req.mount_home = false;
+        req.binds.push(bind);
+        // Before the user's own --env, which may still set HOME.
+        req.env.insert(0, ("HOME".into(), home));
+    }
     req.mpi = opts.mpi;
     req.nvidia = opts.nv;
     Ok(req)
@@ -395,6 +471,23 @@ fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
         ),
         "apt-get install squashfuse (or set `squashfuse` in berth.toml)",
     );
+    if let Some(so) = slurm_check::configured_plugin() {
+        match (slurm_check::plugin_release(&so), slurm_check::running_release()) {
+            (Err(e), _) => check(false, format!("Slurm plugin: {e}"), "reinstall berth-slurm"),
+            (Ok(built), running) => {
+                let built = slurm_check::release_string(built);
+                let what = format!("{} built for Slurm {built}", so.display());
+                match running {
+                    Some(r) => check(
+                        r == built,
+                        format!("{what}, installed Slurm {r}"),
+                        "Slurm loads a plugin only on the release it was built for: rebuild                          berth-slurm against this Slurm (bash packaging/build.sh) and reinstall it",
+                    ),
+                    None => println!("ok   {what} (no slurmd or srun here to compare with)"),
+                }
+            }
+        }
+    }
     if problems > 0 {
         return Err(Error::request(
             "config check",

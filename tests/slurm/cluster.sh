@@ -21,6 +21,8 @@
 #   BERTH_SLURM_PORT=6827 (slurmctld; slurmd uses +1)  BERTH_SLURM_TIMEOUT=60 (seconds to idle)
 #   PLUGIN=path/to/libspank_berth.so (default: the workspace's target/debug build, if present)
 #   PLUGIN_ARGS="berth=/usr/bin/berth ..." (plugstack.conf arguments)   SKIP_APT=1
+#   PLUGSTACK_INCLUDE=FILE: plugstack.conf is `include FILE` (an installed package's snippet)
+#   instead of PLUGIN and PLUGIN_ARGS
 #   TEST_USER=berthuser TEST_UID=2001 (created if missing)
 set -euo pipefail
 
@@ -126,7 +128,10 @@ CONF
 
     # The plugin: copied (new inode each time, so running slurmd keep their mapped copy) and
     # loaded `required`, so a plugin that fails to load fails every srun instead of hiding.
-    if [ -f "$PLUGIN" ]; then
+    if [ -n "${PLUGSTACK_INCLUDE:-}" ]; then
+        echo "include $PLUGSTACK_INCLUDE" > "$DIR/etc/plugstack.conf.new"
+        log "plugstack.conf includes $PLUGSTACK_INCLUDE"
+    elif [ -f "$PLUGIN" ]; then
         install -m 0755 "$PLUGIN" "$DIR/plugin/.libspank_berth.so.new"
         mv -f "$DIR/plugin/.libspank_berth.so.new" "$DIR/plugin/libspank_berth.so"
         echo "required $DIR/plugin/libspank_berth.so $PLUGIN_ARGS" > "$DIR/etc/plugstack.conf.new"

@@ -7,6 +7,9 @@
 #
 # Knobs: BERTH=path of the berth binary (default: the workspace's target/debug/berth), PLUGIN
 # (see cluster.sh), STEPS=100 (consecutive container steps in the leftover test).
+# PACKAGED=1: test the installed packages instead (tests/packages.sh): the cluster's
+# plugstack.conf includes berth-slurm's /etc/slurm/plugstack.conf.d/berth.conf as installed,
+# so the packaged plugin runs with its default berth=/usr/bin/berth.
 # The container scenarios (d) need a berth with the `holder` command; without one they are
 # reported as skipped, not passed.
 set -uo pipefail
@@ -16,6 +19,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 DIR=${BERTH_SLURM_DIR:-/tmp/berth-slurm}
 TEST_USER=${TEST_USER:-berthuser}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+PACKAGED=${PACKAGED:-0}
+if [ "$PACKAGED" = 1 ]; then BERTH=/usr/bin/berth; fi
 BERTH=${BERTH:-$TARGET/debug/berth}
 STEPS=${STEPS:-100}
 WORK=$DIR/work/run.$$
@@ -44,13 +49,18 @@ no_user_procs() { for _ in $(seq 40); do pgrep -u "$TEST_USER" >/dev/null || ret
 install -d -m 0755 "$DIR/bin"
 HAVE_RUNTIME=0
 if [ -x "$BERTH" ] && "$BERTH" holder --help >/dev/null 2>&1; then
-    install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
+    if [ "$PACKAGED" != 1 ]; then
+        install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
+    fi
     HAVE_RUNTIME=1
 else
     echo "note: no berth with a holder command at $BERTH; container scenarios will be skipped"
     rm -f "$DIR/bin/berth"
 fi
-if [ "${NO_UP:-0}" != 1 ]; then
+if [ "${NO_UP:-0}" != 1 ] && [ "$PACKAGED" = 1 ]; then
+    PLUGSTACK_INCLUDE=/etc/slurm/plugstack.conf.d/berth.conf bash "$HERE/cluster.sh" up >/dev/null \
+        || { echo "cluster.sh up failed"; echo "0 passed, 1 failed"; exit 1; }
+elif [ "${NO_UP:-0}" != 1 ]; then
     PLUGIN_ARGS="berth=$DIR/bin/berth timeout=60" bash "$HERE/cluster.sh" up >/dev/null \
         || { echo "cluster.sh up failed"; echo "0 passed, 1 failed"; exit 1; }
 fi
