@@ -134,8 +134,9 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
     let env = entered.env.vars().to_vec();
     let workdir = entered.workdir.clone();
     // Read the program ahead while it starts (the child is forked after the thread exists;
-    // glibc's fork keeps malloc usable in the child, and the child only execs).
-    if let Some(program) = argv.first() {
+    // glibc's fork keeps malloc usable in the child, and the child only execs). Only a FUSE
+    // image decompresses on faults; a directory would only be read twice.
+    if let Some(program) = argv.first().filter(|_| entered.fuse.is_some()) {
         warm_in_background(program, &entered.env, &workdir);
     }
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
