@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 
 use crate::error::{Error, Result};
+use crate::inject::InjectPlan;
 use crate::plan::{ImageMount, PathKind, Plan, Step};
 use crate::sys::{Attrs, MountOps};
 
@@ -33,6 +34,9 @@ pub fn new_root(plan: &Plan) -> PathBuf {
 pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
     let root = new_root(plan);
     let mut staging = PathBuf::new();
+    // The injection completed for this image (its checks passed), once the image is mounted:
+    // before the overlay, so that only what will be bound gets a mount point.
+    let mut finished: Option<InjectPlan> = None;
     for step in &plan.steps {
         match step {
             Step::Staging { at } => {
@@ -74,7 +78,8 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 for d in [upper, work, at] {
                     sys.mkdir_all(d)?;
                 }
-                prepare_mount_points(plan, sys, lower, upper)?;
+                finished = finish_injection(plan, lower)?;
+                prepare_mount_points(plan, finished.as_ref(), sys, lower, upper)?;
                 let opts = format!(
                     "lowerdir={},upperdir={},workdir={},userxattr",
                     lower.display(),
@@ -126,18 +131,12 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     .map_err(|e| bind_error(src, dst, why, e))?;
                 sys.set_attrs(&target, true, if *readonly { Attrs::SAFE_RO } else { Attrs::SAFE })?;
             }
-            Step::Inject { plan: injected } => {
-                let lower = plan
-                    .steps
-                    .iter()
-                    .find_map(|s| match s {
-                        Step::Overlay { lower, .. } => Some(lower.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| root.clone());
-                // Not a system call: the glibc and MPI ABI checks read the mounted image.
-                let finished = crate::inject::finish_for_image(injected.as_ref().clone(), &lower)?;
-                for item in &finished.items {
+            Step::Inject { .. } => {
+                let done = match finished.take() {
+                    Some(done) => Some(done),
+                    None => finish_injection(plan, &root)?,
+                };
+                for item in done.iter().flat_map(|d| &d.items) {
                     bind_injected(sys, &root, item)?;
                 }
             }
@@ -175,18 +174,37 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
     Ok(())
 }
 
+/// The plan's injection checked against and completed for the image at `image_root` (not a
+/// system call: the glibc and MPI ABI checks read the mounted image); None without injection.
+fn finish_injection(plan: &Plan, image_root: &Path) -> Result<Option<InjectPlan>> {
+    let Some(injected) = plan.steps.iter().find_map(|s| match s {
+        Step::Inject { plan } => Some(plan),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    crate::inject::finish_for_image(injected.as_ref().clone(), image_root).map(Some)
+}
+
 /// Create, in the overlay's upper layer and before the overlay is mounted, every mount point
-/// the image lacks. Through the mounted overlay the user could not: the image's directories
-/// belong to root, who is not mapped in the user's namespace.
-fn prepare_mount_points(plan: &Plan, sys: &mut dyn MountOps, lower: &Path, upper: &Path) -> Result<()> {
+/// the image lacks (for the injection, only what `injected`, completed for this image, binds).
+/// Through the mounted overlay the user could not: the image's directories belong to root,
+/// who is not mapped in the user's namespace.
+fn prepare_mount_points(
+    plan: &Plan,
+    injected: Option<&InjectPlan>,
+    sys: &mut dyn MountOps,
+    lower: &Path,
+    upper: &Path,
+) -> Result<()> {
     let mut wanted: Vec<(&Path, PathKind)> = vec![];
     for s in &plan.steps {
         match s {
             Step::Dev { .. } => wanted.push((Path::new("/dev"), PathKind::Dir)),
             Step::Bind { dst, kind, .. } => wanted.push((dst, *kind)),
             Step::UserDb { dst, .. } => wanted.push((dst, PathKind::File)),
-            Step::Inject { plan } => {
-                for i in &plan.items {
+            Step::Inject { .. } => {
+                for i in injected.iter().flat_map(|p| &p.items) {
                     // Devices go into berth's own /dev tmpfs, made later; /proc and /sys are
                     // the kernel's. Under /.berth (not in any image) the user may create
                     // mount points later, and only for what the image checks let through: an

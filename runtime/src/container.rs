@@ -142,6 +142,8 @@ pub(crate) fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result
 /// Run the plan's action in a new container and return how it ended. The FUSE server is
 /// stopped before returning; all mounts go with the namespace.
 pub(crate) fn run(plan: &Plan) -> Result<Ended> {
+    // Read from the host's side, before the root changes.
+    let slow_image = slow_to_decompress(&plan.image);
     let mut entered = enter(plan)?;
     if matches!(plan.action, Action::Shell) {
         entered.env.set("PS1", "Berth> ");
@@ -151,7 +153,7 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
     let workdir = entered.workdir.clone();
     // Read the program ahead while it starts (the child is forked after the thread exists;
     // glibc's fork keeps malloc usable in the child, and the child only execs).
-    if let Some(program) = argv.first() {
+    if let Some(program) = argv.first().filter(|_| entered.fuse.is_some() && slow_image) {
         warm_in_background(program, &entered.env, &workdir);
     }
     let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
@@ -192,6 +194,21 @@ pub(crate) fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
         let mut f = f.take(WARM_LIMIT);
         while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
     });
+}
+
+/// Whether faults on `image`'s files are costly enough to read a program ahead
+/// ([`warm_in_background`]): data compressed with gzip, xz, lzma or zstd, where each fault
+/// decompresses a whole block again. With lz4, lzo or uncompressed data a fault is cheap, and
+/// reading the whole program only copies it twice through the FUSE server on a CPU the
+/// program itself could use.
+fn slow_to_decompress(image: &crate::image::Image) -> bool {
+    use crate::image::{squashfs, FsType, RootFs};
+    /// SQUASHFS_NOD: data blocks stored uncompressed (`mksquashfs -noD`).
+    const DATA_UNCOMPRESSED: u16 = 1 << 1;
+    let RootFs::Embedded { fs: FsType::Squashfs, offset, .. } = &image.root else { return false };
+    squashfs::superblock_at(&image.path, *offset).is_ok_and(|sb| {
+        matches!(sb.compression, "gzip" | "xz" | "lzma" | "zstd") && sb.flags & DATA_UNCOMPRESSED == 0
+    })
 }
 
 /// The file exec would run for `program` (see [`process::path_candidates`]), relative paths
@@ -315,6 +332,42 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read-ahead only where a fault decompresses a block again at a real cost.
+    #[test]
+    fn programs_are_read_ahead_only_from_slowly_decompressed_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("bin")).unwrap();
+        std::fs::write(tree.join("bin/prog"), vec![7u8; 300_000]).unwrap();
+        let mut made = 0;
+        for (name, args, slow) in [
+            ("gzip", &["-comp", "gzip"][..], true),
+            ("zstd", &["-comp", "zstd"][..], true),
+            ("lz4", &["-comp", "lz4"][..], false),
+            ("plain", &["-noD"][..], false),
+        ] {
+            let out = dir.path().join(format!("{name}.sqsh"));
+            let ok = std::process::Command::new("mksquashfs")
+                .arg(&tree)
+                .arg(&out)
+                .args(["-noappend", "-quiet", "-no-progress"])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                continue; // mksquashfs missing, or built without this compressor
+            }
+            let img = crate::image::open(&out).unwrap();
+            assert_eq!(slow_to_decompress(&img), slow, "{name}");
+            made += 1;
+        }
+        if made > 0 {
+            let dir_img = crate::image::open(&tree).unwrap();
+            assert!(!slow_to_decompress(&dir_img));
+        }
+    }
 
     #[test]
     fn programs_are_found_as_exec_finds_them() {

@@ -5,12 +5,12 @@
 use std::cmp::Ordering;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// A `GLIBC_x.y[.z]` symbol version, compared numerically (2.4 < 2.17 < 2.34).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GlibcVersion(pub Vec<u32>);
 
 impl GlibcVersion {

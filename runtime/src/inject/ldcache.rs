@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const OLD_MAGIC: &[u8] = b"ld.so-1.7.0";
 const NEW_MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
@@ -34,7 +34,7 @@ pub const FLAG_AARCH64_LIB64: i32 = 0x0a00;
 const HWCAP_EXTENSION_BIT: u64 = 1 << 62;
 
 /// The CPU architectures berth injects for. Other architectures are refused by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     X86_64,

@@ -19,6 +19,7 @@
 //! the consumer has a compiled-in path: libibverbs provider plugins and `/etc/libibverbs.d`
 //! appear at the host's own paths, and `--mpi=host` binds over the image's MPI.
 
+mod cache;
 pub mod closure;
 pub mod config;
 pub mod elf;
@@ -29,7 +30,7 @@ pub mod nvidia;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::closure::{rooted, FoundLib, LibResolver};
 pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
@@ -101,7 +102,7 @@ impl HostFacts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ItemKind {
     File,
@@ -111,7 +112,7 @@ pub enum ItemKind {
 }
 
 /// One thing to bind from the host into the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectItem {
     /// Where this process finds it: the host path with [`HostFacts::root`] applied.
     pub host_path: PathBuf,
@@ -124,7 +125,7 @@ pub struct InjectItem {
 }
 
 /// A check the image must pass before the plan is applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "check")]
 pub enum Check {
     /// An injected host library needs this glibc from the image.
@@ -137,14 +138,14 @@ pub enum Check {
 }
 
 /// A host MPI library that replaces the image's library of the same SONAME.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MpiReplacement {
     pub soname: String,
     /// Where this process finds the host's file (root prefix applied).
     pub host_path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectPlan {
     pub arch: Arch,
     pub mpi: MpiMode,
@@ -226,7 +227,22 @@ pub fn discover_for_request(
     let Some(mut host) = HostFacts::real() else { return Ok(None) };
     host.root = cfg.inject.host_root.clone();
     let ireq = InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: GpuSelection::default() };
-    discover(&cfg.inject, &host, &ireq, &|k| std::env::var(k).ok()).map(Some)
+    let env = |k: &str| std::env::var(k).ok();
+    // Kept per user and node (see `cache`), in the state directory only once it is known
+    // to be ours and private.
+    let uid = nix::unistd::getuid().as_raw();
+    let state_dir = cfg.state_dir_for(uid);
+    let slot = crate::container::ensure_state_dir(&state_dir, uid)
+        .ok()
+        .map(|()| cache::slot(&state_dir, &cfg.inject, &host.root, &ireq, &env));
+    if let Some(plan) = slot.as_ref().and_then(cache::load) {
+        return Ok(Some(plan));
+    }
+    let plan = discover(&cfg.inject, &host, &ireq, &env)?;
+    if let Some(slot) = &slot {
+        cache::store(slot, &cfg.inject, &host.root, &plan);
+    }
+    Ok(Some(plan))
 }
 
 /// Plan the injection for `req` on `host`, as configured by `cfg`. `env` reads the caller's
@@ -589,17 +605,22 @@ const LIBRARY_HINT: &str = "use an image built on a newer distribution (with gli
 /// `--nv`); for the site default they are not errors: [`finish_for_image`] drops the
 /// libraries with a note, so that `berth shell old.img` still works.
 pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
-    let image = image_facts(image_root, plan.arch)?;
-    if let Some(why) = library_problem(plan, &image) {
+    check_with_facts(plan, image_root, &image_facts(image_root, plan.arch)?)
+}
+
+/// [`check_against_image`] with the image's facts already read: on a FUSE-mounted image each
+/// lookup is a round trip to its server, so they are read once per container.
+fn check_with_facts(plan: &InjectPlan, image_root: &Path, image: &ImageFacts) -> Result<()> {
+    if let Some(why) = library_problem(plan, image) {
         if !plan.libs_optional {
             return Err(Error::inject("host library injection", why, LIBRARY_HINT));
         }
         return Ok(());
     }
-    let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
     for check in &plan.checks {
         match check {
             Check::MpiAbi { host, .. } => {
+                let image_libs = LibResolver::new(image_root, plan.arch, vec![])?;
                 let Some(image_lib) = image_libs.find(&host.soname)? else {
                     continue; // whether the image has any MPI to replace is settled in finish_for_image
                 };
@@ -633,8 +654,13 @@ pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
 /// `--mpi=host`, bind each host MPI library over the image's file of the same SONAME; when the
 /// image cannot load host libraries and nobody asked for them, drop them with a note.
 pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<InjectPlan> {
-    check_against_image(&plan, image_root)?;
-    let image = image_facts(image_root, plan.arch)?;
+    // Only injected libraries need the image's glibc (see `library_problem`).
+    let image = if plan.has_libraries() {
+        image_facts(image_root, plan.arch)?
+    } else {
+        ImageFacts { glibc: None, libc_path: None }
+    };
+    check_with_facts(&plan, image_root, &image)?;
     if let Some(why) = library_problem(&plan, &image) {
         // Only reached for the site default (check_against_image refused the rest).
         drop_libraries(&mut plan);

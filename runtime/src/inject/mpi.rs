@@ -16,11 +16,11 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MpiFamily {
     /// MPICH ABI (`libmpi.so.12`): MPICH, Intel MPI, MVAPICH, Cray MPICH.
@@ -29,7 +29,7 @@ pub enum MpiFamily {
 }
 
 /// What we know about one MPI library file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MpiInfo {
     pub soname: String,
     pub family: MpiFamily,
