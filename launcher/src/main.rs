@@ -6,6 +6,7 @@
 
 mod cmd_build;
 mod cmd_pull;
+mod images;
 mod inspect;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -245,10 +246,10 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     "usage: berth exec IMAGE COMMAND [ARGS...]",
                 ));
             }
-            start(&cfg, &a.opts, image, Action::Exec(argv))
+            start(&cfg, &a.opts, images::local_file(&cfg, image)?, Action::Exec(argv))
         }
-        Cmd::Run(a) => start(&cfg, &a.opts, a.image, Action::Run(a.args)),
-        Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
+        Cmd::Run(a) => start(&cfg, &a.opts, images::local_file(&cfg, a.image)?, Action::Run(a.args)),
+        Cmd::Shell(a) => start(&cfg, &a.opts, images::local_file(&cfg, a.image)?, Action::Shell),
         Cmd::Inspect(a) if a.host => {
             let req = make_request(
                 &ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() },
@@ -257,7 +258,10 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             )?;
             inspect::host(inject::discover_for_request(&cfg, &req)?, a.json)
         }
-        Cmd::Inspect(a) => inspect::run(&cfg, a),
+        Cmd::Inspect(mut a) => {
+            a.image = a.image.map(|i| images::local_file(&cfg, i)).transpose()?;
+            inspect::run(&cfg, a)
+        }
         Cmd::Holder(a) => {
             let spec = if a.spec_stdin {
                 holder::decode_spec(std::io::stdin().lock())?
@@ -269,6 +273,19 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     user: a.user,
                 }
             };
+            let mut spec = spec;
+            if images::is_registry(&spec.request.image) {
+                if spec.user.is_some() && nix::unistd::getuid().is_root() {
+                    // Converting as root would write the user's download with root's rights.
+                    return Err(Error::request(
+                        format!("image {}", spec.request.image.display()),
+                        "registry images are converted as the user, and this holder was started as root \
+                         (mount_mode = \"privileged\")",
+                        "convert it first with berth pull into a directory [privileged] allowed_dirs names",
+                    ));
+                }
+                spec.request.image = images::local_file(&cfg, std::mem::take(&mut spec.request.image))?;
+            }
             let prepared = session::prepare_holder(&cfg, &spec)?;
             if a.opts.dry_run {
                 return print_plan(&prepared.plan, a.opts.json);

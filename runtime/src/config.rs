@@ -41,6 +41,21 @@ pub struct Config {
     pub privileged: PrivilegedConfig,
     /// Host MPI / fabric / NVIDIA injection.
     pub inject: crate::inject::InjectConfig,
+    pub registry: RegistryConfig,
+}
+
+/// Images named by registry reference (`docker://...`, pyxis' `REG#IMG`), converted once per
+/// digest by the front ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Where converted images are kept, one subdirectory per user (`<cache_dir>/<uid>/`): on
+    /// a filesystem every node shares, a job step converts once and its other nodes wait for
+    /// that file. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
+    /// `~/.cache/berth/images`).
+    pub cache_dir: Option<PathBuf>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP.
+    pub insecure_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +103,7 @@ impl Default for Config {
             env: EnvConfig::default(),
             privileged: PrivilegedConfig::default(),
             inject: crate::inject::InjectConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -172,6 +188,9 @@ impl Config {
                 hint: "add allowed_dirs = [\"/apps/images\"] under [privileged], or use mount_mode = \"unprivileged\"".into(),
             });
         }
+        if self.registry.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(err("cache_dir", "[registry] cache_dir must be an absolute path".into()));
+        }
         if let Err((key, msg)) = self.inject.validate() {
             return Err(err(key, format!("[inject] {msg}")));
         }
@@ -208,6 +227,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.mount_mode, MountMode::Privileged);
+    }
+
+    #[test]
+    fn registry_table() {
+        let c = Config::parse(
+            "[registry]\ncache_dir = \"/shared/img\"\ninsecure_hosts = [\"r:5000\"]\n",
+            Path::new("b"),
+        )
+        .unwrap();
+        assert_eq!(c.registry.cache_dir, Some(PathBuf::from("/shared/img")));
+        assert_eq!(c.registry.insecure_hosts, ["r:5000"]);
+        let e = Config::parse("[registry]\ncache_dir = \"img\"\n", Path::new("b")).unwrap_err().to_string();
+        assert!(e.contains("b:2") && e.contains("absolute"), "{e}");
     }
 
     #[test]
