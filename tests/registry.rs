@@ -603,7 +603,10 @@ fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
     assert_eq!(berth(&["run", &r, "x"]).ok(), "ep x\n");
     let info = berth(&["inspect", &r]).ok();
     assert!(info.contains("berth-test-app"), "{info}");
-    assert_eq!(conversions(&images), 1, "the second and third use found the file");
+    // `berth cache image` (what berth-pbs runs for CONTAINER=docker://...) prints that file.
+    let path = berth(&["cache", "image", &r]).ok();
+    assert_eq!(path.trim(), images.join(&files[0]).display().to_string());
+    assert_eq!(conversions(&images), 1, "the later uses found the file");
 
     // A site cache: two runs at once, one conversion, both run the image.
     let site = w.path("exec-ref-site");

@@ -227,7 +227,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
     match cmd {
         Cmd::Pull(a) => return Ok(cmd_pull::pull(a)),
         Cmd::Import(a) => return Ok(cmd_pull::import(a)),
-        Cmd::Cache { what } => return Ok(cmd_pull::cache(what)),
+        Cmd::Cache { what } if !matches!(what, cmd_pull::CacheCmd::Image { .. }) => {
+            return Ok(cmd_pull::cache(what))
+        }
         _ => {}
     }
     let (cfg, cfg_path) = Config::load()?;
@@ -304,6 +306,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         }
         Cmd::Stop { name } => {
             holder::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
+            Ok(0)
+        }
+        Cmd::Cache { what: cmd_pull::CacheCmd::Image { reference } } => {
+            let r = reference.strip_prefix(images::PREFIX).unwrap_or(&reference);
+            println!(
+                "{}",
+                images::local_file(&cfg, PathBuf::from(format!("{}{r}", images::PREFIX)))?.display()
+            );
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
