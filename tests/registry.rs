@@ -569,3 +569,70 @@ fn import_archives_and_layouts() {
     run(pull_cmd(w, &home, &["import", "oci-archive:/nonexistent.tar", "z.sqsh"]))
         .fails_with(&["/nonexistent.tar"]);
 }
+
+/// Lines of the conversion log in an image cache directory (0 when there is none).
+fn conversions(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("conversions.log")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-exec"), None, None);
+    let r = format!("docker://{}/test/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &[]);
+    let home = user_dir(w, "exec-ref");
+    let cfg = home.join("berth.toml");
+    std::fs::write(&cfg, format!("[registry]\ninsecure_hosts = [\"{}\"]\n", reg.addr())).unwrap();
+    let berth = |args: &[&str]| {
+        let mut c = pull_cmd(w, &home, args);
+        c.env("BERTH_CONFIG", &cfg);
+        run(c)
+    };
+
+    // The user's own cache when the site has none: converted on first use, then reused.
+    assert_eq!(berth(&["exec", &r, "cat", "/opt/new"]).ok(), "new\n");
+    let images = home.join("cache/images");
+    assert_eq!(conversions(&images), 1);
+    let files: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".sqsh"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(berth(&["run", &r, "x"]).ok(), "ep x\n");
+    let info = berth(&["inspect", &r]).ok();
+    assert!(info.contains("berth-test-app"), "{info}");
+    // `berth cache image` (what berth-pbs runs for CONTAINER=docker://...) prints that file.
+    let path = berth(&["cache", "image", &r]).ok();
+    assert_eq!(path.trim(), images.join(&files[0]).display().to_string());
+    assert_eq!(conversions(&images), 1, "the later uses found the file");
+
+    // A site cache: two runs at once, one conversion, both run the image.
+    let site = w.path("exec-ref-site");
+    let _ = std::fs::remove_dir_all(&site);
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[registry]\ncache_dir = \"{}\"\ninsecure_hosts = [\"{}\"]\n", site.display(), reg.addr()),
+    )
+    .unwrap();
+    let spawn = || {
+        let mut c = pull_cmd(w, &home, &["exec", "--no-share", &r, "cat", "/pub/orig"]);
+        c.env("BERTH_CONFIG", &cfg).env("BERTH_CACHE_DIR", home.join("cache2")).stdout(Stdio::piped());
+        c.stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for c in [a, b] {
+        assert_eq!(harness::Out(c.wait_with_output().unwrap()).ok(), "orig\n");
+    }
+    let mine = site.join(w.uid.to_string());
+    assert_eq!(conversions(&mine), 1, "one conversion for two concurrent runs");
+    assert_eq!(std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // A registry the site did not mark insecure: one clear message, nothing run.
+    std::fs::write(&cfg, format!("[registry]\ncache_dir = \"{}\"\n", site.display())).unwrap();
+    let other = format!("docker://{}/test/app:nope", reg.addr());
+    berth(&["exec", &other, "true"]).fails_with(&["berth: ", "plain HTTP"]);
+}

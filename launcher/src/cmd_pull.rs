@@ -56,6 +56,13 @@ pub enum CacheCmd {
     List,
     /// Remove every cached blob
     Clean,
+    /// Convert a registry image once into the image cache ([registry] cache_dir in berth.toml,
+    /// else ~/.cache/berth/images) and print the file's path (what berth exec docker://REF runs)
+    Image {
+        /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
 }
 
 fn options(platform: Option<&str>, insecure: bool, quiet: bool) -> berth_registry::Result<Options> {
@@ -118,6 +125,10 @@ pub fn cache(c: CacheCmd) -> i32 {
             }
             eprintln!("berth: {} blobs, {total} bytes in {}", list.len(), cache.root.display());
             0
+        }
+        CacheCmd::Image { .. } => {
+            eprintln!("berth: internal error: berth cache image is run with the site configuration");
+            berth_runtime::error::EXIT_BERTH_ERROR
         }
         CacheCmd::Clean => match cache.clean() {
             Ok((n, bytes)) => {

@@ -22,7 +22,7 @@ pub struct InspectArgs {
     #[arg(long, requires = "host")]
     pub nv: bool,
     #[arg(required_unless_present = "host")]
-    image: Option<PathBuf>,
+    pub image: Option<PathBuf>,
 }
 
 /// `berth inspect --host`: the injection plan for this host.

@@ -9,6 +9,7 @@ mod cmd_build;
 mod cmd_list;
 mod cmd_pull;
 mod generate;
+mod images;
 mod inspect;
 mod slurm_check;
 
@@ -278,7 +279,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
     match cmd {
         Cmd::Pull(a) => return Ok(cmd_pull::pull(a)),
         Cmd::Import(a) => return Ok(cmd_pull::import(a)),
-        Cmd::Cache { what } => return Ok(cmd_pull::cache(what)),
+        Cmd::Cache { what } if !matches!(what, cmd_pull::CacheCmd::Image { .. }) => {
+            return Ok(cmd_pull::cache(what))
+        }
         _ => {}
     }
     let (mut cfg, cfg_path) = Config::load()?;
@@ -306,14 +309,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     "usage: berth exec IMAGE COMMAND [ARGS...]",
                 ));
             }
-            start(&cfg, &a.opts, image, Action::Exec(argv))
+            start(&cfg, &a.opts, images::local_file(&cfg, image)?, Action::Exec(argv))
         }
         Cmd::Run(a) => {
             let mut args = a.args.into_iter();
             let image = PathBuf::from(args.next().unwrap_or_default());
-            start(&cfg, &a.opts, image, Action::Run(args.collect()))
+            start(&cfg, &a.opts, images::local_file(&cfg, image)?, Action::Run(args.collect()))
         }
-        Cmd::Shell(a) => start(&cfg, &a.opts, a.image, Action::Shell),
+        Cmd::Shell(a) => start(&cfg, &a.opts, images::local_file(&cfg, a.image)?, Action::Shell),
         Cmd::Inspect(a) if a.host => {
             let req = make_request(
                 &ContainerOpts { mpi: a.mpi, nv: a.nv, ..Default::default() },
@@ -322,7 +325,10 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             )?;
             inspect::host(inject::discover_for_request(&cfg, &req)?, a.json)
         }
-        Cmd::Inspect(a) => inspect::run(&cfg, a),
+        Cmd::Inspect(mut a) => {
+            a.image = a.image.map(|i| images::local_file(&cfg, i)).transpose()?;
+            inspect::run(&cfg, a)
+        }
         Cmd::Holder(a) => {
             let spec = if a.spec_stdin {
                 holder::decode_spec(std::io::stdin().lock())?
@@ -334,6 +340,19 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     user: a.user,
                 }
             };
+            let mut spec = spec;
+            if images::is_registry(&spec.request.image) {
+                if spec.user.is_some() && nix::unistd::getuid().is_root() {
+                    // Converting as root would write the user's download with root's rights.
+                    return Err(Error::request(
+                        format!("image {}", spec.request.image.display()),
+                        "registry images are converted as the user, and this holder was started as root \
+                         (mount_mode = \"privileged\")",
+                        "convert it first with berth pull into a directory [privileged] allowed_dirs names",
+                    ));
+                }
+                spec.request.image = images::local_file(&cfg, std::mem::take(&mut spec.request.image))?;
+            }
             let prepared = session::prepare_holder(&cfg, &spec)?;
             if a.opts.dry_run {
                 return print_plan(&prepared.plan, a.opts.json);
@@ -353,6 +372,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::List(a) => cmd_list::run(&cfg, a),
         Cmd::Stop { name } => {
             holder::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
+            Ok(0)
+        }
+        Cmd::Cache { what: cmd_pull::CacheCmd::Image { reference } } => {
+            let r = reference.strip_prefix(images::PREFIX).unwrap_or(&reference);
+            println!(
+                "{}",
+                images::local_file(&cfg, PathBuf::from(format!("{}{r}", images::PREFIX)))?.display()
+            );
             Ok(0)
         }
         Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),

@@ -33,7 +33,7 @@ use berth_runtime::holder::{self, Lifetime};
 use berth_runtime::image::{self, FsType, Image, RootFs};
 use berth_runtime::plan::HostFacts;
 use berth_runtime::request::{Action, BindSpec, Request};
-use berth_runtime::scheduler::{pbs_holder_name as holder_name, shell_quote as sh_quote};
+use berth_runtime::scheduler::{self, pbs_holder_name as holder_name, shell_quote as sh_quote};
 use berth_runtime::session;
 
 const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
@@ -164,6 +164,40 @@ fn resolve_image(container: &str, workdir: Option<&str>) -> PathBuf {
     berth_runtime::scheduler::resolve_image(container, workdir.map(Path::new))
 }
 
+/// A registry image (`CONTAINER=docker://REF`) as a file: converted once per digest into the
+/// image cache by the installed `berth` (beside berth-pbs, else on PATH), which prints the
+/// file's path; its messages go to the job's error file. berth-pbs does not link the registry
+/// client: its TLS library has no business in a program pbs_mom runs as root. Tasks and
+/// remote nodes then get the file's path in `CONTAINER` and convert nothing.
+fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
+    let Some(reference) = image.to_str().filter(|s| s.starts_with(scheduler::REGISTRY_PREFIX)) else {
+        return Ok(image);
+    };
+    let berth = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("berth")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("berth"));
+    let what = format!("image {reference}");
+    let out = std::process::Command::new(&berth)
+        .args(["cache", "image", reference])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| {
+            Error::request(
+                &what,
+                format!("cannot run {}: {e}", berth.display()),
+                "install berth on every node",
+            )
+        })?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() {
+        return Err(Error::request(&what, "could not be converted (the message above says why)", ""));
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// Open and check an image as the calling user: recognised, readable, mountable without
 /// privileges.
 fn check_image(path: &Path) -> Result<Image, Error> {
@@ -252,6 +286,13 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let argv = jobfile::container_argv(&launch, script.as_ref(), &argv);
     let image =
         resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
+    let image = match registry_image(image) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return e.exit_code();
+        }
+    };
     // Tasks see where the job's image is, and remote nodes (rsh agent) get the same options.
     std::env::set_var("CONTAINER", &image);
     let carried = options::carried_from_env();

@@ -47,6 +47,22 @@ pub struct Config {
     /// the planner), for the default state directory.
     #[serde(skip)]
     pub runtime_dir: Option<PathBuf>,
+    /// Registry images: where they are converted, which registries speak plain HTTP.
+    pub registry: RegistryConfig,
+}
+
+/// Images named by registry reference (`docker://...`, pyxis' `REG#IMG`), converted once per
+/// digest by the front ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Where converted images are kept, one subdirectory per user (`<cache_dir>/<uid>/`): on
+    /// a filesystem every node shares, a job step converts once and its other nodes wait for
+    /// that file. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
+    /// `~/.cache/berth/images`).
+    pub cache_dir: Option<PathBuf>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP.
+    pub insecure_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +111,7 @@ impl Default for Config {
             privileged: PrivilegedConfig::default(),
             inject: crate::inject::InjectConfig::default(),
             runtime_dir: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -189,6 +206,9 @@ impl Config {
                 msg: "mount_mode = \"privileged\" needs [privileged] allowed_dirs (the directories of vetted images)".into(),
                 hint: "add allowed_dirs = [\"/apps/images\"] under [privileged], or use mount_mode = \"unprivileged\"".into(),
             });
+        }
+        if self.registry.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(err("cache_dir", "[registry] cache_dir must be an absolute path".into()));
         }
         if let Err((key, msg)) = self.inject.validate() {
             return Err(err(key, format!("[inject] {msg}")));
@@ -311,6 +331,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.mount_mode, MountMode::Privileged);
+    }
+
+    #[test]
+    fn registry_table() {
+        let c = Config::parse(
+            "[registry]\ncache_dir = \"/shared/img\"\ninsecure_hosts = [\"r:5000\"]\n",
+            Path::new("b"),
+        )
+        .unwrap();
+        assert_eq!(c.registry.cache_dir, Some(PathBuf::from("/shared/img")));
+        assert_eq!(c.registry.insecure_hosts, ["r:5000"]);
+        let e = Config::parse("[registry]\ncache_dir = \"img\"\n", Path::new("b")).unwrap_err().to_string();
+        assert!(e.contains("b:2") && e.contains("absolute"), "{e}");
     }
 
     #[test]

@@ -36,8 +36,16 @@ pub fn passes_cleanenv(name: &str) -> bool {
 }
 
 /// A job's image path made absolute: a relative one is taken from `base` (the submit
-/// directory), else from the current directory.
+/// directory), else from the current directory. A registry image ([`registry_reference`])
+/// is kept as its `docker://` reference: the holder converts it on the node.
 pub fn resolve_image(image: &str, base: Option<&Path>) -> PathBuf {
+    if let Some(r) = registry_reference(image, base) {
+        return PathBuf::from(r);
+    }
+    absolute(image, base)
+}
+
+fn absolute(image: &str, base: Option<&Path>) -> PathBuf {
     let p = Path::new(image);
     if p.is_absolute() {
         return p.to_path_buf();
@@ -46,6 +54,41 @@ pub fn resolve_image(image: &str, base: Option<&Path>) -> PathBuf {
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| PathBuf::from("/"))
         .join(p)
+}
+
+/// The prefix of image values that name a registry image.
+pub const REGISTRY_PREFIX: &str = "docker://";
+
+/// The `docker://` reference a job's image value names, or None for a file path. As pyxis
+/// reads `--container-image`: `docker://REF`; `[USER@]REGISTRY#IMAGE[:TAG]` (the `#`
+/// separates the registry, `nvcr.io#nvidia/pytorch:24.01-py3`); and any other value that is
+/// not an existing file, does not start with `/`, `./`, `../` or `~`, and has a `/` or a
+/// `:TAG` (`nvcr.io/hpc/gromacs:2023.2`, `ubuntu:22.04`). A bare word (`vasp.img`) and a
+/// missing file with an image file's extension stay paths, so a typo in a file name gets
+/// "cannot open the image", not a download from Docker Hub.
+pub fn registry_reference(image: &str, base: Option<&Path>) -> Option<String> {
+    if image.starts_with(REGISTRY_PREFIX) {
+        return Some(image.to_string());
+    }
+    if image.is_empty()
+        || ["/", "./", "../", "~"].iter().any(|p| image.starts_with(p))
+        || image.contains("://")
+    {
+        return None;
+    }
+    if let Some((registry, name)) = image.split_once('#') {
+        // enroot's `USER@` names a credential; berth reads credentials from the user's files.
+        let registry = registry.rsplit_once('@').map_or(registry, |(_, r)| r);
+        return Some(format!("{REGISTRY_PREFIX}{registry}/{name}"));
+    }
+    if !(image.contains('/') || image.contains(':')) || absolute(image, base).exists() {
+        return None;
+    }
+    let lower = image.to_ascii_lowercase();
+    if [".sqsh", ".squashfs", ".sif", ".simg", ".img"].iter().any(|e| lower.ends_with(e)) {
+        return None;
+    }
+    Some(format!("{REGISTRY_PREFIX}{image}"))
 }
 
 /// Slurm's step id of a job's batch script (`SLURM_BATCH_SCRIPT`).
@@ -88,6 +131,29 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_images_as_pyxis_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("imgs")).unwrap();
+        std::fs::write(dir.path().join("imgs/app:v1"), b"").unwrap();
+        let b = Some(dir.path());
+        let r = |s: &str| registry_reference(s, b);
+        assert_eq!(r("docker://h.io/a/b:1").as_deref(), Some("docker://h.io/a/b:1"));
+        assert_eq!(
+            r("nvcr.io#nvidia/pytorch:24.01-py3").as_deref(),
+            Some("docker://nvcr.io/nvidia/pytorch:24.01-py3")
+        );
+        assert_eq!(r("joe@nvcr.io#hpc/app").as_deref(), Some("docker://nvcr.io/hpc/app"));
+        assert_eq!(r("nvcr.io/hpc/gromacs:2023.2").as_deref(), Some("docker://nvcr.io/hpc/gromacs:2023.2"));
+        assert_eq!(r("ubuntu:22.04").as_deref(), Some("docker://ubuntu:22.04"));
+        // Paths: explicit, existing, bare words, image files that are missing.
+        for p in ["/x/a.sqsh", "./a:b", "../a/b", "~/a/b", "vasp.img", "imgs/app:v1", "missing/x.sif"] {
+            assert_eq!(r(p), None, "{p}");
+        }
+        assert_eq!(resolve_image("imgs/app:v1", b), dir.path().join("imgs/app:v1"));
+        assert_eq!(resolve_image("h.io/a:1", b), PathBuf::from("docker://h.io/a:1"));
+    }
 
     #[test]
     fn relative_images_are_taken_from_the_submit_directory() {

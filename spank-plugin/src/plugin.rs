@@ -285,7 +285,18 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
             config: st.site.config.as_deref(),
             creds: Creds { uid, gid, groups: sp.supplementary_gids() },
             env,
-            timeout: st.site.timeout,
+            // A registry image is converted first, by one node while the others wait for it:
+            // minutes for a large one, beyond the time a container takes to set up.
+            timeout: if spec
+                .request
+                .image
+                .to_str()
+                .is_some_and(|i| i.starts_with(berth_runtime::scheduler::REGISTRY_PREFIX))
+            {
+                st.site.timeout + std::time::Duration::from_secs(30 * 60)
+            } else {
+                st.site.timeout
+            },
             // The kernel mount needs root: the holder starts as root and becomes the user
             // itself once the image is mounted (berth's privileged module).
             as_root: site_config(st)?.mount_mode == berth_runtime::config::MountMode::Privileged,

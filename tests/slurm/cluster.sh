@@ -256,6 +256,14 @@ wait_idle() {
 
 up() {
     [ "$(id -u)" = 0 ] || die "run as root"
+    # Descriptors a caller passed down (`flock LOCK bash run.sh` passes its lock) must not reach
+    # the daemons started here: munged keeps what it inherits and would hold the lock until
+    # `down`. 255 is the descriptor bash reads this script from.
+    local fd
+    for fd in /proc/$$/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-"; fi
+    done
     install_packages
     mkdir -p "$DIR"
     if ! id "$TEST_USER" >/dev/null 2>&1; then

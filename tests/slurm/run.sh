@@ -370,6 +370,57 @@ LIST
     left=$(losetup -a | grep -c "$WORK/")
     check "(d) ... no loop device left ($left), nodes idle" bash -c "[ $left = 0 ] && [ \"\$(sinfo -h -N -o '%T' | sort -u | tr '\n' ' ')\" = 'idle ' ]"
 
+    # Registry images: a docker-registry on the bridge's host address (the nodes reach only
+    # that network), an image pushed with skopeo from an OCI layout written here, a site cache
+    # in $DIR (every node sees it). Each node's holder converts through the per-digest lock:
+    # one conversion, the other node waits and mounts the same file.
+    REG_HOST=${BERTH_SLURM_NET:-10.78.0}.1 REG_PORT=$((15000 + $$ % 1000))
+    mkdir -p "$WORK/reg/storage"
+    printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s:%s\n' \
+        "$WORK/reg/storage" "$REG_HOST" "$REG_PORT" > "$WORK/reg/config.yml"
+    # Without the descriptors this script got (the caller's lock among them).
+    ( for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+      exec docker-registry serve "$WORK/reg/config.yml" ) > "$WORK/reg/log" 2>&1 &
+    reg_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/$REG_HOST/$REG_PORT") 2>/dev/null && break; sleep 0.1; done
+    mkimage imgr "berth test image R"
+    oci=$WORK/imgr.oci; mkdir -p "$oci/blobs/sha256"
+    put() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$oci/blobs/sha256/$d"; echo "$d $(stat -c %s "$oci/blobs/sha256/$d")"; }
+    tar -C "$WORK/imgr.root" --numeric-owner --owner=0 --group=0 -czf "$oci/l" .
+    diff_id=$(gzip -dc "$oci/l" | sha256sum | cut -d' ' -f1); read -r ld lsz < <(put "$oci/l")
+    printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$(dpkg --print-architecture)" "$diff_id" > "$oci/c"; read -r cd cs < <(put "$oci/c")
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
+        "$cd" "$cs" "$ld" "$lsz" > "$oci/m"; read -r md ms < <(put "$oci/m")
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' \
+        "$md" "$ms" > "$oci/index.json"
+    echo '{"imageLayoutVersion":"1.0.0"}' > "$oci/oci-layout"
+    REF=$REG_HOST:$REG_PORT/test/imgr:v1
+    skopeo copy --quiet --dest-tls-verify=false "oci:$oci:v1" "docker://$REF" || echo "note: skopeo copy to $REF failed"
+    SITE_CACHE=$DIR/work/regcache.$$; install -d -m 1777 "$SITE_CACHE"
+    saved_cfg=""; [ -e /etc/berth/berth.toml ] && { saved_cfg=$WORK/berth.toml.saved; cp /etc/berth/berth.toml "$saved_cfg"; }
+    printf '[registry]\ncache_dir = "%s"\ninsecure_hosts = ["%s:%s"]\n' "$SITE_CACHE" "$REG_HOST" "$REG_PORT" > /etc/berth/berth.toml
+    CONV_LOG=$SITE_CACHE/$(id -u "$TEST_USER")/conversions.log
+    as_user srun -N2 -n2 -l --container="docker://$REF" sh -c 'echo "$(hostname) $(grep PRETTY /etc/os-release)"' > "$OUT" 2> "$ERR"; rc=$?
+    conv=$(cat "$CONV_LOG" 2>/dev/null | wc -l)
+    check "(e) srun -N2 --container=docker://HOST:PORT/REPO:TAG: both ranks in the image (rc=$rc)" \
+        bash -c "[ \$(grep -c 'PRETTY_NAME=\"berth test image R\"' '$OUT') = 2 ] && [ \$(cut -d' ' -f2 '$OUT' | sort -u | wc -l) = 2 ]"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    check "(e) ... one conversion for the 2 nodes ($conv: $(cut -d' ' -f2 "$CONV_LOG" 2>/dev/null | tr '\n' ' '))" test "$conv" = 1
+    echo "note: 2-node registry step: $conv conversion(s)"
+    as_user srun -N2 -n2 --container-image="$REG_HOST:$REG_PORT#test/imgr:v1" grep PRETTY /etc/os-release > "$OUT" 2> "$ERR"; rc=$?
+    conv=$(cat "$CONV_LOG" 2>/dev/null | wc -l)
+    check "(e) pyxis' --container-image=REG#IMG: the cached file, no second conversion (rc=$rc, $conv)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c 'image R' '$OUT') = 2 ] && [ $conv = 1 ]"
+    as_user srun -N2 --container="$REG_HOST:$REG_PORT/test/imgr:nope" true > "$OUT" 2> "$ERR"; rc=$?
+    check "(e) an unknown tag fails the step with the registry's reason on srun's stderr (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && grep -q 'berth: error' '$ERR' && grep -q 'imgr:nope' '$ERR'"
+    [ "$rc" != 0 ] || sed 's/^/    /' "$ERR"
+    if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
+    kill "$reg_pid"; wait "$reg_pid" 2>/dev/null
+    rm -rf "$SITE_CACHE"
+    wait_idle; check "(e) ... nodes idle, not drained" nodes_idle
+
     fails=0
     for i in $(seq "$STEPS"); do as_user srun -N2 --container=imga.sqsh true >/dev/null 2>&1 || fails=$((fails + 1)); done
     wait_idle
