@@ -9,6 +9,9 @@ bash "$here/scripts/install-deps.sh" || exit 1
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$here"
 status=0
+echo "== formatting and lints (rustfmt.toml; clippy with warnings as errors)"
+cargo fmt --all --check 2>&1 || status=1
+cargo clippy --workspace --all-targets -q -- -D warnings 2>&1 || status=1
 cargo build --workspace 2>&1 || exit 1
 
 echo "== MPI images from defs/ (berth build, debootstrap; cached by content between runs)"

@@ -220,10 +220,14 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
 fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String> {
     // Opened here as the user (slurmstepd's euid is the user in user_init), non-blocking, for
     // a clear message early. Only a message: the holder opens the image itself (as the user,
-    // also in the privileged mode) and checks what it opened.
-    if let Err(e) =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(image)
-    {
+    // also in the privileged mode) and checks what it opened. A registry reference is no file
+    // yet: the holder converts it.
+    let is_reference =
+        image.to_str().is_some_and(|i| i.starts_with(berth_runtime::scheduler::REGISTRY_PREFIX));
+    if let (false, Err(e)) = (
+        is_reference,
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(image),
+    ) {
         return Err(format!("image {}: {e}", image.display()));
     }
     let (job, step) = (sp.job_id().ok_or("no job id")?, sp.step_id().ok_or("no step id")?);
