@@ -323,7 +323,7 @@ fn config_check_reports_prerequisites() {
 }
 
 fn fixture(name: &str) -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sif").join(name);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sif").join(name);
     p.exists().then_some(p)
 }
 
@@ -369,7 +369,7 @@ fn sif_images_run_and_execute_directly() {
 fn broken_sif_files_get_one_clear_message() {
     let w = world();
     let Some(empty) = fixture("empty.sif") else {
-        eprintln!("skipped: ../shared/fixtures/sif is absent");
+        eprintln!("skipped: tests/fixtures/sif is absent");
         return;
     };
     w.run(&["exec", empty.to_str().unwrap(), "true"]).fails_with(&["empty.sif", "primary"]);

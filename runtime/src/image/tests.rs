@@ -8,7 +8,7 @@ use std::process::Command;
 use super::squashfs::tests::make_squashfs;
 
 fn fixtures_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sif");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sif");
     if dir.is_dir() {
         Some(dir)
     } else {
@@ -17,12 +17,8 @@ fn fixtures_dir() -> Option<PathBuf> {
     }
 }
 
-/// A sylabs test file: the repository's copy (tests/fixtures/sif) first, then the shared set.
+/// A sylabs test file from the repository's copy (tests/fixtures/sif).
 fn fixture(name: &str) -> Option<Vec<u8>> {
-    let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sif").join(name);
-    if in_repo.is_file() {
-        return Some(std::fs::read(in_repo).expect("fixture readable"));
-    }
     Some(std::fs::read(fixtures_dir()?.join(name)).expect("fixture readable"))
 }
 
