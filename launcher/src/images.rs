@@ -12,15 +12,10 @@ use std::sync::atomic::Ordering;
 use berth_registry::{BlobCache, Options};
 use berth_runtime::config::Config;
 use berth_runtime::error::Error;
-pub use berth_runtime::scheduler::REGISTRY_PREFIX as PREFIX;
+pub use berth_runtime::scheduler::{is_registry_image as is_registry, REGISTRY_PREFIX as PREFIX};
 
 /// The file of conversions, one line each (time, node, reference, file), in the cache directory.
 pub const CONVERSION_LOG: &str = "conversions.log";
-
-/// Whether an image value names a registry image.
-pub fn is_registry(image: &Path) -> bool {
-    image.to_str().is_some_and(|s| s.starts_with(PREFIX))
-}
 
 /// The user's own cache root (`$BERTH_CACHE_DIR`, `$XDG_CACHE_HOME/berth`, `~/.cache/berth`).
 /// A holder started by slurmstepd may have no `HOME`: the password database has it then.

@@ -170,9 +170,10 @@ fn resolve_image(container: &str, workdir: Option<&str>) -> PathBuf {
 /// client: its TLS library has no business in a program pbs_mom runs as root. Tasks and
 /// remote nodes then get the file's path in `CONTAINER` and convert nothing.
 fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
-    let Some(reference) = image.to_str().filter(|s| s.starts_with(scheduler::REGISTRY_PREFIX)) else {
+    if !scheduler::is_registry_image(&image) {
         return Ok(image);
-    };
+    }
+    let reference = image.to_string_lossy();
     let berth = std::env::current_exe()
         .ok()
         .and_then(|e| Some(e.parent()?.join("berth")))
@@ -180,7 +181,7 @@ fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
         .unwrap_or_else(|| PathBuf::from("berth"));
     let what = format!("image {reference}");
     let out = std::process::Command::new(&berth)
-        .args(["cache", "image", reference])
+        .args(["cache", "image", &*reference])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -59,6 +59,11 @@ fn absolute(image: &str, base: Option<&Path>) -> PathBuf {
 /// The prefix of image values that name a registry image.
 pub const REGISTRY_PREFIX: &str = "docker://";
 
+/// True when `image` (as [`resolve_image`] returns it) names a registry image, not a file.
+pub fn is_registry_image(image: &Path) -> bool {
+    image.to_str().is_some_and(|s| s.starts_with(REGISTRY_PREFIX))
+}
+
 /// The `docker://` reference a job's image value names, or None for a file path. As pyxis
 /// reads `--container-image`: `docker://REF`; `[USER@]REGISTRY#IMAGE[:TAG]` (the `#`
 /// separates the registry, `nvcr.io#nvidia/pytorch:24.01-py3`); and any other value that is

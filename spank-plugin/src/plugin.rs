@@ -222,12 +222,10 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     // a clear message early. Only a message: the holder opens the image itself (as the user,
     // also in the privileged mode) and checks what it opened. A registry reference is no file
     // yet: the holder converts it.
-    let is_reference =
-        image.to_str().is_some_and(|i| i.starts_with(berth_runtime::scheduler::REGISTRY_PREFIX));
-    if let (false, Err(e)) = (
-        is_reference,
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(image),
-    ) {
+    let opened = (!berth_runtime::scheduler::is_registry_image(image)).then(|| {
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(image)
+    });
+    if let Some(Err(e)) = opened {
         return Err(format!("image {}: {e}", image.display()));
     }
     let (job, step) = (sp.job_id().ok_or("no job id")?, sp.step_id().ok_or("no step id")?);
@@ -291,12 +289,7 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
             env,
             // A registry image is converted first, by one node while the others wait for it:
             // minutes for a large one, beyond the time a container takes to set up.
-            timeout: if spec
-                .request
-                .image
-                .to_str()
-                .is_some_and(|i| i.starts_with(berth_runtime::scheduler::REGISTRY_PREFIX))
-            {
+            timeout: if berth_runtime::scheduler::is_registry_image(&spec.request.image) {
                 st.site.timeout + std::time::Duration::from_secs(30 * 60)
             } else {
                 st.site.timeout
