@@ -15,47 +15,12 @@ fn sh(cmd: &str) {
     assert!(Command::new("sh").arg("-c").arg(cmd).status().unwrap().success(), "failed: {cmd}");
 }
 
-/// A minimal glibc image: the host's loader, libc and dash, plus `extra` host programs, with
-/// its own ld.so.cache. It has no libibverbs and no libcuda of its own.
-fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
-    let w = world();
-    let root = w.path(&format!("{name}-root"));
-    let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "usr/bin", "etc", "lib/x86_64-linux-gnu", "lib64", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    // glibc's libraries, as any glibc-based image has them.
-    for lib in ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libresolv.so.2"] {
-        std::fs::copy(
-            Path::new("/lib/x86_64-linux-gnu").join(lib),
-            root.join("lib/x86_64-linux-gnu").join(lib),
-        )
-        .unwrap();
-    }
-    std::fs::copy("/lib64/ld-linux-x86-64.so.2", root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
-    std::fs::copy("/bin/dash", root.join("bin/sh")).unwrap();
-    // coreutils need more than libc (libselinux...): the image gets busybox's tools.
-    for prog in ["ls", "cat", "grep", "tr", "echo"] {
-        let _ = std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(prog));
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for (src, dst) in extra {
-        std::fs::copy(src, root.join(dst.trim_start_matches('/'))).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    sh(&format!("ldconfig -r {}", root.display()));
-    let img = w.path(&format!("{name}.sqsh"));
-    harness::mksquashfs(&root, &img);
-    img
-}
-
 #[test]
 fn hybrid_model_loads_the_hosts_verbs_library_in_an_image_without_it() {
     let w = world();
     let tool = Path::new("/usr/bin/ibv_devices");
     assert!(tool.exists(), "ibv_devices missing: scripts/install-deps.sh installs ibverbs-utils");
-    let img = glibc_image("verbs", &[(tool, "/usr/bin/ibv_devices")]);
+    let img = harness::glibc_image("verbs", &[(tool, "/usr/bin/ibv_devices")]);
     let img = img.to_str().unwrap();
     // Without injection the image cannot even load the tool.
     let out = w.run(&["exec", "--mpi=none", img, "ibv_devices"]);
@@ -140,7 +105,7 @@ fn nvidia_driver_and_only_the_jobs_gpus() {
     let prog = w.path("cuinit-check");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/helpers/cuinit-check.c");
     sh(&format!("cc -O2 -o {} {}", prog.display(), src.display()));
-    let img = glibc_image("cuda", &[(&prog, "/usr/bin/cuinit-check")]);
+    let img = harness::glibc_image("cuda", &[(&prog, "/usr/bin/cuinit-check")]);
     let cfg = w.path("nv.toml");
     std::fs::write(&cfg, format!("[inject]\nmpi = \"none\"\nhost_root = \"{}\"\n", host.display())).unwrap();
     let script = "cuinit-check; ls /dev | grep nvidia | tr '\\n' ' '; echo; echo CVD=$CUDA_VISIBLE_DEVICES; nvidia-smi";
@@ -207,7 +172,7 @@ fn mpich_abi_image() -> PathBuf {
     let d = dir.display();
     sh(&format!("cc -shared -fPIC -Wl,-soname,libmpich.so.12 -o {d}/libmpich.so.12.0.0 {d}/stub.c && ln -sf libmpich.so.12.0.0 {d}/libmpich.so"));
     sh(&format!("cc -o {d}/mpi-version {d}/app.c -L{d} -lmpich"));
-    glibc_image(
+    harness::glibc_image(
         "mpich-abi",
         &[
             (&dir.join("libmpich.so.12.0.0"), "/lib/x86_64-linux-gnu/libmpich.so.12.0.0"),

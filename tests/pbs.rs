@@ -783,3 +783,84 @@ fn array_job_runs_in_its_container() {
     assert_eq!(job_processes(&id), Vec::<String>::new());
     assert!(job_files(&a, &id.replace(['[', ']'], "_")).is_empty(), "holder files left");
 }
+
+/// A node whose site lends TORQUE's client tools (`inject.scheduler_clients = ["torque"]`):
+/// the host tree is a faithful fake (this machine has no TORQUE) with a `qstat` program
+/// linked against `libtorque.so.2` under /usr/local, as `make install` leaves them, and the
+/// server name file. A job in an image without them runs the host's `qstat`; a job in an
+/// image that cannot run host programs (busybox, no glibc) still runs, without them.
+#[test]
+fn host_torque_client_tools_inside_the_container() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let host = w.path("torque-host");
+    let _ = std::fs::remove_dir_all(&host);
+    let lib = host.join("usr/local/lib");
+    let bin = host.join("usr/local/bin");
+    for d in [&lib, &bin, &host.join("var/spool/torque")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let cc = |args: &[&str]| {
+        let st = std::process::Command::new("cc").args(args).status().unwrap();
+        assert!(st.success(), "cc {args:?}");
+    };
+    let src = w.path("libtorque.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nconst char *pbs_default(void){static char s[64]; FILE *f = fopen(\"/var/spool/torque/server_name\", \"r\");\n if (!f || !fgets(s, sizeof s, f)) return \"?\"; fclose(f); return s;}\n",
+    )
+    .unwrap();
+    let so = lib.join("libtorque.so.2");
+    cc(&[
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libtorque.so.2",
+        "-o",
+        so.to_str().unwrap(),
+        src.to_str().unwrap(),
+    ]);
+    let main = w.path("qstat.c");
+    std::fs::write(
+        &main,
+        "#include <stdio.h>\nconst char *pbs_default(void);\nint main(void){printf(\"host qstat, server %s\", pbs_default()); return 0;}\n",
+    )
+    .unwrap();
+    cc(&[
+        "-o",
+        bin.join("qstat").to_str().unwrap(),
+        main.to_str().unwrap(),
+        so.to_str().unwrap(),
+        "-Wl,--enable-new-dtags,-rpath,/usr/local/lib",
+    ]);
+    std::fs::write(host.join("var/spool/torque/server_name"), "srv.example\n").unwrap();
+    for p in [host.as_path(), &w.dir] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut config = std::fs::read_to_string(&a.config).unwrap();
+    config.push_str(&format!(
+        "[inject]\nhost_root = \"{}\"\nscheduler_clients = [\"torque\"]\n",
+        host.display()
+    ));
+    std::fs::write(&a.config, config).unwrap();
+
+    let glibc = harness::glibc_image("torque-clients", &[]);
+    let glibc = glibc.to_str().unwrap();
+    let script = "command -v qstat || echo no-qstat; qstat\n";
+    let job = Job::new(w, &jid("801"), &[("CONTAINER", glibc)], script);
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    let out = end.out.clone().unwrap_or_default();
+    assert_eq!(end.status, 0, "{out}\n{:?}", end.err);
+    assert!(out.contains("/.berth/host/bin/qstat"), "{out}");
+    assert!(out.contains("host qstat, server srv.example"), "{out}");
+    assert_clean(&[&a], &job.id);
+
+    // An image without glibc (busybox) cannot run the host's programs: the job runs without them.
+    let job = Job::new(w, &jid("802"), &[("CONTAINER", w.image())], "command -v qstat || echo no-qstat\n");
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("no-qstat\n")), "{:?}", end.err);
+    assert_clean(&[&a], &job.id);
+}

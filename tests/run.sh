@@ -18,6 +18,10 @@ echo "== MPI images from defs/ (berth build, debootstrap; cached by content betw
 if images=$(bash tests/build-mpi-images.sh); then
   echo "$images"
   set -a; eval "$images"; set +a
+  # The PBS emulator's two-node MPI job (mpirun through berth-pbs-rsh) runs the Open MPI image's test program.
+  if [ -n "${BERTH_TEST_OPENMPI_IMAGE:-}" ]; then
+    export BERTH_TEST_MPI_IMAGE=$BERTH_TEST_OPENMPI_IMAGE BERTH_TEST_MPI_PROGRAM="/usr/local/bin/berth-mpitest -q"
+  fi
 else
   echo "building the MPI images failed: the MPI tests will say so"; status=1
 fi

@@ -42,11 +42,22 @@ pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Resu
     for r in &plan.mpi_replace {
         println!("  host MPI {} replaces the image's {}", r.host_path.display(), r.soname);
     }
+    for i in plan.clients.iter().flat_map(|c| &c.items) {
+        println!(
+            "  {} -> {}  [{}; lent to images that can run it]",
+            i.host_path.display(),
+            i.container_path.display(),
+            i.why
+        );
+    }
     for (k, v) in &plan.env {
         println!("  env {k}={v}");
     }
     for d in &plan.lib_dirs {
         println!("  LD_LIBRARY_PATH first: {}", d.display());
+    }
+    for d in &plan.bin_dirs {
+        println!("  PATH last: {}", d.display());
     }
     for n in &plan.notes {
         println!("  note: {n}");

@@ -374,7 +374,9 @@ pub fn plan(
         steps.push(Step::Bind { src, dst: b.dst.clone(), kind, readonly: b.readonly, why: why.into() });
     }
 
-    if let Some(ip) = injected.filter(|ip| !ip.items.is_empty() || !ip.mpi_replace.is_empty()) {
+    if let Some(ip) =
+        injected.filter(|ip| !ip.items.is_empty() || !ip.mpi_replace.is_empty() || ip.clients.is_some())
+    {
         steps.push(Step::Inject { plan: Box::new(ip.clone()) });
     }
 
@@ -391,6 +393,12 @@ pub fn plan(
         key: group_name.clone(),
         entry: format!("{}:x:{}:", group_name, u.gid),
     });
+    // Users the host's lent client tools look up (see inject::clients).
+    for (key, entry) in injected.iter().flat_map(|ip| ip.clients.iter()).flat_map(|c| &c.user_entries) {
+        if *key != u.name {
+            steps.push(Step::UserDb { dst: "/etc/passwd".into(), key: key.clone(), entry: entry.clone() });
+        }
+    }
 
     if !req.writable_tmpfs {
         steps.push(Step::ReadonlyRoot);
@@ -579,6 +587,15 @@ impl fmt::Display for Plan {
                             "        host MPI {} over the image's {}",
                             r.host_path.display(),
                             r.soname
+                        )?;
+                    }
+                    for i in plan.clients.iter().flat_map(|c| &c.items) {
+                        writeln!(
+                            f,
+                            "        bind {} -> {} [{}; if the image can run them]",
+                            i.host_path.display(),
+                            i.container_path.display(),
+                            i.why
                         )?;
                     }
                     for n in &plan.notes {

@@ -257,7 +257,9 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         // Set by holder::start when the holder starts as root.
         user: None,
     };
-    // The step's GPUs too: berth binds the NVIDIA stack when the step has GPUs (and only those).
+    // The step's GPUs too: berth binds the NVIDIA stack when the step has GPUs (and only those);
+    // and where the job's Slurm configuration is, for the Slurm clients a site may lend
+    // (inject.scheduler_clients; the holder reads it as the user).
     let env = [
         "HOME",
         "USER",
@@ -269,6 +271,7 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         "SLURM_STEP_GPUS",
         "SLURM_JOB_GPUS",
         "CUDA_VISIBLE_DEVICES",
+        "SLURM_CONF",
     ]
     .iter()
     .filter_map(|k| sp.getenv(k).map(|v| (k.to_string(), v)))

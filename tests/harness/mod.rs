@@ -110,6 +110,42 @@ pub fn build_busybox_root(root: &Path) {
     std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
+/// A minimal glibc image: the host's loader, libc and dash, plus `extra` host programs, with
+/// its own ld.so.cache. It has no libibverbs and no libcuda of its own.
+pub fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
+    let w = world();
+    let root = w.path(&format!("{name}-root"));
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "usr/bin", "etc", "lib/x86_64-linux-gnu", "lib64", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // glibc's libraries, as any glibc-based image has them.
+    for lib in ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libresolv.so.2"] {
+        std::fs::copy(
+            Path::new("/lib/x86_64-linux-gnu").join(lib),
+            root.join("lib/x86_64-linux-gnu").join(lib),
+        )
+        .unwrap();
+    }
+    std::fs::copy("/lib64/ld-linux-x86-64.so.2", root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
+    std::fs::copy("/bin/dash", root.join("bin/sh")).unwrap();
+    // coreutils need more than libc (libselinux...): the image gets busybox's tools.
+    for prog in ["ls", "cat", "grep", "tr", "echo"] {
+        let _ = std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(prog));
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for (src, dst) in extra {
+        std::fs::copy(src, root.join(dst.trim_start_matches('/'))).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let st = Command::new("ldconfig").arg("-r").arg(&root).status().unwrap();
+    assert!(st.success(), "ldconfig -r {}", root.display());
+    let img = w.path(&format!("{name}.sqsh"));
+    mksquashfs(&root, &img);
+    img
+}
+
 pub fn mksquashfs(root: &Path, out: &Path) {
     let st = Command::new("mksquashfs")
         .arg(root)

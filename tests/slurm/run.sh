@@ -342,6 +342,35 @@ LIST
         skip "(d) defs/mpich.def image (BERTH_TEST_MPICH_IMAGE not set)"
     fi
 
+    # Slurm from inside the image: the site lends the host's Slurm clients
+    # (inject.scheduler_clients), so a batch script that runs in an image without Slurm
+    # starts steps with srun, and a nested `srun --container` starts its step as from the host.
+    if [ -n "${BERTH_TEST_OPENMPI_IMAGE:-}" ]; then
+        install -d -m 0755 /etc/berth
+        saved_cfg=""; [ -e /etc/berth/berth.toml ] && { saved_cfg=$WORK/berth.toml.saved; cp /etc/berth/berth.toml "$saved_cfg"; }
+        printf '[inject]\nscheduler_clients = ["slurm"]\n' > /etc/berth/berth.toml
+        cat > "$WORK/nested.sh" <<JOB
+#!/bin/sh
+echo "srun=\$(command -v srun)"
+echo "in=\$BERTH_CONTAINER"
+srun -l hostname
+srun -N1 -n1 --container=$WORK/imga.sqsh grep PRETTY /etc/os-release
+JOB
+        as_user sbatch -N2 --wait --container-batch=image --container="$BERTH_TEST_OPENMPI_IMAGE" \
+            -o "$WORK/nested.out" "$WORK/nested.sh" > "$OUT" 2>&1; rc=$?
+        check "(d) Slurm in the image: the batch script runs the host's srun (inject.scheduler_clients) (rc=$rc)" \
+            bash -c "[ $rc = 0 ] && grep -qx 'srun=/.berth/host/bin/srun' '$WORK/nested.out' && grep -qx 'in=$BERTH_TEST_OPENMPI_IMAGE' '$WORK/nested.out'"
+        check "(d) ... its srun starts a step on both nodes" \
+            bash -c "[ \$(grep -c '^[01]: bnode' '$WORK/nested.out') = 2 ] && [ \$(hosts_in '$WORK/nested.out') = 2 ]"
+        check "(d) ... and a nested srun --container runs in that image" \
+            grep -q 'PRETTY_NAME="berth test image A"' "$WORK/nested.out"
+        [ "$rc" = 0 ] || sed 's/^/    /' "$WORK/nested.out" "$OUT"
+        if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
+        wait_idle
+    else
+        skip "(d) Slurm in the image (BERTH_TEST_OPENMPI_IMAGE not set)"
+    fi
+
     # Privileged mount mode (site opt-in in berth.toml): the plugin starts each node's holder as
     # root; berth mounts the vetted image with the kernel's squashfs on a loop device and
     # becomes the user before anything else.

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::{InjectConfig, InjectPlan, InjectRequest};
 
 /// The variables [`super::discover`] reads from the caller's environment.
+/// (`SLURM_CONF`: where the Slurm client tools' configuration is, `inject.scheduler_clients`.)
 const ENV_READ: &[&str] =
-    &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"];
+    &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "SLURM_CONF"];
 
 /// What identifies one version of a file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +68,12 @@ pub(super) fn slot(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Slot {
     let vars: Vec<(&str, Option<String>)> = ENV_READ.iter().map(|v| (*v, env(v))).collect();
+    // The program that discovers, not only its version: a rebuilt or upgraded berth may
+    // discover differently.
+    let exe = std::env::current_exe().map(|p| Stamp::of(&p)).ok();
     let key = serde_json::json!({
         "berth": env!("CARGO_PKG_VERSION"),
+        "exe": exe,
         "config": cfg,
         "root": host_root,
         "mpi": req.mpi,
@@ -87,6 +92,11 @@ fn stamps(cfg: &InjectConfig, host_root: &Path, plan: &InjectPlan) -> Vec<Stamp>
     let mut paths: Vec<PathBuf> = vec![super::rooted(host_root, Path::new("/etc/ld.so.cache"))];
     paths.extend(cfg.extra_lib_dirs.iter().map(|d| super::rooted(host_root, d)));
     paths.extend(plan.items.iter().map(|i| i.host_path.clone()));
+    if let Some(clients) = &plan.clients {
+        // A client tool installed or removed changes its directory.
+        paths.extend(clients.items.iter().map(|i| i.host_path.clone()));
+        paths.extend(cfg.program_dirs.iter().map(|d| super::rooted(host_root, d)));
+    }
     paths.extend(plan.mpi_replace.iter().map(|r| r.host_path.clone()));
     paths.sort();
     paths.dedup();

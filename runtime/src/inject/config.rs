@@ -10,6 +10,9 @@
 //! fabric_required = true               # IB-only partition: a node without verbs is broken
 //! nvidia = "auto"                      # auto | always | never
 //! nvidia_capabilities = ["compute", "utility"]
+//! scheduler_clients = ["torque"]       # qstat, pbsdsh, libtorque from the host, in every container
+//! host_programs = ["/opt/site/bin/quota"]
+//! host_paths = ["/etc/site/quota.conf"]
 //! ```
 
 use std::path::PathBuf;
@@ -36,6 +39,30 @@ impl std::fmt::Display for MpiMode {
             MpiMode::Hybrid => "hybrid",
             MpiMode::Host => "host",
             MpiMode::None => "none",
+        })
+    }
+}
+
+/// A batch system whose client tools the host lends to every container
+/// (`inject.scheduler_clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerClients {
+    /// TORQUE: `qstat`, `qsub`, `pbsdsh` ... with `libtorque` and the server name file.
+    Torque,
+    /// OpenPBS / PBS Professional: the commands under `PBS_EXEC/bin` and `/etc/pbs.conf`.
+    Openpbs,
+    /// Slurm: `srun`, `sbatch`, `scontrol`, `squeue` ... with `libslurm`, the plugins, the
+    /// configuration directory and munge's socket.
+    Slurm,
+}
+
+impl std::fmt::Display for SchedulerClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchedulerClients::Torque => "torque",
+            SchedulerClients::Openpbs => "openpbs",
+            SchedulerClients::Slurm => "slurm",
         })
     }
 }
@@ -89,6 +116,17 @@ pub struct InjectConfig {
     pub container_lib_dir: PathBuf,
     /// Where injected programs (nvidia-smi, ...) appear inside the container (appended to PATH).
     pub container_bin_dir: PathBuf,
+    /// Batch systems whose host client tools (commands, their libraries, the files they read)
+    /// appear in every container, so job scripts in an image can run `qstat` or `srun`
+    /// without carrying them. Parts a node lacks are skipped with a note.
+    pub scheduler_clients: Vec<SchedulerClients>,
+    /// More host programs (names looked up in `program_dirs`, or absolute paths) that appear in
+    /// `container_bin_dir` with the libraries they need; each must exist.
+    pub host_programs: Vec<String>,
+    /// Host files, directories and sockets bound at the same path (read-only); each must exist.
+    pub host_paths: Vec<PathBuf>,
+    /// Where `host_programs` and the client tools are looked up on the host, in order.
+    pub program_dirs: Vec<PathBuf>,
 }
 
 impl Default for InjectConfig {
@@ -146,6 +184,13 @@ impl Default for InjectConfig {
             host_root: PathBuf::from("/"),
             container_lib_dir: PathBuf::from("/.berth/host/lib"),
             container_bin_dir: PathBuf::from("/.berth/host/bin"),
+            scheduler_clients: vec![],
+            host_programs: vec![],
+            host_paths: vec![],
+            program_dirs: ["/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -176,6 +221,25 @@ impl InjectConfig {
         if let Some(l) = self.extra_libs.iter().find(|l| l.contains('/') && !l.starts_with('/')) {
             return Err(("extra_libs", format!("{l:?}: give a SONAME (libfoo.so.1) or an absolute path")));
         }
+        if let Some(d) = self.program_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(("program_dirs", format!("{} must be an absolute path", d.display())));
+        }
+        if let Some(p) =
+            self.host_programs.iter().find(|p| p.is_empty() || (p.contains('/') && !p.starts_with('/')))
+        {
+            return Err(("host_programs", format!("{p:?}: give a program name (qstat) or an absolute path")));
+        }
+        for p in &self.host_paths {
+            crate::request::check_container_path(p).map_err(|e| ("host_paths", e))?;
+            // Binding over the container's own trees would hide the image or berth's files.
+            if p == std::path::Path::new("/")
+                || ["/proc", "/sys", "/dev"].iter().any(|k| p.starts_with(k))
+                || p.starts_with(&self.container_lib_dir)
+                || p.starts_with(&self.container_bin_dir)
+            {
+                return Err(("host_paths", format!("{} cannot be bound from the host", p.display())));
+            }
+        }
         Ok(())
     }
 }
@@ -195,6 +259,20 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "container_lib_dir");
         let c = InjectConfig { extra_lib_dirs: vec!["opt/lib".into()], ..Default::default() };
         assert_eq!(c.validate().unwrap_err().0, "extra_lib_dirs");
+        let c = InjectConfig { host_programs: vec!["bin/qstat".into()], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().0, "host_programs");
+        for bad in ["etc/slurm", "/", "/proc/self", "/dev/shm", "/.berth/host/bin/x"] {
+            let c = InjectConfig { host_paths: vec![bad.into()], ..Default::default() };
+            assert_eq!(c.validate().unwrap_err().0, "host_paths", "{bad}");
+        }
+        let c = InjectConfig { program_dirs: vec!["opt/bin".into()], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().0, "program_dirs");
+        let c: InjectConfig =
+            toml::from_str("scheduler_clients = [\"torque\", \"slurm\"]\nhost_paths = [\"/etc/slurm\"]\n")
+                .unwrap();
+        assert_eq!(c.scheduler_clients, vec![SchedulerClients::Torque, SchedulerClients::Slurm]);
+        assert!(c.validate().is_ok());
+        assert!(toml::from_str::<InjectConfig>("scheduler_clients = [\"lsf\"]\n").is_err());
     }
 
     #[test]

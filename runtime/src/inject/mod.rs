@@ -20,6 +20,7 @@
 //! appear at the host's own paths, and `--mpi=host` binds over the image's MPI.
 
 mod cache;
+mod clients;
 pub mod closure;
 pub mod config;
 pub mod elf;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use self::closure::{rooted, FoundLib, LibResolver};
-pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
+pub use self::config::{InjectConfig, MpiMode, NvidiaMode, SchedulerClients};
 pub use self::elf::GlibcVersion;
 pub use self::ldcache::Arch;
 pub use self::mpi::MpiInfo;
@@ -168,6 +169,15 @@ pub struct InjectPlan {
     /// The libraries are a default, not something the user asked for: on an image without
     /// glibc they are dropped with a note instead of refusing to start.
     pub libs_optional: bool,
+    /// The batch system's client tools the site lends (`inject.scheduler_clients`,
+    /// `host_programs`, `host_paths`): their items and checks, added by [`finish_for_image`]
+    /// only if the image can run them. Their directories are already in `lib_dirs`/`bin_dirs`.
+    #[serde(default)]
+    pub clients: Option<Box<InjectPlan>>,
+    /// `/etc/passwd` entries (name, line) the lent tools look up: Slurm's commands refuse to
+    /// run when the `SlurmUser` of `slurm.conf` is not a known user.
+    #[serde(default)]
+    pub user_entries: Vec<(String, String)>,
 }
 
 impl InjectPlan {
@@ -185,6 +195,8 @@ impl InjectPlan {
             mpi_replace: vec![],
             notes: vec![],
             libs_optional: true,
+            clients: None,
+            user_entries: vec![],
         }
     }
 
@@ -285,7 +297,7 @@ pub fn discover(
     let mut plan = InjectPlan::empty(host.arch, mode);
     plan.nvidia = nvidia;
     plan.libs_optional = req.mpi.is_none() && !nvidia;
-    if mode == MpiMode::None && !nvidia && cfg.extra_libs.is_empty() {
+    if mode == MpiMode::None && !nvidia && cfg.extra_libs.is_empty() && !clients::wanted(cfg) {
         return Ok(plan);
     }
     plan.pass_env_prefixes = cfg.pass_env_prefixes.clone();
@@ -376,6 +388,17 @@ pub fn discover(
     }
     if !set.libs.is_empty() || plan.items.iter().any(|i| i.container_path.starts_with(lib_dir)) {
         plan.lib_dirs.push(lib_dir.clone());
+    }
+    if clients::wanted(cfg) {
+        let mut part = clients::discover(cfg, &resolver, &set.names, env)?;
+        plan.notes.append(&mut part.notes);
+        for dir in part.lib_dirs.iter().chain(&part.bin_dirs) {
+            let list = if part.lib_dirs.contains(dir) { &mut plan.lib_dirs } else { &mut plan.bin_dirs };
+            if !list.contains(dir) {
+                list.push(dir.clone());
+            }
+        }
+        plan.clients = Some(Box::new(part));
     }
     Ok(plan)
 }
@@ -654,14 +677,31 @@ fn check_with_facts(plan: &InjectPlan, image_root: &Path, image: &ImageFacts) ->
 /// `--mpi=host`, bind each host MPI library over the image's file of the same SONAME; when the
 /// image cannot load host libraries and nobody asked for them, drop them with a note.
 pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<InjectPlan> {
+    let clients = plan.clients.take();
     // Only injected libraries need the image's glibc (see `library_problem`).
-    let image = if plan.has_libraries() {
+    let image = if plan.has_libraries() || clients.as_ref().is_some_and(|c| c.has_libraries()) {
         image_facts(image_root, plan.arch)?
     } else {
         ImageFacts { glibc: None, libc_path: None }
     };
-    check_with_facts(&plan, image_root, &image)?;
-    if let Some(why) = library_problem(&plan, &image) {
+    let mut plan = finish_main(plan, image_root, &image)?;
+    if let Some(part) = clients {
+        // Lent, not asked for: an image that cannot run them goes without (module `clients`).
+        match library_problem(&part, &image) {
+            Some(why) => plan.notes.push(format!("host client tools not lent: {why}")),
+            None => {
+                plan.items.extend(part.items);
+                plan.checks.extend(part.checks);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// [`finish_for_image`] for everything but the client tools.
+fn finish_main(mut plan: InjectPlan, image_root: &Path, image: &ImageFacts) -> Result<InjectPlan> {
+    check_with_facts(&plan, image_root, image)?;
+    if let Some(why) = library_problem(&plan, image) {
         // Only reached for the site default (check_against_image refused the rest).
         drop_libraries(&mut plan);
         plan.notes.push(format!("host libraries not injected: {why}"));

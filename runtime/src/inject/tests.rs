@@ -656,3 +656,206 @@ fn inject_plan_serializes_for_dry_run() {
     let json = serde_json::to_string(&plan).unwrap();
     assert!(json.contains("\"mpi\":\"hybrid\""), "{json}");
 }
+
+// ---------------------------------------------------------------- the batch system's clients
+
+/// A TORQUE host: `qstat` (a program) linked against `libtorque.so.2` (via RUNPATH, outside
+/// the loader cache, as `make install` under /usr/local leaves it), `pbsdsh` a script, the
+/// server name file; no other client.
+fn fake_torque_host(tmp: &Path) -> PathBuf {
+    let root = tmp.join("host");
+    let lib = root.join("usr/local/lib");
+    cc_shared(
+        tmp,
+        "const char *torque_server(void){return \"srv\";}\n",
+        "libtorque.so.2",
+        &lib.join("libtorque.so.2.0.0"),
+        &[],
+    );
+    symlink("libtorque.so.2.0.0", lib.join("libtorque.so.2")).unwrap();
+    let bin = root.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let c = tmp.join("qstat.c");
+    std::fs::write(
+        &c,
+        "const char *torque_server(void);\nint main(void){return torque_server()[0] != 's';}\n",
+    )
+    .unwrap();
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(bin.join("qstat"))
+        .arg(&c)
+        .arg(lib.join("libtorque.so.2"))
+        .arg("-Wl,--enable-new-dtags,-rpath,/usr/local/lib")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(bin.join("pbsdsh"), "#!/bin/sh\necho pbsdsh\n").unwrap();
+    std::fs::create_dir_all(root.join("var/spool/torque")).unwrap();
+    std::fs::write(root.join("var/spool/torque/server_name"), "srv\n").unwrap();
+    make_cache(&root, &[TRIPLET_DIR]);
+    root
+}
+
+fn torque_clients() -> InjectConfig {
+    InjectConfig { scheduler_clients: vec![SchedulerClients::Torque], ..Default::default() }
+}
+
+#[test]
+fn inject_clients_torque_programs_libraries_and_server_file() {
+    if !can_compile() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fake_torque_host(tmp.path());
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let plan = discover(&torque_clients(), &HostFacts::at(&root), &req, &no_env).unwrap();
+    // Nothing is bound before the image is known to run them.
+    assert!(plan.items.is_empty(), "{:#?}", plan.items);
+    let part = plan.clients.as_ref().expect("a client part");
+    let paths = container_paths(part);
+    for want in [
+        "/.berth/host/bin/qstat",
+        "/.berth/host/bin/pbsdsh",
+        "/.berth/host/lib/libtorque.so.2",
+        "/var/spool/torque/server_name",
+    ] {
+        assert!(paths.contains(&want.to_string()), "{want} missing from {paths:#?}");
+    }
+    let lib = part.items.iter().find(|i| i.container_path.ends_with("libtorque.so.2")).unwrap();
+    assert_eq!(lib.host_path, root.join("usr/local/lib/libtorque.so.2.0.0"), "the real file, not the link");
+    assert_eq!(plan.bin_dirs, vec![PathBuf::from("/.berth/host/bin")]);
+    assert_eq!(plan.lib_dirs, vec![PathBuf::from("/.berth/host/lib")]);
+    // The programs a node lacks are named, not fatal.
+    assert!(
+        plan.notes.iter().any(|n| n.contains("not on this host") && n.contains("qsub")),
+        "{:?}",
+        plan.notes
+    );
+    // The program and its library carry glibc checks; the script does not.
+    let checked: Vec<String> = part.library_names();
+    assert!(checked.contains(&"qstat".to_string()) && checked.contains(&"libtorque.so.2".to_string()));
+    assert!(!checked.contains(&"pbsdsh".to_string()));
+
+    // A host without any TORQUE client: a note, nothing lent.
+    let bare = tmp.path().join("bare");
+    make_cache(&bare, &[TRIPLET_DIR]);
+    let plan = discover(&torque_clients(), &HostFacts::at(&bare), &req, &no_env).unwrap();
+    assert!(plan.clients.as_ref().unwrap().items.is_empty() && plan.bin_dirs.is_empty());
+    assert!(plan.notes.iter().any(|n| n.contains("torque clients: none of")), "{:?}", plan.notes);
+}
+
+#[test]
+fn inject_clients_join_only_images_that_can_run_them() {
+    if !can_compile() || !host_glibc_at_least_2_34() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fake_torque_host(tmp.path());
+    // Asked for explicitly: --mpi=none with the site's clients.
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let plan = discover(&torque_clients(), &HostFacts::at(&root), &req, &no_env).unwrap();
+
+    // An image whose glibc is new enough gets them.
+    let new = tmp.path().join("new-image");
+    fake_image_libc(&new, tmp.path(), "2.40");
+    let done = finish_for_image(plan.clone(), &new).unwrap();
+    assert!(container_paths(&done).contains(&"/.berth/host/bin/qstat".to_string()), "{:#?}", done.items);
+    assert!(done.clients.is_none());
+
+    // An older glibc, or none: the job still starts, without them, and says why.
+    let old = tmp.path().join("old-image");
+    fake_image_libc(&old, tmp.path(), "2.31");
+    let static_image = tmp.path().join("static-image");
+    std::fs::create_dir_all(&static_image).unwrap();
+    for image in [&old, &static_image] {
+        let done = finish_for_image(plan.clone(), image).unwrap();
+        assert!(done.items.is_empty(), "{:#?}", done.items);
+        assert!(done.notes.iter().any(|n| n.starts_with("host client tools not lent")), "{:?}", done.notes);
+    }
+}
+
+#[test]
+fn inject_clients_site_programs_and_paths_must_exist() {
+    if !can_compile() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fake_torque_host(tmp.path());
+    let host = HostFacts::at(&root);
+    let req = InjectRequest::default();
+    let cfg = InjectConfig {
+        host_programs: vec!["qstat".into()],
+        host_paths: vec!["/var/spool/torque".into()],
+        ..Default::default()
+    };
+    let plan = discover(&cfg, &host, &req, &no_env).unwrap();
+    let part = plan.clients.unwrap();
+    let dir = part.items.iter().find(|i| i.container_path == Path::new("/var/spool/torque")).unwrap();
+    assert_eq!(dir.kind, ItemKind::Dir);
+    assert!(container_paths(&part).contains(&"/.berth/host/bin/qstat".to_string()));
+
+    let cfg = InjectConfig { host_programs: vec!["qmissing".into()], ..Default::default() };
+    let e = discover(&cfg, &host, &req, &no_env).unwrap_err().to_string();
+    assert!(e.contains("host program qmissing") && e.contains("inject.host_programs"), "{e}");
+    let cfg = InjectConfig { host_paths: vec!["/etc/missing.conf".into()], ..Default::default() };
+    let e = discover(&cfg, &host, &req, &no_env).unwrap_err().to_string();
+    assert!(e.contains("/etc/missing.conf") && e.contains("inject.host_paths"), "{e}");
+}
+
+#[test]
+fn inject_clients_real_slurm_host() {
+    let Some(host) = HostFacts::real() else { return };
+    if !Path::new("/usr/bin/srun").exists() {
+        eprintln!("skipped: no Slurm client on this host");
+        return;
+    }
+    let cfg = InjectConfig { scheduler_clients: vec![SchedulerClients::Slurm], ..Default::default() };
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let env = env_of(&[("SLURM_CONF", "/srv/cluster/etc/slurm.conf")]);
+    let plan = discover(&cfg, &host, &req, &env).unwrap();
+    let part = plan.clients.unwrap();
+    let paths = container_paths(&part);
+    assert!(paths.contains(&"/.berth/host/bin/srun".to_string()), "{paths:#?}");
+    // srun's own libslurmfull, and the plugin directory beside it at the host's path.
+    let full =
+        part.items.iter().find(|i| i.container_path.to_string_lossy().contains("libslurmfull")).unwrap();
+    let plugin_dir = full.host_path.parent().unwrap();
+    assert!(paths.contains(&plugin_dir.to_string_lossy().to_string()), "{paths:#?}");
+    if Path::new("/run/munge").is_dir() {
+        assert!(paths.contains(&"/run/munge".to_string()));
+    }
+    // SLURM_CONF's directory is named (it does not exist here: a note, not a bind).
+    assert!(plan.notes.iter().any(|n| n.contains("/srv/cluster/etc")), "{:?}", plan.notes);
+}
+
+#[test]
+fn inject_clients_slurm_user_entry_from_the_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("host");
+    for d in ["usr/bin", "etc/slurm", "srv/etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("usr/bin/srun"), "#!/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nslurm:x:64030:64030::/nonexistent:/usr/sbin/nologin\nsched:x:500:500::/:/bin/false\n").unwrap();
+    std::fs::write(
+        root.join("etc/slurm/slurm.conf"),
+        "# SlurmUser=root\nClusterName=c\n  slurmuser = slurm # the daemons\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("srv/etc/slurm.conf"), "SlurmUser=sched\n").unwrap();
+    let cfg = InjectConfig { scheduler_clients: vec![SchedulerClients::Slurm], ..Default::default() };
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let plan = discover(&cfg, &HostFacts::at(&root), &req, &no_env).unwrap();
+    let part = plan.clients.unwrap();
+    assert_eq!(
+        part.user_entries,
+        vec![("slurm".to_string(), "slurm:x:64030:64030::/nonexistent:/usr/sbin/nologin".to_string())]
+    );
+    assert!(container_paths(&part).contains(&"/etc/slurm".to_string()));
+    // SLURM_CONF names another configuration: its directory and its SlurmUser.
+    let env = env_of(&[("SLURM_CONF", "/srv/etc/slurm.conf")]);
+    let part = discover(&cfg, &HostFacts::at(&root), &req, &env).unwrap().clients.unwrap();
+    assert_eq!(part.user_entries[0].0, "sched");
+    assert!(container_paths(&part).contains(&"/srv/etc".to_string()));
+}
