@@ -4,8 +4,9 @@
 # (Open MPI 4.1.4, PMIx 4.2.2 like the host) and on Debian 11 (Open MPI 4.1.0, PMIx 4.0.0),
 # as `srun --mpi=pmix -N2 -n2 --container=IMG` on the test cluster (tests/slurm/cluster.sh,
 # Slurm 22.05 with the host's PMIx 4.2.2), with and without the Open MPI setting that avoids
-# the old client's wait (OMPI_MCA_pml: one PML named, see the table's last lines), and as
-# `berth exec IMG` outside Slurm (a singleton). Medians of BENCH_RUNS interleaved rounds, ms.
+# the old client's wait (OMPI_MCA_pml: one PML named, see README.md), with both ranks on one
+# node, and as `berth exec IMG` outside Slurm (a singleton). Medians of BENCH_RUNS interleaved
+# rounds, in ms.
 #
 # Run as root. Takes /tmp/berth-it.lock for the whole run (the cluster is shared) and brings
 # the cluster down at the end. The images are built once and cached (tests/build-mpi-images.sh).
@@ -41,21 +42,25 @@ one_us() { # command... ; one run's wall time in microseconds
   e=$(date +%s%N); echo $(( (e - s) / 1000 ))
 }
 median_ms() { sort -n | awk '{a[NR]=$1} END {printf "%.0f", a[int((NR+1)/2)]/1000}'; }
-step() { echo srun --mpi=pmix -N2 -n2 --container="$1" berth-mpitest -h; }
-labels=("srun, Debian 12 image" "srun, Debian 11 image" "srun, Debian 12, OMPI_MCA_pml=ob1"
-        "srun, Debian 11, OMPI_MCA_pml=ob1" "berth exec, Debian 12 (no Slurm)" "berth exec, Debian 11 (no Slurm)")
-cmds=("$(step "$new")" "$(step "$old")" "env OMPI_MCA_pml=ob1 $(step "$new")" "env OMPI_MCA_pml=ob1 $(step "$old")"
+step() { echo srun --mpi=pmix "$1" -n2 --container="$2" berth-mpitest -h; }
+# Each case, its command, and the case it is compared with (refs: an index into both).
+labels=("srun -N2, Debian 12 image" "srun -N2, Debian 11 image" "srun -N2, Debian 12, OMPI_MCA_pml=ob1"
+        "srun -N2, Debian 11, OMPI_MCA_pml=ob1" "srun -N1, Debian 12 image" "srun -N1, Debian 11 image"
+        "berth exec, Debian 12 (no Slurm)" "berth exec, Debian 11 (no Slurm)")
+cmds=("$(step -N2 "$new")" "$(step -N2 "$old")" "env OMPI_MCA_pml=ob1 $(step -N2 "$new")"
+      "env OMPI_MCA_pml=ob1 $(step -N2 "$old")" "$(step -N1 "$new")" "$(step -N1 "$old")"
       "$DIR/bin/berth exec $new berth-mpitest -h" "$DIR/bin/berth exec $old berth-mpitest -h")
+refs=(0 0 0 2 4 4 6 6)
 declare -A t
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 for _ in $(seq "$runs"); do   # interleaved: drift on a busy machine hits every case alike
   for i in "${!cmds[@]}"; do t[$i]+="$(one_us ${cmds[$i]}) "; done
 done
 printf 'load average before: %s, after: %s\n' "$load" "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-40s %10s %12s\n' "case ($runs runs, median)" "ms" "vs Debian 12"
+printf '%-42s %8s %8s %11s\n' "   case ($runs runs, median)" "ms" "vs case" "difference"
+for i in "${!cmds[@]}"; do m[$i]=$(printf '%s\n' ${t[$i]} | median_ms); done
 for i in "${!cmds[@]}"; do
-  m[$i]=$(printf '%s\n' ${t[$i]} | median_ms)
-  ref=${m[0]}; [ "$i" = 3 ] && ref=${m[2]}; [ "$i" -ge 4 ] && ref=${m[4]}
-  printf '%-40s %10s %+12d\n' "${labels[$i]}" "${m[$i]}" "$(( m[i] - ref ))"
+  r=${refs[$i]}
+  printf '%2d %-39s %8s %8s %+11d\n' "$((i + 1))" "${labels[$i]}" "${m[$i]}" "$((r + 1))" "$(( m[i] - m[r] ))"
 done
 echo "goal: a Debian 11 step at most 200 ms over the same step with the Debian 12 image"

@@ -329,9 +329,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             let warnings = match (a.image, &plan) {
                 (Some(image), Some(p)) => {
                     let img = berth_runtime::image::open(&images::local_file(&cfg, image)?)?;
-                    let arch = p.arch;
+                    let (arch, host_root) = (p.arch, cfg.inject.host_root.clone());
                     berth_runtime::container::read_from_image(&img, &cfg, move |root| {
-                        inject::image_stack_warnings(root, std::path::Path::new("/"), arch)
+                        inject::image_stack_warnings(root, &host_root, arch)
                     })?
                 }
                 _ => Vec::new(),
