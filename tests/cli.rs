@@ -797,3 +797,58 @@ fn version_names_the_release_and_commit() {
     assert!(out.starts_with(&format!("berth {} (commit ", env!("CARGO_PKG_VERSION"))), "{out}");
     assert!(!out.contains("(commit )"), "{out}");
 }
+
+/// `gcc -shared` of a one-symbol library named `file` in `dir`, with `soname` linking to it.
+fn stub_library(dir: &std::path::Path, soname: &str, file: &str, text: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = dir.join(format!("{file}.c"));
+    std::fs::write(&src, format!("const char *stub_text = \"{text}\";\n")).unwrap();
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", &format!("-Wl,-soname,{soname}"), "-o"])
+        .arg(dir.join(file))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cc failed for {file}");
+    std::fs::remove_file(&src).unwrap();
+    std::os::unix::fs::symlink(file, dir.join(soname)).unwrap();
+}
+
+#[test]
+fn inspect_host_with_an_image_warns_about_an_older_pmix_client_and_says_what_to_set() {
+    let w = world();
+    // Slurm's PMIx server is the host's libpmix (Debian 12: PMIx 4.2.2, libpmix.so.2.6.2).
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    let host_series = std::fs::canonicalize(format!("{lib}/libpmix.so.2"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|n| berth_runtime::inject::mpi::libtool_version(&n));
+    if host_series.as_deref().is_none_or(|v| v.len() < 2 || v[..2] <= [2, 3][..]) {
+        eprintln!("skipped: no PMIx newer than 4.0 on this host ({host_series:?}; apt-get install libpmix2)");
+        return;
+    }
+    // Debian 11's Open MPI 4.1.0 and PMIx 4.0.0, as their files are named, in a SquashFS image.
+    let root = w.path("old-mpi-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let img_lib = root.join(lib.trim_start_matches('/'));
+    stub_library(&img_lib, "libmpi.so.40", "libmpi.so.40.30.0", "Open MPI v4.1.0");
+    stub_library(&img_lib, "libpmix.so.2", "libpmix.so.2.3.0", "4.0.0");
+    let old = w.path("old-mpi.sqsh");
+    harness::mksquashfs(&root, &old);
+    let out = w.run(&["inspect", "--host", old.to_str().unwrap()]).ok();
+    let warning =
+        out.lines().find(|l| l.starts_with("warning:")).unwrap_or_else(|| panic!("no warning in:\n{out}"));
+    for needle in
+        ["Open MPI 4.1.0", "libpmix.so.2.3.0", "srun --mpi=pmix", "2 s in MPI_Init", "OMPI_MCA_pml=ob1"]
+    {
+        assert!(warning.contains(needle), "{needle} missing from: {warning}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&w.run(&["inspect", "--host", "--json", old.to_str().unwrap()]).ok()).unwrap();
+    assert_eq!(v["image_warnings"][0].as_str(), Some(&warning["warning: ".len()..]), "{v}");
+
+    // The test image has no MPI: the host plan, and nothing to warn about.
+    let out = w.run(&["inspect", "--host", w.image()]).ok();
+    assert!(out.contains("host injection for this node") && !out.contains("warning:"), "{out}");
+}

@@ -12,8 +12,9 @@ pub struct InspectArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
-    /// Show what this host would inject (MPI, fabric, NVIDIA) and why, instead of an image
-    #[arg(long, conflicts_with = "image")]
+    /// Show what this host would inject (MPI, fabric, NVIDIA) and why; with IMAGE, also what
+    /// the image's own MPI stack will cost on this host
+    #[arg(long)]
     pub host: bool,
     /// With --host: the MPI model to show (hybrid, host, none)
     #[arg(long, value_name = "MODEL", value_parser = crate::parse_mpi, requires = "host")]
@@ -26,13 +27,22 @@ pub struct InspectArgs {
 }
 
 /// `berth inspect --host`: the injection plan for this host.
-pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Result<i32, Error> {
+/// `warnings`: what the image given with `--host IMAGE` will cost on this host, and what to set.
+pub fn host(
+    plan: Option<berth_runtime::inject::InjectPlan>,
+    warnings: &[String],
+    json: bool,
+) -> Result<i32, Error> {
     let Some(plan) = plan else {
         println!("host injection: not supported on this architecture");
         return Ok(0);
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+        let mut v = serde_json::to_value(&plan).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("image_warnings".into(), serde_json::json!(warnings));
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(0);
     }
     println!("host injection for this node (mpi: {:?}, nvidia: {}):", plan.mpi, plan.nvidia);
@@ -63,6 +73,9 @@ pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Resu
         println!("  note: {n}");
     }
     println!("checked against each image before use: glibc versions, MPI ABI, CUDA driver");
+    for w in warnings {
+        println!("warning: {w}");
+    }
     Ok(0)
 }
 

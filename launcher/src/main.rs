@@ -323,7 +323,20 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 PathBuf::new(),
                 Action::Shell,
             )?;
-            inspect::host(inject::discover_for_request(&cfg, &req)?, a.json)
+            let plan = inject::discover_for_request(&cfg, &req)?;
+            // With an image: what its own MPI stack will cost on this host (read from the
+            // image, mounted as the user, the way `berth inspect IMAGE` reads its metadata).
+            let warnings = match (a.image, &plan) {
+                (Some(image), Some(p)) => {
+                    let img = berth_runtime::image::open(&images::local_file(&cfg, image)?)?;
+                    let (arch, host_root) = (p.arch, cfg.inject.host_root.clone());
+                    berth_runtime::container::read_from_image(&img, &cfg, move |root| {
+                        inject::image_stack_warnings(root, &host_root, arch)
+                    })?
+                }
+                _ => Vec::new(),
+            };
+            inspect::host(plan, &warnings, a.json)
         }
         Cmd::Inspect(mut a) => {
             a.image = a.image.map(|i| images::local_file(&cfg, i)).transpose()?;

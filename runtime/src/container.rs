@@ -269,14 +269,34 @@ impl Joined {
     }
 }
 
-/// Read an image's metadata without starting anything in it: a short-lived child applies a
-/// plan that only mounts the image ([`crate::plan`]'s first steps), in its own namespaces, and
-/// sends the metadata back as JSON.
+/// Read an image's metadata without starting anything in it (see [`read_from_image`]).
 pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<Metadata> {
     use crate::image::{FsType, RootFs};
+    if let RootFs::Embedded { fs: FsType::Ext3, .. } = &image.root {
+        return Ok(Metadata::default());
+    }
+    read_from_image(image, cfg, |root| Ok(metadata::read(root)))
+}
+
+/// Run `read` on an image's root filesystem without starting anything in it: a directory is
+/// read in place; for an embedded SquashFS a short-lived child applies a plan that only
+/// mounts the image ([`crate::plan`]'s first steps), in its own namespaces, and sends the
+/// result back as JSON. Ext3 images (privileged mode only) are refused.
+pub fn read_from_image<T, F>(image: &crate::image::Image, cfg: &Config, read: F) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    F: FnOnce(&Path) -> Result<T>,
+{
+    use crate::image::{FsType, RootFs};
     match &image.root {
-        RootFs::Directory { path } => return Ok(metadata::read(path)),
-        RootFs::Embedded { fs: FsType::Ext3, .. } => return Ok(Metadata::default()),
+        RootFs::Directory { path } => return read(path),
+        RootFs::Embedded { fs: FsType::Ext3, .. } => {
+            return Err(Error::image(
+                &image.path,
+                "cannot read an ext3 image without mounting it as root",
+                "convert it once to SquashFS (e.g. `apptainer build new.sif old.img`)",
+            ))
+        }
         RootFs::Embedded { fs: FsType::Squashfs, .. } => {}
     }
     let mut image = image.clone();
@@ -300,12 +320,11 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
     let mut out_child = out.try_clone().map_err(|e| Error::io("cannot dup", &scratch, e))?;
     let ended = process::fork_and_wait(
         move || {
-            let result = (|| -> Result<Metadata> {
+            let result = (|| -> Result<T> {
                 process::enter_user_and_mount_ns(uid, gid)?;
                 let mut sys = RealSys::new(uid, gid);
                 crate::apply::apply(&plan, &mut sys)?;
-                let at = crate::plan::image_at(&plan).unwrap_or(Path::new("/"));
-                Ok(metadata::read(at))
+                read(crate::plan::image_at(&plan).unwrap_or(Path::new("/")))
             })();
             let msg = match result {
                 Ok(m) => serde_json::json!({ "ok": m }),
@@ -321,12 +340,12 @@ pub fn read_image_metadata(image: &crate::image::Image, cfg: &Config) -> Result<
     std::io::Seek::rewind(&mut out).map_err(|e| Error::io("cannot read", &scratch, e))?;
     std::io::Read::read_to_string(&mut out, &mut text).map_err(|e| Error::io("cannot read", &scratch, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| Error::image(&image.path, format!("reading its metadata failed ({ended:?})"), ""))?;
+        .map_err(|_| Error::image(&image.path, format!("reading it failed ({ended:?})"), ""))?;
     if let Some(e) = v.get("err").and_then(|e| e.as_str()) {
-        return Err(Error::image(&image.path, format!("cannot read metadata: {e}"), ""));
+        return Err(Error::image(&image.path, format!("cannot read it: {e}"), ""));
     }
     serde_json::from_value(v["ok"].clone())
-        .map_err(|e| Error::image(&image.path, format!("bad metadata: {e}"), ""))
+        .map_err(|e| Error::image(&image.path, format!("bad answer: {e}"), ""))
 }
 
 #[cfg(test)]

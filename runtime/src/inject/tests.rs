@@ -859,3 +859,50 @@ fn inject_clients_slurm_user_entry_from_the_configuration() {
     assert_eq!(part.user_entries[0].0, "sched");
     assert!(container_paths(&part).contains(&"/srv/etc".to_string()));
 }
+
+/// A tree with a PMIx client library file `file` (`libpmix.so.2` links to it) and, when
+/// `open_mpi` is given, Open MPI's `libmpi.so.40` with that libtool version.
+fn pmix_tree(tmp: &Path, name: &str, file: &str, open_mpi: Option<&str>) -> PathBuf {
+    let root = tmp.join(name);
+    stub_mpi(tmp, &root, "libpmix.so.2", file, "OpenPMIx");
+    if let Some(lt) = open_mpi {
+        stub_mpi(tmp, &root, "libmpi.so.40", &format!("libmpi.so.{lt}"), "Open MPI v4.1.0");
+    }
+    make_cache(&root, &[TRIPLET_DIR]);
+    root
+}
+
+#[test]
+fn inject_open_mpi_image_with_older_pmix_client_than_the_host_gets_the_pml_advice() {
+    if !can_compile() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Debian 11's Open MPI 4.1.0 with PMIx 4.0.0, against Debian 12's PMIx 4.2.2.
+    let host = pmix_tree(tmp.path(), "host", "libpmix.so.2.6.2", None);
+    let old = pmix_tree(tmp.path(), "old", "libpmix.so.2.3.0", Some("40.30.0"));
+    let w = image_stack_warnings(&old, &host, Arch::X86_64).unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    for part in
+        ["Open MPI 4.1.0", "libpmix.so.2.3.0", "libpmix.so.2.6.2", "2 s in MPI_Init", "OMPI_MCA_pml=ob1"]
+    {
+        assert!(w[0].contains(part), "{part} not in {}", w[0]);
+    }
+    // The same release series as the host (a newer bug-fix release too): nothing to say.
+    for (name, file) in
+        [("same", "libpmix.so.2.6.2"), ("fix", "libpmix.so.2.6.5"), ("newer", "libpmix.so.2.9.1")]
+    {
+        let image = pmix_tree(tmp.path(), name, file, Some("40.30.4"));
+        assert_eq!(
+            image_stack_warnings(&image, &host, Arch::X86_64).unwrap(),
+            Vec::<String>::new(),
+            "{file}"
+        );
+    }
+    // An old PMIx without Open MPI (the advice is Open MPI's), or a host without PMIx.
+    let no_ompi = pmix_tree(tmp.path(), "no-ompi", "libpmix.so.2.3.0", None);
+    assert!(image_stack_warnings(&no_ompi, &host, Arch::X86_64).unwrap().is_empty());
+    let bare_host = tmp.path().join("bare-host");
+    std::fs::create_dir_all(&bare_host).unwrap();
+    assert!(image_stack_warnings(&old, &bare_host, Arch::X86_64).unwrap().is_empty());
+}
