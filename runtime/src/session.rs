@@ -23,9 +23,10 @@ use crate::image::{self, Image, RootFs};
 use crate::inject;
 use crate::plan::{self, HostFacts, Plan};
 use crate::request::{Action, BindSpec, Request};
-use crate::sys::process::{self, Ended};
+use crate::sys::process;
 
 pub use crate::container::Joined;
+pub use crate::sys::process::Ended;
 
 /// A request made ready to run: its image opened, the host's facts read, the host's
 /// libraries and devices to inject found, and the plan made.
