@@ -59,6 +59,11 @@ pub enum Error {
     #[error("build: {what}: {reason}{}", hint_line(hint))]
     Build { what: String, reason: String, hint: String },
 
+    /// A holder started for a scheduler's step was not ready: its own message (or why it
+    /// could not start), already worded for people.
+    #[error("{0}")]
+    Holder(String),
+
     /// The command could not be started inside the container.
     #[error("{cmd}: {reason}")]
     Exec { cmd: String, reason: String, code: i32 },

@@ -136,8 +136,8 @@ pub fn join_or_create(
     lifetime: Lifetime,
 ) -> Result<Joined> {
     let uid = nix::unistd::getuid().as_raw();
-    let make_plan = || make().map(|p| (p.plan, p.request.cleanenv));
-    holder::join_or_create(cfg, uid, name, image, make_plan, lifetime)
+    let make = || make().map(|p| (p.request, p.plan));
+    holder::join_or_create(cfg, uid, name, image, make, lifetime)
 }
 
 impl Joined {

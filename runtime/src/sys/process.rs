@@ -401,6 +401,89 @@ pub fn close_fds_except(keep: &[i32]) {
     }
 }
 
+/// An anonymous in-memory file, close-on-exec (a child's stderr read back after it failed,
+/// a spec it reads on stdin).
+pub(crate) fn memfd(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let n = std::ffi::CString::new(name.replace('\0', "?")).map_err(std::io::Error::other)?;
+    // SAFETY: n is NUL-terminated; the flags are valid.
+    let fd = unsafe { libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Make `cmd` run as `creds` (uid, gid, supplementary groups: real, effective and saved ids),
+/// or as root (uid 0) for None, with fd `pass_fd` of the parent as fd `as_fd`, every other fd
+/// above `as_fd` marked close-on-exec, and SIGKILL when its parent dies. For slurmstepd (ruid
+/// 0, euid the user in user_init) starting a holder.
+pub(crate) fn run_as(
+    cmd: &mut std::process::Command,
+    creds: Option<(u32, u32, Vec<u32>)>,
+    pass_fd: i32,
+    as_fd: i32,
+) {
+    use std::os::unix::process::CommandExt;
+    // None: stay root (ruid 0 here; the euid is the user's in user_init). The program started
+    // then is `berth holder` with the spec's user set, which becomes the user itself.
+    let (uid, gid, groups, drop) = match creds {
+        Some((uid, gid, groups)) => (uid, gid, groups, true),
+        None => (0, 0, vec![], false),
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // system calls (seteuid, setgroups, setresgid, setresuid, dup2, close_range, prctl); it
+    // allocates nothing (`groups` was allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::geteuid() != 0 && libc::seteuid(0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if drop
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if !drop && libc::setresuid(0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getuid() != uid || libc::geteuid() != uid {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            if pass_fd >= 0 && libc::dup2(pass_fd, as_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mark (not close) the fds above: std's own exec-error pipe must stay open until
+            // exec. CLOSE_RANGE_CLOEXEC = 1 << 2 (Linux 5.11).
+            libc::syscall(libc::SYS_close_range, (as_fd + 1) as u32, u32::MAX, 4u32);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+}
+
+/// Reap our child `pid` within `timeout`; its raw wait status if we reaped it.
+pub(crate) fn reap_within(pid: i32, timeout: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 => {}
+            r if r == pid => return Some(status),
+            // ECHILD: reaped elsewhere (slurmstepd), or not ours.
+            _ => return None,
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
