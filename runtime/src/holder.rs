@@ -5,7 +5,7 @@
 //! This module owns every part of it: the [`Spec`] a front end hands a holder, how a holder is
 //! started ([`spawn`], the one place that starts one: [`Spawn::Fork`] from a single-threaded
 //! starter, [`Spawn::Exec`] of `berth holder --spec-stdin --ready-fd 3` from a process that
-//! cannot fork one, slurmstepd), the ready handshake ([`wait_ready`], read by both), the state
+//! cannot fork one, slurmstepd), the ready handshake (`wait_ready`, read by both), the state
 //! record joiners find it by (`<state_dir>/holders/NAME.json`, spelled only in [`record_path`]),
 //! who is inside ([`members`]), and [`stop`].
 //!
@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::plan::{EnvPlan, Plan};
 use crate::request::Request;
 use crate::sys::proc;
+pub use crate::sys::proc::start_time;
 use crate::sys::process;
 
 /// What a holder records so joiners can find and verify it.
@@ -45,7 +46,7 @@ pub struct HolderState {
     /// The image file (absolute) the container runs.
     pub image: PathBuf,
     /// The environment rules of the holder's plan, which joiners apply to their own.
-    pub env: EnvPlan,
+    pub(crate) env: EnvPlan,
     /// Whether the request asked for `--cleanenv`.
     pub cleanenv: bool,
     /// Working directory candidates, in order.
@@ -91,7 +92,7 @@ fn encode_spec(spec: &Spec) -> String {
     serde_json::to_string(spec).unwrap_or_default()
 }
 
-/// Read a [`Spec`] written by [`encode_spec`].
+/// Read a [`Spec`] as [`Spawn::Exec`] writes it on a holder's stdin (JSON).
 pub fn decode_spec(mut r: impl Read) -> Result<Spec> {
     let mut text = String::new();
     r.read_to_string(&mut text)
@@ -533,7 +534,7 @@ pub struct Spawned {
 
 /// Start a holder for `spec` the way `how` says and wait until it is ready, or say why it is
 /// not. The one place a holder process is started; both ways read the same ready handshake
-/// ([`wait_ready`]).
+/// (`wait_ready`).
 pub fn spawn(spec: &Spec, how: Spawn) -> Result<Spawned> {
     check_name(&spec.name)?;
     match how {
@@ -576,12 +577,12 @@ fn fork_holder(spec: &Spec, plan: &Plan, lifetime: Lifetime) -> Result<Spawned> 
             drop(wr);
             let _ = nix::sys::wait::waitpid(child, None);
             let line = match wait_ready(&std::fs::File::from(rd), None) {
-                Ready::Ready => {
+                Handshake::Ready => {
                     let st = find_in(&dir_in(&plan.state_dir), name)?;
                     return Ok(Spawned { pid: st.pid, start_time: Some(st.start_time) });
                 }
-                Ready::Ended(line) => line,
-                Ready::TimedOut => String::new(),
+                Handshake::Ended(line) => line,
+                Handshake::TimedOut => String::new(),
             };
             if line.is_empty() {
                 Err(Error::request(
@@ -644,8 +645,8 @@ fn exec_holder(spec: &Spec, exec: Exec) -> Result<Spawned> {
     drop(child);
 
     match wait_ready(&std::fs::File::from(ready_r), Some(exec.timeout)) {
-        Ready::Ready => return Ok(Spawned { pid, start_time: proc::start_time(pid) }),
-        Ready::TimedOut => {
+        Handshake::Ready => return Ok(Spawned { pid, start_time: proc::start_time(pid) }),
+        Handshake::TimedOut => {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             process::reap_within(pid, std::time::Duration::from_secs(2));
@@ -656,7 +657,7 @@ fn exec_holder(spec: &Spec, exec: Exec) -> Result<Spawned> {
                 stderr_tail(&errfile).map(|m| format!(": {m}")).unwrap_or_default()
             )));
         }
-        Ready::Ended(_) => {}
+        Handshake::Ended(_) => {}
     }
     // EOF without "ready": the holder failed.
     let status = process::reap_within(pid, std::time::Duration::from_secs(5));
@@ -737,7 +738,7 @@ fn signal_ready(fd: OwnedFd) {
 
 /// What the starter learnt on a holder's ready pipe.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ready {
+pub(crate) enum Handshake {
     /// The container is set up; joiners may come.
     Ready,
     /// The pipe closed without the ready line: the holder ended. What it wrote instead (its
@@ -749,7 +750,7 @@ pub enum Ready {
 
 /// Wait (up to `timeout`, or for good) for the ready line on `r`, the read end of the pipe
 /// whose write end the holder got.
-pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Ready {
+pub(crate) fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Handshake {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
@@ -761,14 +762,14 @@ pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Re
             Some(d) => {
                 let left = d.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    return Ready::TimedOut;
+                    return Handshake::TimedOut;
                 }
                 PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
             }
         };
         match poll(&mut [PollFd::new(r.as_fd(), PollFlags::POLLIN)], wait) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Ready::Ended(String::new()),
+            Err(_) => return Handshake::Ended(String::new()),
             Ok(_) => {}
         }
         match (&*r).read(&mut b) {
@@ -776,14 +777,14 @@ pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Re
             Ok(n) => got.extend_from_slice(&b[..n]),
         }
         if got.starts_with(READY_LINE) {
-            return Ready::Ready;
+            return Handshake::Ready;
         }
         if got.len() > 64 * 1024 {
             break;
         }
     }
     let text = String::from_utf8_lossy(&got);
-    Ready::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
+    Handshake::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
 }
 
 /// Remove the file at the absolute `path` without following a symlink anywhere on the way:
@@ -863,19 +864,19 @@ mod tests {
     fn the_ready_handshake() {
         let (r, w) = pipe();
         signal_ready(w.into());
-        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_secs(5))), Ready::Ready);
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_secs(5))), Handshake::Ready);
 
         let (r, mut w) = pipe();
         w.write_all(b"image /x: not found\nmore\n").unwrap();
         drop(w);
-        assert_eq!(wait_ready(&r, None), Ready::Ended("image /x: not found".into()));
+        assert_eq!(wait_ready(&r, None), Handshake::Ended("image /x: not found".into()));
 
         let (r, w) = pipe();
         let t0 = std::time::Instant::now();
-        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_millis(100))), Ready::TimedOut);
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_millis(100))), Handshake::TimedOut);
         assert!(t0.elapsed() >= std::time::Duration::from_millis(100));
         drop(w);
-        assert_eq!(wait_ready(&r, None), Ready::Ended(String::new()));
+        assert_eq!(wait_ready(&r, None), Handshake::Ended(String::new()));
     }
 
     /// `Spawn::Exec` (what slurmstepd uses): the program gets the spec as JSON on stdin and

@@ -26,7 +26,7 @@ use crate::request::{Action, BindSpec, Request};
 use crate::sys::process;
 
 pub use crate::container::Joined;
-pub use crate::sys::process::Ended;
+pub use crate::sys::process::{exit_like, Ended};
 
 /// A request made ready to run: its image opened, the host's facts read, the host's
 /// libraries and devices to inject found, and the plan made.
@@ -143,7 +143,7 @@ pub fn join_or_create(
 impl Joined {
     /// Start `argv` in this joined container: the task's environment (its own host variables
     /// filtered like the holder's, the image's, the holder's overrides) and working directory,
-    /// then [`process::chdir_harden_exec`]. Returns only on failure.
+    /// then change to it, harden the process (`no_new_privs`) and exec. Returns only on failure.
     pub fn exec(&self, cfg: &Config, host: &HostFacts, argv: &[String]) -> Error {
         let env = self.env(cfg, host);
         match self.workdir(host.cwd.as_deref()) {

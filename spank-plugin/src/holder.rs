@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_runtime::holder::{self as protocol, Exec, Spawn, Spec};
-use berth_runtime::sys::proc;
 
 use crate::sys;
 
@@ -47,7 +46,7 @@ fn wait_gone(pid: i32, timeout: Duration) -> Option<i32> {
 /// Stop the holder: SIGTERM, then SIGKILL after `grace`; reap it; remove its state file if
 /// it left one. Runs in slurmstepd (root) in `slurm_spank_exit`.
 pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
-    let running = || h.start_time.is_some() && proc::start_time(h.pid) == h.start_time;
+    let running = || h.start_time.is_some() && protocol::start_time(h.pid) == h.start_time;
     if running() {
         sys::kill(h.pid, libc::SIGTERM);
         let deadline = Instant::now() + grace;

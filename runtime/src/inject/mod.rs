@@ -7,7 +7,7 @@
 //!    tree in tests) and returns an [`InjectPlan`]: what to bind where, env changes, the
 //!    container library directories to prepend to `LD_LIBRARY_PATH`, and the checks the image
 //!    must pass.
-//! 2. [`finish_for_image`] runs [`check_against_image`] on the mounted image tree (glibc
+//! 2. [`finish_for_image`] runs the checks (`check_against_image`) on the mounted image tree (glibc
 //!    versions, MPI ABI, CUDA driver), and for `--mpi=host` adds the binds of the host MPI over
 //!    the image's library of the same SONAME.
 //!
@@ -20,12 +20,12 @@
 //! appear at the host's own paths, and `--mpi=host` binds over the image's MPI.
 
 mod cache;
-pub mod closure;
-pub mod config;
-pub mod elf;
+pub(crate) mod closure;
+pub(crate) mod config;
+pub(crate) mod elf;
 pub mod ldcache;
-pub mod mpi;
-pub mod nvidia;
+pub(crate) mod mpi;
+pub(crate) mod nvidia;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,22 +34,19 @@ use serde::{Deserialize, Serialize};
 
 use self::closure::{rooted, FoundLib, LibResolver};
 pub use self::config::{InjectConfig, MpiMode, NvidiaMode};
-pub use self::elf::GlibcVersion;
-pub use self::ldcache::Arch;
-pub use self::mpi::MpiInfo;
+pub(crate) use self::elf::GlibcVersion;
+pub(crate) use self::ldcache::Arch;
+pub(crate) use self::mpi::MpiInfo;
 use crate::error::{Error, Result};
 
 /// Which GPUs the job may use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum GpuSelection {
+pub(crate) enum GpuSelection {
     /// From the scheduler: `SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, else a numeric
     /// `CUDA_VISIBLE_DEVICES`, else all.
     #[default]
     FromEnvironment,
-    All,
-    /// `/dev/nvidiaN` minors.
-    Minors(Vec<u32>),
 }
 
 /// What the user asked for.
@@ -59,12 +56,12 @@ pub struct InjectRequest {
     pub mpi: Option<MpiMode>,
     /// `--nv`.
     pub nvidia: bool,
-    pub gpus: GpuSelection,
+    pub(crate) gpus: GpuSelection,
 }
 
 /// How strictly device nodes are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceCheck {
+pub(crate) enum DeviceCheck {
     /// Device nodes must be character devices (with the NVIDIA major where it is fixed).
     #[default]
     CharDevicesOnly,
@@ -78,8 +75,8 @@ pub enum DeviceCheck {
 pub struct HostFacts {
     /// "/" normally; a fake host tree in tests.
     pub root: PathBuf,
-    pub arch: Arch,
-    pub device_check: DeviceCheck,
+    pub(crate) arch: Arch,
+    pub(crate) device_check: DeviceCheck,
 }
 
 impl HostFacts {
@@ -104,7 +101,7 @@ impl HostFacts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ItemKind {
+pub(crate) enum ItemKind {
     File,
     Dir,
     Device,
@@ -118,8 +115,8 @@ pub struct InjectItem {
     pub host_path: PathBuf,
     /// Absolute path inside the container.
     pub container_path: PathBuf,
-    pub kind: ItemKind,
-    pub readonly: bool,
+    pub(crate) kind: ItemKind,
+    pub(crate) readonly: bool,
     /// Why it is there, for `--dry-run` and messages ("libibverbs provider plugins").
     pub why: String,
 }
@@ -127,7 +124,7 @@ pub struct InjectItem {
 /// A check the image must pass before the plan is applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "check")]
-pub enum Check {
+pub(crate) enum Check {
     /// An injected host library needs this glibc from the image.
     /// `needs: None`: a dynamic library without glibc version needs (still needs a glibc).
     Glibc { library: String, needs: Option<GlibcVersion> },
@@ -140,16 +137,21 @@ pub enum Check {
 /// A host MPI library that replaces the image's library of the same SONAME.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MpiReplacement {
+    /// The library's SONAME, which the image's library of that name has too.
     pub soname: String,
     /// Where this process finds the host's file (root prefix applied).
     pub host_path: PathBuf,
 }
 
+/// What to inject from the host into one container: what `discover` found for a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectPlan {
-    pub arch: Arch,
+    pub(crate) arch: Arch,
+    /// The MPI mode it was discovered for.
     pub mpi: MpiMode,
+    /// Whether the NVIDIA stack was asked for (`--nv`).
     pub nvidia: bool,
+    /// Everything to bind, in order.
     pub items: Vec<InjectItem>,
     /// Variables to set inside (after the user's environment is built).
     pub env: Vec<(String, String)>,
@@ -159,7 +161,7 @@ pub struct InjectPlan {
     pub lib_dirs: Vec<PathBuf>,
     /// Container directories to append to `PATH` (injected programs such as nvidia-smi).
     pub bin_dirs: Vec<PathBuf>,
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// `--mpi=host`: host MPI libraries to bind over the image's of the same SONAME
     /// ([`finish_for_image`] turns them into items once the image is known).
     pub mpi_replace: Vec<MpiReplacement>,
@@ -189,7 +191,7 @@ impl InjectPlan {
     }
 
     /// Names of the injected host libraries (for messages).
-    pub fn library_names(&self) -> Vec<String> {
+    pub(crate) fn library_names(&self) -> Vec<String> {
         self.checks
             .iter()
             .filter_map(|c| match c {
@@ -546,21 +548,19 @@ fn is_primary_mpi(soname: &str) -> bool {
 
 /// Facts of a mounted image tree that the checks need.
 #[derive(Debug, Clone)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     /// The glibc the image provides (highest `GLIBC_x.y` its libc.so.6 defines); `None`: no
     /// glibc (static or musl image).
     pub glibc: Option<GlibcVersion>,
-    /// Logical path of the image's libc.so.6.
-    pub libc_path: Option<PathBuf>,
 }
 
 /// Read what the checks need from the image tree at `image_root` (symlinks, absolute ones
 /// included, are followed inside the image).
-pub fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
+pub(crate) fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
     let r = LibResolver::new(image_root, arch, vec![])?;
     match r.find("libc.so.6")? {
-        Some(libc) => Ok(ImageFacts { glibc: libc.facts.glibc_defined.clone(), libc_path: Some(libc.real) }),
-        None => Ok(ImageFacts { glibc: None, libc_path: None }),
+        Some(libc) => Ok(ImageFacts { glibc: libc.facts.glibc_defined.clone() }),
+        None => Ok(ImageFacts { glibc: None }),
     }
 }
 
@@ -604,7 +604,8 @@ const LIBRARY_HINT: &str = "use an image built on a newer distribution (with gli
 /// Library problems are refused only when the user asked for the injection (`--mpi=...`,
 /// `--nv`); for the site default they are not errors: [`finish_for_image`] drops the
 /// libraries with a note, so that `berth shell old.img` still works.
-pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
+#[cfg(test)]
+pub(crate) fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
     check_with_facts(plan, image_root, &image_facts(image_root, plan.arch)?)
 }
 
@@ -655,11 +656,8 @@ fn check_with_facts(plan: &InjectPlan, image_root: &Path, image: &ImageFacts) ->
 /// image cannot load host libraries and nobody asked for them, drop them with a note.
 pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<InjectPlan> {
     // Only injected libraries need the image's glibc (see `library_problem`).
-    let image = if plan.has_libraries() {
-        image_facts(image_root, plan.arch)?
-    } else {
-        ImageFacts { glibc: None, libc_path: None }
-    };
+    let image =
+        if plan.has_libraries() { image_facts(image_root, plan.arch)? } else { ImageFacts { glibc: None } };
     check_with_facts(&plan, image_root, &image)?;
     if let Some(why) = library_problem(&plan, &image) {
         // Only reached for the site default (check_against_image refused the rest).
