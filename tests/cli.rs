@@ -822,7 +822,11 @@ fn inspect_host_with_an_image_warns_about_an_older_pmix_client_and_says_what_to_
     let host_series = std::fs::canonicalize(format!("{lib}/libpmix.so.2"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .and_then(|n| berth_runtime::inject::mpi::libtool_version(&n));
+        .and_then(|n| {
+            // libpmix.so.2.6.2 -> [2, 6, 2]
+            let v = n.split_once(".so.")?.1;
+            v.split('.').map(|x| x.parse::<u32>().ok()).collect::<Option<Vec<u32>>>()
+        });
     if host_series.as_deref().is_none_or(|v| v.len() < 2 || v[..2] <= [2, 3][..]) {
         eprintln!("skipped: no PMIx newer than 4.0 on this host ({host_series:?}; apt-get install libpmix2)");
         return;

@@ -3,7 +3,7 @@
 //! A crate of its own so that the front ends that only run containers (the SPANK plugin,
 //! `berth-pbs`) do not link the builder. It uses `berth-runtime`'s public API for errors, image
 //! formats and paths inside a root; running a container (for `%test`) is the caller's, through
-//! [`TestRunner`].
+//! a [`TestRunner`] (the `berth` CLI passes one that calls `berth_runtime::session::run_in_image`).
 //!
 //! Pipeline (each step checks for Ctrl-C before it starts):
 //!
@@ -38,6 +38,7 @@ use fsutil::{resolve_in_root, write_in_root};
 use runner::{interrupted, interrupted_error, run_checked, Log, SignalGuard};
 
 use berth_runtime::error::{Error, Result};
+use berth_runtime::session::Ended;
 
 pub use def::{lint, parse, LintIssue};
 
@@ -55,12 +56,12 @@ pub enum OutputFormat {
 /// squashfuse can read it (Apptainer makes the same choice).
 pub const COMPRESSIONS: &[&str] = &["gzip", "xz", "zstd", "lz4", "lzo", "lzma"];
 
-/// Makes the command that runs `argv` inside a container of the image at `image` (a finished
-/// SquashFS or SIF file), for `%test`. The build starts that command as its child, like every
-/// other step, so its output goes to the build log and Ctrl-C stops its whole process tree;
-/// the caller only says what runs a container, so this crate needs no container runtime and no
-/// CLI of its own. The command's exit status is the test's.
-pub type TestRunner = fn(image: &Path, argv: &[&str]) -> Result<Command>;
+/// Runs `argv` inside a container of the image at `image` (a finished SquashFS or SIF file),
+/// for `%test`, and returns how it ended. The build calls it in a forked child of its own, like
+/// every other step: its output goes to the build log and Ctrl-C stops its whole process tree.
+/// The caller only says how a container runs (the CLI: through the runtime's session API), so
+/// this crate needs no CLI of its own; an `Err` is reported in the log and fails the test.
+pub type TestRunner = fn(image: &Path, argv: &[String]) -> Result<Ended>;
 
 /// Everything `berth build` needs.
 #[derive(Debug, Clone)]
@@ -372,8 +373,10 @@ fn build_in(
     }
     if let (Some(_), Some(runner)) = (def.test.as_ref().filter(|_| !opts.notest), opts.test_runner) {
         step(log, "%test (in the container)");
-        let mut cmd = runner(&pending.path, &["/bin/sh", "/.singularity.d/test"])?;
-        run_checked(&mut cmd, "%test", log, None, true)
+        let argv = ["/bin/sh", "/.singularity.d/test"].map(String::from);
+        let image = pending.path.clone();
+        let outcome = runner::run_fn("%test", log, None, || test_in_child(runner, &image, &argv))?;
+        runner::check_outcome(outcome, "the test", "%test", log, None, true)
             .map_err(|e| add_hint(e, "fix the test, or build without it with --notest"))?;
         checkpoint()?;
     }
@@ -389,6 +392,27 @@ fn build_in(
     let size = fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     step(log, &format!("wrote {} ({:.1} MiB)", output.display(), size as f64 / 1048576.0));
     Ok(())
+}
+
+/// In the forked child of [`runner::run_fn`]: run the test and leave as it ended.
+fn test_in_child(runner: TestRunner, image: &Path, argv: &[String]) -> i32 {
+    match runner(image, argv) {
+        Ok(Ended::Exited(code)) => code,
+        Ok(Ended::Signaled(sig)) => {
+            // Ended by the same signal, so the build reports it as such.
+            // SAFETY: restoring the default action of one signal in this single-purpose child.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(sig);
+            let _ = set.thread_unblock();
+            let _ = nix::sys::signal::raise(sig);
+            128 + sig as i32
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 fn add_hint(e: Error, extra: &str) -> Error {

@@ -126,8 +126,8 @@ pub fn run_with(
     if passthrough {
         cmd.stdin(Stdio::null());
         cmd.process_group(0);
-        let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, label, e))?;
-        let pgid = Pid::from_raw(child.id() as i32);
+        let mut child = Child::Spawned(cmd.spawn().map_err(|e| spawn_error(cmd, label, e))?);
+        let pgid = child.pid();
         let started = Instant::now();
         return loop {
             match child.try_wait() {
@@ -144,18 +144,102 @@ pub fn run_with(
         };
     }
     let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", label, e))?;
-    let reader = File::from(reader);
     let writer2 =
         writer.try_clone().map_err(|e| Error::build(label, format!("cannot dup a pipe: {e}"), ""))?;
     cmd.stdin(Stdio::null()).stdout(Stdio::from(writer)).stderr(Stdio::from(writer2));
     // Own process group: a terminal's Ctrl-C reaches only berth, which then stops the whole
     // child tree itself, after which it can clean up in order.
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, label, e))?;
+    let child = cmd.spawn().map_err(|e| spawn_error(cmd, label, e))?;
     // The parent's copies of the write ends are closed once `cmd` drops them; make sure by
     // replacing the Stdio values with nulls, so the reader sees EOF when the child exits.
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    follow(Child::Spawned(child), File::from(reader), label, log, limit)
+}
 
+/// Run `f` in a forked child, like [`run`] runs a command: its own process group, stdin
+/// `/dev/null`, stdout and stderr into the log, stopped on SIGINT/SIGTERM or after `limit`.
+/// `f`'s return value is the child's exit status. For work done by a library rather than a
+/// program (`%test` through the container runtime, which forks and enters namespaces itself).
+pub fn run_fn(label: &str, log: &Log, limit: Option<Duration>, f: impl FnOnce() -> i32) -> Result<Outcome> {
+    use std::os::fd::AsRawFd;
+    log.line(&format!("+ ({label})"));
+    let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", label, e))?;
+    let null = File::open("/dev/null").map_err(|e| Error::io("open", Path::new("/dev/null"), e))?;
+    // SAFETY: the child only rearranges its descriptors and runs `f`, then leaves with _exit.
+    // A build has no threads of its own besides the log copiers of finished steps, which
+    // share no lock with `f` (glibc makes malloc usable in a forked child).
+    match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", label, e))? {
+        nix::unistd::ForkResult::Child => {
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+            let _ = nix::unistd::dup2(writer.as_raw_fd(), 1);
+            let _ = nix::unistd::dup2(writer.as_raw_fd(), 2);
+            drop((reader, writer, null));
+            let code = f();
+            // SAFETY: leaving the forked child without running the parent's destructors
+            // (the log's buffers, the build's temporary directories).
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            // Also here, so the group exists before the parent could signal it.
+            let _ = nix::unistd::setpgid(child, child);
+            drop(writer);
+            follow(Child::Forked(child), File::from(reader), label, log, limit)
+        }
+    }
+}
+
+/// A child the runner waits for: started from a `Command`, or forked to run a function.
+enum Child {
+    Spawned(std::process::Child),
+    Forked(Pid),
+}
+
+impl Child {
+    fn pid(&self) -> Pid {
+        match self {
+            Child::Spawned(c) => Pid::from_raw(c.id() as i32),
+            Child::Forked(p) => *p,
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Child::Spawned(c) => c.try_wait(),
+            Child::Forked(p) => {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a valid out pointer.
+                match unsafe { libc::waitpid(p.as_raw(), &mut status, libc::WNOHANG) } {
+                    0 => Ok(None),
+                    r if r < 0 => Err(std::io::Error::last_os_error()),
+                    _ => Ok(Some(ExitStatus::from_raw(status))),
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self) {
+        match self {
+            Child::Spawned(c) => {
+                let _ = c.wait();
+            }
+            Child::Forked(p) => {
+                let _ = nix::sys::wait::waitpid(*p, None);
+            }
+        }
+    }
+}
+
+/// Copy the child's output (`reader`) into the log and wait for it, drawing the status line.
+fn follow(
+    mut child: Child,
+    reader: File,
+    label: &str,
+    log: &Log,
+    limit: Option<Duration>,
+) -> Result<Outcome> {
     let last_line = Arc::new(Mutex::new(String::new()));
     let (copier_done, copier_finished) = std::sync::mpsc::channel::<()>();
     let _copier = {
@@ -204,7 +288,7 @@ pub fn run_with(
     let started = Instant::now();
     let show = on_terminal();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
-    let pgid = Pid::from_raw(child.id() as i32);
+    let pgid = child.pid();
     let outcome = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Outcome::Exited(status),
@@ -246,7 +330,7 @@ fn spawn_error(cmd: &Command, label: &str, e: std::io::Error) -> Error {
 }
 
 /// TERM the child's process group, then KILL what is left after a grace period.
-fn stop_group(pgid: Pid, child: &mut std::process::Child) {
+fn stop_group(pgid: Pid, child: &mut Child) {
     let _ = signal::killpg(pgid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -256,7 +340,7 @@ fn stop_group(pgid: Pid, child: &mut std::process::Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = signal::killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait();
+    child.wait();
 }
 
 fn draw_status(label: &str, elapsed: Duration, last: &str) {
@@ -312,12 +396,13 @@ pub fn run_checked(
     limit: Option<Duration>,
     tail_on_failure: bool,
 ) -> Result<()> {
-    check_outcome(run(cmd, what, log, limit)?, cmd, what, log, limit, tail_on_failure)
+    check_outcome(run(cmd, what, log, limit)?, &describe_short(cmd), what, log, limit, tail_on_failure)
 }
 
+/// `outcome` as the build's result; `shown` names what ran, for the message.
 pub fn check_outcome(
     outcome: Outcome,
-    cmd: &Command,
+    shown: &str,
     what: &str,
     log: &Log,
     limit: Option<Duration>,
@@ -331,7 +416,7 @@ pub fn check_outcome(
             } else {
                 String::new()
             };
-            Err(Error::build(what, format!("{} failed ({status}){tail}", describe_short(cmd)), log_hint(log)))
+            Err(Error::build(what, format!("{shown} failed ({status}){tail}"), log_hint(log)))
         }
         Outcome::TimedOut => Err(Error::build(
             what,

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_build::{self as build, BuildOptions};
+use berth_runtime::session::Ended;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -449,7 +450,7 @@ fn build_bad_inputs_have_clear_messages() {
 /// A caller's [`berth_build::TestRunner`]: records its argv next to the image, then runs the
 /// image's own `/.singularity.d/test` (read out of the finished image) with a variable the
 /// chroot fallback never sets.
-fn recording_runner(image: &Path, argv: &[&str]) -> berth_runtime::Result<Command> {
+fn recording_runner(image: &Path, argv: &[String]) -> berth_runtime::Result<Ended> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(concat!(
@@ -460,7 +461,8 @@ fn recording_runner(image: &Path, argv: &[&str]) -> berth_runtime::Result<Comman
         .arg("runner")
         .arg(image)
         .args(argv);
-    Ok(cmd)
+    let status = cmd.status().map_err(|e| berth_runtime::error::Error::io("run", Path::new("sh"), e))?;
+    Ok(Ended::Exited(status.code().unwrap_or(99)))
 }
 
 #[test]

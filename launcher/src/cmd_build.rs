@@ -1,15 +1,16 @@
 //! `berth build OUT DEF` and `berth build --lint DEF`: the command-line piece of image building.
 //! All the work is in `berth_build`; this file maps options and exit codes, and tells the
-//! builder how to run `%test` in a container of the finished image.
+//! builder how to run `%test` in a container of the finished image (the runtime's
+//! `session::run_in_image`).
 //!
 //! Exit codes: 0 built / lint clean; 1 lint found problems; 130 interrupted (SIGINT/SIGTERM);
 //! 255 any other failure (the message is already printed as `berth: ...`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use berth_build::{self as build, BuildOptions, OutputFormat, TestRunner, COMPRESSIONS};
-use berth_runtime::error::Error;
+use berth_runtime::config::Config;
+use berth_runtime::session::{self, Ended};
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 
@@ -122,20 +123,16 @@ pub fn options(args: &BuildArgs, def: PathBuf) -> BuildOptions {
     opts.notest = args.notest;
     opts.force = args.force;
     opts.log = args.log.clone();
-    // %test runs in the real container, through this same berth. Where the running executable
-    // cannot be found (no /proc), %test runs in a chroot of the image instead.
-    opts.test_runner = std::env::current_exe().ok().map(|_| test_in_container as TestRunner);
+    // %test runs in a real container of the finished image, through the runtime.
+    opts.test_runner = Some(test_in_container as TestRunner);
     opts
 }
 
-/// `%test` in a container of the built image, started the way `berth exec IMAGE ARGV...` starts
-/// one, so the test sees the image as its users will.
-fn test_in_container(image: &Path, argv: &[&str]) -> berth_runtime::Result<Command> {
-    let berth = std::env::current_exe()
-        .map_err(|e| Error::io("find the running berth", Path::new("/proc/self/exe"), e))?;
-    let mut cmd = Command::new(berth);
-    cmd.arg("exec").arg(image).args(argv);
-    Ok(cmd)
+/// `%test` in a container of its own of the built image, under the site configuration
+/// `berth exec` uses, so the test sees the image as its users will.
+fn test_in_container(image: &Path, argv: &[String]) -> berth_runtime::Result<Ended> {
+    let (cfg, _) = Config::load()?;
+    session::run_in_image(&cfg, image, argv.to_vec(), Vec::new())
 }
 
 #[cfg(test)]
@@ -191,13 +188,16 @@ mod tests {
         assert!(parse(&["--lint", "app.def"]).is_ok(), "--lint takes the definition alone");
     }
 
+    /// The runner opens the image itself (the runtime's error for a missing one), rather than
+    /// handing back a command line for the CLI.
     #[test]
-    fn test_runs_through_berth_exec() {
+    fn test_runs_through_the_runtime() {
         let opts = options(&parse(&["o.img", "d.def"]).unwrap(), PathBuf::from("d.def"));
         let runner = opts.test_runner.expect("%test runs in a container of the image");
-        let cmd = runner(Path::new("/tmp/x.img"), &["/bin/sh", "/.singularity.d/test"]).unwrap();
-        assert_eq!(Path::new(cmd.get_program()), std::env::current_exe().unwrap());
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(args, ["exec", "/tmp/x.img", "/bin/sh", "/.singularity.d/test"]);
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("x.img");
+        let argv = ["/bin/sh", "/.singularity.d/test"].map(String::from);
+        let e = runner(&missing, &argv).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("image {}", missing.display())), "{e}");
     }
 }

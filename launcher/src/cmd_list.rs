@@ -110,7 +110,6 @@ fn uptime_ticks() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_runtime::sys::proc;
 
     #[test]
     fn ages_read_like_ps() {
@@ -147,7 +146,7 @@ mod tests {
         std::fs::write(&rec, stale.to_string()).unwrap();
         // This test process stands in for a live holder (its own pid and start time).
         let me = std::process::id() as i32;
-        let live = serde_json::json!({"name": "live", "pid": me, "start_time": proc::start_time("self").unwrap(),
+        let live = serde_json::json!({"name": "live", "pid": me, "start_time": holder::start_time("self").unwrap(),
             "user_ns": 0, "mnt_ns": 0, "image": "/i/a.sqsh",
             "env": {"host": [], "overrides": [], "ld_library_path_prepend": []},
             "cleanenv": false, "workdir": [], "workdir_required": false});

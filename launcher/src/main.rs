@@ -23,7 +23,6 @@ use berth_runtime::inject::{self, MpiMode};
 use berth_runtime::plan::{self, HostFacts};
 use berth_runtime::request::{parse_env_assignment, Action, BindSpec, Request};
 use berth_runtime::session;
-use berth_runtime::sys::process;
 use clap::{Args, Parser, Subcommand};
 
 fn parse_mpi(s: &str) -> Result<MpiMode, String> {
@@ -329,9 +328,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             let warnings = match (a.image, &plan) {
                 (Some(image), Some(p)) => {
                     let img = berth_runtime::image::open(&images::local_file(&cfg, image)?)?;
-                    let (arch, host_root) = (p.arch, cfg.inject.host_root.clone());
+                    let (p, host_root) = (p.clone(), cfg.inject.host_root.clone());
                     berth_runtime::container::read_from_image(&img, &cfg, move |root| {
-                        inject::image_stack_warnings(root, &host_root, arch)
+                        inject::image_stack_warnings(root, &host_root, &p)
                     })?
                 }
                 _ => Vec::new(),
@@ -454,7 +453,7 @@ fn start(cfg: &Config, opts: &ContainerOpts, image: PathBuf, action: Action) -> 
     if opts.dry_run {
         return print_plan(&session::prepare(cfg, req)?.plan, opts.json);
     }
-    process::exit_like(session::run(cfg, req, !opts.no_share)?)
+    session::exit_like(session::run(cfg, req, !opts.no_share)?)
 }
 
 fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error> {

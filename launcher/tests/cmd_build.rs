@@ -73,7 +73,9 @@ fn static_busybox() -> Option<PathBuf> {
 }
 
 /// `%test` runs in a container of the finished image (where berth sets BERTH_CONTAINER), not in
-/// the chroot the build uses for `%post`; a failing test fails the build and leaves no image.
+/// the chroot the build uses for `%post`, started by the build itself through the runtime (the
+/// test's parent is `berth build`, not a `berth exec` the build ran); a failing test fails the
+/// build and leaves no image.
 #[test]
 fn build_runs_test_in_the_container() {
     let Some(busybox) = static_busybox() else { return };
@@ -100,7 +102,10 @@ fn build_runs_test_in_the_container() {
         (out, dir.path().join(format!("{name}.img")))
     };
 
-    let (out, image) = run("inside", "test -n \"$BERTH_CONTAINER\" && echo \"in $BERTH_CONTAINER\"");
+    let (out, image) = run(
+        "inside",
+        "test -n \"$BERTH_CONTAINER\" && echo \"in $BERTH_CONTAINER\" && tr '\\0' ' ' < /proc/$PPID/cmdline | grep ' build '",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("%test (in the container)"), "{}", text(&out));
     assert_eq!(&fs::read(&image).unwrap()[..4], b"hsqs");

@@ -21,7 +21,7 @@ const DEV_LINKS: &[(&str, &str)] = &[
 ];
 
 /// The new root inside the staging area.
-pub fn new_root(plan: &Plan) -> PathBuf {
+pub(crate) fn new_root(plan: &Plan) -> PathBuf {
     plan.steps
         .iter()
         .find_map(|s| match s {
@@ -31,7 +31,7 @@ pub fn new_root(plan: &Plan) -> PathBuf {
         .unwrap_or_else(|| plan.state_dir.join("mnt/root"))
 }
 
-pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
+pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
     let root = new_root(plan);
     let mut staging = PathBuf::new();
     // The injection completed for this image (its checks passed), once the image is mounted:
@@ -294,7 +294,7 @@ fn host_dir_bound_over<'a>(plan: &'a Plan, dst: &Path) -> Option<&'a Path> {
 }
 
 /// The image's passwd/group file with the user's entry replacing any entry of the same name.
-pub fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
+pub(crate) fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
     let mut out: String =
         image_copy.lines().filter(|l| l.split(':').next() != Some(key)).map(|l| format!("{l}\n")).collect();
     out.push_str(entry);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The site configuration file read when `BERTH_CONFIG` is not set.
 pub const DEFAULT_PATH: &str = "/etc/berth/berth.toml";
 
 /// How the image filesystem is mounted.
@@ -23,11 +24,12 @@ pub enum MountMode {
     Privileged,
 }
 
+/// The site configuration (`berth.toml`); every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Per-user state (holders, staging mount point). `{uid}` is replaced by the user's uid.
-    /// Empty (the default): chosen per user by [`default_state_dir`], in places no other
+    /// Empty (the default): chosen per user by `default_state_dir`, in places no other
     /// user can occupy first.
     pub state_dir: String,
     /// The FUSE SquashFS server (multithreaded `squashfuse_ll`).
@@ -38,8 +40,11 @@ pub struct Config {
     /// ends, so that the next identical run (same image, options, directory) joins it instead
     /// of mounting and decompressing again. 0 turns this off.
     pub keep_warm_seconds: u64,
+    /// `[binds]`: what every container gets from the host.
     pub binds: BindsConfig,
+    /// `[env]`: which host variables pass into containers.
     pub env: EnvConfig,
+    /// `[privileged]`: which images the kernel driver may mount.
     pub privileged: PrivilegedConfig,
     /// Host MPI / fabric / NVIDIA injection.
     pub inject: crate::inject::InjectConfig,
@@ -65,6 +70,7 @@ pub struct RegistryConfig {
     pub insecure_hosts: Vec<String>,
 }
 
+/// `[binds]` of the site configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BindsConfig {
@@ -81,6 +87,7 @@ pub struct BindsConfig {
     pub site: Vec<String>,
 }
 
+/// `[env]` of the site configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
@@ -90,6 +97,7 @@ pub struct EnvConfig {
     pub keep: Vec<String>,
 }
 
+/// `[privileged]` of the site configuration: the limits on kernel mounts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrivilegedConfig {
@@ -160,6 +168,7 @@ impl Config {
         })
     }
 
+    /// Load the configuration file at `path` (which must exist).
     pub fn load_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             path: path.to_path_buf(),
@@ -222,7 +231,7 @@ impl Config {
 
     /// The state directory for `uid`: the site's `state_dir`, else [`default_state_dir`]
     /// (with this configuration's `XDG_RUNTIME_DIR`, which is the caller's).
-    pub fn state_dir_for(&self, uid: u32) -> PathBuf {
+    pub(crate) fn state_dir_for(&self, uid: u32) -> PathBuf {
         if self.state_dir.is_empty() {
             default_state_dir(uid, self.runtime_dir.as_deref())
         } else {
@@ -233,7 +242,7 @@ impl Config {
 
 /// The root-owned directory under which the root side of a scheduler (the SPANK plugin in
 /// slurmstepd, the PBS prologue) creates each job user's state directory.
-pub const USER_STATE_ROOT: &str = "/run/berth";
+pub(crate) const USER_STATE_ROOT: &str = "/run/berth";
 
 /// The default state directory of `uid`, first of:
 ///
@@ -246,7 +255,7 @@ pub const USER_STATE_ROOT: &str = "/run/berth";
 ///    refuses it and names the owner (see `ensure_state_dir`).
 ///
 /// Only `lstat` is used: no symlink is followed, nothing is created.
-pub fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
+pub(crate) fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
     use std::os::unix::fs::MetadataExt;
     let private_dir = |p: &Path, owner: u32, mask: u32| {
         std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == owner && m.mode() & mask == 0)

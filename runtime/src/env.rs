@@ -17,9 +17,9 @@ use crate::plan::{EnvPlan, DEFAULT_PATH};
 /// environment string longer than this at exec (MAX_ARG_STRLEN, 32 pages), so a longer one
 /// could never reach the program. The cap also keeps `A=$A$A` repeated from doubling memory
 /// until the allocator aborts.
-pub const MAX_VALUE: usize = 128 << 10;
+pub(crate) const MAX_VALUE: usize = 128 << 10;
 /// Most bytes (names and values) the image's environment files may set in all.
-pub const MAX_TOTAL: usize = 8 << 20;
+pub(crate) const MAX_TOTAL: usize = 8 << 20;
 
 /// An ordered environment where setting a variable again keeps its first position.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,10 +57,6 @@ impl Env {
     pub fn vars(&self) -> &[(String, String)] {
         &self.vars
     }
-
-    pub fn into_vars(self) -> Vec<(String, String)> {
-        self.vars
-    }
 }
 
 /// Compose the final environment: `plan.host`, `PATH` default, each image env file in order,
@@ -68,13 +64,13 @@ impl Env {
 ///
 /// An environment file that builds a value past [`MAX_VALUE`] (or the files together past
 /// [`MAX_TOTAL`]) is an error: the container would not get the environment its image asks for.
-pub fn try_compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Result<Env> {
+pub(crate) fn try_compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Result<Env> {
     compose_with(plan, image_env_files, true)
 }
 
 /// Like [`try_compose`], for callers that cannot fail (a task joining a container that
 /// already started with the same files): evaluation stops at the file that grows too much.
-pub fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
+pub(crate) fn compose(plan: &EnvPlan, image_env_files: &[(String, String)]) -> Env {
     compose_with(plan, image_env_files, false).unwrap_or_default()
 }
 
@@ -118,7 +114,7 @@ fn compose_with(plan: &EnvPlan, image_env_files: &[(String, String)], strict: bo
 
 /// Evaluate the assignments of a shell fragment into `env`. An error when a value would grow
 /// past [`MAX_VALUE`] or the fragment would set more than [`MAX_TOTAL`] bytes.
-pub fn eval_assignments(text: &str, env: &mut Env, source: &str) -> Result<()> {
+pub(crate) fn eval_assignments(text: &str, env: &mut Env, source: &str) -> Result<()> {
     let mut budget = MAX_TOTAL;
     eval_assignments_bounded(text, env, source, &mut budget)
 }

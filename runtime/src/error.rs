@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 /// in normal use (Apptainer uses 255 as well).
 pub const EXIT_BERTH_ERROR: i32 = 255;
 /// Exit status when the command is not found inside the image (like a shell).
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub(crate) const EXIT_NOT_FOUND: i32 = 127;
 /// Exit status when the command exists but cannot be executed (like a shell).
-pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+pub(crate) const EXIT_NOT_EXECUTABLE: i32 = 126;
 
+/// A result whose error is berth's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn hint_line(hint: &str) -> String {
@@ -25,51 +26,129 @@ fn hint_line(hint: &str) -> String {
     }
 }
 
+/// Everything that can go wrong, each variant worded for the person who has to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The image file is missing, unreadable, corrupt or of an unsupported kind.
     #[error("image {}: {reason}{}", path.display(), hint_line(hint))]
-    BadImage { path: PathBuf, reason: String, hint: String },
+    BadImage {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// The configuration file is invalid.
     #[error("config {}:{line}: {msg}{}", path.display(), hint_line(hint))]
-    Config { path: PathBuf, line: usize, msg: String, hint: String },
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// The line (1-based; 0 when not known).
+        line: usize,
+        /// What is wrong.
+        msg: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// The user's request is invalid (bad bind, env, workdir, option).
     #[error("{what}: {reason}{}", hint_line(hint))]
-    Request { what: String, reason: String, hint: String },
+    Request {
+        /// What was asked.
+        what: String,
+        /// Why it cannot be done.
+        reason: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// A file operation on the host failed.
     #[error("{what} {}: {source}{}", path.display(), hint_line(hint))]
-    Io { what: String, path: PathBuf, source: io::Error, hint: String },
+    Io {
+        /// What was being done.
+        what: String,
+        /// On which path.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// A system call while building the container failed.
     #[error("{op} {target}: {source}{}", hint_line(hint))]
-    Sys { op: String, target: String, source: nix::Error, hint: String },
+    Sys {
+        /// The system call.
+        op: String,
+        /// What it was applied to.
+        target: String,
+        /// The system's error.
+        source: nix::Error,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// Host library/device injection refused or failed.
     #[error("{what}: {reason}{}", hint_line(hint))]
-    Inject { what: String, reason: String, hint: String },
+    Inject {
+        /// What was to be injected.
+        what: String,
+        /// Why it was refused or failed.
+        reason: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// A definition file (`berth build`) is invalid.
     #[error("definition {}:{line}: {msg}{}", path.display(), hint_line(hint))]
-    Definition { path: PathBuf, line: usize, msg: String, hint: String },
+    Definition {
+        /// The definition file.
+        path: PathBuf,
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong.
+        msg: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
 
     /// `berth build` failed at one step.
     #[error("build: {what}: {reason}{}", hint_line(hint))]
-    Build { what: String, reason: String, hint: String },
+    Build {
+        /// The step.
+        what: String,
+        /// Why it failed.
+        reason: String,
+        /// What to do (may be empty).
+        hint: String,
+    },
+
+    /// A holder started for a scheduler's step was not ready: its own message (or why it
+    /// could not start), already worded for people.
+    #[error("{0}")]
+    Holder(String),
 
     /// The command could not be started inside the container.
     #[error("{cmd}: {reason}")]
-    Exec { cmd: String, reason: String, code: i32 },
+    Exec {
+        /// The command.
+        cmd: String,
+        /// Why it could not start.
+        reason: String,
+        /// The exit status a shell would give (127 not found, 126 not executable).
+        code: i32,
+    },
 }
 
 impl Error {
+    /// [`Error::BadImage`].
     pub fn image(path: &Path, reason: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::BadImage { path: path.to_path_buf(), reason: reason.into(), hint: hint.into() }
     }
 
-    pub fn image_io(path: &Path, what: &str, e: io::Error) -> Self {
+    pub(crate) fn image_io(path: &Path, what: &str, e: io::Error) -> Self {
         let hint = match e.kind() {
             io::ErrorKind::NotFound => "check the path; relative paths are taken from the current directory",
             io::ErrorKind::PermissionDenied => {
@@ -80,14 +159,17 @@ impl Error {
         Error::BadImage { path: path.to_path_buf(), reason: format!("{what}: {e}"), hint: hint.into() }
     }
 
+    /// [`Error::Request`].
     pub fn request(what: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Request { what: what.into(), reason: reason.into(), hint: hint.into() }
     }
 
+    /// [`Error::Io`] without a hint.
     pub fn io(what: impl Into<String>, path: &Path, source: io::Error) -> Self {
         Error::Io { what: what.into(), path: path.to_path_buf(), source, hint: String::new() }
     }
 
+    /// [`Error::Sys`], with a hint when the kernel refused.
     pub fn sys(op: impl Into<String>, target: impl std::fmt::Display, source: nix::Error) -> Self {
         let hint = match source {
             nix::Error::EPERM | nix::Error::EACCES => {
@@ -99,10 +181,12 @@ impl Error {
         Error::Sys { op: op.into(), target: target.to_string(), source, hint: hint.into() }
     }
 
+    /// [`Error::Inject`].
     pub fn inject(what: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Inject { what: what.into(), reason: reason.into(), hint: hint.into() }
     }
 
+    /// [`Error::Build`].
     pub fn build(what: impl Into<String>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Build { what: what.into(), reason: reason.into(), hint: hint.into() }
     }

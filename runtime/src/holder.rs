@@ -3,10 +3,11 @@
 //! MPI ranks need that; one user namespace per rank breaks them).
 //!
 //! This module owns every part of it: the [`Spec`] a front end hands a holder, how a holder is
-//! started (`join_or_create` forks one from a single-threaded starter; [`command_args`] is how
-//! a process that cannot fork one, slurmstepd, execs `berth holder` with the spec on stdin), the
-//! ready handshake, the state record joiners find it by (`<state_dir>/holders/NAME.json`, spelled
-//! only in [`record_path`]), who is inside ([`members`]), and [`stop`].
+//! started ([`spawn`], the one place that starts one: [`Spawn::Fork`] from a single-threaded
+//! starter, [`Spawn::Exec`] of `berth holder --spec-stdin --ready-fd 3` from a process that
+//! cannot fork one, slurmstepd), the ready handshake (`wait_ready`, read by both), the state
+//! record joiners find it by (`<state_dir>/holders/NAME.json`, spelled only in [`record_path`]),
+//! who is inside ([`members`]), and [`stop`].
 //!
 //! Concurrent starters on one node are serialised by a `flock` on `<holders>/.<name>.lock`, so
 //! exactly one of them creates the holder and the others wait for it to be ready.
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::plan::{EnvPlan, Plan};
 use crate::request::Request;
 use crate::sys::proc;
+pub use crate::sys::proc::start_time;
 use crate::sys::process;
 
 /// What a holder records so joiners can find and verify it.
@@ -44,7 +46,7 @@ pub struct HolderState {
     /// The image file (absolute) the container runs.
     pub image: PathBuf,
     /// The environment rules of the holder's plan, which joiners apply to their own.
-    pub env: EnvPlan,
+    pub(crate) env: EnvPlan,
     /// Whether the request asked for `--cleanenv`.
     pub cleanenv: bool,
     /// Working directory candidates, in order.
@@ -76,22 +78,21 @@ pub struct Spec {
     pub user: Option<u32>,
 }
 
-/// The descriptor on which a holder started with [`command_args`] writes its ready line.
-pub const READY_FD: i32 = 3;
+/// The descriptor on which a holder started by [`Spawn::Exec`] writes its ready line.
+const READY_FD: i32 = 3;
 
 /// The arguments (after the `berth` program) that start a holder which reads its [`Spec`] as
-/// JSON on stdin and reports on [`READY_FD`]: for a starter that cannot fork a holder itself
-/// (slurmstepd is multi-threaded), so it execs one.
-pub fn command_args() -> Vec<String> {
-    ["holder", "--spec-stdin", "--ready-fd", "3"].map(String::from).to_vec()
+/// JSON on stdin and reports on [`READY_FD`].
+fn command_args() -> Vec<String> {
+    ["holder", "--spec-stdin", "--ready-fd", &READY_FD.to_string()].map(String::from).to_vec()
 }
 
 /// The spec as the holder reads it on stdin.
-pub fn encode_spec(spec: &Spec) -> String {
+fn encode_spec(spec: &Spec) -> String {
     serde_json::to_string(spec).unwrap_or_default()
 }
 
-/// Read a [`Spec`] written by [`encode_spec`].
+/// Read a [`Spec`] as [`Spawn::Exec`] writes it on a holder's stdin (JSON).
 pub fn decode_spec(mut r: impl Read) -> Result<Spec> {
     let mut text = String::new();
     r.read_to_string(&mut text)
@@ -296,8 +297,13 @@ pub(crate) fn hold(
 
 /// Read and verify the state of holder `name`.
 pub fn find(cfg: &Config, uid: u32, name: &str) -> Result<HolderState> {
+    find_in(&dir(cfg, uid), name)
+}
+
+/// [`find`] in the holders directory `dir`.
+fn find_in(dir: &Path, name: &str) -> Result<HolderState> {
     check_name(name)?;
-    let path = record_path(cfg, uid, name);
+    let path = dir.join(record_names(name).0);
     let gone = || {
         Error::request(
             format!("container {name}"),
@@ -371,9 +377,9 @@ pub(crate) fn lock_path(cfg: &Config, uid: u32, name: &str) -> PathBuf {
 }
 
 /// Join holder `name` if it runs on this node, else start it (detached: it outlives the
-/// caller, for its `lifetime`) from the plan `make_plan` returns, then join it.
+/// caller, for its `lifetime`) from what `make` returns, then join it.
 ///
-/// `make_plan` is only called when the holder has to be created, so joiners never read the
+/// `make` (the request and its plan) is only called when the holder has to be created, so joiners never read the
 /// image. `image` (absolute) is compared with a running holder's: a job cannot silently get
 /// another image than the one it asked for. Must be called single-threaded (it forks and joins
 /// namespaces); on return this process is inside the container, cwd `/`.
@@ -382,7 +388,7 @@ pub(crate) fn join_or_create(
     uid: u32,
     name: &str,
     image: &Path,
-    make_plan: impl FnOnce() -> Result<(Plan, bool)>,
+    make: impl FnOnce() -> Result<(Request, Plan)>,
     lifetime: Lifetime,
 ) -> Result<Joined> {
     if !valid_name(name) {
@@ -401,8 +407,16 @@ pub(crate) fn join_or_create(
     let state = match find(cfg, uid, name) {
         Ok(st) => st,
         Err(_) => {
-            let started = make_plan()
-                .and_then(|(plan, cleanenv)| spawn_holder(&plan, cleanenv, name, lock.as_raw_fd(), lifetime));
+            let started = make().and_then(|(request, plan)| {
+                // The first starter's program is what the others are about to run too (MPI
+                // ranks, a loop of identical runs): read it ahead once.
+                let warm = match &plan.action {
+                    crate::request::Action::Exec(argv) => argv.first().cloned(),
+                    _ => None,
+                };
+                let spec = Spec { name: name.to_string(), request, warm, user: None };
+                spawn(&spec, Spawn::Fork { plan: &plan, lifetime })
+            });
             if let Err(e) = started {
                 // Nothing is left behind; waiters holding the unlinked lock notice and retry.
                 let _ = std::fs::remove_file(&lock_file);
@@ -461,21 +475,89 @@ fn lock_at(path: &Path, how: FlockArg) -> Result<Option<Flock<std::fs::File>>> {
     Ok((locked.is_some() && locked == current).then_some(lock))
 }
 
-/// Start a detached holder for `plan` and wait until it is ready (or report why it failed).
-fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime: Lifetime) -> Result<()> {
+/// Credentials a holder started by [`Spawn::Exec`] drops to, fully, before exec.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    /// The user id (real, effective and saved).
+    pub uid: u32,
+    /// The group id (real, effective and saved).
+    pub gid: u32,
+    /// The supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// How [`spawn`] starts a holder process.
+pub enum Spawn<'a> {
+    /// Fork a detached holder (double fork, its own session) from this process, which must be
+    /// single-threaded: the launcher's shared containers, berth-pbs. It holds `plan`, made from
+    /// the spec's request, for `lifetime`.
+    Fork {
+        /// The container to set up.
+        plan: &'a Plan,
+        /// How long the holder keeps it.
+        lifetime: Lifetime,
+    },
+    /// Exec `berth holder --spec-stdin --ready-fd 3`, the spec as JSON on its stdin: for a
+    /// starter that cannot fork a holder that sets a container up itself (slurmstepd has
+    /// threads and runs as root). The holder keeps its container until it is stopped.
+    Exec(Exec<'a>),
+}
+
+/// What [`Spawn::Exec`] needs besides the spec.
+pub struct Exec<'a> {
+    /// The `berth` program to exec.
+    pub berth: &'a Path,
+    /// The site configuration the holder reads (`BERTH_CONFIG`); None: its default.
+    pub config: Option<&'a Path>,
+    /// The user the holder is for.
+    pub creds: Creds,
+    /// The holder's own environment (HOME, USER, ...; the container's comes from the image and
+    /// the request), besides a standard PATH.
+    pub env: Vec<(String, String)>,
+    /// The holder's current directory, which it binds into the container (None: `/`).
+    pub workdir: Option<&'a Path>,
+    /// How long to wait for the ready line before the holder is killed.
+    pub timeout: std::time::Duration,
+    /// Start the holder as root with `spec.user` set (privileged mount mode: it becomes the
+    /// user itself once the image is mounted) instead of as the user.
+    pub as_root: bool,
+}
+
+/// A holder [`spawn`] started; it is ready for joiners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// The holder process.
+    pub pid: i32,
+    /// Its start time (field 22 of `/proc/PID/stat`), so a recycled pid is never signalled.
+    pub start_time: Option<u64>,
+}
+
+/// Start a holder for `spec` the way `how` says and wait until it is ready, or say why it is
+/// not. The one place a holder process is started; both ways read the same ready handshake
+/// (`wait_ready`).
+pub fn spawn(spec: &Spec, how: Spawn) -> Result<Spawned> {
+    check_name(&spec.name)?;
+    match how {
+        Spawn::Fork { plan, lifetime } => fork_holder(spec, plan, lifetime),
+        Spawn::Exec(exec) => exec_holder(spec, exec),
+    }
+}
+
+/// [`Spawn::Fork`]: a detached holder, reporting a set-up failure on the ready pipe.
+fn fork_holder(spec: &Spec, plan: &Plan, lifetime: Lifetime) -> Result<Spawned> {
+    let name = spec.name.as_str();
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", "holder", e))?;
-    // SAFETY: callers are single-threaded (documented on `join_or_create`), so the child may
-    // run arbitrary code before it exits.
+    // SAFETY: callers are single-threaded (documented on `Spawn::Fork`), so the child may run
+    // arbitrary code before it exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", "holder", e))? {
         ForkResult::Child => {
             drop(rd);
-            let _ = nix::unistd::close(lock_fd);
             let _ = nix::unistd::setsid();
             // SAFETY: still single-threaded (we are the forked child of a single-threaded process).
             match unsafe { nix::unistd::fork() } {
                 Ok(ForkResult::Child) => {
-                    let code = run_holder(plan, cleanenv, name, wr, lifetime);
+                    let code = run_holder(plan, spec, wr, lifetime);
                     // SAFETY: leaving the forked process without running the parent's destructors.
                     unsafe { libc::_exit(code) }
                 }
@@ -495,9 +577,12 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime:
             drop(wr);
             let _ = nix::sys::wait::waitpid(child, None);
             let line = match wait_ready(&std::fs::File::from(rd), None) {
-                Ready::Ready => return Ok(()),
-                Ready::Ended(line) => line,
-                Ready::TimedOut => String::new(),
+                Handshake::Ready => {
+                    let st = find_in(&dir_in(&plan.state_dir), name)?;
+                    return Ok(Spawned { pid: st.pid, start_time: Some(st.start_time) });
+                }
+                Handshake::Ended(line) => line,
+                Handshake::TimedOut => String::new(),
             };
             if line.is_empty() {
                 Err(Error::request(
@@ -512,12 +597,98 @@ fn spawn_holder(plan: &Plan, cleanenv: bool, name: &str, lock_fd: i32, lifetime:
     }
 }
 
+/// [`Spawn::Exec`]: `berth holder` as the user (or as root, which then becomes the user
+/// itself). Errors are one message for people: the holder's own stderr when it has one.
+fn exec_holder(spec: &Spec, exec: Exec) -> Result<Spawned> {
+    use std::io::{Seek, SeekFrom};
+    use std::process::{Command, Stdio};
+    let failed = |msg: String| Error::Holder(msg);
+    let berth = exec.berth;
+    if !berth.is_file() {
+        return Err(failed(format!(
+            "the berth binary {} does not exist on this node; the administrator sets it with berth=PATH in plugstack.conf",
+            berth.display()
+        )));
+    }
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))?;
+    let errfile = process::memfd("berth-holder-stderr").map_err(|e| failed(format!("memfd: {e}")))?;
+    // The spec on stdin, from a file: the holder reads it whenever it starts, nobody waits.
+    let mut spec_file = process::memfd("berth-holder-spec").map_err(|e| failed(format!("memfd: {e}")))?;
+    let mut spec = spec.clone();
+    spec.user = exec.as_root.then_some(exec.creds.uid);
+    spec_file
+        .write_all(encode_spec(&spec).as_bytes())
+        .and_then(|_| spec_file.seek(SeekFrom::Start(0)).map(drop))
+        .map_err(|e| failed(format!("memfd: {e}")))?;
+    let mut cmd = Command::new(berth);
+    cmd.args(command_args())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+        .envs(exec.env.iter().map(|(k, v)| (k, v)))
+        // std changes directory in the child before `run_as` changes credentials, so with the
+        // euid slurmstepd has in user_init: the user's own permissions apply.
+        .current_dir(exec.workdir.unwrap_or(Path::new("/")))
+        .stdin(spec_file)
+        .stdout(Stdio::null())
+        .stderr(errfile.try_clone().map_err(|e| failed(format!("memfd: {e}")))?);
+    if let Some(c) = exec.config {
+        cmd.env("BERTH_CONFIG", c);
+    }
+    let creds = (!exec.as_root).then(|| exec.creds.clone());
+    process::run_as(&mut cmd, creds.map(|c| (c.uid, c.gid, c.groups)), ready_w.as_raw_fd(), READY_FD);
+    let child = cmd.spawn().map_err(|e| failed(format!("cannot start {}: {e}", berth.display())))?;
+    drop(ready_w);
+    let pid = child.id() as i32;
+    // The Child handle is dropped without wait: slurmstepd reaps children itself, and the
+    // plugin's end of step reaps the holder by pid.
+    drop(child);
+
+    match wait_ready(&std::fs::File::from(ready_r), Some(exec.timeout)) {
+        Handshake::Ready => return Ok(Spawned { pid, start_time: proc::start_time(pid) }),
+        Handshake::TimedOut => {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            process::reap_within(pid, std::time::Duration::from_secs(2));
+            return Err(failed(format!(
+                "the container for {} was not ready after {}s{}",
+                spec.request.image.display(),
+                exec.timeout.as_secs(),
+                stderr_tail(&errfile).map(|m| format!(": {m}")).unwrap_or_default()
+            )));
+        }
+        Handshake::Ended(_) => {}
+    }
+    // EOF without "ready": the holder failed.
+    let status = process::reap_within(pid, std::time::Duration::from_secs(5));
+    let why = stderr_tail(&errfile).unwrap_or_else(|| match status {
+        Some(s) if libc::WIFEXITED(s) => format!("berth holder exited with status {}", libc::WEXITSTATUS(s)),
+        Some(s) if libc::WIFSIGNALED(s) => format!("berth holder was killed by signal {}", libc::WTERMSIG(s)),
+        _ => "berth holder stopped before it was ready".into(),
+    });
+    Err(failed(why))
+}
+
+/// The holder's message for people: its last `berth: ...` line and the lines after it
+/// (a message may carry a `hint:` line).
+fn stderr_tail(f: &std::fs::File) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f;
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.take(64 * 1024).read_to_string(&mut s).ok()?;
+    let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.iter().rposition(|l| l.starts_with("berth: ")).unwrap_or(lines.len().checked_sub(1)?);
+    let msg = lines[start..].join("\n");
+    Some(msg.strip_prefix("berth: ").unwrap_or(&msg).to_string())
+}
+
 /// In the detached grandchild: hold the container; report a set-up failure through `wr`.
-fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Lifetime) -> i32 {
+fn run_holder(plan: &Plan, spec: &Spec, wr: OwnedFd, lifetime: Lifetime) -> i32 {
     // Named for `ps -o comm`/`top` (its command line is still the first starter's).
     let _ = nix::sys::prctl::set_name(c"berth-holder");
-    // Nothing of the starter's but the ready pipe: a launcher waiting for EOF on its ranks'
-    // output (MPICH's hydra) must not wait for the holder.
+    // Nothing of the starter's but the ready pipe (not the creation lock either): a launcher
+    // waiting for EOF on its ranks' output (MPICH's hydra) must not wait for the holder.
     crate::sys::process::close_fds_except(&[wr.as_raw_fd()]);
     // Keep no descriptor of the caller's (job output pipes, the terminal) open for days.
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
@@ -545,13 +716,7 @@ fn run_holder(plan: &Plan, cleanenv: bool, name: &str, wr: OwnedFd, lifetime: Li
         Ok(fd) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
         Err(_) => None,
     };
-    // The first starter's program is what the others are about to run too (MPI ranks, a
-    // loop of identical runs): read it ahead once.
-    let warm = match &plan.action {
-        crate::request::Action::Exec(argv) => argv.first().map(String::as_str),
-        _ => None,
-    };
-    match hold(plan, cleanenv, name, Some(wr), lifetime, warm) {
+    match hold(plan, spec.request.cleanenv, &spec.name, Some(wr), lifetime, spec.warm.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             if let Some(fd) = errfd {
@@ -573,7 +738,7 @@ fn signal_ready(fd: OwnedFd) {
 
 /// What the starter learnt on a holder's ready pipe.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ready {
+pub(crate) enum Handshake {
     /// The container is set up; joiners may come.
     Ready,
     /// The pipe closed without the ready line: the holder ended. What it wrote instead (its
@@ -585,7 +750,7 @@ pub enum Ready {
 
 /// Wait (up to `timeout`, or for good) for the ready line on `r`, the read end of the pipe
 /// whose write end the holder got.
-pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Ready {
+pub(crate) fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Handshake {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
@@ -597,14 +762,14 @@ pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Re
             Some(d) => {
                 let left = d.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    return Ready::TimedOut;
+                    return Handshake::TimedOut;
                 }
                 PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
             }
         };
         match poll(&mut [PollFd::new(r.as_fd(), PollFlags::POLLIN)], wait) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Ready::Ended(String::new()),
+            Err(_) => return Handshake::Ended(String::new()),
             Ok(_) => {}
         }
         match (&*r).read(&mut b) {
@@ -612,14 +777,14 @@ pub fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>) -> Re
             Ok(n) => got.extend_from_slice(&b[..n]),
         }
         if got.starts_with(READY_LINE) {
-            return Ready::Ready;
+            return Handshake::Ready;
         }
         if got.len() > 64 * 1024 {
             break;
         }
     }
     let text = String::from_utf8_lossy(&got);
-    Ready::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
+    Handshake::Ended(text.lines().next().unwrap_or("").trim_end().to_string())
 }
 
 /// Remove the file at the absolute `path` without following a symlink anywhere on the way:
@@ -699,19 +864,80 @@ mod tests {
     fn the_ready_handshake() {
         let (r, w) = pipe();
         signal_ready(w.into());
-        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_secs(5))), Ready::Ready);
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_secs(5))), Handshake::Ready);
 
         let (r, mut w) = pipe();
         w.write_all(b"image /x: not found\nmore\n").unwrap();
         drop(w);
-        assert_eq!(wait_ready(&r, None), Ready::Ended("image /x: not found".into()));
+        assert_eq!(wait_ready(&r, None), Handshake::Ended("image /x: not found".into()));
 
         let (r, w) = pipe();
         let t0 = std::time::Instant::now();
-        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_millis(100))), Ready::TimedOut);
+        assert_eq!(wait_ready(&r, Some(std::time::Duration::from_millis(100))), Handshake::TimedOut);
         assert!(t0.elapsed() >= std::time::Duration::from_millis(100));
         drop(w);
-        assert_eq!(wait_ready(&r, None), Ready::Ended(String::new()));
+        assert_eq!(wait_ready(&r, None), Handshake::Ended(String::new()));
+    }
+
+    /// `Spawn::Exec` (what slurmstepd uses): the program gets the spec as JSON on stdin and
+    /// the ready descriptor as fd 3; a holder that fails is reported with its own message.
+    #[test]
+    fn exec_spawn_hands_over_the_spec_and_reads_the_handshake() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: starting a holder with credentials needs root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let fake = |name: &str, body: &str| {
+            let p = t.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let spec = Spec {
+            name: "slurm-5.0".into(),
+            request: Request::new("/i.sqsh".into(), crate::request::Action::Shell),
+            warm: None,
+            user: None,
+        };
+        let exec = |berth: &'static Path, timeout_ms| Exec {
+            berth,
+            config: None,
+            creds: Creds { uid: 0, gid: 0, groups: vec![] },
+            env: vec![("HOME".into(), "/root".into())],
+            workdir: Some(t.path()),
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            as_root: true,
+        };
+        let leak = |p: PathBuf| -> &'static Path { Box::leak(p.into_boxed_path()) };
+
+        let ok =
+            leak(fake("ok", r#"echo "$@ $HOME" > args; cat > spec.json; echo ready >&3; exec sleep 30"#));
+        let got = spawn(&spec, Spawn::Exec(exec(ok, 5000))).unwrap();
+        assert_eq!(got.start_time, proc::start_time(got.pid));
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(got.pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got.pid), None);
+        let args = std::fs::read_to_string(t.path().join("args")).unwrap();
+        assert_eq!(args.trim(), "holder --spec-stdin --ready-fd 3 /root");
+        let sent = decode_spec(std::fs::File::open(t.path().join("spec.json")).unwrap()).unwrap();
+        assert_eq!(sent.name, "slurm-5.0");
+        assert_eq!(sent.user, Some(0), "started as root: the spec names the user");
+
+        let bad = leak(fake("bad", "echo noise >&2; echo 'berth: image /i.sqsh: not found' >&2; exit 1"));
+        let e = spawn(&spec, Spawn::Exec(exec(bad, 5000))).unwrap_err();
+        assert_eq!(e.to_string(), "image /i.sqsh: not found");
+
+        let slow = leak(fake("slow", "exec sleep 30"));
+        let e = spawn(&spec, Spawn::Exec(exec(slow, 100))).unwrap_err().to_string();
+        assert!(e.contains("was not ready after 0s"), "{e}");
+
+        let e = spawn(&spec, Spawn::Exec(exec(leak(t.path().join("missing")), 100))).unwrap_err().to_string();
+        assert!(e.contains("does not exist on this node"), "{e}");
+        let mut bad_name = spec.clone();
+        bad_name.name = "../x".into();
+        assert!(spawn(&bad_name, Spawn::Exec(exec(ok, 100))).is_err());
     }
 
     #[test]

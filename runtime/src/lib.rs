@@ -6,6 +6,9 @@
 //! Data flow: `request` -> `plan` (pure) -> `apply` (syscalls, through the `sys` trait) -> exec.
 //! `docs/architecture.md` follows one job through it.
 
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod error;
 #[doc(hidden)]
@@ -18,11 +21,11 @@ pub mod rootpath;
 pub use error::{Error, Result};
 pub(crate) mod apply;
 pub mod container;
-pub mod env;
+pub(crate) mod env;
 pub mod holder;
-pub mod metadata;
+pub(crate) mod metadata;
 pub mod plan;
 pub(crate) mod privileged;
 pub mod scheduler;
 pub mod session;
-pub mod sys;
+pub(crate) mod sys;

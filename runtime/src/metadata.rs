@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub const META_DIR: &str = ".singularity.d";
+pub(crate) const META_DIR: &str = ".singularity.d";
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Metadata {
@@ -41,7 +41,7 @@ fn read_small(p: &Path) -> Option<String> {
 }
 
 /// The image's environment files, in the order they apply (all a joining task needs).
-pub fn read_env_files(root: &Path) -> Vec<(String, String)> {
+pub(crate) fn read_env_files(root: &Path) -> Vec<(String, String)> {
     let dir = root.join(META_DIR);
     let mut names: Vec<String> = std::fs::read_dir(dir.join("env"))
         .into_iter()
@@ -67,7 +67,7 @@ pub fn read_env_files(root: &Path) -> Vec<(String, String)> {
 }
 
 /// Read what the image at `root` carries. Missing pieces are simply absent.
-pub fn read(root: &Path) -> Metadata {
+pub(crate) fn read(root: &Path) -> Metadata {
     let dir = root.join(META_DIR);
     let env_files = read_env_files(root);
     let labels = read_small(&dir.join("labels.json"))

@@ -18,10 +18,15 @@ use crate::request::{Action, BindSpec, Request};
 /// The user the container runs as (always the invoking user).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserInfo {
+    /// The user id, inside as outside.
     pub uid: u32,
+    /// The primary group id.
     pub gid: u32,
+    /// The login name.
     pub name: String,
+    /// The home directory.
     pub home: PathBuf,
+    /// The login shell.
     pub shell: PathBuf,
 }
 
@@ -29,25 +34,27 @@ pub struct UserInfo {
 /// by tests).
 #[derive(Debug, Clone)]
 pub struct HostFacts {
+    /// Who runs the container.
     pub user: UserInfo,
     /// The name of the user's primary group (the `/etc/group` entry inside); the user's name
     /// when the group database has none.
     pub group: String,
+    /// The current directory, when it can be read.
     pub cwd: Option<PathBuf>,
     /// The host environment, in order.
     pub env: Vec<(String, String)>,
     /// Which host paths exist, and whether they are directories (asked by the planner).
-    pub path_kind: fn(&Path) -> Option<PathKind>,
+    pub(crate) path_kind: fn(&Path) -> Option<PathKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PathKind {
+pub(crate) enum PathKind {
     Dir,
     File,
 }
 
-pub fn host_path_kind(p: &Path) -> Option<PathKind> {
+pub(crate) fn host_path_kind(p: &Path) -> Option<PathKind> {
     std::fs::metadata(p).ok().map(|m| if m.is_dir() { PathKind::Dir } else { PathKind::File })
 }
 
@@ -80,7 +87,7 @@ impl HostFacts {
 /// How the image's root filesystem gets mounted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "via")]
-pub enum ImageMount {
+pub(crate) enum ImageMount {
     /// FUSE: berth mounts `/dev/fuse` itself, then `squashfuse_ll` serves it from `offset`.
     Squashfuse { program: String, image: PathBuf, offset: u64 },
     /// A directory image, bound read-only.
@@ -90,7 +97,7 @@ pub enum ImageMount {
 /// One mount-namespace operation, in order. Container paths are relative to the new root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
-pub enum Step {
+pub(crate) enum Step {
     /// Private tmpfs holding the image mount, the overlay's upper layer and generated files;
     /// unbindable so recursive binds of its parent (e.g. `/tmp`) never copy it.
     Staging {
@@ -138,7 +145,7 @@ pub enum Step {
 
 /// The environment rules; resolved at apply time, when the image's own env files are readable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct EnvPlan {
+pub(crate) struct EnvPlan {
     /// Host variables passed in (already filtered).
     pub host: Vec<(String, String)>,
     /// Set after the image's environment (user `--env`, `BERTH_ENV_*`, and berth's own).
@@ -150,19 +157,21 @@ pub struct EnvPlan {
     pub path_append: Vec<PathBuf>,
 }
 
+/// Every mount, file and environment rule of one container, in order: what `plan` makes from
+/// a request and the host's facts, and what `--dry-run` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    pub image: Image,
-    pub user: UserInfo,
-    pub state_dir: PathBuf,
-    pub steps: Vec<Step>,
-    pub env: EnvPlan,
+    pub(crate) image: Image,
+    pub(crate) user: UserInfo,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) env: EnvPlan,
     /// Working directories to try, first that exists inside wins; the first is required when
     /// the user asked for it explicitly.
     pub workdir: Vec<PathBuf>,
-    pub workdir_required: bool,
-    pub action: Action,
-    pub writable: bool,
+    pub(crate) workdir_required: bool,
+    pub(crate) action: Action,
+    pub(crate) writable: bool,
     /// The user appears as uid/gid 0 inside (mapped to themselves outside).
     pub remap_root: bool,
 }
@@ -462,12 +471,12 @@ fn absolute(p: &Path, host: &HostFacts) -> PathBuf {
 
 /// Prefixes by which host variables set variables inside (Apptainer's and Singularity's too, so
 /// existing job scripts keep working).
-pub const ENV_PREFIXES: &[&str] = &["BERTH_ENV_", "APPTAINERENV_", "SINGULARITYENV_"];
+pub(crate) const ENV_PREFIXES: &[&str] = &["BERTH_ENV_", "APPTAINERENV_", "SINGULARITYENV_"];
 
 /// The host variables passed in, and those given by prefix (`BERTH_ENV_X=v` sets `X=v`).
 /// The user's identity (`USER`, `LOGNAME`, `HOME`) comes first, so the image's environment
 /// files can use it.
-pub fn filter_host_env(
+pub(crate) fn filter_host_env(
     host_env: &[(String, String)],
     cleanenv: bool,
     cfg: &Config,
@@ -642,7 +651,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::image::Format;
 
-    pub fn fake_kind(p: &Path) -> Option<PathKind> {
+    pub(crate) fn fake_kind(p: &Path) -> Option<PathKind> {
         let s = p.to_str().unwrap();
         if s.ends_with(".txt")
             || s.starts_with("/etc/")
@@ -656,7 +665,7 @@ pub(crate) mod tests {
         Some(PathKind::Dir)
     }
 
-    pub fn facts() -> HostFacts {
+    pub(crate) fn facts() -> HostFacts {
         HostFacts {
             user: UserInfo {
                 uid: 1001,
@@ -679,7 +688,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn sqfs_image() -> Image {
+    pub(crate) fn sqfs_image() -> Image {
         Image {
             path: "/images/app.sif".into(),
             format: Format::Sif,

@@ -22,11 +22,11 @@ use crate::error::{Error, Result};
 use crate::image::{FsType, Image, RootFs};
 
 /// Where the image is mounted, in the private mount namespace this process enters.
-pub const MOUNT_DIR: &str = "/run/berth-privileged";
+pub(crate) const MOUNT_DIR: &str = "/run/berth-privileged";
 
 /// The user a root holder becomes.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
@@ -34,7 +34,7 @@ pub struct Target {
 
 impl Target {
     /// The account `uid`, with its primary and supplementary groups from the host's databases.
-    pub fn lookup(uid: u32) -> Result<Target> {
+    pub(crate) fn lookup(uid: u32) -> Result<Target> {
         let user =
             nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().ok_or_else(|| {
                 Error::request(
@@ -61,7 +61,7 @@ impl Target {
 /// `/proc/self/fd`: under an allowed directory) and mounts it. No path is walked twice.
 ///
 /// Must be called single-threaded (it forks).
-pub fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Result<(File, PathBuf)> {
+pub(crate) fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Result<(File, PathBuf)> {
     let refuse = |why: String| {
         Error::request(
             format!("image {}", image.display()),
@@ -290,7 +290,7 @@ fn attach_loop(file: &File, offset: u64, size: u64) -> Result<(OwnedFd, PathBuf)
 /// Enter a private mount namespace and mount `image` (opened by [`open_allowed`]: `file`) read-only,
 /// nosuid, nodev at [`MOUNT_DIR`]`/image`. Returns that directory. The mount lives as long as
 /// a process of this namespace or of a namespace copied from it (the container) does.
-pub fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
+pub(crate) fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
     let (fs, offset, size) = match &image.root {
         RootFs::Embedded { fs, offset, size } => (*fs, *offset, *size),
         RootFs::Directory { .. } => {
@@ -334,7 +334,7 @@ pub fn mount_image(image: &Image, file: &File) -> Result<PathBuf> {
 
 /// Become `target` for good: groups, then gid, then uid (all three ids of each), checked.
 /// The one place where a root berth drops its privileges.
-pub fn become_user(target: &Target) -> Result<()> {
+pub(crate) fn become_user(target: &Target) -> Result<()> {
     let groups: Vec<nix::unistd::Gid> =
         target.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     let gid = nix::unistd::Gid::from_raw(target.gid);

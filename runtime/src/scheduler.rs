@@ -21,7 +21,7 @@ pub const LAUNCH_PREFIXES: &[&str] =
 /// Prefixes of the MPI and fabric settings a site or user tunes on the host (`MPICH_`,
 /// `UCX_`, `FI_` for libfabric). They pass into the container with `--cleanenv` too, but the
 /// image and host injection may set them (injection sets `FI_PROVIDER_PATH`, for one).
-pub const TUNING_PREFIXES: &[&str] = &["MPICH_", "UCX_", "FI_"];
+pub(crate) const TUNING_PREFIXES: &[&str] = &["MPICH_", "UCX_", "FI_"];
 
 /// Whether `name` is one of the scheduler's or process managers' own variables
 /// ([`LAUNCH_PREFIXES`]).
@@ -31,12 +31,12 @@ pub fn is_launch_var(name: &str) -> bool {
 
 /// Whether the host variable `name` passes into a container started with `--cleanenv`
 /// because it belongs to the scheduler or to MPI ([`LAUNCH_PREFIXES`], [`TUNING_PREFIXES`]).
-pub fn passes_cleanenv(name: &str) -> bool {
+pub(crate) fn passes_cleanenv(name: &str) -> bool {
     is_launch_var(name) || TUNING_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// A job's image path made absolute: a relative one is taken from `base` (the submit
-/// directory), else from the current directory. A registry image ([`registry_reference`])
+/// directory), else from the current directory. A registry image (`registry_reference`)
 /// is kept as its `docker://` reference: the holder converts it on the node.
 pub fn resolve_image(image: &str, base: Option<&Path>) -> PathBuf {
     if let Some(r) = registry_reference(image, base) {
@@ -71,7 +71,7 @@ pub fn is_registry_image(image: &Path) -> bool {
 /// `:TAG` (`nvcr.io/hpc/gromacs:2023.2`, `ubuntu:22.04`). A bare word (`vasp.img`) and a
 /// missing file with an image file's extension stay paths, so a typo in a file name gets
 /// "cannot open the image", not a download from Docker Hub.
-pub fn registry_reference(image: &str, base: Option<&Path>) -> Option<String> {
+pub(crate) fn registry_reference(image: &str, base: Option<&Path>) -> Option<String> {
     if image.starts_with(REGISTRY_PREFIX) {
         return Some(image.to_string());
     }
@@ -101,7 +101,7 @@ pub const SLURM_BATCH_STEP: u32 = 0xffff_fffb;
 /// Slurm's step id of a job's extern step (`SLURM_EXTERN_CONT`).
 pub const SLURM_EXTERN_STEP: u32 = 0xffff_fffc;
 /// Slurm's step id of `salloc`'s interactive step (`SLURM_INTERACTIVE_STEP`).
-pub const SLURM_INTERACTIVE_STEP: u32 = 0xffff_fffa;
+pub(crate) const SLURM_INTERACTIVE_STEP: u32 = 0xffff_fffa;
 
 /// The holder of a Slurm job step on a node: one per step.
 pub fn slurm_holder_name(job: u32, step: u32) -> String {

@@ -23,9 +23,10 @@ use crate::image::{self, Image, RootFs};
 use crate::inject;
 use crate::plan::{self, HostFacts, Plan};
 use crate::request::{Action, BindSpec, Request};
-use crate::sys::process::{self, Ended};
+use crate::sys::process;
 
 pub use crate::container::Joined;
+pub use crate::sys::process::{exit_like, Ended};
 
 /// A request made ready to run: its image opened, the host's facts read, the host's
 /// libraries and devices to inject found, and the plan made.
@@ -135,14 +136,14 @@ pub fn join_or_create(
     lifetime: Lifetime,
 ) -> Result<Joined> {
     let uid = nix::unistd::getuid().as_raw();
-    let make_plan = || make().map(|p| (p.plan, p.request.cleanenv));
-    holder::join_or_create(cfg, uid, name, image, make_plan, lifetime)
+    let make = || make().map(|p| (p.request, p.plan));
+    holder::join_or_create(cfg, uid, name, image, make, lifetime)
 }
 
 impl Joined {
     /// Start `argv` in this joined container: the task's environment (its own host variables
     /// filtered like the holder's, the image's, the holder's overrides) and working directory,
-    /// then [`process::chdir_harden_exec`]. Returns only on failure.
+    /// then change to it, harden the process (`no_new_privs`) and exec. Returns only on failure.
     pub fn exec(&self, cfg: &Config, host: &HostFacts, argv: &[String]) -> Error {
         let env = self.env(cfg, host);
         match self.workdir(host.cwd.as_deref()) {

@@ -4,9 +4,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use crate::holder::{self, Creds, Launch, Running};
+use crate::holder::{self, Running};
 use crate::settings::{self, BatchMode, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
 use crate::sys::{self, Context, Level, Spank};
+use berth_runtime::holder::{Creds, Exec};
 
 /// Where the client keeps the chosen image for the step; it travels to slurmstepd in the job
 /// environment and down to nested sruns.
@@ -254,7 +255,7 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         request: settings::holder_request(image, &binds, &st.opts)?,
         // Not for the batch step: its "program" is the script, which is read once anyway.
         warm: (step != BATCH_STEP).then(|| sp.job_argv0()).flatten().filter(|p| !p.is_empty()),
-        // Set by holder::start when the holder starts as root.
+        // Set by holder::spawn when the holder starts as root.
         user: None,
     };
     // The step's GPUs too: berth binds the NVIDIA stack when the step has GPUs (and only those);
@@ -284,7 +285,7 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
         .find(|d| d.is_absolute() && std::fs::read_dir(d).is_ok());
     holder::start(
         &spec,
-        Launch {
+        Exec {
             workdir: workdir.as_deref(),
             berth: &st.site.berth,
             config: st.site.config.as_deref(),

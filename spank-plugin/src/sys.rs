@@ -1,12 +1,10 @@
-//! Every `unsafe` of the plugin lives here: the bindgen'd SPANK API, Slurm's logging, the
-//! process work done in a forked child (credentials, fds).
+//! Every `unsafe` of the plugin lives here: the bindgen'd SPANK API, Slurm's logging, signals
+//! and reaping (starting the holder, credentials and fds included, is `berth_runtime::holder`'s).
 //!
 //! The rest of the crate sees safe wrappers that take and return Rust strings.
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 mod bindings {
     #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
@@ -287,83 +285,6 @@ unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------- process helpers
-
-/// Credentials a child drops to, fully, before exec.
-#[derive(Debug, Clone)]
-pub struct Creds {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-}
-
-/// Make `cmd` run as `creds` (real, effective and saved ids and the supplementary groups),
-/// with fd `ready_fd` of the parent as fd 3, every other fd above 3 closed at exec, and SIGKILL when
-/// slurmstepd dies. Called in slurmstepd (ruid 0, euid the user).
-pub fn run_as(cmd: &mut Command, creds: Option<Creds>, ready_fd: c_int) {
-    // None: stay root (ruid 0 here; the euid is the user's in user_init). The program started
-    // then is `berth holder --user UID`, which becomes the user itself.
-    let (uid, gid, groups, drop) = match creds {
-        Some(Creds { uid, gid, groups }) => (uid, gid, groups, true),
-        None => (0, 0, vec![], false),
-    };
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // system calls (seteuid, setgroups, setresgid, setresuid, dup2, close_range, prctl); it
-    // allocates nothing (`groups` was allocated before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::geteuid() != 0 && libc::seteuid(0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if drop
-                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if !drop && libc::setresuid(0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getuid() != uid || libc::geteuid() != uid {
-                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
-            }
-            if ready_fd >= 0 && libc::dup2(ready_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Mark (not close) fds >= 4 close-on-exec: std's own exec-error pipe must stay
-            // open until exec. CLOSE_RANGE_CLOEXEC = 1 << 2 (Linux 5.11).
-            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 4u32);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            Ok(())
-        });
-    }
-}
-
-/// An anonymous in-memory file (the holder's stderr, read back after it fails).
-pub fn memfd(name: &str) -> std::io::Result<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    let n = cstring(name);
-    // SAFETY: n is NUL-terminated; flags are valid.
-    let fd = unsafe { libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
-}
-
-/// A close-on-exec pipe (the child gets the write end as fd 3 through dup2, which clears
-/// close-on-exec on the copy).
-pub fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by us from here on.
-    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
-}
 
 pub fn kill(pid: i32, sig: c_int) -> bool {
     // SAFETY: kill has no memory-safety preconditions.

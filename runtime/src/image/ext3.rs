@@ -9,11 +9,11 @@ use super::reader::{le_u16, le_u32, ImageFile};
 use crate::error::{Error, Result};
 
 /// The superblock starts 1024 bytes into the filesystem.
-pub const SUPERBLOCK_OFFSET: u64 = 1024;
+pub(crate) const SUPERBLOCK_OFFSET: u64 = 1024;
 const SUPERBLOCK_LEN: usize = 1024;
 /// `s_magic`, relative to the superblock (so 1080 from the filesystem's start).
-pub const MAGIC_AT: usize = 56;
-pub const MAGIC: u16 = 0xEF53;
+pub(crate) const MAGIC_AT: usize = 56;
+pub(crate) const MAGIC: u16 = 0xEF53;
 
 const BLOCKS_COUNT_LO: usize = 4;
 const LOG_BLOCK_SIZE: usize = 24;
@@ -23,7 +23,7 @@ const INCOMPAT_64BIT: u32 = 0x80;
 
 /// What berth learns from an ext superblock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Ext3Info {
+pub(crate) struct Ext3Info {
     pub block_size: u64,
     pub blocks_count: u64,
     /// blocks_count × block_size: the filesystem's length in bytes.

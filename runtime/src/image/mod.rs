@@ -9,9 +9,9 @@
 
 mod ext3;
 mod reader;
-pub mod sif;
+pub(crate) mod sif;
 mod sif_writer;
-pub mod squashfs;
+pub(crate) mod squashfs;
 
 use std::path::{Path, PathBuf};
 
@@ -20,13 +20,13 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use reader::{hex_prefix, ImageFile, HINT_COPY_AGAIN};
 
-pub use ext3::Ext3Info;
-pub use sif::SifInfo;
+pub(crate) use ext3::Ext3Info;
+pub(crate) use sif::SifInfo;
 pub use sif_writer::{write_sif, SifObject, SifObjectKind};
-pub use squashfs::{compression_name, Superblock as SquashfsInfo};
+pub(crate) use squashfs::Superblock as SquashfsInfo;
 
 /// The first line of Singularity 2.x images (and the default SIF launch line): 31 bytes.
-pub const SINGULARITY_LAUNCH_LINE: &[u8] = b"#!/usr/bin/env run-singularity\n";
+pub(crate) const SINGULARITY_LAUNCH_LINE: &[u8] = b"#!/usr/bin/env run-singularity\n";
 /// How many header bytes `open()` reads to recognise a file (enough for ext at 0 and tar).
 const SNIFF_LEN: usize = 2048;
 
@@ -50,7 +50,9 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsType {
+    /// SquashFS.
     Squashfs,
+    /// ext3 (Singularity 2.x images).
     Ext3,
 }
 
@@ -59,14 +61,25 @@ pub enum FsType {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum RootFs {
     /// A filesystem image at `offset` inside the image file, `size` bytes long.
-    Embedded { fs: FsType, offset: u64, size: u64 },
+    Embedded {
+        /// Its filesystem type.
+        fs: FsType,
+        /// Where it starts in the file, in bytes.
+        offset: u64,
+        /// Its length in bytes.
+        size: u64,
+    },
     /// A directory tree used as it is.
-    Directory { path: PathBuf },
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 /// One partition or data object of a SIF file, for `berth inspect`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Partition {
+    /// The descriptor's object id.
     pub id: u32,
     /// Group number (the on-disk group id without its 0xf0000000 marker); 0 = no group.
     pub group: u32,
@@ -75,8 +88,11 @@ pub struct Partition {
     pub link: u32,
     /// Human name of the descriptor type ("partition", "deffile", "labels", "signature", ...).
     pub kind: String,
+    /// The descriptor's name (a file name, or empty).
     pub name: String,
+    /// Where its data starts in the file, in bytes.
     pub offset: u64,
+    /// Its data's length in bytes.
     pub size: u64,
     /// For partitions: "squashfs", "ext3", "encrypted-squashfs", "raw"...
     pub fs: Option<String>,
@@ -89,8 +105,11 @@ pub struct Partition {
 /// A recognised image: where its root filesystem lives and what else it holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Image {
+    /// The image file (or directory) as opened.
     pub path: PathBuf,
+    /// How the file is laid out.
     pub format: Format,
+    /// Where the root filesystem lives.
     pub root: RootFs,
     /// Total size of the file in bytes (0 for directories).
     pub file_size: u64,
@@ -102,11 +121,11 @@ pub struct Image {
     #[serde(serialize_with = "objects_as_text")]
     pub embedded_objects: Vec<(String, Vec<u8>)>,
     /// The root SquashFS's superblock (compression, inode count...), when the root is SquashFS.
-    pub squashfs: Option<SquashfsInfo>,
+    pub(crate) squashfs: Option<SquashfsInfo>,
     /// The root ext3's superblock details, when the root is ext3.
-    pub ext3: Option<Ext3Info>,
+    pub(crate) ext3: Option<Ext3Info>,
     /// SIF global header details (SIF only).
-    pub sif: Option<SifInfo>,
+    pub(crate) sif: Option<SifInfo>,
 }
 
 fn objects_as_text<S: serde::Serializer>(

@@ -12,16 +12,16 @@ use super::squashfs::{self, Place};
 use super::{FsType, Partition, RootFs};
 use crate::error::{Error, Result};
 
-pub const MAGIC: &[u8; 10] = b"SIF_MAGIC\0";
-pub const MAGIC_AT: usize = 32;
-pub const VERSION: &[u8; 3] = b"01\0";
-pub const HEADER_LEN: usize = 128;
-pub const LAUNCH_LEN: usize = 32;
-pub const DESCRIPTOR_LEN: usize = 585;
+pub(crate) const MAGIC: &[u8; 10] = b"SIF_MAGIC\0";
+pub(crate) const MAGIC_AT: usize = 32;
+pub(crate) const VERSION: &[u8; 3] = b"01\0";
+pub(crate) const HEADER_LEN: usize = 128;
+pub(crate) const LAUNCH_LEN: usize = 32;
+pub(crate) const DESCRIPTOR_LEN: usize = 585;
 /// Group ids and group links carry this bit; the group number is the rest.
-pub const GROUP_MASK: u32 = 0xf000_0000;
+pub(crate) const GROUP_MASK: u32 = 0xf000_0000;
 /// Objects larger than this are listed but not copied into `Image::embedded_objects`.
-pub const MAX_EMBEDDED_OBJECT: u64 = 1 << 20;
+pub(crate) const MAX_EMBEDDED_OBJECT: u64 = 1 << 20;
 /// A sanity cap on the descriptor count, so a corrupt header cannot make berth read and
 /// allocate a huge table (sylabs writes 48 by default; 4096 is 2.4 MB).
 const MAX_DESCRIPTORS: i64 = 4096;
@@ -52,29 +52,29 @@ const P_FS_TYPE: usize = D_EXTRA;
 const P_PART_TYPE: usize = D_EXTRA + 4;
 const P_ARCH: usize = D_EXTRA + 8;
 
-pub const TYPE_DEFFILE: i32 = 0x4001;
-pub const TYPE_ENV_VARS: i32 = 0x4002;
-pub const TYPE_LABELS: i32 = 0x4003;
-pub const TYPE_PARTITION: i32 = 0x4004;
-pub const TYPE_SIGNATURE: i32 = 0x4005;
-pub const TYPE_GENERIC_JSON: i32 = 0x4006;
-pub const TYPE_GENERIC: i32 = 0x4007;
-pub const TYPE_CRYPTO_MESSAGE: i32 = 0x4008;
-pub const TYPE_SBOM: i32 = 0x4009;
+pub(crate) const TYPE_DEFFILE: i32 = 0x4001;
+pub(crate) const TYPE_ENV_VARS: i32 = 0x4002;
+pub(crate) const TYPE_LABELS: i32 = 0x4003;
+pub(crate) const TYPE_PARTITION: i32 = 0x4004;
+pub(crate) const TYPE_SIGNATURE: i32 = 0x4005;
+pub(crate) const TYPE_GENERIC_JSON: i32 = 0x4006;
+pub(crate) const TYPE_GENERIC: i32 = 0x4007;
+pub(crate) const TYPE_CRYPTO_MESSAGE: i32 = 0x4008;
+pub(crate) const TYPE_SBOM: i32 = 0x4009;
 
-pub const FS_SQUASHFS: i32 = 1;
-pub const FS_EXT3: i32 = 2;
-pub const FS_IMMUTABLE_OBJECT: i32 = 3;
-pub const FS_RAW: i32 = 4;
-pub const FS_ENCRYPTED_SQUASHFS: i32 = 5;
+pub(crate) const FS_SQUASHFS: i32 = 1;
+pub(crate) const FS_EXT3: i32 = 2;
+pub(crate) const FS_IMMUTABLE_OBJECT: i32 = 3;
+pub(crate) const FS_RAW: i32 = 4;
+pub(crate) const FS_ENCRYPTED_SQUASHFS: i32 = 5;
 
-pub const PART_SYSTEM: i32 = 1;
-pub const PART_PRIMARY_SYSTEM: i32 = 2;
-pub const PART_DATA: i32 = 3;
-pub const PART_OVERLAY: i32 = 4;
+pub(crate) const PART_SYSTEM: i32 = 1;
+pub(crate) const PART_PRIMARY_SYSTEM: i32 = 2;
+pub(crate) const PART_DATA: i32 = 3;
+pub(crate) const PART_OVERLAY: i32 = 4;
 
 /// Name of a descriptor type, as `Partition::kind` and `embedded_objects` use it.
-pub fn kind_name(data_type: i32) -> String {
+pub(crate) fn kind_name(data_type: i32) -> String {
     match data_type {
         TYPE_DEFFILE => "deffile".into(),
         TYPE_ENV_VARS => "env-vars".into(),
@@ -91,7 +91,7 @@ pub fn kind_name(data_type: i32) -> String {
     }
 }
 
-pub fn fs_name(fs_type: i32) -> String {
+pub(crate) fn fs_name(fs_type: i32) -> String {
     match fs_type {
         FS_SQUASHFS => "squashfs".into(),
         FS_EXT3 => "ext3".into(),
@@ -102,7 +102,7 @@ pub fn fs_name(fs_type: i32) -> String {
     }
 }
 
-pub fn role_name(part_type: i32) -> String {
+pub(crate) fn role_name(part_type: i32) -> String {
     match part_type {
         PART_SYSTEM => "system".into(),
         PART_PRIMARY_SYSTEM => "primary-system".into(),
@@ -130,7 +130,7 @@ const ARCHES: &[(&[u8; 3], &str)] = &[
 ];
 
 /// Go-style name of a SIF arch code ("02\0" → "amd64").
-pub fn arch_name(code: &[u8]) -> String {
+pub(crate) fn arch_name(code: &[u8]) -> String {
     ARCHES
         .iter()
         .find(|(c, _)| c.as_slice() == code)
@@ -139,7 +139,7 @@ pub fn arch_name(code: &[u8]) -> String {
 }
 
 /// SIF arch code for a Rust `std::env::consts::ARCH` value.
-pub fn arch_code_for(rust_arch: &str) -> &'static [u8; 3] {
+pub(crate) fn arch_code_for(rust_arch: &str) -> &'static [u8; 3] {
     let go_name = match rust_arch {
         "x86" => "386",
         "x86_64" => "amd64",
@@ -160,7 +160,7 @@ pub fn arch_code_for(rust_arch: &str) -> &'static [u8; 3] {
 
 /// The global header fields `berth inspect` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SifInfo {
+pub(crate) struct SifInfo {
     pub launch_line: String,
     /// Architecture of the primary partition, Go-style ("amd64").
     pub arch: String,

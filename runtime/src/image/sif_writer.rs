@@ -57,9 +57,11 @@ impl SifObjectKind {
 /// A metadata object for [`write_sif`].
 #[derive(Debug, Clone)]
 pub struct SifObject {
+    /// What the object is.
     pub kind: SifObjectKind,
     /// Descriptor name (at most 127 bytes), e.g. a file name; may be empty.
     pub name: String,
+    /// Its content.
     pub data: Vec<u8>,
 }
 

@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::reader::{hex_prefix, le_u16, le_u32, le_u64, ImageFile};
 use crate::error::{Error, Result};
 
-pub const MAGIC: &[u8; 4] = b"hsqs";
+pub(crate) const MAGIC: &[u8; 4] = b"hsqs";
 /// Size of the on-disk superblock.
-pub const SUPERBLOCK_LEN: usize = 96;
+pub(crate) const SUPERBLOCK_LEN: usize = 96;
 
 // Field offsets inside the superblock.
 const INODE_COUNT: usize = 4;
@@ -31,7 +31,7 @@ const DIRECTORY_TABLE_START: usize = 72;
 
 /// What `berth inspect` shows about a SquashFS, read from its superblock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Superblock {
+pub(crate) struct Superblock {
     pub inode_count: u32,
     /// Seconds since the epoch when the filesystem was made.
     pub modification_time: u32,
@@ -47,7 +47,7 @@ pub struct Superblock {
 }
 
 /// Name of a SquashFS compression id, as mksquashfs spells it.
-pub fn compression_name(id: u16) -> Option<&'static str> {
+pub(crate) fn compression_name(id: u16) -> Option<&'static str> {
     Some(match id {
         1 => "gzip",
         2 => "lzma",
@@ -61,7 +61,7 @@ pub fn compression_name(id: u16) -> Option<&'static str> {
 
 /// Reads and checks the SquashFS superblock at `offset` in the file at `path` (for `berth build`
 /// and `inspect`; `open()` does this for the root filesystem of every image).
-pub fn superblock_at(path: &std::path::Path, offset: u64) -> Result<Superblock> {
+pub(crate) fn superblock_at(path: &std::path::Path, offset: u64) -> Result<Superblock> {
     let file = ImageFile::open(path)?;
     let place = Place {
         offset,

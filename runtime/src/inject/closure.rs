@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 /// SONAMEs of glibc itself. The image brings its own (they must match its loader), so they
 /// are never injected and stop the closure walk.
-pub const GLIBC_CORE: &[&str] = &[
+pub(crate) const GLIBC_CORE: &[&str] = &[
     "libc.so.6",
     "libm.so.6",
     "libmvec.so.1",
@@ -36,21 +36,21 @@ pub const GLIBC_CORE: &[&str] = &[
     "ld-linux.so.2",
 ];
 
-pub fn is_glibc_core(soname: &str) -> bool {
+pub(crate) fn is_glibc_core(soname: &str) -> bool {
     GLIBC_CORE.contains(&soname)
 }
 
-pub use crate::rootpath::rooted;
+pub(crate) use crate::rootpath::rooted;
 
 /// Resolve every symlink in logical `path` inside `root`; returns the logical path of the
 /// final object. A dangling link gives `NotFound`, a loop an error.
-pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
     crate::rootpath::resolve(root, path, crate::rootpath::Missing::Fail)
 }
 
 /// A host library found by SONAME.
 #[derive(Debug, Clone)]
-pub struct FoundLib {
+pub(crate) struct FoundLib {
     /// The SONAME asked for (and the name it gets in the container).
     pub soname: String,
     /// Logical path the cache or directory gave (often a symlink), for messages.
@@ -64,7 +64,7 @@ pub struct FoundLib {
 
 /// Looks libraries up in a root the way its loader would: site directories first, then its
 /// ld.so.cache, then the standard directories.
-pub struct LibResolver {
+pub(crate) struct LibResolver {
     pub root: PathBuf,
     pub arch: Arch,
     pub cache: Option<LdCache>,
@@ -77,7 +77,7 @@ pub struct LibResolver {
 impl LibResolver {
     /// A resolver for `root`, reading `root/etc/ld.so.cache` if there is one. A missing cache is
     /// not an error (minimal images have none); an unreadable or corrupt one is.
-    pub fn new(root: &Path, arch: Arch, extra_dirs: Vec<PathBuf>) -> Result<LibResolver> {
+    pub(crate) fn new(root: &Path, arch: Arch, extra_dirs: Vec<PathBuf>) -> Result<LibResolver> {
         // An image's /etc/ld.so.cache may be a symlink; follow it inside the root.
         let cache = match resolve_in_root(root, Path::new("/etc/ld.so.cache")) {
             Ok(logical) if rooted(root, &logical).is_file() => Some(LdCache::load(&rooted(root, &logical))?),
@@ -99,12 +99,12 @@ impl LibResolver {
 
     /// Find `soname`. `Ok(None)`: not on this system. Errors: a broken symlink or an unreadable
     /// file where the library should be (the message names both ends of the link).
-    pub fn find(&self, soname: &str) -> Result<Option<FoundLib>> {
+    pub(crate) fn find(&self, soname: &str) -> Result<Option<FoundLib>> {
         self.find_from(soname, &[])
     }
 
     /// Like [`find`](Self::find), searching the logical directories `first` before anything else.
-    pub fn find_from(&self, soname: &str, first: &[PathBuf]) -> Result<Option<FoundLib>> {
+    pub(crate) fn find_from(&self, soname: &str, first: &[PathBuf]) -> Result<Option<FoundLib>> {
         for listed in self.candidates(soname, first) {
             if let Some(found) = self.try_path(soname, &listed)? {
                 return Ok(Some(found));
@@ -115,7 +115,7 @@ impl LibResolver {
 
     /// Look at one logical path: `Ok(None)` if nothing is there or it is for another
     /// architecture (the loader skips those too).
-    pub fn try_path(&self, soname: &str, listed: &Path) -> Result<Option<FoundLib>> {
+    pub(crate) fn try_path(&self, soname: &str, listed: &Path) -> Result<Option<FoundLib>> {
         let at = rooted(&self.root, listed);
         let Ok(meta) = std::fs::symlink_metadata(&at) else { return Ok(None) };
         let real = match resolve_in_root(&self.root, listed) {
@@ -154,7 +154,7 @@ impl LibResolver {
     /// The `DT_NEEDED` closure of `roots` (not including them), without the glibc core and
     /// without anything in `skip`. Needed libraries the host does not have are reported in the
     /// returned notes: the image may still provide them.
-    pub fn closure(
+    pub(crate) fn closure(
         &self,
         roots: &[FoundLib],
         skip: &BTreeSet<String>,

@@ -80,6 +80,7 @@ pub enum NvidiaMode {
     Never,
 }
 
+/// `[inject]` of the site configuration: what is injected from the host and how it is found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InjectConfig {

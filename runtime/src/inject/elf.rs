@@ -11,11 +11,11 @@ use crate::error::{Error, Result};
 
 /// A `GLIBC_x.y[.z]` symbol version, compared numerically (2.4 < 2.17 < 2.34).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GlibcVersion(pub Vec<u32>);
+pub(crate) struct GlibcVersion(pub Vec<u32>);
 
 impl GlibcVersion {
     /// Parse `GLIBC_2.34` (or `2.34`); `GLIBC_PRIVATE` and other names give `None`.
-    pub fn parse(name: &str) -> Option<GlibcVersion> {
+    pub(crate) fn parse(name: &str) -> Option<GlibcVersion> {
         let v = name.strip_prefix("GLIBC_").unwrap_or(name);
         let parts: Option<Vec<u32>> = v.split('.').map(|p| p.parse().ok()).collect();
         parts.filter(|p| !p.is_empty()).map(GlibcVersion)
@@ -48,7 +48,7 @@ impl std::fmt::Display for GlibcVersion {
 
 /// The facts of one ELF shared object.
 #[derive(Debug, Clone, Default)]
-pub struct ElfFacts {
+pub(crate) struct ElfFacts {
     pub machine: u16,
     pub is_64: bool,
     pub soname: Option<String>,
@@ -72,7 +72,7 @@ pub struct ElfFacts {
 /// entries it points to are read (a few kilobytes, as the dynamic loader does), never the whole
 /// file: a library in an image is the image author's, and a sparse multi-gigabyte `libc.so.6`
 /// must cost no more than a real one.
-pub fn read_elf(path: &Path, map: bool) -> Result<ElfFacts> {
+pub(crate) fn read_elf(path: &Path, map: bool) -> Result<ElfFacts> {
     let facts = if map {
         let m =
             crate::sys::mapped::Mapped::open(path).map_err(|e| Error::io("cannot read library", path, e))?;
@@ -103,7 +103,7 @@ pub fn read_elf(path: &Path, map: bool) -> Result<ElfFacts> {
 }
 
 /// Parse ELF facts from bytes. Errors are strings for the caller to wrap with a path.
-pub fn parse_elf(bytes: &[u8]) -> std::result::Result<ElfFacts, String> {
+pub(crate) fn parse_elf(bytes: &[u8]) -> std::result::Result<ElfFacts, String> {
     parse_elf_from(&bytes)
 }
 

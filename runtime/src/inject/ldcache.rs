@@ -25,9 +25,9 @@ const NEW_HEADER_LEN: usize = 48;
 const NEW_ENTRY_LEN: usize = 24;
 const OLD_ENTRY_LEN: usize = 12;
 
-pub const FLAG_ELF_LIBC6: i32 = 0x0003;
-pub const FLAG_X8664_LIB64: i32 = 0x0300;
-pub const FLAG_AARCH64_LIB64: i32 = 0x0a00;
+pub(crate) const FLAG_ELF_LIBC6: i32 = 0x0003;
+pub(crate) const FLAG_X8664_LIB64: i32 = 0x0300;
+pub(crate) const FLAG_AARCH64_LIB64: i32 = 0x0a00;
 
 /// Entries whose hwcap has this bit set live in a `glibc-hwcaps/<name>/` subdirectory and are
 /// chosen by the loader only on CPUs that qualify; we prefer the baseline entry.
@@ -36,14 +36,14 @@ const HWCAP_EXTENSION_BIT: u64 = 1 << 62;
 /// The CPU architectures berth injects for. Other architectures are refused by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Arch {
+pub(crate) enum Arch {
     X86_64,
     Aarch64,
 }
 
 impl Arch {
     /// The architecture berth itself was built for (the host's, in practice).
-    pub fn native() -> Option<Arch> {
+    pub(crate) fn native() -> Option<Arch> {
         match std::env::consts::ARCH {
             "x86_64" => Some(Arch::X86_64),
             "aarch64" => Some(Arch::Aarch64),
@@ -52,7 +52,7 @@ impl Arch {
     }
 
     /// The `flags` value ldconfig writes for a library of this architecture.
-    pub fn cache_flags(self) -> i32 {
+    pub(crate) fn cache_flags(self) -> i32 {
         match self {
             Arch::X86_64 => FLAG_X8664_LIB64 | FLAG_ELF_LIBC6,
             Arch::Aarch64 => FLAG_AARCH64_LIB64 | FLAG_ELF_LIBC6,
@@ -60,7 +60,7 @@ impl Arch {
     }
 
     /// ELF `e_machine` of this architecture.
-    pub fn elf_machine(self) -> u16 {
+    pub(crate) fn elf_machine(self) -> u16 {
         match self {
             Arch::X86_64 => goblin::elf::header::EM_X86_64,
             Arch::Aarch64 => goblin::elf::header::EM_AARCH64,
@@ -68,24 +68,16 @@ impl Arch {
     }
 
     /// The Debian/Ubuntu multiarch triplet, used for the standard library directories.
-    pub fn triplet(self) -> &'static str {
+    pub(crate) fn triplet(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-linux-gnu",
             Arch::Aarch64 => "aarch64-linux-gnu",
         }
     }
 
-    /// The dynamic loader's SONAME (part of the glibc core an image must bring itself).
-    pub fn loader_soname(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "ld-linux-x86-64.so.2",
-            Arch::Aarch64 => "ld-linux-aarch64.so.1",
-        }
-    }
-
     /// Standard library directories, in the order a glibc system searches them when the cache
     /// does not know a name (multiarch first, then the RPM-style lib64, then plain lib).
-    pub fn default_lib_dirs(self) -> Vec<PathBuf> {
+    pub(crate) fn default_lib_dirs(self) -> Vec<PathBuf> {
         let t = self.triplet();
         vec![
             PathBuf::from(format!("/lib/{t}")),
@@ -109,7 +101,7 @@ impl std::fmt::Display for Arch {
 
 /// One line of `ldconfig -p`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheEntry {
+pub(crate) struct CacheEntry {
     pub flags: i32,
     /// The SONAME (or, for development symlinks, the file name such as `libz.so`).
     pub name: String,
@@ -121,7 +113,7 @@ pub struct CacheEntry {
 /// A parsed ld.so.cache, entries in file order (ldconfig sorts them the way the loader prefers).
 #[derive(Debug, Clone, Default)]
 pub struct LdCache {
-    pub entries: Vec<CacheEntry>,
+    pub(crate) entries: Vec<CacheEntry>,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
@@ -134,9 +126,9 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
 
 /// Largest ld.so.cache read. Real ones are well under 1 MiB even with thousands of libraries;
 /// an image's cache is the image author's, so its size must not decide berth's memory.
-pub const MAX_CACHE_FILE: u64 = 8 << 20;
+pub(crate) const MAX_CACHE_FILE: u64 = 8 << 20;
 /// Most entries taken from a cache (a distribution's has a few thousand).
-pub const MAX_CACHE_ENTRIES: usize = 1 << 16;
+pub(crate) const MAX_CACHE_ENTRIES: usize = 1 << 16;
 /// Longest name or path in an entry (PATH_MAX): the terminating NUL is looked for this far only,
 /// so that entries pointing into one huge unterminated string cost nothing quadratic.
 const MAX_CACHE_STRING: usize = 4096;
@@ -251,7 +243,7 @@ impl LdCache {
 
     /// The path of `soname` for `arch`, as the loader would pick it: the first baseline entry,
     /// else the first `glibc-hwcaps` one.
-    pub fn lookup(&self, soname: &str, arch: Arch) -> Option<&Path> {
+    pub(crate) fn lookup(&self, soname: &str, arch: Arch) -> Option<&Path> {
         let matching = || self.entries.iter().filter(|e| e.name == soname && e.flags == arch.cache_flags());
         matching()
             .find(|e| e.hwcap & HWCAP_EXTENSION_BIT == 0)
@@ -260,7 +252,7 @@ impl LdCache {
     }
 
     /// All entries for `arch` whose name starts with `prefix` (e.g. every `libcuda.so*`).
-    pub fn with_prefix<'a>(
+    pub(crate) fn with_prefix<'a>(
         &'a self,
         prefix: &'a str,
         arch: Arch,

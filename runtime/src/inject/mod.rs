@@ -7,7 +7,7 @@
 //!    tree in tests) and returns an [`InjectPlan`]: what to bind where, env changes, the
 //!    container library directories to prepend to `LD_LIBRARY_PATH`, and the checks the image
 //!    must pass.
-//! 2. [`finish_for_image`] runs [`check_against_image`] on the mounted image tree (glibc
+//! 2. [`finish_for_image`] runs the checks (`check_against_image`) on the mounted image tree (glibc
 //!    versions, MPI ABI, CUDA driver), and for `--mpi=host` adds the binds of the host MPI over
 //!    the image's library of the same SONAME.
 //!
@@ -21,12 +21,12 @@
 
 mod cache;
 mod clients;
-pub mod closure;
-pub mod config;
-pub mod elf;
+pub(crate) mod closure;
+pub(crate) mod config;
+pub(crate) mod elf;
 pub mod ldcache;
-pub mod mpi;
-pub mod nvidia;
+pub(crate) mod mpi;
+pub(crate) mod nvidia;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,22 +35,19 @@ use serde::{Deserialize, Serialize};
 
 use self::closure::{rooted, FoundLib, LibResolver};
 pub use self::config::{InjectConfig, MpiMode, NvidiaMode, SchedulerClients};
-pub use self::elf::GlibcVersion;
-pub use self::ldcache::Arch;
-pub use self::mpi::MpiInfo;
+pub(crate) use self::elf::GlibcVersion;
+pub(crate) use self::ldcache::Arch;
+pub(crate) use self::mpi::MpiInfo;
 use crate::error::{Error, Result};
 
 /// Which GPUs the job may use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
-pub enum GpuSelection {
+pub(crate) enum GpuSelection {
     /// From the scheduler: `SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, else a numeric
     /// `CUDA_VISIBLE_DEVICES`, else all.
     #[default]
     FromEnvironment,
-    All,
-    /// `/dev/nvidiaN` minors.
-    Minors(Vec<u32>),
 }
 
 /// What the user asked for.
@@ -60,12 +57,12 @@ pub struct InjectRequest {
     pub mpi: Option<MpiMode>,
     /// `--nv`.
     pub nvidia: bool,
-    pub gpus: GpuSelection,
+    pub(crate) gpus: GpuSelection,
 }
 
 /// How strictly device nodes are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceCheck {
+pub(crate) enum DeviceCheck {
     /// Device nodes must be character devices (with the NVIDIA major where it is fixed).
     #[default]
     CharDevicesOnly,
@@ -79,8 +76,8 @@ pub enum DeviceCheck {
 pub struct HostFacts {
     /// "/" normally; a fake host tree in tests.
     pub root: PathBuf,
-    pub arch: Arch,
-    pub device_check: DeviceCheck,
+    pub(crate) arch: Arch,
+    pub(crate) device_check: DeviceCheck,
 }
 
 impl HostFacts {
@@ -105,7 +102,7 @@ impl HostFacts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ItemKind {
+pub(crate) enum ItemKind {
     File,
     Dir,
     Device,
@@ -119,8 +116,8 @@ pub struct InjectItem {
     pub host_path: PathBuf,
     /// Absolute path inside the container.
     pub container_path: PathBuf,
-    pub kind: ItemKind,
-    pub readonly: bool,
+    pub(crate) kind: ItemKind,
+    pub(crate) readonly: bool,
     /// Why it is there, for `--dry-run` and messages ("libibverbs provider plugins").
     pub why: String,
 }
@@ -128,7 +125,7 @@ pub struct InjectItem {
 /// A check the image must pass before the plan is applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "check")]
-pub enum Check {
+pub(crate) enum Check {
     /// An injected host library needs this glibc from the image.
     /// `needs: None`: a dynamic library without glibc version needs (still needs a glibc).
     Glibc { library: String, needs: Option<GlibcVersion> },
@@ -141,16 +138,21 @@ pub enum Check {
 /// A host MPI library that replaces the image's library of the same SONAME.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MpiReplacement {
+    /// The library's SONAME, which the image's library of that name has too.
     pub soname: String,
     /// Where this process finds the host's file (root prefix applied).
     pub host_path: PathBuf,
 }
 
+/// What to inject from the host into one container: what `discover` found for a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectPlan {
-    pub arch: Arch,
+    pub(crate) arch: Arch,
+    /// The MPI mode it was discovered for.
     pub mpi: MpiMode,
+    /// Whether the NVIDIA stack was asked for (`--nv`).
     pub nvidia: bool,
+    /// Everything to bind, in order.
     pub items: Vec<InjectItem>,
     /// Variables to set inside (after the user's environment is built).
     pub env: Vec<(String, String)>,
@@ -160,7 +162,7 @@ pub struct InjectPlan {
     pub lib_dirs: Vec<PathBuf>,
     /// Container directories to append to `PATH` (injected programs such as nvidia-smi).
     pub bin_dirs: Vec<PathBuf>,
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// `--mpi=host`: host MPI libraries to bind over the image's of the same SONAME
     /// ([`finish_for_image`] turns them into items once the image is known).
     pub mpi_replace: Vec<MpiReplacement>,
@@ -201,7 +203,7 @@ impl InjectPlan {
     }
 
     /// Names of the injected host libraries (for messages).
-    pub fn library_names(&self) -> Vec<String> {
+    pub(crate) fn library_names(&self) -> Vec<String> {
         self.checks
             .iter()
             .filter_map(|c| match c {
@@ -569,21 +571,19 @@ fn is_primary_mpi(soname: &str) -> bool {
 
 /// Facts of a mounted image tree that the checks need.
 #[derive(Debug, Clone)]
-pub struct ImageFacts {
+pub(crate) struct ImageFacts {
     /// The glibc the image provides (highest `GLIBC_x.y` its libc.so.6 defines); `None`: no
     /// glibc (static or musl image).
     pub glibc: Option<GlibcVersion>,
-    /// Logical path of the image's libc.so.6.
-    pub libc_path: Option<PathBuf>,
 }
 
 /// Read what the checks need from the image tree at `image_root` (symlinks, absolute ones
 /// included, are followed inside the image).
-pub fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
+pub(crate) fn image_facts(image_root: &Path, arch: Arch) -> Result<ImageFacts> {
     let r = LibResolver::new(image_root, arch, vec![])?;
     match r.find("libc.so.6")? {
-        Some(libc) => Ok(ImageFacts { glibc: libc.facts.glibc_defined.clone(), libc_path: Some(libc.real) }),
-        None => Ok(ImageFacts { glibc: None, libc_path: None }),
+        Some(libc) => Ok(ImageFacts { glibc: libc.facts.glibc_defined.clone() }),
+        None => Ok(ImageFacts { glibc: None }),
     }
 }
 
@@ -627,7 +627,8 @@ const LIBRARY_HINT: &str = "use an image built on a newer distribution (with gli
 /// Library problems are refused only when the user asked for the injection (`--mpi=...`,
 /// `--nv`); for the site default they are not errors: [`finish_for_image`] drops the
 /// libraries with a note, so that `berth shell old.img` still works.
-pub fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
+#[cfg(test)]
+pub(crate) fn check_against_image(plan: &InjectPlan, image_root: &Path) -> Result<()> {
     check_with_facts(plan, image_root, &image_facts(image_root, plan.arch)?)
 }
 
@@ -682,7 +683,7 @@ pub fn finish_for_image(mut plan: InjectPlan, image_root: &Path) -> Result<Injec
     let image = if plan.has_libraries() || clients.as_ref().is_some_and(|c| c.has_libraries()) {
         image_facts(image_root, plan.arch)?
     } else {
-        ImageFacts { glibc: None, libc_path: None }
+        ImageFacts { glibc: None }
     };
     let mut plan = finish_main(plan, image_root, &image)?;
     if let Some(part) = clients {
@@ -754,7 +755,12 @@ fn finish_main(mut plan: InjectPlan, image_root: &Path, image: &ImageFacts) -> R
 /// (`pml.base.2.0`) and the server answers the old client only when a 2 s timer expires. Open
 /// MPI publishes and checks that choice only when more than one PML could be selected, so
 /// naming one with `OMPI_MCA_pml` removes the wait.
-pub fn image_stack_warnings(image_root: &Path, host_root: &Path, arch: Arch) -> Result<Vec<String>> {
+/// `plan` is this host's injection plan (its architecture is the one looked for).
+pub fn image_stack_warnings(image_root: &Path, host_root: &Path, plan: &InjectPlan) -> Result<Vec<String>> {
+    stack_warnings(image_root, host_root, plan.arch)
+}
+
+pub(crate) fn stack_warnings(image_root: &Path, host_root: &Path, arch: Arch) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let image = LibResolver::new(image_root, arch, vec![])?;
     let Some(mpi) = image.find("libmpi.so.40")? else {

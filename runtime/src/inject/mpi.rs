@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum MpiFamily {
+pub(crate) enum MpiFamily {
     /// MPICH ABI (`libmpi.so.12`): MPICH, Intel MPI, MVAPICH, Cray MPICH.
     MpichAbi,
     OpenMpi,
@@ -30,7 +30,7 @@ pub enum MpiFamily {
 
 /// What we know about one MPI library file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MpiInfo {
+pub(crate) struct MpiInfo {
     pub soname: String,
     pub family: MpiFamily,
     /// "MPICH", "Intel MPI", "MVAPICH2", "Cray MPICH", "Open MPI".
@@ -43,7 +43,7 @@ pub struct MpiInfo {
 
 impl MpiInfo {
     /// "Open MPI 4.1.4 (libmpi.so.40.30.4)" style description for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = self.vendor.clone();
         if let Some(v) = &self.version {
             s.push(' ');
@@ -103,7 +103,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The libtool version from a real file name: `libmpi.so.40.30.4` -> `[40, 30, 4]`.
-pub fn libtool_version(file_name: &str) -> Option<Vec<u32>> {
+pub(crate) fn libtool_version(file_name: &str) -> Option<Vec<u32>> {
     let (_, v) = file_name.split_once(".so.")?;
     let parts: Option<Vec<u32>> = v.split('.').map(|p| p.parse().ok()).collect();
     parts.filter(|p| p.len() >= 2)
@@ -115,7 +115,7 @@ pub fn libtool_version(file_name: &str) -> Option<Vec<u32>> {
 const MAX_MPI_LIBRARY: u64 = 192 << 20;
 
 /// Identify the MPI library at `real_path` (the file, symlinks followed) known by `soname`.
-pub fn identify(soname: &str, real_path: &Path) -> Result<MpiInfo> {
+pub(crate) fn identify(soname: &str, real_path: &Path) -> Result<MpiInfo> {
     use std::io::Read;
     let io_err = |e| Error::io("cannot read MPI library", real_path, e);
     let file = std::fs::File::open(real_path).map_err(io_err)?;
@@ -162,7 +162,7 @@ fn string_data(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Identify from the library's bytes and its real file name.
-pub fn identify_bytes(soname: &str, file_name: &str, whole: &[u8]) -> Option<MpiInfo> {
+pub(crate) fn identify_bytes(soname: &str, file_name: &str, whole: &[u8]) -> Option<MpiInfo> {
     let data = string_data(whole);
     let contains = |needle: &[u8]| data.iter().any(|d| contains(d, needle));
     let find_after = |needle: &[u8]| data.iter().find_map(|d| find_after(d, needle));
@@ -221,7 +221,7 @@ fn identify_with(
 }
 
 /// May `host` replace `image`? `Err` is the reason, naming both sides.
-pub fn check_abi(host: &MpiInfo, image: &MpiInfo) -> std::result::Result<(), String> {
+pub(crate) fn check_abi(host: &MpiInfo, image: &MpiInfo) -> std::result::Result<(), String> {
     let both = || format!("host {} is {}, image has {}", host.soname, host.describe(), image.describe());
     if host.family != image.family {
         return Err(format!("{}: different MPI ABIs", both()));

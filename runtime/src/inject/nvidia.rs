@@ -9,12 +9,12 @@ use super::{DeviceCheck, GpuSelection, InjectItem, ItemKind};
 use crate::error::{Error, Result};
 
 /// The character-device major of the NVIDIA kernel module (`nvidia-uvm` gets a dynamic one).
-pub const NVIDIA_MAJOR: u64 = 195;
-pub const NVIDIACTL_MINOR: u64 = 255;
-pub const NVIDIA_MODESET_MINOR: u64 = 254;
+pub(crate) const NVIDIA_MAJOR: u64 = 195;
+pub(crate) const NVIDIACTL_MINOR: u64 = 255;
+pub(crate) const NVIDIA_MODESET_MINOR: u64 = 254;
 
 /// Library name prefixes per capability (each matches `<prefix>.<version>` SONAMEs).
-pub fn capability_libs(capability: &str) -> Option<&'static [&'static str]> {
+pub(crate) fn capability_libs(capability: &str) -> Option<&'static [&'static str]> {
     Some(match capability {
         "utility" => &["libnvidia-ml.so", "libnvidia-cfg.so", "libnvidia-nscq.so"],
         "compute" => &[
@@ -54,7 +54,7 @@ pub fn capability_libs(capability: &str) -> Option<&'static [&'static str]> {
 }
 
 /// Programs per capability.
-pub fn capability_bins(capability: &str) -> &'static [&'static str] {
+pub(crate) fn capability_bins(capability: &str) -> &'static [&'static str] {
     match capability {
         "utility" => &["nvidia-smi", "nvidia-debugdump", "nvidia-persistenced"],
         "compute" => &["nvidia-cuda-mps-control", "nvidia-cuda-mps-server"],
@@ -65,7 +65,7 @@ pub fn capability_bins(capability: &str) -> &'static [&'static str] {
 /// The driver version from `/proc/driver/nvidia/version` text
 /// (`NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ...`; the open
 /// modules say `NVIDIA UNIX Open Kernel Module for x86_64  535.104.05 ...`).
-pub fn parse_proc_version(text: &str) -> Option<String> {
+pub(crate) fn parse_proc_version(text: &str) -> Option<String> {
     let line = text.lines().find(|l| l.starts_with("NVRM version:"))?;
     line.split_whitespace().find(|w| is_driver_version(w)).map(str::to_string)
 }
@@ -76,7 +76,7 @@ fn is_driver_version(w: &str) -> bool {
 }
 
 /// The loaded driver's version, from procfs or sysfs under `root`.
-pub fn driver_version(root: &Path) -> Option<String> {
+pub(crate) fn driver_version(root: &Path) -> Option<String> {
     if let Ok(text) = std::fs::read_to_string(root.join("proc/driver/nvidia/version")) {
         if let Some(v) = parse_proc_version(&text) {
             return Some(v);
@@ -94,7 +94,7 @@ fn version_parts(v: &str) -> Vec<u32> {
 /// NVIDIA's documented minimum Linux driver for each CUDA major release under minor-version
 /// compatibility (CUDA Toolkit release notes, "CUDA Toolkit and Minimum Required Driver
 /// Version for CUDA Minor Version Compatibility").
-pub fn minimum_driver_for_cuda_major(major: u32) -> Option<&'static str> {
+pub(crate) fn minimum_driver_for_cuda_major(major: u32) -> Option<&'static str> {
     match major {
         11 => Some("450.80.02"),
         12 => Some("525.60.13"),
@@ -104,7 +104,7 @@ pub fn minimum_driver_for_cuda_major(major: u32) -> Option<&'static str> {
 }
 
 /// Is `driver` recent enough for CUDA `cuda` (e.g. "12.2.2")? `Err` names both versions.
-pub fn check_driver_for_cuda(driver: &str, cuda: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_driver_for_cuda(driver: &str, cuda: &str) -> std::result::Result<(), String> {
     let cuda_parts = version_parts(cuda);
     let Some(&major) = cuda_parts.first() else {
         return Err(format!("cannot read the image's CUDA version {cuda:?}"));
@@ -123,7 +123,7 @@ pub fn check_driver_for_cuda(driver: &str, cuda: &str) -> std::result::Result<()
 
 /// The CUDA version an image was built for: `/usr/local/cuda/version.json`, then
 /// `/usr/local/cuda/version.txt`, then `CUDA_VERSION=` in the image's environment scripts.
-pub fn image_cuda_version(image_root: &Path) -> Option<String> {
+pub(crate) fn image_cuda_version(image_root: &Path) -> Option<String> {
     // In NVIDIA's images /usr/local/cuda -> /etc/alternatives/cuda -> /usr/local/cuda-12.2:
     // absolute links, which must be followed inside the image, not on the host.
     let in_image = |p: &str| {
@@ -163,7 +163,7 @@ pub fn image_cuda_version(image_root: &Path) -> Option<String> {
 }
 
 /// Parse a GPU list: "1,3", "0-3", "0-1,5". Non-numeric entries (UUIDs, MIG ids) give `None`.
-pub fn parse_gpu_list(s: &str) -> Option<Vec<u32>> {
+pub(crate) fn parse_gpu_list(s: &str) -> Option<Vec<u32>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
@@ -180,14 +180,12 @@ pub fn parse_gpu_list(s: &str) -> Option<Vec<u32>> {
 }
 
 /// Which `/dev/nvidiaN` minors the job may use, or `None` for all of them.
-pub fn selected_minors(
+pub(crate) fn selected_minors(
     sel: &GpuSelection,
     env: &dyn Fn(&str) -> Option<String>,
     notes: &mut Vec<String>,
 ) -> Result<Option<Vec<u32>>> {
     match sel {
-        GpuSelection::All => Ok(None),
-        GpuSelection::Minors(m) => Ok(Some(m.clone())),
         GpuSelection::FromEnvironment => {
             // Slurm's gres plugin puts /dev minors in SLURM_STEP_GPUS (SLURM_JOB_GPUS for the
             // batch step); CUDA_VISIBLE_DEVICES may already be renumbered, so it comes last.
@@ -220,7 +218,7 @@ pub fn selected_minors(
 
 /// The NVIDIA part of a plan.
 #[derive(Default)]
-pub struct NvidiaPart {
+pub(crate) struct NvidiaPart {
     pub items: Vec<InjectItem>,
     pub env: Vec<(String, String)>,
     pub notes: Vec<String>,
@@ -269,7 +267,7 @@ fn check_device(path: &Path, logical: &str, check: DeviceCheck, expect_minor: Op
 }
 
 /// Discover the NVIDIA stack under `root`.
-pub fn discover(
+pub(crate) fn discover(
     root: &Path,
     resolver: &LibResolver,
     capabilities: &[String],

@@ -881,7 +881,7 @@ fn inject_open_mpi_image_with_older_pmix_client_than_the_host_gets_the_pml_advic
     // Debian 11's Open MPI 4.1.0 with PMIx 4.0.0, against Debian 12's PMIx 4.2.2.
     let host = pmix_tree(tmp.path(), "host", "libpmix.so.2.6.2", None);
     let old = pmix_tree(tmp.path(), "old", "libpmix.so.2.3.0", Some("40.30.0"));
-    let w = image_stack_warnings(&old, &host, Arch::X86_64).unwrap();
+    let w = stack_warnings(&old, &host, Arch::X86_64).unwrap();
     assert_eq!(w.len(), 1, "{w:?}");
     for part in
         ["Open MPI 4.1.0", "libpmix.so.2.3.0", "libpmix.so.2.6.2", "2 s in MPI_Init", "OMPI_MCA_pml=ob1"]
@@ -893,16 +893,12 @@ fn inject_open_mpi_image_with_older_pmix_client_than_the_host_gets_the_pml_advic
         [("same", "libpmix.so.2.6.2"), ("fix", "libpmix.so.2.6.5"), ("newer", "libpmix.so.2.9.1")]
     {
         let image = pmix_tree(tmp.path(), name, file, Some("40.30.4"));
-        assert_eq!(
-            image_stack_warnings(&image, &host, Arch::X86_64).unwrap(),
-            Vec::<String>::new(),
-            "{file}"
-        );
+        assert_eq!(stack_warnings(&image, &host, Arch::X86_64).unwrap(), Vec::<String>::new(), "{file}");
     }
     // An old PMIx without Open MPI (the advice is Open MPI's), or a host without PMIx.
     let no_ompi = pmix_tree(tmp.path(), "no-ompi", "libpmix.so.2.3.0", None);
-    assert!(image_stack_warnings(&no_ompi, &host, Arch::X86_64).unwrap().is_empty());
+    assert!(stack_warnings(&no_ompi, &host, Arch::X86_64).unwrap().is_empty());
     let bare_host = tmp.path().join("bare-host");
     std::fs::create_dir_all(&bare_host).unwrap();
-    assert!(image_stack_warnings(&old, &bare_host, Arch::X86_64).unwrap().is_empty());
+    assert!(stack_warnings(&old, &bare_host, Arch::X86_64).unwrap().is_empty());
 }

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// A private, read-only mapping of a whole file.
-pub struct Mapped {
+pub(crate) struct Mapped {
     ptr: NonNull<libc::c_void>,
     len: usize,
 }
@@ -20,7 +20,7 @@ impl Mapped {
     /// Map `path`. Only for files nobody truncates under us (the host's installed libraries:
     /// package upgrades replace them by rename, which leaves this mapping intact); image files
     /// are read with `read`, whose errors are reported instead of raising SIGBUS.
-    pub fn open(path: &Path) -> std::io::Result<Mapped> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Mapped> {
         let file = File::open(path)?;
         let len = file.metadata()?.len() as usize;
         let Some(nz) = NonZeroUsize::new(len) else {

@@ -3,9 +3,9 @@
 //! `real::RealSys`. Every `unsafe` block here carries a `// SAFETY:` comment.
 #![warn(missing_docs)]
 
-pub mod mapped;
-pub mod proc;
-pub mod process;
+pub(crate) mod mapped;
+pub(crate) mod proc;
+pub(crate) mod process;
 pub(crate) mod real;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +24,9 @@ pub(crate) struct Attrs {
 }
 
 impl Attrs {
-    pub const SAFE: Attrs = Attrs { readonly: false, nosuid: true, nodev: true, noexec: false };
-    pub const SAFE_RO: Attrs = Attrs { readonly: true, nosuid: true, nodev: true, noexec: false };
-    pub const RO: Attrs = Attrs { readonly: true, nosuid: false, nodev: false, noexec: false };
+    pub(crate) const SAFE: Attrs = Attrs { readonly: false, nosuid: true, nodev: true, noexec: false };
+    pub(crate) const SAFE_RO: Attrs = Attrs { readonly: true, nosuid: true, nodev: true, noexec: false };
+    pub(crate) const RO: Attrs = Attrs { readonly: true, nosuid: false, nodev: false, noexec: false };
 }
 
 /// What container set-up needs from the kernel.

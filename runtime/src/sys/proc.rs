@@ -4,7 +4,7 @@
 
 /// The fields of `/proc/PID/stat` berth uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
+pub(crate) struct Stat {
     /// Field 4.
     pub ppid: i32,
     /// Field 22: clock ticks after boot, which tells a process from a later one with the same pid.
@@ -12,17 +12,17 @@ pub struct Stat {
 }
 
 /// The stat of `pid` (a number, or `self`) while it runs; None once it is gone or a zombie.
-pub fn stat(pid: impl std::fmt::Display) -> Option<Stat> {
+pub(crate) fn stat(pid: impl std::fmt::Display) -> Option<Stat> {
     parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// The start time of `pid` while it runs (see [`stat`]).
+/// The start time of `pid` while it runs (field 22 of `/proc/PID/stat`).
 pub fn start_time(pid: impl std::fmt::Display) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
 /// Whether the process that started at `start_time` as `pid` still runs.
-pub fn still_running(pid: i32, start_time: u64) -> bool {
+pub(crate) fn still_running(pid: i32, start_time: u64) -> bool {
     self::start_time(pid) == Some(start_time)
 }
 

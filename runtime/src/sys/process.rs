@@ -16,14 +16,14 @@ use crate::plan::DEFAULT_PATH;
 
 /// Enter new user and mount namespaces, mapping the user (and their group) to themselves.
 /// Must be called while the process is single-threaded (a kernel rule for user namespaces).
-pub fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
+pub(crate) fn enter_user_and_mount_ns(uid: u32, gid: u32) -> Result<()> {
     enter_user_and_mount_ns_as(uid, gid, (uid, gid))
 }
 
 /// [`enter_user_and_mount_ns`], the user and their group appearing inside as `inside`
 /// (`(0, 0)` for pyxis' `--container-remap-root`). Still only the user's own ids are mapped,
 /// so nothing is gained outside the namespace.
-pub fn enter_user_and_mount_ns_as(uid: u32, gid: u32, inside: (u32, u32)) -> Result<()> {
+pub(crate) fn enter_user_and_mount_ns_as(uid: u32, gid: u32, inside: (u32, u32)) -> Result<()> {
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .map_err(|e| Error::sys("unshare", "user and mount namespaces", e))?;
     let write = |file: &str, text: String| {
@@ -48,7 +48,7 @@ pub fn enter_user_and_mount_ns_as(uid: u32, gid: u32, inside: (u32, u32)) -> Res
 }
 
 /// Join the user and mount namespaces of `pid` (a holder), checking they are the ones recorded.
-pub fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<()> {
+pub(crate) fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let open = |ns: &str, want: u64| -> Result<std::fs::File> {
         let p = format!("/proc/{pid}/ns/{ns}");
@@ -83,13 +83,13 @@ pub fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<()> {
 }
 
 /// The last steps before the user's program: no privilege can be gained by `execve` from here.
-pub fn harden_before_exec() -> Result<()> {
+pub(crate) fn harden_before_exec() -> Result<()> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl", "no_new_privs", e))
 }
 
 /// The one way a program starts in a container: change to its working directory, give up
 /// every way to gain privileges, then exec it (see [`exec`]). Returns only on failure.
-pub fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String)]) -> Error {
+pub(crate) fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String)]) -> Error {
     if let Err(e) = nix::unistd::chdir(workdir) {
         return Error::sys("chdir", workdir.display(), e);
     }
@@ -101,7 +101,7 @@ pub fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String
 
 /// Replace this process with `argv`, searching `PATH` from the container's `env` (not the
 /// host's). Returns only on failure, with a shell-like error (127 not found, 126 not executable).
-pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
+pub(crate) fn exec(argv: &[String], env: &[(String, String)]) -> Error {
     let Some(cmd) = argv.first() else {
         return Error::Exec { cmd: "berth".into(), reason: "no command given".into(), code: EXIT_NOT_FOUND };
     };
@@ -150,7 +150,7 @@ pub fn exec(argv: &[String], env: &[(String, String)]) -> Error {
 /// The paths exec tries for `cmd`, in order: `cmd` itself when it holds a '/', else `cmd` in
 /// each directory of `path` (the default PATH when None; an empty entry is the current
 /// directory, as for shells).
-pub fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
+pub(crate) fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
     if cmd.contains('/') {
         return vec![cmd.to_string()];
     }
@@ -163,7 +163,7 @@ pub fn path_candidates(cmd: &str, path: Option<&str>) -> Vec<String> {
 /// Start a thread that never takes a signal sent to the process: berth's supervisors and
 /// holders receive theirs through a signalfd, which works only while every thread blocks
 /// them. Threads inherit the signal mask they start with. False if it could not start.
-pub fn spawn_without_signals(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+pub(crate) fn spawn_without_signals(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
     let mut old = SigSet::empty();
     if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))
         .is_err()
@@ -201,7 +201,7 @@ const FORWARDED: &[Signal] = &[
 /// berth is a child subreaper meanwhile: whatever the program leaves running in the background
 /// is re-parented to berth and killed once the program ends, since the image's FUSE server
 /// stops then and such processes could only fail (nothing is left behind on a node).
-pub fn fork_and_wait(
+pub(crate) fn fork_and_wait(
     child: impl FnOnce() -> i32,
     mut on_other_child: impl FnMut(Pid, WaitStatus),
 ) -> Result<Ended> {
@@ -310,7 +310,7 @@ pub fn exit_like(ended: Ended) -> ! {
 }
 
 /// A descriptor that becomes readable when process `pid` ends (pidfd_open, Linux 5.3).
-pub fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -323,7 +323,7 @@ pub fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd> {
 /// Wait for what ends a holder: a signal (returned), `child_ended` saying so (None), the end
 /// of the process behind `watch` (returned as SIGHUP: its launcher is gone), or `idle`'s check,
 /// called every period, saying the holder is no longer needed (also returned as SIGHUP).
-pub fn wait_for_stop(
+pub(crate) fn wait_for_stop(
     mut child_ended: impl FnMut(Pid, WaitStatus) -> bool,
     watch: Option<std::os::fd::OwnedFd>,
     mut idle: Option<(std::time::Duration, &mut dyn FnMut() -> bool)>,
@@ -387,7 +387,7 @@ pub fn wait_for_stop(
 /// servers) call it so they do not keep a launcher's pipes open: MPICH's hydra proxy waits
 /// for EOF on its ranks' output pipes, and a holder holding them would hang the job.
 /// Async-signal-safe (one syscall per range), so usable between fork and exec.
-pub fn close_fds_except(keep: &[i32]) {
+pub(crate) fn close_fds_except(keep: &[i32]) {
     let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd >= 3).map(|&fd| fd as u32).collect();
     keep.sort_unstable();
     let mut from = 3u32;
@@ -398,6 +398,89 @@ pub fn close_fds_except(keep: &[i32]) {
             unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
         }
         from = fd.saturating_add(1);
+    }
+}
+
+/// An anonymous in-memory file, close-on-exec (a child's stderr read back after it failed,
+/// a spec it reads on stdin).
+pub(crate) fn memfd(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let n = std::ffi::CString::new(name.replace('\0', "?")).map_err(std::io::Error::other)?;
+    // SAFETY: n is NUL-terminated; the flags are valid.
+    let fd = unsafe { libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Make `cmd` run as `creds` (uid, gid, supplementary groups: real, effective and saved ids),
+/// or as root (uid 0) for None, with fd `pass_fd` of the parent as fd `as_fd`, every other fd
+/// above `as_fd` marked close-on-exec, and SIGKILL when its parent dies. For slurmstepd (ruid
+/// 0, euid the user in user_init) starting a holder.
+pub(crate) fn run_as(
+    cmd: &mut std::process::Command,
+    creds: Option<(u32, u32, Vec<u32>)>,
+    pass_fd: i32,
+    as_fd: i32,
+) {
+    use std::os::unix::process::CommandExt;
+    // None: stay root (ruid 0 here; the euid is the user's in user_init). The program started
+    // then is `berth holder` with the spec's user set, which becomes the user itself.
+    let (uid, gid, groups, drop) = match creds {
+        Some((uid, gid, groups)) => (uid, gid, groups, true),
+        None => (0, 0, vec![], false),
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // system calls (seteuid, setgroups, setresgid, setresuid, dup2, close_range, prctl); it
+    // allocates nothing (`groups` was allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::geteuid() != 0 && libc::seteuid(0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if drop
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if !drop && libc::setresuid(0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getuid() != uid || libc::geteuid() != uid {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            if pass_fd >= 0 && libc::dup2(pass_fd, as_fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mark (not close) the fds above: std's own exec-error pipe must stay open until
+            // exec. CLOSE_RANGE_CLOEXEC = 1 << 2 (Linux 5.11).
+            libc::syscall(libc::SYS_close_range, (as_fd + 1) as u32, u32::MAX, 4u32);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+}
+
+/// Reap our child `pid` within `timeout`; its raw wait status if we reaped it.
+pub(crate) fn reap_within(pid: i32, timeout: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 => {}
+            r if r == pid => return Some(status),
+            // ECHILD: reaped elsewhere (slurmstepd), or not ours.
+            _ => return None,
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 

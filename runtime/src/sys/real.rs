@@ -17,33 +17,33 @@ use super::{Attrs, MountOps};
 use crate::error::{Error, Result};
 
 /// Real system calls, plus the FUSE server it started (owned: killed when dropped).
-pub struct RealSys {
+pub(crate) struct RealSys {
     uid: u32,
     gid: u32,
     pub fuse: Option<FuseServer>,
 }
 
 /// A running `squashfuse_ll`. Dropping it stops the server; the mount goes with the namespace.
-pub struct FuseServer {
+pub(crate) struct FuseServer {
     pub child: Child,
 }
 
 impl FuseServer {
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// Stop the server once nothing uses the container any more. The image is read-only and
     /// the mount lives only in our namespace, so there is nothing to flush: SIGKILL ends it
     /// at once, and we reap it so no process is left.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 impl RealSys {
-    pub fn new(uid: u32, gid: u32) -> Self {
+    pub(crate) fn new(uid: u32, gid: u32) -> Self {
         RealSys { uid, gid, fuse: None }
     }
 }
@@ -319,7 +319,7 @@ impl MountOps for RealSys {
 
 /// Resolve `path` under `root`, following symlinks as if `root` were `/`, so a link in the image
 /// (say `/etc/localtime -> /usr/share/zoneinfo/UTC`) resolves inside the image, never on the host.
-pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
     use crate::rootpath::{resolve, rooted, Missing};
     let logical = resolve(root, path, Missing::Allow)
         .map_err(|e| Error::request(format!("path {} in the image", path.display()), e.to_string(), ""))?;
