@@ -636,3 +636,95 @@ fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
     let other = format!("docker://{}/test/app:nope", reg.addr());
     berth(&["exec", &other, "true"]).fails_with(&["berth: ", "plain HTTP"]);
 }
+
+/// `berth build` (root) of `def` into `out` with plain HTTP to the registry; returns the time.
+fn build_as_root(w: &World, dir: &Path, out: &str, def: &str) -> Duration {
+    let defp = dir.join(format!("{out}.def"));
+    std::fs::write(&defp, def).unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let t = Instant::now();
+    let o = Command::new(&w.berth)
+        .args(["build", "--nohttps", "--force"])
+        .arg(dir.join(out))
+        .arg(&defp)
+        .env("BERTH_TMPDIR", &work)
+        .env("BERTH_CACHE_DIR", dir.join("bootstrap-cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    harness::Out(o).ok();
+    sh(&format!("chmod 755 {}", dir.display()));
+    took
+}
+
+#[test]
+fn build_bootstrap_docker_starts_from_the_registry_image() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-build"), None, None);
+    let a = reg.addr();
+    skopeo_push(&f.app, "v1", &format!("docker://{a}/test/app:v1"), &[]);
+    let home = user_dir(w, "build-docker");
+
+    // %post adds a file (owned by a service user) to the pulled tree; %environment adds to
+    // the image's Env; Entrypoint/Cmd and WorkingDir stay the runscript.
+    let def = format!(
+        "Bootstrap: docker\nFrom: {a}/test/app:v1\n\n%post\n    echo built > /opt/built\n    \
+         chown 4242:4242 /opt/built\n\n%environment\n    export ADDED=\"from the def\"\n\n\
+         %labels\n    org.example.stage two\n"
+    );
+    let took = build_as_root(w, &home, "built.sqsh", &def);
+    let img = home.join("built.sqsh");
+    let l = listing(&img);
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert!(line_for(&l, "/pub/mine").starts_with("-rw-rw-r-- 4242/4242"), "{l}");
+    assert!(line_for(&l, "/usr/bin/suid").starts_with("-rwsr-xr-x 0/0"), "{l}");
+    assert!(line_for(&l, "/opt/built").starts_with("-rw-r--r-- 4242/4242"), "{l}");
+    assert!(!l.contains("/etc/gone") && !l.contains("/opt/old"), "whiteouts applied: {l}");
+    let got = run(pull_cmd(
+        w,
+        &home,
+        &["exec", "built.sqsh", "sh", "-c", "cat /opt/built /pub/link2 /opt/new; echo \"$GREETING/$ADDED\""],
+    ))
+    .ok();
+    assert_eq!(got, "built\norig\nnew\nhello from the registry/from the def\n");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "built.sqsh", "x"])).ok(), "ep x\n");
+    let info = run(pull_cmd(w, &home, &["inspect", "built.sqsh"])).ok();
+    for want in ["berth-test-app", "org.example.stage", "sha256:", "docker"] {
+        assert!(info.contains(want), "{want} in {info}");
+    }
+
+    // The definition's %runscript wins over Entrypoint/Cmd; the same image from a local file
+    // (the pull's output) for the timing.
+    let def2 =
+        format!("Bootstrap: docker\nFrom: docker://{a}/test/app:v1\n\n%runscript\n    echo mine \"$@\"\n");
+    build_as_root(w, &home, "own.sqsh", &def2);
+    assert_eq!(run(pull_cmd(w, &home, &["run", "own.sqsh", "y"])).ok(), "mine y\n");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &format!("docker://{a}/test/app:v1"), "app.sqsh"]))
+        .ok();
+    let local = format!(
+        "Bootstrap: localimage\nFrom: {}\n\n%post\n    echo built > /opt/built\n",
+        home.join("app.sqsh").display()
+    );
+    let took_local = build_as_root(w, &home, "local.sqsh", &local);
+    eprintln!("berth build: Bootstrap docker {took:?} (cold blob cache), localimage {took_local:?}");
+
+    // An unknown tag: one message, no image.
+    let bad = format!("Bootstrap: docker\nFrom: {a}/test/app:nope\n");
+    std::fs::write(home.join("bad.def"), bad).unwrap();
+    let o = Command::new(&w.berth)
+        .args(["build", "--nohttps"])
+        .arg(home.join("bad.sqsh"))
+        .arg(home.join("bad.def"))
+        .env("BERTH_TMPDIR", home.join("work"))
+        .env("BERTH_CACHE_DIR", "")
+        .output()
+        .unwrap();
+    let o = harness::Out(o);
+    assert!(!o.0.status.success());
+    assert!(o.stderr().contains("berth: build: Bootstrap: docker: docker://"), "{}", o.stderr());
+    assert!(o.stderr().contains("manifest nope not found"), "{}", o.stderr());
+    assert!(!home.join("bad.sqsh").exists());
+    assert_eq!(std::fs::read_dir(home.join("work")).unwrap().count(), 0, "work directories removed");
+}

@@ -63,6 +63,10 @@ pub struct BuildArgs {
     /// Replace OUT if it exists
     #[arg(long)]
     pub force: bool,
+
+    /// Talk plain HTTP to the registry of `Bootstrap: docker`
+    #[arg(long, visible_alias = "no-https")]
+    pub nohttps: bool,
 }
 
 /// Exit status for an interrupted build, as a shell reports SIGINT.
@@ -121,6 +125,7 @@ pub fn options(args: &BuildArgs, def: PathBuf) -> BuildOptions {
     opts.compression = args.compression.clone();
     opts.notest = args.notest;
     opts.force = args.force;
+    opts.nohttps = args.nohttps;
     opts.log = args.log.clone();
     // %test runs in the real container, through this same berth. Where the running executable
     // cannot be found (no /proc), %test runs in a chroot of the image instead.
