@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use berth_registry::testimg::{finish, image, layer, Ent};
+use berth_registry::testimg::{finish, image, layer, layer_zstd, Ent};
 use harness::{world, World};
 
 fn sh(cmd: &str) -> String {
@@ -727,4 +727,44 @@ fn build_bootstrap_docker_starts_from_the_registry_image() {
     assert!(o.stderr().contains("manifest nope not found"), "{}", o.stderr());
     assert!(!home.join("bad.sqsh").exists());
     assert_eq!(std::fs::read_dir(home.join("work")).unwrap().count(), 0, "work directories removed");
+}
+
+#[test]
+fn zstd_layers_are_decoded() {
+    let w = world();
+    // The fixture writes the busybox base layer this image shares.
+    fixture();
+    let reg = Registry::start(&w.path("reg-zstd"), None, None);
+    let layout = w.path("registry-fixture/zstd");
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(&layout).unwrap();
+    let base = std::fs::read(w.path("registry-fixture/base.tar.gz")).unwrap();
+    let z = layer_zstd(&[
+        Ent::Dir("srv", 0o750, 1234, 4321),
+        Ent::File("srv/data", b"zstd layer\n", 0o640, 1234, 4321),
+        Ent::File("etc/.wh.passwd", b"", 0o644, 0, 0),
+        Ent::File("big", &vec![b'z'; 300_000], 0o644, 0, 0),
+    ]);
+    let m = image(
+        &layout,
+        &serde_json::json!({"config": {"Cmd": ["/bin/cat", "/srv/data"]}}),
+        &[base, z],
+        "amd64",
+    );
+    finish(&layout, vec![m], "z");
+    let r = format!("docker://{}/test/zstd:z", reg.addr());
+    skopeo_push(&layout, "z", &r, &[]);
+    // The registry keeps the layer as pushed: zstd, with its media type.
+    let manifest = sh(&format!("skopeo inspect --raw --tls-verify=false {r}"));
+    assert!(manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd"), "{manifest}");
+
+    let home = user_dir(w, "pull-zstd");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "z.sqsh"])).ok();
+    let l = listing(&home.join("z.sqsh"));
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert!(!l.contains("squashfs-root/etc/passwd"), "whited out by the zstd layer: {l}");
+    let got = run(pull_cmd(w, &home, &["exec", "z.sqsh", "sh", "-c", "wc -c < /big; ls /bin | wc -l"])).ok();
+    let applets = std::fs::read_dir(w.rootfs.join("bin")).unwrap().count();
+    assert_eq!(got, format!("300000\n{applets}\n"));
+    assert!(partials(&home).is_empty());
 }
