@@ -768,3 +768,83 @@ fn zstd_layers_are_decoded() {
     assert_eq!(got, format!("300000\n{applets}\n"));
     assert!(partials(&home).is_empty());
 }
+
+/// The SIF descriptors of `bytes` as (data type, offset, size, fs type, partition type), read
+/// at the offsets the header gives (sylabs/sif's layout).
+fn sif_descriptors(bytes: &[u8]) -> Vec<(i32, usize, usize, i32, i32)> {
+    let i64_at = |o: usize| i64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let i32_at = |o: usize| i32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    assert_eq!(&bytes[32..42], b"SIF_MAGIC\0");
+    assert_eq!(&bytes[42..45], b"01\0");
+    let (total, off, size) = (i64_at(88), i64_at(96), i64_at(104));
+    assert_eq!(size, total * 585, "descriptor area");
+    (0..total)
+        .map(|i| off + i * 585)
+        .filter(|&d| bytes[d + 4] == 1)
+        .map(|d| (i32_at(d), i64_at(d + 17), i64_at(d + 25), i32_at(d + 201), i32_at(d + 205)))
+        .collect()
+}
+
+#[test]
+fn pull_format_sif_writes_a_sif_berth_runs() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-sif"), None, None);
+    let r = format!("docker://{}/test/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &[]);
+    let home = user_dir(w, "pull-sif");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", "--format", "sif", &r])).ok();
+    let sif = home.join("app_v1.sif");
+    assert_eq!(
+        std::fs::metadata(&sif).unwrap().permissions().mode() & 0o777,
+        0o755,
+        "SIF files are executable"
+    );
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+    let bytes = std::fs::read(&sif).unwrap();
+    assert!(bytes.starts_with(b"#!/usr/bin/env run-singularity\n"));
+    let d = sif_descriptors(&bytes);
+    // One primary system partition (0x4004, squashfs = 1, system = 2), a definition (0x4001)
+    // naming the source, labels (0x4003).
+    let parts: Vec<_> = d.iter().filter(|x| x.0 == 0x4004).collect();
+    assert_eq!(parts.len(), 1, "{d:?}");
+    let (_, off, size, fs, ptype) = *parts[0];
+    assert_eq!((fs, ptype), (1, 2));
+    assert_eq!(&bytes[off..off + 4], b"hsqs");
+    assert_eq!(off % 4096, 0, "partitions are aligned");
+    assert!(off + size <= bytes.len() && size >= std::fs::metadata(&sif).unwrap().len() as usize / 2);
+    let object = |t: i32| -> String {
+        let (_, o, s, ..) = *d.iter().find(|x| x.0 == t).unwrap_or_else(|| panic!("{t:#x} in {d:?}"));
+        String::from_utf8_lossy(&bytes[o..o + s]).into_owned()
+    };
+    assert_eq!(object(0x4001), format!("bootstrap: docker\nfrom: {}\n", &r["docker://".len()..]));
+    assert!(object(0x4003).contains("berth-test-app"), "{}", object(0x4003));
+
+    // The same tree as the SquashFS pull, and it runs like it.
+    let img = home.join("app.sqsh");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "app.sqsh"])).ok();
+    let tree = |p: &Path, off: usize| -> Vec<String> {
+        let l = sh(&format!("unsquashfs -o {off} -lln {}", p.display()));
+        l.lines()
+            .skip(1)
+            .filter(|l| !l.contains("labels.json"))
+            .map(|l| l.split_once("squashfs-root").unwrap().1.to_string())
+            .collect()
+    };
+    assert_eq!(tree(&sif, off), tree(&img, 0));
+    let l = sh(&format!("unsquashfs -o {off} -lln {}", sif.display()));
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "app_v1.sif", "a b"])).ok(), "ep a b\n");
+    let got = run(pull_cmd(
+        w,
+        &home,
+        &["exec", "app_v1.sif", "sh", "-c", "cat /pub/link; echo \"$GREETING\"; pwd"],
+    ))
+    .ok();
+    assert_eq!(got, format!("orig\nhello from the registry\n{}\n", home.display()));
+    let info = run(pull_cmd(w, &home, &["inspect", "app_v1.sif"])).ok();
+    for want in
+        ["berth-test-app", "org.berth.source.digest", "sha256:", "rootfs.squashfs (squashfs, primary-system)"]
+    {
+        assert!(info.contains(want), "{want} in {info}");
+    }
+}

@@ -108,11 +108,14 @@ impl BlobCache {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
+        // Downloads killed outright before now left their partial files unlocked.
+        crate::cleanup::sweep_prefix(&dir, ".partial-");
         let file = tempfile::Builder::new()
             .prefix(".partial-")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
         let guard = crate::cleanup::register(file.path());
+        crate::cleanup::hold(file.as_file());
         Ok(Incoming { file, hasher: Sha256::new(), written: 0, _guard: guard })
     }
 

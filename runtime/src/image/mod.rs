@@ -22,7 +22,7 @@ use reader::{hex_prefix, ImageFile, HINT_COPY_AGAIN};
 
 pub use ext3::Ext3Info;
 pub use sif::SifInfo;
-pub use sif_writer::{write_sif, SifObject, SifObjectKind};
+pub use sif_writer::{write_sif, write_sif_into, SifObject, SifObjectKind};
 pub use squashfs::{compression_name, Superblock as SquashfsInfo};
 
 /// The first line of Singularity 2.x images (and the default SIF launch line): 31 bytes.
