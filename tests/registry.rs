@@ -848,3 +848,87 @@ fn pull_format_sif_writes_a_sif_berth_runs() {
         assert!(info.contains(want), "{want} in {info}");
     }
 }
+
+/// Files and directories under `dir` whose names show a partial write, and the empty work
+/// directories of conversions.
+fn leftovers(dir: &Path) -> Vec<String> {
+    sh(&format!("find {} -name '*partial*' -o -name '.berth-root-*' 2>/dev/null || true", dir.display()))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Start `berth pull REF OUT` as the user and SIGKILL it as soon as `when` holds.
+fn kill_pull_when(w: &World, home: &Path, r: &str, out: &str, when: impl Fn() -> bool) {
+    let mut c = pull_cmd(w, home, &["pull", "--insecure", "-q", r, out]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let t = Instant::now();
+    while !when() {
+        assert!(t.elapsed() < Duration::from_secs(60), "never reached the point to kill at");
+        assert!(child.try_wait().unwrap().is_none(), "the pull ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkilled_pull_leaves_no_out_and_the_next_pull_cleans_up() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "pull-kill");
+    let cache = home.join("cache/blobs/sha256");
+
+    // Killed while downloading: the blob's partial file stays (nothing runs on SIGKILL), OUT
+    // is not there, and the next pull removes it and succeeds.
+    let slow = faulty(f.app.clone(), 0, true);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", slow.port);
+    // The config (small, served at once) is in; a layer is on its way, slowly.
+    let blobs = berth_registry::BlobCache::new(home.join("cache"));
+    kill_pull_when(w, &home, &r, "dl.sqsh", || !blobs.list().is_empty() && !leftovers(&cache).is_empty());
+    assert!(!home.join("dl.sqsh").exists());
+    let stale = leftovers(&home);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let fast = faulty(f.app.clone(), 0, false);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", fast.port);
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "dl.sqsh"])).ok();
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    assert_eq!(run(pull_cmd(w, &home, &["exec", "dl.sqsh", "cat", "/opt/new"])).ok(), "new\n");
+
+    // Killed while writing the image (a large layer keeps mksquashfs busy): no OUT, and the
+    // next pull into the same OUT removes the partial image and its work directory.
+    let layout = w.path("registry-fixture/big");
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(&layout).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let base = std::fs::read(w.path("registry-fixture/base.tar.gz")).unwrap();
+    let big = layer(&[Ent::File("big", &noise, 0o644, 0, 0)], true);
+    let m = image(&layout, &serde_json::json!({"config": {"Cmd": ["/bin/true"]}}), &[base, big], "amd64");
+    finish(&layout, vec![m], "big");
+    let srv = faulty(layout, 0, false);
+    let r = format!("docker://127.0.0.1:{}/test/big:big", srv.port);
+    let out_partial = |h: &Path| leftovers(h).iter().any(|p| p.contains(".big.sqsh.partial-"));
+    kill_pull_when(w, &home, &r, "big.sqsh", || out_partial(&home));
+    assert!(!home.join("big.sqsh").exists());
+    assert!(out_partial(&home), "the killed conversion's partial file is left: {:?}", leftovers(&home));
+    // No process of the killed pull (mksquashfs included) is left writing.
+    let t = Instant::now();
+    while w.user_processes().iter().any(|p| p.contains("mksquashfs")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "mksquashfs outlived berth");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "big.sqsh"])).ok();
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    assert_eq!(
+        run(pull_cmd(w, &home, &["exec", "big.sqsh", "wc", "-c", "/big"])).ok(),
+        format!("{} /big\n", 48 << 20)
+    );
+}

@@ -110,13 +110,16 @@ impl BlobCache {
             .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
         // Downloads killed outright before now left their partial files unlocked.
         crate::cleanup::sweep_prefix(&dir, ".partial-");
-        let file = tempfile::Builder::new()
-            .prefix(".partial-")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
-        let guard = crate::cleanup::register(file.path());
-        crate::cleanup::hold(file.as_file());
-        Ok(Incoming { file, hasher: Sha256::new(), written: 0, _guard: guard })
+        loop {
+            let file = tempfile::Builder::new()
+                .prefix(".partial-")
+                .tempfile_in(&dir)
+                .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
+            let guard = crate::cleanup::register(file.path());
+            if crate::cleanup::hold(file.as_file(), file.path()) {
+                return Ok(Incoming { file, hasher: Sha256::new(), written: 0, _guard: guard });
+            }
+        }
     }
 
     /// Check the digest of what was written and move it into place; a mismatch leaves nothing.

@@ -110,10 +110,6 @@ pub fn dir_of_partial(partial: &Path) -> std::path::PathBuf {
     s.into()
 }
 
-/// A partial file younger than this is left alone even when unlocked: its writer may be
-/// between creating it and locking it.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Remove what runs killed outright (SIGKILL, a crash, a lost node) left for the output NAME in
 /// `dir`: partial files no process holds locked, and the work directories of partial files that
 /// are gone. Files being written are locked by their writers and stay.
@@ -121,11 +117,26 @@ pub fn sweep(dir: &Path, name: &str) {
     sweep_prefix(dir, &partial_prefix(name));
 }
 
-/// Mark `f` (a partial file just created) as being written, until it is closed.
-pub fn hold(f: &std::fs::File) {
+/// Mark `f`, the partial file just created at `path`, as being written until it is closed.
+/// False when a sweep removed it before the lock was taken (the caller makes another).
+pub fn hold(f: &std::fs::File, path: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor the caller owns; the lock ends when it is closed.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        // SAFETY: flock on a descriptor the caller owns; the lock ends when it is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // No flock here (some network filesystems): nothing to sweep with, nothing to fear.
+            return true;
+        }
+    }
+    // A sweep that got the lock first unlinked the name: this descriptor is an orphan.
+    match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// [`sweep`] for files whose names start with `prefix`.
@@ -145,11 +156,10 @@ pub fn sweep_prefix(dir: &Path, prefix: &str) {
         if !meta.is_file() {
             continue;
         }
-        let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|a| a > SETTLE);
         let Ok(f) = std::fs::File::open(&path) else { continue };
         // SAFETY: flock on a descriptor this function owns; closing it releases the lock.
         let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if free && old {
+        if free {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -158,5 +168,37 @@ pub fn sweep_prefix(dir: &Path, prefix: &str) {
         if owner.is_some_and(|o| !o.exists()) {
             let _ = std::fs::remove_dir(&d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_removes_what_no_writer_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let live = d.join(".out.sqsh.partial-live");
+        let f = std::fs::File::create(&live).unwrap();
+        assert!(hold(&f, &live));
+        std::fs::create_dir(dir_of_partial(&live)).unwrap();
+        let dead = d.join(".out.sqsh.partial-dead");
+        std::fs::write(&dead, b"x").unwrap();
+        std::fs::create_dir(dir_of_partial(&dead)).unwrap();
+        let other = d.join(".other.sqsh.partial-x");
+        std::fs::write(&other, b"x").unwrap();
+        sweep(d, "out.sqsh");
+        let mut left: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".other.sqsh.partial-x", ".out.sqsh.partial-live", ".out.sqsh.partial-live.root"]);
+        // A name a sweep took away before the writer locked it is noticed.
+        let g = std::fs::File::create(d.join(".out.sqsh.partial-racy")).unwrap();
+        std::fs::remove_file(d.join(".out.sqsh.partial-racy")).unwrap();
+        assert!(!hold(&g, &d.join(".out.sqsh.partial-racy")));
+        drop(f);
+        sweep(d, "out.sqsh");
+        assert!(!live.exists() && !dir_of_partial(&live).exists());
     }
 }

@@ -223,13 +223,16 @@ fn check(status: std::process::ExitStatus, errs: std::thread::JoinHandle<String>
 fn partial_file(out: &Path) -> Result<(tempfile::NamedTempFile, Option<cleanup::Registered>)> {
     let (dir, name) = cleanup::dir_and_name(out);
     cleanup::sweep(&dir, &name);
-    let tmp = tempfile::Builder::new()
-        .prefix(&cleanup::partial_prefix(&name))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(io_what(out), e))?;
-    let guard = cleanup::register(tmp.path());
-    cleanup::hold(tmp.as_file());
-    Ok((tmp, guard))
+    loop {
+        let tmp = tempfile::Builder::new()
+            .prefix(&cleanup::partial_prefix(&name))
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(io_what(out), e))?;
+        let guard = cleanup::register(tmp.path());
+        if cleanup::hold(tmp.as_file(), tmp.path()) {
+            return Ok((tmp, guard));
+        }
+    }
 }
 
 /// The file mode a new file gets from this process's umask.
