@@ -932,3 +932,68 @@ fn sigkilled_pull_leaves_no_out_and_the_next_pull_cleans_up() {
         format!("{} /big\n", 48 << 20)
     );
 }
+
+#[test]
+fn docker_credential_helpers_are_asked_for_the_registry() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-helper"), Some((&f.cert, &f.key)), Some(&f.htpasswd));
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
+    let home = user_dir(w, "pull-helper");
+    // Two fake helpers as docker would run them: `get`, the server on stdin, JSON out; each
+    // records what it was asked. `wrong` answers with a bad password.
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, pw) in [("berthtest", "s3cret-pw"), ("wrong", "nope")] {
+        let p = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\necho \"$server\" >> {}/{name}.asked\n\
+                 printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"{pw}\"}}\\n' \"$server\"\n",
+                home.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    let config = |json: String| {
+        std::fs::write(home.join(".docker/config.json"), json).unwrap();
+        sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    };
+    let pull = |out: &str| {
+        let mut c = pull_cmd(w, &home, &["pull", "-q", &r, out]);
+        c.env("SSL_CERT_FILE", &f.ca)
+            .env("HOME", &home)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+        run(c)
+    };
+    let asked = |name: &str| std::fs::read_to_string(home.join(format!("{name}.asked"))).unwrap_or_default();
+
+    // credHelpers for this registry wins over credsStore.
+    config(format!(
+        r#"{{"auths":{{"{a}":{{}}}},"credsStore":"wrong","credHelpers":{{"{a}":"berthtest"}}}}"#,
+        a = reg.addr()
+    ));
+    pull("h.sqsh").ok();
+    assert_eq!(asked("berthtest"), format!("{}\n", reg.addr()));
+    assert_eq!(asked("wrong"), "");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "h.sqsh", "helped"])).ok(), "ep helped\n");
+    // credsStore for every registry without a helper of its own.
+    config(r#"{"auths":{},"credsStore":"berthtest"}"#.into());
+    pull("s.sqsh").ok();
+    assert_eq!(asked("berthtest").lines().count(), 2);
+    // A store with the wrong password: the registry's refusal, nothing written.
+    config(r#"{"credsStore":"wrong"}"#.into());
+    pull("x.sqsh").fails_with(&["refused your credentials"]);
+    assert!(!home.join("x.sqsh").exists());
+    // A helper that is not installed: as if there were no credentials.
+    config(r#"{"credsStore":"absent"}"#.into());
+    pull("y.sqsh").fails_with(&["user name and password"]);
+    // Someone else's config file names a helper: it is not run.
+    config(r#"{"credsStore":"berthtest"}"#.into());
+    sh(&format!("chown root:root {}", home.join(".docker/config.json").display()));
+    pull("z.sqsh").fails_with(&["user name and password"]);
+    assert_eq!(asked("berthtest").lines().count(), 2);
+}
