@@ -668,10 +668,10 @@ fn build_bootstrap_docker_starts_from_the_registry_image() {
     let home = user_dir(w, "build-docker");
 
     // %post adds a file (owned by a service user) to the pulled tree; %environment adds to
-    // the image's Env; Entrypoint/Cmd and WorkingDir stay the runscript.
+    // and overrides the image's Env; Entrypoint/Cmd and WorkingDir stay the runscript.
     let def = format!(
         "Bootstrap: docker\nFrom: {a}/test/app:v1\n\n%post\n    echo built > /opt/built\n    \
-         chown 4242:4242 /opt/built\n\n%environment\n    export ADDED=\"from the def\"\n\n\
+         chown 4242:4242 /opt/built\n\n%environment\n    export ADDED=\"from the def\"\n    export GREETING=overridden\n\n\
          %labels\n    org.example.stage two\n"
     );
     let took = build_as_root(w, &home, "built.sqsh", &def);
@@ -688,7 +688,7 @@ fn build_bootstrap_docker_starts_from_the_registry_image() {
         &["exec", "built.sqsh", "sh", "-c", "cat /opt/built /pub/link2 /opt/new; echo \"$GREETING/$ADDED\""],
     ))
     .ok();
-    assert_eq!(got, "built\norig\nnew\nhello from the registry/from the def\n");
+    assert_eq!(got, "built\norig\nnew\noverridden/from the def\n");
     assert_eq!(run(pull_cmd(w, &home, &["run", "built.sqsh", "x"])).ok(), "ep x\n");
     let info = run(pull_cmd(w, &home, &["inspect", "built.sqsh"])).ok();
     for want in ["berth-test-app", "org.example.stage", "sha256:", "docker"] {
