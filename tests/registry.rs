@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use berth_registry::testimg::{finish, image, layer, Ent};
+use berth_registry::testimg::{finish, image, layer, layer_zstd, Ent};
 use harness::{world, World};
 
 fn sh(cmd: &str) -> String {
@@ -635,4 +635,365 @@ fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
     std::fs::write(&cfg, format!("[registry]\ncache_dir = \"{}\"\n", site.display())).unwrap();
     let other = format!("docker://{}/test/app:nope", reg.addr());
     berth(&["exec", &other, "true"]).fails_with(&["berth: ", "plain HTTP"]);
+}
+
+/// `berth build` (root) of `def` into `out` with plain HTTP to the registry; returns the time.
+fn build_as_root(w: &World, dir: &Path, out: &str, def: &str) -> Duration {
+    let defp = dir.join(format!("{out}.def"));
+    std::fs::write(&defp, def).unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let t = Instant::now();
+    let o = Command::new(&w.berth)
+        .args(["build", "--nohttps", "--force"])
+        .arg(dir.join(out))
+        .arg(&defp)
+        .env("BERTH_TMPDIR", &work)
+        .env("BERTH_CACHE_DIR", dir.join("bootstrap-cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    harness::Out(o).ok();
+    sh(&format!("chmod 755 {}", dir.display()));
+    took
+}
+
+#[test]
+fn build_bootstrap_docker_starts_from_the_registry_image() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-build"), None, None);
+    let a = reg.addr();
+    skopeo_push(&f.app, "v1", &format!("docker://{a}/test/app:v1"), &[]);
+    let home = user_dir(w, "build-docker");
+
+    // %post adds a file (owned by a service user) to the pulled tree; %environment adds to
+    // and overrides the image's Env; Entrypoint/Cmd and WorkingDir stay the runscript.
+    let def = format!(
+        "Bootstrap: docker\nFrom: {a}/test/app:v1\n\n%post\n    echo built > /opt/built\n    \
+         chown 4242:4242 /opt/built\n\n%environment\n    export ADDED=\"from the def\"\n    export GREETING=overridden\n\n\
+         %labels\n    org.example.stage two\n"
+    );
+    let took = build_as_root(w, &home, "built.sqsh", &def);
+    let img = home.join("built.sqsh");
+    let l = listing(&img);
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert!(line_for(&l, "/pub/mine").starts_with("-rw-rw-r-- 4242/4242"), "{l}");
+    assert!(line_for(&l, "/usr/bin/suid").starts_with("-rwsr-xr-x 0/0"), "{l}");
+    assert!(line_for(&l, "/opt/built").starts_with("-rw-r--r-- 4242/4242"), "{l}");
+    assert!(!l.contains("/etc/gone") && !l.contains("/opt/old"), "whiteouts applied: {l}");
+    let got = run(pull_cmd(
+        w,
+        &home,
+        &["exec", "built.sqsh", "sh", "-c", "cat /opt/built /pub/link2 /opt/new; echo \"$GREETING/$ADDED\""],
+    ))
+    .ok();
+    assert_eq!(got, "built\norig\nnew\noverridden/from the def\n");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "built.sqsh", "x"])).ok(), "ep x\n");
+    let info = run(pull_cmd(w, &home, &["inspect", "built.sqsh"])).ok();
+    for want in ["berth-test-app", "org.example.stage", "sha256:", "docker"] {
+        assert!(info.contains(want), "{want} in {info}");
+    }
+
+    // The definition's %runscript wins over Entrypoint/Cmd; the same image from a local file
+    // (the pull's output) for the timing.
+    let def2 =
+        format!("Bootstrap: docker\nFrom: docker://{a}/test/app:v1\n\n%runscript\n    echo mine \"$@\"\n");
+    build_as_root(w, &home, "own.sqsh", &def2);
+    assert_eq!(run(pull_cmd(w, &home, &["run", "own.sqsh", "y"])).ok(), "mine y\n");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &format!("docker://{a}/test/app:v1"), "app.sqsh"]))
+        .ok();
+    let local = format!(
+        "Bootstrap: localimage\nFrom: {}\n\n%post\n    echo built > /opt/built\n",
+        home.join("app.sqsh").display()
+    );
+    let took_local = build_as_root(w, &home, "local.sqsh", &local);
+    eprintln!("berth build: Bootstrap docker {took:?} (cold blob cache), localimage {took_local:?}");
+
+    // An unknown tag: one message, no image.
+    let bad = format!("Bootstrap: docker\nFrom: {a}/test/app:nope\n");
+    std::fs::write(home.join("bad.def"), bad).unwrap();
+    let o = Command::new(&w.berth)
+        .args(["build", "--nohttps"])
+        .arg(home.join("bad.sqsh"))
+        .arg(home.join("bad.def"))
+        .env("BERTH_TMPDIR", home.join("work"))
+        .env("BERTH_CACHE_DIR", "")
+        .output()
+        .unwrap();
+    let o = harness::Out(o);
+    assert!(!o.0.status.success());
+    assert!(o.stderr().contains("berth: build: Bootstrap: docker: docker://"), "{}", o.stderr());
+    assert!(o.stderr().contains("manifest nope not found"), "{}", o.stderr());
+    assert!(!home.join("bad.sqsh").exists());
+    assert_eq!(std::fs::read_dir(home.join("work")).unwrap().count(), 0, "work directories removed");
+}
+
+#[test]
+fn zstd_layers_are_decoded() {
+    let w = world();
+    // The fixture writes the busybox base layer this image shares.
+    fixture();
+    let reg = Registry::start(&w.path("reg-zstd"), None, None);
+    let layout = w.path("registry-fixture/zstd");
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(&layout).unwrap();
+    let base = std::fs::read(w.path("registry-fixture/base.tar.gz")).unwrap();
+    let z = layer_zstd(&[
+        Ent::Dir("srv", 0o750, 1234, 4321),
+        Ent::File("srv/data", b"zstd layer\n", 0o640, 1234, 4321),
+        Ent::File("etc/.wh.passwd", b"", 0o644, 0, 0),
+        Ent::File("big", &vec![b'z'; 300_000], 0o644, 0, 0),
+    ]);
+    let m = image(
+        &layout,
+        &serde_json::json!({"config": {"Cmd": ["/bin/cat", "/srv/data"]}}),
+        &[base, z],
+        "amd64",
+    );
+    finish(&layout, vec![m], "z");
+    let r = format!("docker://{}/test/zstd:z", reg.addr());
+    skopeo_push(&layout, "z", &r, &[]);
+    // The registry keeps the layer as pushed: zstd, with its media type.
+    let manifest = sh(&format!("skopeo inspect --raw --tls-verify=false {r}"));
+    assert!(manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd"), "{manifest}");
+
+    let home = user_dir(w, "pull-zstd");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "z.sqsh"])).ok();
+    let l = listing(&home.join("z.sqsh"));
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert!(!l.contains("squashfs-root/etc/passwd"), "whited out by the zstd layer: {l}");
+    let got = run(pull_cmd(w, &home, &["exec", "z.sqsh", "sh", "-c", "wc -c < /big; ls /bin | wc -l"])).ok();
+    let applets = std::fs::read_dir(w.rootfs.join("bin")).unwrap().count();
+    assert_eq!(got, format!("300000\n{applets}\n"));
+    assert!(partials(&home).is_empty());
+}
+
+/// The SIF descriptors of `bytes` as (data type, offset, size, fs type, partition type), read
+/// at the offsets the header gives (sylabs/sif's layout).
+fn sif_descriptors(bytes: &[u8]) -> Vec<(i32, usize, usize, i32, i32)> {
+    let i64_at = |o: usize| i64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let i32_at = |o: usize| i32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    assert_eq!(&bytes[32..42], b"SIF_MAGIC\0");
+    assert_eq!(&bytes[42..45], b"01\0");
+    let (total, off, size) = (i64_at(88), i64_at(96), i64_at(104));
+    assert_eq!(size, total * 585, "descriptor area");
+    (0..total)
+        .map(|i| off + i * 585)
+        .filter(|&d| bytes[d + 4] == 1)
+        .map(|d| (i32_at(d), i64_at(d + 17), i64_at(d + 25), i32_at(d + 201), i32_at(d + 205)))
+        .collect()
+}
+
+#[test]
+fn pull_format_sif_writes_a_sif_berth_runs() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-sif"), None, None);
+    let r = format!("docker://{}/test/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &[]);
+    let home = user_dir(w, "pull-sif");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", "--format", "sif", &r])).ok();
+    let sif = home.join("app_v1.sif");
+    assert_eq!(
+        std::fs::metadata(&sif).unwrap().permissions().mode() & 0o777,
+        0o755,
+        "SIF files are executable"
+    );
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+    let bytes = std::fs::read(&sif).unwrap();
+    assert!(bytes.starts_with(b"#!/usr/bin/env run-singularity\n"));
+    let d = sif_descriptors(&bytes);
+    // One primary system partition (0x4004, squashfs = 1, system = 2), a definition (0x4001)
+    // naming the source, labels (0x4003).
+    let parts: Vec<_> = d.iter().filter(|x| x.0 == 0x4004).collect();
+    assert_eq!(parts.len(), 1, "{d:?}");
+    let (_, off, size, fs, ptype) = *parts[0];
+    assert_eq!((fs, ptype), (1, 2));
+    assert_eq!(&bytes[off..off + 4], b"hsqs");
+    assert_eq!(off % 4096, 0, "partitions are aligned");
+    assert!(off + size <= bytes.len() && size >= std::fs::metadata(&sif).unwrap().len() as usize / 2);
+    let object = |t: i32| -> String {
+        let (_, o, s, ..) = *d.iter().find(|x| x.0 == t).unwrap_or_else(|| panic!("{t:#x} in {d:?}"));
+        String::from_utf8_lossy(&bytes[o..o + s]).into_owned()
+    };
+    assert_eq!(object(0x4001), format!("bootstrap: docker\nfrom: {}\n", &r["docker://".len()..]));
+    assert!(object(0x4003).contains("berth-test-app"), "{}", object(0x4003));
+
+    // The same tree as the SquashFS pull, and it runs like it.
+    let img = home.join("app.sqsh");
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "app.sqsh"])).ok();
+    let tree = |p: &Path, off: usize| -> Vec<String> {
+        let l = sh(&format!("unsquashfs -o {off} -lln {}", p.display()));
+        l.lines()
+            .skip(1)
+            .filter(|l| !l.contains("labels.json"))
+            .map(|l| l.split_once("squashfs-root").unwrap().1.to_string())
+            .collect()
+    };
+    assert_eq!(tree(&sif, off), tree(&img, 0));
+    let l = sh(&format!("unsquashfs -o {off} -lln {}", sif.display()));
+    assert!(line_for(&l, "/srv/data").starts_with("-rw-r----- 1234/4321"), "{l}");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "app_v1.sif", "a b"])).ok(), "ep a b\n");
+    let got = run(pull_cmd(
+        w,
+        &home,
+        &["exec", "app_v1.sif", "sh", "-c", "cat /pub/link; echo \"$GREETING\"; pwd"],
+    ))
+    .ok();
+    assert_eq!(got, format!("orig\nhello from the registry\n{}\n", home.display()));
+    let info = run(pull_cmd(w, &home, &["inspect", "app_v1.sif"])).ok();
+    for want in
+        ["berth-test-app", "org.berth.source.digest", "sha256:", "rootfs.squashfs (squashfs, primary-system)"]
+    {
+        assert!(info.contains(want), "{want} in {info}");
+    }
+}
+
+/// Files and directories under `dir` whose names show a partial write, and the empty work
+/// directories of conversions.
+fn leftovers(dir: &Path) -> Vec<String> {
+    sh(&format!("find {} -name '*partial*' -o -name '.berth-root-*' 2>/dev/null || true", dir.display()))
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Start `berth pull REF OUT` as the user and SIGKILL it as soon as `when` holds.
+fn kill_pull_when(w: &World, home: &Path, r: &str, out: &str, when: impl Fn() -> bool) {
+    let mut c = pull_cmd(w, home, &["pull", "--insecure", "-q", r, out]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let t = Instant::now();
+    while !when() {
+        assert!(t.elapsed() < Duration::from_secs(60), "never reached the point to kill at");
+        assert!(child.try_wait().unwrap().is_none(), "the pull ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkilled_pull_leaves_no_out_and_the_next_pull_cleans_up() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "pull-kill");
+    let cache = home.join("cache/blobs/sha256");
+
+    // Killed while downloading: the blob's partial file stays (nothing runs on SIGKILL), OUT
+    // is not there, and the next pull removes it and succeeds.
+    let slow = faulty(f.app.clone(), 0, true);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", slow.port);
+    // The config (small, served at once) is in; a layer is on its way, slowly.
+    let blobs = berth_registry::BlobCache::new(home.join("cache"));
+    kill_pull_when(w, &home, &r, "dl.sqsh", || !blobs.list().is_empty() && !leftovers(&cache).is_empty());
+    assert!(!home.join("dl.sqsh").exists());
+    let stale = leftovers(&home);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let fast = faulty(f.app.clone(), 0, false);
+    let r = format!("docker://127.0.0.1:{}/test/app:v1", fast.port);
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "dl.sqsh"])).ok();
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    assert_eq!(run(pull_cmd(w, &home, &["exec", "dl.sqsh", "cat", "/opt/new"])).ok(), "new\n");
+
+    // Killed while writing the image (a large layer keeps mksquashfs busy): no OUT, and the
+    // next pull into the same OUT removes the partial image and its work directory.
+    let layout = w.path("registry-fixture/big");
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(&layout).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let base = std::fs::read(w.path("registry-fixture/base.tar.gz")).unwrap();
+    let big = layer(&[Ent::File("big", &noise, 0o644, 0, 0)], true);
+    let m = image(&layout, &serde_json::json!({"config": {"Cmd": ["/bin/true"]}}), &[base, big], "amd64");
+    finish(&layout, vec![m], "big");
+    let srv = faulty(layout, 0, false);
+    let r = format!("docker://127.0.0.1:{}/test/big:big", srv.port);
+    let out_partial = |h: &Path| leftovers(h).iter().any(|p| p.contains(".big.sqsh.partial-"));
+    kill_pull_when(w, &home, &r, "big.sqsh", || out_partial(&home));
+    assert!(!home.join("big.sqsh").exists());
+    assert!(out_partial(&home), "the killed conversion's partial file is left: {:?}", leftovers(&home));
+    // No process of the killed pull (mksquashfs included) is left writing.
+    let t = Instant::now();
+    while w.user_processes().iter().any(|p| p.contains("mksquashfs")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "mksquashfs outlived berth");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "big.sqsh"])).ok();
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    assert_eq!(
+        run(pull_cmd(w, &home, &["exec", "big.sqsh", "wc", "-c", "/big"])).ok(),
+        format!("{} /big\n", 48 << 20)
+    );
+}
+
+#[test]
+fn docker_credential_helpers_are_asked_for_the_registry() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path("reg-helper"), Some((&f.cert, &f.key)), Some(&f.htpasswd));
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
+    let home = user_dir(w, "pull-helper");
+    // Two fake helpers as docker would run them: `get`, the server on stdin, JSON out; each
+    // records what it was asked. `wrong` answers with a bad password.
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, pw) in [("berthtest", "s3cret-pw"), ("wrong", "nope")] {
+        let p = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\necho \"$server\" >> {}/{name}.asked\n\
+                 printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"{pw}\"}}\\n' \"$server\"\n",
+                home.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    let config = |json: String| {
+        std::fs::write(home.join(".docker/config.json"), json).unwrap();
+        sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    };
+    let pull = |out: &str| {
+        let mut c = pull_cmd(w, &home, &["pull", "-q", &r, out]);
+        c.env("SSL_CERT_FILE", &f.ca)
+            .env("HOME", &home)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+        run(c)
+    };
+    let asked = |name: &str| std::fs::read_to_string(home.join(format!("{name}.asked"))).unwrap_or_default();
+
+    // credHelpers for this registry wins over credsStore.
+    config(format!(
+        r#"{{"auths":{{"{a}":{{}}}},"credsStore":"wrong","credHelpers":{{"{a}":"berthtest"}}}}"#,
+        a = reg.addr()
+    ));
+    pull("h.sqsh").ok();
+    assert_eq!(asked("berthtest"), format!("{}\n", reg.addr()));
+    assert_eq!(asked("wrong"), "");
+    assert_eq!(run(pull_cmd(w, &home, &["run", "h.sqsh", "helped"])).ok(), "ep helped\n");
+    // credsStore for every registry without a helper of its own.
+    config(r#"{"auths":{},"credsStore":"berthtest"}"#.into());
+    pull("s.sqsh").ok();
+    assert_eq!(asked("berthtest").lines().count(), 2);
+    // A store with the wrong password: the registry's refusal, nothing written.
+    config(r#"{"credsStore":"wrong"}"#.into());
+    pull("x.sqsh").fails_with(&["refused your credentials"]);
+    assert!(!home.join("x.sqsh").exists());
+    // A helper that is not installed: as if there were no credentials.
+    config(r#"{"credsStore":"absent"}"#.into());
+    pull("y.sqsh").fails_with(&["user name and password"]);
+    // Someone else's config file names a helper: it is not run.
+    config(r#"{"credsStore":"berthtest"}"#.into());
+    sh(&format!("chown root:root {}", home.join(".docker/config.json").display()));
+    pull("z.sqsh").fails_with(&["user name and password"]);
+    assert_eq!(asked("berthtest").lines().count(), 2);
 }

@@ -6,6 +6,7 @@
 //! | localimage     | a berth/SIF/SquashFS image (unsquashfs at the root fs offset) or a directory |
 //! | docker-archive | a `docker save` tarball: manifest.json, layers applied in order      |
 //! | oci-archive    | an OCI image layout (tar or directory): index.json -> manifest -> layers |
+//! | docker         | a registry image, fetched and merged by `berth pull`'s code (berth-registry) |
 //! | scratch        | nothing                                                             |
 //!
 //! Layers honour whiteouts: `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use crate::def::{Bootstrap, Definition};
 use crate::fsutil::{resolve_in_root, write_in_root};
-use crate::runner::{run_checked, Log};
+use crate::runner::{self, run_checked, Log};
 use berth_runtime::error::{Error, Result};
 use berth_runtime::image::{self, FsType, RootFs};
 
@@ -41,6 +42,8 @@ pub struct Context<'a> {
     pub cache_dir: Option<&'a Path>,
     /// Time limit for one debootstrap run.
     pub debootstrap_timeout: Duration,
+    /// Plain HTTP to the registry of `Bootstrap: docker` (`--nohttps`).
+    pub nohttps: bool,
 }
 
 /// Fill `ctx.rootfs` according to the definition's `Bootstrap:` header.
@@ -51,6 +54,7 @@ pub fn bootstrap(def: &Definition, ctx: &Context) -> Result<()> {
         Bootstrap::LocalImage { from } => local_image(&resolve_source(from, def)?, ctx),
         Bootstrap::DockerArchive { from } => docker_archive(&resolve_source(from, def)?, ctx),
         Bootstrap::OciArchive { from } => oci_archive(&resolve_source(from, def)?, ctx),
+        Bootstrap::Docker { from } => docker(from, ctx),
     }
 }
 
@@ -271,6 +275,35 @@ fn check_mirror(mirror: &str, suite: &str) -> Result<()> {
         // Anything else means a web server answered; debootstrap reports finer problems itself.
         _ => Ok(()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker
+
+/// A registry image as the build root: located, fetched (digests checked) and merged exactly as
+/// `berth pull` does, then unpacked with the image's owners. Its config's Env, WorkingDir,
+/// Entrypoint/Cmd and labels land in `/.singularity.d`, where the definition's own sections
+/// override them later. Blobs are cached under the bootstrap cache, else in the scratch space.
+fn docker(from: &str, ctx: &Context) -> Result<()> {
+    let err =
+        |e: berth_registry::Error| Error::build(format!("Bootstrap: docker: {}", e.what), e.reason, e.hint);
+    let r = berth_registry::reference::parse_image_ref(from).map_err(err)?;
+    let cache_root = match ctx.cache_dir {
+        Some(d) => d.join("registry"),
+        None => ctx.scratch.join("registry"),
+    };
+    let opts = berth_registry::Options {
+        insecure: ctx.nohttps,
+        quiet: !runner::on_terminal(),
+        cache: berth_registry::BlobCache::new(cache_root),
+        ..berth_registry::Options::default()
+    };
+    let src = berth_registry::Source::Registry(r);
+    ctx.log.line(&format!("berth: pulling {src}"));
+    let report = berth_registry::extract(&src, ctx.rootfs, &opts).map_err(err)?;
+    let digest = report.digest.unwrap_or_default();
+    ctx.log.line(&format!("berth: {src} is {digest}, {} layers", report.layers));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ pub enum Bootstrap {
     DockerArchive { from: String },
     /// An OCI image layout, as a tar archive or a directory.
     OciArchive { from: String },
+    /// An image from a registry (`docker://` optional), pulled as `berth pull` does.
+    Docker { from: String },
     /// An empty root filesystem.
     Scratch,
 }
@@ -69,6 +71,7 @@ impl Bootstrap {
             Bootstrap::LocalImage { .. } => "localimage",
             Bootstrap::DockerArchive { .. } => "docker-archive",
             Bootstrap::OciArchive { .. } => "oci-archive",
+            Bootstrap::Docker { .. } => "docker",
             Bootstrap::Scratch => "scratch",
         }
     }
@@ -79,7 +82,8 @@ impl Bootstrap {
             Bootstrap::Debootstrap { suite, .. } => suite.clone(),
             Bootstrap::LocalImage { from }
             | Bootstrap::DockerArchive { from }
-            | Bootstrap::OciArchive { from } => from.clone(),
+            | Bootstrap::OciArchive { from }
+            | Bootstrap::Docker { from } => from.clone(),
             Bootstrap::Scratch => String::new(),
         }
     }
@@ -323,7 +327,7 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
         None => {
             issues.push(LintIssue {
                 line: raw.header.get("Bootstrap").map(|(_, l)| *l).unwrap_or(0),
-                msg: "missing required header `Bootstrap:` (debootstrap, localimage, docker-archive, oci-archive or scratch)".into(),
+                msg: "missing required header `Bootstrap:` (debootstrap, docker, localimage, docker-archive, oci-archive or scratch)".into(),
             });
             None
         }
@@ -385,11 +389,23 @@ fn validate(raw: &Raw, text: &str, path: &Path, issues: &mut Vec<LintIssue>) -> 
                     need_from(issues, "the path of an OCI layout, as a tar archive or a directory");
                     from.map(|from| Bootstrap::OciArchive { from: strip_scheme(&from, "oci-archive:") })
                 }
+                "docker" => {
+                    need_from(issues, "an image reference, e.g. ubuntu:22.04 or HOST:PORT/REPO:TAG");
+                    let from = from.filter(|f| match berth_registry::reference::parse_image_ref(f) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            let l = raw.header.get("From").map(|(_, l)| *l).unwrap_or(*line);
+                            issues.push(LintIssue { line: l, msg: format!("From: {}", e.reason) });
+                            false
+                        }
+                    });
+                    from.map(|from| Bootstrap::Docker { from })
+                }
                 "scratch" => Some(Bootstrap::Scratch),
                 other => {
                     issues.push(LintIssue {
                         line: *line,
-                        msg: format!("unknown bootstrap agent {other:?} (berth supports debootstrap, localimage, docker-archive, oci-archive, scratch)"),
+                        msg: format!("unknown bootstrap agent {other:?} (berth supports debootstrap, docker, localimage, docker-archive, oci-archive, scratch)"),
                     });
                     None
                 }
@@ -599,6 +615,19 @@ Include: ca-certificates, curl  wget
     }
 
     #[test]
+    fn docker_bootstrap_takes_a_registry_reference() {
+        for from in ["ubuntu:22.04", "docker://127.0.0.1:5000/test/app:v1"] {
+            let def = parse(&format!("Bootstrap: docker\nFrom: {from}\n"), &path()).unwrap();
+            assert_eq!(def.bootstrap, Bootstrap::Docker { from: from.into() });
+            assert_eq!(def.bootstrap.agent(), "docker");
+        }
+        let issues = lint("Bootstrap: docker\nFrom: Bad/REF\n", &path());
+        assert!(issues.iter().any(|i| i.line == 2 && i.msg.contains("From:")), "{issues:?}");
+        let issues = lint("Bootstrap: docker\n", &path());
+        assert!(issues.iter().any(|i| i.msg.contains("needs `From:`")), "{issues:?}");
+    }
+
+    #[test]
     fn header_keys_are_case_insensitive_and_mirror_defaults() {
         let def = parse("bootstrap: debootstrap\nosversion: trixie\n", &path()).unwrap();
         assert_eq!(
@@ -654,8 +683,8 @@ Include: ca-certificates, curl  wget
         assert!(issues.iter().any(|i| i.line == 1 && i.msg.contains("OSVersion")), "{issues:?}");
         let issues = lint("Bootstrap: localimage\n", &path());
         assert!(issues.iter().any(|i| i.msg.contains("needs `From:`")), "{issues:?}");
-        let issues = lint("Bootstrap: docker\nFrom: ubuntu\n", &path());
-        assert!(issues.iter().any(|i| i.msg.contains("unknown bootstrap agent \"docker\"")), "{issues:?}");
+        let issues = lint("Bootstrap: library\nFrom: ubuntu\n", &path());
+        assert!(issues.iter().any(|i| i.msg.contains("unknown bootstrap agent \"library\"")), "{issues:?}");
         let issues =
             lint("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ftp.debian.org\n", &path());
         assert!(issues.iter().any(|i| i.line == 3 && i.msg.contains("MirrorURL")), "{issues:?}");

@@ -89,6 +89,8 @@ pub struct BuildOptions {
     pub test_runner: Option<TestRunner>,
     /// Time limit for one debootstrap run.
     pub debootstrap_timeout: Duration,
+    /// Plain HTTP to the registry of `Bootstrap: docker`.
+    pub nohttps: bool,
 }
 
 impl BuildOptions {
@@ -114,6 +116,7 @@ impl BuildOptions {
             cache_dir,
             test_runner: None,
             debootstrap_timeout: Duration::from_secs(timeout),
+            nohttps: false,
         }
     }
 }
@@ -310,6 +313,7 @@ fn build_in(
         log,
         cache_dir: opts.cache_dir.as_deref(),
         debootstrap_timeout: opts.debootstrap_timeout,
+        nohttps: opts.nohttps,
     };
     bootstrap::bootstrap(def, &ctx)?;
     checkpoint()?;

@@ -64,6 +64,10 @@ pub struct BuildArgs {
     /// Replace OUT if it exists
     #[arg(long)]
     pub force: bool,
+
+    /// Talk plain HTTP to the registry of `Bootstrap: docker`
+    #[arg(long, visible_alias = "no-https")]
+    pub nohttps: bool,
 }
 
 /// Exit status for an interrupted build, as a shell reports SIGINT.
@@ -122,6 +126,7 @@ pub fn options(args: &BuildArgs, def: PathBuf) -> BuildOptions {
     opts.compression = args.compression.clone();
     opts.notest = args.notest;
     opts.force = args.force;
+    opts.nohttps = args.nohttps;
     opts.log = args.log.clone();
     // %test runs in a real container of the finished image, through the runtime.
     opts.test_runner = Some(test_in_container as TestRunner);

@@ -11,9 +11,11 @@ use clap::{Args, Subcommand};
 #[command(after_help = "Examples:\n  \
     berth pull docker://ubuntu:22.04\n  \
     berth pull docker://nvcr.io/hpc/gromacs:2023.2 gromacs.sqsh\n  \
-    berth pull --insecure docker://registry.local:5000/app@sha256:<digest> app.sqsh\n\n\
+    berth pull --insecure docker://registry.local:5000/app@sha256:<digest> app.sqsh\n  \
+    berth pull --format sif docker://ubuntu:22.04 ubuntu.sif\n\n\
 Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
-~/.docker/config.json and ~/.netrc (docker/podman/skopeo login write them). Blobs are cached \
+~/.docker/config.json and ~/.netrc (docker/podman/skopeo login write them); credHelpers and \
+credsStore there run docker-credential-NAME. Blobs are cached \
 (verified) in $BERTH_CACHE_DIR, else ~/.cache/berth.")]
 pub struct PullArgs {
     /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], or a Docker Hub name
@@ -31,6 +33,38 @@ pub struct PullArgs {
     /// No progress display
     #[arg(short, long)]
     pub quiet: bool,
+    /// File format: squashfs (berth's native) or sif (Apptainer's, directly executable)
+    #[arg(long, value_enum, default_value_t = PullFormat::Squashfs)]
+    pub format: PullFormat,
+}
+
+/// Image file format for `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullFormat {
+    /// SquashFS file (default OUT: NAME.sqsh)
+    Squashfs,
+    /// Apptainer/Singularity SIF file (default OUT: NAME.sif)
+    Sif,
+}
+
+impl PullFormat {
+    fn registry(self) -> berth_registry::Format {
+        match self {
+            PullFormat::Squashfs => berth_registry::Format::Squashfs,
+            PullFormat::Sif => berth_registry::Format::Sif,
+        }
+    }
+
+    /// The default output name for a source whose SquashFS name would be `sqsh_name`.
+    fn file_name(self, sqsh_name: String) -> PathBuf {
+        match self {
+            PullFormat::Squashfs => sqsh_name.into(),
+            PullFormat::Sif => {
+                let stem = sqsh_name.strip_suffix(".sqsh").unwrap_or(&sqsh_name);
+                format!("{stem}.sif").into()
+            }
+        }
+    }
 }
 
 /// Convert an image archive or OCI layout: berth import oci-archive:FILE|docker-archive:FILE|oci:DIR[:TAG] [OUT]
@@ -48,6 +82,9 @@ pub struct ImportArgs {
     /// No progress display
     #[arg(short, long)]
     pub quiet: bool,
+    /// File format: squashfs (berth's native) or sif (Apptainer's, directly executable)
+    #[arg(long, value_enum, default_value_t = PullFormat::Squashfs)]
+    pub format: PullFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,8 +126,9 @@ fn report(r: berth_registry::Result<berth_registry::Report>, quiet: bool) -> i32
 pub fn pull(a: PullArgs) -> i32 {
     let r = (|| {
         let src = berth_registry::reference::parse_image_ref(&a.reference)?;
-        let out = a.out.clone().unwrap_or_else(|| src.default_file_name().into());
-        let opts = options(a.platform.as_deref(), a.insecure, a.quiet)?;
+        let out = a.out.clone().unwrap_or_else(|| a.format.file_name(src.default_file_name()));
+        let mut opts = options(a.platform.as_deref(), a.insecure, a.quiet)?;
+        opts.format = a.format.registry();
         berth_registry::pull(&Source::Registry(src), &out, &opts)
     })();
     report(r, a.quiet)
@@ -104,11 +142,12 @@ pub fn import(a: ImportArgs) -> i32 {
             (None, Source::OciArchive(p) | Source::DockerArchive(p) | Source::OciDir(p, _)) => {
                 let stem =
                     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-                format!("{stem}.sqsh").into()
+                a.format.file_name(format!("{stem}.sqsh"))
             }
-            (None, Source::Registry(r)) => r.default_file_name().into(),
+            (None, Source::Registry(r)) => a.format.file_name(r.default_file_name()),
         };
-        let opts = options(a.platform.as_deref(), false, a.quiet)?;
+        let mut opts = options(a.platform.as_deref(), false, a.quiet)?;
+        opts.format = a.format.registry();
         berth_registry::pull(&src, &out, &opts)
     })();
     report(r, a.quiet)

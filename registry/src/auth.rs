@@ -1,7 +1,9 @@
 //! Registry credentials, read where the container tools keep them, never from the command line:
 //! `$REGISTRY_AUTH_FILE` and `$XDG_RUNTIME_DIR/containers/auth.json` (podman/skopeo),
 //! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` (docker), then `~/.netrc`.
-//! Credential helpers (`credsStore`) are not run.
+//! Credential helpers named in those files (`credHelpers` per registry, `credsStore` for all) are
+//! run as docker runs them: `docker-credential-NAME get`, the server on stdin, JSON on stdout;
+//! only from a file the effective user owns, so no one's helper runs with another's rights.
 
 use std::path::{Path, PathBuf};
 
@@ -58,9 +60,90 @@ fn keys_for(registry: &str) -> Vec<String> {
     k
 }
 
-fn from_auth_json(text: &str, registry: &str) -> Option<Credentials> {
+/// What docker passes a helper for `registry`: Docker Hub's historical URL, else the host.
+fn helper_server(registry: &str) -> String {
+    if registry == crate::reference::DOCKER_HUB {
+        "https://index.docker.io/v1/".into()
+    } else {
+        registry.to_string()
+    }
+}
+
+/// How long a helper may take (one that prompts or hangs must not stall a job forever).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `docker-credential-NAME get` for `server`; None when it has nothing (or is not installed).
+fn run_helper(name: &str, server: &str) -> Option<Credentials> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let mut child = Command::new(format!("docker-credential-{name}"))
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let _ = stdin.write_all(server.as_bytes());
+    drop(stdin);
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut v = vec![];
+        let _ = stdout.by_ref().take(1 << 20).read_to_end(&mut v);
+        v
+    });
+    let t = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if t.elapsed() < HELPER_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let out = reader.join().ok()?;
+    if !status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out).ok()?;
+    let user = v.get("Username")?.as_str()?;
+    let secret = v.get("Secret")?.as_str()?;
+    // "<token>" marks an identity (refresh) token, which is not a password for basic/bearer auth.
+    if user == "<token>" || secret.is_empty() {
+        return None;
+    }
+    Some(Credentials { user: user.into(), password: secret.into() })
+}
+
+/// Credentials from one auth file's text: its `credHelpers` entry for the registry, then its
+/// `auths` entry, then its `credsStore` (helpers only when `helpers`).
+fn from_auth_json(text: &str, registry: &str, helpers: bool) -> Option<Credentials> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    let auths = v.get("auths")?.as_object()?;
+    if helpers {
+        if let Some(ch) = v.get("credHelpers").and_then(|c| c.as_object()) {
+            for key in keys_for(registry) {
+                if let Some(name) = ch.get(&key).and_then(|n| n.as_str()) {
+                    return run_helper(name, &helper_server(registry));
+                }
+            }
+        }
+    }
+    if let Some(c) = v.get("auths").and_then(|a| a.as_object()).and_then(|a| from_auths(a, registry)) {
+        return Some(c);
+    }
+    let store = v.get("credsStore").and_then(|s| s.as_str()).filter(|_| helpers)?;
+    run_helper(store, &helper_server(registry))
+}
+
+fn from_auths(auths: &serde_json::Map<String, serde_json::Value>, registry: &str) -> Option<Credentials> {
     for key in keys_for(registry) {
         let Some(e) = auths.get(&key).or_else(|| auths.get(&format!("{key}/"))) else { continue };
         if let Some(a) = e.get("auth").and_then(|a| a.as_str()) {
@@ -108,9 +191,12 @@ fn from_netrc(text: &str, host: &str) -> Option<Credentials> {
 
 /// Credentials for `registry` (`host[:port]`), if the user has filed some.
 pub fn lookup(registry: &str) -> Option<Credentials> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = nix::unistd::geteuid().as_raw();
     for f in auth_files() {
         if let Ok(text) = std::fs::read_to_string(&f) {
-            if let Some(c) = from_auth_json(&text, registry) {
+            let own = std::fs::metadata(&f).is_ok_and(|m| m.uid() == euid);
+            if let Some(c) = from_auth_json(&text, registry, own) {
                 return Some(c);
             }
         }
@@ -128,12 +214,12 @@ mod tests {
         let j = r#"{"auths":{"127.0.0.1:5000":{"auth":"YWxpY2U6czNjcjN0"},
                     "https://index.docker.io/v1/":{"auth":"Ym9iOnB3"},
                     "h.io":{"username":"u","password":"p:x"}}}"#;
-        let c = from_auth_json(j, "127.0.0.1:5000").unwrap();
+        let c = from_auth_json(j, "127.0.0.1:5000", false).unwrap();
         assert_eq!((c.user.as_str(), c.password.as_str()), ("alice", "s3cr3t"));
         assert_eq!(c.basic_header(), "Basic YWxpY2U6czNjcjN0");
-        assert_eq!(from_auth_json(j, "docker.io").unwrap().user, "bob");
-        assert_eq!(from_auth_json(j, "h.io").unwrap().password, "p:x");
-        assert!(from_auth_json(j, "other.io").is_none());
+        assert_eq!(from_auth_json(j, "docker.io", false).unwrap().user, "bob");
+        assert_eq!(from_auth_json(j, "h.io", false).unwrap().password, "p:x");
+        assert!(from_auth_json(j, "other.io", false).is_none());
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 

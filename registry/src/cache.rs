@@ -108,12 +108,18 @@ impl BlobCache {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
-        let file = tempfile::Builder::new()
-            .prefix(".partial-")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
-        let guard = crate::cleanup::register(file.path());
-        Ok(Incoming { file, hasher: Sha256::new(), written: 0, _guard: guard })
+        // Downloads killed outright before now left their partial files unlocked.
+        crate::cleanup::sweep_prefix(&dir, ".partial-");
+        loop {
+            let file = tempfile::Builder::new()
+                .prefix(".partial-")
+                .tempfile_in(&dir)
+                .map_err(|e| Error::io(format!("cache {}", dir.display()), e))?;
+            let guard = crate::cleanup::register(file.path());
+            if crate::cleanup::hold(file.as_file(), file.path()) {
+                return Ok(Incoming { file, hasher: Sha256::new(), written: 0, _guard: guard });
+            }
+        }
     }
 
     /// Check the digest of what was written and move it into place; a mismatch leaves nothing.

@@ -53,19 +53,18 @@ pub struct Tree {
     pub root: Option<Meta>,
 }
 
-/// Open a layer's tar stream (gzip or plain, recognised by content).
+/// Open a layer's tar stream (gzip, zstd or plain, recognised by content).
 fn open_layer<'a>(store: &Store, layer: &Layer, what: &str) -> Result<tar::Archive<Box<dyn Read + 'a>>> {
     let raw = store.open(&layer.key)?;
     let mut br = BufReader::with_capacity(256 << 10, raw);
     let head = br.fill_buf().map_err(|e| Error::io(what.to_string(), e))?;
     let r: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(br))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || layer.media_type.contains("zstd") {
-        return Err(Error::new(
-            what,
-            "zstd-compressed layers are not supported",
-            "push the image with gzip layers (e.g. skopeo copy --dest-compress-format gzip)",
-        ));
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        // Concatenated frames are read through, as with gzip members.
+        let d = zstd::stream::read::Decoder::with_buffer(br)
+            .map_err(|e| Error::new(what, format!("zstd: {e}"), "the layer is damaged"))?;
+        Box::new(d)
     } else {
         Box::new(br)
     };

@@ -48,6 +48,19 @@ pub struct Options {
     pub credentials: Option<auth::Credentials>,
     /// Base delay between retries.
     pub backoff: std::time::Duration,
+    /// What [`pull`] writes.
+    pub format: Format,
+}
+
+/// The file [`pull`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// A SquashFS file (berth's native image).
+    #[default]
+    Squashfs,
+    /// A SIF file: the SquashFS as its primary system partition, the labels and a definition
+    /// naming the source as data objects, Apptainer's launch line.
+    Sif,
 }
 
 impl Default for Options {
@@ -59,6 +72,7 @@ impl Default for Options {
             cache: BlobCache::new(BlobCache::default_root()),
             credentials: None,
             backoff: std::time::Duration::from_millis(500),
+            format: Format::Squashfs,
         }
     }
 }
@@ -203,12 +217,64 @@ fn check(status: std::process::ExitStatus, errs: std::thread::JoinHandle<String>
     Err(Error::new("mksquashfs", format!("failed ({status}): {last}"), hint))
 }
 
-/// Merge the layers and write the SquashFS file to `out`, atomically.
+/// A new temporary file next to `out` (`.NAME.partial-XXXXXX`), removed by a signal while the
+/// guard lives and locked while it is open, so that a later run can tell a file whose writer was
+/// killed outright (SIGKILL, a crash) from one being written, and remove it.
+fn partial_file(out: &Path) -> Result<(tempfile::NamedTempFile, Option<cleanup::Registered>)> {
+    let (dir, name) = cleanup::dir_and_name(out);
+    cleanup::sweep(&dir, &name);
+    loop {
+        let tmp = tempfile::Builder::new()
+            .prefix(&cleanup::partial_prefix(&name))
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(io_what(out), e))?;
+        let guard = cleanup::register(tmp.path());
+        if cleanup::hold(tmp.as_file(), tmp.path()) {
+            return Ok((tmp, guard));
+        }
+    }
+}
+
+/// The file mode a new file gets from this process's umask.
+fn new_file_mode(mode: u32) -> u32 {
+    // SAFETY: umask(2) only swaps the process mask; it is put back at once.
+    let mask = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    };
+    mode & !(mask as u32)
+}
+
+/// The SIF data objects beside the root filesystem: a definition naming the source (as
+/// Apptainer writes for `pull docker://...`) and the labels.
+fn sif_objects(resolved: &Resolved, source: &str) -> Vec<berth_runtime::image::SifObject> {
+    use berth_runtime::image::{SifObject, SifObjectKind};
+    let (agent, from) = match source.split_once(':') {
+        Some((scheme, rest)) => (scheme, rest.trim_start_matches("//")),
+        None => ("docker", source),
+    };
+    vec![
+        SifObject {
+            kind: SifObjectKind::Deffile,
+            name: String::new(),
+            data: format!("bootstrap: {agent}\nfrom: {from}\n").into_bytes(),
+        },
+        SifObject {
+            kind: SifObjectKind::Labels,
+            name: String::new(),
+            data: meta::labels_json(&resolved.config, source, resolved.digest.as_deref()),
+        },
+    ]
+}
+
+/// Merge the layers and write the image file to `out`, atomically.
 fn convert(
     store: &Store,
     resolved: &Resolved,
     source: &str,
     out: &Path,
+    format: Format,
     progress: &mut Progress,
 ) -> Result<()> {
     let n = resolved.layers.len();
@@ -217,16 +283,7 @@ fn convert(
     let mut tree = flatten::merge(store, &resolved.layers, || progress.layer_done())?;
     meta::add_to(&mut tree, &resolved.config, source, resolved.digest.as_deref());
 
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(io_what(out), e))?;
-    let _guard = cleanup::register(tmp.path());
+    let (tmp, _guard) = partial_file(out)?;
     let root =
         tree.root.clone().unwrap_or(flatten::Meta { mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: vec![] });
     let mut cmd = mksquashfs(Path::new("-"), tmp.path());
@@ -254,11 +311,10 @@ fn convert(
     written?;
     // `mksquashfs -tar` (4.5) gives the root directory the caller's owner and mode 0777, and
     // ignores -root-*; appending an empty directory with -root-* sets them as the image says.
-    let empty = tempfile::Builder::new()
-        .prefix(".berth-root-")
-        .tempdir_in(&dir)
+    // Named after the partial file, so a later run removes it with that file if this one is
+    // killed outright.
+    let empty = cleanup::DirGuard::create(&cleanup::dir_of_partial(tmp.path()))
         .map_err(|e| Error::io(io_what(out), e))?;
-    let _guard_dir = cleanup::register(empty.path());
     let mut cmd = mksquashfs(empty.path(), tmp.path());
     cmd.arg("-no-recovery")
         .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
@@ -268,17 +324,30 @@ fn convert(
     let errs = stderr_of(&mut child);
     let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
     check(status, errs)?;
-    // SAFETY: umask(2) only swaps the process mask; it is put back at once.
-    let mask = unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m
+    drop(empty);
+    let (fin, _guard_fin, mode) = match format {
+        Format::Squashfs => (tmp, None, 0o644),
+        Format::Sif => {
+            let (mut sif, guard) = partial_file(out)?;
+            let path = sif.path().to_path_buf();
+            berth_runtime::image::write_sif_into(
+                sif.as_file_mut(),
+                &path,
+                tmp.path(),
+                "rootfs.squashfs",
+                &sif_objects(resolved, source),
+                None,
+            )
+            .map_err(|e| Error::new(io_what(out), e.to_string(), ""))?;
+            drop(tmp);
+            // SIF files are executable (`./app.sif args` runs the runscript).
+            (sif, guard, 0o755)
+        }
     };
-    let mode = 0o644 & !(mask as u32);
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(fin.path(), std::fs::Permissions::from_mode(new_file_mode(mode)))
         .map_err(|e| Error::io(io_what(out), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(io_what(out), e))?;
-    tmp.persist(out).map_err(|e| Error::io(io_what(out), e.error))?;
+    fin.as_file().sync_all().map_err(|e| Error::io(io_what(out), e))?;
+    fin.persist(out).map_err(|e| Error::io(io_what(out), e.error))?;
     Ok(())
 }
 
@@ -287,8 +356,62 @@ pub fn pull(src: &Source, out: &Path, opts: &Options) -> Result<Report> {
     let mut progress = Progress::new(opts.quiet);
     let loc = locate(src, opts)?;
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &src.to_string(), out, &mut progress)?;
+    convert(&store, &resolved, &src.to_string(), out, opts.format, &mut progress)?;
     Ok(Report { out: out.to_path_buf(), digest: resolved.digest.clone(), layers: resolved.layers.len() })
+}
+
+/// Merge `src` into the directory `dir` (for `berth build`, which runs as root): the same tree
+/// and metadata as [`pull`] writes into SquashFS, unpacked by `tar` with owners, modes and xattrs
+/// as in the image. `dir` should be empty; the merged tree never writes through a symlink.
+pub fn extract(src: &Source, dir: &Path, opts: &Options) -> Result<Report> {
+    let mut progress = Progress::new(opts.quiet);
+    let loc = locate(src, opts)?;
+    let (store, resolved) = fetch(loc, opts, &mut progress)?;
+    let n = resolved.layers.len();
+    let total = resolved.layers.iter().map(|l| l.size).sum();
+    progress.phase("reading layers", n, total);
+    let mut tree = flatten::merge(&store, &resolved.layers, || progress.layer_done())?;
+    meta::add_to(&mut tree, &resolved.config, &src.to_string(), resolved.digest.as_deref());
+    let mut cmd = Command::new("tar");
+    cmd.args(["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", "-", "-C"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; tar must not outlive berth.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::new("tar", e.to_string(), "install GNU tar"))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let errs = stderr_of(&mut child);
+    progress.phase("unpacking", n, total);
+    let written =
+        flatten::write_tar(&store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
+            progress.layer_done()
+        })
+        .and_then(|w| w.into_inner().map(drop).map_err(|e| Error::new("tar", e.error().to_string(), "")));
+    let status = child.wait().map_err(|e| Error::new("tar", e.to_string(), ""))?;
+    progress.finish();
+    let msg = errs.join().unwrap_or_default();
+    if !status.success() {
+        let last = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        return Err(Error::new(
+            format!("unpacking into {}", dir.display()),
+            format!("tar failed: {last}"),
+            "",
+        ));
+    }
+    written?;
+    if let Some(root) = &tree.root {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(root.mode & 0o7777))
+            .map_err(|e| Error::io(format!("unpacking into {}", dir.display()), e))?;
+        let _ = std::os::unix::fs::chown(dir, Some(root.uid as u32), Some(root.gid as u32));
+    }
+    Ok(Report { out: dir.to_path_buf(), digest: resolved.digest.clone(), layers: n })
 }
 
 /// How many conversions [`ensure_converted`] ran in this process (the others found the file).
@@ -360,7 +483,7 @@ pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<P
     CONVERSIONS.fetch_add(1, Ordering::SeqCst);
     let mut progress = Progress::new(opts.quiet);
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &source.to_string(), &out, &mut progress)?;
+    convert(&store, &resolved, &source.to_string(), &out, Format::Squashfs, &mut progress)?;
     Ok(out)
 }
 

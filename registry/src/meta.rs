@@ -67,10 +67,23 @@ pub fn labels(config: &Value, source: &str, digest: Option<&str>) -> BTreeMap<St
     l
 }
 
+/// Docker images put the fields under "config"; older `docker save` configs too.
+fn fields(config: &Value) -> &Value {
+    if config.get("config").is_some_and(|c| c.is_object()) {
+        &config["config"]
+    } else {
+        config
+    }
+}
+
+/// `labels.json` for an image config.
+pub fn labels_json(config: &Value, source: &str, digest: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec_pretty(&labels(fields(config), source, digest)).unwrap_or_default()
+}
+
 /// Add the metadata files (and their directories) to the tree, replacing the image's own.
 pub fn add_to(tree: &mut Tree, config: &Value, source: &str, digest: Option<&str>) {
-    // Docker images put the fields under "config"; older `docker save` configs too.
-    let c = if config.get("config").is_some_and(|c| c.is_object()) { &config["config"] } else { config };
+    let c = fields(config);
     let dir = |mode| Meta { mode, uid: 0, gid: 0, mtime: 0, xattrs: vec![] };
     for d in [".singularity.d", ".singularity.d/env"] {
         if !matches!(tree.nodes.get(d).map(|n| &n.kind), Some(Kind::Dir)) {
@@ -78,7 +91,7 @@ pub fn add_to(tree: &mut Tree, config: &Value, source: &str, digest: Option<&str
             tree.nodes.insert(d.into(), Node { layer: u32::MAX, kind: Kind::Dir, meta: dir(0o755) });
         }
     }
-    let json = serde_json::to_vec_pretty(&labels(c, source, digest)).unwrap_or_default();
+    let json = labels_json(config, source, digest);
     for (p, body, mode) in [
         (".singularity.d/env/10-docker2singularity.sh", env_file(c).into_bytes(), 0o755),
         (".singularity.d/runscript", runscript(c).into_bytes(), 0o755),

@@ -16,6 +16,27 @@ pub enum Ent<'a> {
     RawFile(&'a str, &'a [u8]),
 }
 
+/// A zstd-compressed layer tarball (two frames, as a streaming compressor may write).
+pub fn layer_zstd(entries: &[Ent]) -> Vec<u8> {
+    let raw = layer(entries, false);
+    let (a, b) = raw.split_at(raw.len() / 2);
+    let mut out = zstd::stream::encode_all(a, 3).unwrap();
+    out.extend(zstd::stream::encode_all(b, 3).unwrap());
+    out
+}
+
+fn uncompressed(l: &[u8]) -> Vec<u8> {
+    let mut v = vec![];
+    if l.starts_with(&[0x1f, 0x8b]) {
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(l), &mut v).unwrap();
+    } else if l.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        v = zstd::stream::decode_all(l).unwrap();
+    } else {
+        v = l.to_vec();
+    }
+    v
+}
+
 /// A layer tarball (gzip-compressed when `gzip`).
 pub fn layer(entries: &[Ent], gzip: bool) -> Vec<u8> {
     let mut b = tar::Builder::new(vec![]);
@@ -86,16 +107,7 @@ pub fn image(dir: &Path, config: &serde_json::Value, layers: &[Vec<u8>], arch: &
     config["os"] = "linux".into();
     let diff_ids: Vec<String> = layers
         .iter()
-        .map(|l| {
-            let raw = if l.starts_with(&[0x1f, 0x8b]) {
-                let mut v = vec![];
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&l[..]), &mut v).unwrap();
-                v
-            } else {
-                l.clone()
-            };
-            format!("sha256:{}", crate::cache::hex(&Sha256::digest(&raw)))
-        })
+        .map(|l| format!("sha256:{}", crate::cache::hex(&Sha256::digest(uncompressed(l)))))
         .collect();
     config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
     let (cd, cs) = put(dir, &serde_json::to_vec(&config).unwrap());
@@ -105,6 +117,8 @@ pub fn image(dir: &Path, config: &serde_json::Value, layers: &[Vec<u8>], arch: &
             let (d, s) = put(dir, l);
             let mt = if l.starts_with(&[0x1f, 0x8b]) {
                 "application/vnd.oci.image.layer.v1.tar+gzip"
+            } else if l.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                "application/vnd.oci.image.layer.v1.tar+zstd"
             } else {
                 "application/vnd.oci.image.layer.v1.tar"
             };

@@ -22,7 +22,7 @@ use reader::{hex_prefix, ImageFile, HINT_COPY_AGAIN};
 
 pub(crate) use ext3::Ext3Info;
 pub(crate) use sif::SifInfo;
-pub use sif_writer::{write_sif, SifObject, SifObjectKind};
+pub use sif_writer::{write_sif, write_sif_into, SifObject, SifObjectKind};
 pub(crate) use squashfs::Superblock as SquashfsInfo;
 
 /// The first line of Singularity 2.x images (and the default SIF launch line): 31 bytes.

@@ -92,9 +92,28 @@ pub fn write_sif(
     check_objects(objects)?;
     let root_len = checked_squashfs_len(root_squashfs)?;
     let mut tmp = TempFile::create_beside(out)?;
-    write_contents(&mut tmp.file, &launch, root_squashfs, root_len, objects)
+    let root_name = root_squashfs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    write_contents(&mut tmp.file, &launch, root_squashfs, root_len, &root_name, objects)
         .map_err(|e| write_error("cannot write the image", &tmp.path, e))?;
     tmp.commit(out)
+}
+
+/// [`write_sif`] into `file`, a new file the caller created and will move into place itself
+/// (`berth pull --format sif`, whose temporary files follow its own interruption rules);
+/// the partition is named `root_name`.
+pub fn write_sif_into(
+    file: &mut File,
+    path: &Path,
+    root_squashfs: &Path,
+    root_name: &str,
+    objects: &[SifObject],
+    launch_line: Option<&str>,
+) -> Result<()> {
+    let launch = launch_field(launch_line)?;
+    check_objects(objects)?;
+    let root_len = checked_squashfs_len(root_squashfs)?;
+    write_contents(file, &launch, root_squashfs, root_len, root_name, objects)
+        .map_err(|e| write_error("cannot write the image", path, e))
 }
 
 /// The 32-byte launch field: the line, NUL-padded.
@@ -154,6 +173,7 @@ fn write_contents(
     launch: &[u8; LAUNCH_LEN],
     root: &Path,
     root_len: u64,
+    root_name: &str,
     objects: &[SifObject],
 ) -> io::Result<()> {
     let data_start = DESCRIPTORS_OFFSET + (DEFAULT_CAPACITY * DESCRIPTOR_LEN) as u64;
@@ -174,7 +194,7 @@ fn write_contents(
         offset: partition_offset,
         size: root_len,
         size_with_padding: partition_offset - data_start + root_len,
-        name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: root_name.to_string(),
         partition: Some((sif::FS_SQUASHFS, sif::PART_PRIMARY_SYSTEM, arch)),
     });
 
