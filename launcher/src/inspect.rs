@@ -46,19 +46,12 @@ pub fn host(
         return Ok(0);
     }
     println!("host injection for this node (mpi: {:?}, nvidia: {}):", plan.mpi, plan.nvidia);
-    for i in &plan.items {
-        println!("  {} -> {}  [{}]", i.host_path.display(), i.container_path.display(), i.why);
+    for (i, lent) in plan.binds() {
+        let when = if lent { "; lent to images that can run it" } else { "" };
+        println!("  {} -> {}  [{}{when}]", i.host_path.display(), i.container_path.display(), i.why);
     }
     for r in &plan.mpi_replace {
         println!("  host MPI {} replaces the image's {}", r.host_path.display(), r.soname);
-    }
-    for i in plan.clients.iter().flat_map(|c| &c.items) {
-        println!(
-            "  {} -> {}  [{}; lent to images that can run it]",
-            i.host_path.display(),
-            i.container_path.display(),
-            i.why
-        );
     }
     for (k, v) in &plan.env {
         println!("  env {k}={v}");

@@ -581,13 +581,14 @@ impl fmt::Display for Plan {
                         "host injection (mpi: {:?}, nvidia: {}), after checking the image:",
                         plan.mpi, plan.nvidia
                     )?;
-                    for i in &plan.items {
+                    for (i, lent) in plan.binds() {
                         writeln!(
                             f,
-                            "        bind {} -> {} [{}]",
+                            "        bind {} -> {} [{}{}]",
                             i.host_path.display(),
                             i.container_path.display(),
-                            i.why
+                            i.why,
+                            if lent { "; if the image can run them" } else { "" }
                         )?;
                     }
                     for r in &plan.mpi_replace {
@@ -596,15 +597,6 @@ impl fmt::Display for Plan {
                             "        host MPI {} over the image's {}",
                             r.host_path.display(),
                             r.soname
-                        )?;
-                    }
-                    for i in plan.clients.iter().flat_map(|c| &c.items) {
-                        writeln!(
-                            f,
-                            "        bind {} -> {} [{}; if the image can run them]",
-                            i.host_path.display(),
-                            i.container_path.display(),
-                            i.why
                         )?;
                     }
                     for n in &plan.notes {

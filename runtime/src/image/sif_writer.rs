@@ -88,9 +88,8 @@ pub fn write_sif(
     objects: &[SifObject],
     launch_line: Option<&str>,
 ) -> Result<()> {
-    let launch = launch_field(launch_line)?;
-    check_objects(objects)?;
-    let root_len = checked_squashfs_len(root_squashfs)?;
+    // Checked before anything is created: bad input leaves no file behind.
+    let (launch, root_len) = check_inputs(root_squashfs, objects, launch_line)?;
     let mut tmp = TempFile::create_beside(out)?;
     let root_name = root_squashfs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     write_contents(&mut tmp.file, &launch, root_squashfs, root_len, &root_name, objects)
@@ -109,11 +108,21 @@ pub fn write_sif_into(
     objects: &[SifObject],
     launch_line: Option<&str>,
 ) -> Result<()> {
-    let launch = launch_field(launch_line)?;
-    check_objects(objects)?;
-    let root_len = checked_squashfs_len(root_squashfs)?;
+    let (launch, root_len) = check_inputs(root_squashfs, objects, launch_line)?;
     write_contents(file, &launch, root_squashfs, root_len, root_name, objects)
         .map_err(|e| write_error("cannot write the image", path, e))
+}
+
+/// What [`write_sif`] and [`write_sif_into`] check before writing anything: the launch field,
+/// the descriptors' contents and the root partition's length.
+fn check_inputs(
+    root_squashfs: &Path,
+    objects: &[SifObject],
+    launch_line: Option<&str>,
+) -> Result<([u8; LAUNCH_LEN], u64)> {
+    let launch = launch_field(launch_line)?;
+    check_objects(objects)?;
+    Ok((launch, checked_squashfs_len(root_squashfs)?))
 }
 
 /// The 32-byte launch field: the line, NUL-padded.

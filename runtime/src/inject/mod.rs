@@ -213,6 +213,15 @@ impl InjectPlan {
             .collect()
     }
 
+    /// Every bind of the plan, each with whether it is one of the lent client tools (bound only
+    /// into images that can run them, see [`InjectPlan::clients`]).
+    pub fn binds(&self) -> impl Iterator<Item = (&InjectItem, bool)> {
+        self.items
+            .iter()
+            .map(|i| (i, false))
+            .chain(self.clients.iter().flat_map(|c| &c.items).map(|i| (i, true)))
+    }
+
     fn has_libraries(&self) -> bool {
         self.checks.iter().any(|c| matches!(c, Check::Glibc { .. } | Check::MpiAbi { .. }))
     }
