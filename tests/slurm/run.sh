@@ -492,7 +492,9 @@ LIST
     wait_idle
     check "(d) $STEPS consecutive container steps all succeed ($fails failed)" test "$fails" = 0
     check "(d) ... no processes of $TEST_USER left" no_user_procs
-    check "(d) ... no squashfuse left" bash -c "! pgrep -x squashfuse_ll >/dev/null"
+    # The suite's FUSE servers run as the test user (privileged mode uses loop devices): other
+    # users' squashfuse_ll on a shared machine are not this suite's leftovers.
+    check "(d) ... no squashfuse of $TEST_USER left" bash -c "! pgrep -u '$TEST_USER' -x squashfuse_ll >/dev/null"
     check "(d) ... no holder state left" bash -c "! ls $DIR/nodes/*/roottmp/berth-*/holders/*.json $DIR/nodes/*/runberth/*/holders/*.json 2>/dev/null | grep -q ."
     check "(d) ... nodes idle" nodes_idle
 fi
