@@ -8,7 +8,7 @@
 # the system holds exactly the files it held before. Files the packages would replace that no
 # package owns (a berth installed by hand, e.g. by scripts/demo.sh) are put aside and put back.
 #
-#   bash tests/packages.sh            # the packages alone (about a minute)
+#   bash tests/packages.sh            # the packages alone (about 30 s with the debug build done)
 #   SLURM=1 bash tests/packages.sh    # what CI runs (tests/run.sh): between install and removal,
 #                                     # the Slurm suite against the installed packages
 #                                     # (PACKAGED=1 tests/slurm/run.sh), and after `dpkg -r`

@@ -10,8 +10,9 @@
 # PACKAGED=1: test the installed packages instead (what CI does, through tests/packages.sh):
 # the cluster's plugstack.conf includes /etc/slurm/plugstack.conf.d/*.conf as Debian's own
 # does, so berth-slurm's snippet loads the packaged plugin with its default berth=/usr/bin/berth;
-# the (p) checks assert that, and (d) checks that each step's slurmstepd mapped that plugin and
-# its holder runs that berth. Without the packages installed this mode fails.
+# the (p) checks assert that (dpkg owners, the snippet, the commit) and that a step's slurmstepd
+# mapped that plugin and its holder runs that berth (in the default mode: the workspace's files).
+# Without the packages installed this mode fails.
 # Otherwise the container scenarios (d) need a berth with the `holder` command; without one
 # they are reported as skipped, not passed.
 set -uo pipefail
@@ -69,9 +70,7 @@ if [ "$PACKAGED" = 1 ]; then
     "$BERTH" holder --help >/dev/null 2>&1 && HAVE_RUNTIME=1 \
         || { echo "PACKAGED=1: no installed $BERTH with a holder command"; echo "0 passed, 1 failed"; exit 1; }
 elif [ -x "$BERTH" ] && "$BERTH" holder --help >/dev/null 2>&1; then
-    if [ "$PACKAGED" != 1 ]; then
-        install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
-    fi
+    install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
     HAVE_RUNTIME=1
 else
     echo "note: no berth with a holder command at $BERTH; container scenarios will be skipped"
