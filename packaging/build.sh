@@ -155,6 +155,29 @@ TXT
 control berth-slurm \
     "berth (= $debversion), slurm-wlm-basic-plugins (>= $slurm_release), slurm-wlm-basic-plugins (<< $slurm_next), $(shlibdeps -e"$r/usr/lib/$multiarch/slurm-wlm/spank_berth.so")" \
     "Slurm SPANK plugin for berth: srun/sbatch --container=IMAGE"
+# The snippet loads the plugin `required`, and dpkg keeps conffiles until purge: a snippet left
+# by `dpkg -r` would name a plugin that is gone and fail every srun and sbatch. postrm moves it
+# out of plugstack.conf's `include plugstack.conf.d/*.conf` on remove (and deletes it on
+# purge); preinst puts it back when the package is installed again, before dpkg looks at it.
+conf=/etc/slurm/plugstack.conf.d/berth.conf
+cat > "$r/DEBIAN/postrm" <<SH
+#!/bin/sh
+set -e
+case "\$1" in
+    remove) if [ -e $conf ]; then mv -f $conf $conf.removed; fi ;;
+    purge) rm -f $conf.removed ;;
+esac
+exit 0
+SH
+cat > "$r/DEBIAN/preinst" <<SH
+#!/bin/sh
+set -e
+case "\$1" in
+    install|upgrade) if [ -e $conf.removed ] && [ ! -e $conf ]; then mv $conf.removed $conf; fi ;;
+esac
+exit 0
+SH
+chmod 0755 "$r/DEBIAN/postrm" "$r/DEBIAN/preinst"
 
 echo "== berth-pbs"
 r=$stage/berth-pbs

@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
 # The packages as an administrator meets them (root, Debian): build the three .debs
 # (packaging/build.sh --dev: the debug build the suite already has), install them with dpkg,
-# check what they promise (man pages found by man, completions, conffiles, the version, the
-# plugin's Slurm dependency), then remove and purge them and check that the system holds
-# exactly the files it held before. Files the packages would replace that no package owns
-# (a berth installed by hand, e.g. by scripts/demo.sh) are put aside and put back.
-# SLURM=1: also run the Slurm suite (tests/slurm/run.sh) against the installed packages.
-# Ends with "N passed, M failed".
+# check what they promise (man pages found and rendered by man, completions, conffiles, the
+# version, the plugin's Slurm dependency), then remove and purge them and check that nothing
+# is left: after `dpkg -r` only the conffiles (the plugstack snippet moved out of Slurm's way),
+# after `dpkg -P` nothing of them in the file system, dpkg's database or the alternatives, and
+# the system holds exactly the files it held before. Files the packages would replace that no
+# package owns (a berth installed by hand, e.g. by scripts/demo.sh) are put aside and put back.
+#
+#   bash tests/packages.sh            # the packages alone (about 30 s with the debug build done)
+#   SLURM=1 bash tests/packages.sh    # what CI runs (tests/run.sh): between install and removal,
+#                                     # the Slurm suite against the installed packages
+#                                     # (PACKAGED=1 tests/slurm/run.sh), and after `dpkg -r`
+#                                     # an srun on that cluster, which must run without berth
+# Ends with the time of each phase and "N passed, M failed".
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
 command -v man >/dev/null || apt-get install -y -qq man-db >/dev/null
 
-PASS=0 FAIL=0
+PASS=0 FAIL=0 times="" t=$SECONDS
+# phase NAME: the time since the last phase ended, for the summary
+phase() { times="$times${times:+, }$1 $((SECONDS - t)) s"; t=$SECONDS; }
 ok()  { PASS=$((PASS + 1)); echo "ok   - $*"; }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
 check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
-finish() { echo "$PASS passed, $FAIL failed"; [ $FAIL = 0 ]; exit $?; }
+# logged LOG COMMAND...: run it, its output in LOG, shown when it fails
+logged() { local log=$1; shift; "$@" > "$log" 2>&1 || { sed 's/^/    /' "$log"; return 1; }; }
+finish() { echo "times: $times"; echo "$PASS passed, $FAIL failed"; [ $FAIL = 0 ]; exit $?; }
+slurm_dir=${BERTH_SLURM_DIR:-/tmp/berth-slurm}
 
 work=$(mktemp -d /tmp/berth-packages.XXXXXX)
 debs=$(bash "$here/packaging/build.sh" --dev) || { bad "packaging/build.sh --dev"; finish; }
 debs=$(echo "$debs" | grep '\.deb$')
 [ "$(echo "$debs" | wc -l)" = 3 ] && ok "build.sh made 3 packages" || { bad "build.sh made: $debs"; finish; }
+phase build
 pkgs="berth berth-slurm berth-pbs"
 dpkg -r $pkgs >/dev/null 2>&1; dpkg -P $pkgs >/dev/null 2>&1
 
@@ -48,7 +61,9 @@ snapshot() {
 }
 snapshot > "$work/before"
 
-check "dpkg -i the three packages" dpkg -i $debs >"$work/install.log" 2>&1 || cat "$work/install.log"
+excl=$(grep -rls '^path-exclude.*/usr/share/man' /etc/dpkg/dpkg.cfg.d/ 2>/dev/null | tr '\n' ' ')
+[ -z "$excl" ] || echo "note: dpkg on this machine leaves out man pages ($excl): the man checks will fail"
+check "dpkg -i the three packages" logged "$work/install.log" dpkg -i $debs
 commit=$(git -C "$here" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 version=$(/usr/bin/berth --version 2>&1)
 check "berth --version names the release and commit ($version)" \
@@ -56,7 +71,9 @@ check "berth --version names the release and commit ($version)" \
 for page in berth berth-exec berth-run berth-shell berth-inspect berth.toml spank_berth berth-pbs; do
     check "man -w $page finds the installed page" sh -c "man -w $page 2>/dev/null | grep -q '^/usr/share/man/'"
 done
-check "man berth-exec documents --containall" sh -c "MANWIDTH=100 man berth-exec 2>/dev/null | grep -q -- '--containall'"
+check "man berth-exec renders, with --containall" sh -c "MANWIDTH=100 man berth-exec 2>/dev/null | grep -q -- '--containall'"
+check "man 5 berth.toml renders, with state_dir" \
+    sh -c "MANWIDTH=100 man 5 berth.toml 2>/dev/null | grep -q \"berth.toml - berth's site configuration\" && MANWIDTH=100 man 5 berth.toml | grep -q state_dir"
 check "bash completion for berth" bash -c '. /usr/share/bash-completion/completions/berth && complete -p berth >/dev/null'
 check "zsh and fish completions" test -s /usr/share/zsh/vendor-completions/_berth -a -s /usr/share/fish/vendor_completions.d/berth.fish
 check "/etc/berth/berth.toml is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' berth | grep -q /etc/berth/berth.toml"
@@ -74,18 +91,64 @@ check "berth config check reports the plugin's Slurm release" \
 check "berth-pbs starter and rsh agent" test -x /usr/libexec/berth/berth-pbs -a -x /usr/libexec/berth/berth-pbs-rsh
 check "berth-pbs is static" sh -c "file -L /usr/libexec/berth/berth-pbs | grep -q 'static'"
 
+phase install+checks
+
+# What the packages installed, for the checks after removal: files (not directories, which
+# other packages may share) and conffiles.
+dpkg -L $pkgs 2>/dev/null | while read -r f; do [ -d "$f" ] || echo "$f"; done | LC_ALL=C sort -u > "$work/files"
+dpkg-query -W -f='${Conffiles}\n' $pkgs | awk 'NF >= 2 { print $1 }' | LC_ALL=C sort -u > "$work/conffiles"
+snippet=/etc/slurm/plugstack.conf.d/berth.conf
+
 if [ "${SLURM:-0}" = 1 ]; then
     echo "== the Slurm suite against the installed packages (PACKAGED=1 tests/slurm/run.sh)"
-    if PACKAGED=1 bash "$here/tests/slurm/run.sh" > "$work/slurm.log" 2>&1; then
-        ok "Slurm suite with the packaged plugin and berth: $(tail -1 "$work/slurm.log")"
-    else
-        cat "$work/slurm.log"; bad "Slurm suite with the packaged plugin and berth"
-    fi
-    bash "$here/tests/slurm/cluster.sh" down >/dev/null 2>&1 || true
+    PACKAGED=1 bash "$here/tests/slurm/run.sh" 2>&1 | tee "$work/slurm.log"
+    rc=${PIPESTATUS[0]}
+    check "Slurm suite with the packaged plugin and berth (rc=$rc; $(tail -1 "$work/slurm.log"))" \
+        bash -c "[ $rc = 0 ] && grep -q '^ok   - (p) the step.s holder runs /usr/bin/berth' '$work/slurm.log'"
+    phase slurm
 fi
 
-check "dpkg -r keeps only the conffiles" sh -c "dpkg -r $pkgs >/dev/null 2>&1 && test -f /etc/berth/berth.toml && ! test -e /usr/bin/berth"
-check "dpkg -P" dpkg -P $pkgs >"$work/purge.log" 2>&1 || cat "$work/purge.log"
+# Removal. The cluster (SLURM=1) is still up: with the plugin gone, jobs must run without it.
+check "dpkg -r" logged "$work/remove.log" dpkg -r $pkgs
+# dpkg keeps a removed package's record while it has conffiles (status rc, "config-files");
+# berth-pbs has none, so it is not installed at once (rn).
+removed_status() {
+    local got; got=$(for p in $pkgs; do echo "$p $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)"; done)
+    [[ "$(echo $got)" =~ ^"berth rc berth-slurm rc berth-pbs"( [a-z]n)?$ ]] || { echo "    dpkg status: $(echo $got)"; return 1; }
+}
+check "... dpkg status: berth and berth-slurm config-files, berth-pbs not installed" removed_status
+gone_but_conffiles() { local f; while read -r f; do grep -qxF "$f" "$work/conffiles" || [ ! -e "$f" ] || return 1; done < "$work/files"; }
+check "... every file the packages installed is gone but the conffiles ($(wc -l < "$work/files") files)" gone_but_conffiles
+check "... /etc/berth/berth.toml kept" test -f /etc/berth/berth.toml
+# A kept snippet would still load the `required` plugin that is gone: every srun would fail.
+check "... the plugstack snippet is out of plugstack.conf.d/*.conf (kept as berth.conf.removed)" \
+    bash -c "! ls /etc/slurm/plugstack.conf.d/*.conf 2>/dev/null | grep -qx '$snippet' && test -f '$snippet.removed'"
+if [ "${SLURM:-0}" = 1 ]; then
+    out=$(SLURM_CONF=$slurm_dir/etc/slurm.conf timeout -k 5 60 srun -N1 cat /proc/sys/kernel/hostname 2>&1)
+    help=$(SLURM_CONF=$slurm_dir/etc/slurm.conf srun --help 2>&1)
+    check "... srun on the cluster still runs, without the plugin's options ($(echo $out))" \
+        bash -c '[[ $1 =~ ^bnode[0-9]$ ]] && ! [[ $2 == *container-image* ]]' _ "$out" "$help"
+    bash "$here/tests/slurm/cluster.sh" down >/dev/null 2>&1 || true
+fi
+snippet_back() {
+    logged "$work/reinstall.log" dpkg -i $debs || return 1
+    dpkg-deb --fsys-tarfile "$(echo "$debs" | grep /berth-slurm_)" | tar -xO ".$snippet" | cmp -s - "$snippet" \
+        && ! test -e "$snippet.removed"
+}
+check "dpkg -i again after dpkg -r puts the snippet back as packaged" snippet_back
+check "dpkg -r again" logged "$work/remove.log" dpkg -r $pkgs
+check "dpkg -P" logged "$work/purge.log" dpkg -P $pkgs
+check "... dpkg knows none of the packages any more" \
+    bash -c "! dpkg-query -W -f='\${db:Status-Abbrev}\n' $pkgs 2>/dev/null | grep -qv '^[up]n'"
+check "... no maintainer files of them in /var/lib/dpkg/info" \
+    bash -c "! ls /var/lib/dpkg/info/ | grep -E '^(berth|berth-slurm|berth-pbs)(:[a-z0-9]+)?\.'"
+check "... no alternatives naming berth" \
+    bash -c "! update-alternatives --get-selections | grep -qi berth && ! grep -rqi berth /var/lib/dpkg/alternatives/"
+all_gone() { local f; while read -r f; do [ ! -e "$f" ] || { echo "left: $f"; return 1; }; done < "$work/files"; }
+check "... every file the packages installed is gone, conffiles too" all_gone
+check "... no plugstack snippet (berth.conf, berth.conf.removed), no /usr/bin/berth, no plugin" \
+    bash -c "! ls -d '$snippet'* /usr/bin/berth /usr/lib/*/slurm-wlm/spank_berth.so 2>/dev/null | grep -q ."
+phase remove+purge
 if [ -f "$work/dirs" ]; then
     while read -r mode user group d; do install -d -m "$mode" -o "$user" -g "$group" "$d"; done < "$work/dirs"
 fi
@@ -95,4 +158,5 @@ if diff "$work/before" "$work/after" > "$work/diff"; then
 else
     bad "files differ after dpkg -P:"; cat "$work/diff"
 fi
+phase final-snapshot
 finish

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as root on Debian 12: unit tests, integration tests that run berth as
-# an unprivileged user the harness creates (images, holders, injection, PBS emulator), then a
-# real multi-node Slurm cluster (munge, slurmctld, 3 slurmd in network namespaces) with the
-# SPANK plugin. Ends with a check that nothing was left on the machine.
+# an unprivileged user the harness creates (images, holders, injection, PBS emulator), then the
+# Debian packages: built, installed, and tested with a real multi-node Slurm cluster (munge,
+# slurmctld, 3 slurmd in network namespaces) that loads the installed SPANK plugin and berth,
+# then removed and purged. Ends with a check that nothing was left on the machine.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/install-deps.sh" || exit 1
@@ -31,11 +32,12 @@ cargo test --workspace --no-fail-fast 2>&1 || status=1
 echo "== fuzz: image, environment-file, definition-file, ld.so.cache, ELF and labels parsers (30 s)"
 cargo run -q -p berth-build --example fuzz -- --seconds 30 --seed "$(date +%j)" 2>&1 || status=1
 
-echo "== packages: build, install, check, purge (tests/packages.sh)"
-bash tests/packages.sh 2>&1 || status=1
-
-echo "== Slurm: multi-node cluster with the berth SPANK plugin"
-bash tests/slurm/run.sh 2>&1 || status=1
+# The Slurm suite runs once, against what an administrator installs: the .debs built from
+# this checkout (plugin at the packaged path, its plugstack.conf.d snippet, /usr/bin/berth),
+# then `dpkg -r` and `dpkg -P` must leave nothing behind. A developer runs the same suite
+# against target/debug with `bash tests/slurm/run.sh`.
+echo "== packages and Slurm: build, install, check, Slurm suite on the packages, remove, purge"
+SLURM=1 bash tests/packages.sh 2>&1 || status=1
 bash tests/slurm/cluster.sh down >/dev/null 2>&1 || true
 
 # After the suite: nothing may be left on the machine by any test (processes of the test
@@ -51,5 +53,7 @@ for u in berthtest berthuser; do check "processes of $u" pgrep -a -u "$u"; done
 check "FUSE servers" pgrep -a squashfuse_ll
 check "mounts" grep -E '/berth-[0-9]+/' /proc/self/mountinfo
 check "loop devices" sh -c "losetup -a | grep -i berth"
-if [ $left -eq 0 ]; then echo "leftovers: none (processes, FUSE servers, mounts, loop devices)"; else status=1; fi
+check "berth packages known to dpkg" sh -c "dpkg-query -W -f='\${Package} \${db:Status-Abbrev}\n' berth berth-slurm berth-pbs | grep -v ' [up]n'"
+check "the test cluster" sh -c "ip netns list | grep '^bsnode'; ls \${BERTH_SLURM_DIR:-/tmp/berth-slurm}/pids"
+if [ $left -eq 0 ]; then echo "leftovers: none (processes, FUSE servers, mounts, loop devices, packages, cluster)"; else status=1; fi
 exit $status

@@ -21,8 +21,10 @@
 #   BERTH_SLURM_PORT=6827 (slurmctld; slurmd uses +1)  BERTH_SLURM_TIMEOUT=60 (seconds to idle)
 #   PLUGIN=path/to/libspank_berth.so (default: the workspace's target/debug build, if present)
 #   PLUGIN_ARGS="berth=/usr/bin/berth ..." (plugstack.conf arguments)   SKIP_APT=1
-#   PLUGSTACK_INCLUDE=FILE: plugstack.conf is `include FILE` (an installed package's snippet)
-#   instead of PLUGIN and PLUGIN_ARGS
+#   PLUGSTACK_INCLUDE=FILE: plugstack.conf is `include FILE` instead of PLUGIN and PLUGIN_ARGS
+#   PACKAGED=1: the installed berth-slurm package, included as Debian's own plugstack.conf does
+#   (PLUGSTACK_INCLUDE='/etc/slurm/plugstack.conf.d/*.conf')
+#   slurmd load plugstack.conf when they start: `up` restarts running ones when it changed.
 #   TEST_USER=berthuser TEST_UID=2001 (created if missing)
 set -euo pipefail
 
@@ -37,6 +39,8 @@ TEST_USER=${TEST_USER:-berthuser}
 TEST_UID=${TEST_UID:-2001}
 PLUGIN=${PLUGIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/libspank_berth.so}
 PLUGIN_ARGS=${PLUGIN_ARGS:-}
+if [ "${PACKAGED:-0}" = 1 ]; then PLUGSTACK_INCLUDE=${PLUGSTACK_INCLUDE:-/etc/slurm/plugstack.conf.d/*.conf}; fi
+PLUGSTACK_CHANGED=0
 BR=bsbr0
 TAG='# berth-slurm-test'
 CONF=$DIR/etc/slurm.conf
@@ -129,6 +133,8 @@ CONF
     # The plugin: copied (new inode each time, so running slurmd keep their mapped copy) and
     # loaded `required`, so a plugin that fails to load fails every srun instead of hiding.
     if [ -n "${PLUGSTACK_INCLUDE:-}" ]; then
+        # Nothing of a workspace build stays where a test could pick it up by mistake.
+        rm -f "$DIR/plugin/libspank_berth.so"
         echo "include $PLUGSTACK_INCLUDE" > "$DIR/etc/plugstack.conf.new"
         log "plugstack.conf includes $PLUGSTACK_INCLUDE"
     elif [ -f "$PLUGIN" ]; then
@@ -140,6 +146,7 @@ CONF
         log "no plugin at $PLUGIN (cargo build -p spank-berth); plugstack.conf is empty"
         : > "$DIR/etc/plugstack.conf.new"
     fi
+    cmp -s "$DIR/etc/plugstack.conf.new" "$DIR/etc/plugstack.conf" || PLUGSTACK_CHANGED=1
     mv -f "$DIR/etc/plugstack.conf.new" "$DIR/etc/plugstack.conf"
 }
 
@@ -203,6 +210,9 @@ start_slurmd() {
     for i in $(seq "$NODES"); do
         n=bnode$i
         pid=$(pidfile "$DIR/run/slurmd-$n.pid")
+        # slurmd runs the plugins' slurmd_init when it starts: one started with another
+        # plugstack.conf (a workspace build, then the package) would keep the other plugin.
+        if is "$pid" slurmd && [ "$PLUGSTACK_CHANGED" = 1 ]; then stop_pid "slurmd-$n" "$pid" slurmd; fi
         is "$pid" slurmd && continue
         rm -f "$DIR/run/slurmd-$n.pid"
         # Each node gets its own /tmp, as real nodes have (berth keeps per-node holder state in

@@ -7,11 +7,14 @@
 #
 # Knobs: BERTH=path of the berth binary (default: the workspace's target/debug/berth), PLUGIN
 # (see cluster.sh), STEPS=100 (consecutive container steps in the leftover test).
-# PACKAGED=1: test the installed packages instead (tests/packages.sh): the cluster's
-# plugstack.conf includes berth-slurm's /etc/slurm/plugstack.conf.d/berth.conf as installed,
-# so the packaged plugin runs with its default berth=/usr/bin/berth.
-# The container scenarios (d) need a berth with the `holder` command; without one they are
-# reported as skipped, not passed.
+# PACKAGED=1: test the installed packages instead (what CI does, through tests/packages.sh):
+# the cluster's plugstack.conf includes /etc/slurm/plugstack.conf.d/*.conf as Debian's own
+# does, so berth-slurm's snippet loads the packaged plugin with its default berth=/usr/bin/berth;
+# the (p) checks assert that (dpkg owners, the snippet, the commit) and that a step's slurmstepd
+# mapped that plugin and its holder runs that berth (in the default mode: the workspace's files).
+# Without the packages installed this mode fails.
+# Otherwise the container scenarios (d) need a berth with the `holder` command; without one
+# they are reported as skipped, not passed.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,8 +23,17 @@ DIR=${BERTH_SLURM_DIR:-/tmp/berth-slurm}
 TEST_USER=${TEST_USER:-berthuser}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 PACKAGED=${PACKAGED:-0}
-if [ "$PACKAGED" = 1 ]; then BERTH=/usr/bin/berth; fi
-BERTH=${BERTH:-$TARGET/debug/berth}
+MULTIARCH=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+if [ "$PACKAGED" = 1 ]; then
+    BERTH=/usr/bin/berth
+    SNIPPET=/etc/slurm/plugstack.conf.d/berth.conf
+    PLUGIN_FILE=/usr/lib/$MULTIARCH/slurm-wlm/spank_berth.so
+    NODE_BERTH=/usr/bin/berth
+else
+    BERTH=${BERTH:-$TARGET/debug/berth}
+    PLUGIN_FILE=$DIR/plugin/libspank_berth.so   # cluster.sh copies the workspace's build there
+    NODE_BERTH=$DIR/bin/berth
+fi
 STEPS=${STEPS:-100}
 WORK=$DIR/work/run.$$
 export SLURM_CONF=$DIR/etc/slurm.conf
@@ -52,17 +64,20 @@ no_user_procs() { for _ in $(seq 40); do pgrep -u "$TEST_USER" >/dev/null || ret
 # ------------------------------------------------------------------------- setup
 install -d -m 0755 "$DIR/bin"
 HAVE_RUNTIME=0
-if [ -x "$BERTH" ] && "$BERTH" holder --help >/dev/null 2>&1; then
-    if [ "$PACKAGED" != 1 ]; then
-        install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
-    fi
+if [ "$PACKAGED" = 1 ]; then
+    # Nothing of a workspace build stays where a test could pick it up by mistake.
+    rm -f "$DIR/bin/berth"
+    "$BERTH" holder --help >/dev/null 2>&1 && HAVE_RUNTIME=1 \
+        || { echo "PACKAGED=1: no installed $BERTH with a holder command"; echo "0 passed, 1 failed"; exit 1; }
+elif [ -x "$BERTH" ] && "$BERTH" holder --help >/dev/null 2>&1; then
+    install -m 0755 "$BERTH" "$DIR/bin/.berth.new" && mv -f "$DIR/bin/.berth.new" "$DIR/bin/berth"
     HAVE_RUNTIME=1
 else
     echo "note: no berth with a holder command at $BERTH; container scenarios will be skipped"
     rm -f "$DIR/bin/berth"
 fi
 if [ "${NO_UP:-0}" != 1 ] && [ "$PACKAGED" = 1 ]; then
-    PLUGSTACK_INCLUDE=/etc/slurm/plugstack.conf.d/berth.conf bash "$HERE/cluster.sh" up >/dev/null \
+    PACKAGED=1 bash "$HERE/cluster.sh" up >/dev/null \
         || { echo "cluster.sh up failed"; echo "0 passed, 1 failed"; exit 1; }
 elif [ "${NO_UP:-0}" != 1 ]; then
     PLUGIN_ARGS="berth=$DIR/bin/berth timeout=60" bash "$HERE/cluster.sh" up >/dev/null \
@@ -94,6 +109,51 @@ MPI_MOUNTS="/usr:/usr:ro,/etc/alternatives:/etc/alternatives:ro,/etc/openmpi:/et
 mkimage imgb "berth test image B"
 echo "data-file" > "$WORK/datafile"; chmod 0644 "$WORK/datafile"
 OUT=$WORK/out ERR=$WORK/err
+
+# ------------------------------------------------------------------------- (p) what is tested
+if [ "$PACKAGED" = 1 ]; then
+    check "(p) the cluster's plugstack.conf includes plugstack.conf.d/*.conf, as Debian's does" \
+        test "$(cat "$DIR/etc/plugstack.conf")" = "include /etc/slurm/plugstack.conf.d/*.conf"
+    line=$(grep -Ev '^[[:space:]]*(#|$)' "$SNIPPET" 2>/dev/null)
+    snippet_ok() { # one line: required PLUGIN_FILE, berth= absent or the default
+        [ "$(printf '%s\n' "$line" | wc -l)" = 1 ] || return 1
+        set -- $line
+        [ "${1:-}" = required ] && [ "${2:-}" = "$PLUGIN_FILE" ] || return 1
+        shift 2
+        for a in "$@"; do case $a in berth=*) [ "$a" = berth=/usr/bin/berth ] || return 1 ;; esac; done
+    }
+    check "(p) the installed snippet loads the packaged plugin, required, berth=/usr/bin/berth ($line)" snippet_ok
+    owned() { dpkg -S "$2" 2>/dev/null | grep -q "^$1: "; }
+    check "(p) dpkg -S: berth-slurm owns $PLUGIN_FILE" owned berth-slurm "$PLUGIN_FILE"
+    check "(p) dpkg -S: berth-slurm owns $SNIPPET" owned berth-slurm "$SNIPPET"
+    check "(p) dpkg -S: berth owns /usr/bin/berth" owned berth /usr/bin/berth
+    commit=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+    version=$(/usr/bin/berth --version 2>&1)
+    check "(p) /usr/bin/berth was built from this checkout ($version; HEAD $commit)" \
+        test "${version##* (commit }" = "$commit)"
+fi
+if [ "$HAVE_RUNTIME" = 1 ]; then
+    # The plugin a step's slurmstepd mapped and the berth its holder runs, compared by file
+    # identity (a node sees $DIR through its own /tmp): the files this mode means to test.
+    as_user srun -N1 --container="$WORK/imga.sqsh" sleep 6 > /dev/null 2>&1 &
+    bg=$!
+    plugin_ino=$(stat -Lc %i "$PLUGIN_FILE" 2>/dev/null)
+    maps="" holders=""
+    for _ in $(seq 60); do
+        holders=$(pgrep -u "$TEST_USER" -x berth)
+        [ -n "$holders" ] && maps=$(for p in $(pgrep -x slurmstepd); do grep spank_berth "/proc/$p/maps"; done 2>/dev/null)
+        [ -n "$maps" ] && break
+        sleep 0.1
+    done
+    holder_exes=$(for p in $holders; do
+        if [ "/proc/$p/exe" -ef "$NODE_BERTH" ]; then echo "$NODE_BERTH"; else readlink "/proc/$p/exe"; fi
+    done | sort -u)
+    mapped=$(echo "$maps" | awk 'NF >= 6 { print $5, $6 }' | sort -u | tr '\n' ' ')
+    wait "$bg"
+    only_plugin() { [ -n "$plugin_ino" ] && [ -n "$maps" ] && ! echo "$maps" | awk 'NF >= 6 { print $5 }' | grep -vqx "$plugin_ino"; }
+    check "(p) the step's slurmstepd mapped $PLUGIN_FILE (inode $plugin_ino), no other spank_berth ($mapped)" only_plugin
+    check "(p) the step's holder runs $NODE_BERTH (${holder_exes:-none seen})" test "$holder_exes" = "$NODE_BERTH"
+fi
 
 # ------------------------------------------------------------------------- (a) plugin loads
 as_user srun --help > "$OUT" 2> "$ERR"
@@ -265,8 +325,8 @@ JOB
 #!/bin/sh
 srun -N1 --container-image=$WORK/imga.sqsh sleep 6 &
 sleep 3
-srun -N1 --overlap $DIR/bin/berth list
-srun -N1 --overlap $DIR/bin/berth list --json
+srun -N1 --overlap $NODE_BERTH list
+srun -N1 --overlap $NODE_BERTH list --json
 wait
 LIST
     chmod 0755 "$WORK/list.sh"
@@ -460,7 +520,9 @@ JOB
     wait_idle
     check "(d) $STEPS consecutive container steps all succeed ($fails failed)" test "$fails" = 0
     check "(d) ... no processes of $TEST_USER left" no_user_procs
-    check "(d) ... no squashfuse left" bash -c "! pgrep -x squashfuse_ll >/dev/null"
+    # The suite's FUSE servers run as the test user (privileged mode uses loop devices): other
+    # users' squashfuse_ll on a shared machine are not this suite's leftovers.
+    check "(d) ... no squashfuse of $TEST_USER left" bash -c "! pgrep -u '$TEST_USER' -x squashfuse_ll >/dev/null"
     check "(d) ... no holder state left" bash -c "! ls $DIR/nodes/*/roottmp/berth-*/holders/*.json $DIR/nodes/*/runberth/*/holders/*.json 2>/dev/null | grep -q ."
     check "(d) ... nodes idle" nodes_idle
 fi
