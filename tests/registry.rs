@@ -7,85 +7,22 @@
 mod harness;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use berth_registry::testimg::{finish, image, layer, layer_zstd, Ent};
+use harness::registry::{free_port, skopeo_push, Registry};
 use harness::{world, World};
 
 fn sh(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A running `docker-registry`, stopped on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(dir: &Path, tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Registry {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
-        let storage = dir.join("storage");
-        let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        );
-        if let Some((cert, key)) = tls {
-            cfg += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
-        }
-        if let Some(h) = htpasswd {
-            cfg += &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", h.display());
-        }
-        std::fs::write(dir.join("config.yml"), cfg).unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (apt-get install docker-registry)");
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "registry did not start: {}", dir.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { child, port, storage }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-fn skopeo_push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
-    let mut c = Command::new("skopeo");
-    c.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
-    c.arg(format!("oci:{}:{tag}", layout.display())).arg(dest);
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "skopeo copy to {dest}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// What the test image holds besides busybox: layers with whiteouts, an opaque directory,
@@ -997,3 +934,4 @@ fn docker_credential_helpers_are_asked_for_the_registry() {
     pull("z.sqsh").fails_with(&["user name and password"]);
     assert_eq!(asked("berthtest").lines().count(), 2);
 }
+
