@@ -986,4 +986,27 @@ fn registry_image_is_converted_once_and_shared_by_tasks() {
         .filter(|n| !n.ends_with(".sqsh") && !n.ends_with(".lock") && n != "conversions.log")
         .collect();
     assert!(left.is_empty(), "partial files left in the image cache: {left:?}");
+
+    // The tag moves while a job runs: its later TM tasks still join the job's container, in
+    // the image the job started with, and nothing is converted for them.
+    let job = Job::new(w, &jid("904"), &[("CONTAINER", &reference)], script);
+    mom.submit(&job, &[&a]);
+    let guard = Epilogues(&mom, &job, vec![&a]);
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    let text = mom.batch(&job, &a, As::User).ok();
+    let batch_mnt = line(&text, "MNT=").to_string();
+    let moved = d.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let other = layer(&[Ent::File("from-registry", b"moved-tag\n", 0o644, 0, 0)], true);
+    let m = image(&moved, &serde_json::json!({}), &[std::fs::read(&base).unwrap(), other], "amd64");
+    finish(&moved, vec![m], "v1");
+    reg.push(&moved, "v1", &reference, &[]);
+    let o = mom
+        .task(&job, &a, 1, &["sh", "-c", "cat /from-registry; echo MNT=$(readlink /proc/self/ns/mnt)"])
+        .ok();
+    assert!(o.starts_with("pulled-by-berth\n"), "the task runs in the job's image: {o}");
+    assert_eq!(line(&o, "MNT="), batch_mnt);
+    drop(guard);
+    assert_clean(&[&a], &job.id);
+    assert_eq!(conversions().lines().count(), 1, "nothing converted for the task: {}", conversions());
 }
