@@ -864,3 +864,149 @@ fn host_torque_client_tools_inside_the_container() {
     assert_eq!((end.status, end.out.as_deref()), (0, Some("no-qstat\n")), "{:?}", end.err);
     assert_clean(&[&a], &job.id);
 }
+
+/// `CONTAINER=docker://REF`: berth-pbs has the installed `berth` convert the image once per
+/// digest into the node's `[registry] cache_dir`; the script and the TM tasks run in that image,
+/// one container; a later job reuses the file; an unknown tag fails the job with the registry's
+/// reason in its error file. The registry is a real `docker-registry` listening in the node's
+/// own network namespace (the emulated nodes have only their loopback).
+#[test]
+fn registry_image_is_converted_once_and_shared_by_tasks() {
+    use berth_registry::testimg::{finish, image, layer, Ent};
+    use harness::registry::Registry;
+
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let built = Path::new(env!("CARGO_BIN_EXE_berth-pbs")).with_file_name("berth");
+    assert!(
+        built.is_file(),
+        "{} is missing: `cargo build -p berth` first (berth-pbs converts with it)",
+        built.display()
+    );
+    // Installed beside berth-pbs, as the packages install it.
+    std::fs::copy(&built, mom.starter.with_file_name("berth")).unwrap();
+
+    let a = Node::new(w, "a");
+    let d = w.path("pbs-registry");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let base = d.join("base.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .args(["-C", mom::path_str(&w.rootfs), "--numeric-owner", "--owner=0", "--group=0", "-czf"])
+        .arg(&base)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let layout = d.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let only_here = layer(&[Ent::File("from-registry", b"pulled-by-berth\n", 0o644, 0, 0)], true);
+    let m = image(&layout, &serde_json::json!({}), &[std::fs::read(&base).unwrap(), only_here], "amd64");
+    finish(&layout, vec![m], "v1");
+    let reg = Registry::start_in(&d.join("reg"), None, None, Some(&a.netns));
+    reg.push(&layout, "v1", &format!("docker://{}/test/pbs:v1", reg.addr()), &[]);
+
+    let cache = d.join("site-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
+    cfg +=
+        &format!("[registry]\ncache_dir = \"{}\"\ninsecure_hosts = [\"{}\"]\n", cache.display(), reg.addr());
+    std::fs::write(&a.config, cfg).unwrap();
+    let mine = cache.join(w.uid.to_string());
+    let sqsh = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&mine)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sqsh"))
+            .collect()
+    };
+    let conversions = || std::fs::read_to_string(mine.join("conversions.log")).unwrap_or_default();
+    let reference = format!("docker://{}/test/pbs:v1", reg.addr());
+
+    // The first job converts; its script and its TM tasks run in the registry image.
+    let script = "cat /from-registry; echo MNT=$(readlink /proc/self/ns/mnt)\n";
+    let job = Job::new(w, &jid("901"), &[("CONTAINER", &reference)], script);
+    mom.submit(&job, &[&a]);
+    let guard = Epilogues(&mom, &job, vec![&a]);
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    let text = mom.batch(&job, &a, As::User).ok();
+    assert!(text.starts_with("pulled-by-berth\n"), "the script runs in the registry image: {text}");
+    let batch_mnt = line(&text, "MNT=").to_string();
+    for t in 1..3 {
+        let o = mom
+            .task(&job, &a, t, &["sh", "-c", "cat /from-registry; echo MNT=$(readlink /proc/self/ns/mnt)"])
+            .ok();
+        assert!(o.starts_with("pulled-by-berth\n"), "task {t}: {o}");
+        assert_eq!(line(&o, "MNT="), batch_mnt, "task {t} joins the batch script's container");
+    }
+    drop(guard);
+    assert_clean(&[&a], &job.id);
+    let files = sqsh();
+    assert_eq!(files.len(), 1, "one file per digest: {files:?}");
+    assert_eq!(conversions().lines().count(), 1, "converted once, tasks included: {}", conversions());
+    assert!(conversions().contains(&reference), "{}", conversions());
+    let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+
+    // A second job uses the same file: no second conversion.
+    let again = Job::new(w, &jid("902"), &[("CONTAINER", &reference)], "cat /from-registry\n");
+    mom.submit(&again, &[&a]);
+    let end = mom.run_job(&again, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("pulled-by-berth\n")), "{:?}", end.err);
+    assert_clean(&[&a], &again.id);
+    assert_eq!(sqsh(), files);
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        mtime,
+        "the file was not rewritten"
+    );
+    assert_eq!(conversions().lines().count(), 1, "no second conversion: {}", conversions());
+
+    // An unknown tag: the registry's reason in the job's error file, a failed job, nothing left.
+    let missing = format!("docker://{}/test/pbs:no-such-tag", reg.addr());
+    let bad = Job::new(w, &jid("903"), &[("CONTAINER", &missing)], "echo should-not-run\n");
+    mom.submit(&bad, &[&a]);
+    let end = mom.run_job(&bad, &a, None);
+    let err = end.err.clone().unwrap_or_default();
+    assert!(end.status > 0, "a failed job, not a pbs_mom error: {}: {err}", end.status);
+    assert!(err.starts_with("berth: "), "{err}");
+    for needle in ["no-such-tag", "not found", "manifest unknown"] {
+        assert!(err.contains(needle), "the .e file lacks {needle:?}: {err}");
+    }
+    assert!(!end.out.unwrap_or_default().contains("should-not-run"));
+    assert_clean(&[&a], &bad.id);
+    assert_eq!(sqsh(), files, "nothing converted for the unknown tag");
+    let left: Vec<_> = std::fs::read_dir(&mine)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".sqsh") && !n.ends_with(".lock") && n != "conversions.log")
+        .collect();
+    assert!(left.is_empty(), "partial files left in the image cache: {left:?}");
+
+    // The tag moves while a job runs: its later TM tasks still join the job's container, in
+    // the image the job started with, and nothing is converted for them.
+    let job = Job::new(w, &jid("904"), &[("CONTAINER", &reference)], script);
+    mom.submit(&job, &[&a]);
+    let guard = Epilogues(&mom, &job, vec![&a]);
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    let text = mom.batch(&job, &a, As::User).ok();
+    let batch_mnt = line(&text, "MNT=").to_string();
+    let moved = d.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let other = layer(&[Ent::File("from-registry", b"moved-tag\n", 0o644, 0, 0)], true);
+    let m = image(&moved, &serde_json::json!({}), &[std::fs::read(&base).unwrap(), other], "amd64");
+    finish(&moved, vec![m], "v1");
+    reg.push(&moved, "v1", &reference, &[]);
+    let o = mom
+        .task(&job, &a, 1, &["sh", "-c", "cat /from-registry; echo MNT=$(readlink /proc/self/ns/mnt)"])
+        .ok();
+    assert!(o.starts_with("pulled-by-berth\n"), "the task runs in the job's image: {o}");
+    assert_eq!(line(&o, "MNT="), batch_mnt);
+    drop(guard);
+    assert_clean(&[&a], &job.id);
+    assert_eq!(conversions().lines().count(), 1, "nothing converted for the task: {}", conversions());
+}

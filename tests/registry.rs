@@ -10,82 +10,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use berth_registry::testimg::{finish, image, layer, layer_zstd, Ent};
+use harness::registry::{free_port, skopeo_push, Registry};
 use harness::{world, World};
 
 fn sh(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A running `docker-registry`, stopped on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(dir: &Path, tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Registry {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
-        let storage = dir.join("storage");
-        let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        );
-        if let Some((cert, key)) = tls {
-            cfg += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
-        }
-        if let Some(h) = htpasswd {
-            cfg += &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", h.display());
-        }
-        std::fs::write(dir.join("config.yml"), cfg).unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (apt-get install docker-registry)");
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "registry did not start: {}", dir.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { child, port, storage }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-fn skopeo_push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
-    let mut c = Command::new("skopeo");
-    c.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
-    c.arg(format!("oci:{}:{tag}", layout.display())).arg(dest);
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "skopeo copy to {dest}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// What the test image holds besides busybox: layers with whiteouts, an opaque directory,
@@ -996,4 +933,175 @@ fn docker_credential_helpers_are_asked_for_the_registry() {
     sh(&format!("chown root:root {}", home.join(".docker/config.json").display()));
     pull("z.sqsh").fails_with(&["user name and password"]);
     assert_eq!(asked("berthtest").lines().count(), 2);
+}
+
+/// A registry that only answers bearer tokens from its own OAuth2 token service (`POST
+/// /token`), which issues one only for the right identity (refresh) token: what Docker Hub,
+/// ACR or Harbor do for `docker login` with a personal or robot token. Serves `layout`'s image
+/// and records each form POSTed to the token service and each token request's URL.
+struct TokenRegistry {
+    port: u16,
+    forms: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const REFRESH: &str = "rt-berth-identity-7f3a";
+const ACCESS: &str = "at-issued-for-pull";
+
+fn token_registry(layout: PathBuf) -> TokenRegistry {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let forms = Arc::new(std::sync::Mutex::new(vec![]));
+    let seen = forms.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap_or(0);
+            let (mut len, mut authz) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap_or(("", ""));
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "authorization" => authz = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = std::io::Read::read_exact(&mut r, &mut body);
+            let mut words = line.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("").to_string());
+            let reply = |s: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(body);
+            };
+            if path.starts_with("/token") {
+                let form = String::from_utf8_lossy(&body).into_owned();
+                seen.lock().unwrap().push(format!("{method} {path} {form}"));
+                let fields: Vec<(&str, &str)> = form.split('&').filter_map(|kv| kv.split_once('=')).collect();
+                let has = |k: &str, v: &str| fields.contains(&(k, v));
+                if method == "POST"
+                    && has("grant_type", "refresh_token")
+                    && has("refresh_token", REFRESH)
+                    && has("service", "berth-test-registry")
+                    && has("client_id", "berth")
+                {
+                    let tok = format!(r#"{{"access_token":"{ACCESS}","expires_in":300}}"#);
+                    reply(&mut s, "200 OK", "Content-Type: application/json\r\n", tok.as_bytes());
+                } else {
+                    let e = br#"{"error":"invalid_grant"}"#;
+                    reply(&mut s, "401 Unauthorized", "Content-Type: application/json\r\n", e);
+                }
+                continue;
+            }
+            if authz != format!("Bearer {ACCESS}") {
+                let ch = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"berth-test-registry\",scope=\"repository:test/app:pull\"\r\nContent-Type: application/json\r\n"
+                );
+                reply(&mut s, "401 Unauthorized", &ch, br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
+                continue;
+            }
+            let blob = |hex: &str| std::fs::read(layout.join("blobs/sha256").join(hex)).ok();
+            let found = if path == "/v2/" {
+                Some((b"{}".to_vec(), "application/json"))
+            } else if path.contains("/manifests/") {
+                let idx: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+                blob(&idx["manifests"][0]["digest"].as_str().unwrap()[7..])
+                    .map(|b| (b, "application/vnd.oci.image.manifest.v1+json"))
+            } else if let Some(i) = path.find("/blobs/sha256:") {
+                blob(&path[i + 14..]).map(|b| (b, "application/octet-stream"))
+            } else {
+                None
+            };
+            match found {
+                Some((b, ct)) => reply(&mut s, "200 OK", &format!("Content-Type: {ct}\r\n"), &b),
+                None => reply(&mut s, "404 Not Found", "", b""),
+            }
+        }
+    });
+    TokenRegistry { port, forms }
+}
+
+#[test]
+fn identity_tokens_are_refresh_tokens_for_the_token_service() {
+    let (w, f) = (world(), fixture());
+    let srv = token_registry(f.app.clone());
+    let reg = format!("127.0.0.1:{}", srv.port);
+    let r = format!("docker://{reg}/test/app:v1");
+    let home = user_dir(w, "pull-idtoken");
+    let bin = home.join("bin");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    // A credential helper answering as docker-credential-acr-env or Harbor's do for tokens.
+    let helper = bin.join("docker-credential-tok");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"<token>\",\"Secret\":\"%s\"}}\\n' \"$server\" \"$(cat {}/helper-token)\"\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = |json: String, helper_token: &str| {
+        std::fs::write(home.join(".docker/config.json"), json).unwrap();
+        std::fs::write(home.join("helper-token"), helper_token).unwrap();
+        sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    };
+    let pull = |out: &str| {
+        let mut c = pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, out]);
+        c.env("HOME", &home).env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+        run(c)
+    };
+
+    // Without credentials the token service issues nothing.
+    config("{}".into(), "");
+    let err = pull("none.sqsh").fails_with(&["token service", "refused"]);
+    assert!(!home.join("none.sqsh").exists(), "{err}");
+
+    // `docker login` with a token files `identitytoken`: used as the OAuth2 refresh token.
+    config(format!(r#"{{"auths":{{"{reg}":{{"auth":"YWxpY2U6","identitytoken":"{REFRESH}"}}}}}}"#), "");
+    pull("a.sqsh").ok();
+    assert_eq!(run(pull_cmd(w, &home, &["run", "a.sqsh", "tok"])).ok(), "ep tok\n");
+    let forms = srv.forms.lock().unwrap().clone();
+    let last = forms.last().unwrap();
+    assert!(last.starts_with("POST /token "), "{forms:?}");
+    for field in [
+        "grant_type=refresh_token",
+        &format!("refresh_token={REFRESH}"),
+        "service=berth-test-registry",
+        "scope=repository%3Atest%2Fapp%3Apull",
+        "client_id=berth",
+    ] {
+        assert!(last.contains(field), "{field} missing from the token request: {last}");
+    }
+    assert!(
+        forms.iter().all(|f| !f.split(' ').nth(1).unwrap().contains(REFRESH)),
+        "the token in a URL: {forms:?}"
+    );
+
+    // A credential helper's `<token>` answer is the same.
+    config(r#"{"credsStore":"tok"}"#.into(), REFRESH);
+    pull("b.sqsh").ok();
+    assert!(home.join("b.sqsh").is_file());
+
+    // A wrong or expired token: one clear message, which never shows the token, nothing written.
+    config(r#"{"credsStore":"tok"}"#.into(), "rt-revoked-0000");
+    let err = pull("c.sqsh").fails_with(&["refused the identity token", "log in again"]);
+    assert!(!err.contains("rt-revoked"), "the token leaked into the message: {err}");
+    config(format!(r#"{{"auths":{{"{reg}":{{"identitytoken":"rt-wrong-1111"}}}}}}"#), "");
+    let err = pull("d.sqsh").fails_with(&["refused the identity token"]);
+    assert!(!err.contains("rt-wrong"), "{err}");
+    assert!(!home.join("c.sqsh").exists() && !home.join("d.sqsh").exists());
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
 }

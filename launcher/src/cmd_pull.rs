@@ -15,7 +15,8 @@ use clap::{Args, Subcommand};
     berth pull --format sif docker://ubuntu:22.04 ubuntu.sif\n\n\
 Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, \
 ~/.docker/config.json and ~/.netrc (docker/podman/skopeo login write them); credHelpers and \
-credsStore there run docker-credential-NAME. Blobs are cached \
+credsStore there run docker-credential-NAME; identity tokens (identitytoken, a helper's <token>) \
+are exchanged at the registry's token service. Blobs are cached \
 (verified) in $BERTH_CACHE_DIR, else ~/.cache/berth.")]
 pub struct PullArgs {
     /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], or a Docker Hub name

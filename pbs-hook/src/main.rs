@@ -199,6 +199,13 @@ fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
     Ok(PathBuf::from(path))
 }
 
+/// The image file the job's container on this node runs, if it runs.
+fn running_image(jobid: &str) -> Option<PathBuf> {
+    let (cfg, _) = Config::load_for_job().ok()?;
+    let uid = nix::unistd::getuid().as_raw();
+    holder::find(&cfg, uid, &holder_name(jobid)).ok().map(|st| st.image)
+}
+
 /// Open and check an image as the calling user: recognised, readable, mountable without
 /// privileges.
 fn check_image(path: &Path) -> Result<Image, Error> {
@@ -287,7 +294,18 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let argv = jobfile::container_argv(&launch, script.as_ref(), &argv);
     let image =
         resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
-    let image = match registry_image(image) {
+    // A TM task on a node where the job's container already runs joins it as it is, without
+    // asking the registry again: the tag may point elsewhere by now (the task would then be
+    // refused for naming another image), and a wide job's tasks would each cost the registry
+    // a manifest request.
+    let running = (matches!(launch, jobfile::Launch::Task) && scheduler::is_registry_image(&image))
+        .then(|| running_image(&jobid))
+        .flatten();
+    let converted = match running {
+        Some(i) => Ok(i),
+        None => registry_image(image),
+    };
+    let image = match converted {
         Ok(i) => i,
         Err(e) => {
             eprintln!("berth: {e}");

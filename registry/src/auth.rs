@@ -21,7 +21,21 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The user name docker files with an identity token (`Username: "<token>"` from a helper).
+pub const TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    /// An identity token (Docker Hub personal access tokens, ACR, Harbor robots through helpers):
+    /// an OAuth2 refresh token for the registry's token service, never a password.
+    pub fn identity_token(token: &str) -> Self {
+        Credentials { user: TOKEN_USER.into(), password: token.into() }
+    }
+
+    /// The identity token, when these credentials are one.
+    pub fn token(&self) -> Option<&str> {
+        (self.user == TOKEN_USER).then_some(self.password.as_str())
+    }
+
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.user, self.password);
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
@@ -116,10 +130,10 @@ fn run_helper(name: &str, server: &str) -> Option<Credentials> {
     let v: serde_json::Value = serde_json::from_slice(&out).ok()?;
     let user = v.get("Username")?.as_str()?;
     let secret = v.get("Secret")?.as_str()?;
-    // "<token>" marks an identity (refresh) token, which is not a password for basic/bearer auth.
-    if user == "<token>" || secret.is_empty() {
+    if secret.is_empty() {
         return None;
     }
+    // "<token>" marks an identity (refresh) token: `Credentials::token` tells the client.
     Some(Credentials { user: user.into(), password: secret.into() })
 }
 
@@ -146,6 +160,11 @@ fn from_auth_json(text: &str, registry: &str, helpers: bool) -> Option<Credentia
 fn from_auths(auths: &serde_json::Map<String, serde_json::Value>, registry: &str) -> Option<Credentials> {
     for key in keys_for(registry) {
         let Some(e) = auths.get(&key).or_else(|| auths.get(&format!("{key}/"))) else { continue };
+        // `docker login` with a token service files `identitytoken` (its `auth`, if any, only
+        // names the user); docker then uses the token alone, and so does berth.
+        if let Some(t) = e.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
+            return Some(Credentials::identity_token(t));
+        }
         if let Some(a) = e.get("auth").and_then(|a| a.as_str()) {
             let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).ok()?;
             let raw = String::from_utf8(raw).ok()?;
@@ -221,6 +240,15 @@ mod tests {
         assert_eq!(from_auth_json(j, "h.io", false).unwrap().password, "p:x");
         assert!(from_auth_json(j, "other.io", false).is_none());
         assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(c.token().is_none());
+    }
+
+    #[test]
+    fn identity_tokens() {
+        let j = r#"{"auths":{"r.io":{"auth":"YWxpY2U6","identitytoken":"rt-123"}}}"#;
+        let c = from_auth_json(j, "r.io", false).unwrap();
+        assert_eq!(c.token(), Some("rt-123"));
+        assert!(!format!("{c:?}").contains("rt-123"));
     }
 
     #[test]

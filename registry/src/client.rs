@@ -122,6 +122,13 @@ impl Client {
                 let c = self.creds.as_ref().ok_or_else(|| {
                     Error::new(self.what(), "the registry wants a user name and password", status_hint(401))
                 })?;
+                if c.token().is_some() {
+                    return Err(Error::new(
+                        self.what(),
+                        "the registry wants a user name and password, but the credentials berth found are an identity token (which only a token service accepts)",
+                        "log in with a user name and password (docker login / skopeo login / podman login)",
+                    ));
+                }
                 self.authz = Some(c.basic_header());
                 Ok(())
             }
@@ -129,21 +136,47 @@ impl Client {
                 let realm = get("realm").ok_or_else(|| {
                     Error::new(self.what(), "the registry's bearer challenge has no realm", "")
                 })?;
-                let mut url = realm.clone();
-                let mut sep = if url.contains('?') { '&' } else { '?' };
-                if let Some(s) = get("service") {
-                    url.push_str(&format!("{sep}service={}", pct(&s)));
-                    sep = '&';
-                }
                 let scope =
                     get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.image.repository));
-                url.push_str(&format!("{sep}scope={}", pct(&scope)));
-                let mut req = self.agent.get(&url);
-                if let Some(c) = &self.creds {
-                    req = req.set("Authorization", &c.basic_header());
-                }
-                let resp = match req.call() {
+                let token = self.creds.as_ref().and_then(|c| c.token());
+                let sent = match token {
+                    // An identity token is an OAuth2 refresh token: POSTed as a form to the
+                    // realm (distribution's "OAuth2 token authentication"), never put in a URL.
+                    Some(t) => {
+                        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", t)];
+                        let service = get("service");
+                        if let Some(s) = &service {
+                            form.push(("service", s));
+                        }
+                        form.push(("scope", &scope));
+                        form.push(("client_id", "berth"));
+                        self.agent.post(&realm).send_form(&form)
+                    }
+                    None => {
+                        let mut url = realm.clone();
+                        let mut sep = if url.contains('?') { '&' } else { '?' };
+                        if let Some(s) = get("service") {
+                            url.push_str(&format!("{sep}service={}", pct(&s)));
+                            sep = '&';
+                        }
+                        url.push_str(&format!("{sep}scope={}", pct(&scope)));
+                        let mut req = self.agent.get(&url);
+                        if let Some(c) = &self.creds {
+                            req = req.set("Authorization", &c.basic_header());
+                        }
+                        req.call()
+                    }
+                };
+                let resp = match sent {
                     Ok(r) => r,
+                    Err(ureq::Error::Status(code, _)) if token.is_some() => {
+                        return Err(Error::new(
+                            self.what(),
+                            format!("the token service {realm} refused the identity token (HTTP {code})"),
+                            "the identity token berth found (docker config identitytoken or a credential \
+                             helper's <token> answer) is wrong or expired: log in again",
+                        ))
+                    }
                     Err(ureq::Error::Status(code, _)) => {
                         return Err(Error::new(
                             self.what(),
