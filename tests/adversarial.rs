@@ -20,7 +20,6 @@ mod harness;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,17 +48,7 @@ fn user(name: &'static str) -> User {
 impl User {
     /// `program ARGS` as this user, with a plain environment.
     fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        c.args(args)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("HOME", &self.home)
-            .env("USER", self.name)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .current_dir("/")
-            .stdin(Stdio::null());
-        c
+        harness::as_user(program, args, (self.uid, self.gid), &self.home, self.name, Path::new("/"))
     }
 
     fn berth(&self, args: &[&str]) -> Command {

@@ -148,6 +148,29 @@ pub fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
     img
 }
 
+/// `program ARGS` as the user `name` (`ids`: uid, gid) with a plain login-like environment,
+/// in `cwd`, stdin closed: how every test runs berth as an ordinary user.
+pub fn as_user(
+    program: &Path,
+    args: &[&str],
+    ids: (u32, u32),
+    home: &Path,
+    name: &str,
+    cwd: &Path,
+) -> Command {
+    let mut c = Command::new(program);
+    c.args(args)
+        .uid(ids.0)
+        .gid(ids.1)
+        .env_clear()
+        .env("HOME", home)
+        .env("USER", name)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    c
+}
+
 pub fn mksquashfs(root: &Path, out: &Path) {
     let st = Command::new("mksquashfs")
         .arg(root)
@@ -185,17 +208,8 @@ impl World {
 
     /// `program ARGS` as the test user (e.g. berth under another name).
     pub fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        c.args(args)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("HOME", &self.home)
-            .env("USER", USER)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("TEST_HOST_MARK", "host")
-            .current_dir(&self.dir)
-            .stdin(Stdio::null());
+        let mut c = as_user(program, args, (self.uid, self.gid), &self.home, USER, &self.dir);
+        c.env("TEST_HOST_MARK", "host");
         c
     }
 
