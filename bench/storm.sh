@@ -77,6 +77,9 @@ holder() { # NAME CONFIG|- IMAGE: a held container for the user; privileged when
   echo "storm: holder $1 did not start: $(cat "$out")" >&2; exit 1
 }
 storm() { as_user "$work/berth" exec --join "$1" /bin/sh "$work/storm" "$2"; }
+# CPU time (user + system, in 1/100 s) the FUSE server has spent so far: what it takes from
+# the cores the imports run on. The newest server is the holder's just started.
+fuse_cpu() { awk '{print $14 + $15}' "/proc/$(pgrep -n -u "$uid" -x squashfuse_ll)/stat"; }
 separate() { # N: N `berth exec IMG python3` at once, ms
   local s; s=$(date +%s%N)
   for _ in $(seq "$1"); do as_user "$work/berth" exec "$img" python3 -c "import numpy, scipy" & done
@@ -88,7 +91,7 @@ cases=("directory (reference)" "squashfuse_ll (default)" "squashfuse_ll -o clone
        "squashfuse_ll -o max_threads=64" "squashfuse_ll -s (one thread)" "kernel squashfs (privileged)")
 confs=(- - "$work/clone_fd.toml" "$work/threads64.toml" "$work/single.toml" "$work/priv.toml")
 imgs=("$dir" "$img" "$img" "$img" "$img" "$img")
-declare -A cold warm
+declare -A cold warm fcold fwarm
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq "$rounds"); do
   for n in $sizes; do
@@ -96,7 +99,12 @@ for r in $(seq "$rounds"); do
       sync; echo 3 >/proc/sys/vm/drop_caches
       holder "storm-$i" "${confs[$i]}" "${imgs[$i]}"
       cold[$n,$i]+="$(storm "storm-$i" "$n") "
-      warm[$n,$i]+="$(storm "storm-$i" "$n") "
+      if [ "${imgs[$i]}" = "$img" ] && [ "${confs[$i]}" != "$work/priv.toml" ]; then
+        f=$(fuse_cpu); warm[$n,$i]+="$(storm "storm-$i" "$n") "
+        fcold[$n,$i]+="$f "; fwarm[$n,$i]+="$(( $(fuse_cpu) - f )) "
+      else
+        warm[$n,$i]+="$(storm "storm-$i" "$n") "
+      fi
       as_user "$work/berth" stop "storm-$i" >/dev/null 2>&1 || true; wait
     done
     if [ "$native" = 1 ]; then
@@ -115,15 +123,17 @@ echo "image: $img ($(du -m "$img" | cut -f1) MB, $(find "$dir" -type f | wc -l) 
 printf 'load average before: %s, after: %s\n' "$load" "$(cut -d' ' -f1-3 /proc/loadavg)"
 for n in $sizes; do
   printf '\nN = %s concurrent imports (%s rounds, median ms; ratio to the directory in the same run)\n' "$n" "$rounds"
-  printf '%-36s %8s %6s %8s %6s   %s\n' case cold ratio warm ratio "per-round cold / warm"
+  printf '%-36s %8s %6s %8s %6s %11s   %s\n' case cold ratio warm ratio "FUSE CPU ms" "per-round cold / warm"
   dc=$(med "${cold[$n,0]}"); dw=$(med "${warm[$n,0]}")
   rows=("${!cases[@]}"); [ "$native" = 1 ] && rows+=(native); rows+=(sep)
   for i in "${rows[@]}"; do
     case $i in native) label="native python3 on the host" ;; sep) label="$n separate berth exec (image)" ;; *) label=${cases[$i]} ;; esac
     c=$(med "${cold[$n,$i]}"); w=$(med "${warm[$n,$i]}")
-    printf '%-36s %8s %6s %8s %6s   %s / %s\n' "$label" "$c" "$(ratio "$c" "$dc")" "$w" "$(ratio "$w" "$dw")" \
-      "${cold[$n,$i]% }" "${warm[$n,$i]% }"
+    fc=-; [ -n "${fcold[$n,$i]:-}" ] && fc="$(( $(med "${fcold[$n,$i]}") * 10 ))/$(( $(med "${fwarm[$n,$i]}") * 10 ))"
+    printf '%-36s %8s %6s %8s %6s %11s   %s / %s\n' "$label" "$c" "$(ratio "$c" "$dc")" "$w" "$(ratio "$w" "$dw")" \
+      "$fc" "${cold[$n,$i]% }" "${warm[$n,$i]% }"
   done
 done
 [ "$native" = 1 ] || echo "(no numpy/scipy on the host: no native row)"
+echo "FUSE CPU ms: the squashfuse_ll server's CPU time during the cold / the warm storm (medians)"
 echo "goal: squashfuse at most 1.5x the directory, the kernel driver (privileged) 1.0x"
