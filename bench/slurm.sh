@@ -115,7 +115,7 @@ if [[ " $parts " == *" mpi "* ]]; then
     host+=("$(mpi_run "$work/berth-mpitest" "$work/allreduce")")
     img+=("$(mpi_run berth-mpitest "$work/allreduce-img" --container="$mpi_img")")
   done
-  printf '\n2-node MPI (srun --mpi=pmix -N2 -n2, Open MPI 4.1 over TCP between the nodes; %s rounds, medians)\n' "$mpiruns"
+  printf '\n2-node MPI (srun --mpi=pmix -N2 -n2, Open MPI 4.1; %s rounds, medians)\n' "$mpiruns"
   # Medians, and the best round of each side (least disturbed by the rest of a busy machine).
   printf '%-34s %9s %9s %6s %9s %9s %6s   %s\n' measure host image ratio "best host" image ratio "per-round host/image"
   names=("ping-pong latency (us, 8 B)" "ping-pong bandwidth (MB/s, 4 MiB)" "allreduce (us, 8 B)" "allreduce (us, 1 MiB)")
