@@ -357,18 +357,41 @@ pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> R
     }
     let pid = nix::unistd::Pid::from_raw(st.pid);
     signal(st.pid, nix::sys::signal::Signal::SIGTERM)?;
-    let t0 = std::time::Instant::now();
-    while proc::still_running(st.pid, st.start_time) {
-        if t0.elapsed() > grace {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if t0.elapsed() > grace * 2 {
-            break;
-        }
+    if !wait_gone(st.pid, st.start_time, grace) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        wait_gone(st.pid, st.start_time, grace);
     }
     let _ = std::fs::remove_file(record_path(cfg, uid, name));
     Ok(())
+}
+
+/// Wait at most `limit` for process `pid` (started at `start_time`) to end; true once it has.
+/// A holder is no child of ours (it was detached): its pidfd says when it ends, the moment it
+/// does, where polling `/proc` would add up to a whole poll period to every job's epilogue.
+fn wait_gone(pid: i32, start_time: u64, limit: std::time::Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    // Opened before the identity check: a pid reused after the check would otherwise give
+    // the descriptor of a stranger, whose end we would wait for.
+    let fd = process::pidfd(pid).ok();
+    loop {
+        if !proc::still_running(pid, start_time) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &fd {
+            Some(fd) => {
+                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], wait);
+            }
+            // Kernels before 5.3 have no pidfd_open.
+            None => std::thread::sleep(left.min(std::time::Duration::from_millis(2))),
+        }
+    }
 }
 
 /// The lock file guarding creation of holder `name`.
