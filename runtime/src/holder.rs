@@ -71,6 +71,7 @@ pub struct Spec {
     /// The container, as any front end asks for one (its action is not run: tasks join).
     pub request: Request,
     /// The program the first tasks will run, read into the page cache while they start.
+    /// Empty: the shell a shell action would run in the image (a job's batch shell).
     pub warm: Option<String>,
     /// Set when root starts the holder (a scheduler's root context): the user the container
     /// is for. The image is mounted with the kernel driver when the site allows it, then the
@@ -199,6 +200,8 @@ pub(crate) fn hold(
     }
     // Kept open across pivot_root: the state file is written once the container is complete.
     let dirfd = std::fs::File::open(&dir).map_err(|e| Error::io("cannot open", &dir, e))?;
+    // Read from the host's side, before the root changes.
+    let slow_image = container::slow_to_decompress(&plan.image);
     let mut entered = container::enter(plan)?;
     let state = HolderState {
         name: name.to_string(),
@@ -228,7 +231,18 @@ pub(crate) fn hold(
         .map(|st| (st.st_dev, st.st_ino))
     };
     let written = record_id(&dirfd);
-    if let Some(program) = warm {
+    // The job's shell comes from the image the first time each job starts: paged in by
+    // faults from a compressed image it costs several times one sequential read (tens of
+    // milliseconds for bash), so it is read ahead while the starter joins.
+    let shell = match warm {
+        Some("") if entered.fuse.is_some() && slow_image => {
+            container::action_argv(&crate::request::Action::Shell, &entered.meta, &entered.env)
+                .ok()
+                .and_then(|a| a.into_iter().next())
+        }
+        _ => None,
+    };
+    if let Some(program) = shell.as_deref().or(warm).filter(|p| !p.is_empty()) {
         container::warm_in_background(program, &entered.env, &entered.workdir);
     }
     if let Some(fd) = ready {
@@ -435,6 +449,8 @@ pub(crate) fn join_or_create(
                 // ranks, a loop of identical runs): read it ahead once.
                 let warm = match &plan.action {
                     crate::request::Action::Exec(argv) => argv.first().cloned(),
+                    // A scheduler's job shell (PBS): found in the image once it is mounted.
+                    crate::request::Action::Shell => Some(String::new()),
                     _ => None,
                 };
                 let spec = Spec { name: name.to_string(), request, warm, user: None };
