@@ -322,6 +322,167 @@ fn config_check_reports_prerequisites() {
     assert!(out.contains("ok   /dev/fuse"), "{out}");
 }
 
+/// `berth config check --pbs` on an emulated TORQUE node (a PBS_HOME laid out as
+/// packaging/torque/install.sh leaves it): the correct layout passes; each broken item is
+/// named with its fix, and the check fails.
+#[test]
+fn config_check_pbs_names_what_a_torque_node_lacks() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let node = w.path("pbs-check-node");
+    let _ = std::fs::remove_dir_all(&node);
+    let home = node.join("pbs_home");
+    let mom_priv = home.join("mom_priv");
+    let libexec = node.join("libexec");
+    for (d, mode) in [(&node, 0o755), (&home, 0o755), (&mom_priv, 0o751), (&libexec, 0o755)] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let starter = libexec.join("berth-pbs");
+    // A stand-in for the binary (which carries its own name, as this script does).
+    std::fs::write(&starter, "#!/bin/sh\n# berth-pbs stand-in\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = mom_priv.join("config");
+    let good_config = format!("$pbsserver srv\n$job_starter {}\n", starter.display());
+    let hooks = ["prologue", "epilogue", "prologue.parallel", "epilogue.parallel"];
+    let install = |config_text: &str| {
+        std::fs::write(&config, config_text).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for h in hooks {
+            let p = mom_priv.join(h);
+            let _ = std::fs::remove_file(&p);
+            std::fs::copy(&starter, &p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+    };
+    let check = || {
+        // As the administrator runs it: root reads the 0500 hook files.
+        let out = std::process::Command::new(&w.berth)
+            .args(["config", "check", "--pbs"])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("PBS_HOME", &home)
+            .env("PBS_CONF_FILE", node.join("no-pbs.conf"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    install(&good_config);
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("ok   TORQUE, PBS_HOME {}", home.display())), "{out}");
+    assert!(out.contains(&format!("$job_starter {}", starter.display())), "{out}");
+    assert!(out.contains("ok   $job_starter_run_privileged is not set"), "{out}");
+    for h in hooks {
+        assert!(out.contains(&format!("ok   {} (root's, mode 0500)", mom_priv.join(h).display())), "{out}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+
+    // Each broken item on its own: the line that names it, and a failed check.
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>, String);
+    let broken: Vec<Breakage> = vec![
+        (
+            "no $job_starter",
+            Box::new(|| install("$pbsserver srv\n")),
+            "FAIL {config}: no `$job_starter` line".replace("{config}", &config.display().to_string()),
+        ),
+        (
+            "another starter",
+            Box::new(|| install("$job_starter /usr/bin/env\n")),
+            format!("FAIL {}: $job_starter is /usr/bin/env, not berth-pbs", config.display()),
+        ),
+        (
+            "privileged starter",
+            Box::new(|| install(&format!("{good_config}$job_starter_run_privileged True\n"))),
+            format!("FAIL {}: $job_starter_run_privileged True", config.display()),
+        ),
+        (
+            "setuid starter",
+            Box::new(|| {
+                install(&good_config);
+                std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o4755)).unwrap();
+            }),
+            format!("FAIL berth-pbs {}: setuid/setgid", starter.display()),
+        ),
+        (
+            "epilogue missing",
+            Box::new(|| {
+                std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
+                install(&good_config);
+                std::fs::remove_file(mom_priv.join("epilogue")).unwrap();
+            }),
+            format!("FAIL {}: No such file", mom_priv.join("epilogue").display()),
+        ),
+        (
+            "prologue writable",
+            Box::new(|| {
+                install(&good_config);
+                std::fs::set_permissions(mom_priv.join("prologue"), std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
+            }),
+            format!("FAIL {}: mode 0755, not 0500 or 0700", mom_priv.join("prologue").display()),
+        ),
+        (
+            "epilogue.parallel not berth",
+            Box::new(|| {
+                install(&good_config);
+                let p = mom_priv.join("epilogue.parallel");
+                std::fs::remove_file(&p).unwrap();
+                std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }),
+            format!(
+                "FAIL {}: neither a copy of berth-pbs nor a script that runs it",
+                mom_priv.join("epilogue.parallel").display()
+            ),
+        ),
+    ];
+    for (what, breakit, line) in &broken {
+        breakit();
+        let (code, out, err) = check();
+        assert_ne!(code, Some(0), "{what}: {out}{err}");
+        assert!(out.contains(line.as_str()), "{what}: expected {line:?} in\n{out}");
+        assert_eq!(out.matches("FAIL").count(), 1, "{what}: only that item fails:\n{out}");
+        assert!(out.contains("     fix: "), "{what}: {out}");
+        assert!(err.contains("1 problem(s) found"), "{what}: {err}");
+    }
+    // A site's own epilogue script that calls berth-pbs is fine.
+    install(&good_config);
+    let p = mom_priv.join("epilogue");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, "#!/bin/sh\n/usr/libexec/berth/berth-pbs epilogue \"$@\"\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // OpenPBS: the hooks are on the server; the check says so instead of passing them.
+    let conf = node.join("pbs.conf");
+    std::fs::write(&conf, format!("PBS_EXEC=/opt/pbs\nPBS_HOME={}\n", home.display())).unwrap();
+    let out = std::process::Command::new(&w.berth)
+        .args(["config", "check", "--pbs"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PBS_CONF_FILE", &conf)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.contains(&format!("OpenPBS ({} names PBS_EXEC), PBS_HOME {}", conf.display(), home.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "note the hooks `berth` (execjob_launch) and `berth_end` (execjob_epilogue) live on the server"
+        ),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&node);
+}
+
 fn fixture(name: &str) -> Option<std::path::PathBuf> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sif").join(name);
     p.exists().then_some(p)

@@ -11,6 +11,7 @@ mod cmd_pull;
 mod generate;
 mod images;
 mod inspect;
+mod pbs_check;
 mod slurm_check;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -96,7 +97,13 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate berth.toml (BERTH_CONFIG overrides the path) and the node's prerequisites
-    Check,
+    Check {
+        /// Also what a TORQUE/OpenPBS execution host needs for berth-pbs: the mom config's
+        /// $job_starter, the prologue/epilogue files (PBS_HOME from the environment,
+        /// /etc/pbs.conf, or /var/spool/torque)
+        #[arg(long)]
+        pbs: bool,
+    },
     /// Print the effective configuration as TOML
     Show,
 }
@@ -394,7 +401,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             );
             Ok(0)
         }
-        Cmd::Config { what: ConfigCmd::Check } => config_check(&cfg, cfg_path),
+        Cmd::Config { what: ConfigCmd::Check { pbs } } => config_check(&cfg, cfg_path, pbs),
         Cmd::Build(_) | Cmd::Generate(_) | Cmd::Pull(_) | Cmd::Import(_) | Cmd::Cache { .. } => {
             Err(Error::request("berth", "internal error: dispatched twice", ""))
         }
@@ -469,7 +476,7 @@ fn exec_joined(cfg: &Config, name: &str, argv: Vec<String>) -> Result<i32, Error
     Err(session::join(cfg, name)?.exec(cfg, &host, &argv))
 }
 
-fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
+fn config_check(cfg: &Config, path: Option<PathBuf>, pbs: bool) -> Result<i32, Error> {
     match &path {
         Some(p) => println!("config: {} is valid", p.display()),
         None => {
@@ -510,7 +517,15 @@ fn config_check(cfg: &Config, path: Option<PathBuf>) -> Result<i32, Error> {
         ),
         "apt-get install squashfuse (or set `squashfuse` in berth.toml)",
     );
-    if let Some(so) = slurm_check::configured_plugin() {
+    if pbs {
+        for item in pbs_check::items() {
+            match item {
+                pbs_check::Item::Ok(what) => check(true, what, ""),
+                pbs_check::Item::Problem(what, fix) => check(false, what, &fix),
+                pbs_check::Item::Note(what) => println!("note {what}"),
+            }
+        }
+    } else if let Some(so) = slurm_check::configured_plugin() {
         match (slurm_check::plugin_release(&so), slurm_check::running_release()) {
             (Err(e), _) => check(false, format!("Slurm plugin: {e}"), "reinstall berth-slurm"),
             (Ok(built), running) => {

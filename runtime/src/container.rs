@@ -201,7 +201,7 @@ pub(crate) fn warm_in_background(program: &str, env: &Env, workdir: &Path) {
 /// decompresses a whole block again. With lz4, lzo or uncompressed data a fault is cheap, and
 /// reading the whole program only copies it twice through the FUSE server on a CPU the
 /// program itself could use.
-fn slow_to_decompress(image: &crate::image::Image) -> bool {
+pub(crate) fn slow_to_decompress(image: &crate::image::Image) -> bool {
     use crate::image::{squashfs, FsType, RootFs};
     /// SQUASHFS_NOD: data blocks stored uncompressed (`mksquashfs -noD`).
     const DATA_UNCOMPRESSED: u16 = 1 << 1;

@@ -71,6 +71,7 @@ pub struct Spec {
     /// The container, as any front end asks for one (its action is not run: tasks join).
     pub request: Request,
     /// The program the first tasks will run, read into the page cache while they start.
+    /// Empty: the shell a shell action would run in the image (a job's batch shell).
     pub warm: Option<String>,
     /// Set when root starts the holder (a scheduler's root context): the user the container
     /// is for. The image is mounted with the kernel driver when the site allows it, then the
@@ -199,6 +200,8 @@ pub(crate) fn hold(
     }
     // Kept open across pivot_root: the state file is written once the container is complete.
     let dirfd = std::fs::File::open(&dir).map_err(|e| Error::io("cannot open", &dir, e))?;
+    // Read from the host's side, before the root changes.
+    let slow_image = container::slow_to_decompress(&plan.image);
     let mut entered = container::enter(plan)?;
     let state = HolderState {
         name: name.to_string(),
@@ -228,7 +231,18 @@ pub(crate) fn hold(
         .map(|st| (st.st_dev, st.st_ino))
     };
     let written = record_id(&dirfd);
-    if let Some(program) = warm {
+    // The job's shell comes from the image the first time each job starts: paged in by
+    // faults from a compressed image it costs several times one sequential read (tens of
+    // milliseconds for bash), so it is read ahead while the starter joins.
+    let shell = match warm {
+        Some("") if entered.fuse.is_some() && slow_image => {
+            container::action_argv(&crate::request::Action::Shell, &entered.meta, &entered.env)
+                .ok()
+                .and_then(|a| a.into_iter().next())
+        }
+        _ => None,
+    };
+    if let Some(program) = shell.as_deref().or(warm).filter(|p| !p.is_empty()) {
         container::warm_in_background(program, &entered.env, &entered.workdir);
     }
     if let Some(fd) = ready {
@@ -357,18 +371,41 @@ pub fn stop(cfg: &Config, uid: u32, name: &str, grace: std::time::Duration) -> R
     }
     let pid = nix::unistd::Pid::from_raw(st.pid);
     signal(st.pid, nix::sys::signal::Signal::SIGTERM)?;
-    let t0 = std::time::Instant::now();
-    while proc::still_running(st.pid, st.start_time) {
-        if t0.elapsed() > grace {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if t0.elapsed() > grace * 2 {
-            break;
-        }
+    if !wait_gone(st.pid, st.start_time, grace) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        wait_gone(st.pid, st.start_time, grace);
     }
     let _ = std::fs::remove_file(record_path(cfg, uid, name));
     Ok(())
+}
+
+/// Wait at most `limit` for process `pid` (started at `start_time`) to end; true once it has.
+/// A holder is no child of ours (it was detached): its pidfd says when it ends, the moment it
+/// does, where polling `/proc` would add up to a whole poll period to every job's epilogue.
+fn wait_gone(pid: i32, start_time: u64, limit: std::time::Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    // Opened before the identity check: a pid reused after the check would otherwise give
+    // the descriptor of a stranger, whose end we would wait for.
+    let fd = process::pidfd(pid).ok();
+    loop {
+        if !proc::still_running(pid, start_time) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &fd {
+            Some(fd) => {
+                let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let _ = poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], wait);
+            }
+            // Kernels before 5.3 have no pidfd_open.
+            None => std::thread::sleep(left.min(std::time::Duration::from_millis(2))),
+        }
+    }
 }
 
 /// The lock file guarding creation of holder `name`.
@@ -412,6 +449,8 @@ pub(crate) fn join_or_create(
                 // ranks, a loop of identical runs): read it ahead once.
                 let warm = match &plan.action {
                     crate::request::Action::Exec(argv) => argv.first().cloned(),
+                    // A scheduler's job shell (PBS): found in the image once it is mounted.
+                    crate::request::Action::Shell => Some(String::new()),
                     _ => None,
                 };
                 let spec = Spec { name: name.to_string(), request, warm, user: None };
