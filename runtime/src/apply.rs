@@ -63,7 +63,7 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     }
                 }
             }
-            Step::Overlay { lower, upper, work, at } => {
+            Step::Overlay { lower, upper, work, at, persistent } => {
                 // overlayfs clones the upper layer's mount, which the unbindable staging mount
                 // forbids: the layers get a tmpfs of their own.
                 let layers = upper.parent().unwrap_or(upper);
@@ -80,19 +80,39 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 }
                 finished = finish_injection(plan, lower)?;
                 prepare_mount_points(plan, finished.as_ref(), sys, lower, upper)?;
-                let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},userxattr",
-                    lower.display(),
-                    upper.display(),
-                    work.display()
-                );
+                let opts = match persistent {
+                    None => format!(
+                        "lowerdir={},upperdir={},workdir={},userxattr",
+                        lower.display(),
+                        upper.display(),
+                        work.display()
+                    ),
+                    Some(dir) => {
+                        // The mount points stay in the tmpfs layer, now read-only above the
+                        // image, so that DIR keeps only what the user changed.
+                        let (kept, scratch) = (crate::overlay::upper(dir), crate::overlay::work(dir));
+                        sys.mkdir_all(&kept)?;
+                        sys.mkdir_all(&scratch)?;
+                        format!(
+                            "lowerdir={}:{},upperdir={},workdir={},userxattr",
+                            upper.display(),
+                            lower.display(),
+                            kept.display(),
+                            scratch.display()
+                        )
+                    }
+                };
                 sys.mount(
                     Some(Path::new("overlay")),
                     at,
                     Some("overlay"),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     Some(&opts),
-                )?;
+                )
+                .map_err(|e| match persistent {
+                    Some(dir) => overlay_error(dir, e),
+                    None => e,
+                })?;
             }
             Step::Dev { nodes, dirs } => {
                 let dev = sys.resolve_in_root(&root, Path::new("/dev"))?;
@@ -172,6 +192,19 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The kernel's refusal to mount a persistent overlay, with what the user can do about it.
+fn overlay_error(dir: &Path, e: Error) -> Error {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    Error::request(
+        format!("--overlay {}", dir.display()),
+        format!("the kernel (Linux {release}) refused the overlay mount: {e}"),
+        "unprivileged overlays need Linux 5.11 or later and a local filesystem with user extended \
+         attributes for DIR; an overlay directory made by another tool (e.g. Apptainer as root, with \
+         trusted.* attributes) cannot be reused: start from an empty directory",
+    )
 }
 
 /// The plan's injection checked against and completed for the image at `image_root` (not a

@@ -21,6 +21,7 @@ pub mod container;
 pub mod env;
 pub mod holder;
 pub mod metadata;
+pub mod overlay;
 pub mod plan;
 pub(crate) mod privileged;
 pub mod scheduler;

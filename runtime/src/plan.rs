@@ -101,12 +101,16 @@ pub enum Step {
         at: PathBuf,
     },
     /// Overlay over the read-only image so mount points can be created for destinations the
-    /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer.
+    /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer. With
+    /// `persistent` (`--overlay DIR`), the tmpfs layer holding the mount points becomes a
+    /// lower layer and `DIR/upper` the writable one, so only the user's changes are kept.
     Overlay {
         lower: PathBuf,
         upper: PathBuf,
         work: PathBuf,
         at: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        persistent: Option<PathBuf>,
     },
     /// A minimal `/dev`: tmpfs plus the host's standard nodes.
     Dev {
@@ -300,11 +304,19 @@ pub fn plan(
     let state_dir = cfg.state_dir_for(host.user.uid);
     let staging = state_dir.join("mnt");
     let mut steps = image_steps(image, cfg, host, &staging)?;
+    if req.overlay.is_some() && req.writable_tmpfs {
+        return Err(Error::request(
+            "--overlay with --writable-tmpfs",
+            "the two writable layers exclude each other: --overlay keeps the changes, --writable-tmpfs throws them away",
+            "give one of them",
+        ));
+    }
     steps.push(Step::Overlay {
         lower: staging.join("image"),
         upper: staging.join("overlay/upper"),
         work: staging.join("overlay/work"),
         at: staging.join("root"),
+        persistent: req.overlay.as_ref().map(|d| absolute(d, host)),
     });
 
     // Kernel interfaces and a minimal /dev.
@@ -392,7 +404,7 @@ pub fn plan(
         entry: format!("{}:x:{}:", group_name, u.gid),
     });
 
-    if !req.writable_tmpfs {
+    if !req.writable_tmpfs && req.overlay.is_none() {
         steps.push(Step::ReadonlyRoot);
     }
     steps.push(Step::PivotRoot);
@@ -435,7 +447,7 @@ pub fn plan(
         workdir,
         workdir_required,
         action: req.action.clone(),
-        writable: req.writable_tmpfs,
+        writable: req.writable_tmpfs || req.overlay.is_some(),
         remap_root: req.remap_root,
     })
 }
@@ -540,9 +552,16 @@ impl fmt::Display for Plan {
                     path.display(),
                     at.display()
                 )?,
-                Step::Overlay { at, .. } => {
+                Step::Overlay { at, persistent: None, .. } => {
                     writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?
                 }
+                Step::Overlay { at, persistent: Some(dir), .. } => writeln!(
+                    f,
+                    "overlay (kept upper {}, work {}) on {} as the new root",
+                    crate::overlay::upper(dir).display(),
+                    crate::overlay::work(dir).display(),
+                    at.display()
+                )?,
                 Step::Dev { nodes, dirs } => writeln!(
                     f,
                     "minimal /dev: {} nodes, {} dirs ({})",
@@ -782,6 +801,24 @@ pub(crate) mod tests {
         assert!(!binds(&p).iter().any(|(s, _)| s == "/home/alice"));
         assert!(!p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
         assert_eq!(p.workdir, vec![PathBuf::from("/")]);
+    }
+
+    #[test]
+    fn overlay_dir_is_the_kept_writable_layer_and_excludes_writable_tmpfs() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.overlay = Some("ovl".into());
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        match &p.steps[2] {
+            Step::Overlay { persistent, .. } => {
+                assert_eq!(persistent.as_deref(), Some(Path::new("/scratch/alice/run1/ovl")))
+            }
+            s => panic!("unexpected {s:?}"),
+        }
+        assert!(p.writable && !p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
+        assert!(p.to_string().contains("kept upper /scratch/alice/run1/ovl/upper"), "{p}");
+        req.writable_tmpfs = true;
+        let e = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap_err().to_string();
+        assert!(e.contains("--overlay with --writable-tmpfs"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct Request {
     pub mount_home: bool,
     /// A throwaway writable layer over the image.
     pub writable_tmpfs: bool,
+    /// `--overlay DIR`: the user's host directory as the writable layer over the image, kept
+    /// after the run (`DIR/upper`, `DIR/work`); excludes `writable_tmpfs`.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
     /// `--mpi=hybrid|host|none`; None: the site default.
     pub mpi: Option<crate::inject::MpiMode>,
     /// `--nv`: the host's NVIDIA driver stack and the job's GPUs.
@@ -125,6 +129,7 @@ impl Request {
             workdir: None,
             mount_home: true,
             writable_tmpfs: false,
+            overlay: None,
             mpi: None,
             nvidia: false,
             remap_root: false,

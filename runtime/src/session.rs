@@ -47,8 +47,11 @@ pub fn prepare(cfg: &Config, req: Request) -> Result<Prepared> {
 }
 
 /// Prepare `req` for an image the caller opened (and checked) itself.
-pub fn prepare_opened(cfg: &Config, req: Request, img: Image) -> Result<Prepared> {
+pub fn prepare_opened(cfg: &Config, mut req: Request, img: Image) -> Result<Prepared> {
     let host = HostFacts::probe()?;
+    if let Some(dir) = &req.overlay {
+        req.overlay = Some(crate::overlay::check_dir(dir, host.user.uid)?);
+    }
     let injected = inject::discover_for_request(cfg, &req)?;
     let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;
     Ok(Prepared { request: req, image: img, host, plan })
@@ -164,8 +167,15 @@ pub fn run(cfg: &Config, req: Request, share: bool) -> Result<Ended> {
             return run_shared_rank(cfg, req, launcher);
         }
     }
-    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
-    if share && cfg.keep_warm_seconds > 0 && !req.writable_tmpfs && !matches!(req.action, Action::Shell) {
+    // A throwaway writable layer is this run's alone; a kept one (--overlay) must not stay
+    // mounted after the run, where a later run with other options would mount the same
+    // DIR a second time; an interactive shell is long anyway.
+    if share
+        && cfg.keep_warm_seconds > 0
+        && !req.writable_tmpfs
+        && req.overlay.is_none()
+        && !matches!(req.action, Action::Shell)
+    {
         return run_warm(cfg, req);
     }
     prepare(cfg, req)?.run()
