@@ -828,7 +828,7 @@ fn apptainer_options_berth_cannot_honour_are_refused_with_what_to_use() {
     for (args, needles) in [
         (&["exec", "--fakeroot"][..], &["berth does not support --fakeroot", "berth build"][..]),
         (&["exec", "--writable"], &["berth does not support --writable", "--overlay DIR"]),
-        (&["run", "--rocm"], &["berth does not support --rocm", "--bind"]),
+        (&["run", "--nvccli"], &["berth does not support --nvccli", "use --nv"]),
     ] {
         let args: Vec<&str> = args.iter().copied().chain([w.image(), "touch", "/tmp/ran"]).collect();
         usage_error(&w.run(&args), needles);

@@ -53,7 +53,6 @@ const REFUSED: &[Refused] = &[
         true,
         "berth.toml's [binds] decides the default binds; see --no-home and --contain",
     ),
-    refused("rocm", None, false, "--bind the host's ROCm libraries and /dev/kfd,/dev/dri"),
     refused("nvccli", None, false, "use --nv"),
     refused("app", None, true, "run the app's command with `berth exec IMAGE COMMAND`"),
     refused("net", Some('n'), false, HOST_NS),

@@ -35,7 +35,10 @@ pub fn host(plan: Option<berth_runtime::inject::InjectPlan>, json: bool) -> Resu
         println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
         return Ok(0);
     }
-    println!("host injection for this node (mpi: {:?}, nvidia: {}):", plan.mpi, plan.nvidia);
+    println!(
+        "host injection for this node (mpi: {:?}, nvidia: {}, rocm: {}):",
+        plan.mpi, plan.nvidia, plan.rocm
+    );
     for i in &plan.items {
         println!("  {} -> {}  [{}]", i.host_path.display(), i.container_path.display(), i.why);
     }

@@ -152,6 +152,9 @@ struct ContainerOpts {
     /// Bind the host's NVIDIA driver stack and the job's GPUs
     #[arg(long)]
     nv: bool,
+    /// Bind the host's AMD GPUs (/dev/kfd, the job's /dev/dri nodes) and ROCm libraries
+    #[arg(long)]
+    rocm: bool,
     /// Print the plan (every mount, file and env rule) instead of running
     #[arg(long)]
     dry_run: bool,
@@ -429,6 +432,7 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     }
     req.mpi = opts.mpi;
     req.nvidia = opts.nv;
+    req.rocm = opts.rocm;
     Ok(req)
 }
 

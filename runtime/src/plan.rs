@@ -580,8 +580,8 @@ impl fmt::Display for Plan {
                 Step::Inject { plan } => {
                     writeln!(
                         f,
-                        "host injection (mpi: {:?}, nvidia: {}), after checking the image:",
-                        plan.mpi, plan.nvidia
+                        "host injection (mpi: {:?}, nvidia: {}, rocm: {}), after checking the image:",
+                        plan.mpi, plan.nvidia, plan.rocm
                     )?;
                     for i in &plan.items {
                         writeln!(

@@ -110,6 +110,9 @@ pub struct Request {
     pub mpi: Option<crate::inject::MpiMode>,
     /// `--nv`: the host's NVIDIA driver stack and the job's GPUs.
     pub nvidia: bool,
+    /// `--rocm`: the host's AMD GPU devices and ROCm libraries, the job's GPUs only.
+    #[serde(default)]
+    pub rocm: bool,
     /// Appear as uid/gid 0 inside (pyxis' `--container-remap-root`): the user namespace maps
     /// 0 to the user's own ids, so no privilege is gained outside.
     #[serde(default)]
@@ -132,6 +135,7 @@ impl Request {
             overlay: None,
             mpi: None,
             nvidia: false,
+            rocm: false,
             remap_root: false,
         }
     }

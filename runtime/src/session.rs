@@ -206,11 +206,17 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     serde_json::to_string(&key).unwrap_or_default().hash(&mut h);
     toml::to_string(cfg).unwrap_or_default().hash(&mut h);
     stat(&cfg.inject.host_root.join("etc/ld.so.cache")).hash(&mut h);
-    for var in ["SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"] {
+    for var in [
+        "SLURM_STEP_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_MPS_PIPE_DIRECTORY",
+        "ROCR_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+    ] {
         std::env::var_os(var).hash(&mut h);
     }
     // What the plan before discovery does not show: the injection asked for, --cleanenv.
-    format!("{:?} {:?}", req.mpi, req.nvidia).hash(&mut h);
+    format!("{:?} {:?} {:?}", req.mpi, req.nvidia, req.rocm).hash(&mut h);
     (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
     let name = format!("warm-{:016x}", h.finish());
     let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
