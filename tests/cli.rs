@@ -289,6 +289,43 @@ fn overlay_dir_keeps_changes_across_runs_and_only_with_the_flag() {
 }
 
 #[test]
+fn overlay_dir_through_fuse_overlayfs_where_the_kernel_cannot() {
+    // Kernels before 5.11 refuse overlayfs in a user namespace; the site's
+    // overlay_mount = "fuse" takes the same path berth falls back to there.
+    let w = world();
+    if std::process::Command::new("sh")
+        .args(["-c", "command -v fuse-overlayfs"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        panic!("fuse-overlayfs is missing: scripts/install-deps.sh installs it");
+    }
+    let d = overlay_dir(w, "ovl-fuse");
+    let ovl = d.to_str().unwrap();
+    let cfg = w.path("ovl-fuse.toml");
+    std::fs::write(&cfg, "overlay_mount = \"fuse\"\n").unwrap();
+    let run = |args: &[&str]| harness::Out(w.berth(args).env("BERTH_CONFIG", &cfg).output().unwrap());
+    let dry = run(&["exec", "--dry-run", "-o", ovl, w.image(), "true"]).ok();
+    assert!(dry.contains("; fuse-overlayfs)"), "{dry}");
+    let out =
+        run(&["exec", "-o", ovl, w.image(), "sh", "-c", "mkdir -p /state && echo x > /state/new && echo ok"])
+            .ok();
+    assert_eq!(out, "ok\n");
+    assert_eq!(std::fs::read_to_string(d.join("upper/state/new")).unwrap(), "x\n", "written through to DIR");
+    assert_eq!(run(&["exec", "-o", ovl, w.image(), "cat", "/state/new"]).ok(), "x\n");
+    // The kernel's overlay reads what fuse-overlayfs kept, and the other way round.
+    assert_eq!(w.run(&["exec", "-o", ovl, w.image(), "cat", "/state/new"]).ok(), "x\n");
+    assert!(mounts_mentioning(&d).is_empty());
+    let left: Vec<String> = w.user_processes().into_iter().filter(|p| p.contains("fuse-overlayfs")).collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A missing server is one clear message.
+    std::fs::write(&cfg, "overlay_mount = \"fuse\"\nfuse_overlayfs = \"/nonexistent/fuse-overlayfs\"\n")
+        .unwrap();
+    run(&["exec", "-o", ovl, w.image(), "true"])
+        .fails_with(&["cannot start /nonexistent/fuse-overlayfs", "install fuse-overlayfs"]);
+}
+
+#[test]
 fn overlay_dirs_that_cannot_serve_are_refused_and_left_unchanged() {
     let w = world();
     let missing = w.path("ovl-missing");

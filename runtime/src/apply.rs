@@ -80,39 +80,24 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 }
                 finished = finish_injection(plan, lower)?;
                 prepare_mount_points(plan, finished.as_ref(), sys, lower, upper)?;
-                let opts = match persistent {
-                    None => format!(
-                        "lowerdir={},upperdir={},workdir={},userxattr",
-                        lower.display(),
-                        upper.display(),
-                        work.display()
-                    ),
-                    Some(dir) => {
-                        // The mount points stay in the tmpfs layer, now read-only above the
-                        // image, so that DIR keeps only what the user changed.
-                        let (kept, scratch) = (crate::overlay::upper(dir), crate::overlay::work(dir));
-                        sys.mkdir_all(&kept)?;
-                        sys.mkdir_all(&scratch)?;
-                        format!(
-                            "lowerdir={}:{},upperdir={},workdir={},userxattr",
-                            upper.display(),
+                match persistent {
+                    None => {
+                        let opts = format!(
+                            "lowerdir={},upperdir={},workdir={},userxattr",
                             lower.display(),
-                            kept.display(),
-                            scratch.display()
-                        )
+                            upper.display(),
+                            work.display()
+                        );
+                        sys.mount(
+                            Some(Path::new("overlay")),
+                            at,
+                            Some("overlay"),
+                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                            Some(&opts),
+                        )?;
                     }
-                };
-                sys.mount(
-                    Some(Path::new("overlay")),
-                    at,
-                    Some("overlay"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(&opts),
-                )
-                .map_err(|e| match persistent {
-                    Some(dir) => overlay_error(dir, e),
-                    None => e,
-                })?;
+                    Some(kept) => mount_kept_layer(sys, kept, lower, upper, at)?,
+                }
             }
             Step::Dev { nodes, dirs } => {
                 let dev = sys.resolve_in_root(&root, Path::new("/dev"))?;
@@ -192,6 +177,56 @@ pub fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mount the overlay whose writable layer is the user's directory: the mount points stay in
+/// the tmpfs layer `mount_points`, now read-only above the image, so that the directory keeps
+/// only what the user changed.
+fn mount_kept_layer(
+    sys: &mut dyn MountOps,
+    kept: &crate::plan::KeptLayer,
+    image: &Path,
+    mount_points: &Path,
+    at: &Path,
+) -> Result<()> {
+    use crate::config::OverlayMount;
+    let (upper, work) = (crate::overlay::upper(&kept.dir), crate::overlay::work(&kept.dir));
+    sys.mkdir_all(&upper)?;
+    sys.mkdir_all(&work)?;
+    let layers = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        mount_points.display(),
+        image.display(),
+        upper.display(),
+        work.display()
+    );
+    let kernel = |sys: &mut dyn MountOps| {
+        sys.mount(
+            Some(Path::new("overlay")),
+            at,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&format!("{layers},userxattr")),
+        )
+    };
+    match kept.via {
+        OverlayMount::Kernel => kernel(sys).map_err(|e| overlay_error(&kept.dir, e)),
+        OverlayMount::Fuse => sys.start_fuse_overlay(&kept.fuse_program, &layers, at),
+        OverlayMount::Auto => match kernel(sys) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                tracing::debug!("kernel overlayfs refused ({refused}); trying {}", kept.fuse_program);
+                sys.start_fuse_overlay(&kept.fuse_program, &layers, at).map_err(|fuse| {
+                    Error::request(
+                        format!("--overlay {}", kept.dir.display()),
+                        format!("the kernel refused the overlay ({refused}) and so did fuse-overlayfs ({fuse})"),
+                        "unprivileged overlays need Linux 5.11 or later, or fuse-overlayfs; and DIR on a local \
+                         filesystem with user extended attributes",
+                    )
+                })
+            }
+        },
+    }
 }
 
 /// The kernel's refusal to mount a persistent overlay, with what the user can do about it.

@@ -84,6 +84,14 @@ pub fn check_dir(dir: &Path, uid: u32) -> Result<PathBuf> {
         }
         _ => bad(dir, format!("cannot be reached: {e}"), ""),
     })?;
+    // overlayfs separates its layers with ':' and its options with ','.
+    if canonical.to_string_lossy().contains([':', ',', '\\']) {
+        return Err(bad(
+            dir,
+            format!("{} contains ':', ',' or '\\', which overlay options cannot carry", canonical.display()),
+            "use a directory whose path has none of them",
+        ));
+    }
     let meta = std::fs::metadata(&canonical).map_err(|e| bad(dir, format!("cannot be read: {e}"), ""))?;
     if !meta.is_dir() {
         return Err(bad(dir, "is not a directory", "give a directory of yours"));
@@ -157,6 +165,8 @@ mod tests {
         std::fs::write(t.path().join("f"), "").unwrap();
         assert!(check_dir(&t.path().join("f"), me).unwrap_err().to_string().contains("image-file overlays"));
         assert!(check_dir(&t.path().join("o.img"), me).unwrap_err().to_string().contains("image-file"));
+        std::fs::create_dir(t.path().join("a,b")).unwrap();
+        assert!(check_dir(&t.path().join("a,b"), me).unwrap_err().to_string().contains("overlay options"));
         std::fs::write(t.path().join("upper"), "").unwrap();
         let e = check_dir(t.path(), me).unwrap_err().to_string();
         assert!(e.contains("upper exists and is not a directory"), "{e}");

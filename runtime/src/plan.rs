@@ -87,6 +87,15 @@ pub enum ImageMount {
     Directory { path: PathBuf },
 }
 
+/// The user's directory as the kept writable layer (`--overlay DIR`) and how to mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptLayer {
+    pub dir: PathBuf,
+    pub via: crate::config::OverlayMount,
+    /// The fuse-overlayfs program, for `via` auto and fuse.
+    pub fuse_program: String,
+}
+
 /// One mount-namespace operation, in order. Container paths are relative to the new root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
@@ -109,8 +118,8 @@ pub enum Step {
         upper: PathBuf,
         work: PathBuf,
         at: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        persistent: Option<PathBuf>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        persistent: Option<KeptLayer>,
     },
     /// A minimal `/dev`: tmpfs plus the host's standard nodes.
     Dev {
@@ -316,7 +325,11 @@ pub fn plan(
         upper: staging.join("overlay/upper"),
         work: staging.join("overlay/work"),
         at: staging.join("root"),
-        persistent: req.overlay.as_ref().map(|d| absolute(d, host)),
+        persistent: req.overlay.as_ref().map(|d| KeptLayer {
+            dir: absolute(d, host),
+            via: cfg.overlay_mount,
+            fuse_program: cfg.fuse_overlayfs.clone(),
+        }),
     });
 
     // Kernel interfaces and a minimal /dev.
@@ -555,11 +568,16 @@ impl fmt::Display for Plan {
                 Step::Overlay { at, persistent: None, .. } => {
                     writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?
                 }
-                Step::Overlay { at, persistent: Some(dir), .. } => writeln!(
+                Step::Overlay { at, persistent: Some(k), .. } => writeln!(
                     f,
-                    "overlay (kept upper {}, work {}) on {} as the new root",
-                    crate::overlay::upper(dir).display(),
-                    crate::overlay::work(dir).display(),
+                    "overlay (kept upper {}, work {}; {}) on {} as the new root",
+                    crate::overlay::upper(&k.dir).display(),
+                    crate::overlay::work(&k.dir).display(),
+                    match k.via {
+                        crate::config::OverlayMount::Auto => "kernel overlayfs, else fuse-overlayfs",
+                        crate::config::OverlayMount::Kernel => "kernel overlayfs",
+                        crate::config::OverlayMount::Fuse => "fuse-overlayfs",
+                    },
                     at.display()
                 )?,
                 Step::Dev { nodes, dirs } => writeln!(
@@ -809,9 +827,10 @@ pub(crate) mod tests {
         req.overlay = Some("ovl".into());
         let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
         match &p.steps[2] {
-            Step::Overlay { persistent, .. } => {
-                assert_eq!(persistent.as_deref(), Some(Path::new("/scratch/alice/run1/ovl")))
-            }
+            Step::Overlay { persistent, .. } => assert_eq!(
+                persistent.as_ref().map(|k| k.dir.as_path()),
+                Some(Path::new("/scratch/alice/run1/ovl"))
+            ),
             s => panic!("unexpected {s:?}"),
         }
         assert!(p.writable && !p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
