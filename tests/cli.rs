@@ -253,6 +253,11 @@ fn overlay_dir_keeps_changes_across_runs_and_only_with_the_flag() {
     // Without the flag the image is as built and read-only.
     let out = w.run(&["exec", w.image(), "sh", "-c", "cat /f 2>&1; touch /g 2>&1; true"]).ok();
     assert!(out.contains("No such file") && out.contains("Read-only file system"), "{out}");
+    // A container kept warm by a plain run is not joined by an overlay run of the same
+    // command, nor the other way round.
+    assert_ne!(w.run(&["exec", w.image(), "cat", "/f"]).code(), Some(0));
+    assert_eq!(w.run(&["exec", "-o", ovl, w.image(), "cat", "/f"]).ok(), "y\n");
+    assert_ne!(w.run(&["exec", w.image(), "cat", "/f"]).code(), Some(0));
     // Apptainer's layout, owned by the user; the mount points made for binds ($HOME, the
     // current directory, /etc/passwd) are not left in it.
     let mut top: Vec<String> = std::fs::read_dir(d.join("upper"))
