@@ -409,6 +409,41 @@ mod tests {
         assert_eq!(rec.ops[n - 1], "pivot_root /tmp/berth-1001/mnt/root");
     }
 
+    /// `--overlay DIR`: mount points go to the tmpfs layer, which becomes a lower layer above
+    /// the image; DIR/upper is the writable layer; the root stays writable.
+    #[test]
+    fn kept_overlay_layers_and_mount_points() {
+        for (via, expect) in [
+            (crate::config::OverlayMount::Auto, "mount overlay /tmp/berth-1001/mnt/root overlay"),
+            (crate::config::OverlayMount::Fuse, "fuse-overlay fuse-overlayfs "),
+        ] {
+            let mut req = Request::new("app.sif".into(), Action::Shell);
+            req.overlay = Some("/data/ovl".into());
+            let cfg = Config { overlay_mount: via, ..Config::default() };
+            let plan = crate::plan::plan(&req, &sqfs_image(), &cfg, &facts(), None).unwrap();
+            let mut rec = Recorder::default();
+            apply(&plan, &mut rec).unwrap();
+            let ops = rec.ops.join("\n");
+            let pos =
+                |needle: &str| ops.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{ops}"));
+            let layers = "lowerdir=/tmp/berth-1001/mnt/overlay/upper:/tmp/berth-1001/mnt/image,\
+                          upperdir=/data/ovl/upper,workdir=/data/ovl/work";
+            assert!(pos("mkdir /data/ovl/upper") < pos(expect) && pos("mkdir /data/ovl/work") < pos(expect));
+            assert!(pos("touch /tmp/berth-1001/mnt/overlay/upper/etc/hosts") < pos(expect), "{ops}");
+            assert!(ops.contains(layers), "{ops}");
+            // The kernel needs user xattrs in a user namespace; fuse-overlayfs has no such option.
+            assert_eq!(
+                ops.contains(&format!("{layers},userxattr")),
+                via == crate::config::OverlayMount::Auto
+            );
+            assert!(!ops.contains("touch /data/ovl") && !ops.contains("mkdir /data/ovl/upper/"), "{ops}");
+            assert!(
+                !ops.contains("attrs /tmp/berth-1001/mnt/root rec=false Attrs { readonly: true"),
+                "{ops}"
+            );
+        }
+    }
+
     /// `-B ~/dir:/etc` where `~/dir` has no passwd/group: nothing is created in the host
     /// directory (no empty mount-point files), and the rest of the container still starts.
     #[test]
