@@ -45,11 +45,11 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "kebab-case")]
 pub enum GpuSelection {
     /// From the scheduler: `SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, else a numeric
-    /// `CUDA_VISIBLE_DEVICES`, else all.
+    /// `CUDA_VISIBLE_DEVICES` (AMD: `ROCR_VISIBLE_DEVICES`, `HIP_VISIBLE_DEVICES`), else all.
     #[default]
     FromEnvironment,
     All,
-    /// `/dev/nvidiaN` minors.
+    /// `/dev/nvidiaN` minors; for AMD GPUs render-node numbers (128 on) or positions.
     Minors(Vec<u32>),
 }
 
