@@ -142,11 +142,12 @@ pub enum Opt {
     EntrypointLog,
     Mpi,
     Nv,
+    Rocm,
 }
 
 impl Opt {
     /// name, argument (None for flags), usage.
-    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 18] = [
+    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 19] = [
         (Opt::Image, "container-image", Some("IMAGE"), "[berth] image file to run the step in (same as --container)"),
         (Opt::Mounts, "container-mounts", Some("SRC[:DST[:ro|rw]][,...]"), "[berth] bind mount host paths into the container"),
         (Opt::Workdir, "container-workdir", Some("DIR"), "[berth] working directory inside the container"),
@@ -165,6 +166,7 @@ impl Opt {
         (Opt::EntrypointLog, "container-entrypoint-log", None, "[berth] show the entrypoint's output (berth runs no entrypoint: no effect)"),
         (Opt::Mpi, "container-mpi", Some("hybrid|host|none"), "[berth] MPI model: the image's MPI over the host fabric (hybrid), the host's MPI (host), or nothing injected (none)"),
         (Opt::Nv, "container-nv", None, "[berth] the host's NVIDIA driver and the step's GPUs (automatic when the step has GPUs)"),
+        (Opt::Rocm, "container-rocm", None, "[berth] the host's AMD GPU devices and ROCm libraries, the step's GPUs only (automatic when the step has GPUs on an AMD node)"),
     ];
 
     pub fn from_val(val: i32) -> Option<Opt> {
@@ -191,6 +193,7 @@ pub struct UserOpts {
     pub entrypoint_log: bool,
     pub mpi: Option<MpiMode>,
     pub nv: bool,
+    pub rocm: bool,
 }
 
 impl UserOpts {
@@ -279,6 +282,7 @@ impl UserOpts {
             Opt::EntrypointLog => self.entrypoint_log = true,
             Opt::Mpi => self.mpi = Some(parse_mpi(arg_or("container-mpi")?)?),
             Opt::Nv => self.nv = true,
+            Opt::Rocm => self.rocm = true,
         }
         Ok(())
     }
@@ -382,6 +386,7 @@ pub fn holder_request(image: &Path, binds: &[String], opts: &UserOpts) -> Result
     req.mpi = opts.mpi;
     // Without --container-nv, berth's own rule still applies: GPUs when the step has some.
     req.nvidia = opts.nv;
+    req.rocm = opts.rocm;
     Ok(req)
 }
 
@@ -490,11 +495,13 @@ mod tests {
         o.set(Opt::Mpi, Some("host")).unwrap();
         o.set(Opt::Nv, None).unwrap();
         let req = holder_request(Path::new("/i"), &[], &o).unwrap();
-        assert_eq!((req.mpi, req.nvidia), (Some(MpiMode::Host), true));
+        assert_eq!((req.mpi, req.nvidia, req.rocm), (Some(MpiMode::Host), true, false));
+        o.set(Opt::Rocm, None).unwrap();
+        assert!(holder_request(Path::new("/i"), &[], &o).unwrap().rocm);
         let e = o.set(Opt::Mpi, Some("openmpi")).unwrap_err();
         assert!(e.contains("--container-mpi=openmpi") && e.contains("hybrid, host or none"), "{e}");
         let plain = holder_request(Path::new("/i"), &[], &UserOpts::default()).unwrap();
-        assert_eq!((plain.mpi, plain.nvidia, plain.remap_root), (None, false, false));
+        assert_eq!((plain.mpi, plain.nvidia, plain.rocm, plain.remap_root), (None, false, false, false));
 
         o.set(Opt::Name, Some("train")).unwrap();
         assert_eq!(o.name, Some(("train".into(), "auto".into())));

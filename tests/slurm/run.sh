@@ -160,7 +160,7 @@ as_user srun --help > "$OUT" 2> "$ERR"
 for o in container-image container-mounts container-workdir container-env container-mount-home \
          no-container-mount-home container-writable container-readonly container-batch container-name \
          container-save container-remap-root no-container-remap-root container-entrypoint \
-         no-container-entrypoint container-entrypoint-log container-mpi container-nv; do
+         no-container-entrypoint container-entrypoint-log container-mpi container-nv container-rocm; do
     check "(a) srun --help lists --$o" has "--$o" "$OUT"
 done
 as_user sbatch --help > "$OUT" 2>&1
@@ -318,6 +318,10 @@ JOB
     as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-nv true > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --container-nv on nodes without NVIDIA GPUs: the step fails with the reason from both nodes (rc=$rc)" \
         bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --nv: no NVIDIA driver on this host' '$ERR') = 2 ]"
+    wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-rocm true > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-rocm on nodes without AMD GPUs: the step fails with the reason from both nodes (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --rocm: no AMD GPU driver on this host' '$ERR') = 2 ]"
     wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
 
     # berth list, on the node, while a step's container is held there.
