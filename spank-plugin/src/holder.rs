@@ -69,6 +69,33 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
     }
 }
 
+/// Remove `dir` and everything in it as user `uid` (group `gid`, no supplementary groups), from
+/// root: a child process drops to the user before it touches anything, so the kernel checks
+/// every step with the user's rights and a link of theirs leads nowhere they could not go
+/// themselves. Directories the user made unreadable (and overlayfs' `work/work`, mode 0) are
+/// opened up first.
+pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", r#"chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#, "sh"])
+        .arg(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        // With a uid and no groups given, std drops the supplementary groups (setgroups(0))
+        // before setgid/setuid in the child.
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// Where the holder keeps its state.
 pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> std::path::PathBuf {
     protocol::record_path(cfg, uid, name)
@@ -77,6 +104,57 @@ pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The job epilog removes a job's named containers from root as the user: a user's link
+    /// to root's files gets nothing removed there, and the user's own tree goes, locked
+    /// directories included.
+    #[test]
+    fn remove_as_user_removes_only_what_the_user_could() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Some(user) = ["berthuser", "berthtest", "nobody"]
+            .iter()
+            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+        else {
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let roots = t.path().join("roots");
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::write(roots.join("precious"), "root's").unwrap();
+        let job = t.path().join("job");
+        std::fs::create_dir_all(job.join("n1/upper/locked/deep")).unwrap();
+        std::fs::write(job.join("n1/upper/locked/deep/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&roots, job.join("n1/upper/link")).unwrap();
+        nix::unistd::chown(t.path(), Some(user.uid), Some(user.gid)).unwrap();
+        for e in walk(&job) {
+            std::os::unix::fs::lchown(&e, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        }
+        std::fs::set_permissions(job.join("n1/upper/locked"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        // A link named like the job's directory, pointing at root's: nothing of root's goes.
+        let link = t.path().join("linkjob");
+        std::os::unix::fs::symlink(&roots, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        let _ = remove_as_user(user.uid.as_raw(), user.gid.as_raw(), &link);
+        assert!(roots.join("precious").exists());
+        remove_as_user(user.uid.as_raw(), user.gid.as_raw(), &job).unwrap();
+        assert!(!job.exists());
+        assert!(roots.join("precious").exists());
+    }
+
+    fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+        let mut v = vec![p.to_path_buf()];
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(p).unwrap() {
+                v.extend(walk(&e.unwrap().path()));
+            }
+        }
+        v
+    }
 
     /// `slurm_spank_exit` runs this as root; the record's directory is the user's. A user who
     /// turns `holders` into a link to another directory gets nothing removed there.

@@ -11,6 +11,8 @@
 //! - each task, `slurm_spank_task_init`: join the holder's namespaces, set the image's
 //!   environment and working directory; or print the recorded failure and fail the task.
 //! - slurmstepd, `slurm_spank_exit`: stop the holder.
+//! - at the end of the job, `slurm_spank_job_epilog` on each node: remove the job's named
+//!   containers (`--container-name`), as the user.
 //!
 //! The callbacks below are one line each; [`plugin`] holds the logic, [`sys`] all `unsafe`.
 
@@ -74,3 +76,4 @@ callback!(slurm_spank_init_post_opt => plugin::init_post_opt);
 callback!(slurm_spank_user_init => plugin::user_init);
 callback!(slurm_spank_task_init => plugin::task_init);
 callback!(slurm_spank_exit => plugin::exit);
+callback!(slurm_spank_job_epilog => plugin::job_epilog);
