@@ -384,6 +384,23 @@ NAMED
         test -z "$(named_left)"
     wait_idle; check "(n) ... nodes idle" nodes_idle
 
+    # A hostile user swaps the job's named-container directory for a link to root's files before
+    # the job ends: the epilog removes as the user, so root's files and their modes stay.
+    install -d -m 0755 "$WORK/rootonly"; echo root > "$WORK/rootonly/precious"; chmod 0644 "$WORK/rootonly/precious"
+    cat > "$WORK/hostile.sh" <<HOSTILE
+#!/bin/sh
+srun -N1 -w \$SLURMD_NODENAME --container-image=$WORK/imga.sqsh --container-name=h true
+d=/run/berth/\$(id -u)/named/\$SLURM_JOB_ID
+chmod -R u+rwx "\$d"; rm -rf "\$d" && ln -s $WORK/rootonly "\$d" && echo swapped
+HOSTILE
+    chmod 0755 "$WORK/hostile.sh"
+    as_user sbatch -N1 --wait -o "$WORK/hostile.out" "$WORK/hostile.sh" > "$OUT" 2>&1
+    for _ in $(seq 40); do [ -z "$(named_left)" ] && ! ls "$DIR"/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1 && break; sleep 0.25; done
+    check "(n) hostile: the job's directory swapped for a link to root's files: they stay, with their modes, and the link goes" \
+        bash -c "grep -qx swapped '$WORK/hostile.out' && [ \"\$(stat -c '%U %a' '$WORK/rootonly' '$WORK/rootonly/precious' | tr '\n' ' ')\" = 'root 755 root 644 ' ] \
+                 && ! ls '$DIR'/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1"
+    [ -n "$(grep -x swapped "$WORK/hostile.out")" ] || sed 's/^/    /' "$WORK/hostile.out"
+
     # berth list, on the node, while a step's container is held there.
     cat > "$WORK/list.sh" <<LIST
 #!/bin/sh
