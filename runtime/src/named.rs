@@ -75,9 +75,15 @@ pub enum OpenError {
     Other(Error),
 }
 
-/// Open (and make, as the calling user) named container directory `dir` of `uid` and lock it.
-/// Runs as the user: everything under the state directory is the user's own.
-pub fn open(cfg: &Config, uid: u32, dir: &Path) -> std::result::Result<Opened, OpenError> {
+/// Open (and make, as the calling user) named container directory `dir` of `uid` and lock it,
+/// waiting up to `wait` for a step that has it. Runs as the user: everything under the state
+/// directory is the user's own.
+pub fn open(
+    cfg: &Config,
+    uid: u32,
+    dir: &Path,
+    wait: std::time::Duration,
+) -> std::result::Result<Opened, OpenError> {
     let state = cfg_state_dir(cfg, uid);
     crate::container::ensure_state_dir(&state, uid).map_err(OpenError::Other)?;
     let created = !dir.exists();
@@ -95,10 +101,18 @@ pub fn open(cfg: &Config, uid: u32, dir: &Path) -> std::result::Result<Opened, O
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
         .map_err(|e| OpenError::Other(Error::io("cannot open", &lock_path, e)))?;
-    let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(OpenError::InUse),
-        Err((_, e)) => return Err(OpenError::Other(Error::sys("flock", lock_path.display(), e))),
+    let deadline = std::time::Instant::now() + wait;
+    let mut lock = lock;
+    let lock = loop {
+        match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => break l,
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                lock = f;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(OpenError::InUse),
+            Err((_, e)) => return Err(OpenError::Other(Error::sys("flock", lock_path.display(), e))),
+        }
     };
     let image = std::fs::read_to_string(dir.join("image"))
         .ok()
@@ -227,17 +241,17 @@ mod tests {
         let d = dir(&cfg, uid, Scope::Job, 7, "n1");
         assert_eq!(d, t.path().join("st/named/7/n1"));
         assert_eq!(dir(&cfg, uid, Scope::Global, 7, "n1"), t.path().join("st/named/global/n1"));
-        let mut first = open(&cfg, uid, &d).unwrap();
+        let mut first = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         assert!(first.created && first.image.is_none());
         // A second step while the first has it: refused, nothing changed.
-        assert!(matches!(open(&cfg, uid, &d), Err(OpenError::InUse)));
+        assert!(matches!(open(&cfg, uid, &d, std::time::Duration::ZERO), Err(OpenError::InUse)));
         first.record_image(Path::new("/i/a.sqsh")).unwrap();
         assert_eq!(
             list(&cfg, uid),
             vec![Listed { job: "7".into(), name: "n1".into(), image: "/i/a.sqsh".into(), age_s: 0 }]
         );
         drop(first);
-        let again = open(&cfg, uid, &d).unwrap();
+        let again = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         assert!(!again.created);
         assert_eq!(again.image.as_deref(), Some(Path::new("/i/a.sqsh")));
     }
@@ -247,7 +261,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (cfg, uid) = (cfg(t.path()), nix::unistd::getuid().as_raw());
         let d = dir(&cfg, uid, Scope::Job, 8, "n");
-        let o = open(&cfg, uid, &d).unwrap();
+        let o = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         std::fs::create_dir_all(d.join("work/work")).unwrap();
         o.discard();
         assert!(!job_dir(&cfg, uid, 8).exists());

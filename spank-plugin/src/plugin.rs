@@ -34,6 +34,8 @@ struct State {
     /// slurmstepd: the step's named container (`--container-name`), locked until the end of
     /// the step.
     named: Option<berth_runtime::named::Opened>,
+    /// slurmstepd: how many of this node's tasks have ended (`--container-save` waits for all).
+    tasks_ended: u32,
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -268,7 +270,9 @@ fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<PathBuf, Strin
     if !exists {
         settings::named_image(&name, &flag, scope, None, asked)?;
     }
-    let named = match berth_runtime::named::open(&cfg, uid, &dir) {
+    // A step that just ended may still be stopping its holder (Slurm can start the next step
+    // before the last one's slurm_spank_exit has run): wait a moment for its lock.
+    let named = match berth_runtime::named::open(&cfg, uid, &dir, std::time::Duration::from_secs(5)) {
         Ok(n) => n,
         Err(berth_runtime::named::OpenError::InUse) => {
             return Err(format!(
@@ -408,6 +412,34 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Err(String::new()); // already reported; Slurm adds its own "task_init() failed"
     }
     result
+}
+
+/// `slurm_spank_task_exit` (slurmstepd, root, as each task ends, before srun hears of it):
+/// with `--container-save`, once the last task on the step's first node has ended, save the
+/// container there. srun returns only afterwards, so the file is in place when it does.
+pub fn task_exit(sp: &Spank, _args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::Remote {
+        return Ok(());
+    }
+    let mut st = state();
+    let (Some(h), Some(save)) = (&st.holder, st.opts.save.clone()) else { return Ok(()) };
+    let h = h.clone();
+    st.tasks_ended += 1;
+    if sp.node_id() != Some(0) || Some(st.tasks_ended) != sp.local_task_count() {
+        return Ok(());
+    }
+    let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
+    let dest = settings::resolve_image(&save, submit_dir.as_deref());
+    let saved = match (sp.job_uid(), sp.job_gid()) {
+        (Some(uid), Some(gid)) => holder::save_root(&h, uid, gid, sp.supplementary_gids(), &dest),
+        _ => Err("no job uid".into()),
+    };
+    match saved {
+        Ok(()) => log_info(&format!("container {} saved to {}", h.name, dest.display())),
+        // The tasks have ended: Slurm's log (and srun, at its verbosity) has the reason.
+        Err(e) => log_error(&format!("--container-save={}: {e}", dest.display())),
+    }
+    Ok(())
 }
 
 /// The site's berth.toml (plugstack.conf's config=, else berth's default).

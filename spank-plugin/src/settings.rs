@@ -172,7 +172,7 @@ impl Opt {
         (Opt::Readonly, "container-readonly", None, "[berth] read-only container (default)"),
         (Opt::Batch, "container-batch", Some("host|image"), "[berth] where the batch script runs: host (srun steps in the image) or image"),
         (Opt::Name, "container-name", Some("NAME[:auto|create|exec|no_exec]"), "[berth] a container kept for the job's later steps on each node under NAME, its changes included; later steps with this name run in it (--container-image then optional)"),
-        (Opt::Save, "container-save", Some("PATH"), "[berth] save the container's state as a SquashFS file (not supported yet: refused)"),
+        (Opt::Save, "container-save", Some("PATH"), "[berth] at the end of the step, save the container (the image with the step's changes) as the SquashFS file PATH, from the step's first node"),
         (Opt::RemapRoot, "container-remap-root", None, "[berth] appear as root (uid 0) inside, still yourself outside; grants no privilege"),
         (Opt::NoRemapRoot, "no-container-remap-root", None, "[berth] keep your own uid inside the container (default)"),
         (Opt::Entrypoint, "container-entrypoint", None, "[berth] run the image's runscript before the command (not supported yet: refused)"),
@@ -309,12 +309,6 @@ impl UserOpts {
             return Some(format!(
                 "--container-name={name} with --container-readonly: a named container keeps its changes \
                  for the job's later steps, so it is writable; drop one of the two"
-            ));
-        }
-        if let Some(path) = &self.save {
-            return Some(format!(
-                "--container-save={path}: saving a container's state is not supported yet; \
-                 build the image with `berth build` instead"
             ));
         }
         if self.entrypoint == Some(true) {
@@ -578,7 +572,7 @@ mod tests {
         let mut o = UserOpts::default();
         assert!(o.set(Opt::Save, Some("/out/")).unwrap_err().contains("not a directory"));
         o.set(Opt::Save, Some("/out/c.sqsh")).unwrap();
-        assert!(o.unsupported().unwrap().contains("--container-save=/out/c.sqsh"));
+        assert_eq!(o.unsupported(), None);
 
         let mut o = UserOpts::default();
         o.set(Opt::Entrypoint, None).unwrap();

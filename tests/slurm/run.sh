@@ -206,7 +206,7 @@ as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=train:late
 check "(c) bad --container-name flag refused by srun" \
     bash -c "[ $rc != 0 ] && grep -q 'is not a flag (use auto, create, exec or no_exec)' '$ERR'"
 # pyxis options whose meaning berth cannot give yet: refused with the reason, nothing runs.
-for o in "--container-save=$WORK/saved.sqsh" "--container-entrypoint"; do
+for o in "--container-entrypoint"; do
     as_user srun -N2 --container-image="$WORK/imga.sqsh" "$o" touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
     check "(c) srun $o: refused as not supported yet (rc=$rc), the command did not run" \
         bash -c "[ $rc != 0 ] && grep -q -- '${o%%=*}.*not supported yet' '$ERR' && ! [ -e '$WORK/ran' ]"
@@ -347,11 +347,12 @@ srun -N1 --container-name=n1:create --container-image=$WORK/imga.sqsh true; echo
 srun -N1 --container-name=n1:exec true; echo "exec-stopped=\$?"
 srun -N1 --container-name=n9:exec --container-image=$WORK/imga.sqsh true; echo "exec-missing=\$?"
 srun -N1 --container-name=n1 --container-image=$WORK/imgb.sqsh true; echo "other-image=\$?"
-srun -N1 -w \$SLURMD_NODENAME --container-name=n1 sleep 4 &
+srun -N1 -w \$SLURMD_NODENAME --container-name=n1 sleep 10 &
 sleep 2
 srun -N1 -w \$SLURMD_NODENAME --overlap --container-name=n1 true; echo "concurrent=\$?"
 wait
 srun -N1 -w \$SLURMD_NODENAME $NODE_BERTH list
+srun -N1 --container-name=n1 --container-save=$WORK/named-saved.sqsh true; echo "saved=\$?"
 ls -d $DIR/nodes/*/runberth/*/named/\$SLURM_JOB_ID/* | sed 's|.*/nodes/\([^/]*\)/.*/named/[0-9]*/|dir \1 |'
 NAMED
     chmod 0755 "$WORK/named.sh"
@@ -378,11 +379,35 @@ NAMED
         bash -c "grep -Eq '^n1 +$job +[0-9]+[sm].* +$WORK/imga.sqsh\$' '$N' && grep -Eq '^n2 +$job ' '$N'"
     check "(n) during the job: n1 on both nodes, n2 on one, the refused names left nothing" \
         bash -c "[ \$(grep -c '^dir bnode[0-9] n1$' '$N') = 2 ] && [ \$(grep -c '^dir bnode[0-9] n2$' '$N') = 1 ] && ! grep -q '^dir .* n9$' '$N'"
+    as_user srun -N1 --container-image="$WORK/named-saved.sqsh" cat /state > "$OUT" 2> "$ERR"
+    check "(n) --container-save of a named container: the saved file holds what step 1 wrote" \
+        bash -c "grep -q '^saved=0$' '$N' && [ \"\$(cat '$OUT')\" = x ]"
     [ "$rc" = 0 ] || { sed 's/^/    /' "$N" "$ERR"; }
     for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
     check "(n) after the job: nothing of its named containers left on any node ($(named_left | tr '\n' ' '))" \
         test -z "$(named_left)"
     wait_idle; check "(n) ... nodes idle" nodes_idle
+
+    # --container-save (pyxis): at the end of the step, the container's root (the image with the
+    # step's changes, without what is mounted in it) as a SquashFS file, written by the user
+    # from the step's first node, whole or not at all.
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-writable --container-save=saved.sqsh \
+        sh -c 'echo kept > /saved-marker; hostname > /saved-on' > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) --container-save=REL: the file in the submit dir, the user's, no temporary file left (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ -f '$WORK/saved.sqsh' ] && [ \$(stat -c %U '$WORK/saved.sqsh') = $TEST_USER ] && ! ls -a '$WORK' | grep -q berth-save"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N1 --container-image="$WORK/saved.sqsh" sh -c 'cat /saved-marker /saved-on; grep PRETTY /etc/os-release; ls /proc/self >/dev/null && echo proc-mounted' \
+        > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) ... it runs: the step's changes over image A, from one node, /proc mounted anew (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && grep -qx kept '$OUT' && [ \$(grep -c '^bnode' '$OUT') = 1 ] && grep -q 'image A' '$OUT' && grep -qx proc-mounted '$OUT'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT" "$ERR"
+    unsquashfs -l "$WORK/saved.sqsh" > "$WORK/saved.list" 2>&1
+    check "(s) ... the host's binds are not in it (no $WORK, no /proc contents)" \
+        bash -c "! grep -q 'squashfs-root$WORK' '$WORK/saved.list' && ! grep -q 'squashfs-root/proc/' '$WORK/saved.list'"
+    as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-save=/etc/berth-save-test.sqsh true > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) --container-save into a directory the user cannot write (/etc): nothing written there, the reason on srun's stderr" \
+        bash -c "! ls -a /etc | grep -q berth-save && grep -q 'error: berth: --container-save=/etc/berth-save-test.sqsh: .*Permission denied' '$ERR'"
+    wait_idle; check "(s) ... nodes idle" nodes_idle
 
     # A hostile user swaps the job's named-container directory for a link to root's files before
     # the job ends: the epilog removes as the user, so root's files and their modes stay.
