@@ -565,6 +565,13 @@ JOB
     rm -f "$WORK/secret.$$.sqsh"
     check "(d) ... a root-only image under allowed_dirs fails the step, as the user could not read it (rc=$rc)" \
         bash -c "[ $rc != 0 ] && grep -q 'Permission denied' '$ERR'"
+    # A named container in privileged mode: root mounts the image, the kept layer is the user's.
+    printf '#!/bin/sh\nsrun -N2 --container-image=%s --container-name=p sh -c "echo p > /pstate"\nsrun -N2 --container-name=p cat /pstate\n' \
+        "$WORK/imga.sqsh" > "$WORK/pnamed.sh"
+    as_user sbatch -N2 --wait -o "$WORK/pnamed.out" "$WORK/pnamed.sh" > "$OUT" 2>&1; rc=$?
+    check "(d) ... a named container: the second step on both nodes sees what the first wrote (rc=$rc)" \
+        bash -c "[ \$(grep -cx p '$WORK/pnamed.out') = 2 ]"
+    [ "$(grep -cx p "$WORK/pnamed.out")" = 2 ] || sed 's/^/    /' "$WORK/pnamed.out"
     if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
     wait_idle
     left=$(losetup -a | grep -c "$WORK/")
