@@ -3,8 +3,9 @@
 # cache (/var/cache/apt/archives) makes repeated runs on one machine fast.
 set -euo pipefail
 pkgs=(
-  # run time: FUSE SquashFS server, image tools
-  squashfuse fuse3 squashfs-tools e2fsprogs
+  # run time: FUSE SquashFS server, image tools; fuse-overlayfs for --overlay DIR on kernels
+  # without unprivileged overlayfs (before Linux 5.11)
+  squashfuse fuse3 squashfs-tools e2fsprogs fuse-overlayfs
   # build (the SPANK plugin is generated with bindgen from Slurm's own header)
   build-essential pkg-config libclang-dev libslurm-dev
   # Slurm test cluster: real munge, slurmctld, slurmd, PMIx

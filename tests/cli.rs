@@ -207,6 +207,168 @@ fn writable_tmpfs_is_writable_and_thrown_away() {
     assert!(out.stdout().contains("Read-only file system"), "{}", out.stdout());
 }
 
+/// A fresh directory of the test user's for `--overlay`.
+fn overlay_dir(w: &harness::World, name: &str) -> std::path::PathBuf {
+    let d = w.path(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).unwrap();
+    nix::unistd::chown(&d, Some(w.uid.into()), Some(w.gid.into())).unwrap();
+    d
+}
+
+fn mounts_mentioning(p: &std::path::Path) -> Vec<String> {
+    let needle = p.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn overlay_dir_keeps_changes_across_runs_and_only_with_the_flag() {
+    let w = world();
+    let d = overlay_dir(w, "ovl-keep");
+    let ovl = d.to_str().unwrap();
+    let out = w
+        .run(&[
+            "exec",
+            "--overlay",
+            ovl,
+            w.image(),
+            "sh",
+            "-c",
+            "mkdir -p /state && echo x > /state/new && echo ok",
+        ])
+        .ok();
+    assert_eq!(out, "ok\n");
+    assert_eq!(w.run(&["exec", "--overlay", ovl, w.image(), "cat", "/state/new"]).ok(), "x\n");
+    assert_eq!(
+        w.run(&["exec", "-o", ovl, w.image(), "sh", "-c", "rm /state/new; echo y > /f; cat /f"]).ok(),
+        "y\n"
+    );
+    let out = w.run(&["exec", "--overlay", ovl, w.image(), "sh", "-c", "ls /state; cat /f"]).ok();
+    assert_eq!(out, "y\n", "a deletion persists too");
+    // Without the flag the image is as built and read-only.
+    let out = w.run(&["exec", w.image(), "sh", "-c", "cat /f 2>&1; touch /g 2>&1; true"]).ok();
+    assert!(out.contains("No such file") && out.contains("Read-only file system"), "{out}");
+    // A container kept warm by a plain run is not joined by an overlay run of the same
+    // command, nor the other way round.
+    assert_ne!(w.run(&["exec", w.image(), "cat", "/f"]).code(), Some(0));
+    assert_eq!(w.run(&["exec", "-o", ovl, w.image(), "cat", "/f"]).ok(), "y\n");
+    assert_ne!(w.run(&["exec", w.image(), "cat", "/f"]).code(), Some(0));
+    // Apptainer's layout, owned by the user; the mount points made for binds ($HOME, the
+    // current directory, /etc/passwd) are not left in it.
+    let mut top: Vec<String> = std::fs::read_dir(d.join("upper"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["f", "state"]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(d.join("upper/f")).unwrap().uid(), w.uid);
+    assert!(d.join("work").is_dir());
+    assert!(mounts_mentioning(&d).is_empty(), "{:?}", mounts_mentioning(&d));
+    assert!(w.user_processes().iter().all(|p| !p.contains("ovl-keep")), "{:?}", w.user_processes());
+    // --contain keeps its meaning (no home, no host /tmp), its writable /tmp now in the kept layer.
+    let out = w
+        .run(&[
+            "exec",
+            "--contain",
+            "-o",
+            ovl,
+            w.image(),
+            "sh",
+            "-c",
+            "mkdir -p /tmp && touch /tmp/c && cat /f",
+        ])
+        .ok();
+    assert_eq!(out, "y\n");
+    assert!(d.join("upper/tmp/c").exists());
+    let dry = w.run(&["exec", "--dry-run", "-o", ovl, w.image(), "true"]).ok();
+    assert!(
+        dry.contains(&format!("kept upper {ovl}/upper")) && !dry.contains("make the root read-only"),
+        "{dry}"
+    );
+}
+
+#[test]
+fn overlay_dir_through_fuse_overlayfs_where_the_kernel_cannot() {
+    // Kernels before 5.11 refuse overlayfs in a user namespace; the site's
+    // overlay_mount = "fuse" takes the same path berth falls back to there.
+    let w = world();
+    if std::process::Command::new("sh")
+        .args(["-c", "command -v fuse-overlayfs"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        panic!("fuse-overlayfs is missing: scripts/install-deps.sh installs it");
+    }
+    let d = overlay_dir(w, "ovl-fuse");
+    let ovl = d.to_str().unwrap();
+    let cfg = w.path("ovl-fuse.toml");
+    std::fs::write(&cfg, "overlay_mount = \"fuse\"\n").unwrap();
+    let run = |args: &[&str]| harness::Out(w.berth(args).env("BERTH_CONFIG", &cfg).output().unwrap());
+    let dry = run(&["exec", "--dry-run", "-o", ovl, w.image(), "true"]).ok();
+    assert!(dry.contains("; fuse-overlayfs)"), "{dry}");
+    let out =
+        run(&["exec", "-o", ovl, w.image(), "sh", "-c", "mkdir -p /state && echo x > /state/new && echo ok"])
+            .ok();
+    assert_eq!(out, "ok\n");
+    assert_eq!(std::fs::read_to_string(d.join("upper/state/new")).unwrap(), "x\n", "written through to DIR");
+    assert_eq!(run(&["exec", "-o", ovl, w.image(), "cat", "/state/new"]).ok(), "x\n");
+    // The kernel's overlay reads what fuse-overlayfs kept, and the other way round.
+    assert_eq!(w.run(&["exec", "-o", ovl, w.image(), "cat", "/state/new"]).ok(), "x\n");
+    assert!(mounts_mentioning(&d).is_empty());
+    let left: Vec<String> = w.user_processes().into_iter().filter(|p| p.contains("fuse-overlayfs")).collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A missing server is one clear message.
+    std::fs::write(&cfg, "overlay_mount = \"fuse\"\nfuse_overlayfs = \"/nonexistent/fuse-overlayfs\"\n")
+        .unwrap();
+    run(&["exec", "-o", ovl, w.image(), "true"])
+        .fails_with(&["cannot start /nonexistent/fuse-overlayfs", "install fuse-overlayfs"]);
+}
+
+#[test]
+fn overlay_dirs_that_cannot_serve_are_refused_and_left_unchanged() {
+    let w = world();
+    let missing = w.path("ovl-missing");
+    let _ = std::fs::remove_dir_all(&missing);
+    w.run(&["exec", "--overlay", missing.to_str().unwrap(), w.image(), "true"]).fails_with(&[
+        "--overlay",
+        "does not exist",
+        "mkdir -p",
+    ]);
+    assert!(!missing.exists());
+    // Someone else's directory (root's, world-writable even): refused, nothing made in it.
+    let foreign = w.path("ovl-root");
+    let _ = std::fs::remove_dir_all(&foreign);
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o777)).unwrap();
+    w.run(&["exec", "--overlay", foreign.to_str().unwrap(), w.image(), "true"])
+        .fails_with(&["belongs to uid 0, not to you"]);
+    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 0);
+    // An image file (Apptainer's other --overlay form): refused with the directory form.
+    let file = w.user_file("ovl.img", b"");
+    w.run(&["exec", "--overlay", file.to_str().unwrap(), w.image(), "true"])
+        .fails_with(&["image-file overlays", "--overlay ~/overlay"]);
+    // On a filesystem that cannot carry it (procfs here; NFS or Lustre on a cluster).
+    w.run(&["exec", "--overlay", "/proc/self/", w.image(), "true"])
+        .fails_with(&["cannot hold an unprivileged overlay"]);
+    // upper/ taken by a file: refused before anything is mounted.
+    let d = overlay_dir(w, "ovl-clash");
+    std::fs::write(d.join("upper"), "").unwrap();
+    w.run(&["exec", "--overlay", d.to_str().unwrap(), w.image(), "true"])
+        .fails_with(&["upper exists and is not a directory"]);
+    assert!(!d.join("work").exists());
+    usage_error(
+        &w.run(&["exec", "--overlay", d.to_str().unwrap(), "--writable-tmpfs", w.image(), "true"]),
+        &["--writable-tmpfs", "--overlay"],
+    );
+    assert!(mounts_mentioning(&w.dir.join("ovl-")).is_empty());
+}
+
 #[test]
 fn workdir_option() {
     let w = world();
@@ -868,8 +1030,8 @@ fn apptainer_options_berth_cannot_honour_are_refused_with_what_to_use() {
     let w = world();
     for (args, needles) in [
         (&["exec", "--fakeroot"][..], &["berth does not support --fakeroot", "berth build"][..]),
-        (&["exec", "--overlay", "o.img"], &["berth does not support --overlay", "--writable-tmpfs"]),
-        (&["run", "--rocm"], &["berth does not support --rocm", "--bind"]),
+        (&["exec", "--writable"], &["berth does not support --writable", "--overlay DIR"]),
+        (&["run", "--nvccli"], &["berth does not support --nvccli", "use --nv"]),
     ] {
         let args: Vec<&str> = args.iter().copied().chain([w.image(), "touch", "/tmp/ran"]).collect();
         usage_error(&w.run(&args), needles);

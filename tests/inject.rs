@@ -135,6 +135,123 @@ fn nvidia_driver_and_only_the_jobs_gpus() {
     );
 }
 
+/// A fake AMD node: /dev/kfd, two AMD GPUs (render nodes 128 and 129 with their card nodes,
+/// as mknod makes them: DRM major 226) and an Intel iGPU render node, sysfs vendor ids and
+/// DRM siblings as the kernel lays them out, the HSA runtime in the loader cache and the HIP
+/// runtime (which needs it; its hipInit calls hsa_init) only under /opt/rocm/lib, and a stub
+/// rocminfo.
+fn fake_amd_host() -> PathBuf {
+    let w = world();
+    let h = w.path("amdhost");
+    let _ = std::fs::remove_dir_all(&h);
+    let lib = h.join("usr/lib/x86_64-linux-gnu");
+    let rocm = h.join("opt/rocm-6.2.0/lib");
+    for d in ["usr/lib/x86_64-linux-gnu", "opt/rocm-6.2.0/lib", "opt/rocm-6.2.0/bin", "dev/dri", "etc"] {
+        std::fs::create_dir_all(h.join(d)).unwrap();
+    }
+    let c = w.path("hsa.c");
+    std::fs::write(&c, "int hsa_init(void){return 0;}\n").unwrap();
+    sh(&format!(
+        "cc -shared -fPIC -Wl,-soname,libhsa-runtime64.so.1 -o {}/libhsa-runtime64.so.1.14.0 {}",
+        lib.display(),
+        c.display()
+    ));
+    std::os::unix::fs::symlink("libhsa-runtime64.so.1.14.0", lib.join("libhsa-runtime64.so.1")).unwrap();
+    let c = w.path("hip.c");
+    std::fs::write(&c, "int hsa_init(void);\nint hipInit(unsigned f){(void)f;return hsa_init();}\n").unwrap();
+    sh(&format!(
+        "cc -shared -fPIC -Wl,-soname,libamdhip64.so.6 -o {}/libamdhip64.so.6.2.60200 {} -L{} -l:libhsa-runtime64.so.1",
+        rocm.display(),
+        c.display(),
+        lib.display()
+    ));
+    std::os::unix::fs::symlink("libamdhip64.so.6.2.60200", rocm.join("libamdhip64.so.6")).unwrap();
+    std::os::unix::fs::symlink("rocm-6.2.0", h.join("opt/rocm")).unwrap();
+    std::fs::write(h.join("opt/rocm-6.2.0/bin/rocminfo"), "#!/bin/sh\necho 'Name: gfx90a'\n").unwrap();
+    std::fs::set_permissions(h.join("opt/rocm-6.2.0/bin/rocminfo"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
+    sh(&format!("mknod -m 0666 {}/dev/kfd c 235 0", h.display()));
+    for (name, minor) in [
+        ("card0", 0),
+        ("card1", 1),
+        ("card2", 2),
+        ("renderD128", 128),
+        ("renderD129", 129),
+        ("renderD130", 130),
+    ] {
+        sh(&format!("mknod -m 0666 {}/dev/dri/{name} c 226 {minor}", h.display()));
+    }
+    for (render, card, vendor) in [(128, 1, "0x1002"), (129, 2, "0x1002"), (130, 0, "0x8086")] {
+        let dev = h.join(format!("sys/class/drm/renderD{render}/device"));
+        std::fs::create_dir_all(dev.join(format!("drm/card{card}"))).unwrap();
+        std::fs::create_dir_all(dev.join(format!("drm/renderD{render}"))).unwrap();
+        std::fs::write(dev.join("vendor"), format!("{vendor}\n")).unwrap();
+    }
+    // /opt/rocm/lib is not in the cache, as on most ROCm installs.
+    sh(&format!("ldconfig -r {}", h.display()));
+    sh(&format!("chmod -R a+rX {}", h.display()));
+    h
+}
+
+#[test]
+fn rocm_devices_libraries_and_only_the_jobs_gpus() {
+    let w = world();
+    let host = fake_amd_host();
+    let prog = w.path("hipinit-check");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/helpers/hipinit-check.c");
+    sh(&format!("cc -O2 -o {} {}", prog.display(), src.display()));
+    let img = harness::glibc_image("hip", &[(&prog, "/usr/bin/hipinit-check")]);
+    let img = img.to_str().unwrap();
+    let cfg = w.path("rocm.toml");
+    std::fs::write(&cfg, format!("[inject]\nmpi = \"none\"\nhost_root = \"{}\"\n", host.display())).unwrap();
+    let script = "hipinit-check; ls /dev/dri | tr '\\n' ' '; echo; ls /dev/kfd; \
+                  echo ROCR=$ROCR_VISIBLE_DEVICES HIP=$HIP_VISIBLE_DEVICES; rocminfo";
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = w.berth(args);
+        c.env("BERTH_CONFIG", &cfg);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // --rocm with the GPU Slurm gave (named by its device file's number, as Slurm's gres
+    // plugin does), and the same GPU named by ROCm's own variable.
+    for env in [
+        [("SLURM_STEP_GPUS", "129"), ("ROCR_VISIBLE_DEVICES", "1")],
+        [("ROCR_VISIBLE_DEVICES", "1"), ("X", "")],
+    ] {
+        let (ok, out, err) = run(&["exec", "--rocm", img, "sh", "-c", script], &env);
+        assert!(ok, "{out}\n{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "hipInit=0",
+            "the image's program loaded the host's HIP and HSA runtimes: {out}"
+        );
+        assert_eq!(lines[1].trim(), "card2 renderD129", "only the job's GPU, with its card node: {out}");
+        assert_eq!(lines[2], "/dev/kfd");
+        assert_eq!(lines[3], "ROCR=0 HIP=0", "renumbered from 0: {out}");
+        assert_eq!(lines[4], "Name: gfx90a");
+    }
+    // GPUs from Slurm on an AMD node, without --rocm: the same, automatically.
+    let (ok, out, err) = run(&["exec", img, "sh", "-c", script], &[("SLURM_STEP_GPUS", "128,129")]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.starts_with("hipInit=0\ncard1 card2 renderD128 renderD129 \n/dev/kfd\nROCR=0,1 HIP=0,1\n"),
+        "{out}"
+    );
+    // Without --rocm (and no GPUs from Slurm) nothing of it comes in.
+    let (_, out, _) = run(&["exec", img, "sh", "-c", "hipinit-check; ls /dev/kfd /dev/dri 2>&1"], &[]);
+    assert!(out.starts_with("dlopen failed") && out.contains("No such file"), "{out}");
+    // A GPU the node does not have: one clear message, nothing started.
+    let (ok, _, err) = run(&["exec", "--rocm", img, "true"], &[("SLURM_STEP_GPUS", "131")]);
+    assert!(!ok && err.starts_with("berth: ") && err.contains("AMD GPU 131"), "{err}");
+}
+
 #[test]
 fn bad_injection_settings_get_one_clear_message() {
     let w = world();

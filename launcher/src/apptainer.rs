@@ -28,8 +28,8 @@ const fn refused(
     Refused { long, short, takes_value, instead }
 }
 
-const WRITABLE: &str = "use --writable-tmpfs for a throwaway writable layer, and --bind a host directory \
-                        for what must outlive the run";
+const WRITABLE: &str = "use --writable-tmpfs for a throwaway writable layer, or --overlay DIR to keep the \
+                        changes in a directory of yours";
 const NO_PRIVS: &str = "berth runs your program as you, with no capabilities to add or drop";
 const HOST_NS: &str = "berth keeps the host's network, process and IPC namespaces, which MPI and the \
                        scheduler rely on";
@@ -44,7 +44,6 @@ const REFUSED: &[Refused] = &[
         false,
         "berth runs you as yourself; build images as root with `berth build`",
     ),
-    refused("overlay", Some('o'), true, WRITABLE),
     refused("writable", Some('w'), false, WRITABLE),
     refused("scratch", Some('S'), true, "--bind a host directory (e.g. -B /scratch/$USER/tmp:/scratch)"),
     refused("mount", None, true, "use --bind SRC:DST[:ro]"),
@@ -54,7 +53,6 @@ const REFUSED: &[Refused] = &[
         true,
         "berth.toml's [binds] decides the default binds; see --no-home and --contain",
     ),
-    refused("rocm", None, false, "--bind the host's ROCm libraries and /dev/kfd,/dev/dri"),
     refused("nvccli", None, false, "use --nv"),
     refused("app", None, true, "run the app's command with `berth exec IMAGE COMMAND`"),
     refused("net", Some('n'), false, HOST_NS),

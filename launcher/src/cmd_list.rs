@@ -1,5 +1,6 @@
 //! `berth list`: the calling user's held containers on this node (a Slurm step's, a PBS job's,
-//! `berth holder`'s, the warm ones `berth exec` keeps), as a table or JSON.
+//! `berth holder`'s, the warm ones `berth exec` keeps) and the named containers their jobs
+//! keep between steps (`--container-name`), as a table or JSON.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// Print JSON (an array of objects) instead of a table
+    /// Print JSON (`{"holders": [...], "named": [...]}`) instead of a table
     #[arg(long)]
     pub json: bool,
 }
@@ -28,15 +29,45 @@ pub struct Listed {
     pub members: usize,
 }
 
+/// One named container (kept between a job's steps), as listed.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ListedNamed {
+    pub name: String,
+    /// The job it belongs to (`global` for the site's global scope).
+    pub job: String,
+    pub image: PathBuf,
+    /// Seconds since the job's first step with this name made it.
+    pub age_s: u64,
+}
+
 pub fn run(cfg: &Config, args: ListArgs) -> Result<i32, Error> {
     let uid = nix::unistd::getuid().as_raw();
     let list = list(cfg, uid);
+    let named: Vec<ListedNamed> = berth_runtime::named::list(cfg, uid)
+        .into_iter()
+        .map(|n| ListedNamed { name: n.name, job: n.job, image: n.image, age_s: n.age_s })
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        let all = serde_json::json!({ "holders": list, "named": named });
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return Ok(0);
     }
     print!("{}", table(&list));
+    if !named.is_empty() {
+        print!("\n{}", named_table(&named));
+    }
     Ok(0)
+}
+
+/// The named containers' table, below the holders'.
+pub fn named_table(list: &[ListedNamed]) -> String {
+    let w = list.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
+    let j = list.iter().map(|l| l.job.len()).max().unwrap_or(0).max(3);
+    let mut out = format!("{:<w$}  {:<j$}  {:>7}  IMAGE\n", "NAMED", "JOB", "AGE");
+    for l in list {
+        out += &format!("{:<w$}  {:<j$}  {:>7}  {}\n", l.name, l.job, age(l.age_s), l.image.display());
+    }
+    out
 }
 
 /// The running holders of `uid`, by name. Records of holders that are gone are skipped (and
@@ -130,6 +161,17 @@ mod tests {
             members: 4,
         }]);
         assert_eq!(t.lines().nth(1), Some("slurm-12.0      4242    1m01s        4  /i/a.sqsh"));
+    }
+
+    #[test]
+    fn named_table_columns() {
+        let t = named_table(&[ListedNamed {
+            name: "n1".into(),
+            job: "42".into(),
+            image: "/i/a.sqsh".into(),
+            age_s: 5,
+        }]);
+        assert_eq!(t, "NAMED  JOB      AGE  IMAGE\nn1     42        5s  /i/a.sqsh\n");
     }
 
     #[test]

@@ -45,7 +45,10 @@ pub fn host(
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(0);
     }
-    println!("host injection for this node (mpi: {:?}, nvidia: {}):", plan.mpi, plan.nvidia);
+    println!(
+        "host injection for this node (mpi: {:?}, nvidia: {}, rocm: {}):",
+        plan.mpi, plan.nvidia, plan.rocm
+    );
     for (i, lent) in plan.binds() {
         let when = if lent { "; lent to images that can run it" } else { "" };
         println!("  {} -> {}  [{}{when}]", i.host_path.display(), i.container_path.display(), i.why);

@@ -145,8 +145,12 @@ struct ContainerOpts {
     #[command(flatten)]
     unsupported: apptainer::Unsupported,
     /// A throwaway writable layer over the image
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overlay")]
     writable_tmpfs: bool,
+    /// A writable layer over the image kept in DIR (a directory of yours on a local
+    /// filesystem; DIR/upper and DIR/work are made on first use)
+    #[arg(short = 'o', long, value_name = "DIR")]
+    overlay: Option<PathBuf>,
     /// MPI model: hybrid (image MPI + host fabric libraries), host (host MPI replaces the
     /// image's, ABI checked), none (default: the site's, usually hybrid)
     #[arg(long, value_name = "MODEL", value_parser = parse_mpi)]
@@ -154,6 +158,9 @@ struct ContainerOpts {
     /// Bind the host's NVIDIA driver stack and the job's GPUs
     #[arg(long)]
     nv: bool,
+    /// Bind the host's AMD GPUs (/dev/kfd, the job's /dev/dri nodes) and ROCm libraries
+    #[arg(long)]
+    rocm: bool,
     /// Print the plan (every mount, file and env rule) instead of running
     #[arg(long)]
     dry_run: bool,
@@ -432,8 +439,9 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     req.workdir = opts.workdir.clone();
     req.mount_home = !opts.no_home && !opts.contain && !opts.containall;
     // Contained runs get an empty writable /tmp (the image's, under a throwaway layer)
-    // rather than a read-only one.
-    req.writable_tmpfs = opts.writable_tmpfs || opts.contain || opts.containall;
+    // rather than a read-only one; with --overlay that layer is the kept one.
+    req.writable_tmpfs = opts.writable_tmpfs || (opts.overlay.is_none() && (opts.contain || opts.containall));
+    req.overlay = opts.overlay.clone();
     if let Some(spec) = &opts.home {
         let (bind, home) = apptainer::home_bind(spec)?;
         req.mount_home = false;
@@ -443,6 +451,7 @@ fn make_request(opts: &ContainerOpts, image: PathBuf, action: Action) -> Result<
     }
     req.mpi = opts.mpi;
     req.nvidia = opts.nv;
+    req.rocm = opts.rocm;
     Ok(req)
 }
 

@@ -378,7 +378,9 @@ fn run_in_container(
         // Like a native job: the directory pbs_mom started the job in ($HOME, or
         // PBS_O_INITDIR), unless the job asks for another.
         req.workdir = opts.workdir.clone();
-        req.nvidia = opts.nvidia || options::gpus_allocated(&cfg, env);
+        let (nvidia, rocm) = options::gpus_allocated(&cfg, env);
+        req.nvidia = opts.nvidia || nvidia;
+        req.rocm = opts.rocm || rocm;
         req.mpi = opts.mpi;
         req.cleanenv = opts.cleanenv;
         req.mount_home = !opts.no_home;

@@ -17,6 +17,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("BERTH_LOG", "log filter"),
     ("BERTH_CONTAINER", "set by berth inside containers"),
     ("BERTH_NV", "1: the host's NVIDIA driver stack inside (like `berth exec --nv`)"),
+    ("BERTH_ROCM", "1: the host's AMD GPUs and ROCm libraries inside (like `berth exec --rocm`)"),
     ("BERTH_MPI", "hybrid|host|none: the MPI model (like `berth exec --mpi=`)"),
     ("BERTH_PBS_SSH", "ssh command used by the rsh agent"),
 ];
@@ -36,6 +37,7 @@ pub struct Options {
     pub no_home: bool,
     pub writable_tmpfs: bool,
     pub nvidia: bool,
+    pub rocm: bool,
     pub mpi: Option<MpiMode>,
 }
 
@@ -68,6 +70,7 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
             "BERTH_NO_HOME" => o.no_home = flag(k, v)?,
             "BERTH_WRITABLE_TMPFS" => o.writable_tmpfs = flag(k, v)?,
             "BERTH_NV" => o.nvidia = flag(k, v)?,
+            "BERTH_ROCM" => o.rocm = flag(k, v)?,
             "BERTH_MPI" => {
                 o.mpi = Some(match v.trim() {
                     "hybrid" => MpiMode::Hybrid,
@@ -93,12 +96,24 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
     Ok(o)
 }
 
-/// Whether pbs_mom allocated GPUs to the job on this node: TORQUE sets `PBS_GPUFILE` for
-/// jobs with `gpus=N` (OpenPBS: `CUDA_VISIBLE_DEVICES` from its cgroup hook). Under the
-/// site's `inject.nvidia = "auto"` such a job gets the driver without asking, as under Slurm.
-pub fn gpus_allocated(cfg: &berth_runtime::config::Config, env: impl Fn(&str) -> Option<String>) -> bool {
-    cfg.inject.nvidia == berth_runtime::inject::NvidiaMode::Auto
-        && (env("PBS_GPUFILE").is_some() || env("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.trim().is_empty()))
+/// Which GPU stacks a job gets without asking, as `(nvidia, rocm)`: when pbs_mom allocated
+/// GPUs to the job on this node (TORQUE sets `PBS_GPUFILE` for jobs with `gpus=N`; OpenPBS'
+/// cgroup hook sets `CUDA_VISIBLE_DEVICES`), the node's own kind under the site's "auto", as
+/// under Slurm: AMD's on a node with only AMD GPUs, NVIDIA's otherwise.
+pub fn gpus_allocated(
+    cfg: &berth_runtime::config::Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> (bool, bool) {
+    use berth_runtime::inject::GpuMode;
+    let allocated = env("PBS_GPUFILE").is_some()
+        || ["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]
+            .iter()
+            .any(|v| env(v).is_some_and(|v| !v.trim().is_empty()));
+    if !allocated {
+        return (false, false);
+    }
+    let amd = berth_runtime::inject::amd_gpus_only(&cfg.inject.host_root);
+    (cfg.inject.nvidia == GpuMode::Auto && !amd, cfg.inject.rocm == GpuMode::Auto && amd)
 }
 
 /// The `BERTH_*` pairs of the environment, for [`CARRIED`].
@@ -143,6 +158,8 @@ mod tests {
         assert!(parse([("BERTH_MPI", "openmpi")]).unwrap_err().contains("use hybrid, host or none"));
         assert!(parse([("BERTH_NV", "gpu")]).unwrap_err().contains("BERTH_NV"));
         let o = parse([("BERTH_MPI", "host"), ("BERTH_NV", "1")]).unwrap();
-        assert_eq!((o.mpi, o.nvidia), (Some(MpiMode::Host), true));
+        assert_eq!((o.mpi, o.nvidia, o.rocm), (Some(MpiMode::Host), true, false));
+        assert!(parse([("BERTH_ROCM", "1")]).unwrap().rocm);
+        assert!(parse([("BERTH_ROCM", "amd")]).unwrap_err().contains("BERTH_ROCM"));
     }
 }

@@ -63,7 +63,7 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     }
                 }
             }
-            Step::Overlay { lower, upper, work, at } => {
+            Step::Overlay { lower, upper, work, at, persistent } => {
                 // overlayfs clones the upper layer's mount, which the unbindable staging mount
                 // forbids: the layers get a tmpfs of their own.
                 let layers = upper.parent().unwrap_or(upper);
@@ -80,19 +80,24 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 }
                 finished = finish_injection(plan, lower)?;
                 prepare_mount_points(plan, finished.as_ref(), sys, lower, upper)?;
-                let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},userxattr",
-                    lower.display(),
-                    upper.display(),
-                    work.display()
-                );
-                sys.mount(
-                    Some(Path::new("overlay")),
-                    at,
-                    Some("overlay"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(&opts),
-                )?;
+                match persistent {
+                    None => {
+                        let opts = format!(
+                            "lowerdir={},upperdir={},workdir={},userxattr",
+                            lower.display(),
+                            upper.display(),
+                            work.display()
+                        );
+                        sys.mount(
+                            Some(Path::new("overlay")),
+                            at,
+                            Some("overlay"),
+                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                            Some(&opts),
+                        )?;
+                    }
+                    Some(kept) => mount_kept_layer(sys, kept, lower, upper, at)?,
+                }
             }
             Step::Dev { nodes, dirs } => {
                 let dev = sys.resolve_in_root(&root, Path::new("/dev"))?;
@@ -172,6 +177,69 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mount the overlay whose writable layer is the user's directory: the mount points stay in
+/// the tmpfs layer `mount_points`, now read-only above the image, so that the directory keeps
+/// only what the user changed.
+fn mount_kept_layer(
+    sys: &mut dyn MountOps,
+    kept: &crate::plan::KeptLayer,
+    image: &Path,
+    mount_points: &Path,
+    at: &Path,
+) -> Result<()> {
+    use crate::config::OverlayMount;
+    let (upper, work) = (crate::overlay::upper(&kept.dir), crate::overlay::work(&kept.dir));
+    sys.mkdir_all(&upper)?;
+    sys.mkdir_all(&work)?;
+    let layers = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        mount_points.display(),
+        image.display(),
+        upper.display(),
+        work.display()
+    );
+    let kernel = |sys: &mut dyn MountOps| {
+        sys.mount(
+            Some(Path::new("overlay")),
+            at,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(&format!("{layers},userxattr")),
+        )
+    };
+    match kept.via {
+        OverlayMount::Kernel => kernel(sys).map_err(|e| overlay_error(&kept.dir, e)),
+        OverlayMount::Fuse => sys.start_fuse_overlay(&kept.fuse_program, &layers, at),
+        OverlayMount::Auto => match kernel(sys) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                tracing::debug!("kernel overlayfs refused ({refused}); trying {}", kept.fuse_program);
+                sys.start_fuse_overlay(&kept.fuse_program, &layers, at).map_err(|fuse| {
+                    Error::request(
+                        format!("--overlay {}", kept.dir.display()),
+                        format!("the kernel refused the overlay ({refused}) and so did fuse-overlayfs ({fuse})"),
+                        "unprivileged overlays need Linux 5.11 or later, or fuse-overlayfs; and DIR on a local \
+                         filesystem with user extended attributes",
+                    )
+                })
+            }
+        },
+    }
+}
+
+/// The kernel's refusal to mount a persistent overlay, with what the user can do about it.
+fn overlay_error(dir: &Path, e: Error) -> Error {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    Error::request(
+        format!("--overlay {}", dir.display()),
+        format!("the kernel (Linux {release}) refused the overlay mount: {e}"),
+        "unprivileged overlays need Linux 5.11 or later and a local filesystem with user extended \
+         attributes for DIR; an overlay directory made by another tool (e.g. Apptainer as root, with \
+         trusted.* attributes) cannot be reused: start from an empty directory",
+    )
 }
 
 /// The plan's injection checked against and completed for the image at `image_root` (not a
@@ -339,6 +407,41 @@ mod tests {
         let n = rec.ops.len();
         assert!(rec.ops[n - 2].starts_with("attrs /tmp/berth-1001/mnt/root rec=false Attrs { readonly: true"));
         assert_eq!(rec.ops[n - 1], "pivot_root /tmp/berth-1001/mnt/root");
+    }
+
+    /// `--overlay DIR`: mount points go to the tmpfs layer, which becomes a lower layer above
+    /// the image; DIR/upper is the writable layer; the root stays writable.
+    #[test]
+    fn kept_overlay_layers_and_mount_points() {
+        for (via, expect) in [
+            (crate::config::OverlayMount::Auto, "mount overlay /tmp/berth-1001/mnt/root overlay"),
+            (crate::config::OverlayMount::Fuse, "fuse-overlay fuse-overlayfs "),
+        ] {
+            let mut req = Request::new("app.sif".into(), Action::Shell);
+            req.overlay = Some("/data/ovl".into());
+            let cfg = Config { overlay_mount: via, ..Config::default() };
+            let plan = crate::plan::plan(&req, &sqfs_image(), &cfg, &facts(), None).unwrap();
+            let mut rec = Recorder::default();
+            apply(&plan, &mut rec).unwrap();
+            let ops = rec.ops.join("\n");
+            let pos =
+                |needle: &str| ops.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{ops}"));
+            let layers = "lowerdir=/tmp/berth-1001/mnt/overlay/upper:/tmp/berth-1001/mnt/image,\
+                          upperdir=/data/ovl/upper,workdir=/data/ovl/work";
+            assert!(pos("mkdir /data/ovl/upper") < pos(expect) && pos("mkdir /data/ovl/work") < pos(expect));
+            assert!(pos("touch /tmp/berth-1001/mnt/overlay/upper/etc/hosts") < pos(expect), "{ops}");
+            assert!(ops.contains(layers), "{ops}");
+            // The kernel needs user xattrs in a user namespace; fuse-overlayfs has no such option.
+            assert_eq!(
+                ops.contains(&format!("{layers},userxattr")),
+                via == crate::config::OverlayMount::Auto
+            );
+            assert!(!ops.contains("touch /data/ovl") && !ops.contains("mkdir /data/ovl/upper/"), "{ops}");
+            assert!(
+                !ops.contains("attrs /tmp/berth-1001/mnt/root rec=false Attrs { readonly: true"),
+                "{ops}"
+            );
+        }
     }
 
     /// `-B ~/dir:/etc` where `~/dir` has no passwd/group: nothing is created in the host

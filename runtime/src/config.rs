@@ -24,6 +24,20 @@ pub enum MountMode {
     Privileged,
 }
 
+/// How `--overlay DIR` is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlayMount {
+    /// The kernel's overlayfs in the user namespace (Linux 5.11 and later), else
+    /// fuse-overlayfs when the kernel refuses.
+    #[default]
+    Auto,
+    /// The kernel's overlayfs only.
+    Kernel,
+    /// fuse-overlayfs only.
+    Fuse,
+}
+
 /// The site configuration (`berth.toml`); every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +50,10 @@ pub struct Config {
     pub squashfuse: String,
     /// Default mount mode; `privileged` is honoured only in a root context.
     pub mount_mode: MountMode,
+    /// How `--overlay DIR` is mounted.
+    pub overlay_mount: OverlayMount,
+    /// The FUSE overlay server for kernels without unprivileged overlayfs.
+    pub fuse_overlayfs: String,
     /// Seconds a container set up by `berth exec`/`run` stays mounted after its last process
     /// ends, so that the next identical run (same image, options, directory) joins it instead
     /// of mounting and decompressing again. 0 turns this off.
@@ -113,6 +131,8 @@ impl Default for Config {
             state_dir: String::new(),
             squashfuse: "squashfuse_ll".into(),
             mount_mode: MountMode::Unprivileged,
+            overlay_mount: OverlayMount::Auto,
+            fuse_overlayfs: "fuse-overlayfs".into(),
             keep_warm_seconds: 10,
             binds: BindsConfig::default(),
             env: EnvConfig::default(),

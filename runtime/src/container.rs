@@ -18,11 +18,12 @@ use crate::metadata::{self, Metadata};
 use crate::plan::{HostFacts, Plan};
 use crate::request::Action;
 use crate::sys::process::{self, Ended};
-use crate::sys::real::{FuseServer, RealSys};
+use crate::sys::real::{FuseKind, FuseServer, RealSys};
 
 /// A container set up in this process's namespaces, root already pivoted.
 pub(crate) struct Entered {
-    pub fuse: Option<FuseServer>,
+    /// The FUSE servers of the image and of a kept overlay, in start order.
+    pub fuse: Vec<FuseServer>,
     pub meta: Metadata,
     pub env: Env,
     pub workdir: PathBuf,
@@ -83,7 +84,7 @@ pub(crate) fn enter(plan: &Plan) -> Result<Entered> {
     let meta = metadata::read(Path::new("/"));
     let env = crate::env::try_compose(&plan.env, &meta.env_files)?;
     let workdir = choose_workdir(&plan.workdir, plan.workdir_required)?;
-    Ok(Entered { fuse: sys.fuse.take(), meta, env, workdir })
+    Ok(Entered { fuse: std::mem::take(&mut sys.fuse), meta, env, workdir })
 }
 
 fn choose_workdir(candidates: &[PathBuf], required: bool) -> Result<PathBuf> {
@@ -153,10 +154,12 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
     let workdir = entered.workdir.clone();
     // Read the program ahead while it starts (the child is forked after the thread exists;
     // glibc's fork keeps malloc usable in the child, and the child only execs).
-    if let Some(program) = argv.first().filter(|_| entered.fuse.is_some() && slow_image) {
+    if let Some(program) =
+        argv.first().filter(|_| entered.fuse.iter().any(|f| f.kind == FuseKind::Image) && slow_image)
+    {
         warm_in_background(program, &entered.env, &workdir);
     }
-    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
+    let fuse_pids: Vec<i32> = entered.fuse.iter().map(|f| f.pid()).collect();
     let ended = process::fork_and_wait(
         || {
             let e = process::chdir_harden_exec(&workdir, &argv, &env);
@@ -164,14 +167,12 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
             e.exit_code()
         },
         |pid, st| {
-            if Some(pid.as_raw()) == fuse_pid {
-                tracing::warn!("the image's FUSE server ended early: {st:?}");
+            if fuse_pids.contains(&pid.as_raw()) {
+                tracing::warn!("a FUSE server of the container ended early: {st:?}");
             }
         },
     );
-    if let Some(f) = entered.fuse.take() {
-        f.stop();
-    }
+    crate::sys::real::stop_all(std::mem::take(&mut entered.fuse));
     ended
 }
 

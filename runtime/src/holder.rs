@@ -248,7 +248,7 @@ pub(crate) fn hold(
     if let Some(fd) = ready {
         signal_ready(fd);
     }
-    let fuse_pid = entered.fuse.as_ref().map(|f| f.pid());
+    let fuse_pids: Vec<i32> = entered.fuse.iter().map(|f| f.pid()).collect();
     // Kept from the moment the holder decides it is idle until its record is gone, so that
     // no joiner can find the record of a container that is going away.
     let lock_path = format!("/proc/self/fd/{}/{}", dirfd.as_raw_fd(), lock_name(name));
@@ -285,7 +285,7 @@ pub(crate) fn hold(
         _ => std::time::Duration::from_secs(1),
     });
     let stopped = process::wait_for_stop(
-        |pid, _| Some(pid.as_raw()) == fuse_pid,
+        |pid, _| fuse_pids.contains(&pid.as_raw()),
         watch,
         period.map(|p| (p, &mut no_longer_needed as &mut dyn FnMut() -> bool)),
     );
@@ -300,9 +300,7 @@ pub(crate) fn hold(
         let _ = std::fs::remove_file(&lock_path);
     }
     drop(closing_lock);
-    if let Some(f) = entered.fuse.take() {
-        f.stop();
-    }
+    crate::sys::real::stop_all(std::mem::take(&mut entered.fuse));
     match stopped? {
         Some(_) => Ok(0),
         None => Err(Error::image(&plan.image.path, "the FUSE server ended while the container was held", "")),

@@ -24,6 +24,8 @@ pub mod container;
 pub(crate) mod env;
 pub mod holder;
 pub(crate) mod metadata;
+pub mod named;
+pub mod overlay;
 pub mod plan;
 pub(crate) mod privileged;
 pub mod scheduler;

@@ -94,6 +94,17 @@ pub(crate) enum ImageMount {
     Directory { path: PathBuf },
 }
 
+/// The user's directory as the kept writable layer (`--overlay DIR`) and how to mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptLayer {
+    /// The user's directory (`DIR/upper`, `DIR/work` inside it).
+    pub dir: PathBuf,
+    /// The kernel's overlayfs or fuse-overlayfs (`overlay_mount` in berth.toml).
+    pub via: crate::config::OverlayMount,
+    /// The fuse-overlayfs program, for `via` auto and fuse.
+    pub fuse_program: String,
+}
+
 /// One mount-namespace operation, in order. Container paths are relative to the new root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "op")]
@@ -108,12 +119,16 @@ pub(crate) enum Step {
         at: PathBuf,
     },
     /// Overlay over the read-only image so mount points can be created for destinations the
-    /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer.
+    /// image lacks (e.g. `/scratch`, `$HOME`); also the `--writable-tmpfs` layer. With
+    /// `persistent` (`--overlay DIR`), the tmpfs layer holding the mount points becomes a
+    /// lower layer and `DIR/upper` the writable one, so only the user's changes are kept.
     Overlay {
         lower: PathBuf,
         upper: PathBuf,
         work: PathBuf,
         at: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        persistent: Option<KeptLayer>,
     },
     /// A minimal `/dev`: tmpfs plus the host's standard nodes.
     Dev {
@@ -309,11 +324,23 @@ pub fn plan(
     let state_dir = cfg.state_dir_for(host.user.uid);
     let staging = state_dir.join("mnt");
     let mut steps = image_steps(image, cfg, host, &staging)?;
+    if req.overlay.is_some() && req.writable_tmpfs {
+        return Err(Error::request(
+            "--overlay with --writable-tmpfs",
+            "the two writable layers exclude each other: --overlay keeps the changes, --writable-tmpfs throws them away",
+            "give one of them",
+        ));
+    }
     steps.push(Step::Overlay {
         lower: staging.join("image"),
         upper: staging.join("overlay/upper"),
         work: staging.join("overlay/work"),
         at: staging.join("root"),
+        persistent: req.overlay.as_ref().map(|d| KeptLayer {
+            dir: absolute(d, host),
+            via: cfg.overlay_mount,
+            fuse_program: cfg.fuse_overlayfs.clone(),
+        }),
     });
 
     // Kernel interfaces and a minimal /dev.
@@ -409,7 +436,7 @@ pub fn plan(
         }
     }
 
-    if !req.writable_tmpfs {
+    if !req.writable_tmpfs && req.overlay.is_none() {
         steps.push(Step::ReadonlyRoot);
     }
     steps.push(Step::PivotRoot);
@@ -452,7 +479,7 @@ pub fn plan(
         workdir,
         workdir_required,
         action: req.action.clone(),
-        writable: req.writable_tmpfs,
+        writable: req.writable_tmpfs || req.overlay.is_some(),
         remap_root: req.remap_root,
     })
 }
@@ -557,9 +584,21 @@ impl fmt::Display for Plan {
                     path.display(),
                     at.display()
                 )?,
-                Step::Overlay { at, .. } => {
+                Step::Overlay { at, persistent: None, .. } => {
                     writeln!(f, "overlay (tmpfs upper) on {} as the new root", at.display())?
                 }
+                Step::Overlay { at, persistent: Some(k), .. } => writeln!(
+                    f,
+                    "overlay (kept upper {}, work {}; {}) on {} as the new root",
+                    crate::overlay::upper(&k.dir).display(),
+                    crate::overlay::work(&k.dir).display(),
+                    match k.via {
+                        crate::config::OverlayMount::Auto => "kernel overlayfs, else fuse-overlayfs",
+                        crate::config::OverlayMount::Kernel => "kernel overlayfs",
+                        crate::config::OverlayMount::Fuse => "fuse-overlayfs",
+                    },
+                    at.display()
+                )?,
                 Step::Dev { nodes, dirs } => writeln!(
                     f,
                     "minimal /dev: {} nodes, {} dirs ({})",
@@ -578,8 +617,8 @@ impl fmt::Display for Plan {
                 Step::Inject { plan } => {
                     writeln!(
                         f,
-                        "host injection (mpi: {:?}, nvidia: {}), after checking the image:",
-                        plan.mpi, plan.nvidia
+                        "host injection (mpi: {:?}, nvidia: {}, rocm: {}), after checking the image:",
+                        plan.mpi, plan.nvidia, plan.rocm
                     )?;
                     for (i, lent) in plan.binds() {
                         writeln!(
@@ -800,6 +839,25 @@ pub(crate) mod tests {
         assert!(!binds(&p).iter().any(|(s, _)| s == "/home/alice"));
         assert!(!p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
         assert_eq!(p.workdir, vec![PathBuf::from("/")]);
+    }
+
+    #[test]
+    fn overlay_dir_is_the_kept_writable_layer_and_excludes_writable_tmpfs() {
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.overlay = Some("ovl".into());
+        let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        match &p.steps[2] {
+            Step::Overlay { persistent, .. } => assert_eq!(
+                persistent.as_ref().map(|k| k.dir.as_path()),
+                Some(Path::new("/scratch/alice/run1/ovl"))
+            ),
+            s => panic!("unexpected {s:?}"),
+        }
+        assert!(p.writable && !p.steps.iter().any(|s| matches!(s, Step::ReadonlyRoot)));
+        assert!(p.to_string().contains("kept upper /scratch/alice/run1/ovl/upper"), "{p}");
+        req.writable_tmpfs = true;
+        let e = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap_err().to_string();
+        assert!(e.contains("--overlay with --writable-tmpfs"), "{e}");
     }
 
     #[test]

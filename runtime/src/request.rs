@@ -102,10 +102,17 @@ pub struct Request {
     pub mount_home: bool,
     /// A throwaway writable layer over the image.
     pub writable_tmpfs: bool,
+    /// `--overlay DIR`: the user's host directory as the writable layer over the image, kept
+    /// after the run (`DIR/upper`, `DIR/work`); excludes `writable_tmpfs`.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
     /// `--mpi=hybrid|host|none`; None: the site default.
     pub mpi: Option<crate::inject::MpiMode>,
     /// `--nv`: the host's NVIDIA driver stack and the job's GPUs.
     pub nvidia: bool,
+    /// `--rocm`: the host's AMD GPU devices and ROCm libraries, the job's GPUs only.
+    #[serde(default)]
+    pub rocm: bool,
     /// Appear as uid/gid 0 inside (pyxis' `--container-remap-root`): the user namespace maps
     /// 0 to the user's own ids, so no privilege is gained outside.
     #[serde(default)]
@@ -125,8 +132,10 @@ impl Request {
             workdir: None,
             mount_home: true,
             writable_tmpfs: false,
+            overlay: None,
             mpi: None,
             nvidia: false,
+            rocm: false,
             remap_root: false,
         }
     }

@@ -48,8 +48,11 @@ pub fn prepare(cfg: &Config, req: Request) -> Result<Prepared> {
 }
 
 /// Prepare `req` for an image the caller opened (and checked) itself.
-pub fn prepare_opened(cfg: &Config, req: Request, img: Image) -> Result<Prepared> {
+pub fn prepare_opened(cfg: &Config, mut req: Request, img: Image) -> Result<Prepared> {
     let host = HostFacts::probe()?;
+    if let Some(dir) = &req.overlay {
+        req.overlay = Some(crate::overlay::check_dir(dir, host.user.uid)?);
+    }
     let injected = inject::discover_for_request(cfg, &req)?;
     let plan = plan::plan(&req, &img, cfg, &host, injected.as_ref())?;
     Ok(Prepared { request: req, image: img, host, plan })
@@ -165,8 +168,15 @@ pub fn run(cfg: &Config, req: Request, share: bool) -> Result<Ended> {
             return run_shared_rank(cfg, req, launcher);
         }
     }
-    // A throwaway writable layer is this run's alone; an interactive shell is long anyway.
-    if share && cfg.keep_warm_seconds > 0 && !req.writable_tmpfs && !matches!(req.action, Action::Shell) {
+    // A throwaway writable layer is this run's alone; a kept one (--overlay) must not stay
+    // mounted after the run, where a later run with other options would mount the same
+    // DIR a second time; an interactive shell is long anyway.
+    if share
+        && cfg.keep_warm_seconds > 0
+        && !req.writable_tmpfs
+        && req.overlay.is_none()
+        && !matches!(req.action, Action::Shell)
+    {
         return run_warm(cfg, req);
     }
     prepare(cfg, req)?.run()
@@ -197,11 +207,17 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     serde_json::to_string(&key).unwrap_or_default().hash(&mut h);
     toml::to_string(cfg).unwrap_or_default().hash(&mut h);
     stat(&cfg.inject.host_root.join("etc/ld.so.cache")).hash(&mut h);
-    for var in ["SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY"] {
+    for var in [
+        "SLURM_STEP_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_MPS_PIPE_DIRECTORY",
+        "ROCR_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+    ] {
         std::env::var_os(var).hash(&mut h);
     }
     // What the plan before discovery does not show: the injection asked for, --cleanenv.
-    format!("{:?} {:?}", req.mpi, req.nvidia).hash(&mut h);
+    format!("{:?} {:?} {:?}", req.mpi, req.nvidia, req.rocm).hash(&mut h);
     (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
     let name = format!("warm-{:016x}", h.finish());
     let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);

@@ -69,6 +69,109 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
     }
 }
 
+/// Remove `dir` and everything in it as user `uid` (group `gid`, no supplementary groups), from
+/// root: a child process drops to the user before it touches anything, so the kernel checks
+/// every step with the user's rights and a link of theirs leads nowhere they could not go
+/// themselves. Directories the user made unreadable (and overlayfs' `work/work`, mode 0) are
+/// opened up first.
+pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", r#"chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#, "sh"])
+        .arg(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        // With a uid and no groups given, std drops the supplementary groups (setgroups(0))
+        // before setgid/setuid in the child.
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// `--container-save=DEST`: the container's root as the step leaves it (the image with the
+/// step's changes) into the SquashFS file `dest`, while the holder still holds it. Runs as
+/// the user (their uid, gid and groups) from root: `mksquashfs` reads the root through
+/// `/proc/PID/root` of the user's own holder, writes a temporary file beside `dest` and renames
+/// it into place, so `dest` is whole or untouched. Mounts inside the container (binds from the
+/// host, `/proc`, `/dev`, the files berth generates) are left out: they are not the container's.
+pub fn save_root(h: &Running, uid: u32, gid: u32, groups: Vec<u32>, dest: &Path) -> Result<(), String> {
+    if protocol::start_time(h.pid) != h.start_time || h.start_time.is_none() {
+        return Err("the container ended before it could be saved".into());
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", h.pid))
+        .map_err(|e| format!("cannot read the container's mounts: {e}"))?;
+    let excluded = mount_points(&mountinfo);
+    let name = dest.file_name().ok_or("not a file path")?.to_string_lossy().into_owned();
+    let tmp = dest.with_file_name(format!(".{name}.berth-save.{}", std::process::id()));
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        r#"src=$1 tmp=$2 dest=$3; shift 3; [ $# = 0 ] || set -- -e "$@"
+           mksquashfs "$src" "$tmp" -noappend -quiet -no-progress "$@" >/dev/null || { rm -f -- "$tmp"; exit 1; }
+           mv -f -- "$tmp" "$dest" || { rm -f -- "$tmp"; exit 1; }"#,
+        "sh",
+    ])
+    .arg(format!("/proc/{}/root/", h.pid))
+    .arg(&tmp)
+    .arg(dest)
+    .args(&excluded)
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .current_dir("/")
+    .stdin(std::process::Stdio::null());
+    sys::run_as(&mut cmd, uid, gid, groups);
+    let out = cmd.output().map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("mksquashfs failed").trim().to_string())
+    }
+}
+
+/// The mount points of a mountinfo table other than the root, relative to the root, in the
+/// form `mksquashfs -e` takes (octal escapes decoded).
+pub fn mount_points(mountinfo: &str) -> Vec<String> {
+    let unescape = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match (b[i], octal) {
+                (b'\\', Some(d)) => {
+                    out.push(d.iter().fold(0u8, |a, c| a.wrapping_mul(8) + (c - b'0')));
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut v: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|p| p != "/")
+        .map(|p| p.trim_start_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Where the holder keeps its state.
 pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> std::path::PathBuf {
     protocol::record_path(cfg, uid, name)
@@ -77,6 +180,68 @@ pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The job epilog removes a job's named containers from root as the user: a user's link
+    /// to root's files gets nothing removed there, and the user's own tree goes, locked
+    /// directories included.
+    #[test]
+    fn remove_as_user_removes_only_what_the_user_could() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Some(user) = ["berthuser", "berthtest", "nobody"]
+            .iter()
+            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+        else {
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let roots = t.path().join("roots");
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::write(roots.join("precious"), "root's").unwrap();
+        let job = t.path().join("job");
+        std::fs::create_dir_all(job.join("n1/upper/locked/deep")).unwrap();
+        std::fs::write(job.join("n1/upper/locked/deep/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&roots, job.join("n1/upper/link")).unwrap();
+        nix::unistd::chown(t.path(), Some(user.uid), Some(user.gid)).unwrap();
+        for e in walk(&job) {
+            std::os::unix::fs::lchown(&e, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        }
+        std::fs::set_permissions(job.join("n1/upper/locked"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        // A link named like the job's directory, pointing at root's: nothing of root's goes.
+        let link = t.path().join("linkjob");
+        std::os::unix::fs::symlink(&roots, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+        let _ = remove_as_user(user.uid.as_raw(), user.gid.as_raw(), &link);
+        assert!(roots.join("precious").exists());
+        remove_as_user(user.uid.as_raw(), user.gid.as_raw(), &job).unwrap();
+        assert!(!job.exists());
+        assert!(roots.join("precious").exists());
+    }
+
+    #[test]
+    fn mount_points_are_relative_and_unescaped() {
+        let mi = "1 0 0:50 / / rw - overlay overlay rw\n\
+                  2 1 0:51 / /proc rw - proc proc rw\n\
+                  3 1 8:1 /home/u /home/u rw - ext4 /dev/vda rw\n\
+                  4 1 8:1 /x /my\\040dir rw - ext4 /dev/vda rw\n\
+                  5 1 0:52 /passwd /etc/passwd ro - tmpfs tmpfs rw\n\
+                  6 2 0:51 / /proc rw - proc proc rw\n";
+        assert_eq!(mount_points(mi), ["etc/passwd", "home/u", "my dir", "proc"]);
+    }
+
+    fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+        let mut v = vec![p.to_path_buf()];
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(p).unwrap() {
+                v.extend(walk(&e.unwrap().path()));
+            }
+        }
+        v
+    }
 
     /// `slurm_spank_exit` runs this as root; the record's directory is the user's. A user who
     /// turns `holders` into a link to another directory gets nothing removed there.

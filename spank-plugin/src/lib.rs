@@ -10,7 +10,11 @@
 //!   until it is ready. A failure is recorded, not returned (that would drain the node).
 //! - each task, `slurm_spank_task_init`: join the holder's namespaces, set the image's
 //!   environment and working directory; or print the recorded failure and fail the task.
+//! - slurmstepd, `slurm_spank_task_exit`: with `--container-save`, after the last task on the
+//!   step's first node, save the container there.
 //! - slurmstepd, `slurm_spank_exit`: stop the holder.
+//! - at the end of the job, `slurm_spank_job_epilog` on each node: remove the job's named
+//!   containers (`--container-name`), as the user.
 //!
 //! The callbacks below are one line each; [`plugin`] holds the logic, [`sys`] all `unsafe`.
 
@@ -48,7 +52,8 @@ pub(crate) fn guard(what: &str, f: impl FnOnce() -> Result<(), String>) -> c_int
         Ok(Err(msg)) => msg,
         Err(_) => format!("internal error (panic) in {what}; please report it"),
     };
-    let before_tasks = !matches!(what, "slurm_spank_task_init" | "slurm_spank_exit");
+    let before_tasks =
+        !matches!(what, "slurm_spank_task_init" | "slurm_spank_task_exit" | "slurm_spank_exit");
     if before_tasks && plugin::defer_in_slurmstepd(&msg) {
         return 0;
     }
@@ -73,4 +78,6 @@ callback!(slurm_spank_init => plugin::init);
 callback!(slurm_spank_init_post_opt => plugin::init_post_opt);
 callback!(slurm_spank_user_init => plugin::user_init);
 callback!(slurm_spank_task_init => plugin::task_init);
+callback!(slurm_spank_task_exit => plugin::task_exit);
 callback!(slurm_spank_exit => plugin::exit);
+callback!(slurm_spank_job_epilog => plugin::job_epilog);

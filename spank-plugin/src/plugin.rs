@@ -31,6 +31,11 @@ struct State {
     holder: Option<Running>,
     /// slurmstepd: a failure for the user, reported by every task of the step.
     failure: Option<String>,
+    /// slurmstepd: the step's named container (`--container-name`), locked until the end of
+    /// the step.
+    named: Option<berth_runtime::named::Opened>,
+    /// slurmstepd: how many of this node's tasks have ended (`--container-save` waits for all).
+    tasks_ended: u32,
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -142,21 +147,20 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
         sp.getenv(IMAGE_VAR).filter(|s| !s.is_empty()).or_else(|| st.opts.image.clone()).or(slurm_container);
     // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
     sp.unsetenv(SLURM_CONTAINER);
-    let Some(image) = chosen else {
-        // pyxis runs a step in its named container even without an image; berth would run
-        // it on the host instead, so it fails the step with the reason.
-        if let Some(why) = st.opts.unsupported() {
-            st.image = Some(PathBuf::new());
-            st.failure.get_or_insert(why);
-        }
-        return Ok(());
-    };
-    let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
-    let image = settings::resolve_image(&image, submit_dir.as_deref());
-    let _ = sp.setenv(IMAGE_VAR, &image.display().to_string());
-
     let step = sp.step_id().unwrap_or(0);
     let batch_mode = st.opts.batch.unwrap_or(st.site.batch);
+    let image = match chosen {
+        Some(image) => {
+            let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
+            let image = settings::resolve_image(&image, submit_dir.as_deref());
+            let _ = sp.setenv(IMAGE_VAR, &image.display().to_string());
+            image
+        }
+        None if st.opts.name.is_none() => return Ok(()),
+        // A step with --container-name and no image runs in the named container, whose image
+        // user_init reads as the user (root never reads the user's state directory).
+        None => PathBuf::new(),
+    };
     if step == EXTERN_STEP || (step == BATCH_STEP && batch_mode == BatchMode::Host) {
         return Ok(());
     }
@@ -196,11 +200,43 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let mut st = state();
-    let Some(image) = st.image.clone() else { return Ok(()) };
+    let Some(asked) = st.image.clone() else { return Ok(()) };
     if st.failure.is_some() {
         return Ok(());
     }
-    match start_holder(sp, &st, &image) {
+    let image = match open_named(sp, &mut st, &asked) {
+        Ok(image) => image,
+        Err(e) => {
+            log_info(&format!("named container: {e}"));
+            st.failure = Some(e);
+            return Ok(());
+        }
+    };
+    let started = start_holder(sp, &st, &image);
+    // A named container's first step records its image once the container runs; one that
+    // failed leaves nothing behind.
+    let started = match (started, st.named.take()) {
+        (Ok(h), Some(mut named)) if named.image.is_none() => match named.record_image(&image) {
+            Ok(()) => {
+                st.named = Some(named);
+                Ok(h)
+            }
+            Err(e) => {
+                st.named = Some(named);
+                st.holder = Some(h);
+                Err(e.to_string())
+            }
+        },
+        (Err(e), Some(named)) if named.created => {
+            named.discard();
+            Err(e)
+        }
+        (r, named) => {
+            st.named = named;
+            r
+        }
+    };
+    match started {
         Ok(h) => {
             log_info(&format!(
                 "container {} ready (holder pid {}, image {})",
@@ -216,6 +252,49 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// With `--container-name`: open (as the user: slurmstepd's euid here) and lock the step's
+/// named container, and return the image it runs; else the image asked for (`asked`; empty
+/// when the step named none).
+fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<PathBuf, String> {
+    let Some((name, flag)) = st.opts.name.clone() else { return Ok(asked.to_path_buf()) };
+    let (job, uid) = (sp.job_id().ok_or("no job id")?, sp.job_uid().ok_or("no job uid")?);
+    let cfg = site_config(st)?;
+    let scope = st.site.scope;
+    let dir = berth_runtime::named::dir(&cfg, uid, scope, job, &name);
+    let asked = (!asked.as_os_str().is_empty()).then_some(asked);
+    // A missing container is made only when the flags allow it: looked up before anything is
+    // created.
+    let exists = dir.join("image").exists();
+    if !exists {
+        settings::named_image(&name, &flag, scope, None, asked)?;
+    }
+    // A step that just ended may still be stopping its holder (Slurm can start the next step
+    // before the last one's slurm_spank_exit has run): wait a moment for its lock.
+    let named = match berth_runtime::named::open(&cfg, uid, &dir, std::time::Duration::from_secs(5)) {
+        Ok(n) => n,
+        Err(berth_runtime::named::OpenError::InUse) => {
+            return Err(format!(
+                "--container-name={name}: the container is in use by another step of this job on this node; \
+                 berth does not share a named container between steps that run at the same time: wait for \
+                 that step, or use another name"
+            ))
+        }
+        Err(berth_runtime::named::OpenError::Other(e)) => return Err(e.to_string()),
+    };
+    match settings::named_image(&name, &flag, scope, named.image.as_deref(), asked) {
+        Ok(image) => {
+            st.named = Some(named);
+            Ok(image)
+        }
+        Err(e) => {
+            if named.created {
+                named.discard();
+            }
+            Err(e)
+        }
+    }
 }
 
 fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String> {
@@ -250,9 +329,15 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     binds.extend(st.site.binds.iter().cloned());
     binds.extend(st.opts.mounts.iter().cloned());
 
+    let mut request = settings::holder_request(image, &binds, &st.opts)?;
+    // A named container's writable layer is its kept upper directory.
+    if let Some(named) = &st.named {
+        request.writable_tmpfs = false;
+        request.overlay = Some(named.dir.clone());
+    }
     let spec = berth_runtime::holder::Spec {
         name: settings::holder_name(job, step),
-        request: settings::holder_request(image, &binds, &st.opts)?,
+        request,
         // Not for the batch step: its "program" is the script, which is read once anyway.
         warm: (step != BATCH_STEP).then(|| sp.job_argv0()).flatten().filter(|p| !p.is_empty()),
         // Set by holder::spawn when the holder starts as root.
@@ -329,6 +414,34 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     result
 }
 
+/// `slurm_spank_task_exit` (slurmstepd, root, as each task ends, before srun hears of it):
+/// with `--container-save`, once the last task on the step's first node has ended, save the
+/// container there. srun returns only afterwards, so the file is in place when it does.
+pub fn task_exit(sp: &Spank, _args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::Remote {
+        return Ok(());
+    }
+    let mut st = state();
+    let (Some(h), Some(save)) = (&st.holder, st.opts.save.clone()) else { return Ok(()) };
+    let h = h.clone();
+    st.tasks_ended += 1;
+    if sp.node_id() != Some(0) || Some(st.tasks_ended) != sp.local_task_count() {
+        return Ok(());
+    }
+    let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
+    let dest = settings::resolve_image(&save, submit_dir.as_deref());
+    let saved = match (sp.job_uid(), sp.job_gid()) {
+        (Some(uid), Some(gid)) => holder::save_root(&h, uid, gid, sp.supplementary_gids(), &dest),
+        _ => Err("no job uid".into()),
+    };
+    match saved {
+        Ok(()) => log_info(&format!("container {} saved to {}", h.name, dest.display())),
+        // The tasks have ended: Slurm's log (and srun, at its verbosity) has the reason.
+        Err(e) => log_error(&format!("--container-save={}: {e}", dest.display())),
+    }
+    Ok(())
+}
+
 /// The site's berth.toml (plugstack.conf's config=, else berth's default).
 fn site_config(st: &State) -> Result<berth_runtime::config::Config, String> {
     match &st.site.config {
@@ -395,6 +508,42 @@ pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
         let state_file = cfg.map(|c| holder::state_file(&c, h.uid, &h.name));
         holder::stop(&h, state_file.as_deref(), std::time::Duration::from_secs(10));
         log_verbose(&format!("container {} stopped", h.name));
+    }
+    // The holder (and with it the overlay on the named container's upper layer) is gone:
+    // the next step may mount it.
+    st.named = None;
+    Ok(())
+}
+
+/// `slurm_spank_job_epilog` (slurmd's job epilog, root, on every node of the job): remove
+/// the job's named containers. The directory is the user's, so the removal runs as the user
+/// (a child with the user's uid and gid, no supplementary groups): root never walks a tree
+/// the user controls. Never fails the epilog (that would drain the node): errors are logged.
+pub fn job_epilog(sp: &Spank, args: &[String]) -> Result<(), String> {
+    if sys::context() != Context::JobScript {
+        return Ok(());
+    }
+    let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else { return Ok(()) };
+    if uid == 0 {
+        return Ok(());
+    }
+    let site = Site::parse(args).unwrap_or_default();
+    let cfg = match &site.config {
+        Some(p) => berth_runtime::config::Config::load_file(p),
+        None => berth_runtime::config::Config::load_for_job().map(|(c, _)| c),
+    };
+    let Ok(cfg) = cfg else { return Ok(()) };
+    let dir = berth_runtime::named::job_dir(&cfg, uid, job);
+    // lstat only: nothing of the user's is followed here.
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Ok(());
+    }
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(65534, |u| u.gid.as_raw());
+    if let Err(e) = holder::remove_as_user(uid, gid, &dir) {
+        log_error(&format!("job {job}: cannot remove its named containers in {}: {e}", dir.display()));
     }
     Ok(())
 }

@@ -53,7 +53,12 @@ pub struct Site {
     /// Extra binds for every container (`bind=SRC[:DST[:ro]]`, repeatable or comma-separated),
     /// e.g. the node's TmpFS when it is not under /tmp.
     pub binds: Vec<String>,
+    /// Which steps share a `--container-name` (`container_scope=job|global`, pyxis' argument):
+    /// the job's (default; removed at the end of the job) or all of the user's jobs on the node.
+    pub scope: Scope,
 }
+
+pub use berth_runtime::named::Scope;
 
 impl Default for Site {
     fn default() -> Self {
@@ -64,6 +69,7 @@ impl Default for Site {
             timeout: Duration::from_secs(60),
             oci_conf: None,
             binds: vec![],
+            scope: Scope::Job,
         }
     }
 }
@@ -91,9 +97,17 @@ impl Site {
                         site.binds.push(b.to_string());
                     }
                 }
+                "container_scope" => {
+                    site.scope = match v {
+                        "job" => Scope::Job,
+                        "global" => Scope::Global,
+                        _ => return Err(bad("expected job or global".into())),
+                    }
+                }
                 _ => {
                     return Err(bad(
-                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind)".into()
+                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind, container_scope)"
+                            .into(),
                     ))
                 }
             }
@@ -142,11 +156,12 @@ pub enum Opt {
     EntrypointLog,
     Mpi,
     Nv,
+    Rocm,
 }
 
 impl Opt {
     /// name, argument (None for flags), usage.
-    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 18] = [
+    pub const ALL: [(Opt, &'static str, Option<&'static str>, &'static str); 19] = [
         (Opt::Image, "container-image", Some("IMAGE"), "[berth] image file to run the step in (same as --container)"),
         (Opt::Mounts, "container-mounts", Some("SRC[:DST[:ro|rw]][,...]"), "[berth] bind mount host paths into the container"),
         (Opt::Workdir, "container-workdir", Some("DIR"), "[berth] working directory inside the container"),
@@ -156,8 +171,8 @@ impl Opt {
         (Opt::Writable, "container-writable", None, "[berth] writable container (changes go to a tmpfs, lost at the end)"),
         (Opt::Readonly, "container-readonly", None, "[berth] read-only container (default)"),
         (Opt::Batch, "container-batch", Some("host|image"), "[berth] where the batch script runs: host (srun steps in the image) or image"),
-        (Opt::Name, "container-name", Some("NAME[:create|exec|no_exec]"), "[berth] a container kept for the job under NAME (not supported yet: refused)"),
-        (Opt::Save, "container-save", Some("PATH"), "[berth] save the container's state as a SquashFS file (not supported yet: refused)"),
+        (Opt::Name, "container-name", Some("NAME[:auto|create|exec|no_exec]"), "[berth] a container kept for the job's later steps on each node under NAME, its changes included; later steps with this name run in it (--container-image then optional)"),
+        (Opt::Save, "container-save", Some("PATH"), "[berth] at the end of the step, save the container (the image with the step's changes) as the SquashFS file PATH, from the step's first node"),
         (Opt::RemapRoot, "container-remap-root", None, "[berth] appear as root (uid 0) inside, still yourself outside; grants no privilege"),
         (Opt::NoRemapRoot, "no-container-remap-root", None, "[berth] keep your own uid inside the container (default)"),
         (Opt::Entrypoint, "container-entrypoint", None, "[berth] run the image's runscript before the command (not supported yet: refused)"),
@@ -165,6 +180,7 @@ impl Opt {
         (Opt::EntrypointLog, "container-entrypoint-log", None, "[berth] show the entrypoint's output (berth runs no entrypoint: no effect)"),
         (Opt::Mpi, "container-mpi", Some("hybrid|host|none"), "[berth] MPI model: the image's MPI over the host fabric (hybrid), the host's MPI (host), or nothing injected (none)"),
         (Opt::Nv, "container-nv", None, "[berth] the host's NVIDIA driver and the step's GPUs (automatic when the step has GPUs)"),
+        (Opt::Rocm, "container-rocm", None, "[berth] the host's AMD GPU devices and ROCm libraries, the step's GPUs only (automatic when the step has GPUs on an AMD node)"),
     ];
 
     pub fn from_val(val: i32) -> Option<Opt> {
@@ -191,6 +207,7 @@ pub struct UserOpts {
     pub entrypoint_log: bool,
     pub mpi: Option<MpiMode>,
     pub nv: bool,
+    pub rocm: bool,
 }
 
 impl UserOpts {
@@ -279,6 +296,7 @@ impl UserOpts {
             Opt::EntrypointLog => self.entrypoint_log = true,
             Opt::Mpi => self.mpi = Some(parse_mpi(arg_or("container-mpi")?)?),
             Opt::Nv => self.nv = true,
+            Opt::Rocm => self.rocm = true,
         }
         Ok(())
     }
@@ -287,16 +305,10 @@ impl UserOpts {
     /// but cannot give that meaning yet: refusing is better than running the step in a
     /// container other than the one the script asked for.
     pub fn unsupported(&self) -> Option<String> {
-        if let Some((name, _)) = &self.name {
+        if let (Some((name, _)), Some(false)) = (&self.name, self.writable) {
             return Some(format!(
-                "--container-name={name}: named containers kept across the steps of a job are not supported \
-                 yet; drop the option (every step then gets a fresh container from its image)"
-            ));
-        }
-        if let Some(path) = &self.save {
-            return Some(format!(
-                "--container-save={path}: saving a container's state is not supported yet; \
-                 build the image with `berth build` instead"
+                "--container-name={name} with --container-readonly: a named container keeps its changes \
+                 for the job's later steps, so it is writable; drop one of the two"
             ));
         }
         if self.entrypoint == Some(true) {
@@ -359,6 +371,53 @@ pub fn choose_image(
     }
 }
 
+/// The image a step with `--container-name=NAME:FLAG` runs, by pyxis' rules: `auto` (the
+/// default) and `no_exec` run in the existing container or make it from `asked`; `create`
+/// only makes it; `exec` only joins a running one, which berth never has between steps (it
+/// keeps a named container's files, not its processes), so it is refused with the reason.
+/// `existing` is the image the container was made from (None: no step made it yet), `scope`
+/// says where names are looked up, for the messages. pyxis runs an existing container even when
+/// the step names another image; berth refuses that instead of running another image than the
+/// one asked for.
+pub fn named_image(
+    name: &str,
+    flag: &str,
+    scope: Scope,
+    existing: Option<&Path>,
+    asked: Option<&Path>,
+) -> Result<PathBuf, String> {
+    let here = match scope {
+        Scope::Job => "in this job on this node",
+        Scope::Global => "on this node",
+    };
+    match (flag, existing, asked) {
+        ("create", Some(_), _) => Err(format!(
+            "--container-name={name}:create: a container named {name} already exists {here}; use \
+             --container-name={name} to run in it, or another name"
+        )),
+        ("exec", Some(_), _) => Err(format!(
+            "--container-name={name}:exec: the container {name} is not running (berth keeps a named \
+             container's files between steps, not its processes); use --container-name={name} to run in it"
+        )),
+        ("exec", None, _) => {
+            Err(format!("--container-name={name}:exec: no container named {name} exists {here}"))
+        }
+        (_, Some(e), Some(a)) if a != e => Err(format!(
+            "--container-name={name}: the container was made from image {} {here}, and this step asks for \
+             {}; pyxis would ignore the new image and run in the existing container, berth refuses rather \
+             than run an image other than the one asked for: drop --container-image or use another name",
+            e.display(),
+            a.display()
+        )),
+        (_, Some(e), _) => Ok(e.to_path_buf()),
+        (_, None, Some(a)) => Ok(a.to_path_buf()),
+        (_, None, None) => Err(format!(
+            "--container-name={name}: no container named {name} exists {here}, and no --container-image \
+             (or --container) was given to make it"
+        )),
+    }
+}
+
 pub use berth_runtime::scheduler::{
     resolve_image, slurm_holder_name as holder_name, SLURM_BATCH_STEP as BATCH_STEP,
     SLURM_EXTERN_STEP as EXTERN_STEP,
@@ -382,6 +441,7 @@ pub fn holder_request(image: &Path, binds: &[String], opts: &UserOpts) -> Result
     req.mpi = opts.mpi;
     // Without --container-nv, berth's own rule still applies: GPUs when the step has some.
     req.nvidia = opts.nv;
+    req.rocm = opts.rocm;
     Ok(req)
 }
 
@@ -490,11 +550,13 @@ mod tests {
         o.set(Opt::Mpi, Some("host")).unwrap();
         o.set(Opt::Nv, None).unwrap();
         let req = holder_request(Path::new("/i"), &[], &o).unwrap();
-        assert_eq!((req.mpi, req.nvidia), (Some(MpiMode::Host), true));
+        assert_eq!((req.mpi, req.nvidia, req.rocm), (Some(MpiMode::Host), true, false));
+        o.set(Opt::Rocm, None).unwrap();
+        assert!(holder_request(Path::new("/i"), &[], &o).unwrap().rocm);
         let e = o.set(Opt::Mpi, Some("openmpi")).unwrap_err();
         assert!(e.contains("--container-mpi=openmpi") && e.contains("hybrid, host or none"), "{e}");
         let plain = holder_request(Path::new("/i"), &[], &UserOpts::default()).unwrap();
-        assert_eq!((plain.mpi, plain.nvidia, plain.remap_root), (None, false, false));
+        assert_eq!((plain.mpi, plain.nvidia, plain.rocm, plain.remap_root), (None, false, false, false));
 
         o.set(Opt::Name, Some("train")).unwrap();
         assert_eq!(o.name, Some(("train".into(), "auto".into())));
@@ -503,12 +565,14 @@ mod tests {
         assert!(o.set(Opt::Name, Some("train:later")).unwrap_err().contains("auto, create, exec or no_exec"));
         assert!(o.set(Opt::Name, Some("../x")).is_err());
         assert!(o.set(Opt::Name, Some(":create")).is_err());
-        assert!(o.unsupported().unwrap().starts_with("--container-name=train: named containers"));
+        assert_eq!(o.unsupported(), None, "named containers are supported");
+        o.set(Opt::Readonly, None).unwrap();
+        assert!(o.unsupported().unwrap().contains("with --container-readonly"));
 
         let mut o = UserOpts::default();
         assert!(o.set(Opt::Save, Some("/out/")).unwrap_err().contains("not a directory"));
         o.set(Opt::Save, Some("/out/c.sqsh")).unwrap();
-        assert!(o.unsupported().unwrap().contains("--container-save=/out/c.sqsh"));
+        assert_eq!(o.unsupported(), None);
 
         let mut o = UserOpts::default();
         o.set(Opt::Entrypoint, None).unwrap();
@@ -524,6 +588,40 @@ mod tests {
         for (opt, ..) in Opt::ALL {
             assert_eq!(Opt::from_val(opt as i32), Some(opt));
         }
+    }
+
+    #[test]
+    fn named_containers_follow_pyxis_flags() {
+        let (a, b) = (Path::new("/i/a.sqsh"), Path::new("/i/b.sqsh"));
+        let job = Scope::Job;
+        // auto / no_exec: make it from the image, or run in it with or without the same image.
+        for flag in ["auto", "no_exec"] {
+            assert_eq!(named_image("n", flag, job, None, Some(a)).unwrap(), a);
+            assert_eq!(named_image("n", flag, job, Some(a), None).unwrap(), a);
+            assert_eq!(named_image("n", flag, job, Some(a), Some(a)).unwrap(), a);
+            let e = named_image("n", flag, job, None, None).unwrap_err();
+            assert!(
+                e.contains("no container named n exists in this job") && e.contains("--container-image"),
+                "{e}"
+            );
+            let e = named_image("n", flag, job, Some(a), Some(b)).unwrap_err();
+            assert!(e.contains("made from image /i/a.sqsh") && e.contains("asks for /i/b.sqsh"), "{e}");
+        }
+        assert_eq!(named_image("n", "create", job, None, Some(a)).unwrap(), a);
+        assert!(named_image("n", "create", job, Some(a), Some(a)).unwrap_err().contains("already exists"));
+        assert!(named_image("n", "exec", job, None, Some(a))
+            .unwrap_err()
+            .contains("no container named n exists"));
+        assert!(named_image("n", "exec", job, Some(a), None).unwrap_err().contains("is not running"));
+        let e = named_image("n", "auto", Scope::Global, None, None).unwrap_err();
+        assert!(e.contains("exists on this node,"), "{e}");
+    }
+
+    #[test]
+    fn container_scope_argument() {
+        assert_eq!(Site::parse(&[]).unwrap().scope, Scope::Job);
+        assert_eq!(Site::parse(&s(&["container_scope=global"])).unwrap().scope, Scope::Global);
+        assert!(Site::parse(&s(&["container_scope=node"])).unwrap_err().contains("job or global"));
     }
 
     #[test]

@@ -160,7 +160,7 @@ as_user srun --help > "$OUT" 2> "$ERR"
 for o in container-image container-mounts container-workdir container-env container-mount-home \
          no-container-mount-home container-writable container-readonly container-batch container-name \
          container-save container-remap-root no-container-remap-root container-entrypoint \
-         no-container-entrypoint container-entrypoint-log container-mpi container-nv; do
+         no-container-entrypoint container-entrypoint-log container-mpi container-nv container-rocm; do
     check "(a) srun --help lists --$o" has "--$o" "$OUT"
 done
 as_user sbatch --help > "$OUT" 2>&1
@@ -206,21 +206,29 @@ as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=train:late
 check "(c) bad --container-name flag refused by srun" \
     bash -c "[ $rc != 0 ] && grep -q 'is not a flag (use auto, create, exec or no_exec)' '$ERR'"
 # pyxis options whose meaning berth cannot give yet: refused with the reason, nothing runs.
-for o in "--container-name=train" "--container-name=train:create" "--container-save=$WORK/saved.sqsh" \
-         "--container-entrypoint"; do
+for o in "--container-entrypoint"; do
     as_user srun -N2 --container-image="$WORK/imga.sqsh" "$o" touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
     check "(c) srun $o: refused as not supported yet (rc=$rc), the command did not run" \
         bash -c "[ $rc != 0 ] && grep -q -- '${o%%=*}.*not supported yet' '$ERR' && ! [ -e '$WORK/ran' ]"
 done
-as_user srun -N1 --container-name=train touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
-check "(c) srun --container-name without an image: refused, not run on the host (rc=$rc)" \
-    bash -c "[ $rc != 0 ] && grep -q 'container-name=train: named containers' '$ERR' && ! [ -e '$WORK/ran' ]"
-printf '#!/bin/sh\n#SBATCH --container-image=%s\n#SBATCH --container-name=train\ntouch %s\n' \
-    "$WORK/imga.sqsh" "$WORK/ran" > "$WORK/named.sh"
-as_user sbatch --wait -o "$WORK/named.out" "$WORK/named.sh" > "$OUT" 2>&1; rc=$?
-check "(c) #SBATCH --container-name refused by sbatch with the reason (rc=$rc)" \
-    bash -c "[ $rc != 0 ] && grep -q 'named containers kept across the steps of a job are not supported yet' '$OUT' && ! [ -e '$WORK/ran' ]"
+# --container-name: bad names are refused by srun itself; a name that no step of the job made,
+# without an image, fails the step with the reason (and never runs the command on the host).
+as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=../x touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
+check "(c) --container-name=../x: an invalid name refused by srun (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && grep -q 'container-name=../x: the name may hold only' '$ERR' && ! [ -e '$WORK/ran' ]"
+as_user srun -N2 --container-name=train touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
+check "(c) srun --container-name=train without an image, no such container: the reason from both nodes, not run on the host (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --container-name=train: no container named train exists in this job on this node, and no --container-image' '$ERR') = 2 ] && ! [ -e '$WORK/ran' ]"
+as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=train --container-readonly true > "$OUT" 2> "$ERR"; rc=$?
+check "(c) --container-name with --container-readonly refused by srun (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && grep -q 'with --container-readonly: a named container keeps its changes' '$ERR'"
+as_user srun -N1 --container-image=/nonexistent/named.sqsh --container-name=train true > "$OUT" 2> "$ERR"; rc=$?
+check "(c) --container-name with a bad image: the image's reason (rc=$rc)" \
+    bash -c "[ $rc != 0 ] && grep -q 'berth: error: image /nonexistent/named.sqsh: No such file' '$ERR'"
 wait_idle; check "(c) ... nodes idle, not drained" nodes_idle
+named_left() { ls -d "$DIR"/nodes/*/runberth/*/named/*/* "$DIR"/nodes/*/roottmp/berth-*/named/*/* 2>/dev/null; }
+for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
+check "(c) ... no named container left on the nodes ($(named_left | tr '\n' ' '))" test -z "$(named_left)"
 
 : > "$DIR/etc/oci.conf"
 as_user srun -N1 --container-image="$WORK/imga.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
@@ -319,6 +327,104 @@ JOB
     check "(d) --container-nv on nodes without NVIDIA GPUs: the step fails with the reason from both nodes (rc=$rc)" \
         bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --nv: no NVIDIA driver on this host' '$ERR') = 2 ]"
     wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-rocm true > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-rocm on nodes without AMD GPUs: the step fails with the reason from both nodes (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --rocm: no AMD GPU driver on this host' '$ERR') = 2 ]"
+    wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
+
+    # Named containers (pyxis' --container-name): kept for the job's later steps on each node,
+    # with what they wrote; removed at the end of the job (the job epilog, as the user).
+    cat > "$WORK/named.sh" <<NAMED
+#!/bin/sh
+srun -N2 --container-image=$WORK/imga.sqsh --container-name=n1 sh -c 'echo x > /state; hostname > /made-on'
+echo "rc1=\$?"
+srun -N2 --container-name=n1 sh -c 'echo "s2 \$(cat /state) \$(cat /made-on) \$(hostname)"'
+echo "rc2=\$?"
+srun -N2 --container-image=$WORK/imga.sqsh --container-name=n1:no_exec sh -c 'echo "s3 \$(cat /state)"'
+srun -N2 --container-image=$WORK/imga.sqsh sh -c 'cat /state 2>/dev/null || echo "unnamed: no state"'
+srun -N1 -w \$SLURMD_NODENAME --container-image=$WORK/imga.sqsh --container-name=n2:create sh -c 'test -e /state || echo "n2: fresh"'
+srun -N1 --container-name=n1:create --container-image=$WORK/imga.sqsh true; echo "create-existing=\$?"
+srun -N1 --container-name=n1:exec true; echo "exec-stopped=\$?"
+srun -N1 --container-name=n9:exec --container-image=$WORK/imga.sqsh true; echo "exec-missing=\$?"
+srun -N1 --container-name=n1 --container-image=$WORK/imgb.sqsh true; echo "other-image=\$?"
+srun -N1 -w \$SLURMD_NODENAME --container-name=n1 sleep 10 &
+sleep 2
+srun -N1 -w \$SLURMD_NODENAME --overlap --container-name=n1 true; echo "concurrent=\$?"
+wait
+srun -N1 -w \$SLURMD_NODENAME $NODE_BERTH list
+srun -N1 --container-name=n1 --container-save=$WORK/named-saved.sqsh true; echo "saved=\$?"
+ls -d $DIR/nodes/*/runberth/*/named/\$SLURM_JOB_ID/* | sed 's|.*/nodes/\([^/]*\)/.*/named/[0-9]*/|dir \1 |'
+NAMED
+    chmod 0755 "$WORK/named.sh"
+    job=$(as_user sbatch -N2 --parsable --wait -o "$WORK/named.out" "$WORK/named.sh" 2> "$ERR"); rc=$?
+    job=${job%%;*}
+    N=$WORK/named.out
+    check "(n) step 1 writes /state in the named container on both nodes (rc=$rc)" has '^rc1=0$' "$N"
+    check "(n) step 2, --container-name alone: both nodes see what step 1 wrote there" \
+        bash -c "grep -q '^rc2=0$' '$N' && [ \$(grep -c '^s2 x bnode[0-9]' '$N') = 2 ] && [ \$(grep '^s2 ' '$N' | awk '\$3 != \$4' | wc -l) = 0 ]"
+    check "(n) :no_exec with the same image runs in it too" bash -c "[ \$(grep -c '^s3 x$' '$N') = 2 ]"
+    check "(n) an unnamed step of the job does not see it" bash -c "[ \$(grep -c '^unnamed: no state$' '$N') = 2 ]"
+    check "(n) :create of a new name makes a fresh container" grep -qx 'n2: fresh' "$N"
+    check "(n) :create of an existing name fails with the reason" \
+        bash -c "grep -q '^create-existing=[1-9]' '$N' && grep -q 'berth: error: --container-name=n1:create: a container named n1 already exists in this job' '$N'"
+    check "(n) :exec of a container no step runs fails with the reason" \
+        bash -c "grep -q '^exec-stopped=[1-9]' '$N' && grep -q 'berth: error: --container-name=n1:exec: the container n1 is not running' '$N'"
+    check "(n) :exec of a missing name fails with the reason" \
+        bash -c "grep -q '^exec-missing=[1-9]' '$N' && grep -q 'berth: error: --container-name=n9:exec: no container named n9 exists' '$N'"
+    check "(n) the name with another image is refused with both images named" \
+        bash -c "grep -q '^other-image=[1-9]' '$N' && grep -q 'made from image $WORK/imga.sqsh .*asks for $WORK/imgb.sqsh' '$N'"
+    check "(n) a second step while one runs in it is refused with the reason" \
+        bash -c "grep -q '^concurrent=[1-9]' '$N' && grep -q 'is in use by another step of this job on this node' '$N'"
+    check "(n) berth list on the node shows the job's named containers and their image" \
+        bash -c "grep -Eq '^n1 +$job +[0-9]+[sm].* +$WORK/imga.sqsh\$' '$N' && grep -Eq '^n2 +$job ' '$N'"
+    check "(n) during the job: n1 on both nodes, n2 on one, the refused names left nothing" \
+        bash -c "[ \$(grep -c '^dir bnode[0-9] n1$' '$N') = 2 ] && [ \$(grep -c '^dir bnode[0-9] n2$' '$N') = 1 ] && ! grep -q '^dir .* n9$' '$N'"
+    as_user srun -N1 --container-image="$WORK/named-saved.sqsh" cat /state > "$OUT" 2> "$ERR"
+    check "(n) --container-save of a named container: the saved file holds what step 1 wrote" \
+        bash -c "grep -q '^saved=0$' '$N' && [ \"\$(cat '$OUT')\" = x ]"
+    [ "$rc" = 0 ] || { sed 's/^/    /' "$N" "$ERR"; }
+    for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
+    check "(n) after the job: nothing of its named containers left on any node ($(named_left | tr '\n' ' '))" \
+        test -z "$(named_left)"
+    wait_idle; check "(n) ... nodes idle" nodes_idle
+
+    # --container-save (pyxis): at the end of the step, the container's root (the image with the
+    # step's changes, without what is mounted in it) as a SquashFS file, written by the user
+    # from the step's first node, whole or not at all.
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-writable --container-save=saved.sqsh \
+        sh -c 'echo kept > /saved-marker; hostname > /saved-on' > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) --container-save=REL: the file in the submit dir, the user's, no temporary file left (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ -f '$WORK/saved.sqsh' ] && [ \$(stat -c %U '$WORK/saved.sqsh') = $TEST_USER ] && ! ls -a '$WORK' | grep -q berth-save"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N1 --container-image="$WORK/saved.sqsh" sh -c 'cat /saved-marker /saved-on; grep PRETTY /etc/os-release; ls /proc/self >/dev/null && echo proc-mounted' \
+        > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) ... it runs: the step's changes over image A, from one node, /proc mounted anew (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && grep -qx kept '$OUT' && [ \$(grep -c '^bnode' '$OUT') = 1 ] && grep -q 'image A' '$OUT' && grep -qx proc-mounted '$OUT'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT" "$ERR"
+    unsquashfs -l "$WORK/saved.sqsh" > "$WORK/saved.list" 2>&1
+    check "(s) ... the host's binds are not in it (no $WORK, no /proc contents)" \
+        bash -c "! grep -q 'squashfs-root$WORK' '$WORK/saved.list' && ! grep -q 'squashfs-root/proc/' '$WORK/saved.list'"
+    as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-save=/etc/berth-save-test.sqsh true > "$OUT" 2> "$ERR"; rc=$?
+    check "(s) --container-save into a directory the user cannot write (/etc): nothing written there, the reason on srun's stderr" \
+        bash -c "! ls -a /etc | grep -q berth-save && grep -q 'error: berth: --container-save=/etc/berth-save-test.sqsh: .*Permission denied' '$ERR'"
+    wait_idle; check "(s) ... nodes idle" nodes_idle
+
+    # A hostile user swaps the job's named-container directory for a link to root's files before
+    # the job ends: the epilog removes as the user, so root's files and their modes stay.
+    install -d -m 0755 "$WORK/rootonly"; echo root > "$WORK/rootonly/precious"; chmod 0644 "$WORK/rootonly/precious"
+    cat > "$WORK/hostile.sh" <<HOSTILE
+#!/bin/sh
+srun -N1 -w \$SLURMD_NODENAME --container-image=$WORK/imga.sqsh --container-name=h true
+d=/run/berth/\$(id -u)/named/\$SLURM_JOB_ID
+chmod -R u+rwx "\$d"; rm -rf "\$d" && ln -s $WORK/rootonly "\$d" && echo swapped
+HOSTILE
+    chmod 0755 "$WORK/hostile.sh"
+    as_user sbatch -N1 --wait -o "$WORK/hostile.out" "$WORK/hostile.sh" > "$OUT" 2>&1
+    for _ in $(seq 40); do [ -z "$(named_left)" ] && ! ls "$DIR"/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1 && break; sleep 0.25; done
+    check "(n) hostile: the job's directory swapped for a link to root's files: they stay, with their modes, and the link goes" \
+        bash -c "grep -qx swapped '$WORK/hostile.out' && [ \"\$(stat -c '%U %a' '$WORK/rootonly' '$WORK/rootonly/precious' | tr '\n' ' ')\" = 'root 755 root 644 ' ] \
+                 && ! ls '$DIR'/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1"
+    [ -n "$(grep -x swapped "$WORK/hostile.out")" ] || sed 's/^/    /' "$WORK/hostile.out"
 
     # berth list, on the node, while a step's container is held there.
     cat > "$WORK/list.sh" <<LIST
@@ -459,6 +565,13 @@ JOB
     rm -f "$WORK/secret.$$.sqsh"
     check "(d) ... a root-only image under allowed_dirs fails the step, as the user could not read it (rc=$rc)" \
         bash -c "[ $rc != 0 ] && grep -q 'Permission denied' '$ERR'"
+    # A named container in privileged mode: root mounts the image, the kept layer is the user's.
+    printf '#!/bin/sh\nsrun -N2 --container-image=%s --container-name=p sh -c "echo p > /pstate"\nsrun -N2 --container-name=p cat /pstate\n' \
+        "$WORK/imga.sqsh" > "$WORK/pnamed.sh"
+    as_user sbatch -N2 --wait -o "$WORK/pnamed.out" "$WORK/pnamed.sh" > "$OUT" 2>&1; rc=$?
+    check "(d) ... a named container: the second step on both nodes sees what the first wrote (rc=$rc)" \
+        bash -c "[ \$(grep -cx p '$WORK/pnamed.out') = 2 ]"
+    [ "$(grep -cx p "$WORK/pnamed.out")" = 2 ] || sed 's/^/    /' "$WORK/pnamed.out"
     if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
     wait_idle
     left=$(losetup -a | grep -c "$WORK/")

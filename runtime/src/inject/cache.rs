@@ -23,8 +23,15 @@ use super::{InjectConfig, InjectPlan, InjectRequest};
 
 /// The variables [`super::discover`] reads from the caller's environment.
 /// (`SLURM_CONF`: where the Slurm client tools' configuration is, `inject.scheduler_clients`.)
-const ENV_READ: &[&str] =
-    &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "SLURM_CONF"];
+const ENV_READ: &[&str] = &[
+    "SLURM_STEP_GPUS",
+    "SLURM_JOB_GPUS",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "SLURM_CONF",
+];
 
 /// What identifies one version of a file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +85,7 @@ pub(super) fn slot(
         "root": host_root,
         "mpi": req.mpi,
         "nvidia": req.nvidia,
+        "rocm": req.rocm,
         "gpus": req.gpus,
         "env": vars,
     })
@@ -112,7 +120,7 @@ pub(super) fn load(slot: &Slot) -> Option<InjectPlan> {
 
 /// Keep `plan` in `slot` (not GPU plans, see the module's notes). Best effort.
 pub(super) fn store(slot: &Slot, cfg: &InjectConfig, host_root: &Path, plan: &InjectPlan) {
-    if plan.nvidia {
+    if plan.nvidia || plan.rocm {
         return;
     }
     let entry = Entry { key: slot.key.clone(), stamps: stamps(cfg, host_root, plan), plan: plan.clone() };

@@ -13,6 +13,8 @@
 //! scheduler_clients = ["torque"]       # qstat, pbsdsh, libtorque from the host, in every container
 //! host_programs = ["/opt/site/bin/quota"]
 //! host_paths = ["/etc/site/quota.conf"]
+//! rocm = "auto"                        # AMD GPUs: auto | always | never
+//! rocm_lib_dirs = ["/opt/rocm/lib"]
 //! ```
 
 use std::path::PathBuf;
@@ -66,6 +68,8 @@ impl std::fmt::Display for SchedulerClients {
         })
     }
 }
+/// When a GPU stack (NVIDIA's, AMD's ROCm) is injected.
+pub type GpuMode = NvidiaMode;
 
 /// When the NVIDIA driver stack is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -107,6 +111,15 @@ pub struct InjectConfig {
     pub nvidia: NvidiaMode,
     /// Driver capabilities, as in libnvidia-container: compute, utility, video, graphics, ngx.
     pub nvidia_capabilities: Vec<String>,
+    /// AMD GPUs (ROCm): with `--rocm`, or when the scheduler allocated GPUs on a node whose
+    /// GPUs are AMD's (it has `/dev/kfd` and no NVIDIA driver).
+    pub rocm: GpuMode,
+    /// Where the host's ROCm libraries are besides the ld.so.cache (ROCm installs under
+    /// /opt/rocm and often leaves it out of the cache); `bin/` next to each holds its tools.
+    pub rocm_lib_dirs: Vec<PathBuf>,
+    /// Bind the host's ROCm libraries; false: only the devices, for images that bring their
+    /// own ROCm user space.
+    pub rocm_host_libs: bool,
     /// Host environment variables with these prefixes are passed into the container even with
     /// `--cleanenv` (network and MPI tuning).
     pub pass_env_prefixes: Vec<String>,
@@ -166,6 +179,9 @@ impl Default for InjectConfig {
             extra_lib_dirs: vec![],
             nvidia: NvidiaMode::Auto,
             nvidia_capabilities: s(&["compute", "utility"]),
+            rocm: GpuMode::Auto,
+            rocm_lib_dirs: vec![PathBuf::from("/opt/rocm/lib")],
+            rocm_host_libs: true,
             pass_env_prefixes: s(&[
                 "UCX_",
                 "OMPI_MCA_",
@@ -218,6 +234,9 @@ impl InjectConfig {
         }
         if let Some(d) = self.extra_lib_dirs.iter().find(|d| !d.is_absolute()) {
             return Err(("extra_lib_dirs", format!("{} must be an absolute path", d.display())));
+        }
+        if let Some(d) = self.rocm_lib_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(("rocm_lib_dirs", format!("{} must be an absolute path", d.display())));
         }
         if let Some(l) = self.extra_libs.iter().find(|l| l.contains('/') && !l.starts_with('/')) {
             return Err(("extra_libs", format!("{l:?}: give a SONAME (libfoo.so.1) or an absolute path")));

@@ -27,6 +27,7 @@ pub(crate) mod elf;
 pub mod ldcache;
 pub(crate) mod mpi;
 pub(crate) mod nvidia;
+pub(crate) mod rocm;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use self::closure::{rooted, FoundLib, LibResolver};
-pub use self::config::{InjectConfig, MpiMode, NvidiaMode, SchedulerClients};
+pub use self::config::{GpuMode, InjectConfig, MpiMode, NvidiaMode, SchedulerClients};
 pub(crate) use self::elf::GlibcVersion;
 pub(crate) use self::ldcache::Arch;
 pub(crate) use self::mpi::MpiInfo;
@@ -45,7 +46,7 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum GpuSelection {
     /// From the scheduler: `SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, else a numeric
-    /// `CUDA_VISIBLE_DEVICES`, else all.
+    /// `CUDA_VISIBLE_DEVICES` (AMD: `ROCR_VISIBLE_DEVICES`, `HIP_VISIBLE_DEVICES`), else all.
     #[default]
     FromEnvironment,
 }
@@ -57,6 +58,8 @@ pub struct InjectRequest {
     pub mpi: Option<MpiMode>,
     /// `--nv`.
     pub nvidia: bool,
+    /// `--rocm`.
+    pub rocm: bool,
     pub(crate) gpus: GpuSelection,
 }
 
@@ -152,6 +155,9 @@ pub struct InjectPlan {
     pub mpi: MpiMode,
     /// Whether the NVIDIA stack was asked for (`--nv`).
     pub nvidia: bool,
+    /// AMD GPUs (ROCm) injected.
+    #[serde(default)]
+    pub rocm: bool,
     /// Everything to bind, in order.
     pub items: Vec<InjectItem>,
     /// Variables to set inside (after the user's environment is built).
@@ -188,6 +194,7 @@ impl InjectPlan {
             arch,
             mpi,
             nvidia: false,
+            rocm: false,
             items: vec![],
             env: vec![],
             pass_env_prefixes: vec![],
@@ -249,7 +256,8 @@ pub fn discover_for_request(
 ) -> Result<Option<InjectPlan>> {
     let Some(mut host) = HostFacts::real() else { return Ok(None) };
     host.root = cfg.inject.host_root.clone();
-    let ireq = InjectRequest { mpi: req.mpi, nvidia: req.nvidia, gpus: GpuSelection::default() };
+    let ireq =
+        InjectRequest { mpi: req.mpi, nvidia: req.nvidia, rocm: req.rocm, gpus: GpuSelection::default() };
     let env = |k: &str| std::env::var(k).ok();
     // Kept per user and node (see `cache`), in the state directory only once it is known
     // to be ours and private.
@@ -266,6 +274,13 @@ pub fn discover_for_request(
         cache::store(slot, &cfg.inject, &host.root, &plan);
     }
     Ok(Some(plan))
+}
+
+/// Whether the GPUs of the node under `root` are AMD's: it has the AMD compute interface
+/// (`/dev/kfd`) and no NVIDIA driver. GPUs a scheduler allocates there get ROCm, not NVIDIA's
+/// stack.
+pub fn amd_gpus_only(root: &Path) -> bool {
+    nvidia::driver_version(root).is_none() && root.join("dev/kfd").exists()
 }
 
 /// Plan the injection for `req` on `host`, as configured by `cfg`. `env` reads the caller's
@@ -292,6 +307,10 @@ pub fn discover(
             format!("use --mpi={}", cfg.mpi),
         ));
     }
+    // GPUs from the scheduler mean the node's own kind: AMD's where the node has the AMD
+    // compute interface and no NVIDIA driver, NVIDIA's otherwise.
+    let step_gpus = env("SLURM_STEP_GPUS").is_some_and(|v| !v.trim().is_empty());
+    let amd_only = amd_gpus_only(&host.root);
     let nvidia = match cfg.nvidia {
         NvidiaMode::Never if req.nvidia => {
             return Err(Error::inject(
@@ -302,18 +321,36 @@ pub fn discover(
         }
         NvidiaMode::Never => false,
         NvidiaMode::Always => true,
-        NvidiaMode::Auto => req.nvidia || env("SLURM_STEP_GPUS").is_some_and(|v| !v.trim().is_empty()),
+        NvidiaMode::Auto => req.nvidia || (step_gpus && !amd_only),
+    };
+    let rocm = match cfg.rocm {
+        GpuMode::Never if req.rocm => {
+            return Err(Error::inject(
+                "--rocm",
+                "AMD GPU support is turned off on this site (inject.rocm = \"never\" in berth.toml)",
+                "drop --rocm",
+            ));
+        }
+        GpuMode::Never => false,
+        GpuMode::Always => true,
+        GpuMode::Auto => req.rocm || (step_gpus && amd_only),
     };
 
     let mut plan = InjectPlan::empty(host.arch, mode);
     plan.nvidia = nvidia;
-    plan.libs_optional = req.mpi.is_none() && !nvidia;
-    if mode == MpiMode::None && !nvidia && cfg.extra_libs.is_empty() && !clients::wanted(cfg) {
+    plan.rocm = rocm;
+    plan.libs_optional = req.mpi.is_none() && !nvidia && !rocm;
+    if mode == MpiMode::None && !nvidia && !rocm && cfg.extra_libs.is_empty() && !clients::wanted(cfg) {
         return Ok(plan);
     }
     plan.pass_env_prefixes = cfg.pass_env_prefixes.clone();
 
-    let mut resolver = LibResolver::new(&host.root, host.arch, cfg.extra_lib_dirs.clone())?;
+    let mut lib_dirs = cfg.extra_lib_dirs.clone();
+    if rocm {
+        // ROCm's libraries need each other; its prefix is often not in the cache.
+        lib_dirs.extend(cfg.rocm_lib_dirs.iter().cloned());
+    }
+    let mut resolver = LibResolver::new(&host.root, host.arch, lib_dirs)?;
     resolver.map_files = true;
     if resolver.cache.is_none() {
         plan.notes.push(format!(
@@ -370,6 +407,28 @@ pub fn discover(
             plan.checks.push(Check::CudaDriver { driver });
         }
         if plan.items.iter().any(|i| i.container_path.starts_with(&cfg.container_bin_dir)) {
+            plan.bin_dirs.push(cfg.container_bin_dir.clone());
+        }
+    }
+
+    if rocm {
+        let opts = rocm::Options {
+            gpus: &req.gpus,
+            device_check: host.device_check,
+            bin_dir: &cfg.container_bin_dir,
+            lib_dirs: &cfg.rocm_lib_dirs,
+            host_libs: cfg.rocm_host_libs,
+        };
+        let part = rocm::discover(&host.root, &resolver, &opts, env)?;
+        plan.items.extend(part.items);
+        plan.env.extend(part.env);
+        plan.notes.extend(part.notes);
+        for (lib, why) in part.libs {
+            set.add(lib, why);
+        }
+        if !plan.bin_dirs.contains(&cfg.container_bin_dir)
+            && plan.items.iter().any(|i| i.container_path.starts_with(&cfg.container_bin_dir))
+        {
             plan.bin_dirs.push(cfg.container_bin_dir.clone());
         }
     }

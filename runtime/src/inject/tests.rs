@@ -206,7 +206,7 @@ fn gpu_facts(root: &Path) -> HostFacts {
 }
 
 fn gpu_request() -> InjectRequest {
-    InjectRequest { mpi: Some(MpiMode::None), nvidia: true, gpus: GpuSelection::FromEnvironment }
+    InjectRequest { mpi: Some(MpiMode::None), nvidia: true, rocm: false, gpus: GpuSelection::FromEnvironment }
 }
 
 #[test]
@@ -901,4 +901,140 @@ fn inject_open_mpi_image_with_older_pmix_client_than_the_host_gets_the_pml_advic
     let bare_host = tmp.path().join("bare-host");
     std::fs::create_dir_all(&bare_host).unwrap();
     assert!(stack_warnings(&old, &bare_host, Arch::X86_64).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------- a fake AMD (ROCm) host
+
+/// A fake AMD node: /dev/kfd, two AMD GPUs (renderD128/card1, renderD129/card2; card0 is the
+/// BMC's display) and an Intel iGPU render node (renderD130), sysfs vendor ids and DRM
+/// siblings as the kernel lays them out, libhsa-runtime64 in the cache and libamdhip64 (which
+/// needs it) only under /opt/rocm/lib, and rocminfo in /opt/rocm/bin.
+fn fake_amd_host() -> FakeGpuHost {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("host");
+    let work = tmp.path();
+    let lib = root.join(TRIPLET_DIR);
+    cc_shared(
+        work,
+        "int hsa_init(void){return 0;}\n",
+        "libhsa-runtime64.so.1",
+        &lib.join("libhsa-runtime64.so.1.14.0"),
+        &[],
+    );
+    symlink("libhsa-runtime64.so.1.14.0", lib.join("libhsa-runtime64.so.1")).unwrap();
+    make_cache(&root, &[TRIPLET_DIR]);
+    let rocm = root.join("opt/rocm-6.2.0/lib");
+    cc_shared(
+        work,
+        "int hsa_init(void);\nint hipInit(unsigned f){(void)f;return hsa_init();}\n",
+        "libamdhip64.so.6",
+        &rocm.join("libamdhip64.so.6.2.60200"),
+        &[&format!("-L{}", lib.display()), "-l:libhsa-runtime64.so.1"],
+    );
+    symlink("libamdhip64.so.6.2.60200", rocm.join("libamdhip64.so.6")).unwrap();
+    symlink("libamdhip64.so.6", rocm.join("libamdhip64.so")).unwrap();
+    symlink("rocm-6.2.0", root.join("opt/rocm")).unwrap();
+    std::fs::create_dir_all(root.join("opt/rocm-6.2.0/bin")).unwrap();
+    std::fs::write(root.join("opt/rocm-6.2.0/bin/rocminfo"), "#!/bin/sh\necho gfx90a\n").unwrap();
+    std::fs::create_dir_all(root.join("dev/dri")).unwrap();
+    for d in
+        ["kfd", "dri/card0", "dri/card1", "dri/card2", "dri/renderD128", "dri/renderD129", "dri/renderD130"]
+    {
+        std::fs::write(root.join("dev").join(d), b"").unwrap();
+    }
+    for (render, card, vendor) in [(128, 1, "0x1002"), (129, 2, "0x1002"), (130, 3, "0x8086")] {
+        let dev = root.join(format!("sys/class/drm/renderD{render}/device"));
+        std::fs::create_dir_all(dev.join(format!("drm/card{card}"))).unwrap();
+        std::fs::create_dir_all(dev.join(format!("drm/renderD{render}"))).unwrap();
+        std::fs::write(dev.join("vendor"), format!("{vendor}\n")).unwrap();
+    }
+    FakeGpuHost { _tmp: tmp, root }
+}
+
+fn rocm_request() -> InjectRequest {
+    InjectRequest { mpi: Some(MpiMode::None), rocm: true, ..Default::default() }
+}
+
+fn dri(plan: &InjectPlan) -> Vec<String> {
+    container_paths(plan).into_iter().filter(|p| p.starts_with("/dev/")).collect()
+}
+
+#[test]
+fn inject_plan_rocm_devices_libraries_and_renumbering() {
+    if !can_compile() {
+        return;
+    }
+    let h = fake_amd_host();
+    // All AMD GPUs without a selection; the Intel render node is left out with a note.
+    let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &rocm_request(), &no_env).unwrap();
+    assert!(plan.rocm && !plan.nvidia);
+    assert_eq!(
+        dri(&plan),
+        ["/dev/kfd", "/dev/dri/renderD128", "/dev/dri/card1", "/dev/dri/renderD129", "/dev/dri/card2"]
+    );
+    assert!(plan.notes.iter().any(|n| n.contains("renderD130") && n.contains("0x8086")), "{:?}", plan.notes);
+    assert!(!plan.env.iter().any(|(k, _)| k == "ROCR_VISIBLE_DEVICES"));
+    let paths = container_paths(&plan);
+    // libamdhip64 from ROCm's prefix (not in the cache), its dependency from the cache.
+    let hip = plan.items.iter().find(|i| i.container_path == Path::new("/.berth/host/lib/libamdhip64.so.6"));
+    assert!(hip.expect("libamdhip64").host_path.ends_with("opt/rocm-6.2.0/lib/libamdhip64.so.6.2.60200"));
+    assert!(paths.contains(&"/.berth/host/lib/libhsa-runtime64.so.1".to_string()), "{paths:#?}");
+    assert!(paths.contains(&"/.berth/host/bin/rocminfo".to_string()), "{paths:#?}");
+    assert_eq!(plan.lib_dirs, vec![PathBuf::from("/.berth/host/lib")]);
+    assert_eq!(plan.bin_dirs, vec![PathBuf::from("/.berth/host/bin")]);
+
+    // Slurm names the GPU by its device file's number; ROCm's variables count from 0.
+    for env in [
+        env_of(&[("SLURM_STEP_GPUS", "129"), ("ROCR_VISIBLE_DEVICES", "1")]),
+        env_of(&[("ROCR_VISIBLE_DEVICES", "1")]),
+        env_of(&[("HIP_VISIBLE_DEVICES", "1")]),
+    ] {
+        let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &rocm_request(), &env).unwrap();
+        assert_eq!(dri(&plan), ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/card2"]);
+        assert!(plan.env.contains(&("ROCR_VISIBLE_DEVICES".into(), "0".into())), "{:?}", plan.env);
+        assert!(plan.env.contains(&("HIP_VISIBLE_DEVICES".into(), "0".into())), "{:?}", plan.env);
+    }
+
+    // Devices only, for images with their own ROCm.
+    let cfg = InjectConfig { rocm_host_libs: false, ..Default::default() };
+    let plan = discover(&cfg, &gpu_facts(&h.root), &rocm_request(), &no_env).unwrap();
+    assert!(plan.items.iter().all(|i| i.kind == ItemKind::Device) && plan.lib_dirs.is_empty());
+}
+
+#[test]
+fn inject_plan_rocm_follows_slurm_on_amd_nodes_and_bad_inputs_are_named() {
+    if !can_compile() {
+        return;
+    }
+    let h = fake_amd_host();
+    // GPUs from Slurm on an AMD node: ROCm, not a failing NVIDIA discovery.
+    let req = InjectRequest { mpi: Some(MpiMode::None), ..Default::default() };
+    let plan =
+        discover(&InjectConfig::default(), &gpu_facts(&h.root), &req, &env_of(&[("SLURM_STEP_GPUS", "128")]))
+            .unwrap();
+    assert!(plan.rocm && !plan.nvidia, "{:?}", plan.notes);
+    assert_eq!(dri(&plan), ["/dev/kfd", "/dev/dri/renderD128", "/dev/dri/card1"]);
+    // No GPUs asked for, none from Slurm: nothing.
+    let plan = discover(&InjectConfig::default(), &gpu_facts(&h.root), &req, &no_env).unwrap();
+    assert!(!plan.rocm && plan.items.is_empty());
+
+    let err = |cfg: &InjectConfig, env: &dyn Fn(&str) -> Option<String>| {
+        discover(cfg, &gpu_facts(&h.root), &rocm_request(), env).unwrap_err().to_string()
+    };
+    let e = err(&InjectConfig::default(), &env_of(&[("SLURM_STEP_GPUS", "131")]));
+    assert!(e.contains("AMD GPU 131") && e.contains("renderD128, renderD129"), "{e}");
+    // The Intel render node is not an AMD GPU, whatever number names it.
+    let e = err(&InjectConfig::default(), &env_of(&[("SLURM_STEP_GPUS", "130")]));
+    assert!(e.contains("AMD GPU 130"), "{e}");
+    let e = err(&InjectConfig::default(), &env_of(&[("SLURM_STEP_GPUS", "gpu0")]));
+    assert!(e.contains("SLURM_STEP_GPUS=gpu0"), "{e}");
+    let e = err(&InjectConfig { rocm: GpuMode::Never, ..Default::default() }, &no_env);
+    assert!(e.contains("--rocm") && e.contains("inject.rocm"), "{e}");
+    std::fs::remove_file(h.root.join("dev/dri/renderD129")).unwrap();
+    std::fs::create_dir(h.root.join("dev/dri/renderD129")).unwrap();
+    let e = err(&InjectConfig::default(), &env_of(&[("ROCR_VISIBLE_DEVICES", "1")]));
+    assert!(e.contains("/dev/dri/renderD129") && e.contains("character device"), "{e}");
+    std::fs::remove_file(h.root.join("dev/kfd")).unwrap();
+    let e = err(&InjectConfig::default(), &no_env);
+    assert!(e.contains("/dev/kfd is missing"), "{e}");
 }

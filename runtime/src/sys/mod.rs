@@ -59,6 +59,8 @@ pub(crate) trait MountOps {
     fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf>;
     /// Mount `/dev/fuse` on `at` and start the SquashFS server on it.
     fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()>;
+    /// Mount `/dev/fuse` on `at` and start fuse-overlayfs on it with overlayfs' `options`.
+    fn start_fuse_overlay(&mut self, program: &str, options: &str, at: &Path) -> Result<()>;
     fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
 }
 
@@ -135,6 +137,10 @@ impl MountOps for Recorder {
             image.display(),
             at.display()
         ));
+        Ok(())
+    }
+    fn start_fuse_overlay(&mut self, program: &str, options: &str, at: &Path) -> Result<()> {
+        self.ops.push(format!("fuse-overlay {program} {options} on {}", at.display()));
         Ok(())
     }
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {

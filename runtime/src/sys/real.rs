@@ -16,16 +16,27 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use super::{Attrs, MountOps};
 use crate::error::{Error, Result};
 
-/// Real system calls, plus the FUSE server it started (owned: killed when dropped).
+/// Real system calls, plus the FUSE servers it started (owned: stopped when dropped).
 pub(crate) struct RealSys {
     uid: u32,
     gid: u32,
-    pub fuse: Option<FuseServer>,
+    /// In start order: the image's server, then fuse-overlayfs over it if one was started.
+    pub fuse: Vec<FuseServer>,
 }
 
-/// A running `squashfuse_ll`. Dropping it stops the server; the mount goes with the namespace.
+/// What a FUSE server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FuseKind {
+    /// The read-only image (`squashfuse_ll`).
+    Image,
+    /// The writable layer of `--overlay DIR` (`fuse-overlayfs`).
+    Overlay,
+}
+
+/// A running FUSE server. Dropping it stops the server; the mount goes with the namespace.
 pub(crate) struct FuseServer {
     pub child: Child,
+    pub kind: FuseKind,
 }
 
 impl FuseServer {
@@ -35,24 +46,140 @@ impl FuseServer {
 
     /// Stop the server once nothing uses the container any more. The image is read-only and
     /// the mount lives only in our namespace, so there is nothing to flush: SIGKILL ends it
-    /// at once, and we reap it so no process is left.
+    /// at once. An overlay server is asked to end (SIGTERM) and given a moment to finish what
+    /// it writes to the user's directory. Either is reaped, so no process is left.
     pub(crate) fn stop(mut self) {
+        if self.kind == FuseKind::Overlay {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Stop `servers` in the reverse of their start order (the overlay before the image under it).
+pub(crate) fn stop_all(servers: Vec<FuseServer>) {
+    for f in servers.into_iter().rev() {
+        f.stop();
+    }
+}
+
 impl RealSys {
     pub(crate) fn new(uid: u32, gid: u32) -> Self {
-        RealSys { uid, gid, fuse: None }
+        RealSys { uid, gid, fuse: vec![] }
     }
+
+    /// Mount `/dev/fuse` on `at` as `fstype` and start `cmd` (its last argument the mount,
+    /// `/dev/fd/N`, is appended here) to serve it. Returns the server's stderr, kept in an
+    /// anonymous file for messages, and whether the first access through the mount failed.
+    fn start_fuse(
+        &mut self,
+        fstype: &str,
+        flags: MsFlags,
+        mut cmd: Command,
+        at: &Path,
+        kind: FuseKind,
+        install_hint: &str,
+    ) -> Result<Option<(std::io::Error, String)>> {
+        // Checked first: the child closes the descriptor through which a failed exec would be
+        // reported, so a missing server would otherwise only show as a dead mount.
+        let program = cmd.get_program().to_owned();
+        if !is_executable_program(Path::new(&program)) {
+            return Err(Error::Io {
+                what: format!("cannot start {}", program.to_string_lossy()),
+                path: at.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                hint: install_hint.into(),
+            });
+        }
+        // berth mounts /dev/fuse itself and hands the open descriptor to the server as
+        // `/dev/fd/N` (libfuse >= 3.3): the mount exists with our flags before the server runs,
+        // so there is no wait-for-mount polling and no fusermount helper.
+        let fuse: OwnedFd = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+            .map(|fd| {
+                // SAFETY: `open` just returned this descriptor and nothing else owns it.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+            })
+            .map_err(|e| Error::Sys {
+                op: "open".into(),
+                target: "/dev/fuse".into(),
+                source: e,
+                hint: "FUSE must be usable by users (ask your administrator: modprobe fuse; chmod 0666 /dev/fuse)".into(),
+            })?;
+        let fd = fuse.as_raw_fd();
+        let opts =
+            format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
+        self.mount(Some(Path::new(fstype)), at, Some(&format!("fuse.{fstype}")), flags, Some(&opts))?;
+        // The server's own complaints ("Something went wrong...") go to an anonymous file and
+        // into our message, so the user sees one clear error.
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(at.parent().unwrap_or(Path::new("/tmp")))
+            .ok();
+        let log_for_child = log.as_ref().and_then(|f| f.try_clone().ok());
+        cmd.arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
+        // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
+        // safe calls (fcntl, close_range, prctl) on descriptors the child owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                crate::sys::process::close_fds_except(&[fd]);
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd.spawn().map_err(|e| Error::Io {
+            what: format!("cannot start {program}"),
+            path: at.to_path_buf(),
+            source: e,
+            hint: install_hint.into(),
+        })?;
+        drop(fuse);
+        self.fuse.push(FuseServer { child, kind });
+        // First access waits for the server's INIT; if the server died, the kernel answers
+        // ENOTCONN at once, so this never hangs.
+        let Err(e) = std::fs::read_dir(at) else { return Ok(None) };
+        let status = self.fuse.last_mut().and_then(|f| f.child.try_wait().ok().flatten());
+        let said = log
+            .map(|mut f| {
+                use std::io::{Read, Seek};
+                let mut s = String::new();
+                let _ = f.rewind().and_then(|_| f.take(4096).read_to_string(&mut s));
+                s.split_whitespace().collect::<Vec<_>>().join(" ")
+            })
+            .filter(|s| !s.is_empty())
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        Ok(Some((e, format!("{said}{}", status.map(|s| format!(" ({s})")).unwrap_or_default()))))
+    }
+}
+
+/// Whether `program` (a path, or a name looked up in `PATH`) is an executable file.
+fn is_executable_program(program: &Path) -> bool {
+    let executable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.components().count() > 1 {
+        return executable(program);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
 }
 
 impl Drop for RealSys {
     fn drop(&mut self) {
-        if let Some(f) = self.fuse.take() {
-            f.stop();
-        }
+        stop_all(std::mem::take(&mut self.fuse));
     }
 }
 
@@ -221,89 +348,64 @@ impl MountOps for RealSys {
     }
 
     fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
-        // berth mounts /dev/fuse itself and hands the open descriptor to the server as
-        // `/dev/fd/N` (libfuse >= 3.3): the mount exists with our flags before the server runs,
-        // so there is no wait-for-mount polling and no fusermount helper.
-        let fuse: OwnedFd = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-            .map(|fd| {
-                // SAFETY: `open` just returned this descriptor and nothing else owns it.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-            })
-            .map_err(|e| Error::Sys {
-                op: "open".into(),
-                target: "/dev/fuse".into(),
-                source: e,
-                hint: "FUSE must be usable by users (ask your administrator: modprobe fuse; chmod 0666 /dev/fuse)".into(),
-            })?;
-        let fd = fuse.as_raw_fd();
-        let opts =
-            format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
-        self.mount(
-            Some(Path::new("squashfuse")),
-            at,
-            Some("fuse.squashfuse"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(&opts),
-        )?;
         let mut cmd = Command::new(program);
         cmd.arg("-f");
         if offset > 0 {
             cmd.arg("-o").arg(format!("offset={offset}"));
         }
-        // The server's own complaints ("Something went wrong...") go to an anonymous file and
-        // into our message, so the user sees one clear error.
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(0o600)
-            .open(at.parent().unwrap_or(Path::new("/tmp")))
-            .ok();
-        let log_for_child = log.as_ref().and_then(|f| f.try_clone().ok());
-        cmd.arg(image).arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
-        cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
-        // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
-        // safe calls (fcntl, close_range, prctl) on descriptors the child owns.
+        cmd.arg(image);
+        let failed = self.start_fuse(
+            "squashfuse",
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            cmd,
+            at,
+            FuseKind::Image,
+            "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml",
+        )?;
+        match failed {
+            None => Ok(()),
+            Some((e, said)) => Err(Error::image(
+                image,
+                format!("{program} could not serve the image{said} ({e})"),
+                "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
+            )),
+        }
+    }
+
+    fn start_fuse_overlay(&mut self, program: &str, options: &str, at: &Path) -> Result<()> {
+        // Without POSIX ACL support: the image's server has none, and fuse-overlayfs would
+        // otherwise pass its "not supported" on to every lookup (exec fails with EOPNOTSUPP).
+        let mut cmd = Command::new(program);
+        cmd.arg("-f").arg("-o").arg(format!("{options},noacl"));
+        // In a mount namespace of its own: pivot_root moves the root of every process of the
+        // container's namespace onto the new root, which is this server's own mount, and its
+        // path lookups (it reopens files through /proc/self/fd) would then wait on itself.
+        // SAFETY: runs in the forked child before exec; unshare is a plain system call.
         unsafe {
-            cmd.pre_exec(move || {
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                crate::sys::process::close_fds_except(&[fd]);
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::Io {
-            what: format!("cannot start {program}"),
-            path: image.to_path_buf(),
-            source: e,
-            hint: "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml".into(),
-        })?;
-        drop(fuse);
-        self.fuse = Some(FuseServer { child });
-        // First access waits for the server's INIT; if the server died, the kernel answers
-        // ENOTCONN at once, so this never hangs.
-        if let Err(e) = std::fs::read_dir(at) {
-            let status = self.fuse.as_mut().and_then(|f| f.child.try_wait().ok().flatten());
-            let said = log
-                .map(|mut f| {
-                    use std::io::{Read, Seek};
-                    let mut s = String::new();
-                    let _ = f.rewind().and_then(|_| f.take(4096).read_to_string(&mut s));
-                    s.split_whitespace().collect::<Vec<_>>().join(" ")
-                })
-                .filter(|s| !s.is_empty())
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            return Err(Error::image(
-                image,
-                format!(
-                    "{program} could not serve the image{said} ({e}{})",
-                    status.map(|s| format!(", {s}")).unwrap_or_default()
-                ),
-                "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
-            ));
+        let failed = self.start_fuse(
+            "fuse-overlayfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            cmd,
+            at,
+            FuseKind::Overlay,
+            "install fuse-overlayfs (unprivileged overlays on kernels before Linux 5.11) or set \
+             `fuse_overlayfs` in berth.toml",
+        )?;
+        match failed {
+            None => Ok(()),
+            Some((e, said)) => Err(Error::request(
+                "--overlay",
+                format!("{program} could not serve the overlay{said} ({e})"),
+                "check that DIR is a directory of yours on a local filesystem",
+            )),
         }
-        Ok(())
     }
 
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
