@@ -235,7 +235,7 @@ pub(crate) fn hold(
     // faults from a compressed image it costs several times one sequential read (tens of
     // milliseconds for bash), so it is read ahead while the starter joins.
     let shell = match warm {
-        Some("") if entered.fuse.is_some() && slow_image => {
+        Some("") if !entered.fuse.is_empty() && slow_image => {
             container::action_argv(&crate::request::Action::Shell, &entered.meta, &entered.env)
                 .ok()
                 .and_then(|a| a.into_iter().next())

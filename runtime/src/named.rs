@@ -11,7 +11,7 @@
 //!
 //! (`named/global/<NAME>` with the site's `container_scope=global`.) Every step mounts the same
 //! image with the same upper layer, so what one step wrote the next one sees. The job's
-//! directory is removed at the end of the job, as the user ([`remove_as_user`]).
+//! directory is removed at the end of the job, as the user (the Slurm plugin's `remove_as_user`).
 #![warn(missing_docs)]
 
 use std::fs::File;
