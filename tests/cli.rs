@@ -1179,3 +1179,39 @@ fn inspect_host_with_an_image_warns_about_an_older_pmix_client_and_says_what_to_
     let out = w.run(&["inspect", "--host", w.image()]).ok();
     assert!(out.contains("host injection for this node") && !out.contains("warning:"), "{out}");
 }
+
+/// A `squashfuse` in berth.toml that cannot be run: missing, or on a `noexec` filesystem
+/// (its mode says executable, the kernel refuses the exec), fails with berth's message naming
+/// the program, never an aborted child, and leaves no mount or process.
+#[test]
+fn a_fuse_server_that_cannot_run_is_a_clear_error() {
+    let w = world();
+    let dir = w.path("noexec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,mode=0755", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let server = dir.join("squashfuse_ll");
+    std::fs::copy("/usr/bin/squashfuse_ll", &server).unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outs: Vec<(String, harness::Out)> = [server.to_str().unwrap(), "/nonexistent/squashfuse_ll"]
+        .iter()
+        .map(|program| {
+            let cfg = w.path("fuse-server.toml");
+            std::fs::write(&cfg, format!("squashfuse = \"{program}\"\n")).unwrap();
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let cmd = w.berth(&["exec", "--no-share", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output();
+            (program.to_string(), harness::Out(cmd.unwrap()))
+        })
+        .collect();
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    for (program, out) in outs {
+        let err = out.stderr();
+        assert!(!err.contains("fatal runtime error") && !err.contains("panicked"), "{err}");
+        out.fails_with(&[&format!("cannot start {program}")]);
+    }
+    assert!(w.user_processes().is_empty(), "{:?}", w.user_processes());
+}

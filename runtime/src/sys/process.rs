@@ -388,14 +388,27 @@ pub(crate) fn wait_for_stop(
 /// for EOF on its ranks' output pipes, and a holder holding them would hang the job.
 /// Async-signal-safe (one syscall per range), so usable between fork and exec.
 pub(crate) fn close_fds_except(keep: &[i32]) {
+    close_range_except(keep, 0);
+}
+
+/// In a child about to exec (`pre_exec`): every descriptor above 2 but `keep` is closed by the
+/// exec itself. Closed at once instead, the pipe through which the standard library reports a
+/// failed exec would be gone, and a failed exec would abort the child instead of becoming the
+/// parent's error.
+pub(crate) fn cloexec_fds_except(keep: &[i32]) {
+    close_range_except(keep, libc::CLOSE_RANGE_CLOEXEC);
+}
+
+fn close_range_except(keep: &[i32], flags: u32) {
     let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd >= 3).map(|&fd| fd as u32).collect();
     keep.sort_unstable();
     let mut from = 3u32;
     for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
         if fd > from {
-            // SAFETY: close_range only closes descriptors; the callers own every descriptor of
-            // their process (single-threaded, about to exec or to run a detached helper).
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+            // SAFETY: close_range only closes (or marks close-on-exec) descriptors; the callers
+            // own every descriptor of their process (single-threaded, about to exec or to run
+            // a detached helper).
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, flags) };
         }
         from = fd.saturating_add(1);
     }

@@ -134,7 +134,7 @@ impl RealSys {
         unsafe {
             cmd.pre_exec(move || {
                 fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                crate::sys::process::close_fds_except(&[fd]);
+                crate::sys::process::cloexec_fds_except(&[fd]);
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 Ok(())
             });
