@@ -166,13 +166,20 @@ fn line_for<'a>(list: &'a str, path: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{path} missing:\n{list}"))
 }
 
-#[test]
-fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
+/// A plain-HTTP registry (`name`) holding the fixture's app image as `test/app:v1`, its
+/// `docker://` reference, and a fresh home directory `home` for the test user.
+fn plain_registry_with_app(name: &str, home: &str) -> (Registry, String, PathBuf) {
     let (w, f) = (world(), fixture());
-    let reg = Registry::start(&w.path("reg-plain"), None, None);
+    let reg = Registry::start(&w.path(name), None, None);
     let r = format!("docker://{}/test/app:v1", reg.addr());
     skopeo_push(&f.app, "v1", &r, &[]);
-    let home = user_dir(w, "pull-plain");
+    (reg, r, user_dir(w, home))
+}
+
+#[test]
+fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
+    let w = world();
+    let (reg, r, home) = plain_registry_with_app("reg-plain", "pull-plain");
 
     let err = run(pull_cmd(w, &home, &["pull", &r, "app.sqsh"])).fails_with(&["plain HTTP", "--insecure"]);
     assert!(partials(&home).is_empty(), "{err}");
@@ -514,11 +521,8 @@ fn conversions(dir: &Path) -> usize {
 
 #[test]
 fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
-    let (w, f) = (world(), fixture());
-    let reg = Registry::start(&w.path("reg-exec"), None, None);
-    let r = format!("docker://{}/test/app:v1", reg.addr());
-    skopeo_push(&f.app, "v1", &r, &[]);
-    let home = user_dir(w, "exec-ref");
+    let w = world();
+    let (reg, r, home) = plain_registry_with_app("reg-exec", "exec-ref");
     let cfg = home.join("berth.toml");
     std::fs::write(&cfg, format!("[registry]\ninsecure_hosts = [\"{}\"]\n", reg.addr())).unwrap();
     let berth = |args: &[&str]| {
@@ -724,11 +728,8 @@ fn sif_descriptors(bytes: &[u8]) -> Vec<(i32, usize, usize, i32, i32)> {
 
 #[test]
 fn pull_format_sif_writes_a_sif_berth_runs() {
-    let (w, f) = (world(), fixture());
-    let reg = Registry::start(&w.path("reg-sif"), None, None);
-    let r = format!("docker://{}/test/app:v1", reg.addr());
-    skopeo_push(&f.app, "v1", &r, &[]);
-    let home = user_dir(w, "pull-sif");
+    let w = world();
+    let (_reg, r, home) = plain_registry_with_app("reg-sif", "pull-sif");
     run(pull_cmd(w, &home, &["pull", "--insecure", "-q", "--format", "sif", &r])).ok();
     let sif = home.join("app_v1.sif");
     assert_eq!(
