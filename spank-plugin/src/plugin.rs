@@ -473,6 +473,32 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     let dir = joined.workdir(cwd.as_deref()).map_err(|e| e.to_string())?;
     std::env::set_current_dir(&dir).map_err(|e| format!("chdir {}: {e}", dir.display()))?;
     let _ = sp.setenv("PWD", &std::env::current_dir().unwrap_or(dir).display().to_string());
+    if st.opts.entrypoint == Some(true) {
+        through_runscript(sp)?;
+    }
+    Ok(())
+}
+
+/// `--container-entrypoint`: the task runs the image's runscript (berth's entrypoint, like
+/// `berth run`) with its command as the arguments. Slurm's argv cannot grow, so argv[0]
+/// becomes a small launcher script that holds the command's name; the task's root is already
+/// the container's, where the runscript is looked for.
+fn through_runscript(sp: &Spank) -> Result<(), String> {
+    // Where SIF images and `berth pull` keep it; berth's own `run` uses the same path.
+    let runscript = Path::new("/.singularity.d/runscript");
+    if !runscript.is_file() {
+        return Err(format!(
+            "--container-entrypoint: the image has no runscript ({}) to run the command with; \
+             drop --container-entrypoint to run the command directly",
+            runscript.display()
+        ));
+    }
+    let program = sp.job_argv0().ok_or("--container-entrypoint: the task has no program")?;
+    let fd = sys::exec_memfd("berth-entrypoint", |fd| {
+        settings::entrypoint_launcher(&runscript.display().to_string(), &program, fd)
+    })
+    .map_err(|e| format!("--container-entrypoint: {e}"))?;
+    sp.replace_argv0(&format!("/proc/self/fd/{fd}")).map_err(|e| format!("--container-entrypoint: {e}"))?;
     Ok(())
 }
 

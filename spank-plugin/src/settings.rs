@@ -175,9 +175,9 @@ impl Opt {
         (Opt::Save, "container-save", Some("PATH"), "[berth] at the end of the step, save the container (the image with the step's changes) as the SquashFS file PATH, from the step's first node"),
         (Opt::RemapRoot, "container-remap-root", None, "[berth] appear as root (uid 0) inside, still yourself outside; grants no privilege"),
         (Opt::NoRemapRoot, "no-container-remap-root", None, "[berth] keep your own uid inside the container (default)"),
-        (Opt::Entrypoint, "container-entrypoint", None, "[berth] run the image's runscript before the command (not supported yet: refused)"),
+        (Opt::Entrypoint, "container-entrypoint", None, "[berth] run the command through the image's runscript (its entrypoint): /.singularity.d/runscript COMMAND ARGS"),
         (Opt::NoEntrypoint, "no-container-entrypoint", None, "[berth] run the command directly, not through the image's runscript (default)"),
-        (Opt::EntrypointLog, "container-entrypoint-log", None, "[berth] show the entrypoint's output (berth runs no entrypoint: no effect)"),
+        (Opt::EntrypointLog, "container-entrypoint-log", None, "[berth] show the entrypoint's output (no effect: the runscript's output is always the task's)"),
         (Opt::Mpi, "container-mpi", Some("hybrid|host|none"), "[berth] MPI model: the image's MPI over the host fabric (hybrid), the host's MPI (host), or nothing injected (none)"),
         (Opt::Nv, "container-nv", None, "[berth] the host's NVIDIA driver and the step's GPUs (automatic when the step has GPUs)"),
         (Opt::Rocm, "container-rocm", None, "[berth] the host's AMD GPU devices and ROCm libraries, the step's GPUs only (automatic when the step has GPUs on an AMD node)"),
@@ -311,13 +311,6 @@ impl UserOpts {
                  for the job's later steps, so it is writable; drop one of the two"
             ));
         }
-        if self.entrypoint == Some(true) {
-            return Some(
-                "--container-entrypoint: running the image's entrypoint before the command is not \
-                 supported yet; run it as the command instead (srun ... /.singularity.d/runscript ARGS)"
-                    .into(),
-            );
-        }
         None
     }
 
@@ -325,6 +318,15 @@ impl UserOpts {
     pub fn kept_env_names(&self) -> Vec<&str> {
         self.env.iter().filter(|e| !e.contains('=')).map(String::as_str).collect()
     }
+}
+
+/// The script a task with `--container-entrypoint` execs from descriptor `fd`: the runscript
+/// (run by `/bin/sh`, as `berth run` does) with the task's `program` first, then the task's
+/// arguments; the script's own descriptor is closed first when a POSIX shell can name it.
+pub fn entrypoint_launcher(runscript: &str, program: &str, fd: i32) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let close = if (0..10).contains(&fd) { format!(" {fd}<&-") } else { String::new() };
+    format!("#!/bin/sh\nexec /bin/sh {} {} \"$@\"{close}\n", quote(runscript), quote(program))
 }
 
 /// One `--container-mounts` entry in berth's `SRC[:DST[:ro|rw]]` form. pyxis joins mount flags
@@ -576,9 +578,9 @@ mod tests {
 
         let mut o = UserOpts::default();
         o.set(Opt::Entrypoint, None).unwrap();
-        assert!(o.unsupported().unwrap().starts_with("--container-entrypoint:"));
+        assert_eq!((o.unsupported(), o.entrypoint), (None, Some(true)));
         o.set(Opt::NoEntrypoint, None).unwrap();
-        assert_eq!(o.unsupported(), None);
+        assert_eq!(o.entrypoint, Some(false));
 
         // Every option has its own value and name, and all are registered.
         let mut names: Vec<_> = Opt::ALL.iter().map(|o| o.1).collect();
@@ -588,6 +590,24 @@ mod tests {
         for (opt, ..) in Opt::ALL {
             assert_eq!(Opt::from_val(opt as i32), Some(opt));
         }
+    }
+
+    #[test]
+    fn entrypoint_launcher_quotes_the_program() {
+        let s = entrypoint_launcher("/.singularity.d/runscript", "/bin/it's", 7);
+        assert_eq!(s, "#!/bin/sh\nexec /bin/sh '/.singularity.d/runscript' '/bin/it'\\''s' \"$@\" 7<&-\n");
+        let out = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                &s.replacen("/bin/sh '/.singularity.d/runscript'", "printf '%s|'", 1),
+                "x",
+                "a b",
+                "c",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/bin/it's|a b|c|");
+        assert!(!entrypoint_launcher("/r", "p", 12).contains("<&-"), "dash names descriptors 0-9 only");
     }
 
     #[test]

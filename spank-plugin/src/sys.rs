@@ -201,6 +201,42 @@ impl Spank {
         Some(unsafe { std::ffi::CStr::from_ptr(first) }.to_string_lossy().into_owned())
     }
 
+    /// Make the task exec `path` in place of its program: argv[0] of S_JOB_ARGV (the task's own
+    /// argv, which slurmstepd execs after task_init) is replaced; the array keeps its length.
+    /// Returns the program it replaced.
+    pub fn replace_argv0(&self, path: &str) -> Result<String, String> {
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        let mut argc: c_int = 0;
+        // SAFETY: S_JOB_ARGV takes (int *, char ***); Slurm stores the count and a pointer to
+        // the task's argv array (owned by Slurm, alive until the exec).
+        let rc = unsafe {
+            bindings::spank_get_item(
+                self.0,
+                bindings::spank_item_S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        };
+        if rc != ESPANK_SUCCESS || argv.is_null() || argc <= 0 {
+            return Err(format!("spank_get_item(S_JOB_ARGV): {}", strerror(rc)));
+        }
+        // SAFETY: argc > 0, so argv[0] is a valid slot of Slurm's array.
+        let first = unsafe { *argv };
+        if first.is_null() {
+            return Err("the task has no program".into());
+        }
+        // SAFETY: a NUL-terminated string owned by Slurm, copied out at once.
+        let old = unsafe { CStr::from_ptr(first) }.to_string_lossy().into_owned();
+        // Leaked on purpose: execve reads the string after this callback has returned, and the
+        // task process ends in that exec (Slurm's own string stays where it was, unfreed, for
+        // the same reason).
+        let new = cstring(path).into_raw();
+        // SAFETY: argv[0] is a valid, writable slot of the task's argv (see above); the new
+        // pointer stays valid for the rest of the process.
+        unsafe { *argv = new };
+        Ok(old)
+    }
+
     /// The job's supplementary groups.
     pub fn supplementary_gids(&self) -> Vec<u32> {
         let mut ptr: *mut libc::gid_t = std::ptr::null_mut();
@@ -331,4 +367,35 @@ pub fn try_reap(pid: i32) -> Option<i32> {
         r if r == pid => Some(status),
         _ => Some(-1), // ECHILD: reaped elsewhere (slurmstepd) or not ours
     }
+}
+
+/// An in-memory file holding `script(fd)`, with `fd` its descriptor, left open across exec
+/// (the interpreter the kernel starts for it opens `/proc/self/fd/FD`). Placed below 10 where
+/// possible, so that a POSIX shell can close it (`9<&-`).
+pub fn exec_memfd(name: &str, script: impl Fn(i32) -> String) -> Result<i32, String> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let cname = cstring(name);
+    // SAFETY: cname is NUL-terminated; flags 0: no close-on-exec, no sealing.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a descriptor we just opened and own; F_DUPFD makes a new one.
+    let low = unsafe { libc::fcntl(fd, libc::F_DUPFD, 3) };
+    let fd = if (3..10).contains(&low) {
+        // SAFETY: fd is ours and no longer needed: `low` refers to the same file.
+        unsafe { libc::close(fd) };
+        low
+    } else {
+        if low >= 0 {
+            // SAFETY: `low` is ours (just made) and unused.
+            unsafe { libc::close(low) };
+        }
+        fd
+    };
+    // SAFETY: fd is open and owned here; ManuallyDrop keeps it open after the write.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    file.write_all(script(fd).as_bytes()).map_err(|e| format!("memfd write: {e}"))?;
+    Ok(fd)
 }

@@ -107,6 +107,12 @@ mkdir -p "$WORK/imga.root/usr" "$WORK/imga.root/etc/alternatives" "$WORK/imga.ro
 mksquashfs "$WORK/imga.root" "$WORK/imga.sqsh" -noappend -quiet >/dev/null; chmod 0644 "$WORK/imga.sqsh"
 MPI_MOUNTS="/usr:/usr:ro,/etc/alternatives:/etc/alternatives:ro,/etc/openmpi:/etc/openmpi:ro,$WORK:$WORK"
 mkimage imgb "berth test image B"
+# An image with an entrypoint (berth's: the runscript) that announces itself, then runs its arguments.
+mkimage imge "berth test image E"
+mkdir -p "$WORK/imge.root/.singularity.d"
+printf '#!/bin/sh\necho "entrypoint-marker on $(hostname) argc=$#"\nexec "$@"\n' > "$WORK/imge.root/.singularity.d/runscript"
+chmod 0755 "$WORK/imge.root/.singularity.d/runscript"
+mksquashfs "$WORK/imge.root" "$WORK/imge.sqsh" -noappend -quiet >/dev/null; chmod 0644 "$WORK/imge.sqsh"
 echo "data-file" > "$WORK/datafile"; chmod 0644 "$WORK/datafile"
 OUT=$WORK/out ERR=$WORK/err
 
@@ -205,12 +211,6 @@ check "(c) bad --container-mpi refused by srun with the choices" \
 as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=train:later true > "$OUT" 2> "$ERR"; rc=$?
 check "(c) bad --container-name flag refused by srun" \
     bash -c "[ $rc != 0 ] && grep -q 'is not a flag (use auto, create, exec or no_exec)' '$ERR'"
-# pyxis options whose meaning berth cannot give yet: refused with the reason, nothing runs.
-for o in "--container-entrypoint"; do
-    as_user srun -N2 --container-image="$WORK/imga.sqsh" "$o" touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
-    check "(c) srun $o: refused as not supported yet (rc=$rc), the command did not run" \
-        bash -c "[ $rc != 0 ] && grep -q -- '${o%%=*}.*not supported yet' '$ERR' && ! [ -e '$WORK/ran' ]"
-done
 # --container-name: bad names are refused by srun itself; a name that no step of the job made,
 # without an image, fails the step with the reason (and never runs the command on the host).
 as_user srun -N1 --container-image="$WORK/imga.sqsh" --container-name=../x touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
@@ -300,6 +300,30 @@ JOB
         --container-entrypoint-log id -u > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --no-container-remap-root --no-container-entrypoint --container-entrypoint-log: the user's own uid" \
         bash -c "[ $rc = 0 ] && [ \"\$(cat '$OUT')\" = $(id -u "$TEST_USER") ]"
+
+    # --container-entrypoint: the image's runscript runs with the command as its arguments.
+    as_user srun -N2 --container-image="$WORK/imge.sqsh" --container-entrypoint echo hi > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) srun -N2 --container-entrypoint echo hi: the runscript, then hi, on both nodes (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c '^entrypoint-marker on bnode[0-9]* argc=2\$' '$OUT') = 2 ] && [ \$(hosts_in '$OUT') = 2 ] && [ \$(grep -cx hi '$OUT') = 2 ] && [ \$(wc -l < '$OUT') = 4 ]"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    as_user srun -N2 --container-image="$WORK/imge.sqsh" echo hi > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) srun -N2 without --container-entrypoint: only hi, no runscript (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(sort -u '$OUT')\" = hi ] && [ \$(wc -l < '$OUT') = 2 ]"
+    as_user srun -N2 --container-image="$WORK/imge.sqsh" --container-entrypoint --no-container-entrypoint echo hi > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --no-container-entrypoint after --container-entrypoint: only hi (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(sort -u '$OUT')\" = hi ]"
+    as_user srun -N1 --container-image="$WORK/imge.sqsh" --container-entrypoint \
+        sh -c 'echo "args:$0|$1|$2"' "a b" "it's" > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-entrypoint keeps the command's arguments as they were (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && grep -qx 'entrypoint-marker on bnode[0-9]* argc=5' '$OUT' && grep -qxF \"args:a b|it's|\" '$OUT'"
+    as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-entrypoint touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
+    check "(d) --container-entrypoint with an image without a runscript: the reason from both nodes, nothing ran (rc=$rc)" \
+        bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --container-entrypoint: the image has no runscript (/.singularity.d/runscript)' '$ERR') = 2 ] && ! [ -e '$WORK/ran' ]"
+    printf '#!/bin/sh\n#SBATCH --container-image %s\necho "script args:$*"\ngrep PRETTY /etc/os-release\n' "$WORK/imge.sqsh" > "$WORK/entry.sh"
+    as_user sbatch --container-batch=image --container-entrypoint --wait -o "$WORK/entry.out" "$WORK/entry.sh" x1 > "$OUT" 2>&1; rc=$?
+    check "(d) sbatch --container-batch=image --container-entrypoint: the runscript runs the script in the image (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(head -1 '$WORK/entry.out')\" = \"\$(grep -o 'entrypoint-marker on bnode[0-9]* argc=2' '$WORK/entry.out')\" ] && grep -qx 'script args:x1' '$WORK/entry.out' && grep -q 'image E' '$WORK/entry.out'"
+    wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
 
     # --container-writable: a throwaway writable layer; --container-readonly (default): refused writes.
     as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-writable sh -c 'touch /new && echo wrote' > "$OUT" 2> "$ERR"; rc=$?
