@@ -642,7 +642,9 @@ fn per_job_mpi_and_workdir() {
 
 /// Commit-to-obit on the emulator (prologue start to epilogue end, the part berth adds to):
 /// a mom without berth, berth with a native job, berth with a CONTAINER job; 5 runs each
-/// after one warm-up. `cargo test -p berth-pbs --test pbs timings -- --ignored --nocapture`.
+/// after one warm-up. `cargo test -p berth-pbs --test pbs timings -- --ignored --nocapture`;
+/// `BERTH_TEST_PBS_STARTER=target/x86_64-unknown-linux-gnu/release/berth-pbs` times the
+/// packaged static build (packaging/build.sh) instead of the debug one.
 #[test]
 #[ignore]
 fn timings() {

@@ -205,7 +205,11 @@ impl<'w> Mom<'w> {
         // Installed like /usr/libexec/berth/berth-pbs: where every user can run it.
         let starter = w.path("berth-pbs");
         if !starter.exists() {
-            std::fs::copy(env!("CARGO_BIN_EXE_berth-pbs"), &starter).unwrap();
+            // BERTH_TEST_PBS_STARTER: another build (the packaged static release one, for timings).
+            let build = std::env::var_os("BERTH_TEST_PBS_STARTER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")));
+            std::fs::copy(build, &starter).unwrap();
         }
         let rsh_agent = w.path("berth-pbs-rsh");
         if !rsh_agent.exists() {
