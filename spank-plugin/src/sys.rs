@@ -174,41 +174,13 @@ impl Spank {
         self.item_u32(bindings::spank_item_S_JOB_LOCAL_TASK_COUNT)
     }
 
-    /// The step's program as the user typed it (`srun ... PROG args`): argv[0] of S_JOB_ARGV.
-    pub fn job_argv0(&self) -> Option<String> {
+    /// The task's argv array (S_JOB_ARGV: owned by Slurm, alive until the task's exec), once
+    /// it is known to have a non-NULL argv[0].
+    fn argv(&self) -> Result<*mut *mut c_char, String> {
         let mut argv: *mut *mut c_char = std::ptr::null_mut();
         let mut argc: c_int = 0;
         // SAFETY: S_JOB_ARGV takes (int *, char ***); Slurm stores the count and a pointer to
-        // its own argv array (owned by Slurm, valid during the callback).
-        let rc = unsafe {
-            bindings::spank_get_item(
-                self.0,
-                bindings::spank_item_S_JOB_ARGV,
-                &mut argc as *mut c_int,
-                &mut argv as *mut *mut *mut c_char,
-            )
-        };
-        if rc != ESPANK_SUCCESS || argv.is_null() || argc <= 0 {
-            return None;
-        }
-        // SAFETY: argc > 0, so argv[0] is a valid slot; we check it for NULL before reading
-        // the NUL-terminated string it points to, and copy it out at once.
-        let first = unsafe { *argv };
-        if first.is_null() {
-            return None;
-        }
-        // SAFETY: as above: a NUL-terminated string owned by Slurm.
-        Some(unsafe { std::ffi::CStr::from_ptr(first) }.to_string_lossy().into_owned())
-    }
-
-    /// Make the task exec `path` in place of its program: argv[0] of S_JOB_ARGV (the task's own
-    /// argv, which slurmstepd execs after task_init) is replaced; the array keeps its length.
-    /// Returns the program it replaced.
-    pub fn replace_argv0(&self, path: &str) -> Result<String, String> {
-        let mut argv: *mut *mut c_char = std::ptr::null_mut();
-        let mut argc: c_int = 0;
-        // SAFETY: S_JOB_ARGV takes (int *, char ***); Slurm stores the count and a pointer to
-        // the task's argv array (owned by Slurm, alive until the exec).
+        // its own argv array.
         let rc = unsafe {
             bindings::spank_get_item(
                 self.0,
@@ -221,17 +193,35 @@ impl Spank {
             return Err(format!("spank_get_item(S_JOB_ARGV): {}", strerror(rc)));
         }
         // SAFETY: argc > 0, so argv[0] is a valid slot of Slurm's array.
-        let first = unsafe { *argv };
-        if first.is_null() {
+        if unsafe { *argv }.is_null() {
             return Err("the task has no program".into());
         }
-        // SAFETY: a NUL-terminated string owned by Slurm, copied out at once.
-        let old = unsafe { CStr::from_ptr(first) }.to_string_lossy().into_owned();
+        Ok(argv)
+    }
+
+    /// argv[0] of `argv` (see [`Spank::argv`]), copied out.
+    fn argv0(argv: *mut *mut c_char) -> String {
+        // SAFETY: `argv` comes from `Spank::argv`: argv[0] is a non-NULL, NUL-terminated string
+        // owned by Slurm, copied out at once.
+        unsafe { CStr::from_ptr(*argv) }.to_string_lossy().into_owned()
+    }
+
+    /// The step's program as the user typed it (`srun ... PROG args`): argv[0] of S_JOB_ARGV.
+    pub fn job_argv0(&self) -> Option<String> {
+        self.argv().ok().map(Self::argv0)
+    }
+
+    /// Make the task exec `path` in place of its program: argv[0] of S_JOB_ARGV (the task's own
+    /// argv, which slurmstepd execs after task_init) is replaced; the array keeps its length.
+    /// Returns the program it replaced.
+    pub fn replace_argv0(&self, path: &str) -> Result<String, String> {
+        let argv = self.argv()?;
+        let old = Self::argv0(argv);
         // Leaked on purpose: execve reads the string after this callback has returned, and the
         // task process ends in that exec (Slurm's own string stays where it was, unfreed, for
         // the same reason).
         let new = cstring(path).into_raw();
-        // SAFETY: argv[0] is a valid, writable slot of the task's argv (see above); the new
+        // SAFETY: argv[0] is a valid, writable slot of the task's argv (see `argv`); the new
         // pointer stays valid for the rest of the process.
         unsafe { *argv = new };
         Ok(old)
