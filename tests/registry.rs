@@ -176,6 +176,16 @@ fn plain_registry_with_app(name: &str, home: &str) -> (Registry, String, PathBuf
     (reg, r, user_dir(w, home))
 }
 
+/// A TLS registry with basic auth (user alice) holding the fixture's app image as
+/// `private/app:v1`, its `docker://` reference, and a fresh home directory for the test user.
+fn private_registry_with_app(name: &str, home: &str) -> (Registry, String, PathBuf) {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start(&w.path(name), Some((&f.cert, &f.key)), Some(&f.htpasswd));
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
+    (reg, r, user_dir(w, home))
+}
+
 #[test]
 fn pull_from_plain_registry_runs_like_docker_and_keeps_the_tree() {
     let w = world();
@@ -285,10 +295,7 @@ fn multi_arch_index_resolves_to_the_platform() {
 #[test]
 fn tls_registry_with_basic_auth_uses_the_users_credentials() {
     let (w, f) = (world(), fixture());
-    let reg = Registry::start(&w.path("reg-tls"), Some((&f.cert, &f.key)), Some(&f.htpasswd));
-    let r = format!("docker://{}/private/app:v1", reg.addr());
-    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
-    let home = user_dir(w, "pull-tls");
+    let (reg, r, home) = private_registry_with_app("reg-tls", "pull-tls");
     let auth = |user: &str, pw: &str| {
         use base64::Engine;
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
@@ -874,10 +881,7 @@ fn sigkilled_pull_leaves_no_out_and_the_next_pull_cleans_up() {
 #[test]
 fn docker_credential_helpers_are_asked_for_the_registry() {
     let (w, f) = (world(), fixture());
-    let reg = Registry::start(&w.path("reg-helper"), Some((&f.cert, &f.key)), Some(&f.htpasswd));
-    let r = format!("docker://{}/private/app:v1", reg.addr());
-    skopeo_push(&f.app, "v1", &r, &["--dest-creds", "alice:s3cret-pw"]);
-    let home = user_dir(w, "pull-helper");
+    let (reg, r, home) = private_registry_with_app("reg-helper", "pull-helper");
     // Two fake helpers as docker would run them: `get`, the server on stdin, JSON out; each
     // records what it was asked. `wrong` answers with a bad password.
     let bin = home.join("bin");
