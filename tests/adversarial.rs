@@ -103,19 +103,7 @@ fn privileged_mode_opens_the_image_as_the_user() {
         ),
     );
     let root_holder = |who: &User, name: &str, image: &Path| {
-        Command::new(&w.berth)
-            .args(["holder", "--user", &who.uid.to_string(), "--name", name])
-            .arg(image)
-            .env_clear()
-            .env("BERTH_CONFIG", &cfg)
-            .env("HOME", &who.home)
-            .env("PATH", "/usr/bin:/bin")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        harness::root_holder(&cfg, who.uid, &who.home, None, name, image)
     };
     for (who, name, image, needle) in [
         (&victim, "adv-secret", &secret, "cannot be opened by the job's user victim"),

@@ -305,20 +305,7 @@ fn start_root_holder(
     name: &str,
     image: &std::path::Path,
 ) -> std::process::Output {
-    let mut child = std::process::Command::new(&w.berth)
-        .args(["holder", "--user", &w.uid.to_string(), "--name", name])
-        .arg(image)
-        .env_clear()
-        .env("BERTH_CONFIG", cfg)
-        .env("HOME", &w.home)
-        .env("USER", harness::USER)
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = harness::root_holder(cfg, w.uid, &w.home, Some(harness::USER), name, image);
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     if line == "ready\n" {

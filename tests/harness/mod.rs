@@ -7,7 +7,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod registry;
@@ -169,6 +169,27 @@ pub fn as_user(
         .current_dir(cwd)
         .stdin(Stdio::null());
     c
+}
+
+/// `berth holder --user UID --name NAME IMAGE` started by root with site configuration `cfg`,
+/// as the Slurm plugin starts it in privileged mode; its stdout (the ready line) and stderr
+/// are pipes. `user`: the `USER` variable, when the caller's scheduler would set it.
+pub fn root_holder(cfg: &Path, uid: u32, home: &Path, user: Option<&str>, name: &str, image: &Path) -> Child {
+    let mut c = Command::new(&world().berth);
+    c.args(["holder", "--user", &uid.to_string(), "--name", name])
+        .arg(image)
+        .env_clear()
+        .env("BERTH_CONFIG", cfg)
+        .env("HOME", home)
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = user {
+        c.env("USER", u);
+    }
+    c.spawn().unwrap()
 }
 
 pub fn mksquashfs(root: &Path, out: &Path) {
