@@ -53,6 +53,7 @@ fn setup() -> World {
     sh("chmod 0666 /dev/fuse");
     sh(&format!("id -u {USER} >/dev/null 2>&1 || useradd -m -s /bin/sh {USER}"));
     let pw = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    remove_dirs_of_ended_runs(&std::env::temp_dir());
     let dir = std::env::temp_dir().join(format!("berth-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -67,6 +68,29 @@ fn setup() -> World {
     let image = dir.join("app.sqsh");
     mksquashfs(&rootfs, &image);
     World { dir, berth, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir, image, rootfs }
+}
+
+/// The world of a test binary lives in a static, which is never dropped, so its directory
+/// (images of a few hundred MB) outlives the run. Each run removes those of runs whose process
+/// has ended; a live one (another test binary running now) keeps its own.
+fn remove_dirs_of_ended_runs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("berth-it-")) else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() && !mounted_under(&e.path()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether anything is mounted at or below `dir` (a removal must never walk into a mount).
+fn mounted_under(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m).starts_with(dir))
 }
 
 /// A small image: busybox-static, a static POSIX-shm probe, Apptainer-layout metadata.
