@@ -145,7 +145,7 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     bind_injected(sys, &root, item)?;
                 }
             }
-            Step::UserDb { dst, entry, key } => {
+            Step::UserDb { dst, entries } => {
                 let target = sys.resolve_in_root(&root, dst)?;
                 if let Some(src) = host_dir_bound_over(plan, dst) {
                     // The user bound a host directory over this file's directory (`-B ~/dir:/etc`):
@@ -163,7 +163,7 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                     }
                 }
                 let image_copy = sys.read_file(&target).unwrap_or_default();
-                let merged = merge_user_db(&image_copy, key, entry);
+                let merged = merge_user_db(&image_copy, entries);
                 // On the layers' tmpfs: nothing can be bound from the unbindable staging mount.
                 let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
                 sys.mkdir_all(file.parent().unwrap_or(&staging))?;
@@ -361,12 +361,14 @@ fn host_dir_bound_over<'a>(plan: &'a Plan, dst: &Path) -> Option<&'a Path> {
     })
 }
 
-/// The image's passwd/group file with the user's entry replacing any entry of the same name.
-pub(crate) fn merge_user_db(image_copy: &str, key: &str, entry: &str) -> String {
-    let mut out: String =
-        image_copy.lines().filter(|l| l.split(':').next() != Some(key)).map(|l| format!("{l}\n")).collect();
-    out.push_str(entry);
-    out.push('\n');
+/// The image's passwd/group file with berth's entries replacing any of the same names.
+pub(crate) fn merge_user_db(image_copy: &str, entries: &[(String, String)]) -> String {
+    let ours = |l: &str| entries.iter().any(|(key, _)| l.split(':').next() == Some(key.as_str()));
+    let mut out: String = image_copy.lines().filter(|l| !ours(l)).map(|l| format!("{l}\n")).collect();
+    for (_, line) in entries {
+        out.push_str(line);
+        out.push('\n');
+    }
     out
 }
 
@@ -486,5 +488,19 @@ mod tests {
                 < ops.find("mount overlay").unwrap()
         );
         assert_eq!(rec.ops.iter().filter(|o| *o == "mkdir /tmp/berth-1001/mnt/overlay/upper/etc").count(), 1);
+    }
+
+    #[test]
+    fn one_passwd_file_holds_every_entry_berth_adds() {
+        let image = "root:x:0:0::/root:/bin/sh\nalice:x:5:5::/:/bin/false\nslurm:x:9:9::/:/bin/false\nbin:x:2:2::/:/bin/false\n";
+        let ours = [
+            ("alice".to_string(), "alice:x:1001:1001:alice:/home/alice:/bin/sh".to_string()),
+            ("slurm".to_string(), "slurm:x:64030:64030::/nonexistent:/usr/sbin/nologin".to_string()),
+        ];
+        assert_eq!(
+            merge_user_db(image, &ours),
+            "root:x:0:0::/root:/bin/sh\nbin:x:2:2::/:/bin/false\n\
+             alice:x:1001:1001:alice:/home/alice:/bin/sh\nslurm:x:64030:64030::/nonexistent:/usr/sbin/nologin\n"
+        );
     }
 }

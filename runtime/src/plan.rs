@@ -147,11 +147,12 @@ pub(crate) enum Step {
     Inject {
         plan: Box<InjectPlan>,
     },
-    /// A file generated from the image's own copy plus the user's entry.
+    /// A file generated from the image's own copy plus berth's entries (`(key, line)`: the
+    /// user's, and users the lent client tools look up), each replacing the image's line of
+    /// the same key: one generated file and one bind per file.
     UserDb {
         dst: PathBuf,
-        entry: String,
-        key: String,
+        entries: Vec<(String, String)>,
     },
     /// Make the root read-only (unless `--writable-tmpfs`).
     ReadonlyRoot,
@@ -416,25 +417,24 @@ pub fn plan(
         steps.push(Step::Inject { plan: Box::new(ip.clone()) });
     }
 
-    // The user's passwd/group entries, so `id`, `ls -l` and `getpwuid()` work inside.
+    // The user's passwd/group entries, so `id`, `ls -l` and `getpwuid()` work inside, and the
+    // users the host's lent client tools look up (see inject::clients).
     let u = &host.user;
-    steps.push(Step::UserDb {
-        dst: "/etc/passwd".into(),
-        key: u.name.clone(),
-        entry: format!("{}:x:{}:{}:{}:{}:/bin/sh", u.name, u.uid, u.gid, u.name, u.home.display()),
-    });
+    let mut passwd = vec![(
+        u.name.clone(),
+        format!("{}:x:{}:{}:{}:{}:/bin/sh", u.name, u.uid, u.gid, u.name, u.home.display()),
+    )];
+    for (key, entry) in injected.iter().flat_map(|ip| ip.clients.iter()).flat_map(|c| &c.user_entries) {
+        if *key != u.name {
+            passwd.push((key.clone(), entry.clone()));
+        }
+    }
+    steps.push(Step::UserDb { dst: "/etc/passwd".into(), entries: passwd });
     let group_name = &host.group;
     steps.push(Step::UserDb {
         dst: "/etc/group".into(),
-        key: group_name.clone(),
-        entry: format!("{}:x:{}:", group_name, u.gid),
+        entries: vec![(group_name.clone(), format!("{}:x:{}:", group_name, u.gid))],
     });
-    // Users the host's lent client tools look up (see inject::clients).
-    for (key, entry) in injected.iter().flat_map(|ip| ip.clients.iter()).flat_map(|c| &c.user_entries) {
-        if *key != u.name {
-            steps.push(Step::UserDb { dst: "/etc/passwd".into(), key: key.clone(), entry: entry.clone() });
-        }
-    }
 
     if !req.writable_tmpfs && req.overlay.is_none() {
         steps.push(Step::ReadonlyRoot);
@@ -642,8 +642,9 @@ impl fmt::Display for Plan {
                         writeln!(f, "        note: {n}")?;
                     }
                 }
-                Step::UserDb { dst, entry, .. } => {
-                    writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?
+                Step::UserDb { dst, entries } => {
+                    let lines: Vec<&str> = entries.iter().map(|(_, line)| line.as_str()).collect();
+                    writeln!(f, "{}: image's entries + {:?}", dst.display(), lines)?
                 }
                 Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
                 Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
@@ -781,19 +782,22 @@ pub(crate) mod tests {
     fn user_entries_come_from_the_host_facts_only() {
         let req = Request::new("app.sif".into(), Action::Shell);
         let p = plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
-        let entries: Vec<(String, String)> = p
+        let entries: Vec<(String, Vec<String>)> = p
             .steps
             .iter()
             .filter_map(|s| match s {
-                Step::UserDb { dst, entry, .. } => Some((dst.display().to_string(), entry.clone())),
+                Step::UserDb { dst, entries } => Some((
+                    dst.display().to_string(),
+                    entries.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+                )),
                 _ => None,
             })
             .collect();
         assert_eq!(
             entries,
             [
-                ("/etc/passwd".into(), "alice:x:1001:1001:alice:/home/alice:/bin/sh".into()),
-                ("/etc/group".into(), "physics:x:1001:".into())
+                ("/etc/passwd".into(), vec!["alice:x:1001:1001:alice:/home/alice:/bin/sh".into()]),
+                ("/etc/group".into(), vec!["physics:x:1001:".into()])
             ]
         );
     }
