@@ -21,9 +21,10 @@ pkgs=(
   util-linux procps iproute2
   # tests: the OpenPBS hook runs under python3 with a fake `pbs` module
   python3
-  # berth pull: TLS via the system OpenSSL; tests start a real registry, push with skopeo,
-  # make the TLS CA with openssl and the htpasswd file; umoci for the pull benchmark
-  libssl-dev docker-registry skopeo openssl apache2-utils umoci
+  # berth pull trusts the system's CA store (ca-certificates); tests start a real registry,
+  # push with skopeo, make the TLS CA with openssl and the htpasswd file; umoci for the pull
+  # benchmark
+  ca-certificates docker-registry skopeo openssl apache2-utils umoci
   # packages: dpkg-deb/dpkg-shlibdeps, rpmbuild, and man and file for checking them
   dpkg-dev rpm man-db file
 )

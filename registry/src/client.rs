@@ -3,7 +3,6 @@
 //! where they stopped (Range) into the verified cache.
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Credentials;
@@ -83,11 +82,7 @@ enum Attempt {
 
 impl Client {
     pub fn new(image: &ImageRef, insecure: bool) -> Result<Self> {
-        let tls = native_tls::TlsConnector::new().map_err(|e| {
-            Error::new("TLS", e.to_string(), "check the system's OpenSSL and CA certificates")
-        })?;
         let agent = ureq::AgentBuilder::new()
-            .tls_connector(Arc::new(tls))
             .timeout_connect(Duration::from_secs(20))
             .timeout_read(Duration::from_secs(60))
             .redirects(8)
@@ -232,7 +227,8 @@ impl Client {
                         "the registry's certificate is not trusted: add its CA to the system store \
                          (/usr/local/share/ca-certificates + update-ca-certificates) or point SSL_CERT_FILE at it",
                     ))
-                } else if msg.contains("wrong version number") || msg.contains("http request") {
+                } else if msg.contains("InvalidContentType") {
+                    // What rustls reports when the answer to its ClientHello is not TLS at all.
                     Attempt::Fatal(Error::new(
                         self.what(),
                         format!("TLS: {msg}"),
