@@ -576,13 +576,14 @@ fn join_running(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
             ignored.join(", ")
         );
     }
-    enter(sp, st, h)?;
+    let entered = enter(sp, st, h);
     if berth_runtime::holder::start_time(h.pid) != h.start_time {
         return Err(format!(
             "--container-name={name}: {}, which ran the container, ended while this step joined it",
             owner_step(h)
         ));
     }
+    entered?;
     if let Some(dir) = &st.opts.workdir {
         std::env::set_current_dir(dir).map_err(|e| format!("--container-workdir={dir}: {e}"))?;
         let _ = sp.setenv("PWD", dir);
