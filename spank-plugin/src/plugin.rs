@@ -357,8 +357,8 @@ fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<Named, String>
                 }
                 if std::time::Instant::now() >= deadline {
                     return Err(format!(
-                        "--container-name={name}: the container is in use by a step of this job on this \
-                         node that has been starting or stopping for {}s; try again, or use another name",
+                        "--container-name={name}: the container is in use by another step on this node \
+                         that has been starting or stopping for {}s; try again, or use another name",
                         st.site.timeout.as_secs()
                     ));
                 }
@@ -637,7 +637,8 @@ fn task_user(sp: &Spank, h: &Running) -> Result<berth_runtime::plan::UserInfo, S
     }
 }
 
-/// `slurm_spank_exit` (slurmstepd, root, after the tasks): stop the holder.
+/// `slurm_spank_exit` (slurmstepd, root, after the tasks): end what other steps left in the
+/// container (tasks that joined it), stop the holder, release the named container.
 pub fn exit(sp: &Spank, _args: &[String]) -> Result<(), String> {
     if sys::context() != Context::Remote {
         return Ok(());
