@@ -53,6 +53,11 @@ pub struct HolderState {
     pub workdir: Vec<PathBuf>,
     /// The first candidate was asked for explicitly and must exist.
     pub workdir_required: bool,
+    /// The kept writable layer the container has mounted (`--overlay DIR`, a Slurm named
+    /// container's directory), so that a step asking for that named container finds the
+    /// running one ([`find_holding`]) instead of mounting the layer a second time.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
 }
 
 /// Whether `name` may name a holder (it becomes a file name in the state directory).
@@ -214,6 +219,7 @@ pub(crate) fn hold(
         cleanenv,
         workdir: plan.workdir.clone(),
         workdir_required: plan.workdir_required,
+        overlay: plan.kept_layer().map(Path::to_path_buf),
     };
     let state_path = format!("/proc/self/fd/{}/{record}", dirfd.as_raw_fd());
     let tmp_path = format!("/proc/self/fd/{}/{tmp}", dirfd.as_raw_fd());
@@ -335,14 +341,89 @@ fn find_in(dir: &Path, name: &str) -> Result<HolderState> {
 /// Processes inside the container's mount namespace other than the holder and the FUSE
 /// server it owns.
 pub fn members(st: &HolderState) -> Vec<i32> {
+    members_in(st.pid, st.mnt_ns)
+}
+
+/// Processes in mount namespace `mnt_ns` (inode) other than `holder` and its children (the
+/// FUSE servers it owns). Also once the holder has ended: the namespace lives on while a
+/// process is inside.
+pub fn members_in(holder: i32, mnt_ns: u64) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != st.pid && ns_inode(&pid.to_string(), "mnt") == Some(st.mnt_ns))
-        .filter(|&pid| proc::stat(pid).map(|s| s.ppid) != Some(st.pid))
+        .filter(|&pid| pid != holder && ns_inode(&pid.to_string(), "mnt") == Some(mnt_ns))
+        .filter(|&pid| proc::stat(pid).map(|s| s.ppid) != Some(holder))
         .collect()
+}
+
+/// The inode of namespace `ns` (`mnt`, `user`) of process `pid`, while it runs.
+pub fn namespace_inode(pid: i32, ns: &str) -> Option<u64> {
+    ns_inode(&pid.to_string(), ns)
+}
+
+/// The running holder of user `uid` whose container has the kept writable layer `overlay`
+/// mounted (a Slurm named container's directory), found by its record and verified: the
+/// process it names runs with the recorded start time and namespaces. None when no holder has
+/// it. As the user: the records are the user's own, and a record the user forged leads only
+/// to the user's own processes (joining needs the user's rights in the namespaces).
+pub fn find_holding(cfg: &Config, uid: u32, overlay: &Path) -> Option<HolderState> {
+    let dir = dir(cfg, uid);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(String::from))
+        .filter(|n| valid_name(n))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let st = find_in(&dir, &name).ok()?;
+        (st.name == name
+            && st.overlay.as_deref() == Some(overlay)
+            && namespace_inode(st.pid, "mnt") == Some(st.mnt_ns)
+            && namespace_inode(st.pid, "user") == Some(st.user_ns))
+        .then_some(st)
+    })
+}
+
+/// End (SIGKILL) the processes of user `uid` in mount namespace `mnt_ns` of holder `holder`
+/// (see [`members_in`]) and wait up to `wait` for them to be gone; how many were signalled.
+/// For a scheduler's end of step, as root: processes of other steps that joined the step's
+/// container would otherwise keep its writable layer mounted after the step released it, in
+/// a container whose image is no longer served. Each process is signalled through a pidfd
+/// taken before its namespace and owner are checked, so a pid reused meanwhile is never hit.
+pub fn kill_members(holder: i32, mnt_ns: u64, uid: u32, wait: std::time::Duration) -> usize {
+    let owner = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse::<u32>().ok())
+    };
+    let mut signalled = 0;
+    for pid in members_in(holder, mnt_ns) {
+        let Ok(fd) = process::pidfd(pid) else { continue };
+        if namespace_inode(pid, "mnt") != Some(mnt_ns) || owner(pid) != Some(uid) {
+            continue;
+        }
+        // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, a null siginfo
+        // (the kernel fills one in as for kill) and flags 0.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            signalled += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while signalled > 0 && !members_in(holder, mnt_ns).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    signalled
 }
 
 /// Stop holder `name`: its remaining member processes first (they would only fail once the
@@ -975,6 +1056,51 @@ mod tests {
         let mut bad_name = spec.clone();
         bad_name.name = "../x".into();
         assert!(spawn(&bad_name, Spawn::Exec(exec(ok, 100))).is_err());
+    }
+
+    /// A step asking for a named container finds the holder that has its layer mounted, by a
+    /// record whose process runs with the recorded start time and namespaces; nothing else.
+    #[test]
+    fn the_holder_of_a_kept_layer_is_found_and_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = Config { state_dir: t.path().join("st").display().to_string(), ..Config::default() };
+        let uid = nix::unistd::getuid().as_raw();
+        let holders = dir(&cfg, uid);
+        std::fs::create_dir_all(&holders).unwrap();
+        let me = std::process::id() as i32;
+        let record = |name: &str, overlay: &str, pid: i32, mnt_ns: u64| {
+            let st = HolderState {
+                name: name.into(),
+                pid,
+                start_time: proc::start_time(pid).unwrap_or(1),
+                user_ns: namespace_inode(me, "user").unwrap(),
+                mnt_ns,
+                image: "/i.sqsh".into(),
+                env: EnvPlan::default(),
+                cleanenv: false,
+                workdir: vec![],
+                workdir_required: false,
+                overlay: Some(overlay.into()),
+            };
+            std::fs::write(holders.join(format!("{name}.json")), serde_json::to_vec(&st).unwrap()).unwrap();
+        };
+        let mnt = namespace_inode(me, "mnt").unwrap();
+        record("slurm-1.0", "/named/1/a", me, mnt);
+        record("slurm-1.1", "/named/1/b", me, mnt + 1);
+        record("slurm-1.2", "/named/1/c", i32::MAX, mnt);
+        let found = find_holding(&cfg, uid, Path::new("/named/1/a")).unwrap();
+        assert_eq!((found.name.as_str(), found.pid), ("slurm-1.0", me));
+        assert!(find_holding(&cfg, uid, Path::new("/named/1/b")).is_none(), "namespace not the recorded one");
+        assert!(find_holding(&cfg, uid, Path::new("/named/1/c")).is_none(), "process gone");
+        assert!(!holders.join("slurm-1.2.json").exists(), "a dead holder's record is removed");
+        assert!(find_holding(&cfg, uid, Path::new("/named/1/x")).is_none());
+        // A record from before the field existed has no layer.
+        let old = std::fs::read_to_string(holders.join("slurm-1.0.json"))
+            .unwrap()
+            .replace(r#","overlay":"/named/1/a""#, "");
+        std::fs::write(holders.join("slurm-1.0.json"), old).unwrap();
+        assert!(find_holding(&cfg, uid, Path::new("/named/1/a")).is_none());
+        assert!(find(&cfg, uid, "slurm-1.0").unwrap().overlay.is_none());
     }
 
     #[test]

@@ -7,11 +7,14 @@
 //! <state_dir>/named/<jobid>/<NAME>/{upper,work}   the writable layer
 //!                                  image           the image it was made from (one line)
 //!                                  lock            flock'ed by the step that has it mounted
+//!                                  running         flock'ed while that step's tasks run
 //! ```
 //!
 //! (`named/global/<NAME>` with the site's `container_scope=global`.) Every step mounts the same
-//! image with the same upper layer, so what one step wrote the next one sees. The job's
-//! directory is removed at the end of the job, as the user (the Slurm plugin's `remove_as_user`).
+//! image with the same upper layer, so what one step wrote the next one sees. One step at a
+//! time has it mounted (a writable layer cannot be mounted twice): a step that asks for it
+//! while another runs in it joins that step's holder instead (found by the layer the holder's
+//! record names, `holder::find_holding`). The job's directory is removed at the end of the job, as the user (the Slurm plugin's `remove_as_user`).
 #![warn(missing_docs)]
 
 use std::fs::File;
@@ -93,14 +96,7 @@ pub fn open(
         .create(dir)
         .map_err(|e| OpenError::Other(Error::io("cannot create", dir, e)))?;
     let lock_path = dir.join("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&lock_path)
-        .map_err(|e| OpenError::Other(Error::io("cannot open", &lock_path, e)))?;
+    let lock = open_lock_file(&lock_path).map_err(OpenError::Other)?;
     let deadline = std::time::Instant::now() + wait;
     let mut lock = lock;
     let lock = loop {
@@ -120,6 +116,44 @@ pub fn open(
         .filter(|s| !s.is_empty())
         .map(PathBuf::from);
     Ok(Opened { dir: dir.to_path_buf(), image, created, _lock: lock })
+}
+
+/// The file whose lock says that a step's tasks run in the container.
+const RUNNING: &str = "running";
+
+/// Held while a step's tasks run in a named container ([`Opened::mark_running`]).
+#[derive(Debug)]
+pub struct RunningMark {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Whether the tasks of the step that has named container `dir` still run in it (its
+/// [`RunningMark`] is held). As the user; no symlink is followed.
+pub fn tasks_running(dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join(RUNNING))
+    else {
+        return false;
+    };
+    matches!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
+
+/// Open (making it, mode 0600) the lock file `path`, never through a symlink; close-on-exec,
+/// so a task that slurmstepd forks does not keep it after its exec.
+fn open_lock_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("cannot open", path, e))
 }
 
 fn cfg_state_dir(cfg: &Config, uid: u32) -> PathBuf {
@@ -146,6 +180,20 @@ impl Opened {
         write().map_err(|e| Error::io("cannot record the image of", &self.dir, e))?;
         self.image = Some(image.to_path_buf());
         Ok(())
+    }
+
+    /// Mark the container as one whose step's tasks run in it, for as long as the returned
+    /// lock lives (a step that asks for it meanwhile joins it, see [`tasks_running`]). As the
+    /// user. The step drops it when its tasks have ended: from then on the container is
+    /// stopping, and a step that asks for it waits for `lock` instead of joining a container
+    /// about to go.
+    pub fn mark_running(&self) -> Result<RunningMark> {
+        let path = self.dir.join(RUNNING);
+        let file = open_lock_file(&path)?;
+        // Blocking: a step probing it (`tasks_running`) holds it shared only for a moment.
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::sys("flock", path.display(), e))?;
+        Ok(RunningMark { _lock: lock })
     }
 
     /// Remove the container again (a first step that failed leaves nothing). As the user.
@@ -250,6 +298,12 @@ mod tests {
             list(&cfg, uid),
             vec![Listed { job: "7".into(), name: "n1".into(), image: "/i/a.sqsh".into(), age_s: 0 }]
         );
+        // Its tasks run while the mark is held; a probe does not keep it.
+        assert!(!tasks_running(&d));
+        let mark = first.mark_running().unwrap();
+        assert!(tasks_running(&d) && tasks_running(&d));
+        drop(mark);
+        assert!(!tasks_running(&d));
         drop(first);
         let again = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         assert!(!again.created);

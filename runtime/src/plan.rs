@@ -192,6 +192,16 @@ pub struct Plan {
     pub remap_root: bool,
 }
 
+impl Plan {
+    /// The directory of the kept writable layer (`--overlay DIR`), if the container has one.
+    pub(crate) fn kept_layer(&self) -> Option<&Path> {
+        self.steps.iter().find_map(|s| match s {
+            Step::Overlay { persistent: Some(k), .. } => Some(k.dir.as_path()),
+            _ => None,
+        })
+    }
+}
+
 /// Default PATH inside when the image defines none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -18,6 +18,9 @@ pub struct Running {
     pub start_time: Option<u64>,
     pub name: String,
     pub uid: u32,
+    /// Inode of its container's mount namespace, read when it started: the end of the step
+    /// ends what other steps' tasks left in there, also when the holder itself has ended.
+    pub mnt_ns: Option<u64>,
 }
 
 /// Start the holder for `spec` (as the job's user, or as root with `exec.as_root`, which then
@@ -26,7 +29,13 @@ pub struct Running {
 pub fn start(spec: &Spec, exec: Exec) -> Result<Running, String> {
     let uid = exec.creds.uid;
     let spawned = protocol::spawn(spec, Spawn::Exec(exec)).map_err(|e| e.to_string())?;
-    Ok(Running { pid: spawned.pid, start_time: spawned.start_time, name: spec.name.clone(), uid })
+    Ok(Running {
+        pid: spawned.pid,
+        start_time: spawned.start_time,
+        name: spec.name.clone(),
+        uid,
+        mnt_ns: protocol::namespace_inode(spawned.pid, "mnt"),
+    })
 }
 
 /// Reap our child `pid` within `timeout`; its wait status if we reaped it.
@@ -94,6 +103,55 @@ pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
+}
+
+/// Write `msg` (one line) on the stderr of each process in `pids` whose stderr is not already
+/// told (a task's processes share one), as user `uid`/`gid`: a child drops to the user and
+/// opens `/proc/PID/fd/2` for appending, so the kernel checks the user's own rights on what
+/// that descriptor names (root reopening it could write where the user may not). Bounded in
+/// time: a stderr nobody reads never holds up the caller.
+pub fn tell(pids: &[i32], uid: u32, gid: u32, msg: &str) {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let mut seen = std::collections::HashSet::new();
+    let pids: Vec<String> = pids
+        .iter()
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/fd/2")).is_ok_and(|m| seen.insert((m.dev(), m.ino())))
+        })
+        .map(|p| p.to_string())
+        .collect();
+    if pids.is_empty() {
+        return;
+    }
+    let child = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            r#"m=$1; shift; for p; do printf '%s\n' "$m" 2>/dev/null >> "/proc/$p/fd/2"; done"#,
+            "sh",
+            msg,
+        ])
+        .args(&pids)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // With a uid and no groups given, std drops the supplementary groups first.
+        .uid(uid)
+        .gid(gid)
+        .spawn();
+    let Ok(mut child) = child else { return };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `--container-save=DEST`: the container's root as the step leaves it (the image with the
@@ -222,6 +280,28 @@ mod tests {
         assert!(roots.join("precious").exists());
     }
 
+    /// The end of a container's step tells the processes of other steps still inside why they
+    /// end, on their own stderr, once per stderr, without waiting on it.
+    #[test]
+    fn tell_writes_once_on_each_stderr() {
+        use std::io::Read;
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let mut a = std::process::Command::new("sleep")
+            .arg("30")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        tell(&[a.id() as i32, a.id() as i32, i32::MAX], uid, gid, "berth: why");
+        let took = t0.elapsed();
+        a.kill().unwrap();
+        a.wait().unwrap();
+        let mut got = String::new();
+        a.stderr.take().unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "berth: why\n");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+
     #[test]
     fn mount_points_are_relative_and_unescaped() {
         let mi = "1 0 0:50 / / rw - overlay overlay rw\n\
@@ -255,7 +335,8 @@ mod tests {
         std::fs::create_dir(&state).unwrap();
         std::os::unix::fs::symlink(&elsewhere, state.join("holders")).unwrap();
         // A holder that already ended (no start time): only the record is left to remove.
-        let gone = Running { pid: i32::MAX, start_time: None, name: "slurm-7.0".into(), uid: 0 };
+        let gone =
+            Running { pid: i32::MAX, start_time: None, name: "slurm-7.0".into(), uid: 0, mnt_ns: None };
         stop(&gone, Some(&state.join("holders/slurm-7.0.json")), Duration::from_millis(1));
         assert!(elsewhere.join("slurm-7.0.json").exists());
         // Its own record in a real directory goes.

@@ -7,12 +7,15 @@
 //! - srun, `slurm_spank_init_post_opt`: choose the image (`--container`, `--container-image`,
 //!   or inherited), resolve it against the submit dir, put it in `BERTH_CONTAINER_IMAGE`.
 //! - slurmstepd on each node, `slurm_spank_user_init`: start `berth holder` as the user; wait
-//!   until it is ready. A failure is recorded, not returned (that would drain the node).
+//!   until it is ready. A failure is recorded, not returned (that would drain the node). With
+//!   `--container-name=NAME` while another step runs in `NAME` there: no holder; the tasks
+//!   join that step's.
 //! - each task, `slurm_spank_task_init`: join the holder's namespaces, set the image's
 //!   environment and working directory; or print the recorded failure and fail the task.
 //! - slurmstepd, `slurm_spank_task_exit`: with `--container-save`, after the last task on the
 //!   step's first node, save the container there.
-//! - slurmstepd, `slurm_spank_exit`: stop the holder.
+//! - slurmstepd, `slurm_spank_exit`: end the tasks of other steps that joined the holder's
+//!   container, then stop the holder (a step that joined another's stops nothing).
 //! - at the end of the job, `slurm_spank_job_epilog` on each node: remove the job's named
 //!   containers (`--container-name`), as the user.
 //!

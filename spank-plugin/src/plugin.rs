@@ -3,6 +3,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use crate::holder::{self, Running};
 use crate::settings::{self, BatchMode, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
@@ -34,6 +35,12 @@ struct State {
     /// slurmstepd: the step's named container (`--container-name`), locked until the end of
     /// the step.
     named: Option<berth_runtime::named::Opened>,
+    /// slurmstepd: the running holder of another step whose named container this step's
+    /// tasks join (`--container-name` while that step runs). Never stopped by this step.
+    joined: Option<Running>,
+    /// slurmstepd: held while this step's tasks run in its named container: until then a
+    /// step that asks for the name joins it, afterwards it waits for the container to stop.
+    running_mark: Option<berth_runtime::named::RunningMark>,
     /// slurmstepd: how many of this node's tasks have ended (`--container-save` waits for all).
     tasks_ended: u32,
 }
@@ -205,7 +212,15 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let image = match open_named(sp, &mut st, &asked) {
-        Ok(image) => image,
+        Ok(Named::Own(image)) => image,
+        Ok(Named::Join(h)) => {
+            log_info(&format!(
+                "--container-name: joining the running container of holder {} (pid {})",
+                h.name, h.pid
+            ));
+            st.joined = Some(h);
+            return Ok(());
+        }
         Err(e) => {
             log_info(&format!("named container: {e}"));
             st.failure = Some(e);
@@ -238,6 +253,13 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     };
     match started {
         Ok(h) => {
+            if let Some(named) = &st.named {
+                match named.mark_running() {
+                    Ok(mark) => st.running_mark = Some(mark),
+                    // Then no other step joins it: they wait for this one, or fail with the reason.
+                    Err(e) => log_error(&format!("named container {}: {e}", named.dir.display())),
+                }
+            }
             log_info(&format!(
                 "container {} ready (holder pid {}, image {})",
                 h.name,
@@ -254,45 +276,95 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// With `--container-name`: open (as the user: slurmstepd's euid here) and lock the step's
-/// named container, and return the image it runs; else the image asked for (`asked`; empty
-/// when the step named none).
-fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<PathBuf, String> {
-    let Some((name, flag)) = st.opts.name.clone() else { return Ok(asked.to_path_buf()) };
+/// How a step gets its container.
+enum Named {
+    /// Its own holder runs `image` (with `--container-name`: the named container is opened
+    /// and locked in `State::named`).
+    Own(PathBuf),
+    /// Its tasks join another step's running holder (`--container-name` of a running container).
+    Join(Running),
+}
+
+/// With `--container-name`: find the named container (as the user: slurmstepd's euid here)
+/// and decide by pyxis' rules (`settings::named_plan`): join the holder of the step that runs
+/// it, or open and lock it for this step's own holder and return the image that holder runs.
+/// Without: the image asked for (`asked`; empty when the step named none).
+fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<Named, String> {
+    use berth_runtime::named::{self, OpenError};
+    use settings::{Found, NamedPlan};
+    let Some((name, flag)) = st.opts.name.clone() else { return Ok(Named::Own(asked.to_path_buf())) };
     let (job, uid) = (sp.job_id().ok_or("no job id")?, sp.job_uid().ok_or("no job uid")?);
     let cfg = site_config(st)?;
     let scope = st.site.scope;
-    let dir = berth_runtime::named::dir(&cfg, uid, scope, job, &name);
+    let dir = named::dir(&cfg, uid, scope, job, &name);
     let asked = (!asked.as_os_str().is_empty()).then_some(asked);
+    let plan = |found| settings::named_plan(&name, &flag, scope, found, asked);
     // A missing container is made only when the flags allow it: looked up before anything is
     // created.
-    let exists = dir.join("image").exists();
-    if !exists {
-        settings::named_image(&name, &flag, scope, None, asked)?;
+    if !dir.exists() {
+        plan(Found::Missing)?;
     }
-    // A step that just ended may still be stopping its holder (Slurm can start the next step
-    // before the last one's slurm_spank_exit has run): wait a moment for its lock.
-    let named = match berth_runtime::named::open(&cfg, uid, &dir, std::time::Duration::from_secs(5)) {
-        Ok(n) => n,
-        Err(berth_runtime::named::OpenError::InUse) => {
-            return Err(format!(
-                "--container-name={name}: the container is in use by another step of this job on this node; \
-                 berth does not share a named container between steps that run at the same time: wait for \
-                 that step, or use another name"
-            ))
-        }
-        Err(berth_runtime::named::OpenError::Other(e)) => return Err(e.to_string()),
-    };
-    match settings::named_image(&name, &flag, scope, named.image.as_deref(), asked) {
-        Ok(image) => {
-            st.named = Some(named);
-            Ok(image)
-        }
-        Err(e) => {
-            if named.created {
-                named.discard();
+    // The step that has the container locks it from before its holder starts until after the
+    // holder is gone: while it is locked and no holder has it mounted, that step is starting
+    // or stopping, which takes at most the time a holder may take to get ready.
+    let deadline = std::time::Instant::now() + st.site.timeout;
+    loop {
+        match named::open(&cfg, uid, &dir, std::time::Duration::ZERO) {
+            Ok(opened) => {
+                let found = match &opened.image {
+                    Some(image) => Found::Stopped { image },
+                    None => Found::Missing,
+                };
+                match plan(found) {
+                    Ok(NamedPlan::Reuse(image) | NamedPlan::Create(image)) => {
+                        st.named = Some(opened);
+                        return Ok(Named::Own(image));
+                    }
+                    Ok(NamedPlan::Join) => return Err("internal error: joining a stopped container".into()),
+                    Err(e) => {
+                        if opened.created {
+                            opened.discard();
+                        }
+                        return Err(e);
+                    }
+                }
             }
-            Err(e)
+            Err(OpenError::InUse) => {
+                // Joined only while the tasks of the step that has it run: once they ended,
+                // that step is stopping the container.
+                let holding = || {
+                    named::tasks_running(&dir).then(|| berth_runtime::holder::find_holding(&cfg, uid, &dir))
+                };
+                if let Some(h) = holding().flatten() {
+                    // The container's image as its first step recorded it (that step may
+                    // not have recorded it yet: then as its holder runs it).
+                    let recorded = std::fs::read_to_string(dir.join("image"))
+                        .ok()
+                        .map(|s| PathBuf::from(s.trim_end_matches('\n')))
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or_else(|| h.image.clone());
+                    let step = h.name.strip_prefix("slurm-").unwrap_or(&h.name).to_string();
+                    return match plan(Found::Running { image: &recorded, step: &step })? {
+                        NamedPlan::Join => Ok(Named::Join(Running {
+                            pid: h.pid,
+                            start_time: Some(h.start_time),
+                            name: h.name,
+                            uid,
+                            mnt_ns: Some(h.mnt_ns),
+                        })),
+                        _ => Err("internal error: a running container not joined".into()),
+                    };
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "--container-name={name}: the container is in use by another step on this node \
+                         that has been starting or stopping for {}s; try again, or use another name",
+                        st.site.timeout.as_secs()
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(OpenError::Other(e)) => return Err(e.to_string()),
         }
     }
 }
@@ -400,10 +472,11 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     if st.image.is_none() {
         return Ok(());
     }
-    let result = match (&st.failure, &st.holder) {
-        (Some(f), _) => Err(f.clone()),
-        (None, Some(h)) => enter(sp, &st, h),
-        (None, None) => Err("internal error: no container for this step".into()),
+    let result = match (&st.failure, &st.holder, &st.joined) {
+        (Some(f), ..) => Err(f.clone()),
+        (None, Some(h), _) => enter(sp, &st, h),
+        (None, None, Some(h)) => join_running(sp, &st, h),
+        (None, None, None) => Err("internal error: no container for this step".into()),
     };
     if let Err(e) = &result {
         // The task's stderr is the user's terminal (srun) or the job's error file (sbatch).
@@ -422,10 +495,16 @@ pub fn task_exit(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let mut st = state();
-    let (Some(h), Some(save)) = (&st.holder, st.opts.save.clone()) else { return Ok(()) };
-    let h = h.clone();
+    // The container this step runs in: its own, or the one it joined.
+    let Some(h) = st.holder.as_ref().or(st.joined.as_ref()).cloned() else { return Ok(()) };
     st.tasks_ended += 1;
-    if sp.node_id() != Some(0) || Some(st.tasks_ended) != sp.local_task_count() {
+    if Some(st.tasks_ended) != sp.local_task_count() {
+        return Ok(());
+    }
+    // This node's tasks have ended: the container is stopping, no step joins it any more.
+    st.running_mark = None;
+    let Some(save) = st.opts.save.clone() else { return Ok(()) };
+    if sp.node_id() != Some(0) {
         return Ok(());
     }
     let submit_dir = sp.getenv("SLURM_SUBMIT_DIR").map(PathBuf::from);
@@ -479,6 +558,47 @@ fn enter(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
     Ok(())
 }
 
+/// A task of a step that joins another step's running named container: enter it like the
+/// step's own (`enter`), then check that the holder found in `user_init` still runs: a holder
+/// that ended meanwhile (its step ended) leaves a namespace whose image is no longer served,
+/// and the task must not run there. The options only the container's own step decides are
+/// named once per node as ignored; `--container-workdir` applies per task.
+fn join_running(sp: &Spank, st: &State, h: &Running) -> Result<(), String> {
+    let name = st.opts.name.as_ref().map_or("", |n| n.0.as_str());
+    let ignored = settings::ignored_when_joining(&st.opts);
+    if !ignored.is_empty() && sp.getenv("SLURM_LOCALID").is_none_or(|id| id == "0") {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        eprintln!(
+            "berth: --container-name={name}: joined the running container of {} (on {}); ignoring {}: \
+             the step that runs a container set it up, and a running container keeps its mounts",
+            owner_step(h),
+            host.trim(),
+            ignored.join(", ")
+        );
+    }
+    let entered = enter(sp, st, h);
+    if berth_runtime::holder::start_time(h.pid) != h.start_time {
+        return Err(format!(
+            "--container-name={name}: {}, which ran the container, ended while this step joined it",
+            owner_step(h)
+        ));
+    }
+    entered?;
+    if let Some(dir) = &st.opts.workdir {
+        std::env::set_current_dir(dir).map_err(|e| format!("--container-workdir={dir}: {e}"))?;
+        let _ = sp.setenv("PWD", dir);
+    }
+    Ok(())
+}
+
+/// "step JOB.STEP" of a Slurm holder's name, for messages.
+fn owner_step(h: &Running) -> String {
+    match h.name.strip_prefix("slurm-") {
+        Some(step) => format!("step {step}"),
+        None => format!("holder {}", h.name),
+    }
+}
+
 /// `--container-entrypoint`: the task runs the image's runscript (berth's entrypoint, like
 /// `berth run`) with its command as the arguments. Slurm's argv cannot grow, so argv[0]
 /// becomes a small launcher script that holds the command's name; the task's root is already
@@ -517,13 +637,46 @@ fn task_user(sp: &Spank, h: &Running) -> Result<berth_runtime::plan::UserInfo, S
     }
 }
 
-/// `slurm_spank_exit` (slurmstepd, root, after the tasks): stop the holder.
-pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
+/// `slurm_spank_exit` (slurmstepd, root, after the tasks): end what other steps left in the
+/// container (tasks that joined it), stop the holder, release the named container.
+pub fn exit(sp: &Spank, _args: &[String]) -> Result<(), String> {
     if sys::context() != Context::Remote {
         return Ok(());
     }
     let mut st = state();
+    // A joined container is another step's: that step stops it.
+    st.joined = None;
     if let Some(h) = st.holder.take() {
+        // Tasks of other steps that joined this step's named container go with it: they would
+        // run on in a container whose image is no longer served, and keep its writable layer
+        // mounted after the next step may mount it. Ended before the holder (so they never see
+        // the container break) and once more after it (one that was joining at that moment).
+        let mnt = h.mnt_ns.or_else(|| {
+            (h.start_time.is_some() && berth_runtime::holder::start_time(h.pid) == h.start_time)
+                .then(|| berth_runtime::holder::namespace_inode(h.pid, "mnt"))
+                .flatten()
+        });
+        let end_members = || {
+            mnt.map_or(0, |m| berth_runtime::holder::kill_members(h.pid, m, h.uid, Duration::from_secs(5)))
+        };
+        // They learn why on their own stderr (their srun's), in order with their output.
+        let inside = mnt.map(|m| berth_runtime::holder::members_in(h.pid, m)).unwrap_or_default();
+        if let (false, Some(gid), Some((name, _))) = (inside.is_empty(), sp.job_gid(), &st.opts.name) {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            holder::tell(
+                &inside,
+                h.uid,
+                gid,
+                &format!(
+                    "berth: --container-name={name}: {}, which runs this container, ended on {}; the \
+                     container ends with the step that runs it, and so do the processes of other steps \
+                     still in it",
+                    owner_step(&h),
+                    host.trim()
+                ),
+            );
+        }
+        let ended = end_members();
         let cfg = st
             .site
             .config
@@ -533,10 +686,15 @@ pub fn exit(_sp: &Spank, _args: &[String]) -> Result<(), String> {
             .ok();
         let state_file = cfg.map(|c| holder::state_file(&c, h.uid, &h.name));
         holder::stop(&h, state_file.as_deref(), std::time::Duration::from_secs(10));
+        let ended = ended + end_members();
+        if ended > 0 {
+            log_info(&format!("container {}: ended {ended} processes of steps that had joined it", h.name));
+        }
         log_verbose(&format!("container {} stopped", h.name));
     }
     // The holder (and with it the overlay on the named container's upper layer) is gone:
     // the next step may mount it.
+    st.running_mark = None;
     st.named = None;
     Ok(())
 }

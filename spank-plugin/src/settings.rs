@@ -171,7 +171,7 @@ impl Opt {
         (Opt::Writable, "container-writable", None, "[berth] writable container (changes go to a tmpfs, lost at the end)"),
         (Opt::Readonly, "container-readonly", None, "[berth] read-only container (default)"),
         (Opt::Batch, "container-batch", Some("host|image"), "[berth] where the batch script runs: host (srun steps in the image) or image"),
-        (Opt::Name, "container-name", Some("NAME[:auto|create|exec|no_exec]"), "[berth] a container kept for the job's later steps on each node under NAME, its changes included; later steps with this name run in it (--container-image then optional)"),
+        (Opt::Name, "container-name", Some("NAME[:auto|create|exec|no_exec]"), "[berth] a container kept for the job's later steps on each node under NAME, its changes included; later steps with this name run in it, joining it while a step runs in it (--container-image then optional; :exec only joins, :no_exec never does)"),
         (Opt::Save, "container-save", Some("PATH"), "[berth] at the end of the step, save the container (the image with the step's changes) as the SquashFS file PATH, from the step's first node"),
         (Opt::RemapRoot, "container-remap-root", None, "[berth] appear as root (uid 0) inside, still yourself outside; grants no privilege"),
         (Opt::NoRemapRoot, "no-container-remap-root", None, "[berth] keep your own uid inside the container (default)"),
@@ -373,51 +373,130 @@ pub fn choose_image(
     }
 }
 
-/// The image a step with `--container-name=NAME:FLAG` runs, by pyxis' rules: `auto` (the
-/// default) and `no_exec` run in the existing container or make it from `asked`; `create`
-/// only makes it; `exec` only joins a running one, which berth never has between steps (it
-/// keeps a named container's files, not its processes), so it is refused with the reason.
-/// `existing` is the image the container was made from (None: no step made it yet), `scope`
-/// says where names are looked up, for the messages. pyxis runs an existing container even when
-/// the step names another image; berth refuses that instead of running another image than the
-/// one asked for.
-pub fn named_image(
+/// What a node has of named container NAME when a step asks for it (pyxis' three cases:
+/// `enroot_container_get` gives no container, a container that is not running, or its pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// No step made it.
+    Missing,
+    /// Its files are kept (made from `image`); no step runs in it now.
+    Stopped { image: &'a Path },
+    /// Step `step` (`JOB.STEP`) runs in it now; it was made from `image`.
+    Running { image: &'a Path, step: &'a str },
+}
+
+/// How a step with `--container-name` gets its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedPlan {
+    /// Its tasks join the running container of the step that has it (no holder of its own).
+    Join,
+    /// Its own holder mounts the kept files over `image`.
+    Reuse(PathBuf),
+    /// Its own holder makes the container from `image`.
+    Create(PathBuf),
+}
+
+/// How a step with `--container-name=NAME:FLAG` gets its container, by pyxis' rules: `auto`
+/// (the default) joins the running container, else runs in its kept files, else makes it from
+/// the image asked for (`asked`); `create` only makes it; `exec` only joins a running one;
+/// `no_exec` never joins, and since a second mount of a writable layer that is mounted is not
+/// possible, a running container refuses it with that reason. `scope` says where names are
+/// looked up, for the messages. pyxis runs an existing container even when the step names
+/// another image; berth refuses that instead of running another image than the one asked for.
+pub fn named_plan(
     name: &str,
     flag: &str,
     scope: Scope,
-    existing: Option<&Path>,
+    found: Found,
     asked: Option<&Path>,
-) -> Result<PathBuf, String> {
+) -> Result<NamedPlan, String> {
     let here = match scope {
         Scope::Job => "in this job on this node",
         Scope::Global => "on this node",
     };
-    match (flag, existing, asked) {
-        ("create", Some(_), _) => Err(format!(
-            "--container-name={name}:create: a container named {name} already exists {here}; use \
-             --container-name={name} to run in it, or another name"
-        )),
-        ("exec", Some(_), _) => Err(format!(
-            "--container-name={name}:exec: the container {name} is not running (berth keeps a named \
-             container's files between steps, not its processes); use --container-name={name} to run in it"
-        )),
-        ("exec", None, _) => {
-            Err(format!("--container-name={name}:exec: no container named {name} exists {here}"))
+    let (existing, running) = match found {
+        Found::Missing => (None, None),
+        Found::Stopped { image } => (Some(image), None),
+        Found::Running { image, step } => (Some(image), Some(step)),
+    };
+    match (flag, existing, running) {
+        ("create", Some(_), step) => {
+            return Err(format!(
+                "--container-name={name}:create: a container named {name} already exists {here}{}; use \
+                 --container-name={name} to run in it, or another name",
+                step.map(|s| format!(" (step {s} runs in it)")).unwrap_or_default()
+            ))
         }
-        (_, Some(e), Some(a)) if a != e => Err(format!(
+        ("exec", None, _) => {
+            return Err(format!(
+                "--container-name={name}:exec: no container named {name} exists {here}; :exec only joins \
+                 a container that a running step of the job has"
+            ))
+        }
+        ("exec", Some(_), None) => {
+            return Err(format!(
+                "--container-name={name}:exec: the container {name} is not running {here}: its files are \
+                 kept, but no step runs in it now, and :exec only joins a running container; use \
+                 --container-name={name} to run in its files"
+            ))
+        }
+        ("no_exec", Some(_), Some(step)) => {
+            return Err(format!(
+                "--container-name={name}:no_exec: the container {name} is running {here} (step {step}), \
+                 and :no_exec does not join a running container; running it a second time would mount its \
+                 writable layer twice, which overlayfs does not allow: wait for step {step} to end, or drop \
+                 :no_exec to join the running container"
+            ))
+        }
+        _ => {}
+    }
+    match (existing, asked) {
+        (Some(e), Some(a)) if a != e => Err(format!(
             "--container-name={name}: the container was made from image {} {here}, and this step asks for \
              {}; pyxis would ignore the new image and run in the existing container, berth refuses rather \
              than run an image other than the one asked for: drop --container-image or use another name",
             e.display(),
             a.display()
         )),
-        (_, Some(e), _) => Ok(e.to_path_buf()),
-        (_, None, Some(a)) => Ok(a.to_path_buf()),
-        (_, None, None) => Err(format!(
+        (Some(_), _) if running.is_some() => Ok(NamedPlan::Join),
+        (Some(e), _) => Ok(NamedPlan::Reuse(e.to_path_buf())),
+        (None, Some(a)) => Ok(NamedPlan::Create(a.to_path_buf())),
+        (None, None) => Err(format!(
             "--container-name={name}: no container named {name} exists {here}, and no --container-image \
              (or --container) was given to make it"
         )),
     }
+}
+
+/// What a step that joins a running named container asked for that only the step which set
+/// that container up decides (its binds, its user mapping, its MPI and GPU injection): the
+/// options given, for the message that they are ignored (pyxis ignores `--container-mounts`
+/// when it attaches to a running container).
+pub fn ignored_when_joining(opts: &UserOpts) -> Vec<&'static str> {
+    let mut v = vec![];
+    if !opts.mounts.is_empty() {
+        v.push("--container-mounts");
+    }
+    match opts.mount_home {
+        Some(true) => v.push("--container-mount-home"),
+        Some(false) => v.push("--no-container-mount-home"),
+        None => {}
+    }
+    match opts.remap_root {
+        Some(true) => v.push("--container-remap-root"),
+        Some(false) => v.push("--no-container-remap-root"),
+        None => {}
+    }
+    if opts.mpi.is_some() {
+        v.push("--container-mpi");
+    }
+    if opts.nv {
+        v.push("--container-nv");
+    }
+    if opts.rocm {
+        v.push("--container-rocm");
+    }
+    v
 }
 
 pub use berth_runtime::scheduler::{
@@ -612,29 +691,88 @@ mod tests {
 
     #[test]
     fn named_containers_follow_pyxis_flags() {
+        use NamedPlan::*;
         let (a, b) = (Path::new("/i/a.sqsh"), Path::new("/i/b.sqsh"));
         let job = Scope::Job;
-        // auto / no_exec: make it from the image, or run in it with or without the same image.
+        let stopped = Found::Stopped { image: a };
+        let running = Found::Running { image: a, step: "7.0" };
+        let plan = |flag, found, asked| named_plan("n", flag, job, found, asked);
+        // auto: join the running container, else run in its files, else make it.
+        assert_eq!(plan("auto", running, None).unwrap(), Join);
+        assert_eq!(plan("auto", running, Some(a)).unwrap(), Join);
+        assert_eq!(plan("auto", stopped, None).unwrap(), Reuse(a.into()));
+        assert_eq!(plan("auto", stopped, Some(a)).unwrap(), Reuse(a.into()));
+        assert_eq!(plan("auto", Found::Missing, Some(a)).unwrap(), Create(a.into()));
+        // exec: only join.
+        assert_eq!(plan("exec", running, None).unwrap(), Join);
+        assert_eq!(plan("exec", running, Some(a)).unwrap(), Join);
+        let e = plan("exec", stopped, None).unwrap_err();
+        assert!(
+            e.contains(":exec: the container n is not running in this job on this node: its files"),
+            "{e}"
+        );
+        let e = plan("exec", Found::Missing, Some(a)).unwrap_err();
+        assert!(e.contains(":exec: no container named n exists in this job on this node"), "{e}");
+        // no_exec: never joins; the files, or a new container.
+        assert_eq!(plan("no_exec", stopped, None).unwrap(), Reuse(a.into()));
+        assert_eq!(plan("no_exec", Found::Missing, Some(a)).unwrap(), Create(a.into()));
+        let e = plan("no_exec", running, Some(a)).unwrap_err();
+        assert!(
+            e.contains("is running in this job on this node (step 7.0)")
+                && e.contains("mount its writable layer twice")
+                && e.contains("drop :no_exec to join"),
+            "{e}"
+        );
+        // create: only a new one.
+        assert_eq!(plan("create", Found::Missing, Some(a)).unwrap(), Create(a.into()));
+        assert!(plan("create", stopped, Some(a))
+            .unwrap_err()
+            .contains("already exists in this job on this node;"));
+        assert!(plan("create", running, None)
+            .unwrap_err()
+            .contains("already exists in this job on this node (step 7.0 runs in it)"));
+        // Another image than the container's, running or not: refused with both named.
+        for flag in ["auto", "exec", "no_exec"] {
+            let found = if flag == "no_exec" { stopped } else { running };
+            let e = plan(flag, found, Some(b)).unwrap_err();
+            assert!(
+                e.contains("made from image /i/a.sqsh") && e.contains("asks for /i/b.sqsh"),
+                "{flag}: {e}"
+            );
+        }
         for flag in ["auto", "no_exec"] {
-            assert_eq!(named_image("n", flag, job, None, Some(a)).unwrap(), a);
-            assert_eq!(named_image("n", flag, job, Some(a), None).unwrap(), a);
-            assert_eq!(named_image("n", flag, job, Some(a), Some(a)).unwrap(), a);
-            let e = named_image("n", flag, job, None, None).unwrap_err();
+            let e = plan(flag, Found::Missing, None).unwrap_err();
             assert!(
                 e.contains("no container named n exists in this job") && e.contains("--container-image"),
                 "{e}"
             );
-            let e = named_image("n", flag, job, Some(a), Some(b)).unwrap_err();
-            assert!(e.contains("made from image /i/a.sqsh") && e.contains("asks for /i/b.sqsh"), "{e}");
         }
-        assert_eq!(named_image("n", "create", job, None, Some(a)).unwrap(), a);
-        assert!(named_image("n", "create", job, Some(a), Some(a)).unwrap_err().contains("already exists"));
-        assert!(named_image("n", "exec", job, None, Some(a))
-            .unwrap_err()
-            .contains("no container named n exists"));
-        assert!(named_image("n", "exec", job, Some(a), None).unwrap_err().contains("is not running"));
-        let e = named_image("n", "auto", Scope::Global, None, None).unwrap_err();
+        let e = named_plan("n", "auto", Scope::Global, Found::Missing, None).unwrap_err();
         assert!(e.contains("exists on this node,"), "{e}");
+    }
+
+    #[test]
+    fn a_joining_step_names_the_options_it_cannot_change() {
+        let mut o = UserOpts::default();
+        o.set(Opt::Env, Some("A=b")).unwrap();
+        o.set(Opt::Workdir, Some("/w")).unwrap();
+        o.set(Opt::Writable, None).unwrap();
+        assert!(ignored_when_joining(&o).is_empty(), "per-task options and the writable default apply");
+        o.set(Opt::Mounts, Some("/a:/b")).unwrap();
+        o.set(Opt::NoMountHome, None).unwrap();
+        o.set(Opt::RemapRoot, None).unwrap();
+        o.set(Opt::Mpi, Some("none")).unwrap();
+        o.set(Opt::Nv, None).unwrap();
+        assert_eq!(
+            ignored_when_joining(&o),
+            [
+                "--container-mounts",
+                "--no-container-mount-home",
+                "--container-remap-root",
+                "--container-mpi",
+                "--container-nv"
+            ]
+        );
     }
 
     #[test]

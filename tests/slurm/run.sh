@@ -397,8 +397,7 @@ NAMED
         bash -c "grep -q '^exec-missing=[1-9]' '$N' && grep -q 'berth: error: --container-name=n9:exec: no container named n9 exists' '$N'"
     check "(n) the name with another image is refused with both images named" \
         bash -c "grep -q '^other-image=[1-9]' '$N' && grep -q 'made from image $WORK/imga.sqsh .*asks for $WORK/imgb.sqsh' '$N'"
-    check "(n) a second step while one runs in it is refused with the reason" \
-        bash -c "grep -q '^concurrent=[1-9]' '$N' && grep -q 'is in use by another step of this job on this node' '$N'"
+    check "(n) a second step while one runs in it joins it (pyxis' auto)" grep -q '^concurrent=0$' "$N"
     check "(n) berth list on the node shows the job's named containers and their image" \
         bash -c "grep -Eq '^n1 +$job +[0-9]+[sm].* +$WORK/imga.sqsh\$' '$N' && grep -Eq '^n2 +$job ' '$N'"
     check "(n) during the job: n1 on both nodes, n2 on one, the refused names left nothing" \
@@ -411,6 +410,62 @@ NAMED
     check "(n) after the job: nothing of its named containers left on any node ($(named_left | tr '\n' ' '))" \
         test -z "$(named_left)"
     wait_idle; check "(n) ... nodes idle" nodes_idle
+
+    # Joining a running named container (pyxis' reuse of a running container's namespaces): while
+    # step A runs in container c on both nodes, :exec and the default auto run their tasks in
+    # A's container on each node (same mount namespace, same files); :no_exec is refused with the
+    # reason; A's end ends the tasks still in it, with the reason; :exec after A fails with the
+    # reason; the files stay for later steps; nothing is left after the job.
+    rm -f "$WORK"/xa.* "$WORK"/xe.* "$WORK/xstop"
+    cat > "$WORK/exec.sh" <<EXEC
+#!/bin/sh
+srun -N2 --overlap --container-name=c --container-image=$WORK/imga.sqsh sh -c 'echo x > /state; echo "A \$(hostname) \$(readlink /proc/self/ns/mnt)"; touch $WORK/xa.\$(hostname); while ! [ -e $WORK/xstop ]; do sleep 0.2; done' &
+for i in \$(seq 300); do [ \$(ls $WORK/xa.* 2>/dev/null | wc -l) = 2 ] && break; sleep 0.2; done
+srun -N2 --overlap --container-name=c:exec --container-save=$WORK/joined-saved.sqsh sh -c 'echo "B \$(hostname) \$(cat /state) \$(readlink /proc/self/ns/mnt)"; echo y > /from-b'; echo "exec-running=\$?"
+srun -N2 --overlap --container-name=c --container-mounts=$WORK:/data sh -c 'echo "C \$(hostname) \$(cat /from-b) \$(readlink /proc/self/ns/mnt)"; ls /data/datafile >/dev/null 2>&1 || echo "no-data \$(hostname)"'; echo "auto-running=\$?"
+srun -N1 --overlap --container-name=c:no_exec --container-image=$WORK/imga.sqsh true; echo "no_exec-running=\$?"
+srun -N2 --overlap --container-name=c:exec sh -c 'echo "E \$(hostname) in"; touch $WORK/xe.\$(hostname); sleep 60; echo "E survived"' &
+e=\$!
+for i in \$(seq 300); do [ \$(ls $WORK/xe.* 2>/dev/null | wc -l) = 2 ] && break; sleep 0.2; done
+t0=\$(date +%s%N); touch $WORK/xstop
+wait \$e; echo "joined-at-end=\$? after \$(( (\$(date +%s%N) - t0) / 1000000 )) ms"
+wait
+srun -N2 --container-name=c:exec true; echo "exec-ended=\$?"
+srun -N2 --container-name=c sh -c 'echo "D \$(hostname) \$(cat /state /from-b | tr "\n" " ")"'
+EXEC
+    chmod 0755 "$WORK/exec.sh"
+    job=$(T=180 as_user sbatch -N2 --parsable --wait -o "$WORK/exec.out" "$WORK/exec.sh" 2> "$ERR"); rc=$?
+    job=${job%%;*}
+    X=$WORK/exec.out
+    # Each joiner's line names its host and mount namespace: the same as A's on that host.
+    same_ns() { awk -v t="$1" '$1 == "A" { ns[$2] = $3; na++ } $1 == t { n++; if (ns[$2] == "" || ns[$2] != $NF) bad++ }
+                 END { exit !(n == 2 && bad == 0 && na == 2) }' "$X"; }
+    export -f same_ns; export X
+    check "(x) srun --container-name=c:exec while step A runs there: joins A's container on both nodes, sees /state, A's mount namespace (rc=$rc)" \
+        bash -c "grep -q '^exec-running=0$' '$X' && [ \$(grep -c '^B bnode[0-9]* x mnt:' '$X') = 2 ] && same_ns B"
+    unsquashfs -l "$WORK/joined-saved.sqsh" > "$WORK/joined-saved.list" 2>&1
+    check "(x) ... its --container-save saves the joined container: A's /state and its own /from-b" \
+        bash -c "grep -qx 'squashfs-root/state' '$WORK/joined-saved.list' && grep -qx 'squashfs-root/from-b' '$WORK/joined-saved.list'"
+    check "(x) the default auto joins too, sees what the :exec step wrote, A's mount namespace" \
+        bash -c "grep -q '^auto-running=0$' '$X' && [ \$(grep -c '^C bnode[0-9]* y mnt:' '$X') = 2 ] && same_ns C"
+    check "(x) ... its --container-mounts is ignored, with pyxis' reason, once per node" \
+        bash -c "[ \$(grep -c '^no-data bnode[0-9]*$' '$X') = 2 ] && [ \$(grep -c 'berth: --container-name=c: joined the running container of step [0-9]*\.0 (on bnode[0-9]*); ignoring --container-mounts' '$X') = 2 ]"
+    check "(x) :no_exec while A runs: refused with the reason" \
+        bash -c "grep -q '^no_exec-running=[1-9]' '$X' && grep -q 'berth: error: --container-name=c:no_exec: the container c is running in this job on this node (step [0-9]*\.0), and :no_exec does not join a running container; running it a second time would mount its writable layer twice' '$X'"
+    check "(x) A ends while a joined step runs: that step's tasks are ended, with the reason, and A's end is not held up" \
+        bash -c "[ \$(grep -c '^E bnode[0-9]* in$' '$X') = 2 ] && grep -Eq '^joined-at-end=[1-9][0-9]* after [0-9]{1,4} ms$' '$X' && ! grep -q 'E survived' '$X' && [ \$(grep -c 'berth: --container-name=c: step [0-9]*\.0, which runs this container, ended on bnode[0-9]*; the container ends with the step that runs it' '$X') = 2 ]"
+    check "(x) :exec after A ended: fails with the reason" \
+        bash -c "grep -q '^exec-ended=[1-9]' '$X' && grep -q 'berth: error: --container-name=c:exec: the container c is not running in this job on this node' '$X'"
+    check "(x) ... the container's files stay for the job's later steps (both nodes: A's and the joiner's writes)" \
+        bash -c "[ \$(grep -c '^D bnode[0-9]* x y $' '$X') = 2 ]"
+    echo "note: a joined step ended by the end of the container's step: $(grep -o 'after [0-9]* ms' "$X" | tr '\n' ' ')(from A's tasks' end to the joined srun's return)"
+    [ "$rc" = 0 ] && grep -q '^exec-running=0$' "$X" || sed 's/^/    /' "$X" "$ERR"
+    for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
+    left=$(named_left | tr '\n' ' ')
+    check "(x) after the job: no holder record, no named container left on any node ($left)" \
+        bash -c "[ -z '$left' ] && ! ls $DIR/nodes/*/runberth/*/holders/*.json $DIR/nodes/*/roottmp/berth-*/holders/*.json 2>/dev/null | grep -q ."
+    check "(x) ... no holder or FUSE process of $TEST_USER left" no_user_procs
+    wait_idle; check "(x) ... nodes idle, not drained" nodes_idle
 
     # --container-save (pyxis): at the end of the step, the container's root (the image with the
     # step's changes, without what is mounted in it) as a SquashFS file, written by the user
@@ -590,11 +645,20 @@ JOB
     check "(d) ... a root-only image under allowed_dirs fails the step, as the user could not read it (rc=$rc)" \
         bash -c "[ $rc != 0 ] && grep -q 'Permission denied' '$ERR'"
     # A named container in privileged mode: root mounts the image, the kept layer is the user's.
-    printf '#!/bin/sh\nsrun -N2 --container-image=%s --container-name=p sh -c "echo p > /pstate"\nsrun -N2 --container-name=p cat /pstate\n' \
-        "$WORK/imga.sqsh" > "$WORK/pnamed.sh"
+    # And a step that joins it while the first runs (:exec) sees the same.
+    rm -f "$WORK"/pa.* "$WORK/pstop"
+    cat > "$WORK/pnamed.sh" <<PNAMED
+#!/bin/sh
+srun -N2 --overlap --container-image=$WORK/imga.sqsh --container-name=p sh -c 'echo p > /pstate; touch $WORK/pa.\$(hostname); while ! [ -e $WORK/pstop ]; do sleep 0.2; done' &
+for i in \$(seq 300); do [ \$(ls $WORK/pa.* 2>/dev/null | wc -l) = 2 ] && break; sleep 0.2; done
+srun -N2 --overlap --container-name=p:exec sh -c 'echo "joined \$(cat /pstate)"'
+touch $WORK/pstop; wait
+srun -N2 --container-name=p cat /pstate
+PNAMED
+    chmod 0755 "$WORK/pnamed.sh"
     as_user sbatch -N2 --wait -o "$WORK/pnamed.out" "$WORK/pnamed.sh" > "$OUT" 2>&1; rc=$?
-    check "(d) ... a named container: the second step on both nodes sees what the first wrote (rc=$rc)" \
-        bash -c "[ \$(grep -cx p '$WORK/pnamed.out') = 2 ]"
+    check "(d) ... a named container: a step joining the running one (:exec) and the next step see what the first wrote, on both nodes (rc=$rc)" \
+        bash -c "[ \$(grep -cx 'joined p' '$WORK/pnamed.out') = 2 ] && [ \$(grep -cx p '$WORK/pnamed.out') = 2 ]"
     [ "$(grep -cx p "$WORK/pnamed.out")" = 2 ] || sed 's/^/    /' "$WORK/pnamed.out"
     if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
     wait_idle
