@@ -153,6 +153,13 @@ pub(crate) enum Step {
         entry: String,
         key: String,
     },
+    /// A file of berth's own (the entrypoint launcher, [`crate::entrypoint`]): written on the
+    /// layers' tmpfs, bound read-only at `dst`.
+    OwnFile {
+        dst: PathBuf,
+        data: String,
+        mode: u32,
+    },
     /// Make the root read-only (unless `--writable-tmpfs`).
     ReadonlyRoot,
     PivotRoot,
@@ -436,6 +443,14 @@ pub fn plan(
         }
     }
 
+    // In every container, not only those a step with --container-entrypoint starts: a step
+    // may join a container another step started.
+    steps.push(Step::OwnFile {
+        dst: crate::entrypoint::LAUNCHER.into(),
+        data: crate::entrypoint::script(crate::entrypoint::RUNSCRIPT),
+        mode: 0o555,
+    });
+
     if !req.writable_tmpfs && req.overlay.is_none() {
         steps.push(Step::ReadonlyRoot);
     }
@@ -645,6 +660,7 @@ impl fmt::Display for Plan {
                 Step::UserDb { dst, entry, .. } => {
                     writeln!(f, "{}: image's entries + {:?}", dst.display(), entry)?
                 }
+                Step::OwnFile { dst, .. } => writeln!(f, "{}: berth's, read-only", dst.display())?,
                 Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
                 Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
             }

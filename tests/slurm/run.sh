@@ -110,7 +110,7 @@ mkimage imgb "berth test image B"
 # An image with an entrypoint (berth's: the runscript) that announces itself, then runs its arguments.
 mkimage imge "berth test image E"
 mkdir -p "$WORK/imge.root/.singularity.d"
-printf '#!/bin/sh\necho "entrypoint-marker on $(hostname) argc=$#"\nexec "$@"\n' > "$WORK/imge.root/.singularity.d/runscript"
+printf '#!/bin/sh\necho "entrypoint-marker on $(hostname) argc=$# 0=$0 1=$1"\nexec "$@"\n' > "$WORK/imge.root/.singularity.d/runscript"
 chmod 0755 "$WORK/imge.root/.singularity.d/runscript"
 mksquashfs "$WORK/imge.root" "$WORK/imge.sqsh" -noappend -quiet >/dev/null; chmod 0644 "$WORK/imge.sqsh"
 echo "data-file" > "$WORK/datafile"; chmod 0644 "$WORK/datafile"
@@ -303,9 +303,24 @@ JOB
 
     # --container-entrypoint: the image's runscript runs with the command as its arguments.
     as_user srun -N2 --container-image="$WORK/imge.sqsh" --container-entrypoint echo hi > "$OUT" 2> "$ERR"; rc=$?
-    check "(d) srun -N2 --container-entrypoint echo hi: the runscript, then hi, on both nodes (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && [ \$(grep -c '^entrypoint-marker on bnode[0-9]* argc=2\$' '$OUT') = 2 ] && [ \$(hosts_in '$OUT') = 2 ] && [ \$(grep -cx hi '$OUT') = 2 ] && [ \$(wc -l < '$OUT') = 4 ]"
+    check "(d) srun -N2 --container-entrypoint echo hi: the runscript (\$0 the runscript, \$1 the program), then hi, on both nodes (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c '^entrypoint-marker on bnode[0-9]* argc=2 0=/.singularity.d/runscript 1=echo\$' '$OUT') = 2 ] && [ \$(hosts_in '$OUT') = 2 ] && [ \$(grep -cx hi '$OUT') = 2 ] && [ \$(wc -l < '$OUT') = 4 ]"
     [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    # Two tasks on one node, each through the launcher: the program starts with the descriptors
+    # it has when the runscript runs it without berth's launcher (Slurm's own, the image shell's
+    # copy of the runscript: busybox sh leaves it open), and none open on a launcher.
+    as_user srun -N1 -n2 -l --container-image="$WORK/imge.sqsh" --container-entrypoint ls -l /proc/self/fd > "$OUT" 2> "$ERR"; rc=$?
+    as_user srun -N1 -n2 -l --container-image="$WORK/imge.sqsh" sh /.singularity.d/runscript ls -l /proc/self/fd > "$OUT.base" 2>&1
+    fds() { grep -E "^ *$1: [lrwx-]{10} " "$2" | awk '{print $10}' | sort -n | tr '\n' ' '; }
+    check "(d) --container-entrypoint: each task's program has the descriptors of the runscript run directly, none on a launcher (rc=$rc; task 0: $(fds 0 "$OUT"); task 1: $(fds 1 "$OUT"); directly: $(fds 0 "$OUT.base"))" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c 'entrypoint-marker' '$OUT') = 2 ] && [ -n '$(fds 0 "$OUT.base")' ] && [ '$(fds 0 "$OUT")' = '$(fds 0 "$OUT.base")' ] && [ '$(fds 1 "$OUT")' = '$(fds 0 "$OUT.base")' ] && ! grep -Eq 'memfd|entrypoint\$|/.berth' '$OUT'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT" "$ERR"
+    as_user srun -N1 --container-image="$WORK/imge.sqsh" --container-entrypoint \
+        cat /proc/self/cmdline /proc/self/environ > "$OUT" 2> "$ERR"; rc=$?
+    tr '\0' '\n' < "$OUT" > "$OUT.lines"
+    check "(d) --container-entrypoint: the program's argv is the command as given, the launcher's variable is gone (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(sed -n 2,4p '$OUT.lines' | tr '\n' ' ')\" = 'cat /proc/self/cmdline /proc/self/environ ' ] && grep -q '^PATH=' '$OUT.lines' && ! grep -q BERTH_ENTRYPOINT '$OUT.lines'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT.lines" "$ERR"
     as_user srun -N2 --container-image="$WORK/imge.sqsh" echo hi > "$OUT" 2> "$ERR"; rc=$?
     check "(d) srun -N2 without --container-entrypoint: only hi, no runscript (rc=$rc)" \
         bash -c "[ $rc = 0 ] && [ \"\$(sort -u '$OUT')\" = hi ] && [ \$(wc -l < '$OUT') = 2 ]"
@@ -315,14 +330,14 @@ JOB
     as_user srun -N1 --container-image="$WORK/imge.sqsh" --container-entrypoint \
         sh -c 'echo "args:$0|$1|$2"' "a b" "it's" > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --container-entrypoint keeps the command's arguments as they were (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && grep -qx 'entrypoint-marker on bnode[0-9]* argc=5' '$OUT' && grep -qxF \"args:a b|it's|\" '$OUT'"
+        bash -c "[ $rc = 0 ] && grep -qx 'entrypoint-marker on bnode[0-9]* argc=5 0=/.singularity.d/runscript 1=sh' '$OUT' && grep -qxF \"args:a b|it's|\" '$OUT'"
     as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-entrypoint touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --container-entrypoint with an image without a runscript: the reason from both nodes, nothing ran (rc=$rc)" \
         bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --container-entrypoint: the image has no runscript (/.singularity.d/runscript)' '$ERR') = 2 ] && ! [ -e '$WORK/ran' ]"
     printf '#!/bin/sh\n#SBATCH --container-image %s\necho "script args:$*"\ngrep PRETTY /etc/os-release\n' "$WORK/imge.sqsh" > "$WORK/entry.sh"
     as_user sbatch --container-batch=image --container-entrypoint --wait -o "$WORK/entry.out" "$WORK/entry.sh" x1 > "$OUT" 2>&1; rc=$?
     check "(d) sbatch --container-batch=image --container-entrypoint: the runscript runs the script in the image (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && [ \"\$(head -1 '$WORK/entry.out')\" = \"\$(grep -o 'entrypoint-marker on bnode[0-9]* argc=2' '$WORK/entry.out')\" ] && grep -qx 'script args:x1' '$WORK/entry.out' && grep -q 'image E' '$WORK/entry.out'"
+        bash -c "[ $rc = 0 ] && [ \"\$(head -1 '$WORK/entry.out')\" = \"\$(grep -x 'entrypoint-marker on bnode[0-9]* argc=2 0=/.singularity.d/runscript 1=/.*' '$WORK/entry.out')\" ] && grep -qx 'script args:x1' '$WORK/entry.out' && grep -q 'image E' '$WORK/entry.out'"
     wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
 
     # --container-writable: a throwaway writable layer; --container-readonly (default): refused writes.
