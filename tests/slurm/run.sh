@@ -465,6 +465,47 @@ HOSTILE
                  && ! ls '$DIR'/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1"
     [ -n "$(grep -x swapped "$WORK/hostile.out")" ] || sed 's/^/    /' "$WORK/hostile.out"
 
+    # container_scope=global (plugstack.conf argument, read by srun and by each step's
+    # slurmstepd when it starts: no restart): a name outlives its job on the node and is shared
+    # by the user's jobs there, until the user removes it with `berth rm`.
+    if [ "$PACKAGED" != 1 ]; then
+        cp "$DIR/etc/plugstack.conf" "$WORK/plugstack.conf.saved"
+        sed -i '1s/$/ container_scope=global/' "$DIR/etc/plugstack.conf"
+        GDIR=$DIR/nodes/bnode1/runberth/$(id -u "$TEST_USER")/named/global/g
+        printf '#!/bin/sh\nsrun --container-image=%s --container-name=g sh -c "echo kept-by-$SLURM_JOB_ID > /gstate"\necho "rc=$?"\n' \
+            "$WORK/imga.sqsh" > "$WORK/g1.sh"
+        cat > "$WORK/g2.sh" <<GLOBAL
+#!/bin/sh
+srun --container-name=g cat /gstate; echo "read=\$?"
+$NODE_BERTH list | grep '^g '
+srun --container-name=g sleep 6 &
+sleep 1.5
+$NODE_BERTH rm g; echo "rm-busy=\$?"
+wait
+$NODE_BERTH rm g; echo "rm=\$?"
+srun --container-name=g true; echo "after-rm=\$?"
+GLOBAL
+        chmod 0755 "$WORK/g1.sh" "$WORK/g2.sh"
+        g1=$(as_user sbatch -N1 -w bnode1 --parsable --wait -o "$WORK/g1.out" "$WORK/g1.sh" 2>&1); g1=${g1%%;*}
+        for _ in $(seq 20); do nodes_idle && break; sleep 0.25; done
+        kept=$( [ -d "$GDIR/upper" ] && echo yes || echo no)
+        as_user sbatch -N1 -w bnode1 --wait -o "$WORK/g2.out" "$WORK/g2.sh" > "$OUT" 2>&1
+        cp "$WORK/plugstack.conf.saved" "$DIR/etc/plugstack.conf"
+        G=$WORK/g2.out
+        check "(g) container_scope=global: job $g1 writes in --container-name=g; its directory stays after the job ($kept)" \
+            bash -c "grep -qx rc=0 '$WORK/g1.out' && [ $kept = yes ]"
+        check "(g) ... another job sees what job $g1 wrote there" \
+            bash -c "grep -qx 'kept-by-$g1' '$G' && grep -qx read=0 '$G'"
+        check "(g) ... berth list on the node shows it as job global with its image" \
+            bash -c "grep -Eq '^g +global +[0-9]+[smh].* +$WORK/imga.sqsh\$' '$G'"
+        check "(g) ... berth rm g while a step runs in it is refused with the reason" \
+            bash -c "grep -q '^rm-busy=[1-9]' '$G' && grep -q 'berth: rm g: a job step is running in it' '$G'"
+        check "(g) ... berth rm g once no step has it removes it: a later job's step finds no g ($(ls -d "$GDIR" 2>/dev/null))" \
+            bash -c "grep -qx rm=0 '$G' && grep -q '^after-rm=[1-9]' '$G' && grep -q 'no container named g exists on this node' '$G' && ! [ -e '$GDIR' ]"
+        grep -qx rm=0 "$G" || { sed 's/^/    /' "$WORK/g1.out" "$G"; rm -rf "$GDIR"; }
+        wait_idle
+    fi
+
     # berth list, on the node, while a step's container is held there.
     cat > "$WORK/list.sh" <<LIST
 #!/bin/sh
