@@ -484,6 +484,16 @@ mod tests {
             assert!(pos(&bind) < pos("pivot_root"));
             assert!(!ops.contains("/data/ovl/upper/.berth"), "{ops}");
         }
+        // A host directory bound over /.berth hides the launcher, rather than getting its
+        // mount point: the launcher is bound before any bind.
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.binds.push(crate::request::BindSpec::parse("/data/mine:/.berth").unwrap());
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        let mut rec = Recorder::default();
+        apply(&plan, &mut rec).unwrap();
+        let ops = rec.ops.join("\n");
+        let launcher = ops.find("mount /tmp/berth-1001/mnt/overlay/files/entrypoint").unwrap();
+        assert!(launcher < ops.find("mount /data/mine /tmp/berth-1001/mnt/root/.berth").unwrap(), "{ops}");
     }
 
     /// `-B ~/dir:/etc` where `~/dir` has no passwd/group: nothing is created in the host

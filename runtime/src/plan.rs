@@ -350,6 +350,15 @@ pub fn plan(
         }),
     });
 
+    // In every container, not only those a step with --container-entrypoint starts: a step
+    // may join a container another step started. Before any bind: a bind of a host directory
+    // over /.berth then hides it instead of getting its mount point.
+    steps.push(Step::OwnFile {
+        dst: crate::entrypoint::LAUNCHER.into(),
+        data: crate::entrypoint::script(crate::entrypoint::RUNSCRIPT),
+        mode: 0o555,
+    });
+
     // Kernel interfaces and a minimal /dev.
     steps.push(bind_host("/proc", "/proc", PathKind::Dir, false, "kernel process interface"));
     steps.push(bind_host("/sys", "/sys", PathKind::Dir, false, "kernel device interface"));
@@ -442,14 +451,6 @@ pub fn plan(
             steps.push(Step::UserDb { dst: "/etc/passwd".into(), key: key.clone(), entry: entry.clone() });
         }
     }
-
-    // In every container, not only those a step with --container-entrypoint starts: a step
-    // may join a container another step started.
-    steps.push(Step::OwnFile {
-        dst: crate::entrypoint::LAUNCHER.into(),
-        data: crate::entrypoint::script(crate::entrypoint::RUNSCRIPT),
-        mode: 0o555,
-    });
 
     if !req.writable_tmpfs && req.overlay.is_none() {
         steps.push(Step::ReadonlyRoot);

@@ -493,10 +493,11 @@ fn through_runscript(sp: &Spank) -> Result<(), String> {
         ));
     }
     if !Path::new(LAUNCHER).is_file() {
-        // A container set up by an older berth still running on this node.
+        // A container set up by an older berth still running on this node, or a bind over
+        // /.berth that hides it.
         return Err(format!(
-            "--container-entrypoint: this container has no {LAUNCHER} (it was set up by an older berth); \
-             start it anew or drop --container-entrypoint"
+            "--container-entrypoint: this container has no {LAUNCHER} (set up by an older berth, or a \
+             bind covers /.berth); start it anew without such a bind, or drop --container-entrypoint"
         ));
     }
     let program = sp.job_argv0().ok_or("--container-entrypoint: the task has no program")?;
