@@ -207,6 +207,71 @@ fn writable_tmpfs_is_writable_and_thrown_away() {
     assert!(out.stdout().contains("Read-only file system"), "{}", out.stdout());
 }
 
+/// berth's entrypoint launcher (what the Slurm plugin's `--container-entrypoint` runs) is in
+/// every container, executable, and read-only even in a writable one: a read-only,
+/// nosuid,nodev mount nothing inside can change.
+#[test]
+fn the_entrypoint_launcher_is_read_only_in_a_writable_container() {
+    let w = world();
+    let out = w
+        .run(&[
+            "exec",
+            "--writable-tmpfs",
+            w.image(),
+            "sh",
+            "-c",
+            "ls -l /.berth/entrypoint; head -n 1 /.berth/entrypoint; \
+             echo x > /.berth/entrypoint || echo write-refused; chmod 0777 /.berth/entrypoint || echo chmod-refused; \
+             grep ' /.berth/entrypoint ' /proc/self/mountinfo",
+        ])
+        .ok();
+    assert!(out.starts_with("-r-xr-xr-x "), "{out}");
+    assert!(
+        out.contains("\n#!/bin/sh\n") && out.contains("write-refused") && out.contains("chmod-refused"),
+        "{out}"
+    );
+    let mount = out.lines().find(|l| l.contains(" /.berth/entrypoint ")).unwrap_or_default();
+    let opts = mount.split(' ').nth(5).unwrap_or_default();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(opts.split(',').any(|x| x == o), "{o} missing in {mount:?}");
+    }
+}
+
+/// The launcher runs the runscript with the program from its variable first, also where the
+/// kernel refuses to execute memfds (`vm.memfd_noexec=2`, set in a PID namespace of its own:
+/// the setting belongs to the PID namespace and is inherited, never lowered, below it).
+#[test]
+fn the_entrypoint_launcher_runs_where_memfds_may_not_execute() {
+    let w = world();
+    let noexec = if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() {
+        "2"
+    } else {
+        eprintln!("note: this kernel has no vm.memfd_noexec; the launcher is checked without it");
+        "none"
+    };
+    let script = "[ -e /proc/sys/vm/memfd_noexec ] && { echo 2 > /proc/sys/vm/memfd_noexec || exit 99; }; \
+                  exec setpriv --reuid=\"$1\" --regid=\"$2\" --clear-groups -- \"$3\" exec --no-share \
+                  --env 'BERTH_ENTRYPOINT_PROGRAM=my prog' \"$4\" sh -c \
+                  'echo noexec=$(cat /proc/sys/vm/memfd_noexec 2>/dev/null || echo none); exec /.berth/entrypoint \"a b\" c'";
+    let out = harness::Out(
+        std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--", "sh", "-c", script, "sh"])
+            .args([&w.uid.to_string(), &w.gid.to_string()])
+            .arg(&w.berth)
+            .arg(w.image())
+            .env_clear()
+            .env("HOME", &w.home)
+            .env("USER", harness::USER)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .current_dir(&w.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    // The runscript echoes its arguments: the program, then the command's own.
+    assert_eq!(out.ok(), format!("noexec={noexec}\nrunscript got: my prog a b c\n"));
+}
+
 /// A fresh directory of the test user's for `--overlay`.
 fn overlay_dir(w: &harness::World, name: &str) -> std::path::PathBuf {
     let d = w.path(name);

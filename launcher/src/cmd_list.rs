@@ -59,6 +59,46 @@ pub fn run(cfg: &Config, args: ListArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// `berth rm NAME`: remove the user's named container NAME of the global scope on this node,
+/// as the user, unless a step has it now (its lock says so). A step's srun returns a moment
+/// before its slurmstepd lets the container go: `berth rm` waits
+/// [`RM_WAIT`] for its lock.
+pub fn remove_global(cfg: &Config, uid: u32, name: &str, wait: std::time::Duration) -> Result<(), Error> {
+    use berth_runtime::named;
+    let what = format!("rm {name}");
+    if !holder::valid_name(name) {
+        return Err(Error::request(
+            what,
+            "not a container name",
+            "names hold only letters, digits and . _ - + @ (see `berth list`)",
+        ));
+    }
+    let dir = named::dir(cfg, uid, named::Scope::Global, 0, name);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Err(Error::request(
+            what,
+            format!(
+                "no named container {name} kept across jobs on this node ({} does not exist)",
+                dir.display()
+            ),
+            "`berth list` shows yours (job `global`); job-scoped ones go at the end of their job",
+        ));
+    }
+    match named::open(cfg, uid, &dir, wait) {
+        Err(named::OpenError::InUse) => Err(Error::request(
+            what,
+            "a job step is running in it on this node",
+            "remove it once that step has ended",
+        )),
+        Err(named::OpenError::Other(e)) => Err(e),
+        // Removed while locked: a step starting now waits, then makes a fresh container.
+        Ok(opened) => named::remove_tree(&opened.dir).map_err(|e| Error::io("cannot remove", &dir, e)),
+    }
+}
+
+/// How long `berth rm` waits for a step that is ending to release the container.
+pub const RM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The named containers' table, below the holders'.
 pub fn named_table(list: &[ListedNamed]) -> String {
     let w = list.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
@@ -141,6 +181,36 @@ fn uptime_ticks() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `berth rm NAME`: refused while a step holds the container, removed (its whole kept
+    /// layer, overlayfs' mode-0 work directory included) once none does; then gone.
+    #[test]
+    fn rm_removes_a_global_named_container_only_when_no_step_has_it() {
+        use berth_runtime::named;
+        use std::time::Duration;
+        let t = tempfile::tempdir().unwrap();
+        let cfg = Config { state_dir: t.path().join("st").display().to_string(), ..Config::default() };
+        let uid = nix::unistd::getuid().as_raw();
+        let dir = named::dir(&cfg, uid, named::Scope::Global, 0, "g");
+        let mut held = named::open(&cfg, uid, &dir, Duration::ZERO).unwrap();
+        held.record_image(std::path::Path::new("/i/a.sqsh")).unwrap();
+        std::fs::create_dir_all(dir.join("upper/data")).unwrap();
+        std::fs::write(dir.join("upper/data/state"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("work/work")).unwrap();
+        std::fs::set_permissions(dir.join("work/work"), std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+
+        let e = remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap_err().to_string();
+        assert!(e.contains("rm g: ") && e.contains("a job step is running in it"), "{e}");
+        assert!(dir.join("upper/data/state").exists());
+        drop(held);
+        remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap();
+        assert!(!dir.exists());
+        let e = remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap_err().to_string();
+        assert!(e.contains("no named container g kept across jobs on this node"), "{e}");
+        let e = remove_global(&cfg, uid, "../st", Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("not a container name"), "{e}");
+    }
 
     #[test]
     fn ages_read_like_ps() {

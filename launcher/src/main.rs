@@ -73,6 +73,13 @@ enum Cmd {
         /// The holder's name
         name: String,
     },
+    /// Remove named containers kept on this node across jobs (--container-name with the
+    /// site's container_scope=global)
+    Rm {
+        /// The containers' names (as `berth list` shows them, job `global`)
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Build an image from a definition file (root): berth build OUT DEF
     Build(cmd_build::BuildArgs),
     /// Convert a registry image to a SquashFS file, as yourself: berth pull REF [OUT]
@@ -398,6 +405,13 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
         Cmd::List(a) => cmd_list::run(&cfg, a),
         Cmd::Stop { name } => {
             holder::stop(&cfg, nix::unistd::getuid().as_raw(), &name, std::time::Duration::from_secs(5))?;
+            Ok(0)
+        }
+        Cmd::Rm { names } => {
+            let uid = nix::unistd::getuid().as_raw();
+            for name in &names {
+                cmd_list::remove_global(&cfg, uid, name, cmd_list::RM_WAIT)?;
+            }
             Ok(0)
         }
         Cmd::Cache { what: cmd_pull::CacheCmd::Image { reference } } => {

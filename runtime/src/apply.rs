@@ -172,6 +172,18 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 sys.mount(Some(&file), &target, None, MsFlags::MS_BIND, None)?;
                 sys.set_attrs(&target, false, Attrs::SAFE_RO)?;
             }
+            Step::OwnFile { dst, data, mode } => {
+                let target = sys.resolve_in_root(&root, dst)?;
+                // Beside the passwd/group copies, on the layers' tmpfs (bindable, unlike the
+                // staging mount).
+                let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
+                sys.mkdir_all(file.parent().unwrap_or(&staging))?;
+                sys.write_file(&file, data.as_bytes())?;
+                sys.chmod(&file, *mode)?;
+                sys.ensure_file(&target)?;
+                sys.mount(Some(&file), &target, None, MsFlags::MS_BIND, None)?;
+                sys.set_attrs(&target, false, Attrs::SAFE_RO)?;
+            }
             Step::ReadonlyRoot => sys.set_attrs(&root, false, Attrs::RO)?,
             Step::PivotRoot => sys.pivot_root(&root)?,
         }
@@ -270,7 +282,7 @@ fn prepare_mount_points(
         match s {
             Step::Dev { .. } => wanted.push((Path::new("/dev"), PathKind::Dir)),
             Step::Bind { dst, kind, .. } => wanted.push((dst, *kind)),
-            Step::UserDb { dst, .. } => wanted.push((dst, PathKind::File)),
+            Step::UserDb { dst, .. } | Step::OwnFile { dst, .. } => wanted.push((dst, PathKind::File)),
             Step::Inject { .. } => {
                 for i in injected.iter().flat_map(|p| &p.items) {
                     // Devices go into berth's own /dev tmpfs, made later; /proc and /sys are
@@ -444,6 +456,46 @@ mod tests {
                 "{ops}"
             );
         }
+    }
+
+    /// The entrypoint launcher: written on the layers' tmpfs, mode 0555, bound read-only and
+    /// nosuid,nodev at /.berth/entrypoint, its mount point made in the tmpfs layer before the
+    /// overlay (with `--overlay DIR` too: nothing of it lands in the user's directory).
+    #[test]
+    fn the_entrypoint_launcher_is_a_read_only_bind_in_every_container() {
+        for kept in [None, Some("/data/ovl")] {
+            let mut req = Request::new("app.sif".into(), Action::Shell);
+            req.overlay = kept.map(Into::into);
+            let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+            let mut rec = Recorder::default();
+            apply(&plan, &mut rec).unwrap();
+            let ops = rec.ops.join("\n");
+            let pos =
+                |needle: &str| ops.find(needle).unwrap_or_else(|| panic!("missing {needle:?} in\n{ops}"));
+            let file = "/tmp/berth-1001/mnt/overlay/files/entrypoint";
+            assert!(
+                pos("touch /tmp/berth-1001/mnt/overlay/upper/.berth/entrypoint")
+                    < pos("overlay /tmp/berth-1001/mnt/root")
+            );
+            assert!(ops.contains(&format!("write {file} \"#!/bin/sh\\n")), "{ops}");
+            assert!(pos(&format!("write {file}")) < pos(&format!("chmod {file} 555")));
+            let bind =
+                format!("mount {file} /tmp/berth-1001/mnt/root/.berth/entrypoint - MsFlags(MS_BIND) -");
+            assert!(pos(&format!("chmod {file} 555")) < pos(&bind));
+            assert!(pos(&bind) < pos("attrs /tmp/berth-1001/mnt/root/.berth/entrypoint rec=false Attrs { readonly: true, nosuid: true, nodev: true, noexec: false }"));
+            assert!(pos(&bind) < pos("pivot_root"));
+            assert!(!ops.contains("/data/ovl/upper/.berth"), "{ops}");
+        }
+        // A host directory bound over /.berth hides the launcher, rather than getting its
+        // mount point: the launcher is bound before any bind.
+        let mut req = Request::new("app.sif".into(), Action::Shell);
+        req.binds.push(crate::request::BindSpec::parse("/data/mine:/.berth").unwrap());
+        let plan = crate::plan::plan(&req, &sqfs_image(), &Config::default(), &facts(), None).unwrap();
+        let mut rec = Recorder::default();
+        apply(&plan, &mut rec).unwrap();
+        let ops = rec.ops.join("\n");
+        let launcher = ops.find("mount /tmp/berth-1001/mnt/overlay/files/entrypoint").unwrap();
+        assert!(launcher < ops.find("mount /data/mine /tmp/berth-1001/mnt/root/.berth").unwrap(), "{ops}");
     }
 
     /// `-B ~/dir:/etc` where `~/dir` has no passwd/group: nothing is created in the host

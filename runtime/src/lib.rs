@@ -21,6 +21,7 @@ pub mod rootpath;
 pub use error::{Error, Result};
 pub(crate) mod apply;
 pub mod container;
+pub mod entrypoint;
 pub(crate) mod env;
 pub mod holder;
 pub(crate) mod metadata;

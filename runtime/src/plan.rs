@@ -154,6 +154,13 @@ pub(crate) enum Step {
         dst: PathBuf,
         entries: Vec<(String, String)>,
     },
+    /// A file of berth's own (the entrypoint launcher, [`crate::entrypoint`]): written on the
+    /// layers' tmpfs, bound read-only at `dst`.
+    OwnFile {
+        dst: PathBuf,
+        data: String,
+        mode: u32,
+    },
     /// Make the root read-only (unless `--writable-tmpfs`).
     ReadonlyRoot,
     PivotRoot,
@@ -352,6 +359,15 @@ pub fn plan(
             via: cfg.overlay_mount,
             fuse_program: cfg.fuse_overlayfs.clone(),
         }),
+    });
+
+    // In every container, not only those a step with --container-entrypoint starts: a step
+    // may join a container another step started. Before any bind: a bind of a host directory
+    // over /.berth then hides it instead of getting its mount point.
+    steps.push(Step::OwnFile {
+        dst: crate::entrypoint::LAUNCHER.into(),
+        data: crate::entrypoint::script(crate::entrypoint::RUNSCRIPT),
+        mode: 0o555,
     });
 
     // Kernel interfaces and a minimal /dev.
@@ -656,6 +672,7 @@ impl fmt::Display for Plan {
                     let lines: Vec<&str> = entries.iter().map(|(_, line)| line.as_str()).collect();
                     writeln!(f, "{}: image's entries + {:?}", dst.display(), lines)?
                 }
+                Step::OwnFile { dst, .. } => writeln!(f, "{}: berth's, read-only", dst.display())?,
                 Step::ReadonlyRoot => writeln!(f, "make the root read-only")?,
                 Step::PivotRoot => writeln!(f, "pivot_root into the new root, detach the host's")?,
             }

@@ -601,24 +601,28 @@ fn owner_step(h: &Running) -> String {
 
 /// `--container-entrypoint`: the task runs the image's runscript (berth's entrypoint, like
 /// `berth run`) with its command as the arguments. Slurm's argv cannot grow, so argv[0]
-/// becomes a small launcher script that holds the command's name; the task's root is already
-/// the container's, where the runscript is looked for.
+/// becomes the container's entrypoint launcher (a read-only file every berth container has)
+/// and the program travels in a variable the launcher removes again; the task's root is
+/// already the container's, where both are looked for.
 fn through_runscript(sp: &Spank) -> Result<(), String> {
-    // Where SIF images and `berth pull` keep it; berth's own `run` uses the same path.
-    let runscript = Path::new("/.singularity.d/runscript");
-    if !runscript.is_file() {
+    use berth_runtime::entrypoint::{LAUNCHER, PROGRAM_VAR, RUNSCRIPT};
+    if !Path::new(RUNSCRIPT).is_file() {
         return Err(format!(
-            "--container-entrypoint: the image has no runscript ({}) to run the command with; \
-             drop --container-entrypoint to run the command directly",
-            runscript.display()
+            "--container-entrypoint: the image has no runscript ({RUNSCRIPT}) to run the command with; \
+             drop --container-entrypoint to run the command directly"
+        ));
+    }
+    if !Path::new(LAUNCHER).is_file() {
+        // A container set up by an older berth still running on this node, or a bind over
+        // /.berth that hides it.
+        return Err(format!(
+            "--container-entrypoint: this container has no {LAUNCHER} (set up by an older berth, or a \
+             bind covers /.berth); start it anew without such a bind, or drop --container-entrypoint"
         ));
     }
     let program = sp.job_argv0().ok_or("--container-entrypoint: the task has no program")?;
-    let fd = sys::exec_memfd("berth-entrypoint", |fd| {
-        settings::entrypoint_launcher(&runscript.display().to_string(), &program, fd)
-    })
-    .map_err(|e| format!("--container-entrypoint: {e}"))?;
-    sp.replace_argv0(&format!("/proc/self/fd/{fd}")).map_err(|e| format!("--container-entrypoint: {e}"))?;
+    sp.setenv(PROGRAM_VAR, &program).map_err(|e| format!("--container-entrypoint: {e}"))?;
+    sp.replace_argv0(LAUNCHER).map_err(|e| format!("--container-entrypoint: {e}"))?;
     Ok(())
 }
 

@@ -320,15 +320,6 @@ impl UserOpts {
     }
 }
 
-/// The script a task with `--container-entrypoint` execs from descriptor `fd`: the runscript
-/// (run by `/bin/sh`, as `berth run` does) with the task's `program` first, then the task's
-/// arguments; the script's own descriptor is closed first when a POSIX shell can name it.
-pub fn entrypoint_launcher(runscript: &str, program: &str, fd: i32) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let close = if (0..10).contains(&fd) { format!(" {fd}<&-") } else { String::new() };
-    format!("#!/bin/sh\nexec /bin/sh {} {} \"$@\"{close}\n", quote(runscript), quote(program))
-}
-
 /// One `--container-mounts` entry in berth's `SRC[:DST[:ro|rw]]` form. pyxis joins mount flags
 /// with `+` (`/d:/d:ro+rprivate`); besides `ro`/`rw`, the flags that describe what berth does
 /// anyway are accepted: binds are recursive (`rbind`) and never propagate back to the host
@@ -669,24 +660,6 @@ mod tests {
         for (opt, ..) in Opt::ALL {
             assert_eq!(Opt::from_val(opt as i32), Some(opt));
         }
-    }
-
-    #[test]
-    fn entrypoint_launcher_quotes_the_program() {
-        let s = entrypoint_launcher("/.singularity.d/runscript", "/bin/it's", 7);
-        assert_eq!(s, "#!/bin/sh\nexec /bin/sh '/.singularity.d/runscript' '/bin/it'\\''s' \"$@\" 7<&-\n");
-        let out = std::process::Command::new("/bin/sh")
-            .args([
-                "-c",
-                &s.replacen("/bin/sh '/.singularity.d/runscript'", "printf '%s|'", 1),
-                "x",
-                "a b",
-                "c",
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "/bin/it's|a b|c|");
-        assert!(!entrypoint_launcher("/r", "p", 12).contains("<&-"), "dash names descriptors 0-9 only");
     }
 
     #[test]

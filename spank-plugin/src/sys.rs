@@ -358,34 +358,3 @@ pub fn try_reap(pid: i32) -> Option<i32> {
         _ => Some(-1), // ECHILD: reaped elsewhere (slurmstepd) or not ours
     }
 }
-
-/// An in-memory file holding `script(fd)`, with `fd` its descriptor, left open across exec
-/// (the interpreter the kernel starts for it opens `/proc/self/fd/FD`). Placed below 10 where
-/// possible, so that a POSIX shell can close it (`9<&-`).
-pub fn exec_memfd(name: &str, script: impl Fn(i32) -> String) -> Result<i32, String> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let cname = cstring(name);
-    // SAFETY: cname is NUL-terminated; flags 0: no close-on-exec, no sealing.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
-    if fd < 0 {
-        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a descriptor we just opened and own; F_DUPFD makes a new one.
-    let low = unsafe { libc::fcntl(fd, libc::F_DUPFD, 3) };
-    let fd = if (3..10).contains(&low) {
-        // SAFETY: fd is ours and no longer needed: `low` refers to the same file.
-        unsafe { libc::close(fd) };
-        low
-    } else {
-        if low >= 0 {
-            // SAFETY: `low` is ours (just made) and unused.
-            unsafe { libc::close(low) };
-        }
-        fd
-    };
-    // SAFETY: fd is open and owned here; ManuallyDrop keeps it open after the write.
-    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    file.write_all(script(fd).as_bytes()).map_err(|e| format!("memfd write: {e}"))?;
-    Ok(fd)
-}

@@ -110,7 +110,7 @@ mkimage imgb "berth test image B"
 # An image with an entrypoint (berth's: the runscript) that announces itself, then runs its arguments.
 mkimage imge "berth test image E"
 mkdir -p "$WORK/imge.root/.singularity.d"
-printf '#!/bin/sh\necho "entrypoint-marker on $(hostname) argc=$#"\nexec "$@"\n' > "$WORK/imge.root/.singularity.d/runscript"
+printf '#!/bin/sh\necho "entrypoint-marker on $(hostname) argc=$# 0=$0 1=$1"\nexec "$@"\n' > "$WORK/imge.root/.singularity.d/runscript"
 chmod 0755 "$WORK/imge.root/.singularity.d/runscript"
 mksquashfs "$WORK/imge.root" "$WORK/imge.sqsh" -noappend -quiet >/dev/null; chmod 0644 "$WORK/imge.sqsh"
 echo "data-file" > "$WORK/datafile"; chmod 0644 "$WORK/datafile"
@@ -303,9 +303,24 @@ JOB
 
     # --container-entrypoint: the image's runscript runs with the command as its arguments.
     as_user srun -N2 --container-image="$WORK/imge.sqsh" --container-entrypoint echo hi > "$OUT" 2> "$ERR"; rc=$?
-    check "(d) srun -N2 --container-entrypoint echo hi: the runscript, then hi, on both nodes (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && [ \$(grep -c '^entrypoint-marker on bnode[0-9]* argc=2\$' '$OUT') = 2 ] && [ \$(hosts_in '$OUT') = 2 ] && [ \$(grep -cx hi '$OUT') = 2 ] && [ \$(wc -l < '$OUT') = 4 ]"
+    check "(d) srun -N2 --container-entrypoint echo hi: the runscript (\$0 the runscript, \$1 the program), then hi, on both nodes (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c '^entrypoint-marker on bnode[0-9]* argc=2 0=/.singularity.d/runscript 1=echo\$' '$OUT') = 2 ] && [ \$(hosts_in '$OUT') = 2 ] && [ \$(grep -cx hi '$OUT') = 2 ] && [ \$(wc -l < '$OUT') = 4 ]"
     [ "$rc" = 0 ] || sed 's/^/    /' "$ERR"
+    # Two tasks on one node, each through the launcher: the program starts with the descriptors
+    # it has when the runscript runs it without berth's launcher (Slurm's own, the image shell's
+    # copy of the runscript: busybox sh leaves it open), and none open on a launcher.
+    as_user srun -N1 -n2 -l --container-image="$WORK/imge.sqsh" --container-entrypoint ls -l /proc/self/fd > "$OUT" 2> "$ERR"; rc=$?
+    as_user srun -N1 -n2 -l --container-image="$WORK/imge.sqsh" sh /.singularity.d/runscript ls -l /proc/self/fd > "$OUT.base" 2>&1
+    fds() { grep -E "^ *$1: [lrwx-]{10} " "$2" | awk '{print $10}' | sort -n | tr '\n' ' '; }
+    check "(d) --container-entrypoint: each task's program has the descriptors of the runscript run directly, none on a launcher (rc=$rc; task 0: $(fds 0 "$OUT"); task 1: $(fds 1 "$OUT"); directly: $(fds 0 "$OUT.base"))" \
+        bash -c "[ $rc = 0 ] && [ \$(grep -c 'entrypoint-marker' '$OUT') = 2 ] && [ -n '$(fds 0 "$OUT.base")' ] && [ '$(fds 0 "$OUT")' = '$(fds 0 "$OUT.base")' ] && [ '$(fds 1 "$OUT")' = '$(fds 0 "$OUT.base")' ] && ! grep -Eq 'memfd|entrypoint\$|/.berth' '$OUT'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT" "$ERR"
+    as_user srun -N1 --container-image="$WORK/imge.sqsh" --container-entrypoint \
+        cat /proc/self/cmdline /proc/self/environ > "$OUT" 2> "$ERR"; rc=$?
+    tr '\0' '\n' < "$OUT" > "$OUT.lines"
+    check "(d) --container-entrypoint: the program's argv is the command as given, the launcher's variable is gone (rc=$rc)" \
+        bash -c "[ $rc = 0 ] && [ \"\$(sed -n 2,4p '$OUT.lines' | tr '\n' ' ')\" = 'cat /proc/self/cmdline /proc/self/environ ' ] && grep -q '^PATH=' '$OUT.lines' && ! grep -q BERTH_ENTRYPOINT '$OUT.lines'"
+    [ "$rc" = 0 ] || sed 's/^/    /' "$OUT.lines" "$ERR"
     as_user srun -N2 --container-image="$WORK/imge.sqsh" echo hi > "$OUT" 2> "$ERR"; rc=$?
     check "(d) srun -N2 without --container-entrypoint: only hi, no runscript (rc=$rc)" \
         bash -c "[ $rc = 0 ] && [ \"\$(sort -u '$OUT')\" = hi ] && [ \$(wc -l < '$OUT') = 2 ]"
@@ -315,14 +330,14 @@ JOB
     as_user srun -N1 --container-image="$WORK/imge.sqsh" --container-entrypoint \
         sh -c 'echo "args:$0|$1|$2"' "a b" "it's" > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --container-entrypoint keeps the command's arguments as they were (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && grep -qx 'entrypoint-marker on bnode[0-9]* argc=5' '$OUT' && grep -qxF \"args:a b|it's|\" '$OUT'"
+        bash -c "[ $rc = 0 ] && grep -qx 'entrypoint-marker on bnode[0-9]* argc=5 0=/.singularity.d/runscript 1=sh' '$OUT' && grep -qxF \"args:a b|it's|\" '$OUT'"
     as_user srun -N2 --container-image="$WORK/imga.sqsh" --container-entrypoint touch "$WORK/ran" > "$OUT" 2> "$ERR"; rc=$?
     check "(d) --container-entrypoint with an image without a runscript: the reason from both nodes, nothing ran (rc=$rc)" \
         bash -c "[ $rc != 0 ] && [ \$(grep -c 'berth: error: --container-entrypoint: the image has no runscript (/.singularity.d/runscript)' '$ERR') = 2 ] && ! [ -e '$WORK/ran' ]"
     printf '#!/bin/sh\n#SBATCH --container-image %s\necho "script args:$*"\ngrep PRETTY /etc/os-release\n' "$WORK/imge.sqsh" > "$WORK/entry.sh"
     as_user sbatch --container-batch=image --container-entrypoint --wait -o "$WORK/entry.out" "$WORK/entry.sh" x1 > "$OUT" 2>&1; rc=$?
     check "(d) sbatch --container-batch=image --container-entrypoint: the runscript runs the script in the image (rc=$rc)" \
-        bash -c "[ $rc = 0 ] && [ \"\$(head -1 '$WORK/entry.out')\" = \"\$(grep -o 'entrypoint-marker on bnode[0-9]* argc=2' '$WORK/entry.out')\" ] && grep -qx 'script args:x1' '$WORK/entry.out' && grep -q 'image E' '$WORK/entry.out'"
+        bash -c "[ $rc = 0 ] && [ \"\$(head -1 '$WORK/entry.out')\" = \"\$(grep -x 'entrypoint-marker on bnode[0-9]* argc=2 0=/.singularity.d/runscript 1=/.*' '$WORK/entry.out')\" ] && grep -qx 'script args:x1' '$WORK/entry.out' && grep -q 'image E' '$WORK/entry.out'"
     wait_idle; check "(d) ... nodes idle, not drained" nodes_idle
 
     # --container-writable: a throwaway writable layer; --container-readonly (default): refused writes.
@@ -504,6 +519,47 @@ HOSTILE
         bash -c "grep -qx swapped '$WORK/hostile.out' && [ \"\$(stat -c '%U %a' '$WORK/rootonly' '$WORK/rootonly/precious' | tr '\n' ' ')\" = 'root 755 root 644 ' ] \
                  && ! ls '$DIR'/nodes/*/runberth/*/named/[0-9]* >/dev/null 2>&1"
     [ -n "$(grep -x swapped "$WORK/hostile.out")" ] || sed 's/^/    /' "$WORK/hostile.out"
+
+    # container_scope=global (plugstack.conf argument, read by srun and by each step's
+    # slurmstepd when it starts: no restart): a name outlives its job on the node and is shared
+    # by the user's jobs there, until the user removes it with `berth rm`.
+    if [ "$PACKAGED" != 1 ]; then
+        cp "$DIR/etc/plugstack.conf" "$WORK/plugstack.conf.saved"
+        sed -i '1s/$/ container_scope=global/' "$DIR/etc/plugstack.conf"
+        GDIR=$DIR/nodes/bnode1/runberth/$(id -u "$TEST_USER")/named/global/g
+        printf '#!/bin/sh\nsrun --container-image=%s --container-name=g sh -c "echo kept-by-$SLURM_JOB_ID > /gstate"\necho "rc=$?"\n' \
+            "$WORK/imga.sqsh" > "$WORK/g1.sh"
+        cat > "$WORK/g2.sh" <<GLOBAL
+#!/bin/sh
+srun --container-name=g cat /gstate; echo "read=\$?"
+$NODE_BERTH list | grep '^g '
+srun --container-name=g sleep 6 &
+sleep 1.5
+$NODE_BERTH rm g; echo "rm-busy=\$?"
+wait
+$NODE_BERTH rm g; echo "rm=\$?"
+srun --container-name=g true; echo "after-rm=\$?"
+GLOBAL
+        chmod 0755 "$WORK/g1.sh" "$WORK/g2.sh"
+        g1=$(as_user sbatch -N1 -w bnode1 --parsable --wait -o "$WORK/g1.out" "$WORK/g1.sh" 2>&1); g1=${g1%%;*}
+        for _ in $(seq 20); do nodes_idle && break; sleep 0.25; done
+        kept=$( [ -d "$GDIR/upper" ] && echo yes || echo no)
+        as_user sbatch -N1 -w bnode1 --wait -o "$WORK/g2.out" "$WORK/g2.sh" > "$OUT" 2>&1
+        cp "$WORK/plugstack.conf.saved" "$DIR/etc/plugstack.conf"
+        G=$WORK/g2.out
+        check "(g) container_scope=global: job $g1 writes in --container-name=g; its directory stays after the job ($kept)" \
+            bash -c "grep -qx rc=0 '$WORK/g1.out' && [ $kept = yes ]"
+        check "(g) ... another job sees what job $g1 wrote there" \
+            bash -c "grep -qx 'kept-by-$g1' '$G' && grep -qx read=0 '$G'"
+        check "(g) ... berth list on the node shows it as job global with its image" \
+            bash -c "grep -Eq '^g +global +[0-9]+[smh].* +$WORK/imga.sqsh\$' '$G'"
+        check "(g) ... berth rm g while a step runs in it is refused with the reason" \
+            bash -c "grep -q '^rm-busy=[1-9]' '$G' && grep -q 'berth: rm g: a job step is running in it' '$G'"
+        check "(g) ... berth rm g once no step has it removes it: a later job's step finds no g ($(ls -d "$GDIR" 2>/dev/null))" \
+            bash -c "grep -qx rm=0 '$G' && grep -q '^after-rm=[1-9]' '$G' && grep -q 'no container named g exists on this node' '$G' && ! [ -e '$GDIR' ]"
+        grep -qx rm=0 "$G" || { sed 's/^/    /' "$WORK/g1.out" "$G"; rm -rf "$GDIR"; }
+        wait_idle
+    fi
 
     # berth list, on the node, while a step's container is held there.
     cat > "$WORK/list.sh" <<LIST
