@@ -272,6 +272,53 @@ fn the_entrypoint_launcher_runs_where_memfds_may_not_execute() {
     assert_eq!(out.ok(), format!("noexec={noexec}\nrunscript got: my prog a b c\n"));
 }
 
+/// A site with a PID namespace per job: the same user's `berth exec` of the same image from
+/// another PID namespace on the node sees none of the first job's processes. It must neither
+/// take the first job's warm container for dead nor replace its record (the next lookup on the
+/// host then removed the record, that holder stopped, and the program running in it lost its
+/// image: "Transport endpoint is not connected"), nor fail: it gets a container of its own.
+#[test]
+fn a_run_from_another_pid_namespace_leaves_a_running_container_alone() {
+    let w = world();
+    let mut first = w
+        .berth(&["exec", w.image(), "sh", "-c", "echo started; sleep 3; ls /bin"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(first.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let other = harness::Out(
+        std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--", "setpriv"])
+            .args([format!("--reuid={}", w.uid), format!("--regid={}", w.gid), "--clear-groups".into()])
+            .arg(&w.berth)
+            .args(["exec", w.image(), "ls", "/bin"])
+            .env_clear()
+            .env("HOME", &w.home)
+            .env("USER", harness::USER)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TEST_HOST_MARK", "host")
+            .current_dir(&w.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    let listing = other.ok();
+    assert!(listing.contains("busybox"), "{listing}");
+    // Back on the host, what any later run or `berth list` does: look the containers up.
+    let list = w.run(&["list"]).ok();
+    assert!(list.contains(w.image()), "the first run's container is still listed: {list}");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the first run lost its container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), listing);
+}
+
 /// A fresh directory of the test user's for `--overlay`.
 fn overlay_dir(w: &harness::World, name: &str) -> std::path::PathBuf {
     let d = w.path(name);

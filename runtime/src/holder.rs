@@ -43,6 +43,10 @@ pub struct HolderState {
     pub user_ns: u64,
     /// Inode of the container's mount namespace (`/proc/PID/ns/mnt`).
     pub mnt_ns: u64,
+    /// Inode of the PID namespace the holder runs in (`/proc/PID/ns/pid`; 0 in records
+    /// written before it was kept). `pid` and `start_time` mean something only there.
+    #[serde(default)]
+    pub pid_ns: u64,
     /// The image file (absolute) the container runs.
     pub image: PathBuf,
     /// The environment rules of the holder's plan, which joiners apply to their own.
@@ -155,6 +159,21 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Whether the holder of record `st` runs in this process's PID namespace, where its pid and
+/// start time can be checked (records without the namespace are taken as from here).
+fn in_this_pid_namespace(st: &HolderState) -> bool {
+    st.pid_ns == 0 || ns_inode("self", "pid").is_none_or(|here| here == st.pid_ns)
+}
+
+fn held_elsewhere(name: &str) -> Error {
+    Error::request(
+        format!("container {name}"),
+        "is held from another PID namespace on this node (another job's or container's), where \
+         berth cannot see or check it from here",
+        "use another container name; `berth exec` keeps its warm containers apart per PID namespace",
+    )
+}
+
 fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
@@ -192,6 +211,9 @@ pub(crate) fn hold(
     let (record, tmp) = record_names(name);
     if let Ok(text) = std::fs::read_to_string(dir.join(&record)) {
         if let Ok(old) = serde_json::from_str::<HolderState>(&text) {
+            if !in_this_pid_namespace(&old) {
+                return Err(held_elsewhere(name));
+            }
             if proc::still_running(old.pid, old.start_time) {
                 return Err(Error::request(
                     format!("container {name}"),
@@ -214,6 +236,7 @@ pub(crate) fn hold(
         start_time: proc::start_time("self").unwrap_or(0),
         user_ns: ns_inode("self", "user").unwrap_or(0),
         mnt_ns: ns_inode("self", "mnt").unwrap_or(0),
+        pid_ns: ns_inode("self", "pid").unwrap_or(0),
         image: plan.image.path.clone(),
         env: plan.env.clone(),
         cleanenv,
@@ -331,6 +354,11 @@ fn find_in(dir: &Path, name: &str) -> Result<HolderState> {
     };
     let text = std::fs::read_to_string(&path).map_err(|_| gone())?;
     let st: HolderState = serde_json::from_str(&text).map_err(|_| gone())?;
+    // Its pid says nothing here: it may well be running. Removing its record would make it
+    // stop under the processes inside (another job's, on a site with a PID namespace per job).
+    if !in_this_pid_namespace(&st) {
+        return Err(held_elsewhere(name));
+    }
     if !proc::still_running(st.pid, st.start_time) {
         let _ = std::fs::remove_file(&path);
         return Err(gone());
@@ -1059,6 +1087,30 @@ mod tests {
     }
 
     /// A step asking for a named container finds the holder that has its layer mounted, by a
+    /// A record written in another PID namespace (a job with its own) names a pid that means
+    /// nothing here: it is neither joined nor taken for dead, removed or replaced.
+    #[test]
+    fn a_holder_of_another_pid_namespace_is_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let holders = t.path().join("holders");
+        std::fs::create_dir_all(&holders).unwrap();
+        let here = namespace_inode(std::process::id() as i32, "pid").unwrap();
+        let write = |name: &str, pid_ns: u64| {
+            let rec = serde_json::json!({"name": name, "pid": i32::MAX, "start_time": 1, "user_ns": 1,
+                "mnt_ns": 1, "pid_ns": pid_ns, "image": "/i.sqsh", "env": EnvPlan::default(),
+                "cleanenv": false, "workdir": [], "workdir_required": false});
+            std::fs::write(holders.join(format!("{name}.json")), rec.to_string()).unwrap();
+        };
+        write("theirs", here + 1);
+        let e = find_in(&holders, "theirs").unwrap_err().to_string();
+        assert!(e.contains("another PID namespace"), "{e}");
+        assert!(holders.join("theirs.json").exists(), "the other namespace's record is kept");
+        // The same record from this namespace is a dead holder's: removed.
+        write("ours", here);
+        assert!(find_in(&holders, "ours").unwrap_err().to_string().contains("is not running"));
+        assert!(!holders.join("ours.json").exists());
+    }
+
     /// record whose process runs with the recorded start time and namespaces; nothing else.
     #[test]
     fn the_holder_of_a_kept_layer_is_found_and_verified() {
@@ -1075,6 +1127,7 @@ mod tests {
                 start_time: proc::start_time(pid).unwrap_or(1),
                 user_ns: namespace_inode(me, "user").unwrap(),
                 mnt_ns,
+                pid_ns: namespace_inode(me, "pid").unwrap(),
                 image: "/i.sqsh".into(),
                 env: EnvPlan::default(),
                 cleanenv: false,

@@ -219,6 +219,9 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     // What the plan before discovery does not show: the injection asked for, --cleanenv.
     format!("{:?} {:?} {:?}", req.mpi, req.nvidia, req.rocm).hash(&mut h);
     (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
+    // One warm container per PID namespace: a holder is checked through its pid, which means
+    // something only in its own namespace (a job with a PID namespace of its own gets its own).
+    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).ok().hash(&mut h);
     let name = format!("warm-{:016x}", h.finish());
     let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
     let action = req.action.clone();
