@@ -319,6 +319,51 @@ fn a_run_from_another_pid_namespace_leaves_a_running_container_alone() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), listing);
 }
 
+/// A cleaner of old files in /tmp (or a user) removes a warm container's record while a
+/// program runs in it: nobody can join it any more, but the program keeps its image to the
+/// end, and the container goes once it has (before, it went at once, under the program).
+#[test]
+fn a_removed_record_takes_no_image_away_from_a_running_program() {
+    let w = world();
+    let cfg = w.path("record-removed.toml");
+    let state = format!("/tmp/berth-it-rm-{}-{{uid}}", std::process::id());
+    std::fs::write(&cfg, format!("state_dir = \"{state}\"\n")).unwrap();
+    let state = std::path::PathBuf::from(state.replace("{uid}", &w.uid.to_string()));
+    let mut run = w
+        .berth(&["exec", w.image(), "sh", "-c", "echo started; sleep 2.5; ls /bin"])
+        .env("BERTH_CONFIG", &cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(run.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let records: Vec<_> = std::fs::read_dir(state.join("holders"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(records.len(), 1, "one warm container");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(records[0].path()).unwrap()).unwrap();
+    let holder = std::path::PathBuf::from(format!("/proc/{}", record["pid"]));
+    std::fs::remove_file(records[0].path()).unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "the program lost its image: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("busybox"));
+    // The holder and its FUSE server end with the program, not after keep_warm_seconds.
+    // (The holder is a child of the berth that started it, reaped by now, or gone.)
+    let t0 = std::time::Instant::now();
+    let alive = || std::fs::read_to_string(holder.join("stat")).is_ok_and(|s| !s.contains(") Z "));
+    while alive() && t0.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(!alive(), "the container ended with its last process");
+}
+
 /// A fresh directory of the test user's for `--overlay`.
 fn overlay_dir(w: &harness::World, name: &str) -> std::path::PathBuf {
     let d = w.path(name);

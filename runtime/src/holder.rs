@@ -285,9 +285,11 @@ pub(crate) fn hold(
     let mut idle_since: Option<std::time::Instant> = None;
     let mut no_longer_needed = || {
         // Nobody can join a holder without its record: one whose record (or whole state
-        // directory) was removed, or replaced, would otherwise keep its container forever.
+        // directory) was removed, or replaced, would otherwise keep its container forever. It
+        // ends once the processes still inside have: they run from its image (a cleaner of
+        // old files in /tmp must not take a running job's image away).
         if record_id(&dirfd) != written {
-            return true;
+            return members(&state).is_empty();
         }
         let Lifetime::UntilIdle(keep) = lifetime else { return false };
         if !members(&state).is_empty() {
