@@ -235,6 +235,7 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
             eprintln!("berth: {e}");
             e.exit_code()
         },
+        &[],
         |_, _| {},
     )
 }
