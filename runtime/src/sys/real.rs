@@ -223,6 +223,10 @@ impl RealSys {
     }
 }
 
+/// A statically linked build (the PBS starter `berth-pbs`): glibc's dlopen there needs the very
+/// glibc it was linked with at run time, so such a build always runs the `squashfuse` program.
+const STATIC: bool = cfg!(target_feature = "crt-static");
+
 /// `cmd`'s program and arguments for `execvp`, or None if one holds a NUL byte.
 fn exec_argv(cmd: &Command) -> Option<Vec<CString>> {
     std::iter::once(cmd.get_program())
@@ -534,12 +538,12 @@ impl MountOps for RealSys {
             "squashfuse",
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
-            Some((library, image, offset)).filter(|_| !library.is_empty()),
+            Some((library, image, offset)).filter(|_| !library.is_empty() && !STATIC),
             at,
             FuseKind::Image,
             "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml",
         )?;
-        let server = if library.is_empty() { program } else { library };
+        let server = if library.is_empty() || STATIC { program } else { library };
         match failed {
             None => Ok(()),
             Some((e, said)) => Err(Error::image(
