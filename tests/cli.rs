@@ -1314,21 +1314,3 @@ fn the_squashfuse_program_serves_without_the_library() {
         assert!(!s.berth_maps_library);
     }
 }
-
-/// The image's server is forked before the container is planned; a run refused after that
-/// (here: a bad --overlay, checked while planning) ends it too: nothing is left running.
-#[test]
-fn a_run_refused_while_planning_leaves_no_server() {
-    let w = world();
-    let image = w.path("refused-while-planning.sqsh");
-    std::fs::copy(&w.image, &image).unwrap();
-    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let missing = w.path("refused-overlay-missing");
-    let _ = std::fs::remove_dir_all(&missing);
-    w.run(&["exec", "--no-share", "--overlay", missing.to_str().unwrap(), image.to_str().unwrap(), "true"])
-        .fails_with(&["--overlay", "does not exist"]);
-    // A forked server has berth's command line, which names the image.
-    let left: Vec<String> =
-        w.user_processes().into_iter().filter(|p| p.contains("refused-while-planning")).collect();
-    assert!(left.is_empty(), "left running: {left:?}");
-}

@@ -18,7 +18,7 @@ use crate::metadata::{self, Metadata};
 use crate::plan::{HostFacts, Plan};
 use crate::request::Action;
 use crate::sys::process::{self, Ended};
-use crate::sys::real::{EarlyServer, FuseKind, FuseServer, RealSys};
+use crate::sys::real::{FuseKind, FuseServer, RealSys};
 
 /// A container set up in this process's namespaces, root already pivoted.
 pub(crate) struct Entered {
@@ -75,31 +75,11 @@ pub(crate) fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
 
 /// Set up the container of `plan` in this process: new namespaces, mounts, pivot_root.
 pub(crate) fn enter(plan: &Plan) -> Result<Entered> {
-    enter_with(plan, None)
-}
-
-/// The image's FUSE server of a container this process is about to set up, forked now so that
-/// it loads squashfuse's library and opens the image while the container is planned (see
-/// `EarlyServer`); None for images it would not serve.
-pub(crate) fn early_server(cfg: &Config, image: &crate::image::Image) -> Option<EarlyServer> {
-    use crate::image::{FsType, RootFs};
-    let RootFs::Embedded { fs: FsType::Squashfs, offset, .. } = &image.root else { return None };
-    let path = if image.path.is_absolute() {
-        image.path.clone()
-    } else {
-        std::env::current_dir().ok()?.join(&image.path)
-    };
-    EarlyServer::start(&cfg.squashfuse, &cfg.squashfuse_library, &path, *offset)
-}
-
-/// [`enter`], the image served by `early` if it was forked for this plan's image.
-pub(crate) fn enter_with(plan: &Plan, early: Option<EarlyServer>) -> Result<Entered> {
     ensure_state_dir(&plan.state_dir, plan.user.uid)?;
     // The ids the user has inside: what the FUSE mount's owner options must name.
     let inside = if plan.remap_root { (0, 0) } else { (plan.user.uid, plan.user.gid) };
     process::enter_user_and_mount_ns_as(plan.user.uid, plan.user.gid, inside)?;
     let mut sys = RealSys::new(inside.0, inside.1);
-    sys.early = early;
     crate::apply::apply(plan, &mut sys)?;
     let meta = metadata::read(Path::new("/"));
     let env = crate::env::try_compose(&plan.env, &meta.env_files)?;
@@ -163,14 +143,9 @@ pub(crate) fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result
 /// Run the plan's action in a new container and return how it ended. The FUSE server is
 /// stopped before returning; all mounts go with the namespace.
 pub(crate) fn run(plan: &Plan) -> Result<Ended> {
-    run_with(plan, None)
-}
-
-/// [`run`], the image served by `early` (see [`early_server`]).
-pub(crate) fn run_with(plan: &Plan, early: Option<EarlyServer>) -> Result<Ended> {
     // Read from the host's side, before the root changes.
     let slow_image = slow_to_decompress(&plan.image);
-    let mut entered = enter_with(plan, early)?;
+    let mut entered = enter(plan)?;
     if matches!(plan.action, Action::Shell) {
         entered.env.set("PS1", "Berth> ");
     }

@@ -179,12 +179,7 @@ pub fn run(cfg: &Config, req: Request, share: bool) -> Result<Ended> {
     {
         return run_warm(cfg, req);
     }
-    let img = image::open(&req.image)?;
-    // The image's server starts loading while the container is planned (2 cores at least on
-    // any node: one plans, one loads).
-    let early = container::early_server(cfg, &img);
-    let prepared = prepare_opened(cfg, req, img)?;
-    container::run_with(&prepared.plan, early)
+    prepare(cfg, req)?.run()
 }
 
 /// Run in a container kept warm: the previous identical run's if it is still mounted (same

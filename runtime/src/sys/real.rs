@@ -25,8 +25,6 @@ pub(crate) struct RealSys {
     gid: u32,
     /// In start order: the image's server, then fuse-overlayfs over it if one was started.
     pub fuse: Vec<FuseServer>,
-    /// The image's server forked before the set-up, waiting for its mount.
-    pub early: Option<EarlyServer>,
 }
 
 /// What a FUSE server serves.
@@ -94,14 +92,13 @@ pub(crate) fn stop_all(servers: Vec<FuseServer>) {
 
 impl RealSys {
     pub(crate) fn new(uid: u32, gid: u32) -> Self {
-        RealSys { uid, gid, fuse: vec![], early: None }
+        RealSys { uid, gid, fuse: vec![] }
     }
 
     /// Mount `/dev/fuse` on `at` as `fstype` and start `cmd` (its last argument the mount,
     /// `/dev/fd/N`, is appended here) to serve it, or, given `library`, serve the image from a
-    /// forked child with `cmd` as that child's fallback, or hand the mount to the `early`
-    /// server forked before. Returns the server's stderr, kept in an anonymous file for
-    /// messages, and whether the first access through the mount failed.
+    /// forked child with `cmd` as that child's fallback. Returns the server's stderr, kept in
+    /// an anonymous file for messages, and whether the first access through the mount failed.
     #[allow(clippy::too_many_arguments)]
     fn start_fuse(
         &mut self,
@@ -109,7 +106,6 @@ impl RealSys {
         flags: MsFlags,
         mut cmd: Command,
         library: Option<(&str, &Path, u64)>,
-        early: Option<EarlyServer>,
         at: &Path,
         kind: FuseKind,
         install_hint: &str,
@@ -145,10 +141,6 @@ impl RealSys {
         let opts =
             format!("fd={fd},rootmode=40000,user_id={},group_id={},default_permissions", self.uid, self.gid);
         self.mount(Some(Path::new(fstype)), at, Some(&format!("fuse.{fstype}")), flags, Some(&opts))?;
-        if let Some(early) = early {
-            let (pid, log) = early.hand_over(&fuse);
-            return Ok(self.first_access(fuse, pid, kind, at, log));
-        }
         // The server's own complaints ("Something went wrong...") go to an anonymous file and
         // into our message, so the user sees one clear error.
         let log = OpenOptions::new()
@@ -168,13 +160,14 @@ impl RealSys {
                 let fallback = exec_argv(&cmd);
                 match (server, fallback) {
                     (Some(server), Some(fallback)) => Some(
-                        fork_server(&server, &fallback, fd, log.as_ref().map(|f| f.as_raw_fd()), false)
-                            .map_err(|e| Error::Io {
+                        fork_server(&server, &fallback, fd, log.as_ref().map(|f| f.as_raw_fd())).map_err(
+                            |e| Error::Io {
                                 what: format!("cannot start the server of {}", image.display()),
                                 path: at.to_path_buf(),
                                 source: e.into(),
                                 hint: String::new(),
-                            })?,
+                            },
+                        )?,
                     ),
                     _ => None,
                 }
@@ -210,25 +203,11 @@ impl RealSys {
                 child.id() as i32
             }
         };
-        Ok(self.first_access(fuse, pid, kind, at, log))
-    }
-
-    /// With the server `pid` started on the mount at `at`: close our end of the mount's
-    /// descriptor and wait for the server's answer; None if it serves, else the error and what
-    /// the server said (its `log`) and how it ended.
-    fn first_access(
-        &mut self,
-        fuse: OwnedFd,
-        pid: i32,
-        kind: FuseKind,
-        at: &Path,
-        log: Option<std::fs::File>,
-    ) -> Option<(std::io::Error, String)> {
         drop(fuse);
         self.fuse.push(FuseServer { pid, kind });
         // First access waits for the server's INIT; if the server died, the kernel answers
         // ENOTCONN at once, so this never hangs.
-        let Err(e) = std::fs::read_dir(at) else { return None };
+        let Err(e) = std::fs::read_dir(at) else { return Ok(None) };
         let status = self.fuse.last().and_then(FuseServer::try_wait);
         let said = log
             .map(|mut f| {
@@ -240,7 +219,7 @@ impl RealSys {
             .filter(|s| !s.is_empty())
             .map(|s| format!(": {s}"))
             .unwrap_or_default();
-        Some((e, format!("{said}{}", status.map(|s| format!(" ({s})")).unwrap_or_default())))
+        Ok(Some((e, format!("{said}{}", status.map(|s| format!(" ({s})")).unwrap_or_default()))))
     }
 }
 
@@ -264,7 +243,6 @@ fn fork_server(
     fallback: &[CString],
     fd: i32,
     log: Option<i32>,
-    early: bool,
 ) -> nix::Result<i32> {
     let parent = nix::unistd::getpid();
     let mut argv: Vec<*const libc::c_char> = fallback.iter().map(|a| a.as_ptr()).collect();
@@ -276,123 +254,12 @@ fn fork_server(
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
         nix::unistd::ForkResult::Child => {
             // SAFETY: see above; everything below acts on this child's own state.
-            unsafe { serve_in_child(server, &argv, parent, fd, log, early) }
+            unsafe { serve_in_child(server, &argv, parent, fd, log) }
         }
     }
 }
 
-/// Receive one descriptor (SCM_RIGHTS) on the socket `slot` and put it at `slot`, closing the
-/// socket; false if none came.
-fn receive_fd_into(slot: i32) -> bool {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut byte = [0u8; 1];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let received = {
-        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-        recvmsg::<()>(slot, &mut iov, Some(&mut space), MsgFlags::empty()).ok().and_then(|msg| {
-            msg.cmsgs().ok()?.find_map(|c| match c {
-                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                _ => None,
-            })
-        })
-    };
-    let Some(got) = received else { return false };
-    // SAFETY: both are descriptors of this process; dup2 replaces the socket at `slot`.
-    unsafe {
-        let ok = libc::dup2(got, slot) == slot;
-        libc::close(got);
-        ok
-    }
-}
-
-/// The image's server forked before the container is set up (see [`EarlyServer::start`]).
-pub(crate) struct EarlyServer {
-    /// 0 once handed over (then a [`FuseServer`] owns the process).
-    pid: i32,
-    sock: Option<OwnedFd>,
-    log: Option<std::fs::File>,
-    program: String,
-    library: String,
-    image: PathBuf,
-    offset: u64,
-}
-
-impl EarlyServer {
-    /// Fork the image's server now, before the launcher plans and sets the container up: the
-    /// child loads libsquashfuse_ll and opens the image on the other core meanwhile, then waits
-    /// for the mount's descriptor ([`RealSys::start_squashfuse`] sends it). None where the
-    /// server would not be forked anyway (no library configured, a static build, threads).
-    pub(crate) fn start(program: &str, library: &str, image: &Path, offset: u64) -> Option<EarlyServer> {
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        if library.is_empty() || STATIC || !super::proc::single_threaded() {
-            return None;
-        }
-        let (mine, theirs) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).ok()?;
-        let slot = theirs.as_raw_fd();
-        let server = super::squashfuse_lib::Server::new(library, image, offset, slot)?;
-        let fallback = exec_argv(&squashfuse_command(program, image, offset, slot))?;
-        let log = crate::sys::process::memfd("berth-squashfuse").ok();
-        let pid = fork_server(&server, &fallback, slot, log.as_ref().map(|f| f.as_raw_fd()), true).ok()?;
-        drop(theirs);
-        Some(EarlyServer {
-            pid,
-            sock: Some(mine),
-            log,
-            program: program.into(),
-            library: library.into(),
-            image: image.into(),
-            offset,
-        })
-    }
-
-    fn serves(&self, program: &str, library: &str, image: &Path, offset: u64) -> bool {
-        self.program == program && self.library == library && self.image == image && self.offset == offset
-    }
-
-    /// Send the mount's descriptor; the server's pid and its log. A failed send leaves the
-    /// mount without a server, which the first access reports like any server that died.
-    fn hand_over(mut self, fuse: &OwnedFd) -> (i32, Option<std::fs::File>) {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        if let Some(sock) = self.sock.take() {
-            let fds = [fuse.as_raw_fd()];
-            let iov = [std::io::IoSlice::new(b"f")];
-            let _ = sendmsg::<()>(
-                sock.as_raw_fd(),
-                &iov,
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-        }
-        (std::mem::take(&mut self.pid), self.log.take())
-    }
-}
-
-impl Drop for EarlyServer {
-    /// Not used (planning failed, another image): ended and reaped.
-    fn drop(&mut self) {
-        if self.pid != 0 {
-            let pid = Pid::from_raw(self.pid);
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-        }
-    }
-}
-
-/// `program -f [-o offset=N] IMAGE /dev/fd/FD`: squashfuse_ll serving the mount on `fd`.
-fn squashfuse_command(program: &str, image: &Path, offset: u64, fd: i32) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.arg("-f");
-    if offset > 0 {
-        cmd.arg("-o").arg(format!("offset={offset}"));
-    }
-    cmd.arg(image).arg(format!("/dev/fd/{fd}"));
-    cmd
-}
-
-/// The forked server's whole life (see [`fork_server`]). `early`: started before the mount
-/// exists, `fd` is a socket on which the mount's descriptor arrives, and which it replaces.
+/// The forked server's whole life (see [`fork_server`]).
 ///
 /// # Safety
 /// Only in a child just forked from a single-threaded process; `argv` is a null-terminated
@@ -403,7 +270,6 @@ unsafe fn serve_in_child(
     parent: Pid,
     fd: i32,
     log: Option<i32>,
-    early: bool,
 ) -> ! {
     // SAFETY: plain system calls on this process's own attributes and descriptors, and the
     // library calls of `serve`, which the caller's single thread makes safe after the fork.
@@ -441,22 +307,7 @@ unsafe fn serve_in_child(
         }
         // Only the mount's descriptor and stdio stay: no launcher pipe is held open.
         crate::sys::process::close_fds_except(&[fd]);
-        let served = if early {
-            // Library and image first, while the launcher still sets the container up.
-            let opened = server.open();
-            if !receive_fd_into(fd) {
-                // No mount came (the launcher failed or ended before it): nothing to serve.
-                libc::_exit(0);
-            }
-            match opened {
-                Ok(Some(session)) => Ok(server.mount_and_loop(session)),
-                Ok(None) => Ok(1),
-                Err(why) => Err(why),
-            }
-        } else {
-            server.serve()
-        };
-        let fallback_note = match served {
+        let fallback_note = match server.serve() {
             Ok(code) => libc::_exit(code),
             Err(why) => why,
         };
@@ -683,14 +534,11 @@ impl MountOps for RealSys {
             cmd.arg("-o").arg(format!("offset={offset}"));
         }
         cmd.arg(image);
-        // One forked for another image or configuration is ended here (dropped).
-        let early = self.early.take().filter(|e| e.serves(program, library, image, offset));
         let failed = self.start_fuse(
             "squashfuse",
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
             Some((library, image, offset)).filter(|_| !library.is_empty() && !STATIC),
-            early,
             at,
             FuseKind::Image,
             "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml",
@@ -727,7 +575,6 @@ impl MountOps for RealSys {
             "fuse-overlayfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
-            None,
             None,
             at,
             FuseKind::Overlay,

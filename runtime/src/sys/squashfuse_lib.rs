@@ -111,63 +111,27 @@ impl Server {
     /// Only in a child forked from a single-threaded process (the loader and the library
     /// allocate), which ends with `_exit` afterwards.
     pub(crate) unsafe fn serve(&self) -> Result<c_int, String> {
-        // SAFETY: the caller's conditions are this function's.
-        unsafe {
-            match self.open()? {
-                Some(session) => Ok(self.mount_and_loop(session)),
-                None => Ok(1),
-            }
-        }
-    }
-
-    /// The part that needs no mount yet: load the library, open the image, make the session.
-    /// Err: the library cannot be loaded (the loader's message); None: squashfuse could not
-    /// open the image or libfuse make a session (they said why on stderr).
-    ///
-    /// # Safety
-    /// As [`Server::serve`].
-    pub(crate) unsafe fn open(&self) -> Result<Option<Session>, String> {
         let loaded = self.load()?;
-        // SAFETY: the pointers are the library's own functions, resolved with the prototypes
-        // of the headers named at the top; every string is NUL-terminated and outlives the
-        // calls; `ops` and `args` are laid out as libfuse 3 expects (libfuse copies the ops
-        // and parses the arguments during the call); the `sqfs_ll` becomes the session's user
-        // data and lives until `_exit`.
+        // SAFETY: the pointers are the library's own functions, resolved above with the
+        // prototypes of the headers named at the top; every string is NUL-terminated and
+        // outlives the calls; `ops` and `args` are laid out as libfuse 3 expects and live until
+        // `_exit`, as does the `sqfs_ll` that becomes the session's user data.
         unsafe {
             let ll = (loaded.open)(self.image.as_ptr(), self.offset);
             if ll.is_null() {
-                return Ok(None);
+                // squashfuse said why on stderr ("Something went wrong trying to read ...").
+                return Ok(1);
             }
             let mut argv = [self.argv0.as_ptr() as *mut c_char, std::ptr::null_mut()];
             let mut args = FuseArgs { argc: 1, argv: argv.as_mut_ptr(), allocated: 0 };
             let se = (loaded.new)(&mut args, &loaded.ops, std::mem::size_of::<LowlevelOps>(), ll);
-            if se.is_null() {
-                return Ok(None);
-            }
-            Ok(Some(Session { se, mount: loaded.mount, run: loaded.run }))
-        }
-    }
-
-    /// Take the mount (its descriptor is the one `mountpoint` names by now) and serve it until
-    /// it goes away; the exit code for the child.
-    ///
-    /// # Safety
-    /// As [`Server::serve`].
-    pub(crate) unsafe fn mount_and_loop(&self, session: Session) -> c_int {
-        // SAFETY: `se` is the live session `open` made, the functions are libfuse's (see
-        // `open`), and the mount point string outlives the calls.
-        unsafe {
-            if (session.mount)(session.se, self.mountpoint.as_ptr()) != 0 {
-                return 1;
+            if se.is_null() || (loaded.mount)(se, self.mountpoint.as_ptr()) != 0 {
+                return Ok(1);
             }
             // One thread, as Charliecloud's ch-run serves its images: the berth process never
             // starts threads before this fork, and a storm of readers measured no faster with
             // squashfuse_ll's thread pool on the nodes tried.
-            if (session.run)(session.se) == 0 {
-                0
-            } else {
-                1
-            }
+            Ok(if (loaded.run)(se) == 0 { 0 } else { 1 })
         }
     }
 
@@ -226,13 +190,6 @@ impl Server {
             })
         }
     }
-}
-
-/// A libfuse session made for the image, waiting for its mount.
-pub(crate) struct Session {
-    se: *mut c_void,
-    mount: SessionMount,
-    run: SessionLoop,
 }
 
 struct Loaded {
