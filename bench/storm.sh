@@ -3,8 +3,10 @@
 # files opened and read by each) in ONE container, so what is measured is the image's filesystem
 # under concurrent reads, not N container starts. The same image (bench/numpy.def, built with
 # `berth build` and cached in /var/cache/berth/bench keyed by the recipe's hash) is run as
-#   - a SquashFS file through squashfuse_ll (the unprivileged default), and with squashfuse_ll
-#     options (`-o clone_fd`, `-o max_threads=N`, `-s`: berth's `squashfuse` set to a wrapper);
+#   - a SquashFS file served by a forked berth through libsquashfuse_ll, one thread (the
+#     unprivileged default), by the squashfuse_ll program (multithreaded; `squashfuse_library
+#     = ""`), and by it with options (`-o clone_fd`, `-o max_threads=N`, `-s`: berth's
+#     `squashfuse` set to a wrapper);
 #   - a SquashFS file on the kernel's squashfs driver (mount_mode = "privileged": a holder
 #     started by root with --user, the way the Slurm plugin starts it);
 #   - the same tree unpacked (unsquashfs) into a host directory, run with `berth exec` too, so
@@ -52,10 +54,12 @@ for i in $(seq "$n"); do python3 -c "import numpy, scipy" & pids="$pids $!"; don
 for p in $pids; do wait "$p" || { echo "storm: an import failed" >&2; exit 1; }; done
 echo $(( ($(date +%s%N) - s) / 1000000 ))
 EOF
-# squashfuse_ll with extra options, as berth.toml's `squashfuse` names a program (no arguments).
+# squashfuse_ll with extra options, as berth.toml's `squashfuse` names a program (no arguments);
+# the library left out so that the program serves.
+printf 'squashfuse_library = ""\n' >"$work/program.toml"
 for v in "clone_fd:-o clone_fd" "threads64:-o max_threads=64" "single:-s"; do
   printf '#!/bin/sh\nexec squashfuse_ll %s "$@"\n' "${v#*:}" >"$work/sqfuse-${v%%:*}"; chmod 0755 "$work/sqfuse-${v%%:*}"
-  printf 'squashfuse = "%s"\n' "$work/sqfuse-${v%%:*}" >"$work/${v%%:*}.toml"
+  printf 'squashfuse_library = ""\nsquashfuse = "%s"\n' "$work/sqfuse-${v%%:*}" >"$work/${v%%:*}.toml"
 done
 printf 'mount_mode = "privileged"\n[privileged]\nallowed_dirs = ["%s"]\n' "$cache" >"$work/priv.toml"
 chmod -R a+rX "$work"
@@ -63,7 +67,7 @@ chmod -R a+rX "$work"
 exec 9>/tmp/berth-it.lock
 flock 9
 as_user() { runuser -u "$user" -- env -i -C "$work" HOME="/home/$user" USER="$user" PATH=/usr/bin:/bin "$@"; }
-cleanup() { for i in 0 1 2 3 4 5; do as_user "$work/berth" stop "storm-$i" >/dev/null 2>&1 || true; done; rm -rf "$work"; }
+cleanup() { for i in 0 1 2 3 4 5 6; do as_user "$work/berth" stop "storm-$i" >/dev/null 2>&1 || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 holder() { # NAME CONFIG|- IMAGE: a held container for the user; privileged when CONFIG is priv.toml
   local out="$work/$1.out" conf=()
@@ -78,7 +82,8 @@ holder() { # NAME CONFIG|- IMAGE: a held container for the user; privileged when
 }
 storm() { as_user "$work/berth" exec --join "$1" /bin/sh "$work/storm" "$2"; }
 # CPU time (user + system, in 1/100 s) the FUSE server has spent so far: what it takes from
-# the cores the imports run on. The newest server is the holder's just started.
+# the cores the imports run on. The newest server is the holder's just started (named
+# squashfuse_ll, exec'd or forked).
 fuse_cpu() { awk '{print $14 + $15}' "/proc/$(pgrep -n -u "$uid" -x squashfuse_ll)/stat"; }
 separate() { # N: N `berth exec IMG python3` at once, ms
   local s; s=$(date +%s%N)
@@ -87,10 +92,11 @@ separate() { # N: N `berth exec IMG python3` at once, ms
 }
 native=0; python3 -c "import numpy, scipy" 2>/dev/null && native=1
 
-cases=("directory (reference)" "squashfuse_ll (default)" "squashfuse_ll -o clone_fd"
-       "squashfuse_ll -o max_threads=64" "squashfuse_ll -s (one thread)" "kernel squashfs (privileged)")
-confs=(- - "$work/clone_fd.toml" "$work/threads64.toml" "$work/single.toml" "$work/priv.toml")
-imgs=("$dir" "$img" "$img" "$img" "$img" "$img")
+cases=("directory (reference)" "libsquashfuse_ll in berth (default)" "squashfuse_ll program"
+       "squashfuse_ll -o clone_fd" "squashfuse_ll -o max_threads=64" "squashfuse_ll -s (one thread)"
+       "kernel squashfs (privileged)")
+confs=(- - "$work/program.toml" "$work/clone_fd.toml" "$work/threads64.toml" "$work/single.toml" "$work/priv.toml")
+imgs=("$dir" "$img" "$img" "$img" "$img" "$img" "$img")
 declare -A cold warm fcold fwarm
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq "$rounds"); do

@@ -127,7 +127,9 @@ berth runs SquashFS, SIF and Singularity images as the calling user in a user
 namespace (`berth exec IMAGE COMMAND`), with the host's MPI fabric and NVIDIA
 driver injected on request. Check a node with `berth config check`.
 TXT
-control berth "$(shlibdeps -e"$r/usr/bin/berth"), squashfuse" \
+# libsquashfuse0: the image's server loads libsquashfuse_ll.so.0 with dlopen, which
+# dpkg-shlibdeps cannot see.
+control berth "$(shlibdeps -e"$r/usr/bin/berth"), squashfuse, libsquashfuse0" \
     "run single-file container images as the user, standalone or under Slurm/PBS"
 
 echo "== berth-slurm"

@@ -212,12 +212,13 @@ fn a_holder_whose_record_is_removed_stops() {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
-    let fuse = || {
-        harness_processes(victim.uid)
-            .into_iter()
-            .filter(|p| p.starts_with("squashfuse_ll") && p.contains("adv-orphan"))
-            .count()
-    };
+    // The holder's image server, a child of it, by pid (other tests' servers run meanwhile).
+    let holder = child.id();
+    let children = std::fs::read_to_string(format!("/proc/{holder}/task/{holder}/children")).unwrap();
+    let server: Vec<&str> = children.split_whitespace().filter(|p| harness::is_image_server(p)).collect();
+    assert_eq!(server.len(), 1, "{children}");
+    let server = server[0].to_string();
+    let fuse = || usize::from(harness::is_image_server(&server));
     std::fs::remove_dir_all(&state).unwrap();
     let t0 = Instant::now();
     let status = loop {
@@ -239,19 +240,6 @@ fn a_holder_whose_record_is_removed_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fuse(), 0, "the FUSE server went with the holder");
-}
-
-/// The command lines of `uid`'s processes.
-fn harness_processes(uid: u32) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
-        .map(|c| c.replace('\0', " "))
-        .collect()
 }
 
 /// Row 8. `slurm_spank_exit` removes the step's record as root with

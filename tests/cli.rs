@@ -1371,3 +1371,103 @@ fn a_fuse_server_that_cannot_run_is_a_clear_error() {
         out.fails_with(&[&format!("cannot start {program}")]);
     }
 }
+
+/// The image's FUSE server of `berth exec --no-share IMAGE` (with `config`, if given), looked
+/// at while the container runs: its `/proc/PID/exe` and whether it (and berth itself) mapped
+/// libsquashfuse_ll. Also checks the program read the image through it, and that nothing is
+/// left once it ended.
+struct Served {
+    exe: std::path::PathBuf,
+    server_maps_library: bool,
+    berth_maps_library: bool,
+}
+
+fn served_by(image: &std::path::Path, config: Option<&std::path::Path>) -> Served {
+    use std::io::{BufRead, BufReader, Write};
+    let w = world();
+    let mut cmd = w.berth(&[
+        "exec",
+        "--no-share",
+        image.to_str().unwrap(),
+        "sh",
+        "-c",
+        "cat /etc/os-release; echo ready; read x",
+    ]);
+    if let Some(c) = config {
+        cmd.env("BERTH_CONFIG", c);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.ends_with("ready\n") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let o = child.wait_with_output().unwrap();
+            panic!("{} ended: {seen}{}", image.display(), String::from_utf8_lossy(&o.stderr));
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("berth-busybox"), "{seen}");
+    let berth = child.id();
+    let children = std::fs::read_to_string(format!("/proc/{berth}/task/{berth}/children")).unwrap();
+    let servers: Vec<&str> = children.split_whitespace().filter(|p| harness::is_image_server(p)).collect();
+    assert_eq!(servers.len(), 1, "one image server among berth's children {children}");
+    let maps_library = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().contains("libsquashfuse_ll")
+    };
+    let server = servers[0].to_string();
+    let served = Served {
+        exe: std::fs::read_link(format!("/proc/{server}/exe")).unwrap(),
+        server_maps_library: maps_library(servers[0]),
+        berth_maps_library: maps_library(&berth.to_string()),
+    };
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(!harness::is_image_server(&server), "the server {server} was left running");
+    served
+}
+
+/// A cold start serves the image from a forked berth that loaded libsquashfuse_ll (no exec of
+/// squashfuse_ll), for each compression and for an image at an offset (SIF); berth itself
+/// never maps the library.
+#[test]
+fn a_cold_start_serves_the_image_from_a_forked_berth() {
+    use berth_runtime::image::write_sif;
+    let w = world();
+    let lz4 = w.path("served-lz4.sqsh");
+    let st = std::process::Command::new("mksquashfs")
+        .arg(&w.rootfs)
+        .arg(&lz4)
+        .args(["-noappend", "-quiet", "-all-root", "-comp", "lz4", "-no-progress"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(&lz4, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let sif = w.path("served.sif");
+    write_sif(&sif, &w.image, &[], None).unwrap();
+    std::fs::set_permissions(&sif, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let berth = std::fs::canonicalize(&w.berth).unwrap();
+    for image in [w.image.clone(), lz4, sif] {
+        let s = served_by(&image, None);
+        assert_eq!(s.exe, berth, "{}: served by {}", image.display(), s.exe.display());
+        assert!(s.server_maps_library, "{}", image.display());
+        assert!(!s.berth_maps_library, "berth itself loaded the library");
+    }
+}
+
+/// `squashfuse_library` empty, or naming a library that is not there: the `squashfuse`
+/// program serves the image, as before.
+#[test]
+fn the_squashfuse_program_serves_without_the_library() {
+    let w = world();
+    for (name, setting) in [("off", ""), ("missing", "libno-such-squashfuse.so.0")] {
+        let cfg = w.path(&format!("squashfuse-lib-{name}.toml"));
+        std::fs::write(&cfg, format!("squashfuse_library = \"{setting}\"\n")).unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = served_by(&w.image, Some(&cfg));
+        assert_eq!(s.exe, std::path::Path::new("/usr/bin/squashfuse_ll"), "library {setting:?}");
+        assert!(!s.berth_maps_library);
+    }
+}

@@ -69,9 +69,7 @@ fn names_are_unique_and_stop_cleans_up() {
     let holder_pid = h.child.id();
     let fuse_pid = std::fs::read_to_string(format!("/proc/{holder_pid}/task/{holder_pid}/children")).unwrap();
     let fuse_pid = fuse_pid.trim();
-    assert!(std::fs::read_to_string(format!("/proc/{fuse_pid}/cmdline"))
-        .unwrap()
-        .starts_with("squashfuse_ll"));
+    assert!(harness::is_image_server(fuse_pid), "{fuse_pid}");
     stop(w, h);
     let _ = bg.wait();
     let left: Vec<String> = w
@@ -377,11 +375,8 @@ fn privileged_mode_mounts_with_the_kernel_then_runs_as_the_user() {
     assert!(root.contains("ro,nosuid,nodev"), "{root}");
     assert!(inside.contains("Read-only file system"), "{inside}");
     // Served by the kernel (the loop device above), not by a FUSE server.
-    let fuse: Vec<String> = w
-        .user_processes()
-        .into_iter()
-        .filter(|p| p.starts_with("squashfuse_ll") && p.contains(&*image.to_string_lossy()))
-        .collect();
+    let fuse: Vec<String> =
+        w.user_image_servers().into_iter().filter(|p| p.contains(&*image.to_string_lossy())).collect();
     assert!(fuse.is_empty(), "{fuse:?}");
     // The host's mount table never saw the image mount.
     assert!(!std::fs::read_to_string("/proc/self/mountinfo")

@@ -120,7 +120,7 @@ fn job_and_tasks_run_in_one_container_per_node() {
     assert_eq!((holders(&a), holders(&b)), (1, 1), "one holder per node");
     let running = job_processes(&jid("101"));
     assert_eq!(
-        running.iter().filter(|p| p.contains("squashfuse_ll")).count(),
+        running.iter().filter(|p| p.split(':').next().is_some_and(harness::is_image_server)).count(),
         2,
         "one FUSE server per node: {running:?}"
     );

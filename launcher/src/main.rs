@@ -540,6 +540,24 @@ fn config_check(cfg: &Config, path: Option<PathBuf>, pbs: bool) -> Result<i32, E
         ),
         "apt-get install squashfuse (or set `squashfuse` in berth.toml)",
     );
+    // Not a failure: the program serves the image then, one exec slower per cold start.
+    if !cfg.squashfuse_library.is_empty() {
+        match berth_runtime::config::squashfuse_library_problem(&cfg.squashfuse_library) {
+            None => check(
+                true,
+                format!(
+                    "squashfuse library {:?} loads (images served by a forked berth)",
+                    cfg.squashfuse_library
+                ),
+                "",
+            ),
+            Some(p) => println!(
+                "note squashfuse library {:?} cannot be loaded ({p}): images are served by {:?}, \
+                 slower to start; apt-get install libsquashfuse0, or set `squashfuse_library = \"\"`",
+                cfg.squashfuse_library, cfg.squashfuse
+            ),
+        }
+    }
     if pbs {
         for item in pbs_check::items() {
             match item {

@@ -54,8 +54,8 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
             Step::Image { mount, at } => {
                 sys.mkdir_all(at)?;
                 match mount {
-                    ImageMount::Squashfuse { program, image, offset } => {
-                        sys.start_squashfuse(program, image, *offset, at)?
+                    ImageMount::Squashfuse { program, library, image, offset } => {
+                        sys.start_squashfuse(program, library, image, *offset, at)?
                     }
                     ImageMount::Directory { path } => {
                         sys.mount(Some(path), at, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
@@ -408,7 +408,7 @@ mod tests {
         assert!(pos("mount tmpfs /tmp/berth-1001/mnt tmpfs") < pos("MS_UNBINDABLE"));
         assert!(
             pos("MS_UNBINDABLE")
-                < pos("squashfuse squashfuse_ll /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image")
+                < pos("squashfuse squashfuse_ll library=libsquashfuse_ll.so.0 /images/app.sif offset=4096 on /tmp/berth-1001/mnt/image")
         );
         assert!(pos("offset=4096") < pos("mount overlay /tmp/berth-1001/mnt/root overlay"));
         // Binds land under the new root, recursive, then made nosuid,nodev.

@@ -46,8 +46,13 @@ pub struct Config {
     /// Empty (the default): chosen per user by `default_state_dir`, in places no other
     /// user can occupy first.
     pub state_dir: String,
-    /// The FUSE SquashFS server (multithreaded `squashfuse_ll`).
+    /// The FUSE SquashFS server program (`squashfuse_ll`): run when `squashfuse_library` is
+    /// empty or cannot be loaded.
     pub squashfuse: String,
+    /// squashfuse's low-level library, loaded in a forked berth process that serves the image
+    /// instead of an exec'd `squashfuse` (one exec and its libraries less per cold start).
+    /// Empty: always run the program.
+    pub squashfuse_library: String,
     /// Default mount mode; `privileged` is honoured only in a root context.
     pub mount_mode: MountMode,
     /// How `--overlay DIR` is mounted.
@@ -130,6 +135,7 @@ impl Default for Config {
         Config {
             state_dir: String::new(),
             squashfuse: "squashfuse_ll".into(),
+            squashfuse_library: "libsquashfuse_ll.so.0".into(),
             mount_mode: MountMode::Unprivileged,
             overlay_mount: OverlayMount::Auto,
             fuse_overlayfs: "fuse-overlayfs".into(),
@@ -160,6 +166,12 @@ impl Default for PrivilegedConfig {
     fn default() -> Self {
         PrivilegedConfig { allowed_dirs: vec![], allowed_owners: vec!["root".into()] }
     }
+}
+
+/// Whether squashfuse's `library` loads with every symbol berth's in-process server uses,
+/// tried in a forked child (this process never maps it): None if so, else why not.
+pub fn squashfuse_library_problem(library: &str) -> Option<String> {
+    crate::sys::squashfuse_lib::check(library)
 }
 
 impl Config {

@@ -166,6 +166,7 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
             eprintln!("berth: {e}");
             e.exit_code()
         },
+        &fuse_pids,
         |pid, st| {
             if fuse_pids.contains(&pid.as_raw()) {
                 tracing::warn!("a FUSE server of the container ended early: {st:?}");
@@ -334,6 +335,7 @@ where
             let _ = out_child.write_all(msg.to_string().as_bytes());
             0
         },
+        &[],
         |_, _| {},
     )?;
     let mut text = String::new();

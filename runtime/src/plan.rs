@@ -88,8 +88,9 @@ impl HostFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "via")]
 pub(crate) enum ImageMount {
-    /// FUSE: berth mounts `/dev/fuse` itself, then `squashfuse_ll` serves it from `offset`.
-    Squashfuse { program: String, image: PathBuf, offset: u64 },
+    /// FUSE: berth mounts `/dev/fuse` itself, then squashfuse serves it from `offset`: the
+    /// `library` (libsquashfuse_ll) in a forked berth process, else the `program`.
+    Squashfuse { program: String, library: String, image: PathBuf, offset: u64 },
     /// A directory image, bound read-only.
     Directory { path: PathBuf },
 }
@@ -286,6 +287,7 @@ fn image_steps(image: &Image, cfg: &Config, host: &HostFacts, staging: &Path) ->
         RootFs::Directory { path } => ImageMount::Directory { path: path.clone() },
         RootFs::Embedded { fs: FsType::Squashfs, offset, .. } => ImageMount::Squashfuse {
             program: cfg.squashfuse.clone(),
+            library: cfg.squashfuse_library.clone(),
             image: absolute(&image.path, host),
             offset: *offset,
         },
@@ -596,14 +598,20 @@ impl fmt::Display for Plan {
                 Step::Staging { at } => {
                     writeln!(f, "tmpfs {} (private, unbindable, nosuid,nodev)", at.display())?
                 }
-                Step::Image { mount: ImageMount::Squashfuse { program, image, offset }, at } => writeln!(
-                    f,
-                    "mount {} at offset {} on {} with {} (ro,nosuid,nodev)",
-                    image.display(),
-                    offset,
-                    at.display(),
-                    program
-                )?,
+                Step::Image { mount: ImageMount::Squashfuse { program, library, image, offset }, at } => {
+                    writeln!(
+                        f,
+                        "mount {} at offset {} on {} with {} (ro,nosuid,nodev)",
+                        image.display(),
+                        offset,
+                        at.display(),
+                        if library.is_empty() {
+                            program.clone()
+                        } else {
+                            format!("{library} in a forked berth (else {program})")
+                        }
+                    )?
+                }
                 Step::Image { mount: ImageMount::Directory { path }, at } => writeln!(
                     f,
                     "bind directory image {} on {} (ro,nosuid,nodev)",

@@ -238,6 +238,7 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
             eprintln!("berth: {e}");
             e.exit_code()
         },
+        &[],
         |_, _| {},
     )
 }

@@ -136,6 +136,16 @@ pub fn build_busybox_root(root: &Path) {
     std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
+/// Whether process `pid` runs (not a zombie) as an image's FUSE server: named `squashfuse_ll`
+/// (`/proc/PID/stat`'s name), whether berth exec'd the program or forked itself to serve
+/// through the library (whose command line is then berth's own).
+pub fn is_image_server(pid: impl std::fmt::Display) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.split_once(" (")
+        .and_then(|(_, rest)| rest.rsplit_once(") "))
+        .is_some_and(|(name, rest)| name == "squashfuse_ll" && !rest.starts_with('Z'))
+}
+
 /// A minimal glibc image: the host's loader, libc and dash, plus `extra` host programs, with
 /// its own ld.so.cache. It has no libibverbs and no libcuda of its own.
 pub fn glibc_image(name: &str, extra: &[(&Path, &str)]) -> PathBuf {
@@ -277,6 +287,21 @@ impl World {
         std::fs::write(&p, contents).unwrap();
         nix::unistd::chown(&p, Some(self.uid.into()), Some(self.gid.into())).unwrap();
         p
+    }
+
+    /// The command lines of the test user's image FUSE servers (see [`is_image_server`]).
+    pub fn user_image_servers(&self) -> Vec<String> {
+        let mut v = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            use std::os::unix::fs::MetadataExt;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.metadata().is_ok_and(|m| m.uid() == self.uid) && is_image_server(&name) {
+                if let Ok(cmd) = std::fs::read_to_string(e.path().join("cmdline")) {
+                    v.push(cmd.replace('\0', " "));
+                }
+            }
+        }
+        v
     }
 
     /// Processes of the test user still running (none must be left after a test).

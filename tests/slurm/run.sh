@@ -686,7 +686,9 @@ JOB
     bg=$!
     seen_loop=0
     for _ in $(seq 30); do losetup -a | grep -q "$WORK/imga.sqsh" && { seen_loop=1; break; }; sleep 0.1; done
-    fuse_for_image=$(pgrep -f "squashfuse_ll.*$WORK/imga.sqsh" | wc -l)
+    # By name: the image's server is named squashfuse_ll whether berth exec'd the program or
+    # forked itself (its command line is then the holder's, which does not name the image).
+    fuse_for_image=$(pgrep -u "$TEST_USER" -x squashfuse_ll | wc -l)
     wait "$bg"
     check "(d) ... the image is on a kernel loop device, no FUSE server" test "$seen_loop$fuse_for_image" = 10
     cp "$WORK/imgb.sqsh" "$DIR/work/unvetted.$$.sqsh"; chown "$TEST_USER" "$DIR/work/unvetted.$$.sqsh"

@@ -7,6 +7,7 @@ pub(crate) mod mapped;
 pub(crate) mod proc;
 pub(crate) mod process;
 pub(crate) mod real;
+pub(crate) mod squashfuse_lib;
 
 use std::path::{Path, PathBuf};
 
@@ -57,8 +58,16 @@ pub(crate) trait MountOps {
     /// Resolve `path` inside `root` as if `root` were `/` (symlinks in the image cannot point
     /// a mount outside the new root).
     fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf>;
-    /// Mount `/dev/fuse` on `at` and start the SquashFS server on it.
-    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()>;
+    /// Mount `/dev/fuse` on `at` and start the SquashFS server on it: `library` in a forked
+    /// child, else (empty, or not loadable) the `program`.
+    fn start_squashfuse(
+        &mut self,
+        program: &str,
+        library: &str,
+        image: &Path,
+        offset: u64,
+        at: &Path,
+    ) -> Result<()>;
     /// Mount `/dev/fuse` on `at` and start fuse-overlayfs on it with overlayfs' `options`.
     fn start_fuse_overlay(&mut self, program: &str, options: &str, at: &Path) -> Result<()>;
     fn pivot_root(&mut self, new_root: &Path) -> Result<()>;
@@ -131,9 +140,16 @@ impl MountOps for Recorder {
     fn resolve_in_root(&mut self, root: &Path, path: &Path) -> Result<PathBuf> {
         Ok(root.join(path.strip_prefix("/").unwrap_or(path)))
     }
-    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
+    fn start_squashfuse(
+        &mut self,
+        program: &str,
+        library: &str,
+        image: &Path,
+        offset: u64,
+        at: &Path,
+    ) -> Result<()> {
         self.ops.push(format!(
-            "squashfuse {program} {} offset={offset} on {}",
+            "squashfuse {program} library={library} {} offset={offset} on {}",
             image.display(),
             at.display()
         ));

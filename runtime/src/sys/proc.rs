@@ -7,6 +7,8 @@
 pub(crate) struct Stat {
     /// Field 4.
     pub ppid: i32,
+    /// Field 20: how many threads the process has.
+    pub threads: u32,
     /// Field 22: clock ticks after boot, which tells a process from a later one with the same pid.
     pub start_time: u64,
 }
@@ -21,6 +23,12 @@ pub fn start_time(pid: impl std::fmt::Display) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// Whether this process has one thread: what makes it safe for a forked child to allocate or
+/// load libraries (no other thread can hold their locks at the fork).
+pub(crate) fn single_threaded() -> bool {
+    stat("self").is_some_and(|s| s.threads == 1)
+}
+
 /// Whether the process that started at `start_time` as `pid` still runs.
 pub(crate) fn still_running(pid: i32, start_time: u64) -> bool {
     self::start_time(pid) == Some(start_time)
@@ -32,7 +40,11 @@ fn parse(text: &str) -> Option<Stat> {
     if fields.first() == Some(&"Z") {
         return None;
     }
-    Some(Stat { ppid: fields.get(1)?.parse().ok()?, start_time: fields.get(19)?.parse().ok()? })
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        threads: fields.get(17)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -41,11 +53,20 @@ mod tests {
 
     #[test]
     fn fields_are_counted_after_the_command_name() {
-        let line = "42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
-        assert_eq!(parse(line), Some(Stat { ppid: 7, start_time: 12345 }));
+        let line = "42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 3 0 12345 0 0";
+        assert_eq!(parse(line), Some(Stat { ppid: 7, threads: 3, start_time: 12345 }));
         assert_eq!(parse(&line.replace(" S 7", " Z 7")), None, "a zombie counts as gone");
         assert_eq!(parse("42 (x) S 7"), None);
         assert_eq!(parse("garbage"), None);
+    }
+
+    #[test]
+    fn threads_are_counted() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(stat("self").unwrap().threads >= 2);
+        tx.send(()).unwrap();
+        let _ = t.join();
     }
 
     #[test]

@@ -196,13 +196,15 @@ const FORWARDED: &[Signal] = &[
 ];
 
 /// Run `child` in a forked process and wait for it, forwarding signals sent to berth.
-/// `on_other_child` is told about other children that end (the FUSE server).
+/// `on_other_child` is told about other children that end (the FUSE server). `servers` are
+/// children that serve the container (the FUSE servers, stopped and reaped by their owner).
 ///
 /// berth is a child subreaper meanwhile: whatever the program leaves running in the background
 /// is re-parented to berth and killed once the program ends, since the image's FUSE server
 /// stops then and such processes could only fail (nothing is left behind on a node).
 pub(crate) fn fork_and_wait(
     child: impl FnOnce() -> i32,
+    servers: &[i32],
     mut on_other_child: impl FnMut(Pid, WaitStatus),
 ) -> Result<Ended> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::sys("prctl", "child subreaper", e))?;
@@ -243,7 +245,7 @@ pub(crate) fn fork_and_wait(
                                 continue;
                             }
                         };
-                        kill_orphans(&mut on_other_child);
+                        kill_orphans(servers, &mut on_other_child);
                         return Ok(ended);
                     }
                 } else if let Some(s) = sig {
@@ -258,8 +260,8 @@ pub(crate) fn fork_and_wait(
     }
 }
 
-/// Our children other than those that serve the container (the FUSE server is started before
-/// and reaped by its owner): orphans of the contained program, re-parented to us.
+/// Our children: the container's servers, and orphans of the contained program re-parented
+/// to us.
 fn children() -> Vec<Pid> {
     let me = std::process::id();
     std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
@@ -269,14 +271,11 @@ fn children() -> Vec<Pid> {
         .collect()
 }
 
-fn kill_orphans(on_other_child: &mut impl FnMut(Pid, WaitStatus)) {
-    let servers: Vec<Pid> = children();
-    let is_server = |p: &Pid| {
-        std::fs::read_to_string(format!("/proc/{p}/cmdline")).map(|c| c.contains("/dev/fd/")).unwrap_or(false)
-    };
-    let servers: Vec<Pid> = servers.into_iter().filter(is_server).collect();
+/// Kill and reap every child but `servers` (by pid: a server forked from berth has berth's
+/// command line, so nothing else tells it from an orphan).
+fn kill_orphans(servers: &[i32], on_other_child: &mut impl FnMut(Pid, WaitStatus)) {
     for _round in 0..100 {
-        let orphans: Vec<Pid> = children().into_iter().filter(|p| !servers.contains(p)).collect();
+        let orphans: Vec<Pid> = children().into_iter().filter(|p| !servers.contains(&p.as_raw())).collect();
         if orphans.is_empty() {
             return;
         }

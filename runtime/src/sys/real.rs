@@ -1,17 +1,20 @@
 //! [`MountOps`] with real system calls.
 
+use std::ffi::{CStr, CString};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use super::{Attrs, MountOps};
 use crate::error::{Error, Result};
@@ -33,34 +36,50 @@ pub(crate) enum FuseKind {
     Overlay,
 }
 
-/// A running FUSE server. Dropping it stops the server; the mount goes with the namespace.
+/// A running FUSE server, a child of this process: exec'd (`squashfuse_ll`, fuse-overlayfs) or
+/// forked (the image served through libsquashfuse_ll, see [`super::squashfuse_lib`]).
 pub(crate) struct FuseServer {
-    pub child: Child,
+    pid: i32,
     pub kind: FuseKind,
 }
 
 impl FuseServer {
     pub(crate) fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
+    }
+
+    /// How the server ended, if it has (reaping it).
+    fn try_wait(&self) -> Option<String> {
+        match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status: {code}")),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("signal: {} ({sig})", sig as i32)),
+            _ => None,
+        }
     }
 
     /// Stop the server once nothing uses the container any more. The image is read-only and
     /// the mount lives only in our namespace, so there is nothing to flush: SIGKILL ends it
     /// at once. An overlay server is asked to end (SIGTERM) and given a moment to finish what
     /// it writes to the user's directory. Either is reaped, so no process is left.
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(self) {
+        let pid = Pid::from_raw(self.pid);
         if self.kind == FuseKind::Overlay {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    // Ended, or already reaped by whoever waited for any child.
+                    _ => return,
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Not if someone else (a wait for any child) reaped it: the pid may be another's now.
+        if matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)) {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
     }
 }
 
@@ -77,25 +96,30 @@ impl RealSys {
     }
 
     /// Mount `/dev/fuse` on `at` as `fstype` and start `cmd` (its last argument the mount,
-    /// `/dev/fd/N`, is appended here) to serve it. Returns the server's stderr, kept in an
-    /// anonymous file for messages, and whether the first access through the mount failed.
+    /// `/dev/fd/N`, is appended here) to serve it, or, given `library`, serve the image from a
+    /// forked child with `cmd` as that child's fallback. Returns the server's stderr, kept in
+    /// an anonymous file for messages, and whether the first access through the mount failed.
+    #[allow(clippy::too_many_arguments)]
     fn start_fuse(
         &mut self,
         fstype: &str,
         flags: MsFlags,
         mut cmd: Command,
+        library: Option<(&str, &Path, u64)>,
         at: &Path,
         kind: FuseKind,
         install_hint: &str,
     ) -> Result<Option<(std::io::Error, String)>> {
         // Checked first: the child closes the descriptor through which a failed exec would be
-        // reported, so a missing server would otherwise only show as a dead mount.
+        // reported, so a missing server would otherwise only show as a dead mount. Also when
+        // the library serves: the program is its fallback, and a site learns of a broken one
+        // now rather than on the day the library cannot be loaded.
         let program = cmd.get_program().to_owned();
-        if !is_executable_program(Path::new(&program)) {
+        if let Err(source) = check_executable_program(Path::new(&program)) {
             return Err(Error::Io {
                 what: format!("cannot start {}", program.to_string_lossy()),
                 path: at.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source,
                 hint: install_hint.into(),
             });
         }
@@ -126,32 +150,65 @@ impl RealSys {
             .mode(0o600)
             .open(at.parent().unwrap_or(Path::new("/tmp")))
             .ok();
-        let log_for_child = log.as_ref().and_then(|f| f.try_clone().ok());
-        cmd.arg(format!("/dev/fd/{fd}")).stdin(Stdio::null()).stdout(Stdio::null());
-        cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
-        // SAFETY: the closure runs in the forked child before exec and only makes async-signal-
-        // safe calls (fcntl, close_range, prctl) on descriptors the child owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                crate::sys::process::cloexec_fds_except(&[fd]);
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = cmd.spawn().map_err(|e| Error::Io {
-            what: format!("cannot start {program}"),
-            path: at.to_path_buf(),
-            source: e,
-            hint: install_hint.into(),
-        })?;
+        cmd.arg(format!("/dev/fd/{fd}"));
+        // The fork needs this process single-threaded: the child allocates and loads libraries,
+        // which another thread holding the allocator's or the loader's lock at the fork would
+        // deadlock. With threads (never the case today), the program is run instead.
+        let forked = match library {
+            Some((lib, image, offset)) if super::proc::single_threaded() => {
+                let server = super::squashfuse_lib::Server::new(lib, image, offset, fd);
+                let fallback = exec_argv(&cmd);
+                match (server, fallback) {
+                    (Some(server), Some(fallback)) => Some(
+                        fork_server(&server, &fallback, fd, log.as_ref().map(|f| f.as_raw_fd())).map_err(
+                            |e| Error::Io {
+                                what: format!("cannot start the server of {}", image.display()),
+                                path: at.to_path_buf(),
+                                source: e.into(),
+                                hint: String::new(),
+                            },
+                        )?,
+                    ),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let pid = match forked {
+            Some(pid) => pid,
+            None => {
+                let log_for_child = log.as_ref().and_then(|f| f.try_clone().ok());
+                cmd.stdin(Stdio::null()).stdout(Stdio::null());
+                cmd.stderr(log_for_child.map(Stdio::from).unwrap_or_else(Stdio::inherit));
+                // SAFETY: the closure runs in the forked child before exec and only makes
+                // async-signal-safe calls (fcntl, close_range, prctl) on descriptors the child
+                // owns.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                        crate::sys::process::cloexec_fds_except(&[fd]);
+                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                        Ok(())
+                    });
+                }
+                let program = cmd.get_program().to_string_lossy().into_owned();
+                let child = cmd.spawn().map_err(|e| Error::Io {
+                    what: format!("cannot start {program}"),
+                    path: at.to_path_buf(),
+                    source: e,
+                    hint: install_hint.into(),
+                })?;
+                // Reaped through its pid (`FuseServer::stop`), like a forked server; the
+                // `Child` holds nothing else (no pipes).
+                child.id() as i32
+            }
+        };
         drop(fuse);
-        self.fuse.push(FuseServer { child, kind });
+        self.fuse.push(FuseServer { pid, kind });
         // First access waits for the server's INIT; if the server died, the kernel answers
         // ENOTCONN at once, so this never hangs.
         let Err(e) = std::fs::read_dir(at) else { return Ok(None) };
-        let status = self.fuse.last_mut().and_then(|f| f.child.try_wait().ok().flatten());
+        let status = self.fuse.last().and_then(FuseServer::try_wait);
         let said = log
             .map(|mut f| {
                 use std::io::{Read, Seek};
@@ -166,15 +223,131 @@ impl RealSys {
     }
 }
 
-/// Whether `program` (a path, or a name looked up in `PATH`) is an executable file.
-fn is_executable_program(program: &Path) -> bool {
-    let executable =
-        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.components().count() > 1 {
-        return executable(program);
+/// A statically linked build (the PBS starter `berth-pbs`): glibc's dlopen there needs the very
+/// glibc it was linked with at run time, so such a build always runs the `squashfuse` program.
+const STATIC: bool = cfg!(target_feature = "crt-static");
+
+/// `cmd`'s program and arguments for `execvp`, or None if one holds a NUL byte.
+fn exec_argv(cmd: &Command) -> Option<Vec<CString>> {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| CString::new(a.as_encoded_bytes()).ok())
+        .collect()
+}
+
+/// Fork the image's server: the child serves the mount on `fd` through the library, or, if
+/// that cannot be loaded, execs `fallback` (the `squashfuse` program, with the arguments it
+/// would have had). The caller is single-threaded.
+fn fork_server(
+    server: &super::squashfuse_lib::Server,
+    fallback: &[CString],
+    fd: i32,
+    log: Option<i32>,
+) -> nix::Result<i32> {
+    let parent = nix::unistd::getpid();
+    let mut argv: Vec<*const libc::c_char> = fallback.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: the caller checked this process has one thread, so the child may allocate and
+    // load libraries; it never returns into the parent's code and leaves with `_exit` (no
+    // destructors, no atexit handlers, no flushing of buffers the parent owns).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: see above; everything below acts on this child's own state.
+            unsafe { serve_in_child(server, &argv, parent, fd, log) }
+        }
     }
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
+}
+
+/// The forked server's whole life (see [`fork_server`]).
+///
+/// # Safety
+/// Only in a child just forked from a single-threaded process; `argv` is a null-terminated
+/// array of NUL-terminated strings.
+unsafe fn serve_in_child(
+    server: &super::squashfuse_lib::Server,
+    argv: &[*const libc::c_char],
+    parent: Pid,
+    fd: i32,
+    log: Option<i32>,
+) -> ! {
+    // SAFETY: plain system calls on this process's own attributes and descriptors, and the
+    // library calls of `serve`, which the caller's single thread makes safe after the fork.
+    unsafe {
+        // Gone with its launcher, as the exec'd server is (and not left serving if the parent
+        // died before this line).
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent.as_raw() {
+            libc::_exit(1);
+        }
+        // What exec would give it: no blocked signals, no handler of the parent's.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        for sig in 1..libc::SIGRTMIN() {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if sig != libc::SIGKILL
+                && sig != libc::SIGSTOP
+                && libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        // `ps`, `top` and `pgrep squashfuse_ll` name it as they name the exec'd server.
+        libc::prctl(libc::PR_SET_NAME, c"squashfuse_ll".as_ptr());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+        }
+        if let Some(log) = log {
+            libc::dup2(log, 2);
+        }
+        // Only the mount's descriptor and stdio stay: no launcher pipe is held open.
+        crate::sys::process::close_fds_except(&[fd]);
+        let fallback_note = match server.serve() {
+            Ok(code) => libc::_exit(code),
+            Err(why) => why,
+        };
+        // The program serves instead; the note is read only if it fails too.
+        let note = format!("berth: {fallback_note}; running {}\n", CStr::from_ptr(argv[0]).to_string_lossy());
+        libc::write(2, note.as_ptr().cast(), note.len());
+        libc::fcntl(fd, libc::F_SETFD, 0);
+        libc::execvp(argv[0], argv.as_ptr());
+        let err = format!(
+            "berth: cannot start {}: {}\n",
+            CStr::from_ptr(argv[0]).to_string_lossy(),
+            std::io::Error::last_os_error()
+        );
+        libc::write(2, err.as_ptr().cast(), err.len());
+        libc::_exit(127)
+    }
+}
+
+/// Whether `program` (a path, or a name looked up in `PATH`) is a file this process may
+/// execute: access(2) also refuses a file on a `noexec` filesystem, whose mode bits say yes.
+fn check_executable_program(program: &Path) -> std::io::Result<()> {
+    let check = |p: &Path| -> std::io::Result<()> {
+        let m = std::fs::metadata(p)?;
+        if !m.is_file() || m.permissions().mode() & 0o111 == 0 {
+            return Err(std::io::ErrorKind::PermissionDenied.into());
+        }
+        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(std::io::Error::from)
+    };
+    if program.components().count() > 1 {
+        return check(program);
+    }
+    let mut refused = None;
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        match check(&dir.join(program)) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => refused = refused.or(Some(e)),
+        }
+    }
+    Err(refused.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
 }
 
 impl Drop for RealSys {
@@ -347,7 +520,14 @@ impl MountOps for RealSys {
         resolve_in_root(root, path)
     }
 
-    fn start_squashfuse(&mut self, program: &str, image: &Path, offset: u64, at: &Path) -> Result<()> {
+    fn start_squashfuse(
+        &mut self,
+        program: &str,
+        library: &str,
+        image: &Path,
+        offset: u64,
+        at: &Path,
+    ) -> Result<()> {
         let mut cmd = Command::new(program);
         cmd.arg("-f");
         if offset > 0 {
@@ -358,15 +538,17 @@ impl MountOps for RealSys {
             "squashfuse",
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
+            Some((library, image, offset)).filter(|_| !library.is_empty() && !STATIC),
             at,
             FuseKind::Image,
             "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml",
         )?;
+        let server = if library.is_empty() || STATIC { program } else { library };
         match failed {
             None => Ok(()),
             Some((e, said)) => Err(Error::image(
                 image,
-                format!("{program} could not serve the image{said} ({e})"),
+                format!("{server} could not serve the image{said} ({e})"),
                 "the image may be corrupt or truncated; check it with `berth inspect` or copy it again",
             )),
         }
@@ -393,6 +575,7 @@ impl MountOps for RealSys {
             "fuse-overlayfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
+            None,
             at,
             FuseKind::Overlay,
             "install fuse-overlayfs (unprivileged overlays on kernels before Linux 5.11) or set \
