@@ -82,7 +82,7 @@ const REFUSED: &[Refused] = &[
 ];
 
 /// The refused Apptainer options seen on a command line (hidden from help).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct Unsupported {
     first: Option<(&'static str, &'static str)>,
 }

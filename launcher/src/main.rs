@@ -115,7 +115,7 @@ enum ConfigCmd {
     Show,
 }
 
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone, Default, Debug)]
 struct ContainerOpts {
     /// Bind SRC[:DST[:ro|rw]] (repeatable, comma lists; also BERTH_BIND)
     #[arg(short = 'B', long = "bind", value_name = "SPEC")]
@@ -180,7 +180,7 @@ struct ContainerOpts {
     json: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct ExecArgs {
     #[command(flatten)]
     opts: ContainerOpts,
@@ -238,6 +238,29 @@ struct HolderArgs {
     image: Option<PathBuf>,
 }
 
+/// The command line. `berth exec` is what every MPI rank and every run of a job script
+/// starts with, and building clap's whole command (every subcommand, each with its options,
+/// four of them with the container options) costs about 0.2 ms of each start: `exec` is
+/// parsed with its own subcommand alone. Anything that one does not accept (a mistake,
+/// `--help`) is parsed again in full, so messages and help are the full parser's.
+fn parse(argv: Vec<String>) -> Cli {
+    match parse_exec_alone(&argv) {
+        Some(args) => Cli { cmd: Cmd::Exec(args) },
+        None => Cli::parse_from(argv),
+    }
+}
+
+/// `berth exec ...` parsed by the `exec` subcommand alone; None for anything else, and for
+/// what it does not accept.
+fn parse_exec_alone(argv: &[String]) -> Option<ExecArgs> {
+    use clap::FromArgMatches;
+    if argv.get(1).map(String::as_str) != Some("exec") {
+        return None;
+    }
+    let exec = <ExecArgs as Args>::augment_args(clap::Command::new("exec"));
+    exec.try_get_matches_from(&argv[1..]).ok().and_then(|m| ExecArgs::from_arg_matches(&m).ok())
+}
+
 fn main() {
     // Rust starts with SIGPIPE ignored. Restore the default: berth's own output to a closed
     // pipe (`berth inspect IMG | head`) ends it quietly like any Unix tool, and the contained
@@ -252,7 +275,7 @@ fn main() {
     if argv.first().and_then(|a| a.rsplit('/').next()) == Some("run-singularity") {
         argv.insert(1, "run".into());
     }
-    let cli = Cli::parse_from(argv);
+    let cli = parse(argv);
     if let Some(opts) = cli.cmd.container_opts() {
         opts.unsupported.refuse::<Cli>();
     }
@@ -600,4 +623,67 @@ fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|p| p.is_file()))
         .unwrap_or(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        std::iter::once("berth").chain(s.iter().copied()).map(String::from).collect()
+    }
+
+    /// What `exec` alone makes of a command line is what the whole command line parser makes.
+    #[test]
+    fn exec_parsed_alone_is_exec_parsed_in_full() {
+        for line in [
+            &["exec", "app.sif", "true"][..],
+            &[
+                "exec",
+                "-B",
+                "/a:/b:ro,/c",
+                "--env",
+                "X=1",
+                "-e",
+                "--workdir",
+                "/w",
+                "app.sif",
+                "prog",
+                "-x",
+                "--y",
+            ],
+            &["exec", "--no-share", "--mpi", "host", "--nv", "--rocm", "-o", "/ovl", "img", "a", "--", "b"],
+            &["exec", "--join", "slurm-1.0", "prog", "--help"],
+            &["exec", "--dry-run", "--json", "-c", "--home", "/h:/home/u", "img", "sh", "-c", "echo $X"],
+            &["exec", "--writable-tmpfs", "-C", "--env-file", "f", "--pwd", "/p", "img", "prog"],
+            // Refused Apptainer options are parsed, then refused with the full command's error.
+            &["exec", "-w", "--scratch", "/s", "img", "prog"],
+        ] {
+            let full = match Cli::try_parse_from(argv(line)).unwrap().cmd {
+                Cmd::Exec(a) => format!("{a:?}"),
+                _ => panic!("not exec: {line:?}"),
+            };
+            let alone = parse_exec_alone(&argv(line)).map(|a| format!("{a:?}"));
+            assert_eq!(alone.as_deref(), Some(full.as_str()), "{line:?}");
+        }
+    }
+
+    /// Mistakes, help and other subcommands go to the full parser (its messages and help).
+    #[test]
+    fn exec_alone_leaves_errors_and_help_to_the_full_parser() {
+        for line in [
+            &["exec"][..],
+            &["exec", "--bogus", "img", "true"],
+            &["exec", "--help"],
+            &["exec", "-h"],
+            &["exec", "--version"],
+            &["exec", "--json", "img", "true"],
+            &["exec", "--mpi", "nonsense", "img", "true"],
+            &["exec", "--writable-tmpfs", "--overlay", "/o", "img", "true"],
+            &["run", "img"],
+            &["--version"],
+        ] {
+            assert!(parse_exec_alone(&argv(line)).is_none(), "{line:?}");
+        }
+    }
 }
