@@ -18,7 +18,6 @@
 
 mod harness;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -110,8 +109,7 @@ fn privileged_mode_opens_the_image_as_the_user() {
         (&mallory, "adv-link", &link, "cannot be opened by the job's user mallory"),
     ] {
         let mut child = root_holder(who, name, image);
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let line = harness::first_line(&mut child);
         if line == "ready\n" {
             let _ = who.berth(&["stop", name]).env("BERTH_CONFIG", &cfg).output();
             let _ = child.wait();
@@ -209,8 +207,7 @@ fn a_holder_whose_record_is_removed_stops() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = harness::first_line(&mut child);
     assert_eq!(line, "ready\n");
     // The holder's image server, a child of it, by pid (other tests' servers run meanwhile).
     let holder = child.id();

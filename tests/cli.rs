@@ -285,9 +285,7 @@ fn a_run_from_another_pid_namespace_leaves_a_running_container_alone() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(first.stdout.as_mut().unwrap()), &mut line)
-        .unwrap();
+    let line = harness::first_line(&mut first);
     assert_eq!(line, "started\n");
     let other = harness::Out(
         std::process::Command::new("unshare")
@@ -336,9 +334,7 @@ fn a_removed_record_takes_no_image_away_from_a_running_program() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(run.stdout.as_mut().unwrap()), &mut line)
-        .unwrap();
+    let line = harness::first_line(&mut run);
     assert_eq!(line, "started\n");
     let records: Vec<_> = std::fs::read_dir(state.join("holders"))
         .unwrap()
@@ -1117,9 +1113,7 @@ fn stop_reports_signals_it_is_not_allowed_to_send() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line)
-        .unwrap();
+    let line = harness::first_line(&mut holder);
     assert_eq!(line, "ready\n");
     // Point the record at init (root's): what a stale record after pid reuse by another
     // user's process looks like.

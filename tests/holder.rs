@@ -19,8 +19,7 @@ fn start_holder(w: &World, name: &str, extra: &[&str]) -> Holder {
     args.extend_from_slice(extra);
     args.push(w.image());
     let mut child = w.berth(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = harness::first_line(&mut child);
     assert_eq!(
         line,
         "ready\n",
@@ -304,8 +303,7 @@ fn start_root_holder(
     image: &std::path::Path,
 ) -> std::process::Output {
     let mut child = harness::root_holder(cfg, w.uid, &w.home, Some(harness::USER), name, image);
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = harness::first_line(&mut child);
     if line == "ready\n" {
         // Running: hand back an empty, successful output; the caller stops it by name.
         std::mem::forget(child);

@@ -226,6 +226,22 @@ pub fn root_holder(cfg: &Path, uid: u32, home: &Path, user: Option<&str>, name: 
     c.spawn().unwrap()
 }
 
+/// The first line `child` writes on its stdout (a pipe): a holder's `ready`, a program's
+/// "started" mark. The rest of its output stays in the pipe, unread.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("the child's stdout is a pipe");
+    // One byte at a time: a buffered reader would swallow what follows the line.
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(out, &mut byte).unwrap_or(0) == 1 {
+        line.push(byte[0] as char);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    line
+}
+
 pub fn mksquashfs(root: &Path, out: &Path) {
     let st = Command::new("mksquashfs")
         .arg(root)
