@@ -69,6 +69,37 @@ fn exit_status_passes_through() {
     assert_eq!(out.code(), Some(126), "not executable: {}", out.stderr());
 }
 
+/// The program starts as a forked one did (it is now started by a child that shares berth's
+/// memory until it execs), in a fresh container and in a warm one: no_new_privs set, no
+/// signal blocked, its working directory, a file without `#!` run by the image's shell, and
+/// berth's messages and statuses when it cannot start.
+#[test]
+fn the_program_starts_hardened_with_its_signals_and_directory() {
+    let w = world();
+    let script = w.user_file("no-shebang", b"echo script-ran-by-sh\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = "grep -E '^(NoNewPrivs|SigBlk)' /proc/self/status; pwd";
+    for share in [&["--no-share"][..], &[]] {
+        let run = |args: &[&str]| {
+            let mut a = vec!["exec"];
+            a.extend_from_slice(share);
+            a.extend_from_slice(args);
+            w.run(&a)
+        };
+        let out = run(&["--workdir", "/opt/app", w.image(), "sh", "-c", probe]).ok();
+        assert_eq!(out, "SigBlk:\t0000000000000000\nNoNewPrivs:\t1\n/opt/app\n", "{share:?}");
+        assert_eq!(run(&[w.image(), script.to_str().unwrap()]).ok(), "script-ran-by-sh\n", "{share:?}");
+        let out = run(&[w.image(), "no-such-program"]);
+        assert_eq!(
+            (out.code(), out.stderr().as_str()),
+            (Some(127), "berth: no-such-program: command not found in the image\n")
+        );
+        let out = run(&["--workdir", "/no/such/dir", w.image(), "true"]);
+        assert_ne!(out.code(), Some(0), "{share:?}");
+        assert!(out.stderr().contains("/no/such/dir"), "{}", out.stderr());
+    }
+}
+
 #[test]
 fn death_by_signal_passes_through() {
     use std::os::unix::process::ExitStatusExt;

@@ -160,19 +160,12 @@ pub(crate) fn run(plan: &Plan) -> Result<Ended> {
         warm_in_background(program, &entered.env, &workdir);
     }
     let fuse_pids: Vec<i32> = entered.fuse.iter().map(|f| f.pid()).collect();
-    let ended = process::fork_and_wait(
-        || {
-            let e = process::chdir_harden_exec(&workdir, &argv, &env);
-            eprintln!("berth: {e}");
-            e.exit_code()
-        },
-        &fuse_pids,
-        |pid, st| {
+    let ended =
+        process::spawn_and_wait(&process::Program::new(&workdir, &argv, &env), &fuse_pids, |pid, st| {
             if fuse_pids.contains(&pid.as_raw()) {
                 tracing::warn!("a FUSE server of the container ended early: {st:?}");
             }
-        },
-    );
+        });
     crate::sys::real::stop_all(std::mem::take(&mut entered.fuse));
     ended
 }

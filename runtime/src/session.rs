@@ -232,15 +232,14 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     };
     let joined = join_or_create(cfg, &name, &image, make, Lifetime::UntilIdle(keep))?;
     let argv = argv_in_joined(action)?;
-    process::fork_and_wait(
-        || {
-            let e = joined.exec(cfg, &host, &argv);
+    let program = match joined.workdir(host.cwd.as_deref()) {
+        Ok(workdir) => process::Program::new(&workdir, &argv, joined.env(cfg, &host).vars()),
+        Err(e) => {
             eprintln!("berth: {e}");
-            e.exit_code()
-        },
-        &[],
-        |_, _| {},
-    )
+            return Ok(Ended::Exited(e.exit_code()));
+        }
+    };
+    process::spawn_and_wait(&program, &[], |_, _| {})
 }
 
 /// The process that started this MPI rank (mpirun or orted, hydra's proxy, slurmstepd), if
