@@ -1,6 +1,6 @@
 //! berth's entrypoint launcher: a small script every container has at [`LAUNCHER`], through
 //! which a scheduler's task runs the image's runscript with the task's own command (the Slurm
-//! plugin's `--container-entrypoint`). Slurm lets a plugin replace a task's program (argv[0])
+//! plugin's `--container-entrypoint`). Slurm lets a plugin replace a task's program (`argv[0]`)
 //! but not lengthen its argv, so the task's program becomes this launcher and its old program
 //! travels in [`PROGRAM_VAR`]; the launcher removes the variable and runs
 //! `/bin/sh RUNSCRIPT PROGRAM ARGS...`, the runscript's argv as `berth run IMG PROGRAM ARGS`
