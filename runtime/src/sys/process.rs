@@ -82,50 +82,15 @@ pub(crate) fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<(
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir", "/", e))
 }
 
-/// The last steps before the user's program: no privilege can be gained by `execve` from here.
-pub(crate) fn harden_before_exec() -> Result<()> {
-    nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl", "no_new_privs", e))
-}
-
 /// The one way a program starts in a container: change to its working directory, give up
-/// every way to gain privileges, then exec it (see [`exec`]). Returns only on failure.
+/// every way to gain privileges (`no_new_privs`), then exec it along the container's `PATH`.
+/// Returns only on failure, with a shell-like error (127 not found, 126 not executable).
 pub(crate) fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String)]) -> Error {
-    if let Err(e) = nix::unistd::chdir(workdir) {
-        return Error::sys("chdir", workdir.display(), e);
-    }
-    if let Err(e) = harden_before_exec() {
-        return e;
-    }
-    exec(argv, env)
-}
-
-/// Replace this process with `argv`, searching `PATH` from the container's `env` (not the
-/// host's). Returns only on failure, with a shell-like error (127 not found, 126 not executable).
-pub(crate) fn exec(argv: &[String], env: &[(String, String)]) -> Error {
-    let Some(cmd) = argv.first() else {
-        return Error::Exec { cmd: "berth".into(), reason: "no command given".into(), code: EXIT_NOT_FOUND };
-    };
-    let to_c = |s: &str| CString::new(s).unwrap_or_default();
-    let c_argv: Vec<CString> = argv.iter().map(|a| to_c(a)).collect();
-    let c_env: Vec<CString> = env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-    let mut denied = false;
-    for c in path_candidates(cmd, path) {
-        match nix::unistd::execve(&to_c(&c), &c_argv, &c_env) {
-            Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => continue,
-            Err(nix::Error::EACCES) => denied = true,
-            Err(nix::Error::ENOEXEC) => {
-                // A script without a #! line: run it with the image's shell, as shells do.
-                let mut sh_argv = vec![to_c("/bin/sh"), to_c(&c)];
-                sh_argv.extend(c_argv.iter().skip(1).cloned());
-                let e = nix::unistd::execve(&to_c("/bin/sh"), &sh_argv, &c_env).unwrap_err();
-                return exec_error(cmd, ExecFailed::Shell(e));
-            }
-            Err(e) => return exec_error(cmd, ExecFailed::Other(e)),
-            Ok(never) => match never {},
-        }
-    }
-    exec_error(cmd, if denied { ExecFailed::Denied } else { ExecFailed::NotFound })
+    let program = Program::new(workdir, argv, env);
+    let mut args = program.exec_args();
+    // SAFETY: `args` points into `program`'s strings, both alive across the call.
+    let (stage, errno) = unsafe { program.chdir_harden_exec(&mut args) };
+    program.error(stage, errno)
 }
 
 /// Why no candidate of a command could be executed.
@@ -154,9 +119,9 @@ fn exec_error(cmd: &str, failed: ExecFailed) -> Error {
     Error::Exec { cmd: cmd.to_string(), reason, code }
 }
 
-/// A program to start in the container, made ready before its child exists: the child of
-/// [`spawn_and_wait`] shares berth's memory and may not allocate, so every string and pointer
-/// array it uses is made here.
+/// A program to start in the container, made ready before it is started: the child of
+/// [`spawn_and_wait`] shares berth's memory and may not allocate, so every string it uses is
+/// made here (and the pointer arrays by [`Program::exec_args`]).
 pub(crate) struct Program {
     cmd: String,
     workdir: std::path::PathBuf,
@@ -167,6 +132,22 @@ pub(crate) struct Program {
     sh: CString,
 }
 
+/// execve's arguments for a [`Program`]: null-terminated arrays of pointers into its strings;
+/// `sh_argv` is `/bin/sh CANDIDATE ARGS...` for a file without `#!`, slot 1 set when used.
+struct ExecArgs {
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+    sh_argv: Vec<*const libc::c_char>,
+}
+
+/// Where a program's start failed ([`Program::chdir_harden_exec`]).
+const STAGE_CHDIR: i32 = 1;
+const STAGE_HARDEN: i32 = 2;
+const STAGE_SHELL: i32 = 3;
+const STAGE_EXEC: i32 = 4;
+const STAGE_DENIED: i32 = 5;
+const STAGE_NOT_FOUND: i32 = 6;
+
 /// What the child of [`Program::spawn`] reports before it ends without exec'ing (written by
 /// the child in the memory it shares with berth, read once it has exec'd or ended).
 #[derive(Default)]
@@ -175,19 +156,10 @@ struct ChildReport {
     errno: std::sync::atomic::AtomicI32,
 }
 
-const STAGE_NONE: i32 = 0;
-const STAGE_CHDIR: i32 = 1;
-const STAGE_HARDEN: i32 = 2;
-const STAGE_SHELL: i32 = 3;
-const STAGE_EXEC: i32 = 4;
-const STAGE_DENIED: i32 = 5;
-const STAGE_NOT_FOUND: i32 = 6;
-
-/// A started program: its pid, and how its start failed if it did.
+/// A started program: its pid, and where and why its start failed if it did.
 pub(crate) struct Started {
     pid: Pid,
-    stage: i32,
-    errno: nix::Error,
+    failed: Option<(i32, i32)>,
 }
 
 impl Program {
@@ -210,64 +182,77 @@ impl Program {
         }
     }
 
+    fn exec_args(&self) -> ExecArgs {
+        let null = std::ptr::null::<libc::c_char>();
+        let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain(std::iter::once(null)).collect();
+        ExecArgs {
+            argv: ptrs(&self.argv),
+            env: ptrs(&self.env),
+            sh_argv: [self.sh.as_ptr(), null]
+                .into_iter()
+                .chain(self.argv.iter().skip(1).map(|a| a.as_ptr()))
+                .chain(std::iter::once(null))
+                .collect(),
+        }
+    }
+
+    /// Change to the working directory, set `no_new_privs`, exec each candidate in turn (a
+    /// file without `#!` through the image's `/bin/sh`, as shells do). Returns only on
+    /// failure: the stage and errno. System calls only, no allocation: what a child sharing
+    /// berth's memory may run.
+    ///
+    /// # Safety
+    /// `args` is [`Program::exec_args`] of this program.
+    unsafe fn chdir_harden_exec(&self, args: &mut ExecArgs) -> (i32, i32) {
+        let failed = |stage: i32| (stage, nix::errno::Errno::last_raw());
+        // SAFETY: NUL-terminated strings and null-terminated pointer arrays into them, alive
+        // for the calls (the caller's promise).
+        unsafe {
+            if libc::chdir(self.workdir_c.as_ptr()) != 0 {
+                return failed(STAGE_CHDIR);
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+                return failed(STAGE_HARDEN);
+            }
+            let mut denied = false;
+            for c in &self.candidates {
+                libc::execve(c.as_ptr(), args.argv.as_ptr(), args.env.as_ptr());
+                match nix::errno::Errno::last() {
+                    nix::Error::ENOENT | nix::Error::ENOTDIR => continue,
+                    nix::Error::EACCES => denied = true,
+                    nix::Error::ENOEXEC => {
+                        args.sh_argv[1] = c.as_ptr();
+                        libc::execve(self.sh.as_ptr(), args.sh_argv.as_ptr(), args.env.as_ptr());
+                        return failed(STAGE_SHELL);
+                    }
+                    _ => return failed(STAGE_EXEC),
+                }
+            }
+            failed(if denied { STAGE_DENIED } else { STAGE_NOT_FOUND })
+        }
+    }
+
     /// Start the program in a child sharing this process's memory until it execs; berth is
     /// suspended until then. `old`: the signal mask the program gets.
     fn spawn(&self, old: &SigSet) -> Result<Started> {
         use std::sync::atomic::Ordering::SeqCst;
-        let null = std::ptr::null::<libc::c_char>();
-        let argv: Vec<*const libc::c_char> =
-            self.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(null)).collect();
-        let env: Vec<*const libc::c_char> =
-            self.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(null)).collect();
-        // `/bin/sh CANDIDATE ARGS...` for a file without `#!`: slot 1 is set in the child.
-        let mut sh_argv: Vec<*const libc::c_char> = [self.sh.as_ptr(), null]
-            .into_iter()
-            .chain(self.argv.iter().skip(1).map(|a| a.as_ptr()))
-            .chain(std::iter::once(null))
-            .collect();
+        let mut args = self.exec_args();
         let report = ChildReport::default();
         let old_mask = *old.as_ref();
         let mut stack = vec![0u8; 64 * 1024];
         let child = Box::new(|| -> isize {
-            let fail = |stage: i32, code: i32| -> isize {
-                report.stage.store(stage, SeqCst);
-                report.errno.store(nix::errno::Errno::last_raw(), SeqCst);
-                code as isize
-            };
-            // SAFETY: only system calls on memory made before the clone (no allocation, no
-            // lock): the signal mask, prctl, chdir and execve with NUL-terminated strings and
-            // null-terminated pointer arrays that live until this child has exec'd or ended.
-            unsafe {
+            // SAFETY: system calls only, on memory made before the clone (no allocation, no
+            // lock): the signal mask, prctl, then `chdir_harden_exec` on this program's own
+            // `exec_args`, all alive until this child has exec'd or ended.
+            let (stage, errno) = unsafe {
                 libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
                 // If berth is killed outright, the contained program goes too.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                if libc::chdir(self.workdir_c.as_ptr()) != 0 {
-                    return fail(STAGE_CHDIR, crate::error::EXIT_BERTH_ERROR);
-                }
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
-                    return fail(STAGE_HARDEN, crate::error::EXIT_BERTH_ERROR);
-                }
-                let mut denied = false;
-                for c in &self.candidates {
-                    libc::execve(c.as_ptr(), argv.as_ptr(), env.as_ptr());
-                    match nix::errno::Errno::last() {
-                        nix::Error::ENOENT | nix::Error::ENOTDIR => continue,
-                        nix::Error::EACCES => denied = true,
-                        nix::Error::ENOEXEC => {
-                            // A script without a #! line: run it with the image's shell.
-                            sh_argv[1] = c.as_ptr();
-                            libc::execve(self.sh.as_ptr(), sh_argv.as_ptr(), env.as_ptr());
-                            return fail(STAGE_SHELL, EXIT_NOT_EXECUTABLE);
-                        }
-                        _ => return fail(STAGE_EXEC, EXIT_NOT_EXECUTABLE),
-                    }
-                }
-                if denied {
-                    fail(STAGE_DENIED, EXIT_NOT_EXECUTABLE)
-                } else {
-                    fail(STAGE_NOT_FOUND, EXIT_NOT_FOUND)
-                }
-            }
+                self.chdir_harden_exec(&mut args)
+            };
+            report.stage.store(stage, SeqCst);
+            report.errno.store(errno, SeqCst);
+            self.error_code(stage) as isize
         });
         // SAFETY: CLONE_VM | CLONE_VFORK: this thread waits until the child has exec'd or
         // ended, so everything the child touches (the closure, the strings, `report`, `stack`)
@@ -281,30 +266,35 @@ impl Program {
             )
         }
         .map_err(|e| Error::sys("clone", "the program's process", e))?;
-        Ok(Started {
-            pid,
-            stage: report.stage.load(SeqCst),
-            errno: nix::errno::Errno::from_raw(report.errno.load(SeqCst)),
-        })
+        let stage = report.stage.load(SeqCst);
+        Ok(Started { pid, failed: (stage != 0).then(|| (stage, report.errno.load(SeqCst))) })
     }
-}
 
-impl Started {
-    /// Why the program did not start (None: it is running).
-    fn error(&self, program: &Program) -> Option<Error> {
-        let cmd = &program.cmd;
-        Some(match self.stage {
-            STAGE_NONE => return None,
-            STAGE_CHDIR => Error::sys("chdir", program.workdir.display(), self.errno),
-            STAGE_HARDEN => Error::sys("prctl", "no_new_privs", self.errno),
-            STAGE_SHELL => exec_error(cmd, ExecFailed::Shell(self.errno)),
-            STAGE_EXEC => exec_error(cmd, ExecFailed::Other(self.errno)),
+    /// The exit status for a start that failed at `stage` (what [`Program::error`] carries),
+    /// chosen without allocating.
+    fn error_code(&self, stage: i32) -> i32 {
+        match stage {
+            STAGE_CHDIR | STAGE_HARDEN => crate::error::EXIT_BERTH_ERROR,
+            STAGE_NOT_FOUND => EXIT_NOT_FOUND,
+            _ => EXIT_NOT_EXECUTABLE,
+        }
+    }
+
+    /// Why the program did not start, from where its start failed and the errno then.
+    fn error(&self, stage: i32, errno: i32) -> Error {
+        let cmd = &self.cmd;
+        let errno = nix::errno::Errno::from_raw(errno);
+        match stage {
+            STAGE_CHDIR => Error::sys("chdir", self.workdir.display(), errno),
+            STAGE_HARDEN => Error::sys("prctl", "no_new_privs", errno),
+            STAGE_SHELL => exec_error(cmd, ExecFailed::Shell(errno)),
+            STAGE_EXEC => exec_error(cmd, ExecFailed::Other(errno)),
             STAGE_DENIED => exec_error(cmd, ExecFailed::Denied),
             _ if cmd.is_empty() => {
                 Error::Exec { cmd: "berth".into(), reason: "no command given".into(), code: EXIT_NOT_FOUND }
             }
             _ => exec_error(cmd, ExecFailed::NotFound),
-        })
+        }
     }
 }
 
@@ -403,11 +393,11 @@ pub(crate) fn spawn_and_wait(
 ) -> Result<Ended> {
     start_and_wait(
         |old| {
-            let failure = program.spawn(old)?;
-            if let Some(e) = failure.error(program) {
-                eprintln!("berth: {e}");
+            let started = program.spawn(old)?;
+            if let Some((stage, errno)) = started.failed {
+                eprintln!("berth: {}", program.error(stage, errno));
             }
-            Ok(failure.pid)
+            Ok(started.pid)
         },
         servers,
         on_other_child,
