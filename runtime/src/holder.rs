@@ -162,7 +162,7 @@ fn check_name(name: &str) -> Result<()> {
 /// Whether the holder of record `st` runs in this process's PID namespace, where its pid and
 /// start time can be checked (records without the namespace are taken as from here).
 fn in_this_pid_namespace(st: &HolderState) -> bool {
-    st.pid_ns == 0 || ns_inode("self", "pid").is_none_or(|here| here == st.pid_ns)
+    st.pid_ns == 0 || proc::ns_inode("self", "pid").is_none_or(|here| here == st.pid_ns)
 }
 
 fn held_elsewhere(name: &str) -> Error {
@@ -172,10 +172,6 @@ fn held_elsewhere(name: &str) -> Error {
          berth cannot see or check it from here",
         "use another container name; `berth exec` keeps its warm containers apart per PID namespace",
     )
-}
-
-fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
 /// How long a holder keeps its container (besides until SIGTERM/SIGINT/SIGHUP).
@@ -234,9 +230,9 @@ pub(crate) fn hold(
         name: name.to_string(),
         pid: std::process::id() as i32,
         start_time: proc::start_time("self").unwrap_or(0),
-        user_ns: ns_inode("self", "user").unwrap_or(0),
-        mnt_ns: ns_inode("self", "mnt").unwrap_or(0),
-        pid_ns: ns_inode("self", "pid").unwrap_or(0),
+        user_ns: proc::ns_inode("self", "user").unwrap_or(0),
+        mnt_ns: proc::ns_inode("self", "mnt").unwrap_or(0),
+        pid_ns: proc::ns_inode("self", "pid").unwrap_or(0),
         image: plan.image.path.clone(),
         env: plan.env.clone(),
         cleanenv,
@@ -383,14 +379,14 @@ pub fn members_in(holder: i32, mnt_ns: u64) -> Vec<i32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != holder && ns_inode(&pid.to_string(), "mnt") == Some(mnt_ns))
+        .filter(|&pid| pid != holder && proc::ns_inode(pid, "mnt") == Some(mnt_ns))
         .filter(|&pid| proc::stat(pid).map(|s| s.ppid) != Some(holder))
         .collect()
 }
 
 /// The inode of namespace `ns` (`mnt`, `user`) of process `pid`, while it runs.
 pub fn namespace_inode(pid: i32, ns: &str) -> Option<u64> {
-    ns_inode(&pid.to_string(), ns)
+    proc::ns_inode(pid, ns)
 }
 
 /// The running holder of user `uid` whose container has the kept writable layer `overlay`

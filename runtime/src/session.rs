@@ -221,7 +221,7 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     (req.cleanenv, identity, env!("CARGO_PKG_VERSION")).hash(&mut h);
     // One warm container per PID namespace: a holder is checked through its pid, which means
     // something only in its own namespace (a job with a PID namespace of its own gets its own).
-    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).ok().hash(&mut h);
+    crate::sys::proc::ns_inode("self", "pid").hash(&mut h);
     let name = format!("warm-{:016x}", h.finish());
     let keep = std::time::Duration::from_secs(cfg.keep_warm_seconds);
     let action = req.action.clone();

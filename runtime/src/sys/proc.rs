@@ -23,6 +23,12 @@ pub fn start_time(pid: impl std::fmt::Display) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// The inode of namespace `ns` (`mnt`, `user`, `pid`) of `pid` (a number, or `self`) while it
+/// runs: what tells two namespaces apart.
+pub(crate) fn ns_inode(pid: impl std::fmt::Display, ns: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
 /// Whether this process has one thread: what makes it safe for a forked child to allocate or
 /// load libraries (no other thread can hold their locks at the fork).
 pub(crate) fn single_threaded() -> bool {

@@ -73,8 +73,7 @@ pub(crate) fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<(
         nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
             .map_err(|e| Error::sys("setns", "user namespace", e))?;
     }
-    let own_mnt =
-        std::fs::metadata("/proc/self/ns/mnt").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let own_mnt = super::proc::ns_inode("self", "mnt");
     if own_mnt != Some(mnt_ino) {
         nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
             .map_err(|e| Error::sys("setns", "mount namespace", e))?;

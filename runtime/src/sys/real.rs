@@ -534,16 +534,17 @@ impl MountOps for RealSys {
             cmd.arg("-o").arg(format!("offset={offset}"));
         }
         cmd.arg(image);
+        let library = Some(library).filter(|l| !l.is_empty() && !STATIC);
         let failed = self.start_fuse(
             "squashfuse",
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             cmd,
-            Some((library, image, offset)).filter(|_| !library.is_empty() && !STATIC),
+            library.map(|l| (l, image, offset)),
             at,
             FuseKind::Image,
             "install squashfuse (it provides squashfuse_ll) or set `squashfuse` in berth.toml",
         )?;
-        let server = if library.is_empty() || STATIC { program } else { library };
+        let server = library.unwrap_or(program);
         match failed {
             None => Ok(()),
             Some((e, said)) => Err(Error::image(
