@@ -78,24 +78,28 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
     }
 }
 
+/// `/bin/sh -c script sh ARGS...` (arguments appended by the caller) run from root as user
+/// `uid`, group `gid` and supplementary `groups` (none: only the user's own rights), with a
+/// clean environment, from `/`, stdin closed: what the plugin does in a user's tree as root.
+fn user_shell(script: &str, uid: u32, gid: u32, groups: Vec<u32>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", script, "sh"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
+    sys::run_as(&mut cmd, uid, gid, groups);
+    cmd
+}
+
 /// Remove `dir` and everything in it as user `uid` (group `gid`, no supplementary groups), from
 /// root: a child process drops to the user before it touches anything, so the kernel checks
 /// every step with the user's rights and a link of theirs leads nowhere they could not go
 /// themselves. Directories the user made unreadable (and overlayfs' `work/work`, mode 0) are
 /// opened up first.
 pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new("/bin/sh")
-        .args(["-c", r#"chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#, "sh"])
+    let out = user_shell(r#"chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#, uid, gid, vec![])
         .arg(dir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        // With a uid and no groups given, std drops the supplementary groups (setgroups(0))
-        // before setgid/setuid in the child.
-        .uid(uid)
-        .gid(gid)
         .output()
         .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
     if out.status.success() {
@@ -112,7 +116,6 @@ pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
 /// time: a stderr nobody reads never holds up the caller.
 pub fn tell(pids: &[i32], uid: u32, gid: u32, msg: &str) {
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::process::CommandExt;
     let mut seen = std::collections::HashSet::new();
     let pids: Vec<String> = pids
         .iter()
@@ -124,24 +127,17 @@ pub fn tell(pids: &[i32], uid: u32, gid: u32, msg: &str) {
     if pids.is_empty() {
         return;
     }
-    let child = std::process::Command::new("/bin/sh")
-        .args([
-            "-c",
-            r#"m=$1; shift; for p; do printf '%s\n' "$m" 2>/dev/null >> "/proc/$p/fd/2"; done"#,
-            "sh",
-            msg,
-        ])
-        .args(&pids)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        // With a uid and no groups given, std drops the supplementary groups first.
-        .uid(uid)
-        .gid(gid)
-        .spawn();
+    let child = user_shell(
+        r#"m=$1; shift; for p; do printf '%s\n' "$m" 2>/dev/null >> "/proc/$p/fd/2"; done"#,
+        uid,
+        gid,
+        vec![],
+    )
+    .arg(msg)
+    .args(&pids)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn();
     let Ok(mut child) = child else { return };
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
@@ -169,23 +165,15 @@ pub fn save_root(h: &Running, uid: u32, gid: u32, groups: Vec<u32>, dest: &Path)
     let excluded = mount_points(&mountinfo);
     let name = dest.file_name().ok_or("not a file path")?.to_string_lossy().into_owned();
     let tmp = dest.with_file_name(format!(".{name}.berth-save.{}", std::process::id()));
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.args([
-        "-c",
+    let mut cmd = user_shell(
         r#"src=$1 tmp=$2 dest=$3; shift 3; [ $# = 0 ] || set -- -e "$@"
            mksquashfs "$src" "$tmp" -noappend -quiet -no-progress "$@" >/dev/null || { rm -f -- "$tmp"; exit 1; }
            mv -f -- "$tmp" "$dest" || { rm -f -- "$tmp"; exit 1; }"#,
-        "sh",
-    ])
-    .arg(format!("/proc/{}/root/", h.pid))
-    .arg(&tmp)
-    .arg(dest)
-    .args(&excluded)
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .current_dir("/")
-    .stdin(std::process::Stdio::null());
-    sys::run_as(&mut cmd, uid, gid, groups);
+        uid,
+        gid,
+        groups,
+    );
+    cmd.arg(format!("/proc/{}/root/", h.pid)).arg(&tmp).arg(dest).args(&excluded);
     let out = cmd.output().map_err(|e| format!("cannot start /bin/sh: {e}"))?;
     if out.status.success() {
         Ok(())
