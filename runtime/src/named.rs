@@ -110,12 +110,17 @@ pub fn open(
             Err((_, e)) => return Err(OpenError::Other(Error::sys("flock", lock_path.display(), e))),
         }
     };
-    let image = std::fs::read_to_string(dir.join("image"))
+    Ok(Opened { dir: dir.to_path_buf(), image: recorded_image(dir), created, _lock: lock })
+}
+
+/// The image named container `dir` was made from, as its first step recorded it (None: no
+/// step has recorded one).
+pub fn recorded_image(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_to_string(dir.join("image"))
         .ok()
         .map(|s| s.trim_end_matches('\n').to_string())
         .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
-    Ok(Opened { dir: dir.to_path_buf(), image, created, _lock: lock })
+        .map(PathBuf::from)
 }
 
 /// The file whose lock says that a step's tasks run in the container.
@@ -259,16 +264,11 @@ pub fn list(cfg: &Config, uid: u32) -> Vec<Listed> {
     for (job, jdir) in dirs(&root(cfg, uid)) {
         for (name, cdir) in dirs(&jdir) {
             let Ok(meta) = std::fs::symlink_metadata(cdir.join("image")) else { continue };
-            let Ok(text) = std::fs::read_to_string(cdir.join("image")) else { continue };
+            let image = recorded_image(&cdir).unwrap_or_default();
             let age_s = meta.modified().ok().and_then(|m| m.elapsed().ok()).map_or(0, |d| d.as_secs());
             // (Whether a step has it now is not probed: taking its lock, even shared and
             // briefly, could refuse a step that starts at that moment.)
-            out.push(Listed {
-                job: job.clone(),
-                name,
-                image: PathBuf::from(text.trim_end_matches('\n')),
-                age_s,
-            });
+            out.push(Listed { job: job.clone(), name, image, age_s });
         }
     }
     out

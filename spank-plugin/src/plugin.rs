@@ -338,11 +338,7 @@ fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<Named, String>
                 if let Some(h) = holding().flatten() {
                     // The container's image as its first step recorded it (that step may
                     // not have recorded it yet: then as its holder runs it).
-                    let recorded = std::fs::read_to_string(dir.join("image"))
-                        .ok()
-                        .map(|s| PathBuf::from(s.trim_end_matches('\n')))
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or_else(|| h.image.clone());
+                    let recorded = named::recorded_image(&dir).unwrap_or_else(|| h.image.clone());
                     let step = h.name.strip_prefix("slurm-").unwrap_or(&h.name).to_string();
                     return match plan(Found::Running { image: &recorded, step: &step })? {
                         NamedPlan::Join => Ok(Named::Join(Running {
