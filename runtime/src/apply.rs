@@ -81,21 +81,16 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 finished = finish_injection(plan, lower)?;
                 prepare_mount_points(plan, finished.as_ref(), sys, lower, upper)?;
                 match persistent {
-                    None => {
-                        let opts = format!(
-                            "lowerdir={},upperdir={},workdir={},userxattr",
+                    None => kernel_overlay(
+                        sys,
+                        &format!(
+                            "lowerdir={},upperdir={},workdir={}",
                             lower.display(),
                             upper.display(),
                             work.display()
-                        );
-                        sys.mount(
-                            Some(Path::new("overlay")),
-                            at,
-                            Some("overlay"),
-                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                            Some(&opts),
-                        )?;
-                    }
+                        ),
+                        at,
+                    )?,
                     Some(kept) => mount_kept_layer(sys, kept, lower, upper, at)?,
                 }
             }
@@ -164,31 +159,51 @@ pub(crate) fn apply(plan: &Plan, sys: &mut dyn MountOps) -> Result<()> {
                 }
                 let image_copy = sys.read_file(&target).unwrap_or_default();
                 let merged = merge_user_db(&image_copy, entries);
-                // On the layers' tmpfs: nothing can be bound from the unbindable staging mount.
-                let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
-                sys.mkdir_all(file.parent().unwrap_or(&staging))?;
-                sys.write_file(&file, merged.as_bytes())?;
-                sys.ensure_file(&target)?;
-                sys.mount(Some(&file), &target, None, MsFlags::MS_BIND, None)?;
-                sys.set_attrs(&target, false, Attrs::SAFE_RO)?;
+                bind_generated_file(sys, &staging, dst, &target, merged.as_bytes(), None)?;
             }
             Step::OwnFile { dst, data, mode } => {
                 let target = sys.resolve_in_root(&root, dst)?;
-                // Beside the passwd/group copies, on the layers' tmpfs (bindable, unlike the
-                // staging mount).
-                let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
-                sys.mkdir_all(file.parent().unwrap_or(&staging))?;
-                sys.write_file(&file, data.as_bytes())?;
-                sys.chmod(&file, *mode)?;
-                sys.ensure_file(&target)?;
-                sys.mount(Some(&file), &target, None, MsFlags::MS_BIND, None)?;
-                sys.set_attrs(&target, false, Attrs::SAFE_RO)?;
+                bind_generated_file(sys, &staging, dst, &target, data.as_bytes(), Some(*mode))?;
             }
             Step::ReadonlyRoot => sys.set_attrs(&root, false, Attrs::RO)?,
             Step::PivotRoot => sys.pivot_root(&root)?,
         }
     }
     Ok(())
+}
+
+/// Bind a file berth generates (`data`; `mode`, else 0644) read-only over `target`, the
+/// container's `dst`. The file is kept on the layers' tmpfs: nothing can be bound from the
+/// unbindable staging mount.
+fn bind_generated_file(
+    sys: &mut dyn MountOps,
+    staging: &Path,
+    dst: &Path,
+    target: &Path,
+    data: &[u8],
+    mode: Option<u32>,
+) -> Result<()> {
+    let file = staging.join("overlay/files").join(dst.file_name().unwrap_or(dst.as_os_str()));
+    sys.mkdir_all(file.parent().unwrap_or(staging))?;
+    sys.write_file(&file, data)?;
+    if let Some(mode) = mode {
+        sys.chmod(&file, mode)?;
+    }
+    sys.ensure_file(target)?;
+    sys.mount(Some(&file), target, None, MsFlags::MS_BIND, None)?;
+    sys.set_attrs(target, false, Attrs::SAFE_RO)
+}
+
+/// `lowerdir=...,upperdir=...,workdir=...` (`layers`) mounted by the kernel's overlayfs on `at`
+/// in the user namespace (`userxattr`).
+fn kernel_overlay(sys: &mut dyn MountOps, layers: &str, at: &Path) -> Result<()> {
+    sys.mount(
+        Some(Path::new("overlay")),
+        at,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("{layers},userxattr")),
+    )
 }
 
 /// Mount the overlay whose writable layer is the user's directory: the mount points stay in
@@ -212,15 +227,7 @@ fn mount_kept_layer(
         upper.display(),
         work.display()
     );
-    let kernel = |sys: &mut dyn MountOps| {
-        sys.mount(
-            Some(Path::new("overlay")),
-            at,
-            Some("overlay"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(&format!("{layers},userxattr")),
-        )
-    };
+    let kernel = |sys: &mut dyn MountOps| kernel_overlay(sys, &layers, at);
     match kept.via {
         OverlayMount::Kernel => kernel(sys).map_err(|e| overlay_error(&kept.dir, e)),
         OverlayMount::Fuse => sys.start_fuse_overlay(&kept.fuse_program, &layers, at),
