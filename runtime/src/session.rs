@@ -148,11 +148,16 @@ impl Joined {
     /// filtered like the holder's, the image's, the holder's overrides) and working directory,
     /// then change to it, harden the process (`no_new_privs`) and exec. Returns only on failure.
     pub fn exec(&self, cfg: &Config, host: &HostFacts, argv: &[String]) -> Error {
-        let env = self.env(cfg, host);
-        match self.workdir(host.cwd.as_deref()) {
-            Ok(workdir) => process::chdir_harden_exec(&workdir, argv, env.vars()),
+        match self.program(cfg, host, argv) {
+            Ok(program) => program.exec(),
             Err(e) => e,
         }
+    }
+
+    /// `argv` with this container's environment for the task and its working directory.
+    fn program(&self, cfg: &Config, host: &HostFacts, argv: &[String]) -> Result<process::Program> {
+        let workdir = self.workdir(host.cwd.as_deref())?;
+        Ok(process::Program::new(&workdir, argv, self.env(cfg, host).vars()))
     }
 }
 
@@ -232,8 +237,8 @@ fn run_warm(cfg: &Config, req: Request) -> Result<Ended> {
     };
     let joined = join_or_create(cfg, &name, &image, make, Lifetime::UntilIdle(keep))?;
     let argv = argv_in_joined(action)?;
-    let program = match joined.workdir(host.cwd.as_deref()) {
-        Ok(workdir) => process::Program::new(&workdir, &argv, joined.env(cfg, &host).vars()),
+    let program = match joined.program(cfg, &host, &argv) {
+        Ok(program) => program,
         Err(e) => {
             eprintln!("berth: {e}");
             return Ok(Ended::Exited(e.exit_code()));

@@ -81,17 +81,6 @@ pub(crate) fn join_namespaces(pid: i32, user_ino: u64, mnt_ino: u64) -> Result<(
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir", "/", e))
 }
 
-/// The one way a program starts in a container: change to its working directory, give up
-/// every way to gain privileges (`no_new_privs`), then exec it along the container's `PATH`.
-/// Returns only on failure, with a shell-like error (127 not found, 126 not executable).
-pub(crate) fn chdir_harden_exec(workdir: &Path, argv: &[String], env: &[(String, String)]) -> Error {
-    let program = Program::new(workdir, argv, env);
-    let mut args = program.exec_args();
-    // SAFETY: `args` points into `program`'s strings, both alive across the call.
-    let (stage, errno) = unsafe { program.chdir_harden_exec(&mut args) };
-    program.error(stage, errno)
-}
-
 /// Why no candidate of a command could be executed.
 enum ExecFailed {
     /// A file without a `#!` line, which `/bin/sh` could not run either.
@@ -179,6 +168,17 @@ impl Program {
             env: env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect(),
             sh: to_c("/bin/sh"),
         }
+    }
+
+    /// The one way a program starts in a container, in this process: change to its working
+    /// directory, give up every way to gain privileges (`no_new_privs`), then exec it along
+    /// the container's `PATH`. Returns only on failure, with a shell-like error (127 not
+    /// found, 126 not executable). [`spawn_and_wait`] does the same in a child.
+    pub(crate) fn exec(&self) -> Error {
+        let mut args = self.exec_args();
+        // SAFETY: `args` points into this program's strings, both alive across the call.
+        let (stage, errno) = unsafe { self.chdir_harden_exec(&mut args) };
+        self.error(stage, errno)
     }
 
     fn exec_args(&self) -> ExecArgs {
