@@ -29,24 +29,10 @@ pub struct Listed {
     pub members: usize,
 }
 
-/// One named container (kept between a job's steps), as listed.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ListedNamed {
-    pub name: String,
-    /// The job it belongs to (`global` for the site's global scope).
-    pub job: String,
-    pub image: PathBuf,
-    /// Seconds since the job's first step with this name made it.
-    pub age_s: u64,
-}
-
 pub fn run(cfg: &Config, args: ListArgs) -> Result<i32, Error> {
     let uid = nix::unistd::getuid().as_raw();
     let list = list(cfg, uid);
-    let named: Vec<ListedNamed> = berth_runtime::named::list(cfg, uid)
-        .into_iter()
-        .map(|n| ListedNamed { name: n.name, job: n.job, image: n.image, age_s: n.age_s })
-        .collect();
+    let named = berth_runtime::named::list(cfg, uid);
     if args.json {
         let all = serde_json::json!({ "holders": list, "named": named });
         println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
@@ -100,7 +86,7 @@ pub fn remove_global(cfg: &Config, uid: u32, name: &str, wait: std::time::Durati
 pub const RM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The named containers' table, below the holders'.
-pub fn named_table(list: &[ListedNamed]) -> String {
+pub fn named_table(list: &[berth_runtime::named::Listed]) -> String {
     let w = list.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
     let j = list.iter().map(|l| l.job.len()).max().unwrap_or(0).max(3);
     let mut out = format!("{:<w$}  {:<j$}  {:>7}  IMAGE\n", "NAMED", "JOB", "AGE");
@@ -235,7 +221,7 @@ mod tests {
 
     #[test]
     fn named_table_columns() {
-        let t = named_table(&[ListedNamed {
+        let t = named_table(&[berth_runtime::named::Listed {
             name: "n1".into(),
             job: "42".into(),
             image: "/i/a.sqsh".into(),

@@ -234,13 +234,13 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(path)
 }
 
-/// One named container on this node, for `berth list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One named container on this node, for `berth list` (its JSON too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listed {
-    /// The job it belongs to (`global` for the global scope).
-    pub job: String,
     /// Its name.
     pub name: String,
+    /// The job it belongs to (`global` for the global scope).
+    pub job: String,
     /// The image it was made from.
     pub image: PathBuf,
     /// Seconds since its first step made it.
