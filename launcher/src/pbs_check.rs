@@ -98,7 +98,7 @@ fn check_binary(path: &Path, what: &str) -> Item {
 /// A prologue/epilogue file: pbs_mom runs only a regular root-owned file readable and
 /// executable by root and not writable by group or others (README: mode 0500, 0700 works);
 /// it must be berth-pbs (a copy: same bytes as the starter) or a script that runs it.
-fn check_hook(path: &Path, starter: Option<&Path>) -> Item {
+fn check_hook(path: &Path, starter: Option<&[u8]>) -> Item {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let fix = format!(
         "install -o root -g root -m 0500 /usr/libexec/berth/berth-pbs {} (packaging/torque/install.sh), \
@@ -125,7 +125,7 @@ fn check_hook(path: &Path, starter: Option<&Path>) -> Item {
     if wrong.is_empty() {
         match std::fs::read(path) {
             Ok(body) => {
-                let is_copy = starter.and_then(|s| std::fs::read(s).ok()).is_some_and(|s| s == body);
+                let is_copy = starter.is_some_and(|s| s == body);
                 let calls = body.windows(b"berth-pbs".len()).any(|w| w == b"berth-pbs");
                 if !is_copy && !calls {
                     wrong.push("neither a copy of berth-pbs nor a script that runs it".into());
@@ -210,9 +210,10 @@ pub fn items() -> Vec<Item> {
         )),
         _ => out.push(ok("$job_starter_run_privileged is not set".into())),
     }
-    let starter_file = starter.as_deref().filter(|s| s.is_file());
+    // Read once for the four hooks (a static binary of a few megabytes).
+    let starter_bytes = starter.as_deref().filter(|s| s.is_file()).and_then(|s| std::fs::read(s).ok());
     for hook in ["prologue", "epilogue", "prologue.parallel", "epilogue.parallel"] {
-        out.push(check_hook(&pbs_home.join("mom_priv").join(hook), starter_file));
+        out.push(check_hook(&pbs_home.join("mom_priv").join(hook), starter_bytes.as_deref()));
     }
     out
 }
