@@ -109,7 +109,7 @@ pub(crate) fn action_argv(action: &Action, meta: &Metadata, env: &Env) -> Result
         Action::Exec(argv) => argv.clone(),
         Action::Run(args) => {
             if meta.runscript.is_some() {
-                let mut v = vec!["/bin/sh".to_string(), format!("/{}/runscript", metadata::META_DIR)];
+                let mut v = vec!["/bin/sh".to_string(), crate::entrypoint::RUNSCRIPT.to_string()];
                 v.extend(args.iter().cloned());
                 v
             } else {

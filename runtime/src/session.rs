@@ -13,7 +13,7 @@
 #![warn(missing_docs)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{Config, MountMode};
 use crate::container;
@@ -281,7 +281,7 @@ fn run_shared_rank(cfg: &Config, mut req: Request, launcher: i32) -> Result<Ende
 
 /// The command an action runs in a container this process joined (cwd `/` of it).
 fn argv_in_joined(action: Action) -> Result<Vec<String>> {
-    let runscript = PathBuf::from("/").join(crate::metadata::META_DIR).join("runscript");
+    let runscript = Path::new(crate::entrypoint::RUNSCRIPT);
     Ok(match action {
         Action::Exec(argv) => argv,
         Action::Run(args) if runscript.exists() => {
