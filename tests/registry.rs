@@ -373,6 +373,27 @@ struct Faulty {
     served: Arc<AtomicUsize>,
 }
 
+/// An HTTP request's first line and its headers (names lower-cased, values trimmed), read up
+/// to the blank line; the body stays in `r`.
+fn read_request(r: &mut BufReader<TcpStream>) -> (String, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap_or(0);
+    let mut headers = vec![];
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            return (line, headers);
+        }
+        let (k, v) = h.split_once(':').unwrap_or(("", ""));
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+}
+
+/// The value of header `name` (lower case) of a request read by [`read_request`].
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 fn faulty(layout: PathBuf, cuts: usize, slow: bool) -> Faulty {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -382,18 +403,10 @@ fn faulty(layout: PathBuf, cuts: usize, slow: bool) -> Faulty {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap_or(0);
-            let mut range = 0u64;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
+            let (line, headers) = read_request(&mut r);
+            let range: u64 = header(&headers, "range")
+                .and_then(|v| v.strip_prefix("bytes="))
+                .map_or(0, |v| v.trim_end_matches('-').parse().unwrap_or(0));
             let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
             let (body, ct) = if path == "/v2/" {
                 (b"{}".to_vec(), "application/json")
@@ -961,21 +974,9 @@ fn token_registry(layout: PathBuf) -> TokenRegistry {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap_or(0);
-            let (mut len, mut authz) = (0usize, String::new());
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                let (k, v) = h.split_once(':').unwrap_or(("", ""));
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => len = v.trim().parse().unwrap_or(0),
-                    "authorization" => authz = v.trim().to_string(),
-                    _ => {}
-                }
-            }
+            let (line, headers) = read_request(&mut r);
+            let len: usize = header(&headers, "content-length").map_or(0, |v| v.parse().unwrap_or(0));
+            let authz = header(&headers, "authorization").unwrap_or_default().to_string();
             let mut body = vec![0u8; len];
             let _ = std::io::Read::read_exact(&mut r, &mut body);
             let mut words = line.split_whitespace();
