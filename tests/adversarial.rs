@@ -34,13 +34,7 @@ struct User {
 }
 
 fn user(name: &'static str) -> User {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!("id -u {name} >/dev/null 2>&1 || useradd -m -s /bin/sh {name}"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "useradd {name}");
-    let pw = nix::unistd::User::from_name(name).unwrap().unwrap();
+    let pw = harness::ensure_user(name);
     User { name, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
 }
 

@@ -55,9 +55,18 @@ done
 restore() { [ -d "$aside" ] && cp -a "$aside/." / ; rm -rf "$work"; }
 trap restore EXIT
 
+# What the packages touch: every path in them, and whatever their directories hold that is
+# named after berth or its plugin (what a maintainer script may leave beside them:
+# berth.conf.removed, a generated file). Only these are compared before and after, so other
+# software installing files meanwhile (apt, a cron job, another test) does not count as the
+# packages' leftovers.
+for d in $debs; do dpkg-deb --fsys-tarfile "$d" | tar -t | sed 's|^\./|/|; s|/$||'; done | grep . | LC_ALL=C sort -u > "$work/paths"
 snapshot() {
-    find /etc /usr /opt /var -xdev \( -path /var/lib/dpkg -o -path /var/cache -o -path /var/log \
-        -o -path /var/tmp -o -path /var/lib/apt -o -path /var/spool \) -prune -o -print 2>/dev/null | LC_ALL=C sort
+    local p
+    while read -r p; do
+        if [ -d "$p" ]; then echo "dir $p"; ls -A "$p" | grep -i -e berth -e spank | sed "s|^|  in $p: |"
+        elif [ -e "$p" ] || [ -L "$p" ]; then echo "file $p"; fi
+    done < "$work/paths"
 }
 snapshot > "$work/before"
 
@@ -124,7 +133,7 @@ check "... /etc/berth/berth.toml kept" test -f /etc/berth/berth.toml
 check "... the plugstack snippet is out of plugstack.conf.d/*.conf (kept as berth.conf.removed)" \
     bash -c "! ls /etc/slurm/plugstack.conf.d/*.conf 2>/dev/null | grep -qx '$snippet' && test -f '$snippet.removed'"
 if [ "${SLURM:-0}" = 1 ]; then
-    out=$(SLURM_CONF=$slurm_dir/etc/slurm.conf timeout -k 5 60 srun -N1 cat /proc/sys/kernel/hostname 2>&1)
+    out=$(SLURM_CONF=$slurm_dir/etc/slurm.conf timeout -k 5 60 srun -N1 --chdir=/ cat /proc/sys/kernel/hostname 2>&1)
     help=$(SLURM_CONF=$slurm_dir/etc/slurm.conf srun --help 2>&1)
     check "... srun on the cluster still runs, without the plugin's options ($(echo $out))" \
         bash -c '[[ $1 =~ ^bnode[0-9]$ ]] && ! [[ $2 == *container-image* ]]' _ "$out" "$help"

@@ -51,8 +51,7 @@ fn setup() -> World {
     }
     // Real systems have /dev/fuse 0666; this machine ships it 0600.
     sh("chmod 0666 /dev/fuse");
-    sh(&format!("id -u {USER} >/dev/null 2>&1 || useradd -m -s /bin/sh {USER}"));
-    let pw = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    let pw = ensure_user(USER);
     remove_dirs_of_ended_runs(&std::env::temp_dir());
     let dir = std::env::temp_dir().join(format!("berth-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -68,6 +67,16 @@ fn setup() -> World {
     let image = dir.join("app.sqsh");
     mksquashfs(&rootfs, &image);
     World { dir, berth, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir, image, rootfs }
+}
+
+/// An ordinary user of this host, created if missing. Test binaries run at once and each may
+/// create the same user on a new machine: the check and `useradd` run under one lock, so the
+/// second one finds the user instead of failing with "already exists".
+pub fn ensure_user(name: &str) -> nix::unistd::User {
+    sh(&format!(
+        "flock /run/berth-test-users.lock sh -c 'id -u {name} >/dev/null 2>&1 || useradd -m -s /bin/sh {name}'"
+    ));
+    nix::unistd::User::from_name(name).unwrap().unwrap_or_else(|| panic!("user {name} missing after useradd"))
 }
 
 /// The world of a test binary lives in a static, which is never dropped, so its directory
