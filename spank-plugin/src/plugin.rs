@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::holder::{self, Running};
-use crate::settings::{self, BatchMode, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
+use crate::settings::{self, BatchMode, OciConf, Opt, Site, UserOpts, BATCH_STEP, EXTERN_STEP};
 use crate::sys::{self, Context, Level, Spank};
 use berth_runtime::holder::{Creds, Exec};
 
@@ -43,6 +43,9 @@ struct State {
     running_mark: Option<berth_runtime::named::RunningMark>,
     /// slurmstepd: how many of this node's tasks have ended (`--container-save` waits for all).
     tasks_ended: u32,
+    /// slurmstepd: Slurm runs this step's tasks through berth's oci.conf (the step has
+    /// Slurm's `--container`, and the node has berth's oci.conf).
+    oci_tasks: bool,
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -150,6 +153,11 @@ fn choose_client_image() -> Result<(), String> {
 fn choose_step_image(sp: &Spank) -> Result<(), String> {
     let mut st = state();
     let slurm_container = sp.getenv(SLURM_CONTAINER).filter(|s| !s.is_empty());
+    let oci_path = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
+    let oci = OciConf::judge(std::fs::read_to_string(&oci_path).ok().as_deref());
+    // Slurm runs the tasks of a step with its --container through oci.conf: berth's runs
+    // them through its runner, in the container or (a batch script on the host) not.
+    st.oci_tasks = oci == OciConf::Berth && slurm_container.is_some();
     let chosen =
         sp.getenv(IMAGE_VAR).filter(|s| !s.is_empty()).or_else(|| st.opts.image.clone()).or(slurm_container);
     // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
@@ -171,15 +179,14 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
     if step == EXTERN_STEP || (step == BATCH_STEP && batch_mode == BatchMode::Host) {
         return Ok(());
     }
-    let oci = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
     if let Some(why) = st.opts.unsupported() {
         st.failure.get_or_insert(why);
     }
-    if oci.exists() {
+    if oci == OciConf::Other {
         st.failure.get_or_insert(format!(
-            "this node is set up for Slurm's own OCI containers ({} exists), which own --container; \
-             berth does not run here (image {}); ask the administrator",
-            oci.display(),
+            "this node is set up for Slurm's own OCI containers with another runtime ({} is not \
+             berth's), which owns --container; berth does not run here (image {}); ask the administrator",
+            oci_path.display(),
             image.display()
         ));
     }
@@ -465,6 +472,13 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let st = state();
+    if st.oci_tasks {
+        // Opened on the host, before the task enters the container, where the runner is not.
+        if let Err(e) = hand_oci_runner(&st.site.oci_run) {
+            eprintln!("berth: error: {e}");
+            return Err(String::new());
+        }
+    }
     if st.image.is_none() {
         return Ok(());
     }
@@ -481,6 +495,31 @@ pub fn task_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
         return Err(String::new()); // already reported; Slurm adds its own "task_init() failed"
     }
     result
+}
+
+/// Slurm 23.02 and later with berth's oci.conf: after this task_init, slurmstepd does not exec
+/// the task's program but runs oci.conf's RunTimeRun (`exec $BERTH_OCI_RUN %e %@`) with
+/// `/bin/sh -c` in its own environment, the task's being in the environment file `%e`. The
+/// runner that execs the program with that file is a static program on the host: it is
+/// opened here, before the task enters the container, and handed to RunTimeRun as
+/// `/proc/self/fd/N`, which resolves in any mount namespace; the runner closes the descriptor.
+/// The variables are set in this process's own environment, the one RunTimeRun's shell gets.
+fn hand_oci_runner(runner: &Path) -> Result<(), String> {
+    use std::os::fd::IntoRawFd;
+    let file = std::fs::File::open(runner).map_err(|e| {
+        format!(
+            "Slurm runs --container tasks through berth's oci.conf here, but its task runner {}: {e}; \
+             ask the administrator (berth-slurm package, plugstack.conf oci_run=)",
+            runner.display()
+        )
+    })?;
+    let fd = file.into_raw_fd();
+    // The runner must survive RunTimeRun's exec of /bin/sh and its exec of the runner.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map_err(|e| format!("task runner {}: {e}", runner.display()))?;
+    std::env::set_var(settings::OCI_RUN_VAR, format!("/proc/self/fd/{fd}"));
+    std::env::set_var(settings::OCI_FD_VAR, fd.to_string());
+    Ok(())
 }
 
 /// `slurm_spank_task_exit` (slurmstepd, root, as each task ends, before srun hears of it):

@@ -47,9 +47,14 @@ pub struct Site {
     pub batch: BatchMode,
     /// How long the holder may take to get ready (`timeout=SECONDS`).
     pub timeout: Duration,
-    /// Slurm's OCI configuration; when it exists berth refuses to run (`oci_conf=PATH`).
-    /// Default: `oci.conf` beside slurm.conf.
+    /// Slurm's OCI configuration (`oci_conf=PATH`; default: `oci.conf` beside slurm.conf).
+    /// berth's own (packaging/slurm/oci.conf) makes berth the runtime of `--container` on
+    /// Slurm 23.02 and later; any other means Slurm's OCI support with another runtime owns
+    /// `--container` there, and berth refuses to run.
     pub oci_conf: Option<PathBuf>,
+    /// The static program oci.conf's RunTimeRun starts each task with
+    /// (`oci_run=PATH`, default [`OCI_RUN`]).
+    pub oci_run: PathBuf,
     /// Extra binds for every container (`bind=SRC[:DST[:ro]]`, repeatable or comma-separated),
     /// e.g. the node's TmpFS when it is not under /tmp.
     pub binds: Vec<String>,
@@ -68,6 +73,7 @@ impl Default for Site {
             batch: BatchMode::Host,
             timeout: Duration::from_secs(60),
             oci_conf: None,
+            oci_run: PathBuf::from(OCI_RUN),
             binds: vec![],
             scope: Scope::Job,
         }
@@ -91,6 +97,7 @@ impl Site {
                     site.timeout = Duration::from_secs(s.max(1));
                 }
                 "oci_conf" => site.oci_conf = Some(abs(v).map_err(bad)?),
+                "oci_run" => site.oci_run = abs(v).map_err(bad)?,
                 "bind" => {
                     for b in v.split(',').filter(|b| !b.is_empty()) {
                         berth_runtime::request::BindSpec::parse(b).map_err(bad)?;
@@ -106,7 +113,7 @@ impl Site {
                 }
                 _ => {
                     return Err(bad(
-                        "unknown key (known: berth, config, batch, timeout, oci_conf, bind, container_scope)"
+                        "unknown key (known: berth, config, batch, timeout, oci_conf, oci_run, bind, container_scope)"
                             .into(),
                     ))
                 }
@@ -115,13 +122,63 @@ impl Site {
         Ok(site)
     }
 
-    /// The oci.conf whose presence means Slurm's own OCI support owns `--container` here.
+    /// The oci.conf that turns on Slurm's OCI support for `--container` here.
     pub fn oci_conf_path(&self, slurm_conf: Option<&str>) -> PathBuf {
         if let Some(p) = &self.oci_conf {
             return p.clone();
         }
         let conf = Path::new(slurm_conf.unwrap_or("/etc/slurm/slurm.conf"));
         conf.parent().unwrap_or(Path::new("/etc/slurm")).join("oci.conf")
+    }
+}
+
+/// Where the berth-slurm package installs the task runner of berth's oci.conf.
+pub const OCI_RUN: &str = "/usr/libexec/berth/berth-oci-run";
+
+/// The variable oci.conf's RunTimeRun runs (berth's oci.conf: `exec $BERTH_OCI_RUN %e %@`):
+/// the task runner, as `/proc/self/fd/N` of a descriptor the plugin opened on the host.
+pub const OCI_RUN_VAR: &str = "BERTH_OCI_RUN";
+/// The number of that descriptor, which the runner closes.
+pub const OCI_FD_VAR: &str = "BERTH_OCI_FD";
+
+/// Who runs `--container` tasks on a node, from its oci.conf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciConf {
+    /// No oci.conf: slurmstepd runs the task's program itself (and, since Slurm 23.02, its
+    /// PMIx plugin has no directory for a `--container` step: see the plugin's README).
+    Absent,
+    /// berth's oci.conf: slurmstepd runs each task through RunTimeRun, which execs berth's
+    /// runner with the task's environment file.
+    Berth,
+    /// Another OCI runtime (runc, crun, ...) owns `--container` on this node.
+    Other,
+}
+
+impl OciConf {
+    /// Judge oci.conf's text (Slurm's parser takes keys in any case, `Key=Value` or
+    /// `Key="Value"`, `#` comments): berth's is the one whose RunTimeRun runs
+    /// `$BERTH_OCI_RUN` and that needs no OCI bundle (IgnoreFileConfigJson, since an image
+    /// file is no bundle) and writes the environment file (CreateEnvFile).
+    pub fn judge(text: Option<&str>) -> OciConf {
+        let Some(text) = text else { return OciConf::Absent };
+        let mut run = None;
+        let (mut no_bundle, mut env_file) = (false, false);
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let Some((k, v)) = line.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"');
+            let yes = |v: &str| ["true", "yes", "y", "1", "null"].contains(&v.to_ascii_lowercase().as_str());
+            match k.trim().to_ascii_lowercase().as_str() {
+                "runtimerun" => run = Some(v.to_string()),
+                "ignorefileconfigjson" => no_bundle = yes(v),
+                "createenvfile" => env_file = yes(v),
+                _ => {}
+            }
+        }
+        match run {
+            Some(r) if no_bundle && env_file && r.contains(OCI_RUN_VAR) => OciConf::Berth,
+            _ => OciConf::Other,
+        }
     }
 }
 
@@ -571,6 +628,29 @@ mod tests {
         let site = Site::default();
         assert_eq!(site.oci_conf_path(Some("/tmp/x/etc/slurm.conf")), PathBuf::from("/tmp/x/etc/oci.conf"));
         assert_eq!(site.oci_conf_path(None), PathBuf::from("/etc/slurm/oci.conf"));
+        assert_eq!(site.oci_run, PathBuf::from(OCI_RUN));
+        let site = Site::parse(&s(&["oci_run=/opt/berth/oci-run"])).unwrap();
+        assert_eq!(site.oci_run, PathBuf::from("/opt/berth/oci-run"));
+        assert!(Site::parse(&s(&["oci_run=oci-run"])).is_err());
+    }
+
+    /// The oci.conf berth packages is berth's; one for runc, one that would make slurmstepd
+    /// look for a bundle's config.json in the image file, or one without the NUL-separated
+    /// environment file the runner reads, is not.
+    #[test]
+    fn only_berths_oci_conf_makes_berth_the_runtime() {
+        let packaged = include_str!("../../packaging/slurm/oci.conf");
+        assert_eq!(OciConf::judge(Some(packaged)), OciConf::Berth);
+        assert_eq!(OciConf::judge(None), OciConf::Absent);
+        let lower = "ignorefileconfigjson=YES\ncreateenvfile=null\nruntimerun=\"exec $BERTH_OCI_RUN %e %@\"\n";
+        assert_eq!(OciConf::judge(Some(lower)), OciConf::Berth);
+        let runc = "RunTimeQuery=\"runc state %n.%u.%j.%s.%t\"\nRunTimeKill=\"runc kill\"\n\
+                    RunTimeDelete=\"runc delete\"\nRunTimeRun=\"runc run %n.%u.%j.%s.%t -b %b\"\n";
+        assert_eq!(OciConf::judge(Some(runc)), OciConf::Other);
+        assert_eq!(OciConf::judge(Some(&packaged.replace("IgnoreFileConfigJson=true", ""))), OciConf::Other);
+        assert_eq!(OciConf::judge(Some(&packaged.replace("CreateEnvFile=null", "CreateEnvFile=newline"))), OciConf::Other);
+        let commented = packaged.replace("RunTimeRun=", "# RunTimeRun=");
+        assert_eq!(OciConf::judge(Some(&commented)), OciConf::Other);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 #
 # Layout (all names are berth's own, so it can run beside other test clusters):
 #   host netns:   bridge $BR  $NET.1/24   munged (own socket), slurmctld (own UTS ns, host "bctl")
-#   bnodeN:       netns bsnodeN, veth bsvN <-> eth0 $NET.(10+N), own UTS ns (hostname bnodeN) and
+#   bnodeN:       netns ${NS}nodeN, veth ${NS}vN <-> eth0 $NET.(10+N), own UTS ns (hostname bnodeN) and
 #                 own mount ns (propagation slave), slurmd -N bnodeN, per-node spool and TmpFS
 #   everything else (config, state, spool, logs, munge key) lives under $DIR; nothing in /etc/slurm.
 #   When $DIR is /tmp/NAME, each node sees its own /tmp ($DIR/nodes/N/roottmp, with $DIR at
@@ -19,6 +19,8 @@
 # Knobs (environment):
 #   BERTH_SLURM_DIR=/tmp/berth-slurm  NODES=3 (1..9)  BERTH_SLURM_NET=10.78.0
 #   BERTH_SLURM_PORT=6827 (slurmctld; slurmd uses +1)  BERTH_SLURM_TIMEOUT=60 (seconds to idle)
+#   BERTH_SLURM_NS=bs (prefix of the bridge ${NS}br0, netns ${NS}nodeN and veths ${NS}vN: two
+#   clusters, e.g. Slurm 22.05 and 24.11 from tests/slurm/debian13.sh, run side by side)
 #   PLUGIN=path/to/libspank_berth.so (default: the workspace's target/debug build, if present)
 #   PLUGIN_ARGS="berth=/usr/bin/berth ..." (plugstack.conf arguments)   SKIP_APT=1
 #   PLUGSTACK_INCLUDE=FILE: plugstack.conf is `include FILE` instead of PLUGIN and PLUGIN_ARGS
@@ -41,7 +43,8 @@ PLUGIN=${PLUGIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/libspank_berth.so}
 PLUGIN_ARGS=${PLUGIN_ARGS:-}
 if [ "${PACKAGED:-0}" = 1 ]; then PLUGSTACK_INCLUDE=${PLUGSTACK_INCLUDE:-/etc/slurm/plugstack.conf.d/*.conf}; fi
 PLUGSTACK_CHANGED=0
-BR=bsbr0
+NS=${BERTH_SLURM_NS:-bs}
+BR=${NS}br0
 TAG='# berth-slurm-test'
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
@@ -175,11 +178,11 @@ start_network() {
     fi
     ip link set "$BR" up
     for i in $(seq "$NODES"); do
-        ns=bsnode$i
+        ns=${NS}node$i
         [ -e "/run/netns/$ns" ] || ip netns add "$ns"
-        if ! ip link show "bsv$i" >/dev/null 2>&1; then
-            ip link add "bsv$i" type veth peer name eth0 netns "$ns"
-            ip link set "bsv$i" master "$BR" up
+        if ! ip link show "${NS}v$i" >/dev/null 2>&1; then
+            ip link add "${NS}v$i" type veth peer name eth0 netns "$ns"
+            ip link set "${NS}v$i" master "$BR" up
             ip -n "$ns" addr add "$NET.$((10 + i))/24" dev eth0   # `ip -n` is fine for addresses
             ip -n "$ns" link set eth0 up
         fi
@@ -234,7 +237,7 @@ start_slurmd() {
         install -d -m 0755 /run/berth "$DIR/nodes/$n/runberth"
         setup_tmp="mount --bind $DIR/nodes/$n/runberth /run/berth && $setup_tmp"
         # nsenter --net, NOT `ip netns exec` (that remounts /sys and hides the cgroup v1 trees).
-        nsenter --net="/run/netns/bsnode$i" unshare --uts --mount --propagation slave \
+        nsenter --net="/run/netns/${NS}node$i" unshare --uts --mount --propagation slave \
             sh -c "hostname $n && $setup_tmp exec /usr/sbin/slurmd -N $n"
         for _ in $(seq 100); do [ -s "$DIR/run/slurmd-$n.pid" ] && break; sleep 0.1; done
         [ -s "$DIR/run/slurmd-$n.pid" ] || die "slurmd $n did not start; see $DIR/log/slurmd-$n.log"
@@ -320,8 +323,8 @@ down() {
         rm -f "$DIR/pids"
     fi
     local ns v d
-    for ns in $(ip netns list | awk '/^bsnode[0-9]+/{print $1}'); do ip netns del "$ns"; log "netns $ns removed"; done
-    for v in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^bsv[0-9]+$' || true); do ip link del "$v" 2>/dev/null || true; done
+    for ns in $(ip netns list | awk -v re="^${NS}node[0-9]+" '$1 ~ re {print $1}'); do ip netns del "$ns"; log "netns $ns removed"; done
+    for v in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^${NS}v[0-9]+\$" || true); do ip link del "$v" 2>/dev/null || true; done
     if ip link show "$BR" >/dev/null 2>&1; then ip link del "$BR"; log "bridge $BR removed"; fi
     if grep -q -- "$TAG\$" /etc/hosts; then
         grep -v -- "$TAG\$" /etc/hosts > "$DIR/hosts.new" || true
