@@ -28,6 +28,7 @@
 #   (PLUGSTACK_INCLUDE='/etc/slurm/plugstack.conf.d/*.conf')
 #   slurmd load plugstack.conf when they start: `up` restarts running ones when it changed.
 #   TEST_USER=berthuser TEST_UID=2001 (created if missing)
+#   OCI_CONF=FILE: installed as the nodes' oci.conf (berth's, for Slurm 23.02 and later)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -149,6 +150,9 @@ CONF
         log "no plugin at $PLUGIN (cargo build -p spank-berth); plugstack.conf is empty"
         : > "$DIR/etc/plugstack.conf.new"
     fi
+    # OCI_CONF=FILE: the nodes' oci.conf (berth's packaging/slurm/oci.conf on Slurm 23.02 and
+    # later, where Slurm runs --container tasks through it); none otherwise.
+    if [ -n "${OCI_CONF:-}" ]; then install -m 0644 "$OCI_CONF" "$DIR/etc/oci.conf"; else rm -f "$DIR/etc/oci.conf"; fi
     cmp -s "$DIR/etc/plugstack.conf.new" "$DIR/etc/plugstack.conf" || PLUGSTACK_CHANGED=1
     mv -f "$DIR/etc/plugstack.conf.new" "$DIR/etc/plugstack.conf"
 }

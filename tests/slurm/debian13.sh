@@ -4,6 +4,10 @@
 #
 #   debian13.sh root              build the root if it is not cached; print its path
 #   debian13.sh enter CMD ARGS... run CMD inside the root (its own mount namespace)
+#   debian13.sh suite             the Slurm suite (tests/slurm/run.sh) on Slurm 24.11: the plugin
+#                                 built against the root's <slurm/spank.h>, berth's oci.conf and
+#                                 runner on the nodes, a cluster of its own beside 22.05's
+#                                 (BERTH_SLURM_DIR=/tmp/berth-slurm-24.11, netns btnodeN)
 #
 # The root is made with debootstrap and cached by content (suite + package list) under
 # $BERTH_ROOTS (default /var/cache/berth/roots), so later runs on one machine start at once.
@@ -106,8 +110,34 @@ enter() {
     ' _ "$root" "${#shared[@]}" "${shared[@]}" "$@"
 }
 
+# The suite against Slurm 24.11. berth itself is the workspace's debug build (built on the host:
+# Debian 12's glibc runs on 13's); the plugin must be built against the Slurm it is loaded by.
+suite() {
+    local root target
+    root=$(build_root)
+    target=${CARGO_TARGET_DIR:-$REPO/target}
+    export PATH="$HOME/.cargo/bin:$PATH"
+    log "spank-berth against $root/usr/include (Slurm $(sed -n 's/^#define SLURM_VERSION_STRING "\(.*\)"/\1/p' "$root/usr/include/slurm/slurm_version.h"))"
+    (cd "$REPO" && SLURM_INCLUDE_DIR="$root/usr/include" CARGO_TARGET_DIR="$target/slurm-24.11" \
+        cargo build -q -p spank-berth) || { echo "0 passed, 1 failed"; return 1; }
+    export BERTH_SLURM_DIR=${BERTH_SLURM_DIR_2411:-/tmp/berth-slurm-24.11} BERTH_SLURM_NS=bt \
+        BERTH_SLURM_NET=10.77.0 BERTH_SLURM_PORT=6837 SKIP_APT=1 \
+        PLUGIN="$target/slurm-24.11/debug/libspank_berth.so" BERTH="$target/debug/berth" \
+        OCI_CONF="$REPO/packaging/slurm/oci.conf"
+    install -d -m 0755 "$BERTH_SLURM_DIR/plugin"
+    # The runner runs inside images whose C library is not the host's: static.
+    export OCI_RUN=$BERTH_SLURM_DIR/plugin/berth-oci-run
+    gcc -static -Os -Wall -Werror -o "$OCI_RUN.new" "$REPO/spank-plugin/oci-run.c" && mv -f "$OCI_RUN.new" "$OCI_RUN" \
+        || { echo "0 passed, 1 failed"; return 1; }
+    local rc=0
+    enter bash "$HERE/run.sh" || rc=$?
+    enter bash "$HERE/cluster.sh" down >/dev/null 2>&1 || true
+    return $rc
+}
+
 case ${1:-} in
     root) build_root ;;
+    suite) suite ;;
     enter) shift; [ $# -gt 0 ] || { echo "usage: $0 enter CMD ARGS..." >&2; exit 2; }; enter "$@" ;;
-    *) echo "usage: $0 root | enter CMD ARGS..." >&2; exit 2 ;;
+    *) echo "usage: $0 root | enter CMD ARGS... | suite" >&2; exit 2 ;;
 esac

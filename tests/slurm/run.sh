@@ -80,7 +80,7 @@ if [ "${NO_UP:-0}" != 1 ] && [ "$PACKAGED" = 1 ]; then
     PACKAGED=1 bash "$HERE/cluster.sh" up >/dev/null \
         || { echo "cluster.sh up failed"; echo "0 passed, 1 failed"; exit 1; }
 elif [ "${NO_UP:-0}" != 1 ]; then
-    PLUGIN_ARGS="berth=$DIR/bin/berth timeout=60" bash "$HERE/cluster.sh" up >/dev/null \
+    PLUGIN_ARGS="berth=$DIR/bin/berth timeout=60${OCI_RUN:+ oci_run=$OCI_RUN}" bash "$HERE/cluster.sh" up >/dev/null \
         || { echo "cluster.sh up failed"; echo "0 passed, 1 failed"; exit 1; }
 fi
 install -d -m 0777 "$WORK"
@@ -230,10 +230,17 @@ named_left() { ls -d "$DIR"/nodes/*/runberth/*/named/*/* "$DIR"/nodes/*/roottmp/
 for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
 check "(c) ... no named container left on the nodes ($(named_left | tr '\n' ' '))" test -z "$(named_left)"
 
-: > "$DIR/etc/oci.conf"
+# Another runtime's oci.conf (Slurm's own example for runc): Slurm's OCI support owns
+# --container there. berth's own (Slurm 23.02 and later: OCI_CONF) is put back afterwards.
+[ -f "$DIR/etc/oci.conf" ] && mv "$DIR/etc/oci.conf" "$WORK/oci.conf.berth"
+printf '%s\n' 'RunTimeQuery="runc --rootless=true --root=/run/user/%U/ state %n.%u.%j.%s.%t"' \
+    'RunTimeKill="runc --rootless=true --root=/run/user/%U/ kill -a %n.%u.%j.%s.%t"' \
+    'RunTimeDelete="runc --rootless=true --root=/run/user/%U/ delete --force %n.%u.%j.%s.%t"' \
+    'RunTimeRun="runc --rootless=true --root=/run/user/%U/ run %n.%u.%j.%s.%t -b %b"' > "$DIR/etc/oci.conf"
 as_user srun -N1 --container-image="$WORK/imga.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
 rm -f "$DIR/etc/oci.conf"
-check "(c) refuses on a node with oci.conf" bash -c "[ $rc != 0 ] && grep -q 'oci.conf exists' '$ERR'"
+[ -f "$WORK/oci.conf.berth" ] && mv "$WORK/oci.conf.berth" "$DIR/etc/oci.conf"
+check "(c) refuses on a node whose oci.conf names another runtime" bash -c "[ $rc != 0 ] && grep -q \"is not berth's\" '$ERR'"
 
 for i in $(seq 20); do as_user srun -N2 --container=/nonexistent/x.sqsh true >/dev/null 2>&1; done
 wait_idle; check "(c) 20 failing container steps: nodes idle" nodes_idle
