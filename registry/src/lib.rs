@@ -448,16 +448,63 @@ impl Lock {
     }
 }
 
+/// The refusal of a cache directory or entry, as the registry's errors read.
+fn vetting_error(e: berth_runtime::Error) -> Error {
+    match e {
+        berth_runtime::Error::Io { what, path, source, hint } => {
+            Error::new(format!("{what} {}", path.display()), source.to_string(), hint)
+        }
+        e => Error::new("image cache", e.to_string(), ""),
+    }
+}
+
+/// `cache_dir` made (mode 0700) or opened, and vetted: a directory of `uid`'s that nobody else
+/// can write, reached through directories nobody else can change (see
+/// [`berth_runtime::safedir::ensure_private_dir`]). In a shared site cache (1777) another user
+/// could otherwise make it first and put an image of their choosing at a digest's name.
+fn image_cache_dir(cache_dir: &Path, uid: u32) -> Result<berth_runtime::safedir::PrivateDir> {
+    use berth_runtime::safedir;
+    let what = || format!("image cache {}", cache_dir.display());
+    let (Some(base), Some(name)) = (cache_dir.parent(), cache_dir.file_name()) else {
+        return Err(Error::new(what(), "not a directory berth can make", ""));
+    };
+    std::fs::create_dir_all(base).map_err(|e| Error::io(what(), e))?;
+    let foreign = |owner: &str| {
+        format!(
+            "another user, {owner}, made it first, and berth uses no image someone else could have \
+             put there; ask them or an administrator to remove it. Meanwhile `berth pull REF FILE` \
+             and run that file"
+        )
+    };
+    let rule = safedir::Rule { what: "unsafe image cache", deny: 0o022, foreign_hint: &foreign };
+    safedir::ensure_private_dir(base, name, uid, &rule).map_err(vetting_error)
+}
+
+/// The converted file of manifest digest `hex` in the vetted `dir`, if there is one: trusted
+/// only as a regular file of `uid`'s that nobody else can write, never by its name alone.
+fn cached(dir: &berth_runtime::safedir::PrivateDir, hex: &str, uid: u32) -> Result<Option<PathBuf>> {
+    use berth_runtime::safedir::{file_in, Entry};
+    let name = format!("{hex}.sqsh");
+    match file_in(dir, name.as_ref(), uid, "image cache entry").map_err(vetting_error)? {
+        Entry::Own(p) => Ok(Some(p)),
+        Entry::Missing => Ok(None),
+    }
+}
+
 /// The converted image for `src` in `cache_dir` (`<manifest digest>.sqsh`), converting it first
 /// if no one has. Concurrent callers (threads, processes, nodes sharing the directory over a
 /// filesystem with working flock) serialize on a lock file per digest: one converts, the others
 /// wait and then use its file. A digest-pinned reference whose file exists needs no network.
+/// `cache_dir` must be the caller's own (see [`image_cache_dir`]) and a file found there is used
+/// only if the caller owns it and nobody else can write it: anything else is refused with a
+/// message naming its owner.
 pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<PathBuf> {
     let source = parse_source(src)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = image_cache_dir(cache_dir, uid)?;
     if let Source::Registry(r) = &source {
         if let Some(d) = &r.digest {
-            let p = cache_dir.join(format!("{}.sqsh", &d[7..]));
-            if p.is_file() {
+            if let Some(p) = cached(&dir, d.trim_start_matches("sha256:"), uid)? {
                 return Ok(p);
             }
         }
@@ -470,16 +517,14 @@ pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<P
             "use berth pull/import with an output file",
         )
     })?;
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| Error::io(format!("image cache {}", cache_dir.display()), e))?;
-    let out = cache_dir.join(format!("{digest}.sqsh"));
-    if out.is_file() {
-        return Ok(out);
+    if let Some(p) = cached(&dir, &digest, uid)? {
+        return Ok(p);
     }
-    let _lock = Lock::take(&cache_dir.join(format!("{digest}.lock")))?;
-    if out.is_file() {
-        return Ok(out);
+    let _lock = Lock::take(&dir.path.join(format!("{digest}.lock")))?;
+    if let Some(p) = cached(&dir, &digest, uid)? {
+        return Ok(p);
     }
+    let out = dir.path.join(format!("{digest}.sqsh"));
     CONVERSIONS.fetch_add(1, Ordering::SeqCst);
     let mut progress = Progress::new(opts.quiet);
     let (store, resolved) = fetch(loc, opts, &mut progress)?;

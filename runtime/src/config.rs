@@ -86,7 +86,8 @@ pub struct Config {
 pub struct RegistryConfig {
     /// Where converted images are kept, one subdirectory per user (`<cache_dir>/<uid>/`): on
     /// a filesystem every node shares, a job step converts once and its other nodes wait for
-    /// that file. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
+    /// that file. Root's, mode 1777: a `<uid>` directory or file there that another user made
+    /// or can write is refused. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
     /// `~/.cache/berth/images`).
     pub cache_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) spoken to over plain HTTP.
