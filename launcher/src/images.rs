@@ -62,6 +62,7 @@ pub fn local_file(cfg: &Config, image: PathBuf) -> Result<PathBuf, Error> {
     let dir = images_dir(cfg, uid)?;
     let opts = Options {
         insecure: cfg.registry.insecure_hosts.contains(&host),
+        credential_realms: cfg.registry.credential_realms.clone(),
         cache: BlobCache::new(user_cache_root(uid)),
         ..Options::default()
     };

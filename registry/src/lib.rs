@@ -50,6 +50,9 @@ pub struct Options {
     pub backoff: std::time::Duration,
     /// What [`pull`] writes.
     pub format: Format,
+    /// Token services besides the registry's own address that may receive the credentials
+    /// (`[registry] credential_realms`).
+    pub credential_realms: Vec<String>,
 }
 
 /// The file [`pull`] writes.
@@ -73,6 +76,7 @@ impl Default for Options {
             credentials: None,
             backoff: std::time::Duration::from_millis(500),
             format: Format::Squashfs,
+            credential_realms: vec![],
         }
     }
 }
@@ -109,6 +113,7 @@ fn locate(src: &Source, opts: &Options) -> Result<Located> {
             if opts.credentials.is_some() {
                 client.set_credentials(opts.credentials.clone());
             }
+            client.set_credential_realms(&opts.credential_realms);
             let (body, ct, mut digest) = client.manifest(r.reference())?;
             let mut m = image::parse_manifest(&body, &what)?;
             if m.is_index(&ct) {
@@ -157,11 +162,26 @@ fn fetch(loc: Located, opts: &Options, progress: &mut Progress) -> Result<(Store
                 manifest.config.as_ref().ok_or_else(|| Error::new(what, "the manifest has no config", ""))?;
             let total = manifest.layers.iter().map(|l| l.size).sum::<u64>() + cfg.size;
             progress.phase("downloading", manifest.layers.len(), total);
+            // Real configs are a few KiB; the manifest's size bounds the download, and this
+            // bounds what is read into memory, as for manifests.
+            if cfg.size > client::MAX_DOC {
+                return Err(Error::new(
+                    what,
+                    format!(
+                        "the manifest lists a config of {} bytes, more than the {} bytes berth reads",
+                        cfg.size,
+                        client::MAX_DOC
+                    ),
+                    "the registry serves a broken or hostile image",
+                ));
+            }
             let cfg_path = client.blob(&opts.cache, &cfg.digest, Some(cfg.size), progress)?;
-            let config: serde_json::Value = std::fs::read(&cfg_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| Error::new(what, "the image config is not JSON", ""))?;
+            let mut bytes = vec![];
+            std::fs::File::open(&cfg_path)
+                .and_then(|f| f.take(client::MAX_DOC).read_to_end(&mut bytes))
+                .map_err(|e| Error::io(what, e))?;
+            let config: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|_| Error::new(what, "the image config is not JSON", ""))?;
             let mut layers = vec![];
             for l in &manifest.layers {
                 client.blob(&opts.cache, &l.digest, Some(l.size), progress)?;
