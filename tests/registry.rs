@@ -651,6 +651,41 @@ fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
     berth(&["exec", &other, "true"]).fails_with(&["berth: ", "plain HTTP"]);
 }
 
+/// Under umask 002 in a group shared with others (here `users`), the cache berth makes and the
+/// file it converts are still writable by the user alone, so the next run uses that file
+/// instead of refusing it.
+#[test]
+fn the_image_cache_stays_the_users_own_under_umask_002() {
+    let w = world();
+    let (reg, r, home) = plain_registry_with_app("reg-umask", "exec-umask");
+    let cfg = home.join("berth.toml");
+    std::fs::write(&cfg, format!("[registry]\ninsecure_hosts = [\"{}\"]\n", reg.addr())).unwrap();
+    let cache = home.join("cache-umask");
+    let users = nix::unistd::Group::from_name("users").unwrap().expect("group users").gid.as_raw();
+    let convert = || {
+        let script = format!("umask 002 && exec {} cache image {r}", w.berth.display());
+        let mut c = harness::as_user(
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            (w.uid, users),
+            &home,
+            harness::USER,
+            &home,
+        );
+        c.env("BERTH_CONFIG", &cfg).env("BERTH_CACHE_DIR", &cache);
+        run(c).ok()
+    };
+    let first = convert();
+    assert_eq!(convert(), first, "the same file");
+    let images = cache.join("images");
+    assert_eq!(conversions(&images), 1, "converted once, then used");
+    use std::os::unix::fs::MetadataExt;
+    for p in [cache.clone(), images, PathBuf::from(first.trim())] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.mode() & 0o022, 0, "{} is {:o}", p.display(), m.mode());
+    }
+}
+
 /// `berth build` (root) of `def` into `out` with plain HTTP to the registry; returns the time.
 fn build_as_root(w: &World, dir: &Path, out: &str, def: &str) -> Duration {
     let defp = dir.join(format!("{out}.def"));

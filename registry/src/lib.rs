@@ -288,13 +288,16 @@ fn sif_objects(resolved: &Resolved, source: &str) -> Vec<berth_runtime::image::S
     ]
 }
 
-/// Merge the layers and write the image file to `out`, atomically.
+/// Merge the layers and write the image file to `out`, atomically. `cache_entry`: a file of
+/// the image cache, which nobody but its owner may write whatever the umask (it is trusted
+/// only so, see [`ensure_converted`]).
 fn convert(
     store: &Store,
     resolved: &Resolved,
     source: &str,
     out: &Path,
     format: Format,
+    cache_entry: bool,
     progress: &mut Progress,
 ) -> Result<()> {
     let n = resolved.layers.len();
@@ -364,7 +367,8 @@ fn convert(
             (sif, guard, 0o755)
         }
     };
-    std::fs::set_permissions(fin.path(), std::fs::Permissions::from_mode(new_file_mode(mode)))
+    let mode = new_file_mode(mode) & if cache_entry { !0o022 } else { !0 };
+    std::fs::set_permissions(fin.path(), std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(io_what(out), e))?;
     fin.as_file().sync_all().map_err(|e| Error::io(io_what(out), e))?;
     fin.persist(out).map_err(|e| Error::io(io_what(out), e.error))?;
@@ -376,7 +380,7 @@ pub fn pull(src: &Source, out: &Path, opts: &Options) -> Result<Report> {
     let mut progress = Progress::new(opts.quiet);
     let loc = locate(src, opts)?;
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &src.to_string(), out, opts.format, &mut progress)?;
+    convert(&store, &resolved, &src.to_string(), out, opts.format, false, &mut progress)?;
     Ok(Report { out: out.to_path_buf(), digest: resolved.digest.clone(), layers: resolved.layers.len() })
 }
 
@@ -484,11 +488,13 @@ fn vetting_error(e: berth_runtime::Error) -> Error {
 /// could otherwise make it first and put an image of their choosing at a digest's name.
 fn image_cache_dir(cache_dir: &Path, uid: u32) -> Result<berth_runtime::safedir::PrivateDir> {
     use berth_runtime::safedir;
+    use std::os::unix::fs::DirBuilderExt;
     let what = || format!("image cache {}", cache_dir.display());
     let (Some(base), Some(name)) = (cache_dir.parent(), cache_dir.file_name()) else {
         return Err(Error::new(what(), "not a directory berth can make", ""));
     };
-    std::fs::create_dir_all(base).map_err(|e| Error::io(what(), e))?;
+    // Private from the start (under umask 002 it would be group-writable, and refused).
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(base).map_err(|e| Error::io(what(), e))?;
     let foreign = |owner: &str| {
         format!(
             "another user, {owner}, made it first, and berth uses no image someone else could have \
@@ -548,7 +554,7 @@ pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<P
     CONVERSIONS.fetch_add(1, Ordering::SeqCst);
     let mut progress = Progress::new(opts.quiet);
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &source.to_string(), &out, Format::Squashfs, &mut progress)?;
+    convert(&store, &resolved, &source.to_string(), &out, Format::Squashfs, true, &mut progress)?;
     Ok(out)
 }
 

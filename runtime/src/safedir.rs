@@ -21,11 +21,31 @@ pub fn owner_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
+/// Whether `gid` is `uid`'s private group (the user-private-group scheme of Red Hat and
+/// others, where the default umask is 002 and the user's files are group-writable): the
+/// user's primary group, named as the user, listing no other member.
+fn private_group(gid: u32, uid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else { return false };
+    if user.gid.as_raw() != gid {
+        return false;
+    }
+    let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) else { return false };
+    group.name == user.name && group.mem.iter().all(|m| *m == user.name)
+}
+
+/// Whether someone besides `uid` may write to what has `mode` and group `gid`: others, or a
+/// group that is not `uid`'s private group.
+fn others_may_write(mode: u32, gid: u32, uid: u32) -> bool {
+    mode & 0o002 != 0 || (mode & 0o020 != 0 && !private_group(gid, uid))
+}
+
 /// What was found where a private directory should be.
 #[derive(Debug, Clone, Copy)]
 pub struct Found {
     /// Its owner.
     pub uid: u32,
+    /// Its group.
+    pub gid: u32,
     /// Its mode (permission bits and type).
     pub mode: u32,
     /// Whether it is a directory (a symlink is not).
@@ -35,14 +55,14 @@ pub struct Found {
 impl From<&std::fs::Metadata> for Found {
     fn from(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        Found { uid: m.uid(), mode: m.mode(), is_dir: m.is_dir() }
+        Found { uid: m.uid(), gid: m.gid(), mode: m.mode(), is_dir: m.is_dir() }
     }
 }
 
 impl From<&FileStat> for Found {
     fn from(st: &FileStat) -> Self {
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        Found { uid: st.st_uid, mode: st.st_mode, is_dir: kind == SFlag::S_IFDIR }
+        Found { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode, is_dir: kind == SFlag::S_IFDIR }
     }
 }
 
@@ -50,7 +70,8 @@ impl From<&FileStat> for Found {
 pub struct Rule<'a> {
     /// What the directory is, leading the message (`unsafe state directory`).
     pub what: &'a str,
-    /// Mode bits the owner alone may have: 0o077 (private), 0o022 (only the owner writes).
+    /// Mode bits the owner alone may have: 0o077 (private), or 0o022 (only the owner writes;
+    /// group write is allowed when the group is the owner's private group).
     pub deny: u32,
     /// The hint when another user owns it, given that owner (`mallory (uid 1003)`).
     pub foreign_hint: &'a dyn Fn(&str) -> String,
@@ -76,7 +97,12 @@ impl Rule<'_> {
     /// Refuse `found` at `dir` unless it is a directory owned by `uid` with none of the
     /// `deny` bits.
     pub fn check(&self, dir: &Path, found: Found, uid: u32) -> Result<()> {
-        if found.is_dir && found.uid == uid && found.mode & self.deny == 0 {
+        let mode_ok = if self.deny == 0o022 {
+            !others_may_write(found.mode, found.gid, uid)
+        } else {
+            found.mode & self.deny == 0
+        };
+        if found.is_dir && found.uid == uid && mode_ok {
             return Ok(());
         }
         let owner = owner_name(found.uid);
@@ -158,7 +184,7 @@ pub struct PrivateDir {
 fn check_ancestor(at: &Path, dir: &OwnedFd, uid: u32) -> std::io::Result<()> {
     let st = fstat(dir.as_raw_fd())?;
     let f = Found::from(&st);
-    let open = f.mode & 0o022 != 0 && f.mode & libc::S_ISVTX == 0;
+    let open = others_may_write(f.mode, f.gid, f.uid) && f.mode & libc::S_ISVTX == 0;
     if (f.uid == 0 || f.uid == uid) && !open {
         return Ok(());
     }
@@ -221,7 +247,7 @@ pub enum Entry {
 
 /// The file `name` in the vetted directory `dir`, judged by `lstat` (a link is not followed,
 /// a FIFO is not opened): a file is trusted only when it is a regular file owned by `uid`
-/// that nobody else can write; anything else there is refused with a message naming its
+/// that nobody else can write (group write only for `uid`'s private group); anything else there is refused with a message naming its
 /// owner, `what` leading it.
 pub fn file_in(dir: &PrivateDir, name: &OsStr, uid: u32, what: &str) -> Result<Entry> {
     let path = dir.path.join(name);
@@ -231,7 +257,7 @@ pub fn file_in(dir: &PrivateDir, name: &OsStr, uid: u32, what: &str) -> Result<E
         Err(e) => return Err(Error::io("cannot stat", &path, e.into())),
     };
     let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-    if kind == SFlag::S_IFREG && st.st_uid == uid && st.st_mode & 0o022 == 0 {
+    if kind == SFlag::S_IFREG && st.st_uid == uid && !others_may_write(st.st_mode, st.st_gid, uid) {
         return Ok(Entry::Own(path));
     }
     let kind = if kind == SFlag::S_IFREG { "a file" } else { "not a regular file" };
@@ -274,6 +300,36 @@ mod tests {
         // The same directory again; with mode 0755 it is still only ours to write.
         std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(0o755)).unwrap();
         ensure_private_dir(t.path(), OsStr::new("c"), uid, &rule()).unwrap();
+    }
+
+    /// Under umask 002 with user private groups, a user's directories and files are
+    /// group-writable by a group only they are in: still theirs alone. Any other group is not.
+    #[test]
+    fn a_private_group_may_write() {
+        let t = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        let me = nix::unistd::User::from_uid(uid.into()).unwrap().unwrap();
+        let own = nix::unistd::Group::from_gid(me.gid).unwrap().unwrap();
+        let private = own.name == me.name && own.mem.iter().all(|m| *m == me.name);
+        let d = t.path().join("c");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o770)).unwrap();
+        std::fs::write(d.join("x"), b"").unwrap();
+        std::fs::set_permissions(d.join("x"), std::fs::Permissions::from_mode(0o664)).unwrap();
+        let got = ensure_private_dir(t.path(), OsStr::new("c"), uid, &rule());
+        assert_eq!(got.is_ok(), private, "{got:?}");
+        if let Ok(p) = got {
+            assert_eq!(file_in(&p, OsStr::new("x"), uid, "entry").unwrap(), Entry::Own(d.join("x")));
+        }
+        // A group of others (any group that is not the owner's private one).
+        let other = (1..60000)
+            .map(nix::unistd::Gid::from_raw)
+            .find(|g| nix::unistd::Group::from_gid(*g).ok().flatten().is_some_and(|g| g.name != me.name));
+        if let Some(g) = other {
+            nix::unistd::chown(&d, None, Some(g)).unwrap();
+            let e = ensure_private_dir(t.path(), OsStr::new("c"), uid, &rule()).unwrap_err().to_string();
+            assert!(e.contains("chmod go-w"), "{e}");
+        }
     }
 
     #[test]
