@@ -1242,3 +1242,43 @@ fn credentials_go_to_another_hosts_token_service_only_when_listed() {
     assert!(home.join("b.sqsh").is_file());
     assert_eq!(srv.forms.lock().unwrap().len(), 1);
 }
+
+/// Issue 20, finding 11, against a real HTTPS registry whose token service is named with plain
+/// http at its own host and port: the user's password is not sent in clear text, and the
+/// message says which key would allow it.
+#[test]
+fn an_https_registry_gets_no_credentials_over_plain_http() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start_token(
+        &w.path("reg-downgrade"),
+        (&f.cert, &f.key),
+        |port| format!("http://127.0.0.1:{port}/token"),
+        &f.ca,
+    );
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    let home = user_dir(w, "pull-downgrade");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    // alice:s3cret-pw
+    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0LXB3"}}}}}}"#, reg.addr());
+    std::fs::write(home.join(".docker/config.json"), auths).unwrap();
+    let cfg = home.join("berth.toml");
+    std::fs::write(&cfg, "").unwrap();
+    sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    let pull = || {
+        let mut c = pull_cmd(w, &home, &["pull", "-q", &r, "d.sqsh"]);
+        c.env("SSL_CERT_FILE", &f.ca).env("HOME", &home).env("BERTH_CONFIG", &cfg);
+        run(c)
+    };
+    let err = pull().fails_with(&[
+        "berth: ",
+        "plain HTTP while the registry is HTTPS",
+        "did not send them",
+        &format!("\"http://{}\" in [registry] credential_realms", reg.addr()),
+    ]);
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(!home.join("d.sqsh").exists());
+    // Listed, the credentials go there (and this registry's TLS port answers plain HTTP with
+    // 400): the key is what decides.
+    std::fs::write(&cfg, format!("[registry]\ncredential_realms = [\"http://{}\"]\n", reg.addr())).unwrap();
+    pull().fails_with(&["token service", "HTTP 400"]);
+}
