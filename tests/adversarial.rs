@@ -273,3 +273,127 @@ fn root_never_follows_the_users_links_when_removing_records() {
     assert!(!record.exists());
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Issue 20, finding 2. With a shared site image cache (`[registry] cache_dir`, mode 1777),
+/// mallory makes the directory berth would make for victim first, or a link in its place, and
+/// puts her own image at the name victim's digest-pinned reference converts to. Neither
+/// `berth exec docker://...` nor `berth cache image` (what berth-pbs runs) nor a holder (what
+/// the Slurm plugin starts) uses it: each fails with a message naming mallory, and runs nothing.
+#[test]
+fn a_planted_image_in_the_shared_cache_is_refused() {
+    let w = world();
+    let victim = user("victim");
+    let mallory = user("mallory");
+    let site = w.path("adv-site-cache");
+    let _ = std::fs::remove_dir_all(&site);
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Nothing listens on port 9: a pinned reference whose file exists needs no registry, and
+    // a run that reached the network would fail differently.
+    let hex = "5eed".repeat(16);
+    let reference = format!("docker://127.0.0.1:9/test/app@sha256:{hex}");
+    let cfg = config(
+        "adv-site-cache.toml",
+        &format!(
+            "keep_warm_seconds = 0\n[registry]\ncache_dir = \"{}\"\ninsecure_hosts = [\"127.0.0.1:9\"]\n",
+            site.display()
+        ),
+    );
+    let mine = site.join(victim.uid.to_string());
+    let planted = mine.join(format!("{hex}.sqsh"));
+    let owner = format!("mallory (uid {})", mallory.uid);
+    let refused = |needles: &[&str]| {
+        for args in [
+            vec!["exec", reference.as_str(), "id", "-u"],
+            vec!["cache", "image", reference.as_str()],
+            vec!["holder", "--name", "adv-plant", reference.as_str()],
+        ] {
+            let out = victim.berth(&args).env("BERTH_CONFIG", &cfg).output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(255), "{args:?} used the planted image: {err}");
+            assert_eq!(text(&out.stdout), "", "{args:?}");
+            assert!(err.starts_with("berth: "), "{args:?}: {err}");
+            for n in needles {
+                assert!(err.contains(n), "{args:?} should say {n:?}: {err}");
+            }
+        }
+    };
+
+    // Her directory (0777) where victim's should be, with her image in it.
+    let out = mallory.sh(&format!(
+        "mkdir -m 777 {d} && cp {img} {f} && chmod 666 {f}",
+        d = mine.display(),
+        img = w.image(),
+        f = planted.display()
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    refused(&[&mine.display().to_string(), &owner, "made it first"]);
+    assert!(planted.exists(), "victim's berth removes nothing of mallory's");
+
+    // A link to a directory of hers in its place.
+    let hers = mallory.home.join("adv-plant");
+    let _ = std::fs::remove_dir_all(&mine);
+    let _ = std::fs::remove_dir_all(&hers);
+    let out = mallory.sh(&format!(
+        "mkdir -m 755 {h} && cp {img} {h}/{hex}.sqsh && ln -s {h} {d}",
+        h = hers.display(),
+        img = w.image(),
+        d = mine.display()
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    refused(&[&mine.display().to_string(), &owner, "not a directory"]);
+    let _ = std::fs::remove_file(&mine);
+    let _ = std::fs::remove_dir_all(&hers);
+
+    // victim's own private directory, but a file in it that victim's berth did not write (a
+    // directory once open to others, a file an administrator copied): not used by its name.
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(&mine, Some(victim.uid.into()), Some(victim.gid.into())).unwrap();
+    std::fs::copy(&w.image, &planted).unwrap();
+    nix::unistd::chown(&planted, Some(mallory.uid.into()), Some(mallory.gid.into())).unwrap();
+    refused(&[&planted.display().to_string(), &owner]);
+
+    // victim's own directory left writable by everyone: no file in it is trusted.
+    nix::unistd::chown(&planted, Some(victim.uid.into()), Some(victim.gid.into())).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&[&mine.display().to_string(), "chmod go-w"]);
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A site directory others may write without the sticky bit: anyone could rename victim's
+    // directory away and put their own in its place.
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&[&site.display().to_string(), "sticky"]);
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o1777)).unwrap();
+
+    // The user's own cache (no site cache) in a directory mallory made in /tmp: refused too.
+    let shared = PathBuf::from(format!("/tmp/berth-adv-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shared);
+    let out = mallory.sh(&format!(
+        "mkdir -m 777 {s} && mkdir -m 777 {s}/images && cp {img} {s}/images/{hex}.sqsh",
+        s = shared.display(),
+        img = w.image()
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let own_cfg = config("adv-own-cache.toml", "keep_warm_seconds = 0\n");
+    let out = victim
+        .berth(&["exec", &reference, "id", "-u"])
+        .env("BERTH_CONFIG", &own_cfg)
+        .env("BERTH_CACHE_DIR", &shared)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "the planted image ran: {err}");
+    assert!(err.starts_with("berth: ") && err.contains(&owner), "{err}");
+
+    // With the squat gone, victim's own fresh directory is made private and used as before.
+    std::fs::remove_dir_all(&mine).unwrap();
+    let out = victim.berth(&["cache", "image", &reference]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("127.0.0.1:9"), "asks the registry: {err}");
+    let m = std::fs::symlink_metadata(&mine).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(m.is_dir() && m.uid() == victim.uid && m.mode() & 0o777 == 0o700, "{:o}", m.mode());
+    let _ = std::fs::remove_dir_all(&site);
+    let _ = std::fs::remove_dir_all(&shared);
+}

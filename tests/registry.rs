@@ -463,6 +463,59 @@ fn faulty(layout: PathBuf, cuts: usize, slow: bool) -> Faulty {
     Faulty { port, served }
 }
 
+/// A registry serving `layout`'s manifest and small blobs, which answers every request for a
+/// layer (a blob over 4 KiB) with a redirect to `location`.
+fn redirecting(layout: PathBuf, location: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let (line, _) = read_request(&mut BufReader::new(s.try_clone().unwrap()));
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let blob = |hex: &str| std::fs::read(layout.join("blobs/sha256").join(hex)).ok();
+            let found = if path.contains("/manifests/") {
+                let idx: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+                blob(&idx["manifests"][0]["digest"].as_str().unwrap()[7..])
+                    .map(|b| (b, "application/vnd.oci.image.manifest.v1+json"))
+            } else {
+                path.split("/blobs/sha256:").nth(1).and_then(blob).map(|b| (b, "application/octet-stream"))
+            };
+            let head = match &found {
+                Some((b, _)) if b.len() > 4096 => {
+                    format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n")
+                }
+                Some((b, ct)) => {
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n", b.len())
+                }
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n".into(),
+            };
+            let _ = s.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes());
+            if let Some((b, _)) = found.filter(|(b, _)| b.len() <= 4096) {
+                let _ = s.write_all(&b);
+            }
+        }
+    });
+    port
+}
+
+/// Issue 20, finding 8. A registry redirecting a layer to `file://` made berth panic inside
+/// ureq (exit 101) and leave a `.partial-` blob; now it is one `berth:` message (exit 255),
+/// with nothing written.
+#[test]
+fn a_redirect_to_a_file_url_is_one_message_and_leaves_nothing() {
+    let (w, f) = (world(), fixture());
+    let home = user_dir(w, "pull-redirect");
+    let port = redirecting(f.app.clone(), "file:///etc/shadow");
+    let r = format!("docker://127.0.0.1:{port}/test/app:v1");
+    let out = run(pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, "r.sqsh"]));
+    assert_eq!(out.code(), Some(255), "{}", out.stderr());
+    out.fails_with(&["berth: ", "redirected", "file:///etc/shadow", "not http or https"]);
+    assert!(!home.join("r.sqsh").exists());
+    assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+}
+
 #[test]
 fn dropped_connections_resume_and_give_up_cleanly() {
     let (w, f) = (world(), fixture());
@@ -596,6 +649,41 @@ fn exec_run_inspect_docker_refs_convert_once_and_reuse_the_file() {
     std::fs::write(&cfg, format!("[registry]\ncache_dir = \"{}\"\n", site.display())).unwrap();
     let other = format!("docker://{}/test/app:nope", reg.addr());
     berth(&["exec", &other, "true"]).fails_with(&["berth: ", "plain HTTP"]);
+}
+
+/// Under umask 002 in a group shared with others (here `users`), the cache berth makes and the
+/// file it converts are still writable by the user alone, so the next run uses that file
+/// instead of refusing it.
+#[test]
+fn the_image_cache_stays_the_users_own_under_umask_002() {
+    let w = world();
+    let (reg, r, home) = plain_registry_with_app("reg-umask", "exec-umask");
+    let cfg = home.join("berth.toml");
+    std::fs::write(&cfg, format!("[registry]\ninsecure_hosts = [\"{}\"]\n", reg.addr())).unwrap();
+    let cache = home.join("cache-umask");
+    let users = nix::unistd::Group::from_name("users").unwrap().expect("group users").gid.as_raw();
+    let convert = || {
+        let script = format!("umask 002 && exec {} cache image {r}", w.berth.display());
+        let mut c = harness::as_user(
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            (w.uid, users),
+            &home,
+            harness::USER,
+            &home,
+        );
+        c.env("BERTH_CONFIG", &cfg).env("BERTH_CACHE_DIR", &cache);
+        run(c).ok()
+    };
+    let first = convert();
+    assert_eq!(convert(), first, "the same file");
+    let images = cache.join("images");
+    assert_eq!(conversions(&images), 1, "converted once, then used");
+    use std::os::unix::fs::MetadataExt;
+    for p in [cache.clone(), images, PathBuf::from(first.trim())] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.mode() & 0o022, 0, "{} is {:o}", p.display(), m.mode());
+    }
 }
 
 /// `berth build` (root) of `def` into `out` with plain HTTP to the registry; returns the time.
@@ -965,7 +1053,7 @@ struct TokenRegistry {
 const REFRESH: &str = "rt-berth-identity-7f3a";
 const ACCESS: &str = "at-issued-for-pull";
 
-fn token_registry(layout: PathBuf) -> TokenRegistry {
+fn token_registry(layout: PathBuf, realm_host: &'static str) -> TokenRegistry {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let forms = Arc::new(std::sync::Mutex::new(vec![]));
@@ -1010,7 +1098,7 @@ fn token_registry(layout: PathBuf) -> TokenRegistry {
             }
             if authz != format!("Bearer {ACCESS}") {
                 let ch = format!(
-                    "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"berth-test-registry\",scope=\"repository:test/app:pull\"\r\nContent-Type: application/json\r\n"
+                    "WWW-Authenticate: Bearer realm=\"http://{realm_host}:{port}/token\",service=\"berth-test-registry\",scope=\"repository:test/app:pull\"\r\nContent-Type: application/json\r\n"
                 );
                 reply(&mut s, "401 Unauthorized", &ch, br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
                 continue;
@@ -1040,7 +1128,7 @@ fn token_registry(layout: PathBuf) -> TokenRegistry {
 #[test]
 fn identity_tokens_are_refresh_tokens_for_the_token_service() {
     let (w, f) = (world(), fixture());
-    let srv = token_registry(f.app.clone());
+    let srv = token_registry(f.app.clone(), "127.0.0.1");
     let reg = format!("127.0.0.1:{}", srv.port);
     let r = format!("docker://{reg}/test/app:v1");
     let home = user_dir(w, "pull-idtoken");
@@ -1110,4 +1198,87 @@ fn identity_tokens_are_refresh_tokens_for_the_token_service() {
     assert!(!err.contains("rt-wrong"), "{err}");
     assert!(!home.join("c.sqsh").exists() && !home.join("d.sqsh").exists());
     assert!(partials(&home).is_empty(), "{:?}", partials(&home));
+}
+
+/// Issue 20, finding 11. A registry naming a token service on another host (here the same
+/// server as `localhost`, the registry being `127.0.0.1`) gets no credentials: one message
+/// naming `credential_realms`, and no token request at all. Listed in the user's own
+/// configuration (`BERTH_CONFIG`), the service gets them and the pull works.
+#[test]
+fn credentials_go_to_another_hosts_token_service_only_when_listed() {
+    let (w, f) = (world(), fixture());
+    let srv = token_registry(f.app.clone(), "localhost");
+    let reg = format!("127.0.0.1:{}", srv.port);
+    let r = format!("docker://{reg}/test/app:v1");
+    let home = user_dir(w, "pull-realm");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(r#"{{"auths":{{"{reg}":{{"identitytoken":"{REFRESH}"}}}}}}"#),
+    )
+    .unwrap();
+    let cfg = home.join("berth.toml");
+    sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    let pull = |out: &str| {
+        let mut c = pull_cmd(w, &home, &["pull", "--insecure", "-q", &r, out]);
+        c.env("HOME", &home).env("BERTH_CONFIG", &cfg);
+        run(c)
+    };
+
+    std::fs::write(&cfg, "").unwrap();
+    let err = pull("a.sqsh").fails_with(&[
+        "berth: ",
+        &format!("token service http://localhost:{}/token", srv.port),
+        "did not send them",
+        &format!("\"http://localhost:{}\" in [registry] credential_realms", srv.port),
+    ]);
+    assert!(!err.contains(REFRESH), "{err}");
+    assert!(srv.forms.lock().unwrap().is_empty(), "the token went out: {:?}", srv.forms.lock().unwrap());
+    assert!(!home.join("a.sqsh").exists());
+
+    std::fs::write(&cfg, format!("[registry]\ncredential_realms = [\"http://localhost:{}\"]\n", srv.port))
+        .unwrap();
+    pull("b.sqsh").ok();
+    assert!(home.join("b.sqsh").is_file());
+    assert_eq!(srv.forms.lock().unwrap().len(), 1);
+}
+
+/// Issue 20, finding 11, against a real HTTPS registry whose token service is named with plain
+/// http at its own host and port: the user's password is not sent in clear text, and the
+/// message says which key would allow it.
+#[test]
+fn an_https_registry_gets_no_credentials_over_plain_http() {
+    let (w, f) = (world(), fixture());
+    let reg = Registry::start_token(
+        &w.path("reg-downgrade"),
+        (&f.cert, &f.key),
+        |port| format!("http://127.0.0.1:{port}/token"),
+        &f.ca,
+    );
+    let r = format!("docker://{}/private/app:v1", reg.addr());
+    let home = user_dir(w, "pull-downgrade");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    // alice:s3cret-pw
+    let auths = format!(r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0LXB3"}}}}}}"#, reg.addr());
+    std::fs::write(home.join(".docker/config.json"), auths).unwrap();
+    let cfg = home.join("berth.toml");
+    std::fs::write(&cfg, "").unwrap();
+    sh(&format!("chown -R {}:{} {}", w.uid, w.gid, home.display()));
+    let pull = || {
+        let mut c = pull_cmd(w, &home, &["pull", "-q", &r, "d.sqsh"]);
+        c.env("SSL_CERT_FILE", &f.ca).env("HOME", &home).env("BERTH_CONFIG", &cfg);
+        run(c)
+    };
+    let err = pull().fails_with(&[
+        "berth: ",
+        "plain HTTP while the registry is HTTPS",
+        "did not send them",
+        &format!("\"http://{}\" in [registry] credential_realms", reg.addr()),
+    ]);
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(!home.join("d.sqsh").exists());
+    // Listed, the credentials go there (and this registry's TLS port answers plain HTTP with
+    // 400): the key is what decides.
+    std::fs::write(&cfg, format!("[registry]\ncredential_realms = [\"http://{}\"]\n", reg.addr())).unwrap();
+    pull().fails_with(&["token service", "HTTP 400"]);
 }

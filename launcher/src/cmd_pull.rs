@@ -105,7 +105,11 @@ pub enum CacheCmd {
 
 fn options(platform: Option<&str>, insecure: bool, quiet: bool) -> berth_registry::Result<Options> {
     let platform = platform.map(Platform::parse).transpose()?.unwrap_or_else(Platform::host);
-    Ok(Options { platform, insecure, quiet, ..Options::default() })
+    // The conversion needs no site configuration, but honours the token services it trusts;
+    // a file that does not load trusts none beyond the registry's own.
+    let credential_realms =
+        berth_runtime::config::Config::load().map(|(c, _)| c.registry.credential_realms).unwrap_or_default();
+    Ok(Options { platform, insecure, quiet, credential_realms, ..Options::default() })
 }
 
 fn report(r: berth_registry::Result<berth_registry::Report>, quiet: bool) -> i32 {

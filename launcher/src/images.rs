@@ -5,7 +5,7 @@
 //! plugin) never carries the registry client.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -32,7 +32,8 @@ fn user_cache_root(uid: u32) -> PathBuf {
 }
 
 /// Where this user's converted images go. In the site's directory each user has a directory
-/// of their own (mode 0700): nobody can plant a file another user would then run.
+/// of their own: `ensure_converted` makes it (mode 0700) or vets the one there, so nobody can
+/// plant a file another user would then run.
 fn images_dir(cfg: &Config, uid: u32) -> Result<PathBuf, Error> {
     let Some(site) = &cfg.registry.cache_dir else {
         return Ok(user_cache_root(uid).join("images"));
@@ -41,16 +42,11 @@ fn images_dir(cfg: &Config, uid: u32) -> Result<PathBuf, Error> {
         return Err(Error::request(
             format!("image cache {}", site.display()),
             "does not exist",
-            "the administrator creates [registry] cache_dir (mode 1777, on a filesystem all nodes share)",
+            "the administrator creates [registry] cache_dir (owned by root, mode 1777, on a \
+             filesystem all nodes share)",
         ));
     }
-    let dir = site.join(uid.to_string());
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::io("cannot create the image cache", &dir, e)),
-    }
-    Ok(dir)
+    Ok(site.join(uid.to_string()))
 }
 
 /// `image` itself, or for a registry reference the converted file (converting it first when
@@ -66,6 +62,7 @@ pub fn local_file(cfg: &Config, image: PathBuf) -> Result<PathBuf, Error> {
     let dir = images_dir(cfg, uid)?;
     let opts = Options {
         insecure: cfg.registry.insecure_hosts.contains(&host),
+        credential_realms: cfg.registry.credential_realms.clone(),
         cache: BlobCache::new(user_cache_root(uid)),
         ..Options::default()
     };
@@ -88,6 +85,7 @@ fn log_conversion(dir: &Path, reference: &str, file: &Path) {
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(CONVERSION_LOG))
         .and_then(|mut f| f.write_all(line.as_bytes()));
 }

@@ -17,8 +17,17 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// Largest manifest or config accepted (real ones are a few KiB).
-const MAX_DOC: u64 = 8 << 20;
+pub const MAX_DOC: u64 = 8 << 20;
 const ATTEMPTS: u32 = 5;
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 8;
+
+/// Token services that may receive a registry's credentials although they live elsewhere:
+/// `(registry as written in references, token service origin)`.
+const KNOWN_REALMS: &[(&str, &str)] = &[
+    (crate::reference::DOCKER_HUB, "https://auth.docker.io"),
+    ("registry.gitlab.com", "https://gitlab.com"),
+];
 
 pub struct Client {
     agent: ureq::Agent,
@@ -29,6 +38,9 @@ pub struct Client {
     authz: Option<String>,
     /// Base delay between retries (tests shorten it).
     pub backoff: Duration,
+    /// Token services (`scheme://host[:port]`) besides the registry's own address that may
+    /// receive the credentials (`[registry] credential_realms`).
+    realms: Vec<String>,
 }
 
 fn status_hint(code: u16) -> &'static str {
@@ -85,7 +97,9 @@ impl Client {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(20))
             .timeout_read(Duration::from_secs(60))
-            .redirects(8)
+            // Followed by `get_following` instead: ureq follows any scheme (and panicked on a
+            // redirect to file://) and would drop TLS on a redirect to http.
+            .redirects(0)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build();
         let scheme = if insecure { "http" } else { "https" };
@@ -96,7 +110,108 @@ impl Client {
             creds: crate::auth::lookup(&image.registry),
             authz: None,
             backoff: Duration::from_millis(500),
+            realms: vec![],
         })
+    }
+
+    /// Token services besides the registry itself that may receive the credentials, as
+    /// `[registry] credential_realms` lists them (`https://auth.example.com`, `http://host:port`;
+    /// without a scheme, https).
+    pub fn set_credential_realms(&mut self, realms: &[String]) {
+        self.realms = realms.to_vec();
+    }
+
+    fn base_url(&self) -> url::Url {
+        url::Url::parse(&self.base).expect("the registry's base URL is built from a parsed reference")
+    }
+
+    /// Why the user's credentials must not go to the token service at `realm`, if they must
+    /// not: it is not the registry's own address (scheme, host and port), nor a service
+    /// known to belong to this registry, nor one the user listed in `credential_realms`. A
+    /// plain-HTTP service for an HTTPS registry is a different address, so it needs the list.
+    fn realm_refusal(&self, realm: &url::Url) -> Option<String> {
+        let own = self.base_url();
+        if realm.origin() == own.origin() {
+            return None;
+        }
+        let origin = |s: &str| {
+            let s = if s.contains("://") { s.to_string() } else { format!("https://{s}") };
+            url::Url::parse(&s).ok().map(|u| u.origin())
+        };
+        let known = KNOWN_REALMS.iter().filter(|(r, _)| *r == self.image.registry).map(|(_, o)| *o);
+        if known.chain(self.realms.iter().map(String::as_str)).any(|o| origin(o) == Some(realm.origin())) {
+            return None;
+        }
+        let downgrade = own.scheme() == "https" && realm.scheme() == "http";
+        Some(if downgrade {
+            "plain HTTP while the registry is HTTPS".into()
+        } else {
+            format!("not the registry's address ({})", own.origin().ascii_serialization())
+        })
+    }
+
+    /// Where a redirect from `from` to `location` leads, if berth follows it: http or https
+    /// only, and never from https down to plain http.
+    fn redirect_target(&self, from: &url::Url, location: &str) -> Result<url::Url> {
+        let bad = |why: String| {
+            Error::new(
+                self.what(),
+                format!("the registry redirected {from} to {location:?}: {why}"),
+                "berth follows redirects to http(s) addresses only, and none from https to http",
+            )
+        };
+        let next = from.join(location).map_err(|e| bad(e.to_string()))?;
+        match next.scheme() {
+            "https" => {}
+            "http" if from.scheme() == "http" => {}
+            "http" => return Err(bad("that would drop TLS".into())),
+            s => return Err(bad(format!("{s}: is not http or https"))),
+        }
+        if next.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host".into()));
+        }
+        Ok(next)
+    }
+
+    /// GET `url` with `headers`, following up to [`MAX_REDIRECTS`] redirects (see
+    /// [`Client::redirect_target`]); `authz` goes only to `url`'s own origin, never to where a
+    /// redirect leads elsewhere (a blob store's signed URL needs none). The answer of the last
+    /// request as ureq gives it.
+    fn get_following(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        authz: Option<&str>,
+    ) -> Result<std::result::Result<ureq::Response, ureq::Error>> {
+        let first = url::Url::parse(url).map_err(|e| Error::new(self.what(), format!("{url}: {e}"), ""))?;
+        let mut at = first.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.agent.request_url("GET", &at);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if let Some(a) = authz.filter(|_| at.origin() == first.origin()) {
+                req = req.set("Authorization", a);
+            }
+            match req.call() {
+                Ok(r) if matches!(r.status(), 301 | 302 | 303 | 307 | 308) => {
+                    let Some(loc) = r.header("Location").map(str::to_string) else {
+                        return Err(Error::new(
+                            self.what(),
+                            format!("{at}: HTTP {} without a Location", r.status()),
+                            "",
+                        ));
+                    };
+                    at = self.redirect_target(&at, &loc)?;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(Error::new(
+            self.what(),
+            format!("{first}: more than {MAX_REDIRECTS} redirects"),
+            "the registry (or a proxy before it) sends requests round in circles",
+        ))
     }
 
     /// Use these credentials instead of the ones found in the user's files.
@@ -131,6 +246,35 @@ impl Client {
                 let realm = get("realm").ok_or_else(|| {
                     Error::new(self.what(), "the registry's bearer challenge has no realm", "")
                 })?;
+                let realm_url = url::Url::parse(&realm)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        Error::new(
+                            self.what(),
+                            format!(
+                                "the registry names {realm:?} as its token service, not an http(s) address"
+                            ),
+                            "",
+                        )
+                    })?;
+                if self.creds.is_some() {
+                    if let Some(why) = self.realm_refusal(&realm_url) {
+                        let origin = realm_url.origin().ascii_serialization();
+                        return Err(Error::new(
+                            self.what(),
+                            format!(
+                                "the registry asks for your credentials to be sent to the token service {realm}, \
+                                 which is {why}; berth did not send them"
+                            ),
+                            format!(
+                                "if you trust that service with your credentials for {}, list \"{origin}\" in \
+                                 [registry] credential_realms of berth.toml (BERTH_CONFIG may name a file of your own)",
+                                self.image.registry
+                            ),
+                        ));
+                    }
+                }
                 let scope =
                     get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.image.repository));
                 let token = self.creds.as_ref().and_then(|c| c.token());
@@ -145,7 +289,8 @@ impl Client {
                         }
                         form.push(("scope", &scope));
                         form.push(("client_id", "berth"));
-                        self.agent.post(&realm).send_form(&form)
+                        // Not followed if redirected: the token is sent to this address only.
+                        self.agent.request_url("POST", &realm_url).send_form(&form)
                     }
                     None => {
                         let mut url = realm.clone();
@@ -155,14 +300,18 @@ impl Client {
                             sep = '&';
                         }
                         url.push_str(&format!("{sep}scope={}", pct(&scope)));
-                        let mut req = self.agent.get(&url);
-                        if let Some(c) = &self.creds {
-                            req = req.set("Authorization", &c.basic_header());
-                        }
-                        req.call()
+                        let basic = self.creds.as_ref().map(|c| c.basic_header());
+                        self.get_following(&url, &[], basic.as_deref())?
                     }
                 };
                 let resp = match sent {
+                    Ok(r) if r.status() >= 300 => {
+                        return Err(Error::new(
+                            self.what(),
+                            format!("token service {realm}: HTTP {} instead of a token", r.status()),
+                            "",
+                        ))
+                    }
                     Ok(r) => r,
                     Err(ureq::Error::Status(code, _)) if token.is_some() => {
                         return Err(Error::new(
@@ -199,17 +348,23 @@ impl Client {
     }
 
     fn attempt(&self, url: &str, accept: Option<&str>, range: Option<u64>) -> Attempt {
-        let mut req = self.agent.get(url);
+        let mut headers = vec![];
         if let Some(a) = accept {
-            req = req.set("Accept", a);
-        }
-        if let Some(a) = &self.authz {
-            req = req.set("Authorization", a);
+            headers.push(("Accept", a.to_string()));
         }
         if let Some(n) = range.filter(|n| *n > 0) {
-            req = req.set("Range", &format!("bytes={n}-"));
+            headers.push(("Range", format!("bytes={n}-")));
         }
-        match req.call() {
+        let answer = match self.get_following(url, &headers, self.authz.as_deref()) {
+            Ok(a) => a,
+            Err(e) => return Attempt::Fatal(e),
+        };
+        match answer {
+            Ok(r) if r.status() >= 300 => Attempt::Fatal(Error::new(
+                self.what(),
+                format!("{url}: HTTP {} without a place to go", r.status()),
+                "",
+            )),
             Ok(r) => Attempt::Done(Box::new(r)),
             Err(ureq::Error::Status(code, r)) if code == 429 || code >= 500 => {
                 let after =
@@ -413,5 +568,33 @@ mod tests {
         let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
         assert_eq!((s.as_str(), p[0].1.as_str()), ("basic", "Registry Realm"));
         assert_eq!(pct("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+    }
+
+    /// Issue 20, findings 8 and 11, for an HTTPS registry (the tests' fake registries speak
+    /// plain HTTP): no redirect from https down to http, no credentials to a plain-HTTP token
+    /// service unless listed.
+    #[test]
+    fn an_https_registry_is_never_downgraded() {
+        let r = crate::reference::parse_image_ref("reg.example.org/a/b:1").unwrap();
+        let mut c = Client::new(&r, false).unwrap();
+        let from = url::Url::parse("https://reg.example.org/v2/a/b/blobs/sha256:0").unwrap();
+        let e = c.redirect_target(&from, "http://reg.example.org/x").unwrap_err().to_string();
+        assert!(e.contains("drop TLS"), "{e}");
+        assert!(c.redirect_target(&from, "https://cdn.example.net/x?sig=1").is_ok());
+        assert_eq!(c.redirect_target(&from, "/y").unwrap().as_str(), "https://reg.example.org/y");
+        let realm = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(c.realm_refusal(&realm("https://reg.example.org/token")), None);
+        assert_eq!(c.realm_refusal(&realm("https://reg.example.org:443/token")), None);
+        let why = c.realm_refusal(&realm("http://reg.example.org/token")).unwrap();
+        assert!(why.contains("plain HTTP"), "{why}");
+        assert!(c.realm_refusal(&realm("https://auth.example.org/token")).is_some());
+        c.set_credential_realms(&["http://reg.example.org".into(), "auth.example.org".into()]);
+        assert_eq!(c.realm_refusal(&realm("http://reg.example.org/token")), None);
+        assert_eq!(c.realm_refusal(&realm("https://auth.example.org/token")), None);
+        assert!(c.realm_refusal(&realm("http://auth.example.org/token")).is_some(), "a bare host is https");
+        // Docker Hub's token service is its own.
+        let hub = Client::new(&crate::reference::parse_image_ref("ubuntu:22.04").unwrap(), false).unwrap();
+        assert_eq!(hub.realm_refusal(&realm("https://auth.docker.io/token")), None);
+        assert!(hub.realm_refusal(&realm("http://auth.docker.io/token")).is_some());
     }
 }

@@ -50,6 +50,9 @@ pub struct Options {
     pub backoff: std::time::Duration,
     /// What [`pull`] writes.
     pub format: Format,
+    /// Token services besides the registry's own address that may receive the credentials
+    /// (`[registry] credential_realms`).
+    pub credential_realms: Vec<String>,
 }
 
 /// The file [`pull`] writes.
@@ -73,6 +76,7 @@ impl Default for Options {
             credentials: None,
             backoff: std::time::Duration::from_millis(500),
             format: Format::Squashfs,
+            credential_realms: vec![],
         }
     }
 }
@@ -109,6 +113,7 @@ fn locate(src: &Source, opts: &Options) -> Result<Located> {
             if opts.credentials.is_some() {
                 client.set_credentials(opts.credentials.clone());
             }
+            client.set_credential_realms(&opts.credential_realms);
             let (body, ct, mut digest) = client.manifest(r.reference())?;
             let mut m = image::parse_manifest(&body, &what)?;
             if m.is_index(&ct) {
@@ -157,11 +162,26 @@ fn fetch(loc: Located, opts: &Options, progress: &mut Progress) -> Result<(Store
                 manifest.config.as_ref().ok_or_else(|| Error::new(what, "the manifest has no config", ""))?;
             let total = manifest.layers.iter().map(|l| l.size).sum::<u64>() + cfg.size;
             progress.phase("downloading", manifest.layers.len(), total);
+            // Real configs are a few KiB; the manifest's size bounds the download, and this
+            // bounds what is read into memory, as for manifests.
+            if cfg.size > client::MAX_DOC {
+                return Err(Error::new(
+                    what,
+                    format!(
+                        "the manifest lists a config of {} bytes, more than the {} bytes berth reads",
+                        cfg.size,
+                        client::MAX_DOC
+                    ),
+                    "the registry serves a broken or hostile image",
+                ));
+            }
             let cfg_path = client.blob(&opts.cache, &cfg.digest, Some(cfg.size), progress)?;
-            let config: serde_json::Value = std::fs::read(&cfg_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| Error::new(what, "the image config is not JSON", ""))?;
+            let mut bytes = vec![];
+            std::fs::File::open(&cfg_path)
+                .and_then(|f| f.take(client::MAX_DOC).read_to_end(&mut bytes))
+                .map_err(|e| Error::io(what, e))?;
+            let config: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|_| Error::new(what, "the image config is not JSON", ""))?;
             let mut layers = vec![];
             for l in &manifest.layers {
                 client.blob(&opts.cache, &l.digest, Some(l.size), progress)?;
@@ -268,13 +288,16 @@ fn sif_objects(resolved: &Resolved, source: &str) -> Vec<berth_runtime::image::S
     ]
 }
 
-/// Merge the layers and write the image file to `out`, atomically.
+/// Merge the layers and write the image file to `out`, atomically. `cache_entry`: a file of
+/// the image cache, which nobody but its owner may write whatever the umask (it is trusted
+/// only so, see [`ensure_converted`]).
 fn convert(
     store: &Store,
     resolved: &Resolved,
     source: &str,
     out: &Path,
     format: Format,
+    cache_entry: bool,
     progress: &mut Progress,
 ) -> Result<()> {
     let n = resolved.layers.len();
@@ -344,7 +367,8 @@ fn convert(
             (sif, guard, 0o755)
         }
     };
-    std::fs::set_permissions(fin.path(), std::fs::Permissions::from_mode(new_file_mode(mode)))
+    let mode = new_file_mode(mode) & if cache_entry { !0o022 } else { !0 };
+    std::fs::set_permissions(fin.path(), std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(io_what(out), e))?;
     fin.as_file().sync_all().map_err(|e| Error::io(io_what(out), e))?;
     fin.persist(out).map_err(|e| Error::io(io_what(out), e.error))?;
@@ -356,7 +380,7 @@ pub fn pull(src: &Source, out: &Path, opts: &Options) -> Result<Report> {
     let mut progress = Progress::new(opts.quiet);
     let loc = locate(src, opts)?;
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &src.to_string(), out, opts.format, &mut progress)?;
+    convert(&store, &resolved, &src.to_string(), out, opts.format, false, &mut progress)?;
     Ok(Report { out: out.to_path_buf(), digest: resolved.digest.clone(), layers: resolved.layers.len() })
 }
 
@@ -448,16 +472,65 @@ impl Lock {
     }
 }
 
+/// The refusal of a cache directory or entry, as the registry's errors read.
+fn vetting_error(e: berth_runtime::Error) -> Error {
+    match e {
+        berth_runtime::Error::Io { what, path, source, hint } => {
+            Error::new(format!("{what} {}", path.display()), source.to_string(), hint)
+        }
+        e => Error::new("image cache", e.to_string(), ""),
+    }
+}
+
+/// `cache_dir` made (mode 0700) or opened, and vetted: a directory of `uid`'s that nobody else
+/// can write, reached through directories nobody else can change (see
+/// [`berth_runtime::safedir::ensure_private_dir`]). In a shared site cache (1777) another user
+/// could otherwise make it first and put an image of their choosing at a digest's name.
+fn image_cache_dir(cache_dir: &Path, uid: u32) -> Result<berth_runtime::safedir::PrivateDir> {
+    use berth_runtime::safedir;
+    use std::os::unix::fs::DirBuilderExt;
+    let what = || format!("image cache {}", cache_dir.display());
+    let (Some(base), Some(name)) = (cache_dir.parent(), cache_dir.file_name()) else {
+        return Err(Error::new(what(), "not a directory berth can make", ""));
+    };
+    // Private from the start (under umask 002 it would be group-writable, and refused).
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(base).map_err(|e| Error::io(what(), e))?;
+    let foreign = |owner: &str| {
+        format!(
+            "another user, {owner}, made it first, and berth uses no image someone else could have \
+             put there; ask them or an administrator to remove it. Meanwhile `berth pull REF FILE` \
+             and run that file"
+        )
+    };
+    let rule = safedir::Rule { what: "unsafe image cache", deny: 0o022, foreign_hint: &foreign };
+    safedir::ensure_private_dir(base, name, uid, &rule).map_err(vetting_error)
+}
+
+/// The converted file of manifest digest `hex` in the vetted `dir`, if there is one: trusted
+/// only as a regular file of `uid`'s that nobody else can write, never by its name alone.
+fn cached(dir: &berth_runtime::safedir::PrivateDir, hex: &str, uid: u32) -> Result<Option<PathBuf>> {
+    use berth_runtime::safedir::{file_in, Entry};
+    let name = format!("{hex}.sqsh");
+    match file_in(dir, name.as_ref(), uid, "image cache entry").map_err(vetting_error)? {
+        Entry::Own(p) => Ok(Some(p)),
+        Entry::Missing => Ok(None),
+    }
+}
+
 /// The converted image for `src` in `cache_dir` (`<manifest digest>.sqsh`), converting it first
 /// if no one has. Concurrent callers (threads, processes, nodes sharing the directory over a
 /// filesystem with working flock) serialize on a lock file per digest: one converts, the others
 /// wait and then use its file. A digest-pinned reference whose file exists needs no network.
+/// `cache_dir` must be the caller's own (see [`image_cache_dir`]) and a file found there is used
+/// only if the caller owns it and nobody else can write it: anything else is refused with a
+/// message naming its owner.
 pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<PathBuf> {
     let source = parse_source(src)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = image_cache_dir(cache_dir, uid)?;
     if let Source::Registry(r) = &source {
         if let Some(d) = &r.digest {
-            let p = cache_dir.join(format!("{}.sqsh", &d[7..]));
-            if p.is_file() {
+            if let Some(p) = cached(&dir, d.trim_start_matches("sha256:"), uid)? {
                 return Ok(p);
             }
         }
@@ -470,20 +543,18 @@ pub fn ensure_converted(src: &str, cache_dir: &Path, opts: &Options) -> Result<P
             "use berth pull/import with an output file",
         )
     })?;
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| Error::io(format!("image cache {}", cache_dir.display()), e))?;
-    let out = cache_dir.join(format!("{digest}.sqsh"));
-    if out.is_file() {
-        return Ok(out);
+    if let Some(p) = cached(&dir, &digest, uid)? {
+        return Ok(p);
     }
-    let _lock = Lock::take(&cache_dir.join(format!("{digest}.lock")))?;
-    if out.is_file() {
-        return Ok(out);
+    let _lock = Lock::take(&dir.path.join(format!("{digest}.lock")))?;
+    if let Some(p) = cached(&dir, &digest, uid)? {
+        return Ok(p);
     }
+    let out = dir.path.join(format!("{digest}.sqsh"));
     CONVERSIONS.fetch_add(1, Ordering::SeqCst);
     let mut progress = Progress::new(opts.quiet);
     let (store, resolved) = fetch(loc, opts, &mut progress)?;
-    convert(&store, &resolved, &source.to_string(), &out, Format::Squashfs, &mut progress)?;
+    convert(&store, &resolved, &source.to_string(), &out, Format::Squashfs, true, &mut progress)?;
     Ok(out)
 }
 

@@ -327,6 +327,7 @@ fn registry_pull(port: u16, o: &Options, out: &Path) -> Result<Report> {
     let mut o2 = Options {
         cache: BlobCache::new(&o.cache.root),
         credentials: o.credentials.clone(),
+        credential_realms: o.credential_realms.clone(),
         ..opts(&o.cache.root)
     };
     o2.insecure = true;
@@ -450,4 +451,156 @@ fn registry_faults_that_do_not_heal_leave_nothing() {
         .file_name()
         .to_string_lossy()
         .starts_with('.')));
+}
+
+/// Names in the blob cache's directory that show a partial download.
+fn partials_in(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+/// Issue 20, finding 8. Redirects are followed by berth itself: to http(s) only, at most 8,
+/// and a redirect anywhere else is one error, never a panic, with nothing left behind.
+#[test]
+fn registry_redirects_are_followed_to_http_only_and_never_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    big_layout(&lay);
+    let out = t.path().join("o.sqsh");
+    let l2 = lay.clone();
+    // A blob store elsewhere, as Docker Hub's or GHCR's redirects lead: followed.
+    let srv = serve(
+        lay.clone(),
+        Box::new(move |_, p, _| {
+            let hex = p.split("sha256:").nth(1)?;
+            (p.starts_with("/v2/") && is_big_blob(p, &l2))
+                .then(|| (307, format!("Location: /store/sha256:{hex}\r\n")))
+        }),
+    );
+    let o = opts(&t.path().join("cache"));
+    registry_pull(srv.port, &o, &out).unwrap();
+    assert!(unsquash_list(&out).contains("/big"));
+    assert!(
+        srv.hits.lock().unwrap().iter().any(|h| h.starts_with("/store/")),
+        "{:?}",
+        srv.hits.lock().unwrap()
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    for (location, needle) in [
+        ("file:///etc/passwd", "file: is not http or https"),
+        ("gopher://127.0.0.1:1/x", "gopher: is not http or https"),
+        ("http://", "the registry redirected"),
+    ] {
+        let l2 = lay.clone();
+        let cache = t.path().join(format!("cache-{}", location.len()));
+        let srv = serve(
+            lay.clone(),
+            Box::new(move |_, p, _| is_big_blob(p, &l2).then(|| (302, format!("Location: {location}\r\n")))),
+        );
+        let e = registry_pull(srv.port, &opts(&cache), &out).unwrap_err().to_string();
+        assert!(e.contains(needle), "{location}: {e}");
+        assert!(!out.exists());
+        assert!(partials_in(&cache).is_empty(), "{location}: {:?}", partials_in(&cache));
+    }
+    // Round in circles.
+    let srv = serve(lay.clone(), Box::new(|_, p, _| Some((302, format!("Location: {p}\r\n")))));
+    let e = registry_pull(srv.port, &o, &out).unwrap_err().to_string();
+    assert!(e.contains("more than 8 redirects"), "{e}");
+    assert_eq!(srv.hits.lock().unwrap().len(), 9, "the first request and 8 redirects");
+    // A redirect without a Location.
+    let srv = serve(lay.clone(), Box::new(|_, _, _| Some((301, String::new()))));
+    let e = registry_pull(srv.port, &o, &out).unwrap_err().to_string();
+    assert!(e.contains("without a Location"), "{e}");
+}
+
+/// Issue 20, finding 10. The image config is read up to the cap manifests have (8 MiB): a
+/// manifest listing a larger one is refused before it is downloaded.
+#[test]
+fn registry_config_larger_than_the_cap_is_refused_unread() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    let mut config = cfg();
+    config["pad"] = "x".repeat(9 << 20).into();
+    let m = image(&lay, &config, &[layer(&[Ent::File("f", b"f", 0o644, 0, 0)], true)], "amd64");
+    finish(&lay, vec![m], "v1");
+    let srv = serve(lay.clone(), Box::new(|_, _, _| None));
+    let out = t.path().join("o.sqsh");
+    let cache = t.path().join("cache");
+    let e = registry_pull(srv.port, &opts(&cache), &out).unwrap_err().to_string();
+    assert!(e.contains("image config") && e.contains("more than the 8388608 bytes"), "{e}");
+    assert!(!out.exists());
+    let hits = srv.hits.lock().unwrap().clone();
+    assert!(!hits.iter().any(|h| h.contains("/blobs/")), "nothing downloaded: {hits:?}");
+}
+
+/// Issue 20, finding 11. Credentials go only to a token service at the registry's own
+/// address, or one the user's `credential_realms` lists; a realm that is not http(s) is an
+/// error, not a request.
+#[test]
+fn registry_credentials_go_only_to_the_registrys_own_token_service() {
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    std::fs::create_dir(&lay).unwrap();
+    big_layout(&lay);
+    let port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let realm_host = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (p2, h2) = (port.clone(), realm_host.clone());
+    let basic_seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let b2 = basic_seen.clone();
+    let srv = serve(
+        lay.clone(),
+        Box::new(move |_, path, headers| {
+            if path.starts_with("/token") {
+                if headers.contains("authorization: basic ywxpy2u6chc=") {
+                    b2.fetch_add(1, Ordering::SeqCst);
+                    return Some((200, r#"{"token":"tok-123"}"#.to_string()));
+                }
+                return Some((401, String::new()));
+            }
+            if headers.contains("authorization: bearer tok-123") {
+                return None;
+            }
+            let realm = h2.lock().unwrap().replace("PORT", &p2.load(Ordering::SeqCst).to_string());
+            Some((401, format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\"\r\n")))
+        }),
+    );
+    port.store(srv.port, Ordering::SeqCst);
+    let mut o = opts(&t.path().join("cache"));
+    o.credentials = Some(auth::Credentials { user: "alice".into(), password: "pw".into() });
+    let out = t.path().join("o.sqsh");
+    let set_realm = |r: &str| *realm_host.lock().unwrap() = r.to_string();
+
+    // The same service under another name (localhost, not 127.0.0.1): another host.
+    set_realm("http://localhost:PORT/token");
+    let e = registry_pull(srv.port, &o, &out).unwrap_err().to_string();
+    assert!(e.contains("not the registry's address") && e.contains("did not send them"), "{e}");
+    assert!(e.contains(&format!("\"http://localhost:{}\" in [registry] credential_realms", srv.port)), "{e}");
+    assert_eq!(basic_seen.load(Ordering::SeqCst), 0, "the credentials were sent");
+    assert!(!srv.hits.lock().unwrap().iter().any(|h| h.starts_with("/token")));
+    // Listed by the user: sent, and the pull works.
+    o.credential_realms = vec![format!("http://localhost:{}", srv.port)];
+    registry_pull(srv.port, &o, &out).unwrap();
+    assert_eq!(basic_seen.load(Ordering::SeqCst), 1);
+    // The registry's own address needs no list.
+    std::fs::remove_file(&out).unwrap();
+    o.credential_realms.clear();
+    set_realm("http://127.0.0.1:PORT/token");
+    registry_pull(srv.port, &o, &out).unwrap();
+    assert_eq!(basic_seen.load(Ordering::SeqCst), 2);
+    // Not an http(s) service at all: one message, with or without credentials.
+    for creds in [o.credentials.clone(), None] {
+        set_realm("file:///etc/passwd");
+        let mut o2 = opts(&t.path().join("cache"));
+        o2.credentials = creds;
+        let e = registry_pull(srv.port, &o2, &t.path().join("x.sqsh")).unwrap_err().to_string();
+        assert!(e.contains("not an http(s) address"), "{e}");
+    }
 }

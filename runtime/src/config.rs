@@ -86,11 +86,18 @@ pub struct Config {
 pub struct RegistryConfig {
     /// Where converted images are kept, one subdirectory per user (`<cache_dir>/<uid>/`): on
     /// a filesystem every node shares, a job step converts once and its other nodes wait for
-    /// that file. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
+    /// that file. Root's, mode 1777: a `<uid>` directory or file there that another user made
+    /// or can write is refused. Unset: each user's own cache (`$BERTH_CACHE_DIR/images`, else
     /// `~/.cache/berth/images`).
     pub cache_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) spoken to over plain HTTP.
     pub insecure_hosts: Vec<String>,
+    /// Token services (`https://host[:port]`, `http://host[:port]`; a bare host means https)
+    /// that may receive a user's registry credentials although they are not the registry's own
+    /// address. Without an entry, credentials go only to a token service at the registry's
+    /// scheme, host and port (and Docker Hub's and GitLab.com's own): a realm on another host,
+    /// or plain HTTP for an HTTPS registry, is refused.
+    pub credential_realms: Vec<String>,
 }
 
 /// `[binds]` of the site configuration.
@@ -251,6 +258,15 @@ impl Config {
         if self.registry.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(err("cache_dir", "[registry] cache_dir must be an absolute path".into()));
         }
+        for r in &self.registry.credential_realms {
+            let rest = r.strip_prefix("https://").or_else(|| r.strip_prefix("http://")).unwrap_or(r);
+            if rest.is_empty() || rest.contains("://") || rest.contains(char::is_whitespace) {
+                return Err(err(
+                    "credential_realms",
+                    format!("[registry] credential_realms: {r:?} is not https://HOST[:PORT] or http://HOST[:PORT]"),
+                ));
+            }
+        }
         if let Err((key, msg)) = self.inject.validate() {
             return Err(err(key, format!("[inject] {msg}")));
         }
@@ -385,6 +401,13 @@ mod tests {
         assert_eq!(c.registry.insecure_hosts, ["r:5000"]);
         let e = Config::parse("[registry]\ncache_dir = \"img\"\n", Path::new("b")).unwrap_err().to_string();
         assert!(e.contains("b:2") && e.contains("absolute"), "{e}");
+        let c = Config::parse("[registry]\ncredential_realms = [\"https://auth.r.io\"]\n", Path::new("b"))
+            .unwrap();
+        assert_eq!(c.registry.credential_realms, ["https://auth.r.io"]);
+        let e = Config::parse("[registry]\ncredential_realms = [\"file:///x\"]\n", Path::new("b"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b:2") && e.contains("credential_realms"), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub(crate) struct Entered {
 /// Make sure the per-user state directory exists, is ours and is private. It may live in a
 /// world-writable place such as /tmp, so anything we did not create ourselves is refused.
 pub(crate) fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -44,32 +44,18 @@ pub(crate) fn ensure_state_dir(dir: &Path, uid: u32) -> Result<()> {
         Err(e) => return Err(Error::io("cannot create", dir, e)),
     }
     let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
-    if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
-        let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
-            .ok()
-            .flatten()
-            .map(|u| format!("{} (uid {})", u.name, m.uid()))
-            .unwrap_or_else(|| format!("uid {}", m.uid()));
-        let kind = if m.is_dir() { "a directory" } else { "not a directory" };
-        let hint = if m.uid() != uid {
+    let rule = crate::safedir::Rule {
+        what: "unsafe state directory",
+        deny: 0o077,
+        foreign_hint: &|owner| {
             format!(
                 "another user, {owner}, made it first; ask them or an administrator to remove it. \
                  Meanwhile point berth elsewhere: XDG_RUNTIME_DIR set to a private (0700) directory \
                  of yours, or state_dir in berth.toml"
             )
-        } else {
-            format!("remove it, or `chmod 700 {}`", dir.display())
-        };
-        return Err(Error::Io {
-            what: "unsafe state directory".into(),
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(format!(
-                "must be a directory of yours with mode 0700; it is {kind} owned by {owner} with mode {:o}",
-                m.mode() & 0o7777
-            )),
-            hint,
-        });
-    }
+        },
+    };
+    rule.check(dir, (&m).into(), uid)?;
     Ok(())
 }
 

@@ -937,34 +937,11 @@ pub(crate) fn wait_ready(r: &std::fs::File, timeout: Option<std::time::Duration>
 /// user owns (`slurm_spank_exit`): a `holders` that the user turned into a symlink to
 /// somewhere else makes this fail instead of removing a file there.
 pub fn remove_file_nofollow(path: &Path) -> std::io::Result<()> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::Mode;
-    use std::path::Component;
-    let bad = || std::io::Error::from_raw_os_error(libc::EINVAL);
-    if !path.is_absolute() {
-        return Err(bad());
-    }
-    let parts: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(Ok(n)),
-            Component::RootDir => None,
-            _ => Some(Err(())),
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| bad())?;
-    let (file, dirs) = parts.split_last().ok_or_else(bad)?;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let open = |at: Option<&OwnedFd>, name: &std::ffi::OsStr| -> std::io::Result<OwnedFd> {
-        let fd = openat(at.map(|f| f.as_raw_fd()), name, flags, Mode::empty())?;
-        // SAFETY: openat just returned this descriptor; nobody else owns it.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    let (Some(parent), Some(file)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     };
-    let mut dir = open(None, std::ffi::OsStr::new("/"))?;
-    for d in dirs {
-        dir = open(Some(&dir), d)?;
-    }
-    nix::unistd::unlinkat(Some(dir.as_raw_fd()), *file, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    let dir = crate::safedir::open_dir_nofollow(parent, |_, _| Ok(()))?;
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), file, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
     Ok(())
 }
 

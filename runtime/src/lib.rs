@@ -17,6 +17,7 @@ pub mod image;
 pub mod inject;
 pub mod request;
 pub mod rootpath;
+pub mod safedir;
 
 pub use error::{Error, Result};
 pub(crate) mod apply;

@@ -61,6 +61,37 @@ impl Registry {
         htpasswd: Option<&Path>,
         netns: Option<&str>,
     ) -> Registry {
+        let auth = htpasswd
+            .map(|h| format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", h.display()));
+        Self::launch(dir, tls, |_| auth.unwrap_or_default(), netns)
+    }
+
+    /// A TLS registry with token authentication: every request without a token it trusts is
+    /// answered 401 with a bearer challenge naming `realm(port)` as its token service (tokens
+    /// it would trust are signed by `ca`'s key, which the tests never mint).
+    pub fn start_token(
+        dir: &Path,
+        tls: (&Path, &Path),
+        realm: impl Fn(u16) -> String,
+        ca: &Path,
+    ) -> Registry {
+        let auth = |port| {
+            format!(
+                "auth:\n  token:\n    realm: {}\n    service: berth-test\n    issuer: berth-test\n    \
+                 rootcertbundle: {}\n",
+                realm(port),
+                ca.display()
+            )
+        };
+        Self::launch(dir, Some(tls), auth, None)
+    }
+
+    fn launch(
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: impl FnOnce(u16) -> String,
+        netns: Option<&str>,
+    ) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let storage = dir.join("storage");
@@ -72,9 +103,7 @@ impl Registry {
         if let Some((cert, key)) = tls {
             cfg += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
         }
-        if let Some(h) = htpasswd {
-            cfg += &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", h.display());
-        }
+        cfg += &auth(port);
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
         let child = in_netns(netns, "docker-registry")
