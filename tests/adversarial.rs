@@ -15,6 +15,7 @@
 //! | 9 | image strings reach the terminal raw | `tests/cli.rs`: `inspect_escapes_terminal_controls_from_the_image` |
 //! | 10 | `berth stop` claims success on EPERM | `tests/cli.rs`: `stop_reports_signals_it_is_not_allowed_to_send` |
 //! | 11 | `-B ~/dir:/etc` writes into the host directory | `tests/cli.rs`: `binding_over_etc_writes_nothing_into_the_host_directory` |
+//! | 20.3 | privileged mode judges a vetted name reached through the user's own mount namespace | `privileged_mode_refuses_a_vetted_name_seen_through_another_mount_namespace` (here) |
 
 mod harness;
 
@@ -118,6 +119,78 @@ fn privileged_mode_opens_the_image_as_the_user() {
     let losetup = text(&Command::new("losetup").arg("-a").output().unwrap().stdout);
     assert!(!losetup.contains("adv-vetted"), "no loop device left: {losetup}");
     let _ = std::fs::remove_file(&link);
+}
+
+/// Issue 20, finding 3. mallory binds a root-owned image the site never vetted over the
+/// vetted image's name inside her own user and mount namespace (`unshare -Urm`), then asks
+/// root's privileged holder for `/proc/<her pid>/root/<vetted name>`: the kernel's name for
+/// what she opened is the vetted one, but it is another file, on another mount. Refused, with
+/// the reason, and nothing is mounted; the vetted image by its own name still is.
+#[test]
+fn privileged_mode_refuses_a_vetted_name_seen_through_another_mount_namespace() {
+    let w = world();
+    let mallory = user("mallory");
+    let vetted = w.path("adv-ns-vetted");
+    let unvetted = w.path("adv-ns-unvetted");
+    for d in [&vetted, &unvetted] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let app = vetted.join("app.sqsh");
+    let other = unvetted.join("other.sqsh");
+    for f in [&app, &other] {
+        std::fs::copy(&w.image, f).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let cfg = config(
+        "adv-ns-privileged.toml",
+        &format!(
+            "state_dir = \"/tmp/berth-adv-ns-{{uid}}\"\nmount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n",
+            vetted.display()
+        ),
+    );
+    let mut ns = mallory
+        .command(
+            Path::new("/usr/bin/unshare"),
+            &["-Urm", "sh", "-c", r#"mount --bind "$1" "$2" && echo bound && exec sleep 60"#, "sh"],
+        )
+        .arg(&other)
+        .arg(&app)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = harness::first_line(&mut ns);
+    if line != "bound\n" {
+        let _ = ns.kill();
+        let out = ns.wait_with_output().unwrap();
+        panic!("mallory's namespace: {line:?} {}", text(&out.stderr));
+    }
+    let through = PathBuf::from(format!("/proc/{}/root{}", ns.id(), app.display()));
+    let mut child = harness::root_holder(&cfg, mallory.uid, &mallory.home, None, "adv-ns", &through);
+    let line = harness::first_line(&mut child);
+    let _ = ns.kill();
+    let _ = ns.wait();
+    if line == "ready\n" {
+        let _ = mallory.berth(&["stop", "adv-ns"]).env("BERTH_CONFIG", &cfg).output();
+        let _ = child.wait();
+        panic!("{} was mounted for mallory through her own mount namespace", other.display());
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.starts_with("berth: ") && err.contains("another mount namespace"), "{err}");
+    let losetup = text(&Command::new("losetup").arg("-a").output().unwrap().stdout);
+    assert!(!losetup.contains("adv-ns-"), "no loop device left: {losetup}");
+
+    // The vetted image by its own name is mounted for her as before.
+    let mut child = harness::root_holder(&cfg, mallory.uid, &mallory.home, None, "adv-ns-ok", &app);
+    let line = harness::first_line(&mut child);
+    let stopped = mallory.berth(&["stop", "adv-ns-ok"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(line, "ready\n", "{}", text(&out.stderr));
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let _ = std::fs::remove_dir_all(format!("/tmp/berth-adv-ns-{}", mallory.uid));
 }
 
 /// Row 4. mallory makes `/tmp/berth-<victim's uid>` first. victim is told who is in the way
