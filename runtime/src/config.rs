@@ -283,8 +283,12 @@ pub(crate) const USER_STATE_ROOT: &str = "/run/berth";
 ///    or replace it;
 /// 2. `<runtime_dir>/berth`, when `runtime_dir` (the user's `XDG_RUNTIME_DIR`, made by the
 ///    login manager) is a directory owned by the user with mode 0700;
-/// 3. `/tmp/berth-<uid>`, where another user may have put something first: berth then
-///    refuses it and names the owner (see `ensure_state_dir`).
+/// 3. `/tmp/berth-<uid>`, unless another user has put something there first;
+/// 4. then, for the user's own berth, `~/.local/state/berth/<host>` (home from the password
+///    database, never from the environment), which only the user can create: berth says so
+///    once per run, naming who holds `/tmp/berth-<uid>`. A root process acting for the user
+///    never walks the user's home: it gets `/tmp/berth-<uid>`, which `ensure_state_dir`
+///    refuses, naming the owner.
 ///
 /// Only `lstat` is used: no symlink is followed, nothing is created.
 pub(crate) fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
@@ -300,7 +304,38 @@ pub(crate) fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf
     if let Some(rt) = runtime_dir.filter(|d| d.is_absolute() && private_dir(d, uid, 0o077)) {
         return rt.join("berth");
     }
-    PathBuf::from(format!("/tmp/berth-{uid}"))
+    let tmp = PathBuf::from(format!("/tmp/berth-{uid}"));
+    let squatter = std::fs::symlink_metadata(&tmp).ok().map(|m| m.uid()).filter(|&owner| owner != uid);
+    if let (Some(owner), Some(home)) = (squatter, home_state_dir(uid)) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {owner}"), |u| format!("{} (uid {owner})", u.name));
+            tracing::warn!(
+                "{} belongs to {name}, not to you: using {} instead (ask an administrator to remove {0})",
+                tmp.display(),
+                home.display()
+            );
+        }
+        return home;
+    }
+    tmp
+}
+
+/// `<home>/.local/state/berth/<host>` of `uid`, only when this process is that user (root
+/// acting for a user does not walk the user's home); the host name keeps nodes that share a
+/// home apart.
+fn home_state_dir(uid: u32) -> Option<PathBuf> {
+    // Real and effective: slurmstepd's user_init runs with the user's euid but is root.
+    if nix::unistd::geteuid().as_raw() != uid || nix::unistd::getuid().as_raw() != uid {
+        return None;
+    }
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()?.dir;
+    let host = nix::unistd::gethostname().ok()?.to_string_lossy().replace('/', "_");
+    (home.is_absolute() && !host.is_empty() && host != "." && host != "..")
+        .then(|| home.join(".local/state/berth").join(host))
 }
 
 /// As root (the scheduler's root side): make `/run/berth/<uid>`, the user's own state
