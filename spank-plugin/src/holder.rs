@@ -80,7 +80,8 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
 
 /// `/bin/sh -c script sh ARGS...` (arguments appended by the caller) run from root as user
 /// `uid`, group `gid` and supplementary `groups` (none: only the user's own rights), with a
-/// clean environment, from `/`, stdin closed: what the plugin does in a user's tree as root.
+/// clean environment, from `/`, stdin closed and none of slurmstepd's other descriptors (as a
+/// holder is started: `protocol::run_as_user`): what the plugin does in a user's tree as root.
 fn user_shell(script: &str, uid: u32, gid: u32, groups: Vec<u32>) -> std::process::Command {
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.args(["-c", script, "sh"])
@@ -88,7 +89,7 @@ fn user_shell(script: &str, uid: u32, gid: u32, groups: Vec<u32>) -> std::proces
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .current_dir("/")
         .stdin(std::process::Stdio::null());
-    sys::run_as(&mut cmd, uid, gid, groups);
+    protocol::run_as_user(&mut cmd, protocol::Creds { uid, gid, groups });
     cmd
 }
 
@@ -226,6 +227,28 @@ pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell the plugin runs as the user gets none of slurmstepd's descriptors (one that is
+    /// not close-on-exec here, as slurmstepd leaves some open across its forks).
+    #[test]
+    fn user_shells_inherit_no_descriptor_of_slurmstepd() {
+        use std::os::fd::AsRawFd;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let secret = tempfile::tempfile().unwrap();
+        let fd = nix::unistd::dup(secret.as_raw_fd()).unwrap();
+        let inherited = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_eq!(inherited & libc::FD_CLOEXEC, 0, "the test's descriptor crosses exec");
+        let out =
+            user_shell(r#"[ -e "/proc/$$/fd/$1" ] && echo open || echo closed; id -u"#, 65534, 65534, vec![])
+                .arg(fd.to_string())
+                .output()
+                .unwrap();
+        let _ = nix::unistd::close(fd);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "closed\n65534\n");
+    }
 
     /// The job epilog removes a job's named containers from root as the user: a user's link
     /// to root's files gets nothing removed there, and the user's own tree goes, locked
