@@ -51,13 +51,13 @@ fn state() -> MutexGuard<'static, State> {
 }
 
 pub(crate) fn log_error(msg: &str) {
-    sys::log(Level::Error, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Error, &format!("berth: {msg}"));
 }
 fn log_info(msg: &str) {
-    sys::log(Level::Info, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Info, &format!("berth: {msg}"));
 }
 fn log_verbose(msg: &str) {
-    sys::log(Level::Verbose, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Verbose, &format!("berth: {msg}"));
 }
 
 /// In slurmstepd: log `msg` and keep it for `task_init` to report (true). Elsewhere: false.

@@ -70,8 +70,9 @@ pub enum Level {
 }
 
 /// Log through Slurm: srun/sbatch print info and error on the user's terminal; in slurmstepd it
-/// goes to the slurmd log with the `[job.step]` prefix. Never stdout.
-pub fn log(level: Level, msg: &str) {
+/// goes to the slurmd log with the `[job.step]` prefix. Never stdout. Only
+/// `logging::emit` calls it (it escapes what users wrote).
+pub(crate) fn log(level: Level, msg: &str) {
     let msg = cstring(msg);
     let fmt = c"%s";
     // SAFETY: the format is a literal "%s" and the single vararg is a valid NUL-terminated
