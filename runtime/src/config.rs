@@ -77,6 +77,30 @@ pub struct Config {
     pub runtime_dir: Option<PathBuf>,
     /// Registry images: where they are converted, which registries speak plain HTTP.
     pub registry: RegistryConfig,
+    /// `[named]`: where named containers (`--container-name`) keep their writable layers.
+    pub named: NamedConfig,
+}
+
+/// `[named]` of the site configuration: the writable layers of named containers
+/// (`--container-name`), which outlive their steps, and with `container_scope=global` their
+/// job. Never in the state directory: on compute nodes that is `/run/berth/<uid>`, memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamedConfig {
+    /// The directory each layer is made in (`{uid}` is replaced by the user's uid). Empty: the
+    /// job's `TMPDIR` (its node-local scratch) for containers of one job, when that is an
+    /// absolute path outside `/run` and `/dev/shm`; else, and for `container_scope=global`
+    /// (which outlives a per-job `TMPDIR`), `/var/tmp`.
+    pub layers_dir: String,
+    /// MiB that all of one user's named-container layers on a node may take (allocated
+    /// blocks), checked each time a step opens a named container; 0: no limit.
+    pub per_user_limit_mib: u64,
+}
+
+impl Default for NamedConfig {
+    fn default() -> Self {
+        NamedConfig { layers_dir: String::new(), per_user_limit_mib: 10240 }
+    }
 }
 
 /// Images named by registry reference (`docker://...`, pyxis' `REG#IMG`), converted once per
@@ -146,6 +170,7 @@ impl Default for Config {
             inject: crate::inject::InjectConfig::default(),
             runtime_dir: None,
             registry: RegistryConfig::default(),
+            named: NamedConfig::default(),
         }
     }
 }
@@ -247,6 +272,9 @@ impl Config {
                 msg: "mount_mode = \"privileged\" needs [privileged] allowed_dirs (the directories of vetted images)".into(),
                 hint: "add allowed_dirs = [\"/apps/images\"] under [privileged], or use mount_mode = \"unprivileged\"".into(),
             });
+        }
+        if !self.named.layers_dir.is_empty() && !self.named.layers_dir.starts_with('/') {
+            return Err(err("layers_dir", "[named] layers_dir must be an absolute path".into()));
         }
         if self.registry.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(err("cache_dir", "[registry] cache_dir must be an absolute path".into()));
