@@ -64,14 +64,16 @@ pub fn dir(cfg: &Config, uid: u32, scope: Scope, job: u32, name: &str) -> PathBu
 
 /// Where the writable layers of `uid`'s named containers of `scope` are made: `[named]
 /// layers_dir` (`{uid}` replaced); else, for a job's containers, the job's `tmpdir` (its
-/// node-local scratch) when that is an absolute path outside `/run` and `/dev/shm` (memory);
-/// else `/var/tmp` (a per-job `TMPDIR` goes with its job, a global container does not).
+/// node-local scratch) when that is an absolute path outside `/run` and `/dev/shm` (memory)
+/// and a directory that may hold the user's layer ([`safe_base`]); else `/var/tmp` (a per-job
+/// `TMPDIR` goes with its job, a global container does not).
 pub fn layers_base(cfg: &Config, uid: u32, scope: Scope, tmpdir: Option<&Path>) -> PathBuf {
     if !cfg.named.layers_dir.is_empty() {
         return PathBuf::from(cfg.named.layers_dir.replace("{uid}", &uid.to_string()));
     }
     let in_memory = |p: &Path| p.starts_with("/run") || p.starts_with("/dev/shm");
-    match tmpdir.filter(|t| scope == Scope::Job && t.is_absolute() && !in_memory(t)) {
+    let usable = |t: &Path| std::fs::symlink_metadata(t).is_ok_and(|m| safe_base(&m, uid));
+    match tmpdir.filter(|t| scope == Scope::Job && t.is_absolute() && !in_memory(t) && usable(t)) {
         Some(t) => t.to_path_buf(),
         None => PathBuf::from("/var/tmp"),
     }
@@ -236,6 +238,15 @@ fn write_record(dir: &Path, name: &str, line: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(name))
 }
 
+/// Whether a directory with metadata `m` (from `lstat`) may hold `uid`'s layers: the user's or
+/// root's, writable by nobody else, or root's sticky one, where nobody can remove or rename
+/// another's entries.
+fn safe_base(m: &std::fs::Metadata, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let sticky_root = m.uid() == 0 && m.mode() & 0o1000 != 0;
+    m.is_dir() && (m.uid() == uid || m.uid() == 0) && (m.mode() & 0o022 == 0 || sticky_root)
+}
+
 /// Check that `base` may hold a user's layer: a directory (no link) of the user's or of
 /// root's that nobody else may write, or root's sticky one (`/var/tmp`, `/tmp`) where nobody
 /// can remove or rename another's entries. Made (0700) when missing.
@@ -249,8 +260,7 @@ fn check_layers_base(base: &Path, uid: u32) -> Result<()> {
             .map_err(|e| Error::io("cannot create the named containers' layer directory", base, e))?;
     }
     let m = std::fs::symlink_metadata(base).map_err(|e| Error::io("cannot stat", base, e))?;
-    let sticky_root = m.uid() == 0 && m.mode() & 0o1000 != 0;
-    if !m.is_dir() || (m.uid() != uid && m.uid() != 0) || (m.mode() & 0o022 != 0 && !sticky_root) {
+    if !safe_base(&m, uid) {
         return Err(Error::Io {
             what: "unsafe directory for named containers' layers".into(),
             path: base.to_path_buf(),
@@ -550,15 +560,26 @@ mod tests {
 
     #[test]
     fn layers_go_to_the_jobs_scratch_or_var_tmp_never_to_run() {
-        let cfg = Config::default();
-        let base = |scope, t: Option<&str>| layers_base(&cfg, 1001, scope, t.map(Path::new));
-        assert_eq!(base(Scope::Job, Some("/local/scratch/job7")), PathBuf::from("/local/scratch/job7"));
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let scratch = t.path().join("job7");
+        std::fs::create_dir(&scratch).unwrap();
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (cfg, uid) = (Config::default(), nix::unistd::getuid().as_raw());
+        let base = |scope, t: Option<&str>| layers_base(&cfg, uid, scope, t.map(Path::new));
+        let job7 = scratch.to_str().unwrap();
+        assert_eq!(base(Scope::Job, Some(job7)), scratch);
         assert_eq!(base(Scope::Job, None), PathBuf::from("/var/tmp"));
+        // Not one others may write (nor one missing): /var/tmp.
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(base(Scope::Job, Some(job7)), PathBuf::from("/var/tmp"));
+        assert_eq!(base(Scope::Job, Some("/nonexistent/tmp")), PathBuf::from("/var/tmp"));
         assert_eq!(base(Scope::Job, Some("/run/user/1001")), PathBuf::from("/var/tmp"));
         assert_eq!(base(Scope::Job, Some("/dev/shm")), PathBuf::from("/var/tmp"));
         assert_eq!(base(Scope::Job, Some("relative")), PathBuf::from("/var/tmp"));
         // A global container outlives a per-job TMPDIR.
-        assert_eq!(base(Scope::Global, Some("/local/scratch/job7")), PathBuf::from("/var/tmp"));
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(base(Scope::Global, Some(job7)), PathBuf::from("/var/tmp"));
         let site = Config {
             named: crate::config::NamedConfig {
                 layers_dir: "/scratch/layers/{uid}".into(),
