@@ -90,8 +90,8 @@ pub struct NamedConfig {
     /// The directory each layer is made in (`{uid}` is replaced by the user's uid). Empty: the
     /// job's `TMPDIR` (its node-local scratch) for containers of one job, when that is an
     /// absolute path outside `/run` and `/dev/shm` and a directory of the user's or root's
-    /// nobody else may write (or root's sticky one); else, and for `container_scope=global`
-    /// (which outlives a per-job `TMPDIR`), `/var/tmp`.
+    /// nobody else may write (or root's sticky one) on a local filesystem; else, and for
+    /// `container_scope=global` (which outlives a per-job `TMPDIR`), `/var/tmp`.
     pub layers_dir: String,
     /// MiB that all of one user's named-container layers on a node may take (allocated
     /// blocks), checked each time a step opens a named container; 0: no limit.

@@ -65,14 +65,17 @@ pub fn dir(cfg: &Config, uid: u32, scope: Scope, job: u32, name: &str) -> PathBu
 /// Where the writable layers of `uid`'s named containers of `scope` are made: `[named]
 /// layers_dir` (`{uid}` replaced); else, for a job's containers, the job's `tmpdir` (its
 /// node-local scratch) when that is an absolute path outside `/run` and `/dev/shm` (memory)
-/// and a directory that may hold the user's layer ([`safe_base`]); else `/var/tmp` (a per-job
+/// and a directory that may hold the user's layer ([`safe_base`]) on a filesystem overlays
+/// can write to (not NFS or a parallel filesystem); else `/var/tmp` (a per-job
 /// `TMPDIR` goes with its job, a global container does not).
 pub fn layers_base(cfg: &Config, uid: u32, scope: Scope, tmpdir: Option<&Path>) -> PathBuf {
     if !cfg.named.layers_dir.is_empty() {
         return PathBuf::from(cfg.named.layers_dir.replace("{uid}", &uid.to_string()));
     }
     let in_memory = |p: &Path| p.starts_with("/run") || p.starts_with("/dev/shm");
-    let usable = |t: &Path| std::fs::symlink_metadata(t).is_ok_and(|m| safe_base(&m, uid));
+    let usable = |t: &Path| {
+        std::fs::symlink_metadata(t).is_ok_and(|m| safe_base(&m, uid)) && crate::overlay::can_hold_layers(t)
+    };
     match tmpdir.filter(|t| scope == Scope::Job && t.is_absolute() && !in_memory(t) && usable(t)) {
         Some(t) => t.to_path_buf(),
         None => PathBuf::from("/var/tmp"),
