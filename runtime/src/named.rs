@@ -289,7 +289,16 @@ impl Opened {
     pub fn make_layer(&mut self, base: &Path, uid: u32) -> Result<PathBuf> {
         use std::io::Read;
         if let Some(l) = &self.layer {
-            return Ok(l.clone());
+            if std::fs::symlink_metadata(l).is_ok() {
+                return Ok(l.clone());
+            }
+            // Removed behind berth's back (a cleaner of /var/tmp, a reinstalled node): what
+            // the container's steps wrote is gone; it goes on from its image.
+            tracing::warn!(
+                "the writable layer {} of named container {} is gone; starting again from its image",
+                l.display(),
+                self.dir.display()
+            );
         }
         check_layers_base(base, uid)?;
         let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -539,6 +548,15 @@ mod tests {
         let mut again = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         assert_eq!(again.layer.as_deref(), Some(layer.as_path()));
         assert_eq!(again.make_layer(Path::new("/elsewhere"), uid).unwrap(), layer);
+        // A layer removed behind berth's back is made again, empty, where layers go now.
+        std::fs::rename(&layer, t.path().join("moved")).unwrap();
+        let fresh = again.make_layer(&scratch, uid).unwrap();
+        assert!(fresh != layer && fresh.starts_with(&scratch) && fresh.is_dir());
+        assert_eq!(recorded_layer(&d).as_deref(), Some(fresh.as_path()));
+        std::fs::remove_dir(&fresh).unwrap();
+        std::fs::rename(t.path().join("moved"), &layer).unwrap();
+        std::fs::write(d.join(LAYER), format!("{}\n", layer.display())).unwrap();
+        again.layer = recorded_layer(&d);
         assert!(usage(&cfg, uid) >= 1 << 20);
         // Over the site's limit: the next step is refused, with the numbers.
         let small = Config {
