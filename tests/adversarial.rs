@@ -7,7 +7,7 @@
 //! | 1 | a root job starter takes the user from the job's environment | `tests/pbs.rs`: `run_privileged_starter_is_refused` |
 //! | 2 | `LD_PRELOAD` reaches a root job starter | `tests/pbs.rs`: `static_starter_ignores_ld_preload_as_root` |
 //! | 3 | privileged mode mounts what the user cannot read | `privileged_mode_opens_the_image_as_the_user` (here) |
-//! | 4 | another user occupies the state directory | `another_user_cannot_occupy_the_state_directory` (here) |
+//! | 4 | another user occupies the state directory (and, issue 20 finding 14, so denies service) | `another_user_cannot_occupy_the_state_directory` (here) |
 //! | 5 | small crafted images exhaust memory | `tests/cli.rs`: `crafted_sif_with_overlapping_objects_is_refused_in_bounded_memory`, `sparse_huge_libc_in_a_directory_image_is_read_by_its_headers`, `doubling_environment_file_is_a_clear_error` |
 //! | 6 | a holder whose record was removed lives forever | `a_holder_whose_record_is_removed_stops` (here) |
 //! | 7 | a FIFO swapped in for the image hangs berth | `tests/cli.rs`: `a_fifo_as_image_fails_at_once` |
@@ -15,6 +15,7 @@
 //! | 9 | image strings reach the terminal raw | `tests/cli.rs`: `inspect_escapes_terminal_controls_from_the_image` |
 //! | 10 | `berth stop` claims success on EPERM | `tests/cli.rs`: `stop_reports_signals_it_is_not_allowed_to_send` |
 //! | 11 | `-B ~/dir:/etc` writes into the host directory | `tests/cli.rs`: `binding_over_etc_writes_nothing_into_the_host_directory` |
+//! | 20.3 | privileged mode judges a vetted name reached through the user's own mount namespace | `privileged_mode_refuses_a_vetted_name_seen_through_another_mount_namespace` (here) |
 
 mod harness;
 
@@ -120,9 +121,83 @@ fn privileged_mode_opens_the_image_as_the_user() {
     let _ = std::fs::remove_file(&link);
 }
 
-/// Row 4. mallory makes `/tmp/berth-<victim's uid>` first. victim is told who is in the way
-/// and what to do; with a private `XDG_RUNTIME_DIR`, or the `/run/berth/<uid>` root makes for
-/// a job (the Slurm plugin, the PBS prologue), victim's berth works regardless.
+/// Issue 20, finding 3. mallory binds a root-owned image the site never vetted over the
+/// vetted image's name inside her own user and mount namespace (`unshare -Urm`), then asks
+/// root's privileged holder for `/proc/<her pid>/root/<vetted name>`: the kernel's name for
+/// what she opened is the vetted one, but it is another file, on another mount. Refused, with
+/// the reason, and nothing is mounted; the vetted image by its own name still is.
+#[test]
+fn privileged_mode_refuses_a_vetted_name_seen_through_another_mount_namespace() {
+    let w = world();
+    let mallory = user("mallory");
+    let vetted = w.path("adv-ns-vetted");
+    let unvetted = w.path("adv-ns-unvetted");
+    for d in [&vetted, &unvetted] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let app = vetted.join("app.sqsh");
+    let other = unvetted.join("other.sqsh");
+    for f in [&app, &other] {
+        std::fs::copy(&w.image, f).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let cfg = config(
+        "adv-ns-privileged.toml",
+        &format!(
+            "state_dir = \"/tmp/berth-adv-ns-{{uid}}\"\nmount_mode = \"privileged\"\n[privileged]\nallowed_dirs = [\"{}\"]\n",
+            vetted.display()
+        ),
+    );
+    let mut ns = mallory
+        .command(
+            Path::new("/usr/bin/unshare"),
+            &["-Urm", "sh", "-c", r#"mount --bind "$1" "$2" && echo bound && exec sleep 60"#, "sh"],
+        )
+        .arg(&other)
+        .arg(&app)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = harness::first_line(&mut ns);
+    if line != "bound\n" {
+        let _ = ns.kill();
+        let out = ns.wait_with_output().unwrap();
+        panic!("mallory's namespace: {line:?} {}", text(&out.stderr));
+    }
+    let through = PathBuf::from(format!("/proc/{}/root{}", ns.id(), app.display()));
+    let mut child = harness::root_holder(&cfg, mallory.uid, &mallory.home, None, "adv-ns", &through);
+    let line = harness::first_line(&mut child);
+    let _ = ns.kill();
+    let _ = ns.wait();
+    if line == "ready\n" {
+        let _ = mallory.berth(&["stop", "adv-ns"]).env("BERTH_CONFIG", &cfg).output();
+        let _ = child.wait();
+        panic!("{} was mounted for mallory through her own mount namespace", other.display());
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.starts_with("berth: ") && err.contains("another mount namespace"), "{err}");
+    let losetup = text(&Command::new("losetup").arg("-a").output().unwrap().stdout);
+    assert!(!losetup.contains("adv-ns-"), "no loop device left: {losetup}");
+
+    // The vetted image by its own name is mounted for her as before.
+    let mut child = harness::root_holder(&cfg, mallory.uid, &mallory.home, None, "adv-ns-ok", &app);
+    let line = harness::first_line(&mut child);
+    let stopped = mallory.berth(&["stop", "adv-ns-ok"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(line, "ready\n", "{}", text(&out.stderr));
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let _ = std::fs::remove_dir_all(format!("/tmp/berth-adv-ns-{}", mallory.uid));
+}
+
+/// Row 4, and issue 20 finding 14. mallory makes `/tmp/berth-<victim's uid>` first. victim's
+/// berth still runs: it says once who is in the way and moves to
+/// `~/.local/state/berth/<host>`, which only victim can create; with a private
+/// `XDG_RUNTIME_DIR`, or the `/run/berth/<uid>` root makes for a job (the Slurm plugin, the PBS
+/// prologue), that is used instead.
 #[test]
 fn another_user_cannot_occupy_the_state_directory() {
     let w = world();
@@ -130,8 +205,11 @@ fn another_user_cannot_occupy_the_state_directory() {
     let mallory = user("mallory");
     let squat = PathBuf::from(format!("/tmp/berth-{}", victim.uid));
     let run_dir = Path::new("/run/berth").join(victim.uid.to_string());
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let fallback = victim.home.join(".local/state/berth").join(&host);
     let _ = std::fs::remove_dir_all(&squat);
     let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = std::fs::remove_dir_all(victim.home.join(".local/state/berth"));
     let out = mallory.sh(&format!("mkdir -m 700 {}", squat.display()));
     assert!(out.status.success(), "{}", text(&out.stderr));
     // No container kept warm: nothing of victim's stays behind.
@@ -139,10 +217,17 @@ fn another_user_cannot_occupy_the_state_directory() {
 
     let out = victim.berth(&["exec", w.image(), "id", "-u"]).env("BERTH_CONFIG", &cfg).output().unwrap();
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{err}");
-    assert!(err.starts_with("berth: ") && err.contains(&squat.display().to_string()), "{err}");
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout).trim(), victim.uid.to_string());
+    assert_eq!(err.matches(&squat.display().to_string()).count(), 2, "said once: {err}");
     assert!(err.contains(&format!("mallory (uid {})", mallory.uid)), "names the owner: {err}");
-    assert!(err.contains("XDG_RUNTIME_DIR") && err.contains("state_dir"), "says what to do: {err}");
+    assert!(err.contains(&fallback.display().to_string()), "says where instead: {err}");
+    let m = std::fs::symlink_metadata(&fallback).unwrap();
+    assert!(m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == victim.uid);
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&m) & 0o777, 0o700);
+    let out =
+        victim.berth(&["exec", "--dry-run", w.image(), "true"]).env("BERTH_CONFIG", &cfg).output().unwrap();
+    assert!(text(&out.stdout).contains(&format!("state   {}", fallback.display())), "{}", text(&out.stdout));
 
     // A private runtime directory of victim's own (what a login manager makes).
     let rt = w.path("adv-victim-runtime");
@@ -167,7 +252,7 @@ fn another_user_cannot_occupy_the_state_directory() {
         .env("XDG_RUNTIME_DIR", &mallory.home)
         .output()
         .unwrap();
-    assert!(text(&out.stdout).contains(&format!("state   {}", squat.display())), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(&format!("state   {}", fallback.display())), "{}", text(&out.stdout));
 
     // Root's side of a job makes /run/berth/<uid>; mallory cannot make or change it.
     berth_runtime::config::create_user_state_dir(victim.uid, victim.gid).unwrap();
@@ -183,6 +268,7 @@ fn another_user_cannot_occupy_the_state_directory() {
     let _ = std::fs::remove_dir_all(&squat);
     let _ = std::fs::remove_dir_all(&run_dir);
     let _ = std::fs::remove_dir_all(&rt);
+    let _ = std::fs::remove_dir_all(victim.home.join(".local/state/berth"));
 }
 
 /// Row 6. A holder whose record (here: the whole state directory) was removed can never be

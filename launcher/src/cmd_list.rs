@@ -78,7 +78,7 @@ pub fn remove_global(cfg: &Config, uid: u32, name: &str, wait: std::time::Durati
         )),
         Err(named::OpenError::Other(e)) => Err(e),
         // Removed while locked: a step starting now waits, then makes a fresh container.
-        Ok(opened) => named::remove_tree(&opened.dir).map_err(|e| Error::io("cannot remove", &dir, e)),
+        Ok(opened) => named::remove(&opened.dir).map_err(|e| Error::io("cannot remove", &dir, e)),
     }
 }
 
@@ -180,18 +180,25 @@ mod tests {
         let dir = named::dir(&cfg, uid, named::Scope::Global, 0, "g");
         let mut held = named::open(&cfg, uid, &dir, Duration::ZERO).unwrap();
         held.record_image(std::path::Path::new("/i/a.sqsh")).unwrap();
-        std::fs::create_dir_all(dir.join("upper/data")).unwrap();
-        std::fs::write(dir.join("upper/data/state"), "x").unwrap();
-        std::fs::create_dir_all(dir.join("work/work")).unwrap();
-        std::fs::set_permissions(dir.join("work/work"), std::os::unix::fs::PermissionsExt::from_mode(0o000))
-            .unwrap();
+        // The layer lives outside the state directory ([named] layers_dir).
+        let layers = t.path().join("layers");
+        let layer = held.make_layer(&layers, uid).unwrap();
+        std::fs::create_dir_all(layer.join("upper/data")).unwrap();
+        std::fs::write(layer.join("upper/data/state"), "x").unwrap();
+        std::fs::create_dir_all(layer.join("work/work")).unwrap();
+        std::fs::set_permissions(
+            layer.join("work/work"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
 
         let e = remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap_err().to_string();
         assert!(e.contains("rm g: ") && e.contains("a job step is running in it"), "{e}");
-        assert!(dir.join("upper/data/state").exists());
+        assert!(layer.join("upper/data/state").exists());
         drop(held);
         remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap();
         assert!(!dir.exists());
+        assert!(!layer.exists(), "its layer goes with it");
         let e = remove_global(&cfg, uid, "g", Duration::from_millis(100)).unwrap_err().to_string();
         assert!(e.contains("no named container g kept across jobs on this node"), "{e}");
         let e = remove_global(&cfg, uid, "../st", Duration::ZERO).unwrap_err().to_string();

@@ -77,6 +77,31 @@ pub struct Config {
     pub runtime_dir: Option<PathBuf>,
     /// Registry images: where they are converted, which registries speak plain HTTP.
     pub registry: RegistryConfig,
+    /// `[named]`: where named containers (`--container-name`) keep their writable layers.
+    pub named: NamedConfig,
+}
+
+/// `[named]` of the site configuration: the writable layers of named containers
+/// (`--container-name`), which outlive their steps, and with `container_scope=global` their
+/// job. Never in the state directory: on compute nodes that is `/run/berth/<uid>`, memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamedConfig {
+    /// The directory each layer is made in (`{uid}` is replaced by the user's uid). Empty: the
+    /// job's `TMPDIR` (its node-local scratch) for containers of one job, when that is an
+    /// absolute path outside `/run` and `/dev/shm` and a directory of the user's or root's
+    /// nobody else may write (or root's sticky one) on a local filesystem; else, and for
+    /// `container_scope=global` (which outlives a per-job `TMPDIR`), `/var/tmp`.
+    pub layers_dir: String,
+    /// MiB that all of one user's named-container layers on a node may take (allocated
+    /// blocks), checked each time a step opens a named container; 0: no limit.
+    pub per_user_limit_mib: u64,
+}
+
+impl Default for NamedConfig {
+    fn default() -> Self {
+        NamedConfig { layers_dir: String::new(), per_user_limit_mib: 10240 }
+    }
 }
 
 /// Images named by registry reference (`docker://...`, pyxis' `REG#IMG`), converted once per
@@ -153,6 +178,7 @@ impl Default for Config {
             inject: crate::inject::InjectConfig::default(),
             runtime_dir: None,
             registry: RegistryConfig::default(),
+            named: NamedConfig::default(),
         }
     }
 }
@@ -255,6 +281,9 @@ impl Config {
                 hint: "add allowed_dirs = [\"/apps/images\"] under [privileged], or use mount_mode = \"unprivileged\"".into(),
             });
         }
+        if !self.named.layers_dir.is_empty() && !self.named.layers_dir.starts_with('/') {
+            return Err(err("layers_dir", "[named] layers_dir must be an absolute path".into()));
+        }
         if self.registry.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(err("cache_dir", "[registry] cache_dir must be an absolute path".into()));
         }
@@ -299,8 +328,12 @@ pub(crate) const USER_STATE_ROOT: &str = "/run/berth";
 ///    or replace it;
 /// 2. `<runtime_dir>/berth`, when `runtime_dir` (the user's `XDG_RUNTIME_DIR`, made by the
 ///    login manager) is a directory owned by the user with mode 0700;
-/// 3. `/tmp/berth-<uid>`, where another user may have put something first: berth then
-///    refuses it and names the owner (see `ensure_state_dir`).
+/// 3. `/tmp/berth-<uid>`, unless another user has put something there first;
+/// 4. then, for the user's own berth, `~/.local/state/berth/<host>` (home from the password
+///    database, never from the environment), which only the user can create: berth says so
+///    once per run, naming who holds `/tmp/berth-<uid>`. A root process acting for the user
+///    never walks the user's home: it gets `/tmp/berth-<uid>`, which `ensure_state_dir`
+///    refuses, naming the owner.
 ///
 /// Only `lstat` is used: no symlink is followed, nothing is created.
 pub(crate) fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf {
@@ -316,7 +349,38 @@ pub(crate) fn default_state_dir(uid: u32, runtime_dir: Option<&Path>) -> PathBuf
     if let Some(rt) = runtime_dir.filter(|d| d.is_absolute() && private_dir(d, uid, 0o077)) {
         return rt.join("berth");
     }
-    PathBuf::from(format!("/tmp/berth-{uid}"))
+    let tmp = PathBuf::from(format!("/tmp/berth-{uid}"));
+    let squatter = std::fs::symlink_metadata(&tmp).ok().map(|m| m.uid()).filter(|&owner| owner != uid);
+    if let (Some(owner), Some(home)) = (squatter, home_state_dir(uid)) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {owner}"), |u| format!("{} (uid {owner})", u.name));
+            tracing::warn!(
+                "{} belongs to {name}, not to you: using {} instead (ask an administrator to remove {0})",
+                tmp.display(),
+                home.display()
+            );
+        }
+        return home;
+    }
+    tmp
+}
+
+/// `<home>/.local/state/berth/<host>` of `uid`, only when this process is that user (root
+/// acting for a user does not walk the user's home); the host name keeps nodes that share a
+/// home apart.
+fn home_state_dir(uid: u32) -> Option<PathBuf> {
+    // Real and effective: slurmstepd's user_init runs with the user's euid but is root.
+    if nix::unistd::geteuid().as_raw() != uid || nix::unistd::getuid().as_raw() != uid {
+        return None;
+    }
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()?.dir;
+    let host = nix::unistd::gethostname().ok()?.to_string_lossy().replace('/', "_");
+    (home.is_absolute() && !host.is_empty() && host != "." && host != "..")
+        .then(|| home.join(".local/state/berth").join(host))
 }
 
 /// As root (the scheduler's root side): make `/run/berth/<uid>`, the user's own state

@@ -630,6 +630,16 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
+/// Make `cmd` run as `creds` (real, effective and saved ids; from a root process, also one
+/// whose effective uid is the user's, as slurmstepd's `user_init`), with no descriptor of the
+/// caller's above stderr (slurmstepd's own, not close-on-exec, would otherwise reach a
+/// process of the user's) and SIGKILL when the thread that started it ends: what a holder
+/// started by [`Spawn::Exec`] gets, for the other programs a scheduler's root side runs as
+/// the user.
+pub fn run_as_user(cmd: &mut std::process::Command, creds: Creds) {
+    process::run_as(cmd, Some((creds.uid, creds.gid, creds.groups)), -1, 2);
+}
+
 /// How [`spawn`] starts a holder process.
 pub enum Spawn<'a> {
     /// Fork a detached holder (double fork, its own session) from this process, which must be

@@ -1,16 +1,22 @@
 //! Named containers (pyxis' `--container-name`): a container kept for the later steps of a job
 //! on each node. Nothing is unpacked: a named container is the image it was made from plus a
-//! kept writable layer (the `--overlay` layout, `upper/` and `work/`), in the user's state
-//! directory:
+//! kept writable layer (the `--overlay` layout, `upper/` and `work/`). Its small files are in
+//! the user's state directory; the layer, which can grow as large as what the job writes, is
+//! where the site says (`[named] layers_dir`, by default the job's node-local `TMPDIR` or
+//! `/var/tmp`), never in the state directory (`/run/berth/<uid>` on compute nodes: memory):
 //!
 //! ```text
-//! <state_dir>/named/<jobid>/<NAME>/{upper,work}   the writable layer
-//!                                  image           the image it was made from (one line)
-//!                                  lock            flock'ed by the step that has it mounted
-//!                                  running         flock'ed while that step's tasks run
+//! <state_dir>/named/<jobid>/<NAME>/layer    the writable layer's directory (one line):
+//!                                           <layers_dir>/berth-<uid>-<NAME>-<random>/{upper,work}
+//!                                  image    the image it was made from (one line)
+//!                                  lock     flock'ed by the step that has it mounted
+//!                                  running  flock'ed while that step's tasks run
 //! ```
 //!
-//! (`named/global/<NAME>` with the site's `container_scope=global`.) Every step mounts the same
+//! (`named/global/<NAME>` with the site's `container_scope=global`.) All of a user's layers on
+//! a node together may take `[named] per_user_limit_mib` ([`check_limit`], when a step opens
+//! one). A container made before layers moved has `upper/` and `work/` in its own directory
+//! and keeps them there. Every step mounts the same
 //! image with the same upper layer, so what one step wrote the next one sees. One step at a
 //! time has it mounted (a writable layer cannot be mounted twice): a step that asks for it
 //! while another runs in it joins that step's holder instead (found by the layer the holder's
@@ -56,12 +62,48 @@ pub fn dir(cfg: &Config, uid: u32, scope: Scope, job: u32, name: &str) -> PathBu
     }
 }
 
+/// Where the writable layers of `uid`'s named containers of `scope` are made: `[named]
+/// layers_dir` (`{uid}` replaced); else, for a job's containers, the job's `tmpdir` (its
+/// node-local scratch) when that is an absolute path outside `/run` and `/dev/shm` (memory)
+/// and a directory that may hold the user's layer ([`safe_base`]) on a filesystem overlays
+/// can write to (not NFS or a parallel filesystem); else `/var/tmp` (a per-job
+/// `TMPDIR` goes with its job, a global container does not).
+pub fn layers_base(cfg: &Config, uid: u32, scope: Scope, tmpdir: Option<&Path>) -> PathBuf {
+    if !cfg.named.layers_dir.is_empty() {
+        return PathBuf::from(cfg.named.layers_dir.replace("{uid}", &uid.to_string()));
+    }
+    let in_memory = |p: &Path| p.starts_with("/run") || p.starts_with("/dev/shm");
+    let usable = |t: &Path| {
+        std::fs::symlink_metadata(t).is_ok_and(|m| safe_base(&m, uid)) && crate::overlay::can_hold_layers(t)
+    };
+    match tmpdir.filter(|t| scope == Scope::Job && t.is_absolute() && !in_memory(t) && usable(t)) {
+        Some(t) => t.to_path_buf(),
+        None => PathBuf::from("/var/tmp"),
+    }
+}
+
+/// The file of a named container's directory that names its writable layer.
+const LAYER: &str = "layer";
+
+/// The writable layer of named container `dir` (the `--overlay` directory of its steps): the
+/// directory its `layer` file names, or, for a container made before layers moved out of the
+/// state directory, `dir` itself when it holds `upper/`. None: no layer made yet.
+pub fn recorded_layer(dir: &Path) -> Option<PathBuf> {
+    let named = read_record(dir, LAYER).filter(|s| s.starts_with('/')).map(PathBuf::from);
+    named.or_else(|| {
+        std::fs::symlink_metadata(dir.join("upper")).is_ok_and(|m| m.is_dir()).then(|| dir.to_path_buf())
+    })
+}
+
 /// A named container opened by one step: its directory, made if it was missing, and locked
 /// for as long as this value lives (two steps never mount one upper layer at the same time).
 #[derive(Debug)]
 pub struct Opened {
-    /// The container's directory: the `--overlay` directory of the step.
+    /// The container's directory (its lock, records and the name of its layer).
     pub dir: PathBuf,
+    /// Its writable layer, the `--overlay` directory of the step ([`Opened::make_layer`]);
+    /// None: not made yet.
+    pub layer: Option<PathBuf>,
     /// The image it was made from; None: it does not exist yet (no step made it).
     pub image: Option<PathBuf>,
     /// True when this call made the directory (removed again if the step fails).
@@ -110,17 +152,36 @@ pub fn open(
             Err((_, e)) => return Err(OpenError::Other(Error::sys("flock", lock_path.display(), e))),
         }
     };
-    Ok(Opened { dir: dir.to_path_buf(), image: recorded_image(dir), created, _lock: lock })
+    Ok(Opened {
+        dir: dir.to_path_buf(),
+        layer: recorded_layer(dir),
+        image: recorded_image(dir),
+        created,
+        _lock: lock,
+    })
 }
 
 /// The image named container `dir` was made from, as its first step recorded it (None: no
 /// step has recorded one).
 pub fn recorded_image(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_to_string(dir.join("image"))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
+    read_record(dir, "image").filter(|s| !s.is_empty()).map(PathBuf::from)
+}
+
+/// The one line of record `name` in `dir`: a regular file (no link, no FIFO to block on) of
+/// at most 4 KiB.
+fn read_record(dir: &Path, name: &str) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir.join(name))
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut s = String::new();
+    f.take(4096).read_to_string(&mut s).ok()?;
+    Some(s.trim_end_matches('\n').to_string())
 }
 
 /// The file whose lock says that a step's tasks run in the container.
@@ -165,24 +226,112 @@ fn cfg_state_dir(cfg: &Config, uid: u32) -> PathBuf {
     Config { runtime_dir: None, ..cfg.clone() }.state_dir_for(uid)
 }
 
+/// Write `line` into `dir/name` through a temporary file renamed into place (a reader sees
+/// the whole line or nothing), never through a symlink.
+fn write_record(dir: &Path, name: &str, line: &Path) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    writeln!(f, "{}", line.display())?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// Whether a directory with metadata `m` (from `lstat`) may hold `uid`'s layers: the user's or
+/// root's, writable by nobody else, or root's sticky one, where nobody can remove or rename
+/// another's entries.
+fn safe_base(m: &std::fs::Metadata, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let sticky_root = m.uid() == 0 && m.mode() & 0o1000 != 0;
+    m.is_dir() && (m.uid() == uid || m.uid() == 0) && (m.mode() & 0o022 == 0 || sticky_root)
+}
+
+/// Check that `base` may hold a user's layer: a directory (no link) of the user's or of
+/// root's that nobody else may write, or root's sticky one (`/var/tmp`, `/tmp`) where nobody
+/// can remove or rename another's entries. Made (0700) when missing.
+fn check_layers_base(base: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(base).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(base)
+            .map_err(|e| Error::io("cannot create the named containers' layer directory", base, e))?;
+    }
+    let m = std::fs::symlink_metadata(base).map_err(|e| Error::io("cannot stat", base, e))?;
+    if !safe_base(&m, uid) {
+        return Err(Error::Io {
+            what: "unsafe directory for named containers' layers".into(),
+            path: base.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "must be a directory of yours or root's that others cannot write (or root's sticky one); \
+                 it is {} of uid {} with mode {:o}",
+                if m.is_dir() { "a directory" } else { "not a directory" },
+                m.uid(),
+                m.mode() & 0o7777
+            )),
+            hint: "ask the administrator ([named] layers_dir in berth.toml)".into(),
+        });
+    }
+    Ok(())
+}
+
 impl Opened {
+    /// The container's writable layer: the one it has ([`recorded_layer`]), else a new
+    /// directory made now in `base` ([`layers_base`]) as the calling user, mode 0700, with an
+    /// unpredictable name (`berth-<uid>-<NAME>-<random>`, made with `mkdir`, which never takes
+    /// one that exists, so nobody can have made it first), and recorded in the container's
+    /// `layer` file.
+    pub fn make_layer(&mut self, base: &Path, uid: u32) -> Result<PathBuf> {
+        use std::io::Read;
+        if let Some(l) = &self.layer {
+            if std::fs::symlink_metadata(l).is_ok() {
+                return Ok(l.clone());
+            }
+            // Removed behind berth's back (a cleaner of /var/tmp, a reinstalled node): what
+            // the container's steps wrote is gone; it goes on from its image.
+            tracing::warn!(
+                "the writable layer {} of named container {} is gone; starting again from its image",
+                l.display(),
+                self.dir.display()
+            );
+        }
+        check_layers_base(base, uid)?;
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut urandom =
+            File::open("/dev/urandom").map_err(|e| Error::io("cannot open", Path::new("/dev/urandom"), e))?;
+        for _ in 0..16 {
+            let mut r = [0u8; 8];
+            urandom.read_exact(&mut r).map_err(|e| Error::io("cannot read", Path::new("/dev/urandom"), e))?;
+            let layer = base.join(format!("berth-{uid}-{name}-{:016x}", u64::from_ne_bytes(r)));
+            match std::fs::DirBuilder::new().mode(0o700).create(&layer) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("cannot create the writable layer", &layer, e)),
+            }
+            if let Err(e) = write_record(&self.dir, LAYER, &layer) {
+                let _ = std::fs::remove_dir(&layer);
+                return Err(Error::io("cannot record the writable layer of", &self.dir, e));
+            }
+            self.layer = Some(layer.clone());
+            return Ok(layer);
+        }
+        Err(Error::request(
+            format!("writable layer in {}", base.display()),
+            "no unused name was found",
+            "remove old berth-* directories there",
+        ))
+    }
+
     /// Record the image the container was made from, once its first step is running (a
     /// temporary file renamed into place: a reader sees the whole line or nothing).
     pub fn record_image(&mut self, image: &Path) -> Result<()> {
-        let tmp = self.dir.join(".image.tmp");
-        let fin = self.dir.join("image");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            writeln!(f, "{}", image.display())?;
-            std::fs::rename(&tmp, &fin)
-        };
-        write().map_err(|e| Error::io("cannot record the image of", &self.dir, e))?;
+        write_record(&self.dir, "image", image)
+            .map_err(|e| Error::io("cannot record the image of", &self.dir, e))?;
         self.image = Some(image.to_path_buf());
         Ok(())
     }
@@ -205,12 +354,92 @@ impl Opened {
     pub fn discard(self) {
         let dir = self.dir.clone();
         drop(self);
-        let _ = remove_tree(&dir);
+        let _ = remove(&dir);
         // The job's directory too, when this was its only container.
         if let Some(parent) = dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
     }
+}
+
+/// Remove named container `dir`: its writable layer (wherever its `layer` file says), then
+/// the directory itself. As the calling user.
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    if let Some(layer) = recorded_layer(dir).filter(|l| l != dir) {
+        remove_tree(&layer)?;
+    }
+    remove_tree(dir)
+}
+
+/// The named containers' directories of `uid` on this node, by job and name.
+fn containers(cfg: &Config, uid: u32) -> Vec<(String, String, PathBuf)> {
+    let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut out = vec![];
+    for (job, jdir) in dirs(&root(cfg, uid)) {
+        for (name, cdir) in dirs(&jdir) {
+            out.push((job.clone(), name, cdir));
+        }
+    }
+    out
+}
+
+/// Bytes (allocated blocks) under `path`, not following links, walked without recursion (a
+/// deep tree cannot exhaust the stack of the process that measures it).
+fn tree_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        total = total.saturating_add(m.blocks().saturating_mul(512));
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// Bytes all writable layers of `uid`'s named containers on this node take, measured as the
+/// calling user.
+pub fn usage(cfg: &Config, uid: u32) -> u64 {
+    containers(cfg, uid)
+        .iter()
+        .filter_map(|(_, _, d)| recorded_layer(d))
+        .fold(0u64, |a, l| a.saturating_add(tree_bytes(&l)))
+}
+
+/// Refuse a step a named container when `uid`'s layers on this node already take more than
+/// the site's `[named] per_user_limit_mib`.
+pub fn check_limit(cfg: &Config, uid: u32) -> Result<()> {
+    let limit = cfg.named.per_user_limit_mib;
+    if limit == 0 {
+        return Ok(());
+    }
+    let used = usage(cfg, uid);
+    if used <= limit.saturating_mul(1 << 20) {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    Err(Error::request(
+        "--container-name",
+        format!(
+            "your named containers on this node take {:.1} GiB, more than the site allows ({:.1} GiB, \
+             [named] per_user_limit_mib = {limit} in berth.toml)",
+            gib(used),
+            gib(limit.saturating_mul(1 << 20))
+        ),
+        "remove those you no longer need (`berth list`, `berth rm NAME`); a job's own go at its end",
+    ))
 }
 
 /// Remove `path` and everything under it, as the calling user: directories the user made
@@ -250,26 +479,13 @@ pub struct Listed {
 /// The named containers of `uid` on this node, by job and name.
 pub fn list(cfg: &Config, uid: u32) -> Vec<Listed> {
     let mut out = vec![];
-    let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
-        let mut v: Vec<_> = std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
-            .collect();
-        v.sort();
-        v
-    };
-    for (job, jdir) in dirs(&root(cfg, uid)) {
-        for (name, cdir) in dirs(&jdir) {
-            let Ok(meta) = std::fs::symlink_metadata(cdir.join("image")) else { continue };
-            let image = recorded_image(&cdir).unwrap_or_default();
-            let age_s = meta.modified().ok().and_then(|m| m.elapsed().ok()).map_or(0, |d| d.as_secs());
-            // (Whether a step has it now is not probed: taking its lock, even shared and
-            // briefly, could refuse a step that starts at that moment.)
-            out.push(Listed { job: job.clone(), name, image, age_s });
-        }
+    for (job, name, cdir) in containers(cfg, uid) {
+        let Ok(meta) = std::fs::symlink_metadata(cdir.join("image")) else { continue };
+        let image = recorded_image(&cdir).unwrap_or_default();
+        let age_s = meta.modified().ok().and_then(|m| m.elapsed().ok()).map_or(0, |d| d.as_secs());
+        // (Whether a step has it now is not probed: taking its lock, even shared and
+        // briefly, could refuse a step that starts at that moment.)
+        out.push(Listed { job, name, image, age_s });
     }
     out
 }
@@ -308,6 +524,124 @@ mod tests {
         let again = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
         assert!(!again.created);
         assert_eq!(again.image.as_deref(), Some(Path::new("/i/a.sqsh")));
+    }
+
+    #[test]
+    fn the_writable_layer_is_made_outside_the_state_directory_and_kept_for_later_steps() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let (cfg, uid) = (cfg(t.path()), nix::unistd::getuid().as_raw());
+        let scratch = t.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let d = dir(&cfg, uid, Scope::Job, 9, "n");
+        let mut first = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
+        assert_eq!(first.layer, None);
+        let layer = first.make_layer(&scratch, uid).unwrap();
+        assert_eq!(layer.parent(), Some(scratch.as_path()));
+        assert!(layer.file_name().unwrap().to_str().unwrap().starts_with(&format!("berth-{uid}-n-")));
+        assert!(!layer.starts_with(t.path().join("st")), "not in the state directory");
+        assert_eq!(std::fs::metadata(&layer).unwrap().mode() & 0o7777, 0o700);
+        std::fs::create_dir_all(layer.join("upper")).unwrap();
+        std::fs::write(layer.join("upper/f"), vec![1u8; 1 << 20]).unwrap();
+        drop(first);
+        // The next step gets the same layer, whatever base it is offered.
+        let mut again = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
+        assert_eq!(again.layer.as_deref(), Some(layer.as_path()));
+        assert_eq!(again.make_layer(Path::new("/elsewhere"), uid).unwrap(), layer);
+        // A layer removed behind berth's back is made again, empty, where layers go now.
+        std::fs::rename(&layer, t.path().join("moved")).unwrap();
+        let fresh = again.make_layer(&scratch, uid).unwrap();
+        assert!(fresh != layer && fresh.starts_with(&scratch) && fresh.is_dir());
+        assert_eq!(recorded_layer(&d).as_deref(), Some(fresh.as_path()));
+        std::fs::remove_dir(&fresh).unwrap();
+        std::fs::rename(t.path().join("moved"), &layer).unwrap();
+        std::fs::write(d.join(LAYER), format!("{}\n", layer.display())).unwrap();
+        again.layer = recorded_layer(&d);
+        assert!(usage(&cfg, uid) >= 1 << 20);
+        // Over the site's limit: the next step is refused, with the numbers.
+        let small = Config {
+            named: crate::config::NamedConfig { per_user_limit_mib: 1, ..cfg.named.clone() },
+            ..cfg.clone()
+        };
+        let e = check_limit(&small, uid).unwrap_err().to_string();
+        assert!(
+            e.contains("your named containers on this node take") && e.contains("per_user_limit_mib = 1"),
+            "{e}"
+        );
+        assert!(check_limit(&cfg, uid).is_ok());
+        let none = Config {
+            named: crate::config::NamedConfig { per_user_limit_mib: 0, ..cfg.named.clone() },
+            ..cfg.clone()
+        };
+        assert!(check_limit(&none, uid).is_ok());
+        // Removing the container removes its layer too.
+        again.discard();
+        assert!(!layer.exists() && !d.exists());
+    }
+
+    #[test]
+    fn layers_go_to_the_jobs_scratch_or_var_tmp_never_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let scratch = t.path().join("job7");
+        std::fs::create_dir(&scratch).unwrap();
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (cfg, uid) = (Config::default(), nix::unistd::getuid().as_raw());
+        let base = |scope, t: Option<&str>| layers_base(&cfg, uid, scope, t.map(Path::new));
+        let job7 = scratch.to_str().unwrap();
+        assert_eq!(base(Scope::Job, Some(job7)), scratch);
+        assert_eq!(base(Scope::Job, None), PathBuf::from("/var/tmp"));
+        // Not one others may write (nor one missing): /var/tmp.
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(base(Scope::Job, Some(job7)), PathBuf::from("/var/tmp"));
+        assert_eq!(base(Scope::Job, Some("/nonexistent/tmp")), PathBuf::from("/var/tmp"));
+        assert_eq!(base(Scope::Job, Some("/run/user/1001")), PathBuf::from("/var/tmp"));
+        assert_eq!(base(Scope::Job, Some("/dev/shm")), PathBuf::from("/var/tmp"));
+        assert_eq!(base(Scope::Job, Some("relative")), PathBuf::from("/var/tmp"));
+        // A global container outlives a per-job TMPDIR.
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(base(Scope::Global, Some(job7)), PathBuf::from("/var/tmp"));
+        let site = Config {
+            named: crate::config::NamedConfig {
+                layers_dir: "/scratch/layers/{uid}".into(),
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(layers_base(&site, 1001, Scope::Global, None), PathBuf::from("/scratch/layers/1001"));
+    }
+
+    #[test]
+    fn a_layer_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (cfg, uid) = (cfg(t.path()), nix::unistd::getuid().as_raw());
+        let open_dir = t.path().join("open");
+        std::fs::create_dir(&open_dir).unwrap();
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let d = dir(&cfg, uid, Scope::Job, 10, "n");
+        let mut o = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
+        let e = o.make_layer(&open_dir, uid).unwrap_err().to_string();
+        assert!(e.contains("unsafe directory for named containers' layers"), "{e}");
+        assert_eq!(std::fs::read_dir(&open_dir).unwrap().count(), 0, "nothing made there");
+        // A missing one is made, private.
+        let made = t.path().join("new/layers");
+        let layer = o.make_layer(&made, uid).unwrap();
+        assert!(layer.starts_with(&made));
+        o.discard();
+    }
+
+    #[test]
+    fn a_container_made_before_layers_moved_keeps_its_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let (cfg, uid) = (cfg(t.path()), nix::unistd::getuid().as_raw());
+        let d = dir(&cfg, uid, Scope::Global, 0, "old");
+        crate::container::ensure_state_dir(&t.path().join("st"), uid).unwrap();
+        std::fs::create_dir_all(d.join("upper")).unwrap();
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        let mut o = open(&cfg, uid, &d, std::time::Duration::ZERO).unwrap();
+        assert_eq!(o.make_layer(&t.path().join("x"), uid).unwrap(), d);
+        assert!(!t.path().join("x").exists());
     }
 
     #[test]

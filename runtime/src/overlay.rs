@@ -60,6 +60,15 @@ pub fn work(dir: &Path) -> PathBuf {
     dir.join("work")
 }
 
+/// Whether `dir` is on a filesystem that can hold an unprivileged overlay's writable layer.
+pub(crate) fn can_hold_layers(dir: &Path) -> bool {
+    let Ok(fs) = nix::sys::statfs::statfs(dir) else { return false };
+    // `__fsword_t`: i64 here, 32 bits on other architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.filesystem_type().0 as i64;
+    SUPPORTED.iter().any(|(k, _)| *k == kind)
+}
+
 fn bad(dir: &Path, reason: impl Into<String>, hint: &str) -> Error {
     Error::request(format!("--overlay {}", dir.display()), reason, hint)
 }

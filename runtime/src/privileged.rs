@@ -58,7 +58,10 @@ impl Target {
 /// by a symlink of the user's or not) is never opened, let alone mounted. The child passes
 /// the descriptor back over a socket pair (`SCM_RIGHTS`); root then judges that descriptor
 /// (`fstat`: a regular file of an allowed owner nobody else may write; where it is, from
-/// `/proc/self/fd`: under an allowed directory) and mounts it. No path is walked twice.
+/// `/proc/self/fd`: under an allowed directory) and mounts it. The name `/proc/self/fd`
+/// gives is only a name in whichever mount namespace the user reached the file through, so
+/// root also opens that name itself, from the allowed directory down without following any
+/// link, and requires the very same file on the very same mount.
 ///
 /// Must be called single-threaded (it forks).
 pub(crate) fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target) -> Result<(File, PathBuf)> {
@@ -74,16 +77,32 @@ pub(crate) fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target
     if !meta.is_file() {
         return Err(refuse("is not a regular file".into()));
     }
-    // Where the opened file is (the kernel's name for it, no path walked again).
+    // Where the opened file is (the kernel's name for it, no path walked again). That name is
+    // relative to the root of the mount namespace the file was reached in, which the user
+    // chooses (`/proc/PID/root/...` of a process in her own namespace, where she may have
+    // bound anything over a vetted name): it only says which allowed directory to look in.
     let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let canonical = std::fs::read_link(&fd_path).map_err(|e| Error::io("cannot read", &fd_path, e))?;
-    let inside =
-        cfg.allowed_dirs.iter().any(|d| std::fs::canonicalize(d).is_ok_and(|d| canonical.starts_with(d)));
-    if !inside {
+    let allowed = cfg.allowed_dirs.iter().find_map(|d| {
+        let (dir, name) = open_dir(d)?;
+        let rest = canonical.strip_prefix(&name).ok()?.to_path_buf();
+        Some((dir, rest))
+    });
+    let Some((dir, rest)) = allowed else {
         let dirs: Vec<String> = cfg.allowed_dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(refuse(format!(
             "is not under an allowed directory ({})",
             if dirs.is_empty() { "none configured".into() } else { dirs.join(", ") }
+        )));
+    };
+    // The file must be the one root itself reaches at that name, through this namespace's
+    // mounts, from the allowed directory down, following no link: same device, inode and mount.
+    let same = open_beneath(&dir, &rest).is_ok_and(|here| same_file_and_mount(&file, &here));
+    if !same {
+        return Err(refuse(format!(
+            "is not the file {} of this node (it was reached through another mount namespace, \
+             such as a /proc/PID/root path, or the name changed meanwhile)",
+            canonical.display()
         )));
     }
     let owner =
@@ -99,6 +118,72 @@ pub(crate) fn open_allowed(cfg: &PrivilegedConfig, image: &Path, target: &Target
         return Err(refuse(format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777)));
     }
     Ok((file, canonical))
+}
+
+/// The allowed directory `dir` opened by root (`O_PATH`; the site's own path, links in it
+/// followed), with the kernel's name for it; None if it cannot be opened.
+fn open_dir(dir: &Path) -> Option<(OwnedFd, PathBuf)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()?;
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+    Some((f.into(), name))
+}
+
+/// Open `rest` (a relative path of plain names) below `dir`, as `O_PATH`, in this process's
+/// mount namespace, following no symbolic or magic link and never leaving `dir`:
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, or on kernels
+/// before 5.6 (no openat2: RHEL 8's 4.18) the same walk one `O_NOFOLLOW` name at a time.
+fn open_beneath(dir: &OwnedFd, rest: &Path) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    if rest.as_os_str().is_empty() || rest.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    match nix::fcntl::openat2(dir.as_raw_fd(), rest, how) {
+        // SAFETY: the kernel just returned this new descriptor, which nothing else owns.
+        Ok(fd) => Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        Err(nix::errno::Errno::ENOSYS) => walk_nofollow(dir, rest),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`open_beneath`] without openat2: each name opened `O_PATH | O_NOFOLLOW` relative to the
+/// previous one (a link opens as the link itself, and the next name below it fails).
+fn walk_nofollow(dir: &OwnedFd, rest: &Path) -> std::io::Result<OwnedFd> {
+    let mut at = dir.try_clone()?;
+    for c in rest.components() {
+        let next = nix::fcntl::openat(
+            Some(at.as_raw_fd()),
+            c.as_os_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        // SAFETY: openat just returned this new descriptor, which nothing else owns.
+        at = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(next) };
+        if nix::sys::stat::fstat(at.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+    }
+    Ok(at)
+}
+
+/// Whether descriptors `a` and `b` are one file (device, inode) reached through one mount
+/// (`mnt_id` of `/proc/self/fdinfo`: a bind mount, or the copy of a mount in another mount
+/// namespace, has its own).
+fn same_file_and_mount(a: &impl AsRawFd, b: &impl AsRawFd) -> bool {
+    let id = |fd: i32| {
+        let st = nix::sys::stat::fstat(fd).ok()?;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let mnt: u64 = info.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim().parse().ok()?;
+        Some((st.st_dev, st.st_ino, mnt))
+    };
+    matches!((id(a.as_raw_fd()), id(b.as_raw_fd())), (Some(x), Some(y)) if x == y)
 }
 
 /// Open `path` read-only, non-blocking (a FIFO cannot hang root) in a forked child that is
@@ -418,6 +503,27 @@ mod tests {
         let c = PrivilegedConfig { allowed_owners: vec!["nobody-here".into()], ..c };
         let e = open_allowed(&c, &f, &me()).unwrap_err().to_string();
         assert!(e.contains("not to an allowed owner"), "{e}");
+    }
+
+    #[test]
+    fn the_vetted_name_is_opened_beneath_the_allowed_directory_following_no_link() {
+        let t = tempdir();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(t.path().join("sub/a.img"), b"x").unwrap();
+        std::os::unix::fs::symlink("sub/a.img", t.path().join("link.img")).unwrap();
+        std::os::unix::fs::symlink("sub", t.path().join("dirlink")).unwrap();
+        let (dir, _) = open_dir(t.path()).unwrap();
+        let real = File::open(t.path().join("sub/a.img")).unwrap();
+        for open in [open_beneath, walk_nofollow] {
+            let here = open(&dir, Path::new("sub/a.img")).unwrap();
+            assert!(same_file_and_mount(&real, &here));
+            assert!(open(&dir, Path::new("link.img")).map_or(true, |f| !same_file_and_mount(&real, &f)));
+            assert!(open(&dir, Path::new("dirlink/a.img")).is_err());
+        }
+        assert!(open_beneath(&dir, Path::new("../a.img")).is_err());
+        assert!(open_beneath(&dir, Path::new("")).is_err());
+        let other = File::open(t.path().join("sub")).unwrap();
+        assert!(!same_file_and_mount(&real, &other));
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub fn stop(h: &Running, state_file: Option<&Path>, grace: Duration) {
 
 /// `/bin/sh -c script sh ARGS...` (arguments appended by the caller) run from root as user
 /// `uid`, group `gid` and supplementary `groups` (none: only the user's own rights), with a
-/// clean environment, from `/`, stdin closed: what the plugin does in a user's tree as root.
+/// clean environment, from `/`, stdin closed and none of slurmstepd's other descriptors (as a
+/// holder is started: `protocol::run_as_user`): what the plugin does in a user's tree as root.
 fn user_shell(script: &str, uid: u32, gid: u32, groups: Vec<u32>) -> std::process::Command {
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.args(["-c", script, "sh"])
@@ -88,20 +89,34 @@ fn user_shell(script: &str, uid: u32, gid: u32, groups: Vec<u32>) -> std::proces
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .current_dir("/")
         .stdin(std::process::Stdio::null());
-    sys::run_as(&mut cmd, uid, gid, groups);
+    protocol::run_as_user(&mut cmd, protocol::Creds { uid, gid, groups });
     cmd
 }
 
-/// Remove `dir` and everything in it as user `uid` (group `gid`, no supplementary groups), from
-/// root: a child process drops to the user before it touches anything, so the kernel checks
-/// every step with the user's rights and a link of theirs leads nowhere they could not go
-/// themselves. Directories the user made unreadable (and overlayfs' `work/work`, mode 0) are
-/// opened up first.
+/// Remove job directory `dir` of named containers and everything in it as user `uid` (group
+/// `gid`, no supplementary groups), from root, with each container's writable layer, wherever
+/// its `layer` file says (the site's `[named] layers_dir`, outside the state directory). A
+/// child process drops to the user before it touches anything, so the kernel checks every
+/// step with the user's rights and a link of theirs leads nowhere they could not go
+/// themselves; root never reads the user's files (the `layer` records are read by the user's
+/// shell: one that is no regular file is skipped, a read that blocks, on a FIFO swapped in
+/// meanwhile, is given up after 5 seconds). Directories the user made unreadable (and
+/// overlayfs' `work/work`, mode 0) are opened up first.
 pub fn remove_as_user(uid: u32, gid: u32, dir: &Path) -> Result<(), String> {
-    let out = user_shell(r#"chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#, uid, gid, vec![])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    let out = user_shell(
+        r#"for l in "$1"/*/layer; do
+             [ -f "$l" ] && [ ! -L "$l" ] || continue
+             p=$(timeout 5 head -n 1 -- "$l") || continue
+             case $p in /?*) chmod -R u+rwx -- "$p" 2>/dev/null; rm -rf -- "$p" ;; esac
+           done
+           chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1""#,
+        uid,
+        gid,
+        vec![],
+    )
+    .arg(dir)
+    .output()
+    .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -227,6 +242,28 @@ pub fn state_file(cfg: &berth_runtime::config::Config, uid: u32, name: &str) -> 
 mod tests {
     use super::*;
 
+    /// A shell the plugin runs as the user gets none of slurmstepd's descriptors (one that is
+    /// not close-on-exec here, as slurmstepd leaves some open across its forks).
+    #[test]
+    fn user_shells_inherit_no_descriptor_of_slurmstepd() {
+        use std::os::fd::AsRawFd;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let secret = tempfile::tempfile().unwrap();
+        let fd = nix::unistd::dup(secret.as_raw_fd()).unwrap();
+        let inherited = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_eq!(inherited & libc::FD_CLOEXEC, 0, "the test's descriptor crosses exec");
+        let out =
+            user_shell(r#"[ -e "/proc/$$/fd/$1" ] && echo open || echo closed; id -u"#, 65534, 65534, vec![])
+                .arg(fd.to_string())
+                .output()
+                .unwrap();
+        let _ = nix::unistd::close(fd);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "closed\n65534\n");
+    }
+
     /// The job epilog removes a job's named containers from root as the user: a user's link
     /// to root's files gets nothing removed there, and the user's own tree goes, locked
     /// directories included.
@@ -265,6 +302,52 @@ mod tests {
         assert!(roots.join("precious").exists());
         remove_as_user(user.uid.as_raw(), user.gid.as_raw(), &job).unwrap();
         assert!(!job.exists());
+        assert!(roots.join("precious").exists());
+    }
+
+    /// The end of the job removes each named container's writable layer where it lives
+    /// (outside the state directory, `[named] layers_dir`), as the user: a `layer` record
+    /// naming root's directory removes nothing there, and a FIFO in its place does not hang
+    /// the epilog.
+    #[test]
+    fn remove_as_user_removes_the_layers_the_records_name() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Some(user) = ["berthuser", "berthtest", "nobody"]
+            .iter()
+            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+        else {
+            return;
+        };
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let roots = t.path().join("roots");
+        std::fs::create_dir(&roots).unwrap();
+        std::fs::write(roots.join("precious"), "root's").unwrap();
+        let scratch = t.path().join("scratch");
+        let layer = scratch.join("berth-x-n1-0123");
+        std::fs::create_dir_all(layer.join("upper/d")).unwrap();
+        std::fs::create_dir_all(layer.join("work/work")).unwrap();
+        std::fs::write(layer.join("upper/d/f"), "x").unwrap();
+        let job = t.path().join("job");
+        for n in ["n1", "n2", "n3"] {
+            std::fs::create_dir_all(job.join(n)).unwrap();
+        }
+        std::fs::write(job.join("n1/layer"), format!("{}\n", layer.display())).unwrap();
+        std::fs::write(job.join("n2/layer"), format!("{}\n", roots.display())).unwrap();
+        nix::unistd::mkfifo(&job.join("n3/layer"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        nix::unistd::chown(t.path(), Some(user.uid), Some(user.gid)).unwrap();
+        for e in walk(&job).into_iter().chain(walk(&scratch)) {
+            std::os::unix::fs::lchown(&e, Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(layer.join("work/work"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        let t0 = std::time::Instant::now();
+        remove_as_user(uid, gid, &job).unwrap();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(4), "{:?}", t0.elapsed());
+        assert!(!job.exists() && !layer.exists());
         assert!(roots.join("precious").exists());
     }
 

@@ -54,13 +54,13 @@ fn state() -> MutexGuard<'static, State> {
 }
 
 pub(crate) fn log_error(msg: &str) {
-    sys::log(Level::Error, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Error, &format!("berth: {msg}"));
 }
 fn log_info(msg: &str) {
-    sys::log(Level::Info, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Info, &format!("berth: {msg}"));
 }
 fn log_verbose(msg: &str) {
-    sys::log(Level::Verbose, &format!("berth: {msg}"));
+    crate::logging::emit(Level::Verbose, &format!("berth: {msg}"));
 }
 
 /// In slurmstepd: log `msg` and keep it for `task_init` to report (true). Elsewhere: false.
@@ -324,6 +324,19 @@ fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<Named, String>
                 };
                 match plan(found) {
                     Ok(NamedPlan::Reuse(image) | NamedPlan::Create(image)) => {
+                        // Its writable layer where the site keeps layers (the job's node-local
+                        // scratch by default, never /run), within the user's share of it.
+                        let mut opened = opened;
+                        let tmpdir = sp.getenv("TMPDIR").map(PathBuf::from);
+                        let base = named::layers_base(&cfg, uid, scope, tmpdir.as_deref());
+                        let layer = named::check_limit(&cfg, uid)
+                            .and_then(|()| opened.make_layer(&base, uid).map(drop));
+                        if let Err(e) = layer {
+                            if opened.created {
+                                opened.discard();
+                            }
+                            return Err(format!("--container-name={name}: {e}"));
+                        }
                         st.named = Some(opened);
                         return Ok(Named::Own(image));
                     }
@@ -408,7 +421,7 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     // A named container's writable layer is its kept upper directory.
     if let Some(named) = &st.named {
         request.writable_tmpfs = false;
-        request.overlay = Some(named.dir.clone());
+        request.overlay = Some(named.layer.clone().unwrap_or_else(|| named.dir.clone()));
     }
     let spec = berth_runtime::holder::Spec {
         name: settings::holder_name(job, step),

@@ -70,8 +70,9 @@ pub enum Level {
 }
 
 /// Log through Slurm: srun/sbatch print info and error on the user's terminal; in slurmstepd it
-/// goes to the slurmd log with the `[job.step]` prefix. Never stdout.
-pub fn log(level: Level, msg: &str) {
+/// goes to the slurmd log with the `[job.step]` prefix. Never stdout. Only
+/// `logging::emit` calls it (it escapes what users wrote).
+pub(crate) fn log(level: Level, msg: &str) {
     let msg = cstring(msg);
     let fmt = c"%s";
     // SAFETY: the format is a literal "%s" and the single vararg is a valid NUL-terminated
@@ -319,28 +320,6 @@ unsafe fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------- process helpers
-
-/// Make `cmd` run as `uid`/`gid` with exactly the supplementary `groups`, dropped in the child
-/// before exec (from root; std's own `uid`/`gid` would leave no supplementary groups).
-pub fn run_as(cmd: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
-    use std::os::unix::process::CommandExt;
-    let groups: Vec<libc::gid_t> = groups.into_iter().map(|g| g as libc::gid_t).collect();
-    // SAFETY: the closure runs in the child between fork and exec; it makes only the
-    // async-signal-safe system calls setgroups, setgid and setuid, on a vector allocated
-    // before the fork, and builds errors from errno alone (no allocation). Groups first,
-    // then the group, then the user: after setuid nothing could be dropped any more.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid as libc::gid_t) != 0
-                || libc::setuid(uid as libc::uid_t) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 pub fn kill(pid: i32, sig: c_int) -> bool {
     // SAFETY: kill has no memory-safety preconditions.

@@ -226,7 +226,9 @@ as_user srun -N1 --container-image=/nonexistent/named.sqsh --container-name=trai
 check "(c) --container-name with a bad image: the image's reason (rc=$rc)" \
     bash -c "[ $rc != 0 ] && grep -q 'berth: error: image /nonexistent/named.sqsh: No such file' '$ERR'"
 wait_idle; check "(c) ... nodes idle, not drained" nodes_idle
-named_left() { ls -d "$DIR"/nodes/*/runberth/*/named/*/* "$DIR"/nodes/*/roottmp/berth-*/named/*/* 2>/dev/null; }
+# A named container's record (state directory) and its writable layer ([named] layers_dir:
+# the job's TMPDIR, the node's /tmp, or /var/tmp, which the nodes share).
+named_left() { ls -d "$DIR"/nodes/*/runberth/*/named/*/* "$DIR"/nodes/*/roottmp/berth-*/named/*/* "$DIR"/nodes/*/roottmp/berth-[0-9]*-* /var/tmp/berth-[0-9]*-* 2>/dev/null; }
 for _ in $(seq 40); do [ -z "$(named_left)" ] && break; sleep 0.25; done
 check "(c) ... no named container left on the nodes ($(named_left | tr '\n' ' '))" test -z "$(named_left)"
 
@@ -550,11 +552,12 @@ GLOBAL
         chmod 0755 "$WORK/g1.sh" "$WORK/g2.sh"
         g1=$(as_user sbatch -N1 -w bnode1 --parsable --wait -o "$WORK/g1.out" "$WORK/g1.sh" 2>&1); g1=${g1%%;*}
         for _ in $(seq 20); do nodes_idle && break; sleep 0.25; done
-        kept=$( [ -d "$GDIR/upper" ] && echo yes || echo no)
+        GLAYER=$(head -n 1 "$GDIR/layer" 2>/dev/null)
+        kept=$( [ -n "$GLAYER" ] && [ -d "$GLAYER/upper" ] && case $GLAYER in /run/*) false ;; esac && echo yes || echo no)
         as_user sbatch -N1 -w bnode1 --wait -o "$WORK/g2.out" "$WORK/g2.sh" > "$OUT" 2>&1
         cp "$WORK/plugstack.conf.saved" "$DIR/etc/plugstack.conf"
         G=$WORK/g2.out
-        check "(g) container_scope=global: job $g1 writes in --container-name=g; its directory stays after the job ($kept)" \
+        check "(g) container_scope=global: job $g1 writes in --container-name=g; its layer stays after the job, outside /run ($kept: $GLAYER)" \
             bash -c "grep -qx rc=0 '$WORK/g1.out' && [ $kept = yes ]"
         check "(g) ... another job sees what job $g1 wrote there" \
             bash -c "grep -qx 'kept-by-$g1' '$G' && grep -qx read=0 '$G'"
@@ -563,8 +566,8 @@ GLOBAL
         check "(g) ... berth rm g while a step runs in it is refused with the reason" \
             bash -c "grep -q '^rm-busy=[1-9]' '$G' && grep -q 'berth: rm g: a job step is running in it' '$G'"
         check "(g) ... berth rm g once no step has it removes it: a later job's step finds no g ($(ls -d "$GDIR" 2>/dev/null))" \
-            bash -c "grep -qx rm=0 '$G' && grep -q '^after-rm=[1-9]' '$G' && grep -q 'no container named g exists on this node' '$G' && ! [ -e '$GDIR' ]"
-        grep -qx rm=0 "$G" || { sed 's/^/    /' "$WORK/g1.out" "$G"; rm -rf "$GDIR"; }
+            bash -c "grep -qx rm=0 '$G' && grep -q '^after-rm=[1-9]' '$G' && grep -q 'no container named g exists on this node' '$G' && ! [ -e '$GDIR' ] && ! [ -e '${GLAYER:-/nonexistent}' ]"
+        grep -qx rm=0 "$G" || { sed 's/^/    /' "$WORK/g1.out" "$G"; rm -rf "$GDIR" ${GLAYER:+"$GLAYER"}; }
         wait_idle
     fi
 
