@@ -86,6 +86,7 @@ fn job_and_tasks_run_in_one_container_per_node() {
         workdir: job.workdir.clone(),
         script_body: String::new(),
         args: None,
+        gpus: 0,
     };
     let out = mom.task(&other, &a, 9, &["true"]);
     assert_eq!(out.code(), Some(255));
@@ -741,8 +742,8 @@ fn static_starter_ignores_ld_preload_as_root() {
     let _ = std::fs::remove_file(&marker);
 }
 
-/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (`PBS_GPUFILE`), ask for the host's NVIDIA
-/// driver like `--nv`; on a node without one the job's error file says so.
+/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (a GPU file that names them), ask for the host's
+/// NVIDIA driver like `--nv`; on a node without one the job's error file says so.
 #[test]
 fn gpu_jobs_ask_for_the_driver() {
     if Path::new("/proc/driver/nvidia/version").exists() {
@@ -753,15 +754,43 @@ fn gpu_jobs_ask_for_the_driver() {
     let w = world();
     let mom = Mom::new(w);
     let a = Node::new(w, "a");
-    for (n, var) in [("801", ("BERTH_NV", "1")), ("802", ("PBS_GPUFILE", "/var/spool/torque/aux/x.gpu"))] {
-        let job = Job::new(w, &jid(n), &[("CONTAINER", w.image()), var], "echo should-not-run\n");
+    for (n, var, gpus) in [("801", Some(("BERTH_NV", "1")), 0), ("802", None, 1)] {
+        let mut vars = vec![("CONTAINER", w.image())];
+        vars.extend(var);
+        let mut job = Job::new(w, &jid(n), &vars, "echo should-not-run\n");
+        job.gpus = gpus;
         mom.submit(&job, &[&a]);
         let end = mom.run_job(&job, &a, None);
         let err = end.err.unwrap();
-        assert_eq!(end.status, 255, "{var:?}: {err}");
+        assert_eq!(end.status, 255, "{var:?} gpus={gpus}: {err}");
         assert!(err.starts_with("berth: ") && err.contains("no NVIDIA driver"), "{var:?}: {err}");
         assert_clean(&[&a], &job.id);
     }
+}
+
+/// A CPU-only node with the default configuration (`inject.nvidia = "auto"`): pbs_mom names a
+/// GPU file for every job (`PBS_GPUFILE`) but writes none, and the container job runs without
+/// the NVIDIA stack, as it would natively.
+#[test]
+fn cpu_jobs_run_without_gpus_though_pbs_gpufile_is_set() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let script = "grep ^NAME= /etc/os-release; echo GPUFILE=$PBS_GPUFILE; ls /dev/nvidiactl 2>/dev/null || echo no-nvidia\n";
+    let job = Job::new(w, &jid("810"), &[("CONTAINER", w.image())], script);
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    let out = end.out.clone().unwrap_or_default();
+    assert_eq!(end.status, 0, "{out}\n{:?}", end.err);
+    assert_eq!(
+        out,
+        format!("NAME=\"berth-busybox\"\nGPUFILE={}\nno-nvidia\n", job.gpufile(&a).display()),
+        "{:?}",
+        end.err
+    );
+    assert!(!end.err.unwrap_or_default().contains("NVIDIA"));
+    assert_clean(&[&a], &job.id);
 }
 
 /// Array jobs (`qsub -t`): ids like `12[3].server` name the holder and the script file.

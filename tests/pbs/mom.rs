@@ -155,6 +155,8 @@ pub struct Job {
     pub script_body: String,
     /// `qsub -F "..."`: the script's arguments, as one string.
     pub args: Option<String>,
+    /// GPUs per node (`-l nodes=N:gpus=G`): the server's `exec_gpus` for the job.
+    pub gpus: u32,
 }
 
 impl Job {
@@ -168,6 +170,7 @@ impl Job {
             workdir,
             script_body: script.into(),
             args: None,
+            gpus: 0,
         }
     }
 
@@ -177,6 +180,11 @@ impl Job {
 
     pub fn nodefile(&self, node: &Node) -> PathBuf {
         node.pbs_home.join("aux").join(&self.id)
+    }
+
+    /// `$PBS_HOME/aux/<jobid>gpu`, the name TORQUE gives the GPU file of every job.
+    pub fn gpufile(&self, node: &Node) -> PathBuf {
+        node.pbs_home.join("aux").join(format!("{}gpu", self.id))
     }
 }
 
@@ -234,6 +242,18 @@ impl<'w> Mom<'w> {
         let nf = job.nodefile(ms);
         std::fs::write(&nf, nodes.iter().map(|n| format!("{}\n", n.name)).collect::<String>()).unwrap();
         std::fs::set_permissions(&nf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // The GPU file exists only for a job given GPUs (`start_exec.c` `write_gpus_to_file`,
+        // called only when the job has `exec_gpus`): one `HOST-gpuN` line per GPU.
+        let gf = job.gpufile(ms);
+        let _ = std::fs::remove_file(&gf);
+        if job.gpus > 0 {
+            let lines: String = nodes
+                .iter()
+                .flat_map(|n| (0..job.gpus).map(move |g| format!("{}-gpu{g}\n", n.name)))
+                .collect();
+            std::fs::write(&gf, lines).unwrap();
+            std::fs::set_permissions(&gf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
     }
 
     /// The environment pbs_mom gives the job's processes on `node`: its own environment,
@@ -274,6 +294,9 @@ impl<'w> Mom<'w> {
         set("PBS_JOBID", job.id.clone());
         set("PBS_HOME", node.pbs_home.display().to_string());
         set("PBS_NODEFILE", node.pbs_home.join("aux").join(&job.id).display().to_string());
+        // For every job with a node file, GPUs or not (`start_exec.c` `InitUserEnv`, beside
+        // PBS_NODEFILE); the file itself is written only for GPU jobs (`Mom::submit`).
+        set("PBS_GPUFILE", job.gpufile(node).display().to_string());
         set("PBS_TASKNUM", task.to_string());
         set("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
         set("PBS_VNODENUM", task.to_string());
