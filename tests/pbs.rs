@@ -691,16 +691,37 @@ fn timings() {
     }
 }
 
-/// The packaged build (README: `RUSTFLAGS="-C target-feature=+crt-static"`) has no dynamic
-/// loader, so a job's `LD_PRELOAD` runs nothing even in a starter that a misconfigured
-/// pbs_mom started as root; berth-pbs then refuses the job. Gated on the static binary:
-/// `BERTH_TEST_PBS_STATIC=target/x86_64-unknown-linux-gnu/release/berth-pbs`.
+/// berth-pbs as packaging/build.sh builds it (`RUSTFLAGS="-C target-feature=+crt-static"`,
+/// here the debug profile): `BERTH_TEST_PBS_STATIC` names a build, else it is built once into
+/// `target/pbs-static` (a target directory of its own: the flag changes every crate).
+fn static_starter() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("BERTH_TEST_PBS_STATIC") {
+                return p.into();
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = root.join("target/pbs-static");
+            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+            let st = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(&root)
+                .args(["build", "-q", "-p", "berth-pbs", "--target", &triple])
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .unwrap();
+            assert!(st.success(), "building the static berth-pbs failed");
+            target.join(triple).join("debug/berth-pbs")
+        })
+        .clone()
+}
+
+/// The packaged build has no dynamic loader, so a job's `LD_PRELOAD` runs nothing even in a
+/// starter that a misconfigured pbs_mom started as root; berth-pbs then refuses the job.
 #[test]
 fn static_starter_ignores_ld_preload_as_root() {
-    let Some(bin) = std::env::var_os("BERTH_TEST_PBS_STATIC") else {
-        eprintln!("skipped: set BERTH_TEST_PBS_STATIC to the static berth-pbs build");
-        return;
-    };
+    let bin = static_starter();
     let _s = serial();
     let w = world();
     let file = std::process::Command::new("file").arg(&bin).output().unwrap();
@@ -1040,4 +1061,90 @@ fn registry_image_is_converted_once_and_shared_by_tasks() {
     drop(guard);
     assert_clean(&[&a], &job.id);
     assert_eq!(conversions().lines().count(), 1, "nothing converted for the task: {}", conversions());
+}
+
+/// The epilogue's drop to the job's user never goes through the name service switch in
+/// berth-pbs (a static glibc program that loads `/etc/nsswitch.conf`'s modules dies of
+/// SIGSEGV): with `group: files systemd`, as on Debian 12, both the static build the README
+/// recommends and the dynamic one stop the job's container; `drop-check` (what `berth config
+/// check --pbs` runs) becomes the user with the user's groups.
+#[test]
+fn epilogue_stops_the_container_in_static_and_dynamic_builds() {
+    let builds = [
+        ("static", static_starter()),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs"))),
+    ];
+    let _s = serial();
+    let w = world();
+    let nss = w.path("nsswitch-systemd.conf");
+    std::fs::write(&nss, "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\n").unwrap();
+    let groups = std::process::Command::new("id").args(["-G", harness::USER]).output().unwrap();
+    let groups = String::from_utf8_lossy(&groups.stdout).trim().replace(' ', ",");
+    for (n, (what, build)) in builds.iter().enumerate() {
+        let mut mom = Mom::with_starter(w, build, &w.path(&format!("{what}/berth-pbs")));
+        mom.nsswitch = Some(nss.clone());
+        let a = Node::new(w, "a");
+        let job = Job::new(
+            w,
+            &jid(&format!("25{n}")),
+            &[("CONTAINER", w.image())],
+            "grep ^NAME= /etc/os-release\n",
+        );
+        mom.submit(&job, &[&a]);
+        let end = mom.run_job(&job, &a, None);
+        let err = end.err.clone().unwrap_or_default();
+        assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{what}: {err}");
+        assert!(!err.contains("berth-pbs"), "{what}: the epilogue had something to say: {err}");
+        assert_clean(&[&a], &job.id);
+        assert_eq!(mom.log.lock().unwrap().len(), 0, "{what}: {:?}", mom.log.lock().unwrap());
+
+        let starter = mom.starter.display().to_string();
+        let mut c = mom::in_node(&a.netns_path(), As::Root, 0, 0, &[&starter, "drop-check", harness::USER]);
+        mom::with_nsswitch(&mut c, &nss);
+        let out = c.env_clear().env("PATH", "/usr/bin:/bin").output().unwrap();
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+            (Some(0), format!("uid={} gid={} groups={groups}\n", w.uid, w.gid)),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// An epilogue that cannot stop the job's container says so where the job's owner and the
+/// administrator look (its stderr, the job's error file under TORQUE; syslog) and exits
+/// non-zero (pbs_mom logs that); once the cause is gone, it stops the container.
+#[test]
+fn a_failed_stop_is_loud() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let job = Job::new(w, &jid("260"), &[("CONTAINER", w.image())], "true\n");
+    mom.submit(&job, &[&a]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a]);
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    mom.batch(&job, &a, As::User).ok();
+    assert!(!job_files(&a, &job.id).is_empty(), "the job's container runs on");
+    let good = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(&a.config, "state_dir = [\n").unwrap();
+    let e = mom.hook("epilogue", &job, &a);
+    std::fs::write(&a.config, good).unwrap();
+    let err = e.stderr();
+    assert_eq!(e.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "berth-pbs epilogue: job {}: the job's container on this node was not stopped",
+            job.id
+        )) && err.contains("berth.toml:"),
+        "{err}"
+    );
+    assert!(
+        mom.log.lock().unwrap().iter().any(|l| l.contains("epilogue, exit: 1")),
+        "{:?}",
+        mom.log.lock().unwrap()
+    );
+    let e = mom.hook("epilogue", &job, &a);
+    assert_eq!(e.code(), Some(0), "{}", e.stderr());
+    assert_clean(&[&a], &job.id);
 }

@@ -39,7 +39,8 @@ use berth_runtime::session;
 const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
        berth-pbs prologue|epilogue[.parallel] JOBID USER GROUP ...   (or installed under those names)
        berth-pbs rsh [SSH-OPTIONS] HOST COMMAND...   (OMPI_MCA_plm_rsh_agent)
-       berth-pbs task COMMAND [ARGS...]   (a task on this node, in the job's container)";
+       berth-pbs task COMMAND [ARGS...]   (a task on this node, in the job's container)
+       berth-pbs drop-check USER   (as root: the epilogue's privilege drop, for `berth config check --pbs`)";
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -55,7 +56,7 @@ fn main() {
         },
     };
     let container_set = std::env::var_os("CONTAINER").is_some_and(|v| !v.is_empty());
-    let own_flag = matches!(first.as_str(), "rsh" | "-h" | "--help" | "--version");
+    let own_flag = matches!(first.as_str(), "rsh" | "drop-check" | "-h" | "--help" | "--version");
     if hook.is_none() && !container_set && !own_flag && args.len() >= 2 {
         let rest = if first == "task" { &args[2..] } else { &args[1..] };
         std::process::exit(passthrough(rest));
@@ -95,6 +96,7 @@ fn dispatch(args: &[OsString], hook: Option<(String, usize)>, first: &str) -> i3
             0
         }
         "rsh" => rsh(&strings()[2..]),
+        "drop-check" => drop_check(strings().get(2)),
         "task" => starter(&args[2..], true),
         _ => starter(&args[1..], false),
     }
@@ -396,13 +398,11 @@ fn run_in_container(
 // prologue / epilogue
 
 /// Run `f` in a child that has become `user` (or directly if we are that user already);
-/// true when it succeeded. `f` prints its own messages.
+/// true when it succeeded. `f` prints its own messages. A child that dies of a signal is an
+/// error naming it (it printed nothing).
 fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
-    let pw = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("user {user:?} is not in the passwd database of this node"))?;
-    if nix::unistd::geteuid() == pw.uid {
+    let acct = user::lookup(user)?;
+    if nix::unistd::geteuid().as_raw() == acct.uid {
         return Ok(f());
     }
     // SAFETY: berth-pbs is single-threaded; the child only drops privileges, runs `f` and exits.
@@ -427,14 +427,35 @@ fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
             unsafe { libc::_exit(code) }
         }
         nix::unistd::ForkResult::Parent { child } => {
-            Ok(matches!(nix::sys::wait::waitpid(child, None), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))))
+            use nix::sys::wait::WaitStatus;
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => Ok(code == 0),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    Err(format!("the process that acts as {user} was killed by {sig}"))
+                }
+                Ok(other) => Err(format!("the process that acts as {user} ended oddly: {other:?}")),
+                Err(e) => Err(format!("waitpid: {e}")),
+            }
         }
+    }
+}
+
+/// A message for the administrator: syslog (daemon.err), where pbs_mom's own messages go,
+/// whatever the mom's log level; pbs_mom keeps a hook's stderr only in the job's files.
+fn syslog(msg: &str) {
+    let Ok(c) = CString::new(msg.replace('\0', " ")) else { return };
+    // SAFETY: the identity is a static C string; the message is passed through "%s".
+    unsafe {
+        libc::openlog(c"berth-pbs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        libc::syslog(libc::LOG_ERR, c"%s".as_ptr(), c.as_ptr());
+        libc::closelog();
     }
 }
 
 /// Epilogue: stop the job's container on this node (as the job user: the state files are
 /// theirs to write, so a root epilogue must not trust them) and remove what is left.
-/// Always 0.
+/// 0 when nothing of the job is left; 1, with the reason on stderr (the job's error file
+/// under TORQUE) and in syslog, when its container could not be stopped.
 fn epilogue(which: &str, args: &[String]) -> i32 {
     let (Some(jobid), Some(user)) = (args.first(), args.get(1)) else {
         eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
@@ -453,6 +474,7 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             }
         };
         let uid = nix::unistd::getuid().as_raw();
+        let mut left = vec![];
         if let Ok(st) = holder::find(&cfg, uid, &name) {
             if let Err(e) = holder::stop(&cfg, uid, &name, std::time::Duration::from_secs(5)) {
                 eprintln!("berth-pbs {which}: job {jobid}: {e}");
@@ -460,13 +482,13 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             // Whatever still lives in the container's mount namespace (the FUSE server of a
             // holder that had to be killed) goes too.
             for _ in 0..50 {
-                let left = holder::members(&st);
+                left = holder::members(&st);
                 if left.is_empty() {
                     break;
                 }
-                for pid in left {
+                for pid in &left {
                     let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
+                        nix::unistd::Pid::from_raw(*pid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
@@ -474,12 +496,42 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             }
         }
         holder::remove_leftovers(&cfg, uid, &name);
+        if !left.is_empty() {
+            eprintln!("berth-pbs {which}: job {jobid}: processes {left:?} of the container survive SIGKILL");
+        }
+        left.is_empty() && holder::nothing_left(&cfg, uid, &name)
+    });
+    let why = match r {
+        Ok(true) => return 0,
+        Ok(false) => "the message above says why".to_string(),
+        Err(e) => e,
+    };
+    let msg = format!(
+        "berth-pbs {which}: job {jobid}: the job's container on this node was not stopped ({why}); stop it as root with `berth-pbs epilogue {jobid} {user}`"
+    );
+    eprintln!("{msg}");
+    syslog(&msg);
+    1
+}
+
+/// `berth-pbs drop-check USER`, run by `berth config check --pbs` as root: the epilogue's
+/// privilege drop once, printing who the process became.
+fn drop_check(user: Option<&String>) -> i32 {
+    let Some(user) = user else { return fail("usage: berth-pbs drop-check USER (as root)") };
+    if !nix::unistd::geteuid().is_root() {
+        return fail("drop-check tries the epilogue's drop from root to a job's user: run it as root");
+    }
+    let r = as_user(user, || {
+        let groups: Vec<String> =
+            nix::unistd::getgroups().map(|g| g.iter().map(|g| g.to_string()).collect()).unwrap_or_default();
+        println!("uid={} gid={} groups={}", nix::unistd::getuid(), nix::unistd::getgid(), groups.join(","));
         true
     });
-    if let Err(e) = r {
-        eprintln!("berth-pbs {which}: job {jobid}: {e}");
+    match r {
+        Ok(true) => 0,
+        Ok(false) => EXIT_BERTH_ERROR,
+        Err(e) => fail(format!("drop-check {user}: {e}")),
     }
-    0
 }
 
 // ---------------------------------------------------------------------------------------

@@ -147,6 +147,32 @@ pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Comm
     c
 }
 
+/// Run `c` in a private mount namespace where `file` is /etc/nsswitch.conf.
+pub fn with_nsswitch(c: &mut Command, file: &Path) {
+    use std::ffi::CString;
+    let src = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let (dst, root) = (CString::new("/etc/nsswitch.conf").unwrap(), CString::new("/").unwrap());
+    // SAFETY: only system calls between fork and exec; the strings are made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                    != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub struct Job {
     pub id: String,
     /// `qsub -v` variables (CONTAINER, BERTH_*...).
@@ -198,6 +224,14 @@ pub struct Mom<'w> {
     pub exec_with_exec: bool,
     /// berth-pbs installed (`$job_starter`, prologue, epilogue); false: a mom without berth.
     pub berth: bool,
+    /// An nsswitch.conf the prologue and epilogue see at /etc/nsswitch.conf (bound over it
+    /// in a private mount namespace): a site's name services.
+    pub nsswitch: Option<PathBuf>,
+    /// What pbs_mom logs at its default log level about the hooks: a prologue or epilogue
+    /// that exits non-zero (`prolog.c` `pelog_err`: "prolog/epilog failed, file: F, exit: N",
+    /// PBSEVENT_ERROR, in the mom log and syslog). Their output is not logged; it goes to the
+    /// job's spool files (`PE_IO_TYPE_ASIS`).
+    pub log: std::sync::Mutex<Vec<String>>,
 }
 
 /// How pbs_mom runs the starter.
@@ -210,13 +244,21 @@ pub enum As {
 
 impl<'w> Mom<'w> {
     pub fn new(w: &'w World) -> Mom<'w> {
+        // BERTH_TEST_PBS_STARTER: another build (the packaged static release one, for timings).
+        let build = std::env::var_os("BERTH_TEST_PBS_STARTER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")));
+        Mom::with_starter(w, &build, &w.path("berth-pbs"))
+    }
+
+    /// A mom whose berth-pbs is the build `build`, installed at `starter` (once per test run).
+    pub fn with_starter(w: &'w World, build: &Path, starter: &Path) -> Mom<'w> {
         // Installed like /usr/libexec/berth/berth-pbs: where every user can run it.
-        let starter = w.path("berth-pbs");
+        let starter = starter.to_path_buf();
         if !starter.exists() {
-            // BERTH_TEST_PBS_STARTER: another build (the packaged static release one, for timings).
-            let build = std::env::var_os("BERTH_TEST_PBS_STARTER")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")));
+            let dir = starter.parent().unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::copy(build, &starter).unwrap();
         }
         let rsh_agent = w.path("berth-pbs-rsh");
@@ -228,7 +270,15 @@ impl<'w> Mom<'w> {
             .unwrap();
             std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Mom { w, starter, rsh_agent, exec_with_exec: false, berth: true }
+        Mom {
+            w,
+            starter,
+            rsh_agent,
+            exec_with_exec: false,
+            berth: true,
+            nsswitch: None,
+            log: Default::default(),
+        }
     }
 
     /// What pbs_server sends the mother superior: the script and the node file.
@@ -458,11 +508,24 @@ impl<'w> Mom<'w> {
         // A file just copied may still be open for writing in a child another test thread
         // forked meanwhile (ETXTBSY until that child execs): try again shortly.
         for _ in 0..100 {
-            match self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output() {
+            let mut c = self.command(node, As::Root, &argv, &env);
+            if let Some(f) = &self.nsswitch {
+                with_nsswitch(&mut c, f);
+            }
+            match c.stdin(Stdio::null()).output() {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
-                r => return Out(r.unwrap()),
+                r => {
+                    let out = Out(r.unwrap());
+                    if out.code() != Some(0) {
+                        self.log.lock().unwrap().push(format!(
+                            "pelog_err, prolog/epilog failed, file: {path}, exit: {}, nonzero p/e exit status",
+                            out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into())
+                        ));
+                    }
+                    return out;
+                }
             }
         }
         panic!("{path} stays busy");
