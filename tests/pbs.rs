@@ -1148,3 +1148,46 @@ fn a_failed_stop_is_loud() {
     assert_eq!(e.code(), Some(0), "{}", e.stderr());
     assert_clean(&[&a], &job.id);
 }
+
+/// The job's `TMPDIR` and `PBS_JOBDIR` are there inside the container as they are for a
+/// native job: OpenPBS' mom makes `TMPDIR=/var/tmp/pbs.<jobid>` for every job (and under
+/// `sandbox=PRIVATE` starts the script in a `PBS_JOBDIR` of its own), TORQUE's makes
+/// `$tmpdir/<jobid>`. `mktemp` and `cd $TMPDIR` work in the job.
+#[test]
+fn tmpdir_and_jobdir_inside_the_container() {
+    let _s = serial();
+    let w = world();
+    let base = std::path::PathBuf::from(format!("/var/tmp/berth-it-{}", std::process::id()));
+    for (n, openpbs) in [(0, true), (1, false)] {
+        let mut mom = Mom::new(w);
+        mom.openpbs = openpbs;
+        if openpbs {
+            mom.sandbox_root = Some(base.join("jobdirs"));
+        } else {
+            mom.tmpdir = Some(base.join("tmpdir"));
+        }
+        let a = Node::new(w, "a");
+        let script = "echo PWD=$(pwd)\ncd \"$TMPDIR\" && f=$(mktemp) && echo in-tmpdir > \"$f\" && cat \"$f\" && echo TMP=$(pwd)\n";
+        for container in [false, true] {
+            let vars: Vec<(&str, &str)> = if container { vec![("CONTAINER", w.image())] } else { vec![] };
+            let job = Job::new(w, &jid(&format!("27{n}{}", container as u8)), &vars, script);
+            for d in [&base, &base.join("jobdirs"), &base.join("tmpdir")] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            mom.submit(&job, &[&a]);
+            let tmpdir = mom.job_tmpdir(&job).unwrap();
+            let pwd = mom.job_jobdir(&job).unwrap_or_else(|| w.home.clone());
+            let end = mom.run_job(&job, &a, None);
+            let what = format!("openpbs={openpbs} container={container}");
+            assert_eq!(
+                (end.status, end.out.as_deref().unwrap_or_default()),
+                (0, format!("PWD={}\nin-tmpdir\nTMP={}\n", pwd.display(), tmpdir.display()).as_str()),
+                "{what}: {:?}",
+                end.err
+            );
+            assert!(!tmpdir.exists(), "{what}: the mom removed the job's TMPDIR");
+            assert_clean(&[&a], &job.id);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

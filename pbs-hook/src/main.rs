@@ -359,6 +359,17 @@ fn run_in_container(
         if let Some(s) = script {
             req.binds.push(bind(s, true));
         }
+        // The directories pbs_mom made for the job, as a native job has them: TMPDIR (OpenPBS
+        // for every job, /var/tmp/pbs.<jobid>; TORQUE under mom_priv/config's $tmpdir) and
+        // OpenPBS' PBS_JOBDIR (the job's staging and execution directory: the home directory,
+        // or a sandbox=PRIVATE directory, where the job's shell starts). /tmp itself is bound
+        // by the site configuration's binds.
+        for var in ["TMPDIR", "PBS_JOBDIR"] {
+            let Some(d) = env(var).map(|d| PathBuf::from(d.trim_end_matches('/'))) else { continue };
+            if bindable_workdir(&d) && d != Path::new("/tmp") && !req.binds.iter().any(|b| b.dst == d) {
+                req.binds.push(bind(&d, false));
+            }
+        }
         let aux = env("PBS_HOME").map(|h| Path::new(&h).join("aux")).filter(|p| p.is_dir()).or_else(|| {
             env("PBS_NODEFILE")
                 .and_then(|f| Path::new(&f).parent().map(Path::to_path_buf))

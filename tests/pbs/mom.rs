@@ -232,6 +232,14 @@ pub struct Mom<'w> {
     /// PBSEVENT_ERROR, in the mom log and syslog). Their output is not logged; it goes to the
     /// job's spool files (`PE_IO_TYPE_ASIS`).
     pub log: std::sync::Mutex<Vec<String>>,
+    /// An OpenPBS mom (23.06) instead of TORQUE's: the launch hook's argv, its job variables
+    /// and directories (see `job_env`, `shell_job`).
+    pub openpbs: bool,
+    /// TORQUE's `$tmpdir DIR` in mom_priv/config: each job gets `DIR/<jobid>` as `TMPDIR`.
+    pub tmpdir: Option<PathBuf>,
+    /// OpenPBS' `$jobdir_root DIR` for a job with `sandbox=PRIVATE`: its staging and execution
+    /// directory `PBS_JOBDIR` is a new directory under DIR instead of the home directory.
+    pub sandbox_root: Option<PathBuf>,
 }
 
 /// How pbs_mom runs the starter.
@@ -278,11 +286,58 @@ impl<'w> Mom<'w> {
             berth: true,
             nsswitch: None,
             log: Default::default(),
+            openpbs: false,
+            tmpdir: None,
+            sandbox_root: None,
+        }
+    }
+
+    /// The job's `TMPDIR`, which the mom makes before the job and removes after it: OpenPBS
+    /// for every job, `/var/tmp/pbs.<jobid>` (`start_exec.c`: `tmpdirname`, made by `mktmpdir`
+    /// and removed by `rmtmpdir` when the job is purged); TORQUE only under `$tmpdir`
+    /// (`start_exec.c` `TTmpDirName`, `DIR/<jobid>`).
+    pub fn job_tmpdir(&self, job: &Job) -> Option<PathBuf> {
+        if self.openpbs {
+            Some(PathBuf::from(format!("/var/tmp/pbs.{}", job.id)))
+        } else {
+            self.tmpdir.as_ref().map(|t| t.join(&job.id))
+        }
+    }
+
+    /// OpenPBS' `PBS_JOBDIR`: the home directory, or under `sandbox=PRIVATE` a directory the
+    /// mom makes for the job (`jobdirname`, made by `mkjobdir`, removed by `rmjobdir`: here
+    /// `pbs.<jobid>.x8z`); TORQUE sets none.
+    pub fn job_jobdir(&self, job: &Job) -> Option<PathBuf> {
+        if !self.openpbs {
+            return None;
+        }
+        Some(match &self.sandbox_root {
+            Some(r) => r.join(format!("pbs.{}.x8z", job.id)),
+            None => self.w.home.clone(),
+        })
+    }
+
+    /// What the mom removes when the job is purged (after the epilogue).
+    pub fn purge(&self, job: &Job) {
+        for d in [self.job_tmpdir(job), self.sandbox_root.as_ref().and_then(|_| self.job_jobdir(job))]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 
     /// What pbs_server sends the mother superior: the script and the node file.
     pub fn submit(&self, job: &Job, nodes: &[&Node]) {
+        // The job's own directories, the user's, mode 0700 (as the moms make them).
+        for d in [self.job_tmpdir(job), self.sandbox_root.as_ref().and_then(|_| self.job_jobdir(job))]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(&d).unwrap();
+            nix::unistd::chown(&d, Some(self.w.uid.into()), Some(self.w.gid.into())).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         // The mother superior gets the script and the node file.
         let ms = nodes[0];
         let sc = job.script_path(ms);
@@ -350,6 +405,16 @@ impl<'w> Mom<'w> {
         set("PBS_TASKNUM", task.to_string());
         set("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
         set("PBS_VNODENUM", task.to_string());
+        if let Some(t) = self.job_tmpdir(job) {
+            set("TMPDIR", t.display().to_string());
+        }
+        if self.openpbs {
+            // OpenPBS' mom sets neither PBS_HOME, PBS_VNODENUM nor PBS_GPUFILE (its cgroup
+            // hook sets CUDA_VISIBLE_DEVICES), and adds PBS_JOBDIR (`start_exec.c`
+            // `finish_exec`).
+            env.retain(|(k, _)| !matches!(k.as_str(), "PBS_HOME" | "PBS_VNODENUM" | "PBS_GPUFILE"));
+            env.push(("PBS_JOBDIR".into(), self.job_jobdir(job).unwrap().display().to_string()));
+        }
         env
     }
 
@@ -381,7 +446,13 @@ impl<'w> Mom<'w> {
         }
         let starter = self.starter.display().to_string();
         let login = format!("-{}", Path::new(shell).file_name().unwrap().to_string_lossy());
-        let mut cmd = if self.berth {
+        let mut cmd = if self.berth && self.openpbs {
+            // The launch hook hands the mom progname berth-pbs and argv [berth-pbs, SHELL]; the
+            // mom execs that as a login shell would be: argv0 `-berth-pbs`.
+            let mut c = self.command(node, as_, &[&starter, shell], &env);
+            c.arg0("-berth-pbs");
+            c
+        } else if self.berth {
             self.command(node, as_, &[&starter, shell, &login], &env)
         } else {
             let mut c = self.command(node, as_, &[shell], &env);
@@ -405,6 +476,10 @@ impl<'w> Mom<'w> {
         if let Some(a) = &job.args {
             line.push(' ');
             line.push_str(a);
+        }
+        // OpenPBS under sandbox=PRIVATE starts the script in PBS_JOBDIR (`finish_exec`).
+        if let (true, Some(_)) = (self.openpbs, &self.sandbox_root) {
+            line.insert_str(0, &format!("cd {};", self.job_jobdir(job).unwrap().display()));
         }
         line.push('\n');
         line
@@ -452,6 +527,7 @@ impl<'w> Mom<'w> {
             out.push_str(&e.stdout());
             err.push_str(&e.stderr());
         }
+        self.purge(job);
         let returned = !(-3..=-1).contains(&status);
         JobEnd {
             status,
