@@ -1191,3 +1191,57 @@ fn tmpdir_and_jobdir_inside_the_container() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A job's own `BERTH_CONFIG` (`qsub -v BERTH_CONFIG=~/my.toml`) may not move the state
+/// directory the epilogue looks in (its container would outlive the job): the job fails
+/// with a message naming both directories and nothing is started. A file that keeps the
+/// site's state directory is fine.
+#[test]
+fn a_jobs_own_config_may_not_move_the_state_directory() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let moved_dir = format!("/tmp/berth-it-{}-mine-{{uid}}", std::process::id());
+    let moved = w.path("my-moved.toml");
+    std::fs::write(&moved, format!("state_dir = \"{moved_dir}\"\n")).unwrap();
+    let kept = w.path("my-kept.toml");
+    std::fs::write(&kept, format!("{}keep_warm_seconds = 3\n", std::fs::read_to_string(&a.config).unwrap()))
+        .unwrap();
+    for p in [&moved, &kept] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let moved_state = Path::new(&moved_dir.replace("{uid}", &w.uid.to_string())).to_path_buf();
+    let job = Job::new(
+        w,
+        &jid("280"),
+        &[("CONTAINER", w.image()), ("BERTH_CONFIG", moved.to_str().unwrap())],
+        "echo should-not-run\n",
+    );
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    let err = end.err.clone().unwrap_or_default();
+    assert_eq!(end.status, 255, "{err}");
+    assert!(
+        err.starts_with("berth: BERTH_CONFIG=")
+            && err.contains("a job may not move berth's state directory")
+            && err.contains(&moved_state.display().to_string())
+            && err.contains(&a.state_dir.display().to_string()),
+        "{err}"
+    );
+    assert!(!end.out.unwrap_or_default().contains("should-not-run"));
+    assert_clean(&[&a], &job.id);
+    assert!(!moved_state.join("holders").exists(), "nothing was started in the moved state directory");
+    let _ = std::fs::remove_dir_all(&moved_state);
+
+    let job = Job::new(
+        w,
+        &jid("281"),
+        &[("CONTAINER", w.image()), ("BERTH_CONFIG", kept.to_str().unwrap())],
+        "grep ^NAME= /etc/os-release\n",
+    );
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{:?}", end.err);
+    assert_clean(&[&a], &job.id);
+}

@@ -248,6 +248,68 @@ fn bindable_workdir(p: &Path) -> bool {
         && p.is_dir()
 }
 
+/// `NAME=value` of a `KEY=value` lines file (pbs.conf, pbs_environment).
+fn file_value(path: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The configuration file the epilogue reads: pbs_mom runs it with its own environment, which
+/// both TORQUE and OpenPBS moms take from `$PBS_HOME/pbs_environment`, so that file's
+/// `BERTH_CONFIG`, else the default path (None). `PBS_HOME`: TORQUE sets it for the job;
+/// OpenPBS names it in `/etc/pbs.conf` (or the file `PBS_CONF_FILE` names).
+fn epilogue_config() -> Option<PathBuf> {
+    let home = env("PBS_HOME").map(PathBuf::from).or_else(|| {
+        let conf = env("PBS_CONF_FILE").unwrap_or_else(|| "/etc/pbs.conf".into());
+        file_value(Path::new(&conf), "PBS_HOME").map(PathBuf::from)
+    })?;
+    file_value(&home.join("pbs_environment"), "BERTH_CONFIG").map(PathBuf::from)
+}
+
+/// A job's own `BERTH_CONFIG` (`qsub -v`) may set what it likes but where the job's container
+/// is recorded: the epilogue, which stops the container when the job ends, reads the site's
+/// configuration and looks there only, so a job that moved it would leave its container
+/// running after the job.
+fn check_state_dir_is_the_sites(cfg: &Config, jobid: &str) -> Result<(), String> {
+    let Some(mine) = std::env::var_os("BERTH_CONFIG").map(PathBuf::from) else { return Ok(()) };
+    let site = epilogue_config();
+    if site.as_deref() == Some(mine.as_path()) {
+        return Ok(());
+    }
+    let default = Path::new(berth_runtime::config::DEFAULT_PATH);
+    let site_cfg = match site.as_deref().or_else(|| default.exists().then_some(default)) {
+        Some(p) => match Config::load_file(p) {
+            Ok(c) => c,
+            // A broken site file fails the prologue (requeue), not the job.
+            Err(_) => return Ok(()),
+        },
+        None => Config::default(),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    let name = holder_name(jobid);
+    let (ours, theirs) = (holder::record_path(cfg, uid, &name), holder::record_path(&site_cfg, uid, &name));
+    if ours == theirs {
+        return Ok(());
+    }
+    let dir = |p: &Path| p.parent().and_then(Path::parent).unwrap_or(p).display().to_string();
+    Err(format!(
+        "BERTH_CONFIG={} moves the job's container state to {}, but the epilogue that stops the container when the job ends looks in {} ({}): a job may not move berth's state directory; remove `state_dir` from {}, or drop BERTH_CONFIG from the job's variables",
+        mine.display(),
+        dir(&ours),
+        dir(&theirs),
+        match &site {
+            Some(p) => format!("the site's {}", p.display()),
+            None if default.exists() => format!("the site's {}", default.display()),
+            None => "berth's default".into(),
+        },
+        mine.display()
+    ))
+}
+
 fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     // Never as root: see user.rs (before anything the job controls is read).
     if let Err(e) = user::refuse_root() {
@@ -269,6 +331,17 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let Some(jobid) = env("PBS_JOBID") else {
         return fail("CONTAINER is set but PBS_JOBID is not: berth-pbs runs jobs started by pbs_mom (use `berth exec IMAGE CMD` elsewhere)");
     };
+    match Config::load_for_job() {
+        Ok((cfg, _)) => {
+            if let Err(e) = check_state_dir_is_the_sites(&cfg, &jobid) {
+                return fail(e);
+            }
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return e.exit_code();
+        }
+    }
     let launch = if forced_task {
         jobfile::Launch::Task
     } else {
