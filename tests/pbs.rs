@@ -1245,3 +1245,43 @@ fn a_jobs_own_config_may_not_move_the_state_directory() {
     assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{:?}", end.err);
     assert_clean(&[&a], &job.id);
 }
+
+/// packaging/torque/install.sh tells a static build from a dynamic one by its ELF program
+/// headers (`ldd` succeeds on static-pie programs too): only the dynamic build gets the note.
+/// Run with `DESTDIR` in a private mount namespace whose /usr/libexec is a fresh tmpfs, so
+/// nothing of the host is touched whatever the script does.
+#[test]
+fn install_sh_tells_static_from_dynamic() {
+    let w = world();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/install.sh");
+    for (what, build, noted) in [
+        ("static", static_starter(), false),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")), true),
+    ] {
+        let dest = w.path(&format!("install-{what}"));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::create_dir_all(dest.join("var/spool/torque/mom_priv")).unwrap();
+        let out = std::process::Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount --make-rprivate / && mount -t tmpfs none /usr/libexec && exec sh \"$@\"",
+                "sh",
+            ])
+            .arg(&script)
+            .arg("/var/spool/torque")
+            .arg(&build)
+            .env("DESTDIR", &dest)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {err}");
+        assert_eq!(err.contains("dynamically linked"), noted, "{what}: {err}");
+        let installed = dest.join("usr/libexec/berth/berth-pbs");
+        assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(&build).unwrap(), "{what}");
+        let epilogue = std::fs::metadata(dest.join("var/spool/torque/mom_priv/epilogue")).unwrap();
+        assert_eq!(epilogue.permissions().mode() & 0o7777, 0o500, "{what}");
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+}
