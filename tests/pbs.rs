@@ -265,14 +265,34 @@ fn user_errors_reach_the_jobs_error_file() {
 fn broken_node_configuration_requeues() {
     let _s = serial();
     let w = world();
-    let mom = Mom::new(w);
+    let mut mom = Mom::new(w);
     let a = Node::new(w, "a");
     std::fs::write(&a.config, "state_dir = [\n").unwrap();
     let job = Job::new(w, &jid("240"), &[("CONTAINER", w.image())], "true\n");
     mom.submit(&job, &[&a]);
+    // The reason reaches syslog: TORQUE keeps no output of a requeued job and logs only the
+    // prologue's exit status at its default log level.
+    let sock = w.path(&format!("syslog-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    syslog.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    mom.syslog = Some(sock.clone());
     let p = mom.hook("prologue", &job, &a);
     assert_eq!(p.code(), Some(2), "{}", p.stderr());
     assert!(p.stderr().contains("configuration") && p.stderr().contains(&job.id), "{}", p.stderr());
+    let mut buf = [0u8; 4096];
+    let n = syslog.recv(&mut buf).expect("a syslog message");
+    let logged = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        logged.contains("berth-pbs[")
+            && logged.contains(&format!(
+                "berth-pbs prologue: job {}: requeued: this node's berth configuration is broken",
+                job.id
+            )),
+        "{logged}"
+    );
+    let _ = std::fs::remove_file(&sock);
+    mom.syslog = None;
     assert_eq!(mom.run_job(&job, &a, None).status, -3, "requeued (JOB_EXEC_RETRY)");
 }
 
@@ -1003,11 +1023,20 @@ fn registry_image_is_converted_once_and_shared_by_tasks() {
     assert!(conversions().contains(&reference), "{}", conversions());
     let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
 
-    // A second job uses the same file: no second conversion.
+    // A second job uses the same file: no second conversion. The image has no /bin/bash: the
+    // note names the image as the job did, not the cache file.
     let again = Job::new(w, &jid("902"), &[("CONTAINER", &reference)], "cat /from-registry\n");
     mom.submit(&again, &[&a]);
     let end = mom.run_job(&again, &a, None);
     assert_eq!((end.status, end.out.as_deref()), (0, Some("pulled-by-berth\n")), "{:?}", end.err);
+    assert!(
+        end.err
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!("/bin/bash is not in the image {reference};")),
+        "{:?}",
+        end.err
+    );
     assert_clean(&[&a], &again.id);
     assert_eq!(sqsh(), files);
     assert_eq!(
@@ -1118,8 +1147,13 @@ fn epilogue_stops_the_container_in_static_and_dynamic_builds() {
 fn a_failed_stop_is_loud() {
     let _s = serial();
     let w = world();
-    let mom = Mom::new(w);
+    let mut mom = Mom::new(w);
     let a = Node::new(w, "a");
+    let sock = w.path(&format!("syslog-{}-260.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    syslog.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    mom.syslog = Some(sock.clone());
     let job = Job::new(w, &jid("260"), &[("CONTAINER", w.image())], "true\n");
     mom.submit(&job, &[&a]);
     let _cleanup = Epilogues(&mom, &job, vec![&a]);
@@ -1144,6 +1178,10 @@ fn a_failed_stop_is_loud() {
         "{:?}",
         mom.log.lock().unwrap()
     );
+    let mut buf = [0u8; 4096];
+    let n = syslog.recv(&mut buf).expect("a syslog message");
+    let logged = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(logged.contains("the job's container on this node was not stopped"), "{logged}");
     let e = mom.hook("epilogue", &job, &a);
     assert_eq!(e.code(), Some(0), "{}", e.stderr());
     assert_clean(&[&a], &job.id);

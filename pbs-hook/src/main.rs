@@ -369,6 +369,8 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let argv = jobfile::container_argv(&launch, script.as_ref(), &argv);
     let image =
         resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
+    // What the user named (a `docker://` reference, not the cache file it became), for notes.
+    let named = image.display().to_string();
     // A TM task on a node where the job's container already runs joins it as it is, without
     // asking the registry again: the tag may point elsewhere by now (the task would then be
     // refused for naming another image), and a wide job's tasks would each cost the registry
@@ -398,7 +400,7 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
         std::env::set_var("PBS_BERTH_SSH", ssh);
     }
     let script = script.map(|s| s.script);
-    match run_in_container(&jobid, &image, &opts, script.as_deref(), &launch, argv) {
+    match run_in_container(&jobid, &image, &named, &opts, script.as_deref(), &launch, argv) {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("berth: {e}");
@@ -409,9 +411,11 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
 
 enum Never {}
 
+#[allow(clippy::too_many_arguments)]
 fn run_in_container(
     jobid: &str,
     image: &Path,
+    named: &str,
     opts: &options::Options,
     script: Option<&Path>,
     launch: &jobfile::Launch,
@@ -474,7 +478,7 @@ fn run_in_container(
         session::prepare_opened(&cfg, req, img)
     };
     let joined = session::join_or_create(&cfg, &name, image, make, Lifetime::UntilStopped)?;
-    jobfile::shell_fallback(launch, &mut argv, image);
+    jobfile::shell_fallback(launch, &mut argv, named);
     Err(joined.exec(&cfg, &host, &argv))
 }
 

@@ -173,6 +173,36 @@ pub fn with_nsswitch(c: &mut Command, file: &Path) {
     }
 }
 
+/// Run `c` in a private mount namespace whose /dev/log is the socket `sock` (on a tmpfs over
+/// /dev: the program needs nothing else of /dev; its stdio is opened before it starts).
+pub fn with_syslog(c: &mut Command, sock: &Path) {
+    use std::ffi::CString;
+    let src = CString::new(sock.as_os_str().as_encoded_bytes()).unwrap();
+    let (dev, log, root) =
+        (CString::new("/dev").unwrap(), CString::new("/dev/log").unwrap(), CString::new("/").unwrap());
+    let tmpfs = CString::new("tmpfs").unwrap();
+    // SAFETY: only system calls between fork and exec; the strings are made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            let null = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(null, root.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, null.cast()) != 0
+                || libc::mount(tmpfs.as_ptr(), dev.as_ptr(), tmpfs.as_ptr(), 0, null.cast()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(log.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
+            if fd < 0
+                || libc::close(fd) != 0
+                || libc::mount(src.as_ptr(), log.as_ptr(), null, libc::MS_BIND, null.cast()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub struct Job {
     pub id: String,
     /// `qsub -v` variables (CONTAINER, BERTH_*...).
@@ -227,6 +257,8 @@ pub struct Mom<'w> {
     /// An nsswitch.conf the prologue and epilogue see at /etc/nsswitch.conf (bound over it
     /// in a private mount namespace): a site's name services.
     pub nsswitch: Option<PathBuf>,
+    /// A unix datagram socket the prologue and epilogue see as /dev/log (the node's syslog).
+    pub syslog: Option<PathBuf>,
     /// What pbs_mom logs at its default log level about the hooks: a prologue or epilogue
     /// that exits non-zero (`prolog.c` `pelog_err`: "prolog/epilog failed, file: F, exit: N",
     /// PBSEVENT_ERROR, in the mom log and syslog). Their output is not logged; it goes to the
@@ -285,6 +317,7 @@ impl<'w> Mom<'w> {
             exec_with_exec: false,
             berth: true,
             nsswitch: None,
+            syslog: None,
             log: Default::default(),
             openpbs: false,
             tmpdir: None,
@@ -587,6 +620,9 @@ impl<'w> Mom<'w> {
             let mut c = self.command(node, As::Root, &argv, &env);
             if let Some(f) = &self.nsswitch {
                 with_nsswitch(&mut c, f);
+            }
+            if let Some(sock) = &self.syslog {
+                with_syslog(&mut c, sock);
             }
             match c.stdin(Stdio::null()).output() {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
