@@ -383,23 +383,25 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     expect(&[("CONTAINER", img), ("BERTH_BIND", "/no/such/dir:/data")], None, &["/no/such/dir"]);
 }
 
-#[test]
-fn openpbs_hook_rewrites_the_launch() {
-    let _s = serial();
-    // The execjob_launch hook with a tiny fake `pbs` module (the API it uses:
-    // pbs.event().job.Variable_List, e.progname, e.argv, e.env, e.accept()).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pbs.py"),
-        r#"
-import json, os
+/// The fake `pbs` module the OpenPBS hooks are driven with: the API they use
+/// (pbs.event().job.Variable_List/id/euser, e.progname, e.argv, e.env, e.accept(),
+/// e.reject(), pbs.logmsg); `accept` prints the launch as JSON, `logmsg` writes `LOG: msg`
+/// lines on stderr. `"broken": true` in the event makes reading `progname` raise.
+const FAKE_PBS: &str = r#"
+import json, os, sys
 class _Job:
     def __init__(self, vl, jid="", euser=""): self.Variable_List = vl; self.id = jid; self.euser = euser
 class _Event:
     def __init__(self, d):
-        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self.progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"])
+        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self._progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"]); self._broken = d.get("broken", False)
+    @property
+    def progname(self):
+        if self._broken: raise RuntimeError("no progname today")
+        return self._progname
+    @progname.setter
+    def progname(self, v): self._progname = v
     def accept(self):
-        print(json.dumps({"progname": self.progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
+        print(json.dumps({"progname": self._progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
     def reject(self, msg=""):
         print(json.dumps({"rejected": msg})); raise SystemExit(0)
 _e = None
@@ -407,64 +409,122 @@ def event():
     global _e
     if _e is None: _e = _Event(json.loads(os.environ["FAKE_PBS_EVENT"]))
     return _e
-def logmsg(level, msg): pass
+def logmsg(level, msg): sys.stderr.write("LOG: %s\n" % msg)
 LOG_DEBUG = 4
-"#,
-    )
-    .unwrap();
-    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_launch.py");
-    let run = |event: serde_json::Value| -> serde_json::Value {
-        let out = std::process::Command::new("python3")
-            .arg(&hook)
-            .env("PYTHONPATH", dir.path())
-            .env("FAKE_PBS_EVENT", event.to_string())
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
-    };
+LOG_ERROR = 3
+"#;
+
+/// Runs an OpenPBS hook under python3 with the fake `pbs` module: (accepted launch, stderr).
+fn run_hook(hook: &str, event: serde_json::Value, env: &[(&str, &Path)]) -> (serde_json::Value, String) {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pbs.py"), FAKE_PBS).unwrap();
+        d
+    });
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs").join(hook);
+    let out = std::process::Command::new("python3")
+        .arg(&hook)
+        .env("PYTHONPATH", dir.path())
+        .env("FAKE_PBS_EVENT", event.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("python3");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let accepted = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{} {err}", String::from_utf8_lossy(&out.stdout)));
+    (accepted, err)
+}
+
+#[test]
+fn openpbs_hook_rewrites_the_launch() {
+    let _s = serial();
+    let run = |event: serde_json::Value| run_hook("berth_launch.py", event, &[]).0;
     let starter = "/usr/libexec/berth/berth-pbs";
-    // The job script's shell.
-    let r = run(
-        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
-    );
-    assert_eq!(r["progname"], starter);
-    assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
-    assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
+    // The job script's shell: OpenPBS 23.06 hands the hook progname /bin/bash and an empty
+    // argv; older moms ["-bash"].
+    for argv in [serde_json::json!([]), serde_json::json!(["-bash"])] {
+        let r = run(
+            serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": argv, "env": {}}),
+        );
+        assert_eq!(r["progname"], starter);
+        assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+        assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
+    }
     // A TM task.
     let r = run(
         serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "progname": "/usr/bin/orted", "argv": ["orted", "-mca", "x", "y"], "env": {"CONTAINER": "/img/a.sif"}}),
     );
     assert_eq!(r["argv"], serde_json::json!([starter, "/usr/bin/orted", "-mca", "x", "y"]));
-    // Without CONTAINER nothing changes; an already wrapped launch is not wrapped twice.
+    // Without CONTAINER nothing changes (even a broken event is not looked at); an already
+    // wrapped launch is not wrapped twice.
     let r = run(
-        serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
+        serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": [], "env": {}, "broken": true}),
     );
-    assert_eq!(
-        (r["progname"].as_str(), r["argv"].clone()),
-        (Some("/bin/bash"), serde_json::json!(["-bash"]))
-    );
+    assert_eq!((r["progname"].as_str(), r["argv"].clone()), (Some("/bin/bash"), serde_json::json!([])));
     let r = run(
         serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}),
     );
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+}
 
-    // The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in here).
+/// A launch hook that fails inside (here: the event's progname cannot be read) launches, in
+/// place of the job's program, one that puts a `berth:` message in the job's error file and
+/// exits 255, and logs it (a hook that raises ends the job with -17 and no output at all).
+#[test]
+fn openpbs_launch_hook_failure_reaches_the_jobs_error_file() {
+    let (r, log) = run_hook(
+        "berth_launch.py",
+        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "id": "5.srv", "progname": "/bin/bash", "argv": [], "env": {}, "broken": true}),
+        &[],
+    );
+    assert_eq!(r["progname"], "/bin/sh", "{r}");
+    assert!(
+        log.contains("LOG: berth: job 5.srv: the berth launch hook failed (RuntimeError: no progname today)"),
+        "{log}"
+    );
+    let argv: Vec<String> = serde_json::from_value(r["argv"].clone()).unwrap();
+    let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.starts_with("berth: the berth launch hook failed (RuntimeError: no progname today)"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in
+/// here) for container jobs only, and puts what it prints and a failure in the mom log.
+#[test]
+fn openpbs_epilogue_hook_stops_container_jobs_and_logs_failures() {
+    let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("called");
     let stand_in = dir.path().join("berth-pbs");
-    std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" > {}\n", rec.display())).unwrap();
-    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let end = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_end.py");
-    let out = std::process::Command::new("python3")
-        .arg(&end)
-        .env("PYTHONPATH", dir.path())
-        .env("BERTH_PBS_STARTER", &stand_in)
-        .env("FAKE_PBS_EVENT", serde_json::json!({"vars": {}, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"}).to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let write_stand_in = |body: &str| {
+        std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" >> {}\n{body}\n", rec.display())).unwrap();
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let event = |vars: serde_json::Value| serde_json::json!({"vars": vars, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"});
+    let env = [("BERTH_PBS_STARTER", stand_in.as_path())];
+    write_stand_in("exit 0");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({})), &env);
+    assert!(!rec.exists(), "a native job costs no berth-pbs run");
+    assert_eq!(log, "");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
     assert_eq!(std::fs::read_to_string(&rec).unwrap(), "epilogue 9.srv alice\n");
+    assert_eq!(log, "", "a clean stop logs nothing");
+    write_stand_in("echo 'berth-pbs epilogue: job 9.srv: not stopped (why)' >&2; exit 1");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
+    assert!(
+        log.contains("LOG: berth: job 9.srv: berth-pbs epilogue: job 9.srv: not stopped (why)\n"),
+        "{log}"
+    );
+    assert!(log.contains("epilogue 9.srv alice exited with 1"), "{log}");
+    write_stand_in("kill -SEGV $$");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
+    assert!(log.contains("exited with -11"), "{log}");
 }
 
 #[test]
