@@ -30,7 +30,19 @@
 //!   other values requeue it, -3 (`JOB_EXEC_RETRY`);
 //! - output return (`requests.c` `send_back_std_and_staged_files`, called from
 //!   `catch_child.c` `preobit_preparation`): for exit statuses -1..-3 the job's `.o`/`.e`
-//!   files are not returned to the user at all.
+//!   files are not returned to the user at all;
+//! - GPUs: `PBS_GPUFILE=$PBS_HOME/aux/<jobid>gpu` for every job with a node file
+//!   (`start_exec.c` `InitUserEnv`), the file written only for a job with `exec_gpus`
+//!   (`write_gpus_to_file`, one `HOST-gpuN` line per GPU);
+//! - `TMPDIR`: only under `$tmpdir DIR` in mom_priv/config, `DIR/<jobid>` (`TTmpDirName`);
+//! - logging: a prologue or epilogue that exits non-zero is logged at the default log level
+//!   (`prolog.c` `pelog_err`); their output is not, it goes to the job's spool files.
+//!
+//! With `Mom::openpbs` it is an OpenPBS 23.06 mom instead (openpbs/openpbs `src/resmom/`): the
+//! execjob_launch hook's launch `[-berth-pbs, SHELL]` for the job's shell, `TMPDIR` for every
+//! job (`tmpdirname`/`mktmpdir`), `PBS_JOBDIR` (the home directory, or a sandbox=PRIVATE
+//! directory under `$jobdir_root` with `cd DIR;` before the script line, `finish_exec`), and
+//! neither `PBS_HOME`, `PBS_VNODENUM` nor `PBS_GPUFILE`.
 
 #![allow(dead_code)]
 
