@@ -332,11 +332,15 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
         return fail("CONTAINER is set but PBS_JOBID is not: berth-pbs runs jobs started by pbs_mom (use `berth exec IMAGE CMD` elsewhere)");
     };
     match Config::load_for_job() {
-        Ok((cfg, _)) => {
+        // Not for `berth-pbs task` (the rsh agent's remote commands): they come from a job
+        // whose shell passed the check on the mother superior, with ssh's environment and
+        // the mother superior's PBS_HOME.
+        Ok((cfg, _)) if !forced_task => {
             if let Err(e) = check_state_dir_is_the_sites(&cfg, &jobid) {
                 return fail(e);
             }
         }
+        Ok(_) => {}
         Err(e) => {
             eprintln!("berth: {e}");
             return e.exit_code();
@@ -488,15 +492,15 @@ fn run_in_container(
 /// Run `f` in a child that has become `user` (or directly if we are that user already);
 /// true when it succeeded. `f` prints its own messages. A child that dies of a signal is an
 /// error naming it (it printed nothing).
-fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
-    let acct = user::lookup(user)?;
+fn as_user(acct: &user::Account, f: impl FnOnce() -> bool) -> Result<bool, String> {
+    let user = &acct.name;
     if nix::unistd::geteuid().as_raw() == acct.uid {
         return Ok(f());
     }
     // SAFETY: berth-pbs is single-threaded; the child only drops privileges, runs `f` and exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
-            let code = match user::drop_to(user) {
+            let code = match user::drop_to(acct) {
                 Ok(_) => {
                     if f() {
                         0
@@ -550,10 +554,22 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
         return 0;
     };
     let name = holder_name(jobid);
-    if prologue::nothing_to_stop(user, &name) {
+    let loud = |why: String| {
+        let msg = format!(
+            "berth-pbs {which}: job {jobid}: the job's container on this node was not stopped ({why}); stop it as root with `berth-pbs epilogue {jobid} {user}`"
+        );
+        eprintln!("{msg}");
+        syslog(&msg);
+        1
+    };
+    let acct = match user::lookup(user) {
+        Ok(a) => a,
+        Err(e) => return loud(e),
+    };
+    if prologue::nothing_to_stop(&acct, &name) {
         return 0;
     }
-    let r = as_user(user, || {
+    let r = as_user(&acct, || {
         let cfg = match Config::load_for_job() {
             Ok((c, _)) => c,
             Err(e) => {
@@ -589,17 +605,11 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
         }
         left.is_empty() && holder::nothing_left(&cfg, uid, &name)
     });
-    let why = match r {
-        Ok(true) => return 0,
-        Ok(false) => "the message above says why".to_string(),
-        Err(e) => e,
-    };
-    let msg = format!(
-        "berth-pbs {which}: job {jobid}: the job's container on this node was not stopped ({why}); stop it as root with `berth-pbs epilogue {jobid} {user}`"
-    );
-    eprintln!("{msg}");
-    syslog(&msg);
-    1
+    match r {
+        Ok(true) => 0,
+        Ok(false) => loud("the message above says why".into()),
+        Err(e) => loud(e),
+    }
 }
 
 /// `berth-pbs drop-check USER`, run by `berth config check --pbs` as root: the epilogue's
@@ -609,7 +619,11 @@ fn drop_check(user: Option<&String>) -> i32 {
     if !nix::unistd::geteuid().is_root() {
         return fail("drop-check tries the epilogue's drop from root to a job's user: run it as root");
     }
-    let r = as_user(user, || {
+    let acct = match user::lookup(user) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("drop-check {user}: {e}")),
+    };
+    let r = as_user(&acct, || {
         let groups: Vec<String> =
             nix::unistd::getgroups().map(|g| g.iter().map(|g| g.to_string()).collect()).unwrap_or_default();
         println!("uid={} gid={} groups={}", nix::unistd::getuid(), nix::unistd::getgid(), groups.join(","));

@@ -57,9 +57,8 @@ pub fn run(which: &str, args: &[String]) -> i32 {
 /// Epilogue shortcut: true when `user` has nothing of holder `name` on this node (no record,
 /// lock or temporary record), so a job that never used berth here costs no fork and no
 /// privilege drop. Only existence is looked at (no symlink followed, nothing opened or
-/// trusted); when in doubt (unknown user, broken configuration) the full epilogue runs.
-pub fn nothing_to_stop(user: &str, name: &str) -> bool {
+/// trusted); when in doubt (a broken configuration) the full epilogue runs.
+pub fn nothing_to_stop(user: &crate::user::Account, name: &str) -> bool {
     let Ok((cfg, _)) = Config::load_for_job() else { return false };
-    let Ok(acct) = crate::user::lookup(user) else { return false };
-    berth_runtime::holder::nothing_left(&cfg, acct.uid, name)
+    berth_runtime::holder::nothing_left(&cfg, user.uid, name)
 }

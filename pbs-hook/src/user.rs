@@ -117,11 +117,11 @@ fn getent(args: &[&str]) -> Result<Option<String>, String> {
     }
 }
 
-/// Drop from root to `name` for good: the supplementary groups [`lookup`] found, then gid,
-/// then uid; verified afterwards (no way back to root). Refuses root itself. `name` comes
+/// Drop from root to `acct` for good: the supplementary groups [`lookup`] found, then gid,
+/// then uid; verified afterwards (no way back to root). Refuses root itself. The name comes
 /// from pbs_mom's argv of the prologue/epilogue, never from the environment.
-pub fn drop_to(name: &str) -> Result<Account, String> {
-    let acct = lookup(name)?;
+pub fn drop_to(acct: &Account) -> Result<(), String> {
+    let name = &acct.name;
     if acct.uid == 0 {
         return Err(format!("refusing to act for a job of root (job user {name:?})"));
     }
@@ -143,7 +143,7 @@ pub fn drop_to(name: &str) -> Result<Account, String> {
     // namespace set-up (writing /proc/self/setgroups, uid_map) would fail. Nothing privileged
     // is left in this process (no descriptor was opened as root), so it may be the user's.
     nix::sys::prctl::set_dumpable(true).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
-    Ok(acct)
+    Ok(())
 }
 
 #[cfg(test)]

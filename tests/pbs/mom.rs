@@ -85,6 +85,13 @@ impl Node {
             format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id()),
         )
         .unwrap();
+        // OpenPBS' /etc/pbs.conf, which the emulator cannot write: its jobs name this one in
+        // PBS_CONF_FILE, which every PBS program honours.
+        std::fs::write(
+            root.join("pbs.conf"),
+            format!("PBS_EXEC=/opt/pbs\nPBS_HOME={}\n", pbs_home.display()),
+        )
+        .unwrap();
         std::fs::write(
             pbs_home.join("pbs_environment"),
             format!("PATH=/bin:/usr/bin\nBERTH_CONFIG={}\n", config.display()),
@@ -459,6 +466,10 @@ impl<'w> Mom<'w> {
             // `finish_exec`).
             env.retain(|(k, _)| !matches!(k.as_str(), "PBS_HOME" | "PBS_VNODENUM" | "PBS_GPUFILE"));
             env.push(("PBS_JOBDIR".into(), self.job_jobdir(job).unwrap().display().to_string()));
+            env.push((
+                "PBS_CONF_FILE".into(),
+                node.pbs_home.parent().unwrap().join("pbs.conf").display().to_string(),
+            ));
         }
         env
     }
