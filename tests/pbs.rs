@@ -1383,3 +1383,55 @@ fn install_sh_tells_static_from_dynamic() {
         let _ = std::fs::remove_dir_all(&dest);
     }
 }
+
+/// A job of a user `/etc/passwd` does not list (a directory service's, at most sites) in the
+/// static build, with `passwd: files systemd`: the starter looks the user up without the name
+/// service switch (a static glibc program that loads nsswitch.conf's modules dies of SIGSEGV)
+/// and runs the task in the image. (No such user exists here: the uid has no entry at all, so
+/// berth names the user by number, as for any uid without one.)
+#[test]
+fn static_starter_runs_jobs_of_users_outside_etc_passwd() {
+    let build = static_starter();
+    let _s = serial();
+    let w = world();
+    let nss = w.path("nsswitch-systemd.conf");
+    std::fs::write(&nss, "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\n").unwrap();
+    let mom = Mom::with_starter(w, &build, &w.path("static/berth-pbs"));
+    let a = Node::new(w, "a");
+    let (uid, gid) = (4242 + std::process::id() % 1000, 4242 + std::process::id() % 1000);
+    let job = Job::new(w, &jid("290"), &[("CONTAINER", w.image()), ("BERTH_NO_HOME", "1")], "");
+    mom.submit(&job, &[&a]);
+    let starter = mom.starter.display().to_string();
+    let mut env = mom.job_env(&job, &a, 1);
+    env.retain(|(k, _)| k != "HOME");
+    env.push(("HOME".into(), "/".into()));
+    let mut c = mom::in_node_nss(
+        &a.netns_path(),
+        As::User,
+        uid,
+        gid,
+        &[
+            &starter,
+            "sh",
+            "-c",
+            "echo ID=$(id -u):$(id -g) NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2)",
+        ],
+        Some(&nss),
+    );
+    let out = c.env_clear().envs(env).current_dir("/").stdin(std::process::Stdio::null()).output().unwrap();
+    // The container (a holder of that uid) goes by hand: no epilogue can name the user.
+    let state = Path::new(&format!("/tmp/berth-it-{}-a-{uid}", std::process::id())).to_path_buf();
+    for p in job_processes(&job.id) {
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        (Some(0), format!("ID={uid}:{gid} NAME=\"berth-busybox\"\n")),
+        "{err}"
+    );
+}

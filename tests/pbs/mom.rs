@@ -141,8 +141,24 @@ fn sh(cmd: &str) {
 /// `argv` in the node's network namespace, as the user (after setgroups/setgid/setuid, as
 /// pbs_mom does) or as root.
 pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Command {
+    in_node_nss(netns, as_, uid, gid, argv, None)
+}
+
+/// [`in_node`], seeing `nsswitch` (when given) as /etc/nsswitch.conf (see [`with_nsswitch`],
+/// done before the program becomes the user).
+pub fn in_node_nss(
+    netns: &Path,
+    as_: As,
+    uid: u32,
+    gid: u32,
+    argv: &[&str],
+    nsswitch: Option<&Path>,
+) -> Command {
     let mut c = Command::new(argv[0]);
     c.args(&argv[1..]);
+    if let Some(f) = nsswitch {
+        with_nsswitch(&mut c, f);
+    }
     let ns = std::fs::File::open(netns).unwrap();
     // SAFETY: only async-signal-safe system calls between fork and exec; `ns` is moved into
     // the closure, which the Command keeps until it is dropped.
