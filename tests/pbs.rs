@@ -1435,3 +1435,28 @@ fn static_starter_runs_jobs_of_users_outside_etc_passwd() {
         "{err}"
     );
 }
+
+/// What `ps` shows of a container job under OpenPBS, whose mom execs the starter as
+/// `-berth-pbs /bin/bash` (a login shell's name): the holder names itself (`berth-holder
+/// pbs-<jobid>`, cut to the length of the starter's command line) and nothing of the job's
+/// shows as `-berth-pbs`.
+#[test]
+fn job_processes_are_named_for_what_they_are() {
+    let _s = serial();
+    let w = world();
+    let mut mom = Mom::new(w);
+    mom.openpbs = true;
+    let a = Node::new(w, "a");
+    let job = Job::new(w, &jid("295"), &[("CONTAINER", w.image())], "true\n");
+    mom.submit(&job, &[&a]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a]);
+    mom.batch(&job, &a, As::User).ok();
+    let running = job_processes(&job.id);
+    eprintln!("the job's processes: {running:?}");
+    assert!(!running.is_empty(), "the job's container runs on until the epilogue");
+    assert!(running.iter().all(|p| !p.contains("-berth-pbs")), "{running:?}");
+    assert!(running.iter().any(|p| p.contains(": berth-holder pbs-295")), "{running:?}");
+    drop(_cleanup);
+    assert_clean(&[&a], &job.id);
+    mom.purge(&job);
+}
