@@ -1460,3 +1460,42 @@ fn job_processes_are_named_for_what_they_are() {
     assert_clean(&[&a], &job.id);
     mom.purge(&job);
 }
+
+/// A container job killed by `qdel` or its walltime (pbs_mom kills the job's session; the
+/// holder, in a session of its own, survives that) leaves nothing once the epilogue ran, as a
+/// job that ended normally: no process, no record (the mounts live in the container's own
+/// namespace, gone with its processes). Both builds, both PBS flavours.
+#[test]
+fn killed_jobs_leave_nothing_after_the_epilogue() {
+    let builds = [
+        ("static", static_starter()),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs"))),
+    ];
+    let _s = serial();
+    let w = world();
+    let mut n = 0;
+    for (what, build) in &builds {
+        for openpbs in [false, true] {
+            n += 1;
+            let mut mom = Mom::with_starter(w, build, &w.path(&format!("{what}/berth-pbs")));
+            mom.openpbs = openpbs;
+            let a = Node::new(w, "a");
+            let job =
+                Job::new(w, &jid(&format!("30{n}")), &[("CONTAINER", w.image())], "echo started\nsleep 60\n");
+            mom.submit(&job, &[&a]);
+            let p = mom.hook("prologue", &job, &a);
+            assert_eq!(p.code(), Some(0), "{}", p.stderr());
+            let out =
+                mom.killed_batch(&job, &a, || job_processes(&job.id).iter().any(|p| p.contains("sleep 60")));
+            assert_eq!(out.0.status.code(), None, "{what} openpbs={openpbs}: killed: {}", out.stderr());
+            assert!(
+                !job_files(&a, &job.id).is_empty(),
+                "{what} openpbs={openpbs}: the container outlives the kill"
+            );
+            let e = mom.hook("epilogue", &job, &a);
+            assert_eq!(e.code(), Some(0), "{what} openpbs={openpbs}: {}", e.stderr());
+            assert_clean(&[&a], &job.id);
+            mom.purge(&job);
+        }
+    }
+}

@@ -539,6 +539,50 @@ impl<'w> Mom<'w> {
         Out(child.wait_with_output().unwrap())
     }
 
+    /// The batch job killed as `qdel` or the walltime limit kills it, once `started` says so
+    /// (within 10 s): the job's shell leads its own session (`setsid` before the exec,
+    /// TORQUE's `TMomFinalizeChild`, OpenPBS' `finish_exec`), and the mom sends SIGKILL to
+    /// every process of that session (TORQUE `kill_task`, OpenPBS `kill_session`). The
+    /// epilogue runs after that, as after a normal end.
+    pub fn killed_batch(&self, job: &Job, node: &Node, started: impl Fn() -> bool) -> Out {
+        let env = self.job_env(job, node, 0);
+        let starter = self.starter.display().to_string();
+        let mut cmd = if self.openpbs {
+            let mut c = self.command(node, As::User, &[&starter, "/bin/bash"], &env);
+            c.arg0("-berth-pbs");
+            c
+        } else {
+            self.command(node, As::User, &[&starter, "/bin/bash", "-bash"], &env)
+        };
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let _ = pipe.write_all(self.script_line(job, node).as_bytes());
+        drop(pipe);
+        let t0 = std::time::Instant::now();
+        while !started() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let sid = child.id() as i32;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).is_ok_and(|s| s.as_raw() == sid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Out(child.wait_with_output().unwrap())
+    }
+
     /// The line pbs_mom writes to the batch shell (`TMomFinalizeJob2`).
     pub fn script_line(&self, job: &Job, node: &Node) -> String {
         let mut line = job.script_path(node).display().to_string();
