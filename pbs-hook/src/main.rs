@@ -16,7 +16,8 @@
 //!
 //! Exit status: the job's own; 255 with one `berth: ...` message (in the job's error file)
 //! for a failure the user can fix (image, options) or berth's own. The prologue exits 0, or
-//! 2 (requeue) for a node fault (see `prologue.rs`).
+//! 2 (requeue) for a node fault (see `prologue.rs`); the epilogue 0, or 1 when the job's
+//! container could not be stopped (the reason on stderr and in syslog).
 
 mod jobfile;
 mod options;
