@@ -686,8 +686,16 @@ fn config_check_pbs_names_what_a_torque_node_lacks() {
     }
     let starter = libexec.join("berth-pbs");
     // A stand-in for the binary (which carries its own name, as this script does).
-    std::fs::write(&starter, "#!/bin/sh\n# berth-pbs stand-in\nexec \"$@\"\n").unwrap();
-    std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stand_in = |drop_check: &str| {
+        std::fs::write(
+            &starter,
+            format!("#!/bin/sh\n# berth-pbs stand-in\n[ \"$1\" = drop-check ] && {{ {drop_check}; }}\nexec \"$@\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let good_drop = "echo uid=65534 gid=65534 groups=65534; exit 0";
+    stand_in(good_drop);
     let config = mom_priv.join("config");
     let good_config = format!("$pbsserver srv\n$job_starter {}\n", starter.display());
     let hooks = ["prologue", "epilogue", "prologue.parallel", "epilogue.parallel"];
@@ -723,6 +731,13 @@ fn config_check_pbs_names_what_a_torque_node_lacks() {
     assert!(out.contains(&format!("ok   TORQUE, PBS_HOME {}", home.display())), "{out}");
     assert!(out.contains(&format!("$job_starter {}", starter.display())), "{out}");
     assert!(out.contains("ok   $job_starter_run_privileged is not set"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok   the epilogue's drop from root to nobody (`{} drop-check nobody`): uid=65534 gid=65534 groups=65534",
+            starter.display()
+        )),
+        "{out}"
+    );
     for h in hooks {
         assert!(out.contains(&format!("ok   {} (root's, mode 0500)", mom_priv.join(h).display())), "{out}");
     }
@@ -755,9 +770,20 @@ fn config_check_pbs_names_what_a_torque_node_lacks() {
             format!("FAIL berth-pbs {}: setuid/setgid", starter.display()),
         ),
         (
+            "the drop crashes",
+            Box::new(|| {
+                stand_in("kill -SEGV $$");
+                install(&good_config);
+            }),
+            format!(
+                "FAIL the epilogue's drop from root to nobody (`{} drop-check nobody`): killed by SIGSEGV",
+                starter.display()
+            ),
+        ),
+        (
             "epilogue missing",
             Box::new(|| {
-                std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
+                stand_in(good_drop);
                 install(&good_config);
                 std::fs::remove_file(mom_priv.join("epilogue")).unwrap();
             }),

@@ -86,6 +86,7 @@ fn job_and_tasks_run_in_one_container_per_node() {
         workdir: job.workdir.clone(),
         script_body: String::new(),
         args: None,
+        gpus: 0,
     };
     let out = mom.task(&other, &a, 9, &["true"]);
     assert_eq!(out.code(), Some(255));
@@ -264,14 +265,34 @@ fn user_errors_reach_the_jobs_error_file() {
 fn broken_node_configuration_requeues() {
     let _s = serial();
     let w = world();
-    let mom = Mom::new(w);
+    let mut mom = Mom::new(w);
     let a = Node::new(w, "a");
     std::fs::write(&a.config, "state_dir = [\n").unwrap();
     let job = Job::new(w, &jid("240"), &[("CONTAINER", w.image())], "true\n");
     mom.submit(&job, &[&a]);
+    // The reason reaches syslog: TORQUE keeps no output of a requeued job and logs only the
+    // prologue's exit status at its default log level.
+    let sock = w.path(&format!("syslog-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    syslog.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    mom.syslog = Some(sock.clone());
     let p = mom.hook("prologue", &job, &a);
     assert_eq!(p.code(), Some(2), "{}", p.stderr());
     assert!(p.stderr().contains("configuration") && p.stderr().contains(&job.id), "{}", p.stderr());
+    let mut buf = [0u8; 4096];
+    let n = syslog.recv(&mut buf).expect("a syslog message");
+    let logged = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        logged.contains("berth-pbs[")
+            && logged.contains(&format!(
+                "berth-pbs prologue: job {}: requeued: this node's berth configuration is broken",
+                job.id
+            )),
+        "{logged}"
+    );
+    let _ = std::fs::remove_file(&sock);
+    mom.syslog = None;
     assert_eq!(mom.run_job(&job, &a, None).status, -3, "requeued (JOB_EXEC_RETRY)");
 }
 
@@ -362,23 +383,25 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     expect(&[("CONTAINER", img), ("BERTH_BIND", "/no/such/dir:/data")], None, &["/no/such/dir"]);
 }
 
-#[test]
-fn openpbs_hook_rewrites_the_launch() {
-    let _s = serial();
-    // The execjob_launch hook with a tiny fake `pbs` module (the API it uses:
-    // pbs.event().job.Variable_List, e.progname, e.argv, e.env, e.accept()).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pbs.py"),
-        r#"
-import json, os
+/// The fake `pbs` module the OpenPBS hooks are driven with: the API they use
+/// (pbs.event().job.Variable_List/id/euser, e.progname, e.argv, e.env, e.accept(),
+/// e.reject(), pbs.logmsg); `accept` prints the launch as JSON, `logmsg` writes `LOG: msg`
+/// lines on stderr. `"broken": true` in the event makes reading `progname` raise.
+const FAKE_PBS: &str = r#"
+import json, os, sys
 class _Job:
     def __init__(self, vl, jid="", euser=""): self.Variable_List = vl; self.id = jid; self.euser = euser
 class _Event:
     def __init__(self, d):
-        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self.progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"])
+        self.job = _Job(d["vars"], d.get("id", ""), d.get("euser", "")); self._progname = d["progname"]; self.argv = list(d["argv"]); self.env = dict(d["env"]); self._broken = d.get("broken", False)
+    @property
+    def progname(self):
+        if self._broken: raise RuntimeError("no progname today")
+        return self._progname
+    @progname.setter
+    def progname(self, v): self._progname = v
     def accept(self):
-        print(json.dumps({"progname": self.progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
+        print(json.dumps({"progname": self._progname, "argv": list(self.argv), "env": self.env})); raise SystemExit(0)
     def reject(self, msg=""):
         print(json.dumps({"rejected": msg})); raise SystemExit(0)
 _e = None
@@ -386,64 +409,122 @@ def event():
     global _e
     if _e is None: _e = _Event(json.loads(os.environ["FAKE_PBS_EVENT"]))
     return _e
-def logmsg(level, msg): pass
+def logmsg(level, msg): sys.stderr.write("LOG: %s\n" % msg)
 LOG_DEBUG = 4
-"#,
-    )
-    .unwrap();
-    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_launch.py");
-    let run = |event: serde_json::Value| -> serde_json::Value {
-        let out = std::process::Command::new("python3")
-            .arg(&hook)
-            .env("PYTHONPATH", dir.path())
-            .env("FAKE_PBS_EVENT", event.to_string())
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
-    };
+LOG_ERROR = 3
+"#;
+
+/// Runs an OpenPBS hook under python3 with the fake `pbs` module: (accepted launch, stderr).
+fn run_hook(hook: &str, event: serde_json::Value, env: &[(&str, &Path)]) -> (serde_json::Value, String) {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pbs.py"), FAKE_PBS).unwrap();
+        d
+    });
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs").join(hook);
+    let out = std::process::Command::new("python3")
+        .arg(&hook)
+        .env("PYTHONPATH", dir.path())
+        .env("FAKE_PBS_EVENT", event.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("python3");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let accepted = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{} {err}", String::from_utf8_lossy(&out.stdout)));
+    (accepted, err)
+}
+
+#[test]
+fn openpbs_hook_rewrites_the_launch() {
+    let _s = serial();
+    let run = |event: serde_json::Value| run_hook("berth_launch.py", event, &[]).0;
     let starter = "/usr/libexec/berth/berth-pbs";
-    // The job script's shell.
-    let r = run(
-        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
-    );
-    assert_eq!(r["progname"], starter);
-    assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
-    assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
+    // The job script's shell: OpenPBS 23.06 hands the hook progname /bin/bash and an empty
+    // argv; older moms ["-bash"].
+    for argv in [serde_json::json!([]), serde_json::json!(["-bash"])] {
+        let r = run(
+            serde_json::json!({"vars": {"CONTAINER": "/img/a.sif", "PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": argv, "env": {}}),
+        );
+        assert_eq!(r["progname"], starter);
+        assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+        assert_eq!(r["env"]["CONTAINER"], "/img/a.sif");
+    }
     // A TM task.
     let r = run(
         serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "progname": "/usr/bin/orted", "argv": ["orted", "-mca", "x", "y"], "env": {"CONTAINER": "/img/a.sif"}}),
     );
     assert_eq!(r["argv"], serde_json::json!([starter, "/usr/bin/orted", "-mca", "x", "y"]));
-    // Without CONTAINER nothing changes; an already wrapped launch is not wrapped twice.
+    // Without CONTAINER nothing changes (even a broken event is not looked at); an already
+    // wrapped launch is not wrapped twice.
     let r = run(
-        serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": ["-bash"], "env": {}}),
+        serde_json::json!({"vars": {"PBS_O_WORKDIR": "/home/u"}, "progname": "/bin/bash", "argv": [], "env": {}, "broken": true}),
     );
-    assert_eq!(
-        (r["progname"].as_str(), r["argv"].clone()),
-        (Some("/bin/bash"), serde_json::json!(["-bash"]))
-    );
+    assert_eq!((r["progname"].as_str(), r["argv"].clone()), (Some("/bin/bash"), serde_json::json!([])));
     let r = run(
         serde_json::json!({"vars": {"CONTAINER": "/i"}, "progname": starter, "argv": [starter, "/bin/bash"], "env": {}}),
     );
     assert_eq!(r["argv"], serde_json::json!([starter, "/bin/bash"]));
+}
 
-    // The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in here).
+/// A launch hook that fails inside (here: the event's progname cannot be read) launches, in
+/// place of the job's program, one that puts a `berth:` message in the job's error file and
+/// exits 255, and logs it (a hook that raises ends the job with -17 and no output at all).
+#[test]
+fn openpbs_launch_hook_failure_reaches_the_jobs_error_file() {
+    let (r, log) = run_hook(
+        "berth_launch.py",
+        serde_json::json!({"vars": {"CONTAINER": "/img/a.sif"}, "id": "5.srv", "progname": "/bin/bash", "argv": [], "env": {}, "broken": true}),
+        &[],
+    );
+    assert_eq!(r["progname"], "/bin/sh", "{r}");
+    assert!(
+        log.contains("LOG: berth: job 5.srv: the berth launch hook failed (RuntimeError: no progname today)"),
+        "{log}"
+    );
+    let argv: Vec<String> = serde_json::from_value(r["argv"].clone()).unwrap();
+    let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.starts_with("berth: the berth launch hook failed (RuntimeError: no progname today)"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The execjob_epilogue hook calls `berth-pbs epilogue JOBID USER` (a recording stand-in
+/// here) for container jobs only, and puts what it prints and a failure in the mom log.
+#[test]
+fn openpbs_epilogue_hook_stops_container_jobs_and_logs_failures() {
+    let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("called");
     let stand_in = dir.path().join("berth-pbs");
-    std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" > {}\n", rec.display())).unwrap();
-    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let end = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/openpbs/berth_end.py");
-    let out = std::process::Command::new("python3")
-        .arg(&end)
-        .env("PYTHONPATH", dir.path())
-        .env("BERTH_PBS_STARTER", &stand_in)
-        .env("FAKE_PBS_EVENT", serde_json::json!({"vars": {}, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"}).to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let write_stand_in = |body: &str| {
+        std::fs::write(&stand_in, format!("#!/bin/sh\necho \"$@\" >> {}\n{body}\n", rec.display())).unwrap();
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let event = |vars: serde_json::Value| serde_json::json!({"vars": vars, "progname": "", "argv": [], "env": {}, "id": "9.srv", "euser": "alice"});
+    let env = [("BERTH_PBS_STARTER", stand_in.as_path())];
+    write_stand_in("exit 0");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({})), &env);
+    assert!(!rec.exists(), "a native job costs no berth-pbs run");
+    assert_eq!(log, "");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
     assert_eq!(std::fs::read_to_string(&rec).unwrap(), "epilogue 9.srv alice\n");
+    assert_eq!(log, "", "a clean stop logs nothing");
+    write_stand_in("echo 'berth-pbs epilogue: job 9.srv: not stopped (why)' >&2; exit 1");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
+    assert!(
+        log.contains("LOG: berth: job 9.srv: berth-pbs epilogue: job 9.srv: not stopped (why)\n"),
+        "{log}"
+    );
+    assert!(log.contains("epilogue 9.srv alice exited with 1"), "{log}");
+    write_stand_in("kill -SEGV $$");
+    let (_, log) = run_hook("berth_end.py", event(serde_json::json!({"CONTAINER": "/i.sif"})), &env);
+    assert!(log.contains("exited with -11"), "{log}");
 }
 
 #[test]
@@ -690,16 +771,37 @@ fn timings() {
     }
 }
 
-/// The packaged build (README: `RUSTFLAGS="-C target-feature=+crt-static"`) has no dynamic
-/// loader, so a job's `LD_PRELOAD` runs nothing even in a starter that a misconfigured
-/// pbs_mom started as root; berth-pbs then refuses the job. Gated on the static binary:
-/// `BERTH_TEST_PBS_STATIC=target/x86_64-unknown-linux-gnu/release/berth-pbs`.
+/// berth-pbs as packaging/build.sh builds it (`RUSTFLAGS="-C target-feature=+crt-static"`,
+/// here the debug profile): `BERTH_TEST_PBS_STATIC` names a build, else it is built once into
+/// `target/pbs-static` (a target directory of its own: the flag changes every crate).
+fn static_starter() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("BERTH_TEST_PBS_STATIC") {
+                return p.into();
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = root.join("target/pbs-static");
+            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+            let st = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(&root)
+                .args(["build", "-q", "-p", "berth-pbs", "--target", &triple])
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .unwrap();
+            assert!(st.success(), "building the static berth-pbs failed");
+            target.join(triple).join("debug/berth-pbs")
+        })
+        .clone()
+}
+
+/// The packaged build has no dynamic loader, so a job's `LD_PRELOAD` runs nothing even in a
+/// starter that a misconfigured pbs_mom started as root; berth-pbs then refuses the job.
 #[test]
 fn static_starter_ignores_ld_preload_as_root() {
-    let Some(bin) = std::env::var_os("BERTH_TEST_PBS_STATIC") else {
-        eprintln!("skipped: set BERTH_TEST_PBS_STATIC to the static berth-pbs build");
-        return;
-    };
+    let bin = static_starter();
     let _s = serial();
     let w = world();
     let file = std::process::Command::new("file").arg(&bin).output().unwrap();
@@ -741,8 +843,8 @@ fn static_starter_ignores_ld_preload_as_root() {
     let _ = std::fs::remove_file(&marker);
 }
 
-/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (`PBS_GPUFILE`), ask for the host's NVIDIA
-/// driver like `--nv`; on a node without one the job's error file says so.
+/// `BERTH_NV=1`, or GPUs allocated by pbs_mom (a GPU file that names them), ask for the host's
+/// NVIDIA driver like `--nv`; on a node without one the job's error file says so.
 #[test]
 fn gpu_jobs_ask_for_the_driver() {
     if Path::new("/proc/driver/nvidia/version").exists() {
@@ -753,15 +855,43 @@ fn gpu_jobs_ask_for_the_driver() {
     let w = world();
     let mom = Mom::new(w);
     let a = Node::new(w, "a");
-    for (n, var) in [("801", ("BERTH_NV", "1")), ("802", ("PBS_GPUFILE", "/var/spool/torque/aux/x.gpu"))] {
-        let job = Job::new(w, &jid(n), &[("CONTAINER", w.image()), var], "echo should-not-run\n");
+    for (n, var, gpus) in [("801", Some(("BERTH_NV", "1")), 0), ("802", None, 1)] {
+        let mut vars = vec![("CONTAINER", w.image())];
+        vars.extend(var);
+        let mut job = Job::new(w, &jid(n), &vars, "echo should-not-run\n");
+        job.gpus = gpus;
         mom.submit(&job, &[&a]);
         let end = mom.run_job(&job, &a, None);
         let err = end.err.unwrap();
-        assert_eq!(end.status, 255, "{var:?}: {err}");
+        assert_eq!(end.status, 255, "{var:?} gpus={gpus}: {err}");
         assert!(err.starts_with("berth: ") && err.contains("no NVIDIA driver"), "{var:?}: {err}");
         assert_clean(&[&a], &job.id);
     }
+}
+
+/// A CPU-only node with the default configuration (`inject.nvidia = "auto"`): pbs_mom names a
+/// GPU file for every job (`PBS_GPUFILE`) but writes none, and the container job runs without
+/// the NVIDIA stack, as it would natively.
+#[test]
+fn cpu_jobs_run_without_gpus_though_pbs_gpufile_is_set() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let script = "grep ^NAME= /etc/os-release; echo GPUFILE=$PBS_GPUFILE; ls /dev/nvidiactl 2>/dev/null || echo no-nvidia\n";
+    let job = Job::new(w, &jid("810"), &[("CONTAINER", w.image())], script);
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    let out = end.out.clone().unwrap_or_default();
+    assert_eq!(end.status, 0, "{out}\n{:?}", end.err);
+    assert_eq!(
+        out,
+        format!("NAME=\"berth-busybox\"\nGPUFILE={}\nno-nvidia\n", job.gpufile(&a).display()),
+        "{:?}",
+        end.err
+    );
+    assert!(!end.err.unwrap_or_default().contains("NVIDIA"));
+    assert_clean(&[&a], &job.id);
 }
 
 /// Array jobs (`qsub -t`): ids like `12[3].server` name the holder and the script file.
@@ -953,11 +1083,20 @@ fn registry_image_is_converted_once_and_shared_by_tasks() {
     assert!(conversions().contains(&reference), "{}", conversions());
     let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
 
-    // A second job uses the same file: no second conversion.
+    // A second job uses the same file: no second conversion. The image has no /bin/bash: the
+    // note names the image as the job did, not the cache file.
     let again = Job::new(w, &jid("902"), &[("CONTAINER", &reference)], "cat /from-registry\n");
     mom.submit(&again, &[&a]);
     let end = mom.run_job(&again, &a, None);
     assert_eq!((end.status, end.out.as_deref()), (0, Some("pulled-by-berth\n")), "{:?}", end.err);
+    assert!(
+        end.err
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!("/bin/bash is not in the image {reference};")),
+        "{:?}",
+        end.err
+    );
     assert_clean(&[&a], &again.id);
     assert_eq!(sqsh(), files);
     assert_eq!(
@@ -1011,4 +1150,352 @@ fn registry_image_is_converted_once_and_shared_by_tasks() {
     drop(guard);
     assert_clean(&[&a], &job.id);
     assert_eq!(conversions().lines().count(), 1, "nothing converted for the task: {}", conversions());
+}
+
+/// The epilogue's drop to the job's user never goes through the name service switch in
+/// berth-pbs (a static glibc program that loads `/etc/nsswitch.conf`'s modules dies of
+/// SIGSEGV): with `group: files systemd`, as on Debian 12, both the static build the README
+/// recommends and the dynamic one stop the job's container; `drop-check` (what `berth config
+/// check --pbs` runs) becomes the user with the user's groups.
+#[test]
+fn epilogue_stops_the_container_in_static_and_dynamic_builds() {
+    let builds = [
+        ("static", static_starter()),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs"))),
+    ];
+    let _s = serial();
+    let w = world();
+    let nss = w.path("nsswitch-systemd.conf");
+    std::fs::write(&nss, "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\n").unwrap();
+    let groups = std::process::Command::new("id").args(["-G", harness::USER]).output().unwrap();
+    let groups = String::from_utf8_lossy(&groups.stdout).trim().replace(' ', ",");
+    for (n, (what, build)) in builds.iter().enumerate() {
+        let mut mom = Mom::with_starter(w, build, &w.path(&format!("{what}/berth-pbs")));
+        mom.nsswitch = Some(nss.clone());
+        let a = Node::new(w, "a");
+        let job = Job::new(
+            w,
+            &jid(&format!("25{n}")),
+            &[("CONTAINER", w.image())],
+            "grep ^NAME= /etc/os-release\n",
+        );
+        mom.submit(&job, &[&a]);
+        let end = mom.run_job(&job, &a, None);
+        let err = end.err.clone().unwrap_or_default();
+        assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{what}: {err}");
+        assert!(!err.contains("berth-pbs"), "{what}: the epilogue had something to say: {err}");
+        assert_clean(&[&a], &job.id);
+        assert_eq!(mom.log.lock().unwrap().len(), 0, "{what}: {:?}", mom.log.lock().unwrap());
+
+        let starter = mom.starter.display().to_string();
+        let mut c = mom::in_node(&a.netns_path(), As::Root, 0, 0, &[&starter, "drop-check", harness::USER]);
+        mom::with_nsswitch(&mut c, &nss);
+        let out = c.env_clear().env("PATH", "/usr/bin:/bin").output().unwrap();
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+            (Some(0), format!("uid={} gid={} groups={groups}\n", w.uid, w.gid)),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// An epilogue that cannot stop the job's container says so where the job's owner and the
+/// administrator look (its stderr, the job's error file under TORQUE; syslog) and exits
+/// non-zero (pbs_mom logs that); once the cause is gone, it stops the container.
+#[test]
+fn a_failed_stop_is_loud() {
+    let _s = serial();
+    let w = world();
+    let mut mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let sock = w.path(&format!("syslog-{}-260.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    syslog.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    mom.syslog = Some(sock.clone());
+    let job = Job::new(w, &jid("260"), &[("CONTAINER", w.image())], "true\n");
+    mom.submit(&job, &[&a]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a]);
+    assert_eq!(mom.hook("prologue", &job, &a).code(), Some(0));
+    mom.batch(&job, &a, As::User).ok();
+    assert!(!job_files(&a, &job.id).is_empty(), "the job's container runs on");
+    let good = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(&a.config, "state_dir = [\n").unwrap();
+    let e = mom.hook("epilogue", &job, &a);
+    std::fs::write(&a.config, good).unwrap();
+    let err = e.stderr();
+    assert_eq!(e.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "berth-pbs epilogue: job {}: the job's container on this node was not stopped",
+            job.id
+        )) && err.contains("berth.toml:"),
+        "{err}"
+    );
+    assert!(
+        mom.log.lock().unwrap().iter().any(|l| l.contains("epilogue, exit: 1")),
+        "{:?}",
+        mom.log.lock().unwrap()
+    );
+    let mut buf = [0u8; 4096];
+    let n = syslog.recv(&mut buf).expect("a syslog message");
+    let logged = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(logged.contains("the job's container on this node was not stopped"), "{logged}");
+    let e = mom.hook("epilogue", &job, &a);
+    assert_eq!(e.code(), Some(0), "{}", e.stderr());
+    assert_clean(&[&a], &job.id);
+}
+
+/// The job's `TMPDIR` and `PBS_JOBDIR` are there inside the container as they are for a
+/// native job: OpenPBS' mom makes `TMPDIR=/var/tmp/pbs.<jobid>` for every job (and under
+/// `sandbox=PRIVATE` starts the script in a `PBS_JOBDIR` of its own), TORQUE's makes
+/// `$tmpdir/<jobid>`. `mktemp` and `cd $TMPDIR` work in the job.
+#[test]
+fn tmpdir_and_jobdir_inside_the_container() {
+    let _s = serial();
+    let w = world();
+    let base = std::path::PathBuf::from(format!("/var/tmp/berth-it-{}", std::process::id()));
+    for (n, openpbs) in [(0, true), (1, false)] {
+        let mut mom = Mom::new(w);
+        mom.openpbs = openpbs;
+        if openpbs {
+            mom.sandbox_root = Some(base.join("jobdirs"));
+        } else {
+            mom.tmpdir = Some(base.join("tmpdir"));
+        }
+        let a = Node::new(w, "a");
+        let script = "echo PWD=$(pwd)\ncd \"$TMPDIR\" && f=$(mktemp) && echo in-tmpdir > \"$f\" && cat \"$f\" && echo TMP=$(pwd)\n";
+        for container in [false, true] {
+            let vars: Vec<(&str, &str)> = if container { vec![("CONTAINER", w.image())] } else { vec![] };
+            let job = Job::new(w, &jid(&format!("27{n}{}", container as u8)), &vars, script);
+            for d in [&base, &base.join("jobdirs"), &base.join("tmpdir")] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            mom.submit(&job, &[&a]);
+            let tmpdir = mom.job_tmpdir(&job).unwrap();
+            let pwd = mom.job_jobdir(&job).unwrap_or_else(|| w.home.clone());
+            let end = mom.run_job(&job, &a, None);
+            let what = format!("openpbs={openpbs} container={container}");
+            assert_eq!(
+                (end.status, end.out.as_deref().unwrap_or_default()),
+                (0, format!("PWD={}\nin-tmpdir\nTMP={}\n", pwd.display(), tmpdir.display()).as_str()),
+                "{what}: {:?}",
+                end.err
+            );
+            assert!(!tmpdir.exists(), "{what}: the mom removed the job's TMPDIR");
+            assert_clean(&[&a], &job.id);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A job's own `BERTH_CONFIG` (`qsub -v BERTH_CONFIG=~/my.toml`) may not move the state
+/// directory the epilogue looks in (its container would outlive the job): the job fails
+/// with a message naming both directories and nothing is started. A file that keeps the
+/// site's state directory is fine.
+#[test]
+fn a_jobs_own_config_may_not_move_the_state_directory() {
+    let _s = serial();
+    let w = world();
+    let mom = Mom::new(w);
+    let a = Node::new(w, "a");
+    let moved_dir = format!("/tmp/berth-it-{}-mine-{{uid}}", std::process::id());
+    let moved = w.path("my-moved.toml");
+    std::fs::write(&moved, format!("state_dir = \"{moved_dir}\"\n")).unwrap();
+    let kept = w.path("my-kept.toml");
+    std::fs::write(&kept, format!("{}keep_warm_seconds = 3\n", std::fs::read_to_string(&a.config).unwrap()))
+        .unwrap();
+    for p in [&moved, &kept] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let moved_state = Path::new(&moved_dir.replace("{uid}", &w.uid.to_string())).to_path_buf();
+    let job = Job::new(
+        w,
+        &jid("280"),
+        &[("CONTAINER", w.image()), ("BERTH_CONFIG", moved.to_str().unwrap())],
+        "echo should-not-run\n",
+    );
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    let err = end.err.clone().unwrap_or_default();
+    assert_eq!(end.status, 255, "{err}");
+    assert!(
+        err.starts_with("berth: BERTH_CONFIG=")
+            && err.contains("a job may not move berth's state directory")
+            && err.contains(&moved_state.display().to_string())
+            && err.contains(&a.state_dir.display().to_string()),
+        "{err}"
+    );
+    assert!(!end.out.unwrap_or_default().contains("should-not-run"));
+    assert_clean(&[&a], &job.id);
+    assert!(!moved_state.join("holders").exists(), "nothing was started in the moved state directory");
+    let _ = std::fs::remove_dir_all(&moved_state);
+
+    let job = Job::new(
+        w,
+        &jid("281"),
+        &[("CONTAINER", w.image()), ("BERTH_CONFIG", kept.to_str().unwrap())],
+        "grep ^NAME= /etc/os-release\n",
+    );
+    mom.submit(&job, &[&a]);
+    let end = mom.run_job(&job, &a, None);
+    assert_eq!((end.status, end.out.as_deref()), (0, Some("NAME=\"berth-busybox\"\n")), "{:?}", end.err);
+    assert_clean(&[&a], &job.id);
+}
+
+/// packaging/torque/install.sh tells a static build from a dynamic one by its ELF program
+/// headers (`ldd` succeeds on static-pie programs too): only the dynamic build gets the note.
+/// Run with `DESTDIR` in a private mount namespace whose /usr/libexec is a fresh tmpfs, so
+/// nothing of the host is touched whatever the script does.
+#[test]
+fn install_sh_tells_static_from_dynamic() {
+    let w = world();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/torque/install.sh");
+    for (what, build, noted) in [
+        ("static", static_starter(), false),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")), true),
+    ] {
+        let dest = w.path(&format!("install-{what}"));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::create_dir_all(dest.join("var/spool/torque/mom_priv")).unwrap();
+        let out = std::process::Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount --make-rprivate / && mount -t tmpfs none /usr/libexec && exec sh \"$@\"",
+                "sh",
+            ])
+            .arg(&script)
+            .arg("/var/spool/torque")
+            .arg(&build)
+            .env("DESTDIR", &dest)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {err}");
+        assert_eq!(err.contains("dynamically linked"), noted, "{what}: {err}");
+        let installed = dest.join("usr/libexec/berth/berth-pbs");
+        assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(&build).unwrap(), "{what}");
+        let epilogue = std::fs::metadata(dest.join("var/spool/torque/mom_priv/epilogue")).unwrap();
+        assert_eq!(epilogue.permissions().mode() & 0o7777, 0o500, "{what}");
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+}
+
+/// A job of a user `/etc/passwd` does not list (a directory service's, at most sites) in the
+/// static build, with `passwd: files systemd`: the starter looks the user up without the name
+/// service switch (a static glibc program that loads nsswitch.conf's modules dies of SIGSEGV)
+/// and runs the task in the image. (No such user exists here: the uid has no entry at all, so
+/// berth names the user by number, as for any uid without one.)
+#[test]
+fn static_starter_runs_jobs_of_users_outside_etc_passwd() {
+    let build = static_starter();
+    let _s = serial();
+    let w = world();
+    let nss = w.path("nsswitch-systemd.conf");
+    std::fs::write(&nss, "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\n").unwrap();
+    let mom = Mom::with_starter(w, &build, &w.path("static/berth-pbs"));
+    let a = Node::new(w, "a");
+    let (uid, gid) = (4242 + std::process::id() % 1000, 4242 + std::process::id() % 1000);
+    let job = Job::new(w, &jid("290"), &[("CONTAINER", w.image()), ("BERTH_NO_HOME", "1")], "");
+    mom.submit(&job, &[&a]);
+    let starter = mom.starter.display().to_string();
+    let mut env = mom.job_env(&job, &a, 1);
+    env.retain(|(k, _)| k != "HOME");
+    env.push(("HOME".into(), "/".into()));
+    let mut c = mom::in_node_nss(
+        &a.netns_path(),
+        As::User,
+        uid,
+        gid,
+        &[
+            &starter,
+            "sh",
+            "-c",
+            "echo ID=$(id -u):$(id -g) NAME=$(grep ^NAME= /etc/os-release | cut -d= -f2)",
+        ],
+        Some(&nss),
+    );
+    let out = c.env_clear().envs(env).current_dir("/").stdin(std::process::Stdio::null()).output().unwrap();
+    // The container (a holder of that uid) goes by hand: no epilogue can name the user.
+    let state = Path::new(&format!("/tmp/berth-it-{}-a-{uid}", std::process::id())).to_path_buf();
+    for p in job_processes(&job.id) {
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        (Some(0), format!("ID={uid}:{gid} NAME=\"berth-busybox\"\n")),
+        "{err}"
+    );
+}
+
+/// What `ps` shows of a container job under OpenPBS, whose mom execs the starter as
+/// `-berth-pbs /bin/bash` (a login shell's name): the holder names itself (`berth-holder
+/// pbs-<jobid>`, cut to the length of the starter's command line) and nothing of the job's
+/// shows as `-berth-pbs`.
+#[test]
+fn job_processes_are_named_for_what_they_are() {
+    let _s = serial();
+    let w = world();
+    let mut mom = Mom::new(w);
+    mom.openpbs = true;
+    let a = Node::new(w, "a");
+    let job = Job::new(w, &jid("295"), &[("CONTAINER", w.image())], "true\n");
+    mom.submit(&job, &[&a]);
+    let _cleanup = Epilogues(&mom, &job, vec![&a]);
+    mom.batch(&job, &a, As::User).ok();
+    let running = job_processes(&job.id);
+    eprintln!("the job's processes: {running:?}");
+    assert!(!running.is_empty(), "the job's container runs on until the epilogue");
+    assert!(running.iter().all(|p| !p.contains("-berth-pbs")), "{running:?}");
+    assert!(running.iter().any(|p| p.contains(": berth-holder pbs-295")), "{running:?}");
+    drop(_cleanup);
+    assert_clean(&[&a], &job.id);
+    mom.purge(&job);
+}
+
+/// A container job killed by `qdel` or its walltime (pbs_mom kills the job's session; the
+/// holder, in a session of its own, survives that) leaves nothing once the epilogue ran, as a
+/// job that ended normally: no process, no record (the mounts live in the container's own
+/// namespace, gone with its processes). Both builds, both PBS flavours.
+#[test]
+fn killed_jobs_leave_nothing_after_the_epilogue() {
+    let builds = [
+        ("static", static_starter()),
+        ("dynamic", std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs"))),
+    ];
+    let _s = serial();
+    let w = world();
+    let mut n = 0;
+    for (what, build) in &builds {
+        for openpbs in [false, true] {
+            n += 1;
+            let mut mom = Mom::with_starter(w, build, &w.path(&format!("{what}/berth-pbs")));
+            mom.openpbs = openpbs;
+            let a = Node::new(w, "a");
+            let job =
+                Job::new(w, &jid(&format!("30{n}")), &[("CONTAINER", w.image())], "echo started\nsleep 60\n");
+            mom.submit(&job, &[&a]);
+            let p = mom.hook("prologue", &job, &a);
+            assert_eq!(p.code(), Some(0), "{}", p.stderr());
+            let out =
+                mom.killed_batch(&job, &a, || job_processes(&job.id).iter().any(|p| p.contains("sleep 60")));
+            assert_eq!(out.0.status.code(), None, "{what} openpbs={openpbs}: killed: {}", out.stderr());
+            assert!(
+                !job_files(&a, &job.id).is_empty(),
+                "{what} openpbs={openpbs}: the container outlives the kill"
+            );
+            let e = mom.hook("epilogue", &job, &a);
+            assert_eq!(e.code(), Some(0), "{what} openpbs={openpbs}: {}", e.stderr());
+            assert_clean(&[&a], &job.id);
+            mom.purge(&job);
+        }
+    }
 }

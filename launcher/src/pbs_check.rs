@@ -141,6 +141,52 @@ fn check_hook(path: &Path, starter: Option<&[u8]>) -> Item {
     }
 }
 
+/// The job user the privilege-drop check becomes (any ordinary user does: the drop fails, or
+/// not, for every user alike).
+const DROP_CHECK_USER: &str = "nobody";
+
+/// The epilogue's privilege drop from root to a job's user, tried once with the installed
+/// berth-pbs (`berth-pbs drop-check USER`). A berth-pbs that drops through the name service
+/// switch dies there when built static, and every job's container then outlives its job.
+fn check_drop(starter: &Path) -> Item {
+    use std::os::unix::process::ExitStatusExt;
+    if !nix::unistd::geteuid().is_root() {
+        return note(format!(
+            "run the check as root to try the epilogue's drop to a job's user (`{} drop-check {DROP_CHECK_USER}`)",
+            starter.display()
+        ));
+    }
+    let what = format!(
+        "the epilogue's drop from root to {DROP_CHECK_USER} (`{} drop-check {DROP_CHECK_USER}`)",
+        starter.display()
+    );
+    let fix = "install the berth-pbs of this berth release on the node (packaging/torque/install.sh):                without a working drop the epilogue stops no container";
+    let out = match std::process::Command::new(starter)
+        .args(["drop-check", DROP_CHECK_USER])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return problem(format!("{what}: cannot run it: {e}"), fix),
+    };
+    let said = |b: &[u8]| String::from_utf8_lossy(b).trim().replace('\n', "; ");
+    if out.status.success() {
+        return ok(format!("{what}: {}", said(&out.stdout)));
+    }
+    let why = match out.status.signal() {
+        Some(sig) => format!(
+            "killed by {}",
+            nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or(format!("signal {sig}"))
+        ),
+        None => format!("{}: {}", out.status, said(&out.stderr)),
+    };
+    problem(format!("{what}: {why}"), fix)
+}
+
 /// Everything `--pbs` checks, in order.
 pub fn items() -> Vec<Item> {
     let conf_path = std::env::var_os("PBS_CONF_FILE")
@@ -162,6 +208,7 @@ pub fn items() -> Vec<Item> {
             pbs_home.display()
         )));
         out.push(check_binary(Path::new(DOCUMENTED_STARTER), "berth-pbs"));
+        out.push(check_drop(Path::new(DOCUMENTED_STARTER)));
         out.push(note(
             "the hooks `berth` (execjob_launch) and `berth_end` (execjob_epilogue) live on the server and \
              cannot be checked here: on the server host, `qmgr -c \"list hook berth\"` and \
@@ -191,6 +238,7 @@ pub fn items() -> Vec<Item> {
         Some(s) if s.file_name().is_some_and(|n| n == "berth-pbs") => {
             out.push(ok(format!("{}: $job_starter {}", config_path.display(), s.display())));
             out.push(check_binary(s, "berth-pbs"));
+            out.push(check_drop(s));
             if s != Path::new(DOCUMENTED_STARTER) {
                 out.push(note(format!(
                     "$job_starter is not the documented {DOCUMENTED_STARTER}: fine if every node has it there"

@@ -10,57 +10,69 @@
 #
 # The hook only rewrites progname/argv: berth-pbs does the rest (one container per node per
 # job, shared by all tasks; the batch shell reads the job script path from stdin exactly as
-# under TORQUE's $job_starter). Jobs without CONTAINER are left untouched.
+# under TORQUE's $job_starter). Jobs without CONTAINER in their Variable_List are accepted
+# before anything else is looked at. Nothing here may raise: an exception would end the job
+# with -17 and empty output files, so a failure launches a one-line program instead that
+# puts "berth: ..." in the job's error file and exits 255, as berth-pbs does.
 
 import pbs
 
 STARTER = "/usr/libexec/berth/berth-pbs"
 
 
-def _container(e):
-    """The job's CONTAINER: its Variable_List first, then the launch environment."""
-    value = None
+def _log(msg):
     try:
-        vl = e.job.Variable_List
-        if vl is not None and "CONTAINER" in vl:
-            value = vl["CONTAINER"]
+        pbs.logmsg(pbs.LOG_ERROR, msg)
     except Exception:
-        value = None
-    if not value:
-        try:
-            value = e.env.get("CONTAINER") if e.env is not None else None
-        except Exception:
-            value = None
-    return str(value) if value else None
+        pass
+
+
+def _set_launch(e, progname, argv):
+    e.progname = progname
+    del e.argv[:]
+    for a in argv:
+        e.argv.append(a)
+
+
+def _wrap(e, container):
+    progname = str(e.progname)
+    argv = [str(a) for a in e.argv]
+    if progname == STARTER or (argv and argv[0] == STARTER):
+        return  # already wrapped (hook ran twice)
+    # The mom hands batch and interactive shells an empty argv (progname /bin/bash) and TM
+    # tasks their own ([name, args...]): the starter gets the program's path, then its
+    # arguments. The mom execs it as argv [-berth-pbs, PROGRAM, ARGS...].
+    _set_launch(e, STARTER, [STARTER, progname] + argv[1:])
+    # Tasks must see where the image is even if the launch environment lacks it.
+    if e.env is not None and not e.env.get("CONTAINER"):
+        e.env["CONTAINER"] = container
 
 
 def main():
     e = pbs.event()
-    container = _container(e)
+    jobid = "?"
+    try:
+        jobid = str(e.job.id)
+        vl = e.job.Variable_List
+        container = vl["CONTAINER"] if vl is not None and "CONTAINER" in vl else None
+    except Exception as err:
+        # Nothing says this is a container job: it runs as it would without berth.
+        _log("berth: job %s: cannot read its Variable_List (%s: %s); launched unchanged" % (jobid, type(err).__name__, err))
+        e.accept()
+        return
     if not container:
         e.accept()
         return
-    progname = str(e.progname)
-    argv = [str(a) for a in e.argv]
-    if progname == STARTER or (argv and argv[0] == STARTER):
-        e.accept()  # already wrapped (hook ran twice)
-        return
-    # argv[0] may be a login-shell name ("-bash"): the starter gets the real program path.
-    e.progname = STARTER
-    new_argv = [STARTER, progname] + argv[1:]
-    del e.argv[:]
-    for a in new_argv:
-        e.argv.append(a)
     try:
-        # Tasks must see where the image is even if the launch environment lacks it.
-        if e.env is not None and not e.env.get("CONTAINER"):
-            e.env["CONTAINER"] = container
-    except Exception:
-        pass
-    try:
-        pbs.logmsg(pbs.LOG_DEBUG, "berth: launching %s through %s (CONTAINER=%s)" % (progname, STARTER, container))
-    except Exception:
-        pass
+        _wrap(e, str(container))
+    except Exception as err:
+        msg = "the berth launch hook failed (%s: %s); the administrator finds it in packaging/openpbs/berth_launch.py" % (type(err).__name__, err)
+        _log("berth: job %s: %s" % (jobid, msg))
+        try:
+            _set_launch(e, "/bin/sh", ["/bin/sh", "-c", 'printf "%s\\n" "$1" >&2; exit 255', "sh", "berth: " + msg])
+        except Exception:
+            e.reject("berth: " + msg)
+            return
     e.accept()
 
 

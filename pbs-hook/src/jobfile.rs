@@ -102,16 +102,13 @@ pub fn container_argv(launch: &Launch, line: Option<&ScriptLine>, argv: &[String
 }
 
 /// Inside the container: the job's shell missing from the image is replaced by `/bin/sh`,
-/// with a note in the job's error file (what batch and interactive jobs get alike).
-pub fn shell_fallback(launch: &Launch, argv: &mut [String], image: &Path) {
+/// with a note in the job's error file (what batch and interactive jobs get alike) naming the
+/// image as the job named it (`image`: its path or `docker://` reference).
+pub fn shell_fallback(launch: &Launch, argv: &mut [String], image: &str) {
     if matches!(launch, Launch::Task) || argv.is_empty() || Path::new(&argv[0]).exists() {
         return;
     }
-    eprintln!(
-        "berth: {} is not in the image {}; running the job's shell as /bin/sh",
-        argv[0],
-        image.display()
-    );
+    eprintln!("berth: {} is not in the image {image}; running the job's shell as /bin/sh", argv[0]);
     argv[0] = "/bin/sh".into();
 }
 

@@ -16,7 +16,8 @@
 //!
 //! Exit status: the job's own; 255 with one `berth: ...` message (in the job's error file)
 //! for a failure the user can fix (image, options) or berth's own. The prologue exits 0, or
-//! 2 (requeue) for a node fault (see `prologue.rs`).
+//! 2 (requeue) for a node fault (see `prologue.rs`); the epilogue 0, or 1 when the job's
+//! container could not be stopped (the reason on stderr and in syslog).
 
 mod jobfile;
 mod options;
@@ -39,7 +40,8 @@ use berth_runtime::session;
 const USAGE: &str = "usage: berth-pbs COMMAND [ARGS...]        ($job_starter: run COMMAND in $CONTAINER)
        berth-pbs prologue|epilogue[.parallel] JOBID USER GROUP ...   (or installed under those names)
        berth-pbs rsh [SSH-OPTIONS] HOST COMMAND...   (OMPI_MCA_plm_rsh_agent)
-       berth-pbs task COMMAND [ARGS...]   (a task on this node, in the job's container)";
+       berth-pbs task COMMAND [ARGS...]   (a task on this node, in the job's container)
+       berth-pbs drop-check USER   (as root: the epilogue's privilege drop, for `berth config check --pbs`)";
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -55,7 +57,7 @@ fn main() {
         },
     };
     let container_set = std::env::var_os("CONTAINER").is_some_and(|v| !v.is_empty());
-    let own_flag = matches!(first.as_str(), "rsh" | "-h" | "--help" | "--version");
+    let own_flag = matches!(first.as_str(), "rsh" | "drop-check" | "-h" | "--help" | "--version");
     if hook.is_none() && !container_set && !own_flag && args.len() >= 2 {
         let rest = if first == "task" { &args[2..] } else { &args[1..] };
         std::process::exit(passthrough(rest));
@@ -95,6 +97,7 @@ fn dispatch(args: &[OsString], hook: Option<(String, usize)>, first: &str) -> i3
             0
         }
         "rsh" => rsh(&strings()[2..]),
+        "drop-check" => drop_check(strings().get(2)),
         "task" => starter(&args[2..], true),
         _ => starter(&args[1..], false),
     }
@@ -246,6 +249,68 @@ fn bindable_workdir(p: &Path) -> bool {
         && p.is_dir()
 }
 
+/// `NAME=value` of a `KEY=value` lines file (pbs.conf, pbs_environment).
+fn file_value(path: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The configuration file the epilogue reads: pbs_mom runs it with its own environment, which
+/// both TORQUE and OpenPBS moms take from `$PBS_HOME/pbs_environment`, so that file's
+/// `BERTH_CONFIG`, else the default path (None). `PBS_HOME`: TORQUE sets it for the job;
+/// OpenPBS names it in `/etc/pbs.conf` (or the file `PBS_CONF_FILE` names).
+fn epilogue_config() -> Option<PathBuf> {
+    let home = env("PBS_HOME").map(PathBuf::from).or_else(|| {
+        let conf = env("PBS_CONF_FILE").unwrap_or_else(|| "/etc/pbs.conf".into());
+        file_value(Path::new(&conf), "PBS_HOME").map(PathBuf::from)
+    })?;
+    file_value(&home.join("pbs_environment"), "BERTH_CONFIG").map(PathBuf::from)
+}
+
+/// A job's own `BERTH_CONFIG` (`qsub -v`) may set what it likes but where the job's container
+/// is recorded: the epilogue, which stops the container when the job ends, reads the site's
+/// configuration and looks there only, so a job that moved it would leave its container
+/// running after the job.
+fn check_state_dir_is_the_sites(cfg: &Config, jobid: &str) -> Result<(), String> {
+    let Some(mine) = std::env::var_os("BERTH_CONFIG").map(PathBuf::from) else { return Ok(()) };
+    let site = epilogue_config();
+    if site.as_deref() == Some(mine.as_path()) {
+        return Ok(());
+    }
+    let default = Path::new(berth_runtime::config::DEFAULT_PATH);
+    let site_cfg = match site.as_deref().or_else(|| default.exists().then_some(default)) {
+        Some(p) => match Config::load_file(p) {
+            Ok(c) => c,
+            // A broken site file fails the prologue (requeue), not the job.
+            Err(_) => return Ok(()),
+        },
+        None => Config::default(),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    let name = holder_name(jobid);
+    let (ours, theirs) = (holder::record_path(cfg, uid, &name), holder::record_path(&site_cfg, uid, &name));
+    if ours == theirs {
+        return Ok(());
+    }
+    let dir = |p: &Path| p.parent().and_then(Path::parent).unwrap_or(p).display().to_string();
+    Err(format!(
+        "BERTH_CONFIG={} moves the job's container state to {}, but the epilogue that stops the container when the job ends looks in {} ({}): a job may not move berth's state directory; remove `state_dir` from {}, or drop BERTH_CONFIG from the job's variables",
+        mine.display(),
+        dir(&ours),
+        dir(&theirs),
+        match &site {
+            Some(p) => format!("the site's {}", p.display()),
+            None if default.exists() => format!("the site's {}", default.display()),
+            None => "berth's default".into(),
+        },
+        mine.display()
+    ))
+}
+
 fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     // Never as root: see user.rs (before anything the job controls is read).
     if let Err(e) = user::refuse_root() {
@@ -267,6 +332,21 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let Some(jobid) = env("PBS_JOBID") else {
         return fail("CONTAINER is set but PBS_JOBID is not: berth-pbs runs jobs started by pbs_mom (use `berth exec IMAGE CMD` elsewhere)");
     };
+    match Config::load_for_job() {
+        // Not for `berth-pbs task` (the rsh agent's remote commands): they come from a job
+        // whose shell passed the check on the mother superior, with ssh's environment and
+        // the mother superior's PBS_HOME.
+        Ok((cfg, _)) if !forced_task => {
+            if let Err(e) = check_state_dir_is_the_sites(&cfg, &jobid) {
+                return fail(e);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return e.exit_code();
+        }
+    }
     let launch = if forced_task {
         jobfile::Launch::Task
     } else {
@@ -294,6 +374,8 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
     let argv = jobfile::container_argv(&launch, script.as_ref(), &argv);
     let image =
         resolve_image(&std::env::var("CONTAINER").unwrap_or_default(), env("PBS_O_WORKDIR").as_deref());
+    // What the user named (a `docker://` reference, not the cache file it became), for notes.
+    let named = image.display().to_string();
     // A TM task on a node where the job's container already runs joins it as it is, without
     // asking the registry again: the tag may point elsewhere by now (the task would then be
     // refused for naming another image), and a wide job's tasks would each cost the registry
@@ -323,7 +405,7 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
         std::env::set_var("PBS_BERTH_SSH", ssh);
     }
     let script = script.map(|s| s.script);
-    match run_in_container(&jobid, &image, &opts, script.as_deref(), &launch, argv) {
+    match run_in_container(&jobid, &image, &named, &opts, script.as_deref(), &launch, argv) {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("berth: {e}");
@@ -334,9 +416,11 @@ fn starter(argv: &[OsString], forced_task: bool) -> i32 {
 
 enum Never {}
 
+#[allow(clippy::too_many_arguments)]
 fn run_in_container(
     jobid: &str,
     image: &Path,
+    named: &str,
     opts: &options::Options,
     script: Option<&Path>,
     launch: &jobfile::Launch,
@@ -356,6 +440,17 @@ fn run_in_container(
         }
         if let Some(s) = script {
             req.binds.push(bind(s, true));
+        }
+        // The directories pbs_mom made for the job, as a native job has them: TMPDIR (OpenPBS
+        // for every job, /var/tmp/pbs.<jobid>; TORQUE under mom_priv/config's $tmpdir) and
+        // OpenPBS' PBS_JOBDIR (the job's staging and execution directory: the home directory,
+        // or a sandbox=PRIVATE directory, where the job's shell starts). /tmp itself is bound
+        // by the site configuration's binds.
+        for var in ["TMPDIR", "PBS_JOBDIR"] {
+            let Some(d) = env(var).map(|d| PathBuf::from(d.trim_end_matches('/'))) else { continue };
+            if bindable_workdir(&d) && d != Path::new("/tmp") && !req.binds.iter().any(|b| b.dst == d) {
+                req.binds.push(bind(&d, false));
+            }
         }
         let aux = env("PBS_HOME").map(|h| Path::new(&h).join("aux")).filter(|p| p.is_dir()).or_else(|| {
             env("PBS_NODEFILE")
@@ -388,7 +483,7 @@ fn run_in_container(
         session::prepare_opened(&cfg, req, img)
     };
     let joined = session::join_or_create(&cfg, &name, image, make, Lifetime::UntilStopped)?;
-    jobfile::shell_fallback(launch, &mut argv, image);
+    jobfile::shell_fallback(launch, &mut argv, named);
     Err(joined.exec(&cfg, &host, &argv))
 }
 
@@ -396,19 +491,17 @@ fn run_in_container(
 // prologue / epilogue
 
 /// Run `f` in a child that has become `user` (or directly if we are that user already);
-/// true when it succeeded. `f` prints its own messages.
-fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
-    let pw = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("user {user:?} is not in the passwd database of this node"))?;
-    if nix::unistd::geteuid() == pw.uid {
+/// true when it succeeded. `f` prints its own messages. A child that dies of a signal is an
+/// error naming it (it printed nothing).
+fn as_user(acct: &user::Account, f: impl FnOnce() -> bool) -> Result<bool, String> {
+    let user = &acct.name;
+    if nix::unistd::geteuid().as_raw() == acct.uid {
         return Ok(f());
     }
     // SAFETY: berth-pbs is single-threaded; the child only drops privileges, runs `f` and exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
-            let code = match user::drop_to(user) {
+            let code = match user::drop_to(acct) {
                 Ok(_) => {
                     if f() {
                         0
@@ -427,24 +520,57 @@ fn as_user(user: &str, f: impl FnOnce() -> bool) -> Result<bool, String> {
             unsafe { libc::_exit(code) }
         }
         nix::unistd::ForkResult::Parent { child } => {
-            Ok(matches!(nix::sys::wait::waitpid(child, None), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))))
+            use nix::sys::wait::WaitStatus;
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => Ok(code == 0),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    Err(format!("the process that acts as {user} was killed by {sig}"))
+                }
+                Ok(other) => Err(format!("the process that acts as {user} ended oddly: {other:?}")),
+                Err(e) => Err(format!("waitpid: {e}")),
+            }
         }
+    }
+}
+
+/// A message for the administrator: syslog (daemon.err), where pbs_mom's own messages go,
+/// whatever the mom's log level; pbs_mom keeps a hook's stderr only in the job's files.
+fn syslog(msg: &str) {
+    let Ok(c) = CString::new(msg.replace('\0', " ")) else { return };
+    // SAFETY: the identity is a static C string; the message is passed through "%s".
+    unsafe {
+        libc::openlog(c"berth-pbs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        libc::syslog(libc::LOG_ERR, c"%s".as_ptr(), c.as_ptr());
+        libc::closelog();
     }
 }
 
 /// Epilogue: stop the job's container on this node (as the job user: the state files are
 /// theirs to write, so a root epilogue must not trust them) and remove what is left.
-/// Always 0.
+/// 0 when nothing of the job is left; 1, with the reason on stderr (the job's error file
+/// under TORQUE) and in syslog, when its container could not be stopped.
 fn epilogue(which: &str, args: &[String]) -> i32 {
     let (Some(jobid), Some(user)) = (args.first(), args.get(1)) else {
         eprintln!("berth-pbs {which}: expected arguments JOBID USER GROUP ... (as pbs_mom passes them)");
         return 0;
     };
     let name = holder_name(jobid);
-    if prologue::nothing_to_stop(user, &name) {
+    let loud = |why: String| {
+        let msg = format!(
+            "berth-pbs {which}: job {jobid}: the job's container on this node was not stopped ({why}); stop it as root with `berth-pbs epilogue {jobid} {user}`"
+        );
+        eprintln!("{msg}");
+        syslog(&msg);
+        1
+    };
+    let acct = match user::lookup(user) {
+        Ok(a) => a,
+        Err(e) => return loud(e),
+    };
+    if prologue::nothing_to_stop(&acct, &name) {
         return 0;
     }
-    let r = as_user(user, || {
+    let r = as_user(&acct, || {
         let cfg = match Config::load_for_job() {
             Ok((c, _)) => c,
             Err(e) => {
@@ -453,6 +579,7 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             }
         };
         let uid = nix::unistd::getuid().as_raw();
+        let mut left = vec![];
         if let Ok(st) = holder::find(&cfg, uid, &name) {
             if let Err(e) = holder::stop(&cfg, uid, &name, std::time::Duration::from_secs(5)) {
                 eprintln!("berth-pbs {which}: job {jobid}: {e}");
@@ -460,13 +587,13 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             // Whatever still lives in the container's mount namespace (the FUSE server of a
             // holder that had to be killed) goes too.
             for _ in 0..50 {
-                let left = holder::members(&st);
+                left = holder::members(&st);
                 if left.is_empty() {
                     break;
                 }
-                for pid in left {
+                for pid in &left {
                     let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
+                        nix::unistd::Pid::from_raw(*pid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
@@ -474,12 +601,40 @@ fn epilogue(which: &str, args: &[String]) -> i32 {
             }
         }
         holder::remove_leftovers(&cfg, uid, &name);
+        if !left.is_empty() {
+            eprintln!("berth-pbs {which}: job {jobid}: processes {left:?} of the container survive SIGKILL");
+        }
+        left.is_empty() && holder::nothing_left(&cfg, uid, &name)
+    });
+    match r {
+        Ok(true) => 0,
+        Ok(false) => loud("the message above says why".into()),
+        Err(e) => loud(e),
+    }
+}
+
+/// `berth-pbs drop-check USER`, run by `berth config check --pbs` as root: the epilogue's
+/// privilege drop once, printing who the process became.
+fn drop_check(user: Option<&String>) -> i32 {
+    let Some(user) = user else { return fail("usage: berth-pbs drop-check USER (as root)") };
+    if !nix::unistd::geteuid().is_root() {
+        return fail("drop-check tries the epilogue's drop from root to a job's user: run it as root");
+    }
+    let acct = match user::lookup(user) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("drop-check {user}: {e}")),
+    };
+    let r = as_user(&acct, || {
+        let groups: Vec<String> =
+            nix::unistd::getgroups().map(|g| g.iter().map(|g| g.to_string()).collect()).unwrap_or_default();
+        println!("uid={} gid={} groups={}", nix::unistd::getuid(), nix::unistd::getgid(), groups.join(","));
         true
     });
-    if let Err(e) = r {
-        eprintln!("berth-pbs {which}: job {jobid}: {e}");
+    match r {
+        Ok(true) => 0,
+        Ok(false) => EXIT_BERTH_ERROR,
+        Err(e) => fail(format!("drop-check {user}: {e}")),
     }
-    0
 }
 
 // ---------------------------------------------------------------------------------------

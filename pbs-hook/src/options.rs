@@ -1,6 +1,6 @@
 //! `BERTH_*` options a job passes with `qsub -v` (or exports before submitting with `-V`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use berth_runtime::inject::MpiMode;
 use berth_runtime::request::BindSpec;
@@ -97,15 +97,21 @@ pub fn parse<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<O
 }
 
 /// Which GPU stacks a job gets without asking, as `(nvidia, rocm)`: when pbs_mom allocated
-/// GPUs to the job on this node (TORQUE sets `PBS_GPUFILE` for jobs with `gpus=N`; OpenPBS'
-/// cgroup hook sets `CUDA_VISIBLE_DEVICES`), the node's own kind under the site's "auto", as
-/// under Slurm: AMD's on a node with only AMD GPUs, NVIDIA's otherwise.
+/// GPUs to the job on this node, the node's own kind under the site's "auto", as under Slurm:
+/// AMD's on a node with only AMD GPUs, NVIDIA's otherwise.
+///
+/// Allocated means a GPU is named: a line in the file `PBS_GPUFILE` names, or a device in
+/// `CUDA_VISIBLE_DEVICES`/`ROCR_VISIBLE_DEVICES` (OpenPBS' cgroup hook, TORQUE's
+/// exec_gpus-derived variables). The variable `PBS_GPUFILE` alone means nothing: TORQUE sets
+/// it for every job with a node file (`start_exec.c` `InitUserEnv`, next to `PBS_NODEFILE`)
+/// and writes the file only for jobs given GPUs (`write_gpus_to_file`, one `HOST-gpuN` line
+/// per GPU).
 pub fn gpus_allocated(
     cfg: &berth_runtime::config::Config,
     env: impl Fn(&str) -> Option<String>,
 ) -> (bool, bool) {
     use berth_runtime::inject::GpuMode;
-    let allocated = env("PBS_GPUFILE").is_some()
+    let allocated = env("PBS_GPUFILE").is_some_and(|f| gpu_file_names_gpus(Path::new(&f)))
         || ["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]
             .iter()
             .any(|v| env(v).is_some_and(|v| !v.trim().is_empty()));
@@ -114,6 +120,11 @@ pub fn gpus_allocated(
     }
     let amd = berth_runtime::inject::amd_gpus_only(&cfg.inject.host_root);
     (cfg.inject.nvidia == GpuMode::Auto && !amd, cfg.inject.rocm == GpuMode::Auto && amd)
+}
+
+/// Whether TORQUE's GPU file lists a GPU: missing, unreadable or blank is none.
+fn gpu_file_names_gpus(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.iter().any(|c| !c.is_ascii_whitespace()))
 }
 
 /// The `BERTH_*` pairs of the environment, for [`CARRIED`].
@@ -161,5 +172,26 @@ mod tests {
         assert_eq!((o.mpi, o.nvidia, o.rocm), (Some(MpiMode::Host), true, false));
         assert!(parse([("BERTH_ROCM", "1")]).unwrap().rocm);
         assert!(parse([("BERTH_ROCM", "amd")]).unwrap_err().contains("BERTH_ROCM"));
+    }
+
+    #[test]
+    fn gpus_come_from_the_gpu_files_content() {
+        let cfg = berth_runtime::config::Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (listed, blank) = (dir.path().join("1.srvgpu"), dir.path().join("2.srvgpu"));
+        std::fs::write(&listed, "node-a-gpu0\nnode-a-gpu1\n").unwrap();
+        std::fs::write(&blank, "\n").unwrap();
+        let missing = dir.path().join("3.srvgpu");
+        let with = |vars: Vec<(&'static str, String)>| {
+            gpus_allocated(&cfg, |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+        };
+        let file = |p: &Path| vec![("PBS_GPUFILE", p.display().to_string())];
+        let any = |(nv, rocm): (bool, bool)| nv || rocm;
+        assert!(any(with(file(&listed))), "a file naming GPUs");
+        assert!(!any(with(file(&missing))), "TORQUE names the file for every job: no file, no GPUs");
+        assert!(!any(with(file(&blank))));
+        assert!(!any(with(vec![])));
+        assert!(any(with(vec![("CUDA_VISIBLE_DEVICES", "0".into())])));
+        assert!(!any(with(vec![("CUDA_VISIBLE_DEVICES", " ".into())])));
     }
 }

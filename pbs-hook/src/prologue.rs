@@ -11,7 +11,7 @@
 //!
 //! - 0: run the job (always, for every job whose node is fine: native jobs see nothing);
 //! - 2: the node's berth site configuration is broken (TORQUE: `JOB_EXEC_RETRY`, the job
-//!   goes back to the queue; the message is in the mom's log and its spool).
+//!   goes back to the queue; the message is in syslog, daemon.err, and on stderr).
 
 use berth_runtime::config::Config;
 
@@ -30,11 +30,9 @@ pub fn run(which: &str, args: &[String]) -> i32 {
             // no other user can occupy first. Without it berth falls back to /tmp/berth-<uid>,
             // so a failure is only logged.
             if cfg.state_dir.is_empty() && which.starts_with("prologue") {
-                if let Some(Ok(Some(pw))) = args.get(1).map(|u| nix::unistd::User::from_name(u)) {
-                    if !pw.uid.is_root() {
-                        if let Err(e) =
-                            berth_runtime::config::create_user_state_dir(pw.uid.as_raw(), pw.gid.as_raw())
-                        {
+                if let Some(Ok(acct)) = args.get(1).map(|u| crate::user::lookup(u)) {
+                    if acct.uid != 0 {
+                        if let Err(e) = berth_runtime::config::create_user_state_dir(acct.uid, acct.gid) {
                             eprintln!("berth-pbs {which}: job {jobid}: {e}");
                         }
                     }
@@ -43,9 +41,14 @@ pub fn run(which: &str, args: &[String]) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!(
-                "berth-pbs {which}: job {jobid}: requeued: this node's berth configuration is broken ({e}); fix it (`berth config check`) or take the node offline"
+            // The stderr of a requeued job's prologue goes to its spool files, which TORQUE
+            // throws away, and pbs_mom logs only the exit status at its default log level:
+            // syslog is where the administrator finds the reason.
+            let msg = format!(
+                "berth-pbs {which}: job {jobid}: requeued: this node's berth configuration is broken ({e}); fix it (`berth config check`) or take the node offline (`pbsnodes -o`)"
             );
+            eprintln!("{msg}");
+            crate::syslog(&msg);
             NODE_FAULT
         }
     }
@@ -54,9 +57,8 @@ pub fn run(which: &str, args: &[String]) -> i32 {
 /// Epilogue shortcut: true when `user` has nothing of holder `name` on this node (no record,
 /// lock or temporary record), so a job that never used berth here costs no fork and no
 /// privilege drop. Only existence is looked at (no symlink followed, nothing opened or
-/// trusted); when in doubt (unknown user, broken configuration) the full epilogue runs.
-pub fn nothing_to_stop(user: &str, name: &str) -> bool {
+/// trusted); when in doubt (a broken configuration) the full epilogue runs.
+pub fn nothing_to_stop(user: &crate::user::Account, name: &str) -> bool {
     let Ok((cfg, _)) = Config::load_for_job() else { return false };
-    let Ok(Some(pw)) = nix::unistd::User::from_name(user) else { return false };
-    berth_runtime::holder::nothing_left(&cfg, pw.uid.as_raw(), name)
+    berth_runtime::holder::nothing_left(&cfg, user.uid, name)
 }

@@ -839,8 +839,9 @@ fn stderr_tail(f: &std::fs::File) -> Option<String> {
 
 /// In the detached grandchild: hold the container; report a set-up failure through `wr`.
 fn run_holder(plan: &Plan, spec: &Spec, wr: OwnedFd, lifetime: Lifetime) -> i32 {
-    // Named for `ps -o comm`/`top` (its command line is still the first starter's).
+    // Named for `ps -o comm`/`top`, and its command line (else the first starter's) for `ps`.
     let _ = nix::sys::prctl::set_name(c"berth-holder");
+    crate::sys::process::set_cmdline(&format!("berth-holder {}", spec.name));
     // Nothing of the starter's but the ready pipe (not the creation lock either): a launcher
     // waiting for EOF on its ranks' output (MPICH's hydra) must not wait for the holder.
     crate::sys::process::close_fds_except(&[wr.as_raw_fd()]);

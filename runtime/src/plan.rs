@@ -63,7 +63,7 @@ impl HostFacts {
     pub fn probe() -> Result<HostFacts> {
         let uid = nix::unistd::getuid();
         let gid = nix::unistd::getgid();
-        let pw = nix::unistd::User::from_uid(uid).ok().flatten();
+        let (pw, group) = user_and_group(uid.as_raw(), gid.as_raw());
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
@@ -72,16 +72,62 @@ impl HostFacts {
             uid: uid.as_raw(),
             gid: gid.as_raw(),
             name: pw.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| uid.to_string()),
-            home: home_env.or_else(|| pw.as_ref().map(|p| p.dir.clone())).unwrap_or_else(|| "/".into()),
+            home: home_env.or_else(|| pw.as_ref().map(|p| p.home.clone())).unwrap_or_else(|| "/".into()),
             shell: pw.as_ref().map(|p| p.shell.clone()).unwrap_or_else(|| "/bin/sh".into()),
         };
-        let group = nix::unistd::Group::from_gid(gid)
-            .ok()
-            .flatten()
-            .map(|g| g.name)
-            .unwrap_or_else(|| user.name.clone());
+        let group = group.unwrap_or_else(|| user.name.clone());
         Ok(HostFacts { user, group, cwd: std::env::current_dir().ok(), env, path_kind: host_path_kind })
     }
+}
+
+/// A passwd entry, as far as berth uses it.
+struct Passwd {
+    name: String,
+    home: PathBuf,
+    shell: PathBuf,
+}
+
+/// The passwd entry of `uid` and the name of group `gid`. A statically linked build (berth-pbs
+/// as packaged) must not use the name service switch: glibc would load the modules
+/// `/etc/nsswitch.conf` names (`systemd`, `sss`, `ldap`) into the static program, which dies of
+/// SIGSEGV for every user and group `/etc/passwd` and `/etc/group` do not list. It reads those
+/// files, then asks `getent`, a dynamically linked program, with a clean environment.
+fn user_and_group(uid: u32, gid: u32) -> (Option<Passwd>, Option<String>) {
+    if !cfg!(target_feature = "crt-static") {
+        let pw = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|p| Passwd {
+            name: p.name,
+            home: p.dir,
+            shell: p.shell,
+        });
+        return (pw, nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name));
+    }
+    // The fields of the first entry whose third field (uid, gid) is `id`.
+    let entry = |file: &str, db: &str, id: u32| -> Option<Vec<String>> {
+        let pick = |text: &str| {
+            text.lines()
+                .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+                .find(|f| f.len() >= 4 && f[2] == id.to_string())
+        };
+        if let Some(f) = std::fs::read_to_string(file).ok().as_deref().and_then(pick) {
+            return Some(f);
+        }
+        let getent = ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).is_file())?;
+        let out = std::process::Command::new(getent)
+            .args([db, &id.to_string()])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then(|| pick(&String::from_utf8_lossy(&out.stdout))).flatten()
+    };
+    let pw = entry("/etc/passwd", "passwd", uid).filter(|f| f.len() >= 7).map(|f| Passwd {
+        name: f[0].clone(),
+        home: PathBuf::from(&f[5]),
+        shell: PathBuf::from(&f[6]),
+    });
+    (pw, entry("/etc/group", "group", gid).map(|f| f[0].clone()))
 }
 
 /// How the image's root filesystem gets mounted.

@@ -30,7 +30,19 @@
 //!   other values requeue it, -3 (`JOB_EXEC_RETRY`);
 //! - output return (`requests.c` `send_back_std_and_staged_files`, called from
 //!   `catch_child.c` `preobit_preparation`): for exit statuses -1..-3 the job's `.o`/`.e`
-//!   files are not returned to the user at all.
+//!   files are not returned to the user at all;
+//! - GPUs: `PBS_GPUFILE=$PBS_HOME/aux/<jobid>gpu` for every job with a node file
+//!   (`start_exec.c` `InitUserEnv`), the file written only for a job with `exec_gpus`
+//!   (`write_gpus_to_file`, one `HOST-gpuN` line per GPU);
+//! - `TMPDIR`: only under `$tmpdir DIR` in mom_priv/config, `DIR/<jobid>` (`TTmpDirName`);
+//! - logging: a prologue or epilogue that exits non-zero is logged at the default log level
+//!   (`prolog.c` `pelog_err`); their output is not, it goes to the job's spool files.
+//!
+//! With `Mom::openpbs` it is an OpenPBS 23.06 mom instead (openpbs/openpbs `src/resmom/`): the
+//! execjob_launch hook's launch `[-berth-pbs, SHELL]` for the job's shell, `TMPDIR` for every
+//! job (`tmpdirname`/`mktmpdir`), `PBS_JOBDIR` (the home directory, or a sandbox=PRIVATE
+//! directory under `$jobdir_root` with `cd DIR;` before the script line, `finish_exec`), and
+//! neither `PBS_HOME`, `PBS_VNODENUM` nor `PBS_GPUFILE`.
 
 #![allow(dead_code)]
 
@@ -71,6 +83,13 @@ impl Node {
         std::fs::write(
             &config,
             format!("state_dir = \"/tmp/berth-it-{}-{name}-{{uid}}\"\n", std::process::id()),
+        )
+        .unwrap();
+        // OpenPBS' /etc/pbs.conf, which the emulator cannot write: its jobs name this one in
+        // PBS_CONF_FILE, which every PBS program honours.
+        std::fs::write(
+            root.join("pbs.conf"),
+            format!("PBS_EXEC=/opt/pbs\nPBS_HOME={}\n", pbs_home.display()),
         )
         .unwrap();
         std::fs::write(
@@ -122,8 +141,24 @@ fn sh(cmd: &str) {
 /// `argv` in the node's network namespace, as the user (after setgroups/setgid/setuid, as
 /// pbs_mom does) or as root.
 pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Command {
+    in_node_nss(netns, as_, uid, gid, argv, None)
+}
+
+/// [`in_node`], seeing `nsswitch` (when given) as /etc/nsswitch.conf (see [`with_nsswitch`],
+/// done before the program becomes the user).
+pub fn in_node_nss(
+    netns: &Path,
+    as_: As,
+    uid: u32,
+    gid: u32,
+    argv: &[&str],
+    nsswitch: Option<&Path>,
+) -> Command {
     let mut c = Command::new(argv[0]);
     c.args(&argv[1..]);
+    if let Some(f) = nsswitch {
+        with_nsswitch(&mut c, f);
+    }
     let ns = std::fs::File::open(netns).unwrap();
     // SAFETY: only async-signal-safe system calls between fork and exec; `ns` is moved into
     // the closure, which the Command keeps until it is dropped.
@@ -147,6 +182,62 @@ pub fn in_node(netns: &Path, as_: As, uid: u32, gid: u32, argv: &[&str]) -> Comm
     c
 }
 
+/// Run `c` in a private mount namespace where `file` is /etc/nsswitch.conf.
+pub fn with_nsswitch(c: &mut Command, file: &Path) {
+    use std::ffi::CString;
+    let src = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let (dst, root) = (CString::new("/etc/nsswitch.conf").unwrap(), CString::new("/").unwrap());
+    // SAFETY: only system calls between fork and exec; the strings are made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                    != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Run `c` in a private mount namespace whose /dev/log is the socket `sock` (on a tmpfs over
+/// /dev: the program needs nothing else of /dev; its stdio is opened before it starts).
+pub fn with_syslog(c: &mut Command, sock: &Path) {
+    use std::ffi::CString;
+    let src = CString::new(sock.as_os_str().as_encoded_bytes()).unwrap();
+    let (dev, log, root) =
+        (CString::new("/dev").unwrap(), CString::new("/dev/log").unwrap(), CString::new("/").unwrap());
+    let tmpfs = CString::new("tmpfs").unwrap();
+    // SAFETY: only system calls between fork and exec; the strings are made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            let null = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(null, root.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, null.cast()) != 0
+                || libc::mount(tmpfs.as_ptr(), dev.as_ptr(), tmpfs.as_ptr(), 0, null.cast()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(log.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
+            if fd < 0
+                || libc::close(fd) != 0
+                || libc::mount(src.as_ptr(), log.as_ptr(), null, libc::MS_BIND, null.cast()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub struct Job {
     pub id: String,
     /// `qsub -v` variables (CONTAINER, BERTH_*...).
@@ -155,6 +246,8 @@ pub struct Job {
     pub script_body: String,
     /// `qsub -F "..."`: the script's arguments, as one string.
     pub args: Option<String>,
+    /// GPUs per node (`-l nodes=N:gpus=G`): the server's `exec_gpus` for the job.
+    pub gpus: u32,
 }
 
 impl Job {
@@ -168,6 +261,7 @@ impl Job {
             workdir,
             script_body: script.into(),
             args: None,
+            gpus: 0,
         }
     }
 
@@ -177,6 +271,11 @@ impl Job {
 
     pub fn nodefile(&self, node: &Node) -> PathBuf {
         node.pbs_home.join("aux").join(&self.id)
+    }
+
+    /// `$PBS_HOME/aux/<jobid>gpu`, the name TORQUE gives the GPU file of every job.
+    pub fn gpufile(&self, node: &Node) -> PathBuf {
+        node.pbs_home.join("aux").join(format!("{}gpu", self.id))
     }
 }
 
@@ -190,6 +289,24 @@ pub struct Mom<'w> {
     pub exec_with_exec: bool,
     /// berth-pbs installed (`$job_starter`, prologue, epilogue); false: a mom without berth.
     pub berth: bool,
+    /// An nsswitch.conf the prologue and epilogue see at /etc/nsswitch.conf (bound over it
+    /// in a private mount namespace): a site's name services.
+    pub nsswitch: Option<PathBuf>,
+    /// A unix datagram socket the prologue and epilogue see as /dev/log (the node's syslog).
+    pub syslog: Option<PathBuf>,
+    /// What pbs_mom logs at its default log level about the hooks: a prologue or epilogue
+    /// that exits non-zero (`prolog.c` `pelog_err`: "prolog/epilog failed, file: F, exit: N",
+    /// PBSEVENT_ERROR, in the mom log and syslog). Their output is not logged; it goes to the
+    /// job's spool files (`PE_IO_TYPE_ASIS`).
+    pub log: std::sync::Mutex<Vec<String>>,
+    /// An OpenPBS mom (23.06) instead of TORQUE's: the launch hook's argv, its job variables
+    /// and directories (see `job_env`, `shell_job`).
+    pub openpbs: bool,
+    /// TORQUE's `$tmpdir DIR` in mom_priv/config: each job gets `DIR/<jobid>` as `TMPDIR`.
+    pub tmpdir: Option<PathBuf>,
+    /// OpenPBS' `$jobdir_root DIR` for a job with `sandbox=PRIVATE`: its staging and execution
+    /// directory `PBS_JOBDIR` is a new directory under DIR instead of the home directory.
+    pub sandbox_root: Option<PathBuf>,
 }
 
 /// How pbs_mom runs the starter.
@@ -202,13 +319,21 @@ pub enum As {
 
 impl<'w> Mom<'w> {
     pub fn new(w: &'w World) -> Mom<'w> {
+        // BERTH_TEST_PBS_STARTER: another build (the packaged static release one, for timings).
+        let build = std::env::var_os("BERTH_TEST_PBS_STARTER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")));
+        Mom::with_starter(w, &build, &w.path("berth-pbs"))
+    }
+
+    /// A mom whose berth-pbs is the build `build`, installed at `starter` (once per test run).
+    pub fn with_starter(w: &'w World, build: &Path, starter: &Path) -> Mom<'w> {
         // Installed like /usr/libexec/berth/berth-pbs: where every user can run it.
-        let starter = w.path("berth-pbs");
+        let starter = starter.to_path_buf();
         if !starter.exists() {
-            // BERTH_TEST_PBS_STARTER: another build (the packaged static release one, for timings).
-            let build = std::env::var_os("BERTH_TEST_PBS_STARTER")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-pbs")));
+            let dir = starter.parent().unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::copy(build, &starter).unwrap();
         }
         let rsh_agent = w.path("berth-pbs-rsh");
@@ -220,11 +345,67 @@ impl<'w> Mom<'w> {
             .unwrap();
             std::fs::set_permissions(&rsh_agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Mom { w, starter, rsh_agent, exec_with_exec: false, berth: true }
+        Mom {
+            w,
+            starter,
+            rsh_agent,
+            exec_with_exec: false,
+            berth: true,
+            nsswitch: None,
+            syslog: None,
+            log: Default::default(),
+            openpbs: false,
+            tmpdir: None,
+            sandbox_root: None,
+        }
+    }
+
+    /// The job's `TMPDIR`, which the mom makes before the job and removes after it: OpenPBS
+    /// for every job, `/var/tmp/pbs.<jobid>` (`start_exec.c`: `tmpdirname`, made by `mktmpdir`
+    /// and removed by `rmtmpdir` when the job is purged); TORQUE only under `$tmpdir`
+    /// (`start_exec.c` `TTmpDirName`, `DIR/<jobid>`).
+    pub fn job_tmpdir(&self, job: &Job) -> Option<PathBuf> {
+        if self.openpbs {
+            Some(PathBuf::from(format!("/var/tmp/pbs.{}", job.id)))
+        } else {
+            self.tmpdir.as_ref().map(|t| t.join(&job.id))
+        }
+    }
+
+    /// OpenPBS' `PBS_JOBDIR`: the home directory, or under `sandbox=PRIVATE` a directory the
+    /// mom makes for the job (`jobdirname`, made by `mkjobdir`, removed by `rmjobdir`: here
+    /// `pbs.<jobid>.x8z`); TORQUE sets none.
+    pub fn job_jobdir(&self, job: &Job) -> Option<PathBuf> {
+        if !self.openpbs {
+            return None;
+        }
+        Some(match &self.sandbox_root {
+            Some(r) => r.join(format!("pbs.{}.x8z", job.id)),
+            None => self.w.home.clone(),
+        })
+    }
+
+    /// What the mom removes when the job is purged (after the epilogue).
+    pub fn purge(&self, job: &Job) {
+        for d in [self.job_tmpdir(job), self.sandbox_root.as_ref().and_then(|_| self.job_jobdir(job))]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     /// What pbs_server sends the mother superior: the script and the node file.
     pub fn submit(&self, job: &Job, nodes: &[&Node]) {
+        // The job's own directories, the user's, mode 0700 (as the moms make them).
+        for d in [self.job_tmpdir(job), self.sandbox_root.as_ref().and_then(|_| self.job_jobdir(job))]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(&d).unwrap();
+            nix::unistd::chown(&d, Some(self.w.uid.into()), Some(self.w.gid.into())).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         // The mother superior gets the script and the node file.
         let ms = nodes[0];
         let sc = job.script_path(ms);
@@ -234,6 +415,18 @@ impl<'w> Mom<'w> {
         let nf = job.nodefile(ms);
         std::fs::write(&nf, nodes.iter().map(|n| format!("{}\n", n.name)).collect::<String>()).unwrap();
         std::fs::set_permissions(&nf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // The GPU file exists only for a job given GPUs (`start_exec.c` `write_gpus_to_file`,
+        // called only when the job has `exec_gpus`): one `HOST-gpuN` line per GPU.
+        let gf = job.gpufile(ms);
+        let _ = std::fs::remove_file(&gf);
+        if job.gpus > 0 {
+            let lines: String = nodes
+                .iter()
+                .flat_map(|n| (0..job.gpus).map(move |g| format!("{}-gpu{g}\n", n.name)))
+                .collect();
+            std::fs::write(&gf, lines).unwrap();
+            std::fs::set_permissions(&gf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
     }
 
     /// The environment pbs_mom gives the job's processes on `node`: its own environment,
@@ -274,9 +467,26 @@ impl<'w> Mom<'w> {
         set("PBS_JOBID", job.id.clone());
         set("PBS_HOME", node.pbs_home.display().to_string());
         set("PBS_NODEFILE", node.pbs_home.join("aux").join(&job.id).display().to_string());
+        // For every job with a node file, GPUs or not (`start_exec.c` `InitUserEnv`, beside
+        // PBS_NODEFILE); the file itself is written only for GPU jobs (`Mom::submit`).
+        set("PBS_GPUFILE", job.gpufile(node).display().to_string());
         set("PBS_TASKNUM", task.to_string());
         set("PBS_NODENUM", if node.name == "a" { "0".into() } else { "1".into() });
         set("PBS_VNODENUM", task.to_string());
+        if let Some(t) = self.job_tmpdir(job) {
+            set("TMPDIR", t.display().to_string());
+        }
+        if self.openpbs {
+            // OpenPBS' mom sets neither PBS_HOME, PBS_VNODENUM nor PBS_GPUFILE (its cgroup
+            // hook sets CUDA_VISIBLE_DEVICES), and adds PBS_JOBDIR (`start_exec.c`
+            // `finish_exec`).
+            env.retain(|(k, _)| !matches!(k.as_str(), "PBS_HOME" | "PBS_VNODENUM" | "PBS_GPUFILE"));
+            env.push(("PBS_JOBDIR".into(), self.job_jobdir(job).unwrap().display().to_string()));
+            env.push((
+                "PBS_CONF_FILE".into(),
+                node.pbs_home.parent().unwrap().join("pbs.conf").display().to_string(),
+            ));
+        }
         env
     }
 
@@ -308,7 +518,13 @@ impl<'w> Mom<'w> {
         }
         let starter = self.starter.display().to_string();
         let login = format!("-{}", Path::new(shell).file_name().unwrap().to_string_lossy());
-        let mut cmd = if self.berth {
+        let mut cmd = if self.berth && self.openpbs {
+            // The launch hook hands the mom progname berth-pbs and argv [berth-pbs, SHELL]; the
+            // mom execs that as a login shell would be: argv0 `-berth-pbs`.
+            let mut c = self.command(node, as_, &[&starter, shell], &env);
+            c.arg0("-berth-pbs");
+            c
+        } else if self.berth {
             self.command(node, as_, &[&starter, shell, &login], &env)
         } else {
             let mut c = self.command(node, as_, &[shell], &env);
@@ -323,6 +539,50 @@ impl<'w> Mom<'w> {
         Out(child.wait_with_output().unwrap())
     }
 
+    /// The batch job killed as `qdel` or the walltime limit kills it, once `started` says so
+    /// (within 10 s): the job's shell leads its own session (`setsid` before the exec,
+    /// TORQUE's `TMomFinalizeChild`, OpenPBS' `finish_exec`), and the mom sends SIGKILL to
+    /// every process of that session (TORQUE `kill_task`, OpenPBS `kill_session`). The
+    /// epilogue runs after that, as after a normal end.
+    pub fn killed_batch(&self, job: &Job, node: &Node, started: impl Fn() -> bool) -> Out {
+        let env = self.job_env(job, node, 0);
+        let starter = self.starter.display().to_string();
+        let mut cmd = if self.openpbs {
+            let mut c = self.command(node, As::User, &[&starter, "/bin/bash"], &env);
+            c.arg0("-berth-pbs");
+            c
+        } else {
+            self.command(node, As::User, &[&starter, "/bin/bash", "-bash"], &env)
+        };
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let _ = pipe.write_all(self.script_line(job, node).as_bytes());
+        drop(pipe);
+        let t0 = std::time::Instant::now();
+        while !started() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let sid = child.id() as i32;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).is_ok_and(|s| s.as_raw() == sid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Out(child.wait_with_output().unwrap())
+    }
+
     /// The line pbs_mom writes to the batch shell (`TMomFinalizeJob2`).
     pub fn script_line(&self, job: &Job, node: &Node) -> String {
         let mut line = job.script_path(node).display().to_string();
@@ -332,6 +592,10 @@ impl<'w> Mom<'w> {
         if let Some(a) = &job.args {
             line.push(' ');
             line.push_str(a);
+        }
+        // OpenPBS under sandbox=PRIVATE starts the script in PBS_JOBDIR (`finish_exec`).
+        if let (true, Some(_)) = (self.openpbs, &self.sandbox_root) {
+            line.insert_str(0, &format!("cd {};", self.job_jobdir(job).unwrap().display()));
         }
         line.push('\n');
         line
@@ -379,6 +643,7 @@ impl<'w> Mom<'w> {
             out.push_str(&e.stdout());
             err.push_str(&e.stderr());
         }
+        self.purge(job);
         let returned = !(-3..=-1).contains(&status);
         JobEnd {
             status,
@@ -435,11 +700,27 @@ impl<'w> Mom<'w> {
         // A file just copied may still be open for writing in a child another test thread
         // forked meanwhile (ETXTBSY until that child execs): try again shortly.
         for _ in 0..100 {
-            match self.command(node, As::Root, &argv, &env).stdin(Stdio::null()).output() {
+            let mut c = self.command(node, As::Root, &argv, &env);
+            if let Some(f) = &self.nsswitch {
+                with_nsswitch(&mut c, f);
+            }
+            if let Some(sock) = &self.syslog {
+                with_syslog(&mut c, sock);
+            }
+            match c.stdin(Stdio::null()).output() {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
-                r => return Out(r.unwrap()),
+                r => {
+                    let out = Out(r.unwrap());
+                    if out.code() != Some(0) {
+                        self.log.lock().unwrap().push(format!(
+                            "pelog_err, prolog/epilog failed, file: {path}, exit: {}, nonzero p/e exit status",
+                            out.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into())
+                        ));
+                    }
+                    return out;
+                }
             }
         }
         panic!("{path} stays busy");

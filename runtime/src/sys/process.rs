@@ -576,6 +576,35 @@ pub(crate) fn wait_for_stop(
     }
 }
 
+/// Show `title` as this process's command line in `ps` and /proc/PID/cmdline: a forked
+/// helper (a holder) otherwise shows the command line of the program it was forked from (a
+/// job's starter: under OpenPBS `-berth-pbs /bin/bash`, a login shell's name). The argument
+/// strings are overwritten in place (the kernel reads the command line from them), cut to
+/// their length; nothing happens where /proc/self/stat does not say where they are.
+pub(crate) fn set_cmdline(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name start with the state, field 3; arg_start and arg_end are
+    // fields 48 and 49 (proc(5)).
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else { return };
+    if start == 0 || end <= start + 1 {
+        return;
+    }
+    let len = end - start;
+    let n = title.len().min(len - 1);
+    // SAFETY: [start, end) is this process's own argument strings, on its initial stack,
+    // mapped writable for the life of the process; the last byte stays NUL, so the kernel
+    // reads no further. Nothing reads the strings again (std keeps only pointers to them,
+    // and the helpers calling this never ask for their arguments).
+    unsafe {
+        let p = start as *mut u8;
+        std::ptr::copy_nonoverlapping(title.as_ptr(), p, n);
+        std::ptr::write_bytes(p.add(n), 0, len - n);
+    }
+}
+
 /// Close every descriptor from 3 up except those in `keep`. Detached helpers (holders, FUSE
 /// servers) call it so they do not keep a launcher's pipes open: MPICH's hydra proxy waits
 /// for EOF on its ranks' output pipes, and a holder holding them would hang the job.

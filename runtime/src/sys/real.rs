@@ -295,8 +295,15 @@ unsafe fn serve_in_child(
                 libc::signal(sig, libc::SIG_DFL);
             }
         }
-        // `ps`, `top` and `pgrep squashfuse_ll` name it as they name the exec'd server.
+        // `ps`, `top` and `pgrep squashfuse_ll` name it as they name the exec'd server, and
+        // `ps` shows the command line the exec'd server would have.
         libc::prctl(libc::PR_SET_NAME, c"squashfuse_ll".as_ptr());
+        let words: Vec<String> = argv
+            .iter()
+            .take_while(|a| !a.is_null())
+            .map(|a| CStr::from_ptr(*a).to_string_lossy().into_owned())
+            .collect();
+        crate::sys::process::set_cmdline(&words.join(" "));
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             libc::dup2(null, 0);
