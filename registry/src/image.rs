@@ -180,11 +180,12 @@ impl Store {
     pub fn open_tar(path: &Path) -> Result<Self> {
         let what = format!("archive {}", path.display());
         let f = File::open(path).map_err(|e| Error::io(&what, e))?;
-        let mut ar = tar::Archive::new(f);
+        // Extension headers are bounded as in a layer.
+        let mut ar = tar::Archive::new(crate::flatten::HeaderGuard::new(f));
         let mut index = HashMap::new();
         let mut links = vec![];
         for e in ar.entries().map_err(|e| Error::new(&what, e.to_string(), "is it a tar file?"))? {
-            let e = e.map_err(|e| Error::new(&what, e.to_string(), "is it a complete tar file?"))?;
+            let e = e.map_err(|e| crate::flatten::archive_error(&what, e))?;
             let name = norm_member(&String::from_utf8_lossy(&e.path_bytes()));
             if e.header().entry_type().is_file() {
                 index.insert(name, (e.raw_file_position(), e.size()));
