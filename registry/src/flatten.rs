@@ -1,7 +1,8 @@
 //! Layers to one tree, without unpacking: pass 1 reads every layer's headers in order and keeps
 //! the final tree (OCI whiteouts, opaque directories, replacements, hardlinks) in memory; pass 2
 //! writes one tar stream (directories, then file contents read again from the layers, then
-//! links, devices and berth's metadata) that `mksquashfs -tar` turns into the image. Owners,
+//! links, devices and berth's metadata) that `mksquashfs -tar` turns into the image, or, for
+//! `berth build` as root, creates the tree in a directory itself ([`write_dir`]). Owners,
 //! modes (setuid included) and xattrs come from the layers' headers, so no root is needed.
 //! Entries that would land outside the root (`..`, or below a symlink) are refused.
 //!
@@ -796,6 +797,297 @@ pub fn write_tar<W: Write>(
     Ok(out.w)
 }
 
+/// Pass 2 into a directory, for `berth build` (root): the tree created below `dir` (which
+/// should be empty) with the layers' owners, modes, xattrs and times. No archive tool runs.
+/// Every parent is opened one component at a time from a descriptor of `dir` with
+/// `O_NOFOLLOW | O_DIRECTORY`, and every name is created exclusively (`O_EXCL`, `mkdirat`,
+/// `symlinkat`, `linkat`, `mknodat`): nothing is written through a symlink or over what is
+/// already there, whatever the layers hold.
+pub fn write_dir(
+    store: &Store,
+    layers: &[Layer],
+    tree: &Tree,
+    dir: &std::path::Path,
+    mut progress: impl FnMut(),
+) -> Result<()> {
+    let what = format!("unpacking into {}", dir.display());
+    let fail = |p: &str, e: std::io::Error| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free some space, or build elsewhere (BERTH_TMPDIR)",
+            _ => "",
+        };
+        Error::new(&what, format!("{}: {e}", shown(p)), hint)
+    };
+    let mut w = DirWriter::open(dir).map_err(|e| fail("", e))?;
+    let plan = plan(tree);
+    for (p, n) in &tree.nodes {
+        if let Kind::Dir = n.kind {
+            w.mkdir(p, &n.meta).map_err(|e| fail(p, e))?;
+        }
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        let lwhat = layer_what(layer, i);
+        let li = i as u32;
+        if plan.layers.contains(&li) {
+            let mut ar = open_layer(store, layer, &lwhat)?;
+            for (j, e) in ar.entries().map_err(|e| tar_error(&lwhat, e))?.enumerate() {
+                let mut e = e.map_err(|e| tar_error(&lwhat, e))?;
+                if let Some((p, meta)) = plan.content.get(&(li, j as u32)) {
+                    let size = e.size();
+                    w.file(p, meta, size, &mut e).map_err(|e| fail(p, e))?;
+                }
+            }
+        }
+        progress();
+    }
+    for (p, n) in &tree.nodes {
+        let r = match &n.kind {
+            Kind::Dir | Kind::File(..) => Ok(()),
+            Kind::Hardlink(k) => {
+                let target = plan.primary[k];
+                if target != p {
+                    w.hardlink(target, p)
+                } else {
+                    Ok(())
+                }
+            }
+            Kind::Symlink(t) => w.symlink(p, t, &n.meta),
+            Kind::Char(ma, mi) => w.node(p, &n.meta, libc::S_IFCHR, libc::makedev(*ma, *mi)),
+            Kind::Block(ma, mi) => w.node(p, &n.meta, libc::S_IFBLK, libc::makedev(*ma, *mi)),
+            Kind::Fifo => w.node(p, &n.meta, libc::S_IFIFO, 0),
+            Kind::Data(d) => w.file(p, &n.meta, d.len() as u64, &mut &d[..]),
+        };
+        r.map_err(|e| fail(p, e))?;
+    }
+    // Directory modes and times last: every entry made inside changed them.
+    for (p, n) in &tree.nodes {
+        if let Kind::Dir = n.kind {
+            w.finish_dir(Some(p), &n.meta).map_err(|e| fail(p, e))?;
+        }
+    }
+    if let Some(root) = &tree.root {
+        w.finish_dir(None, root).map_err(|e| fail("/", e))?;
+    }
+    Ok(())
+}
+
+/// Creates a tree below one directory descriptor, never following a link.
+struct DirWriter {
+    root: std::os::fd::OwnedFd,
+    /// The directory used last (entries come in path order, so mostly the same one).
+    cached: Option<(String, std::os::fd::OwnedFd)>,
+}
+
+fn cstr(s: &str) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(s)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a name"))
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// (parent, name) of a tree path.
+fn split(p: &str) -> (&str, &str) {
+    match p.rfind('/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => ("", p),
+    }
+}
+
+/// An id as chown takes it (an id that does not fit, or -1 which means "unchanged", is nobody).
+fn id(v: u64) -> u32 {
+    u32::try_from(v).ok().filter(|v| *v != u32::MAX).unwrap_or(65534)
+}
+
+fn times(meta: &Meta) -> [libc::timespec; 2] {
+    let t = libc::timespec { tv_sec: meta.mtime.min(i64::MAX as u64) as libc::time_t, tv_nsec: 0 };
+    [t, t]
+}
+
+/// Open the directory `name` below `dir`, refusing a symlink.
+fn open_dir_at(dir: std::os::fd::RawFd, name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = cstr(name)?;
+    // SAFETY: openat with a descriptor this process holds and a NUL-terminated name; the
+    // result is checked before it is owned.
+    let fd = unsafe {
+        libc::openat(dir, c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Set the xattrs of an open file or directory.
+fn set_xattrs(fd: std::os::fd::RawFd, meta: &Meta) -> std::io::Result<()> {
+    for (k, v) in &meta.xattrs {
+        let k = cstr(k)?;
+        // SAFETY: fsetxattr on a descriptor this process holds, with a NUL-terminated name and
+        // a buffer of the given length.
+        check(unsafe { libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0) })?;
+    }
+    Ok(())
+}
+
+impl DirWriter {
+    fn open(dir: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)?;
+        Ok(DirWriter { root: f.into(), cached: None })
+    }
+
+    /// The descriptor of the directory `path` ("" is the root), opened one component at a time.
+    fn dir(&mut self, path: &str) -> std::io::Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        if path.is_empty() {
+            return Ok(self.root.as_raw_fd());
+        }
+        if let Some((p, fd)) = &self.cached {
+            if p == path {
+                return Ok(fd.as_raw_fd());
+            }
+        }
+        // From the last directory when `path` is below it, else from the root.
+        let (mut fd, rest) = match self.cached.take() {
+            Some((p, fd))
+                if path.len() > p.len() && path.starts_with(&p) && path.as_bytes()[p.len()] == b'/' =>
+            {
+                (Some(fd), &path[p.len() + 1..])
+            }
+            _ => (None, path),
+        };
+        for c in rest.split('/') {
+            let base = fd.as_ref().map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
+            fd = Some(open_dir_at(base, c)?);
+        }
+        let fd = fd.expect("a path has a component");
+        let raw = fd.as_raw_fd();
+        self.cached = Some((path.to_string(), fd));
+        Ok(raw)
+    }
+
+    fn mkdir(&mut self, p: &str, meta: &Meta) -> std::io::Result<()> {
+        let (parent, name) = split(p);
+        let dir = self.dir(parent)?;
+        let c = cstr(name)?;
+        // SAFETY: mkdirat/fchownat with a held descriptor and a NUL-terminated name; the new
+        // directory's owner is set without following a link.
+        unsafe {
+            check(libc::mkdirat(dir, c.as_ptr(), 0o700))?;
+            check(libc::fchownat(dir, c.as_ptr(), id(meta.uid), id(meta.gid), libc::AT_SYMLINK_NOFOLLOW))
+        }
+    }
+
+    fn file(&mut self, p: &str, meta: &Meta, size: u64, data: &mut dyn Read) -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let (parent, name) = split(p);
+        let dir = self.dir(parent)?;
+        let c = cstr(name)?;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: openat with a held descriptor and a NUL-terminated name; checked below.
+        let fd = unsafe { libc::openat(dir, c.as_ptr(), flags, 0o600 as libc::c_uint) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let n = std::io::copy(&mut data.take(size), &mut f)?;
+        if n != size {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the content ends early"));
+        }
+        let fd = f.as_raw_fd();
+        // SAFETY: fchown/fchmod/futimens on the file just made. The owner first: chown clears
+        // setuid bits and file capabilities, which the mode and the xattrs then set.
+        unsafe {
+            check(libc::fchown(fd, id(meta.uid), id(meta.gid)))?;
+            check(libc::fchmod(fd, meta.mode & 0o7777))?;
+        }
+        set_xattrs(fd, meta)?;
+        let t = times(meta);
+        // SAFETY: as above; `t` holds two timespecs.
+        check(unsafe { libc::futimens(fd, t.as_ptr()) })
+    }
+
+    fn hardlink(&mut self, target: &str, p: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (tparent, tname) = split(target);
+        let tdir = match tparent {
+            "" => None,
+            tp => {
+                let mut fd: Option<std::os::fd::OwnedFd> = None;
+                for c in tp.split('/') {
+                    let base = fd.as_ref().map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
+                    fd = Some(open_dir_at(base, c)?);
+                }
+                fd
+            }
+        };
+        let tdir_raw = tdir.as_ref().map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
+        let (parent, name) = split(p);
+        let dir = self.dir(parent)?;
+        let (tc, c) = (cstr(tname)?, cstr(name)?);
+        // SAFETY: linkat with held descriptors and NUL-terminated names; flags 0 never follows
+        // a link at the target.
+        check(unsafe { libc::linkat(tdir_raw, tc.as_ptr(), dir, c.as_ptr(), 0) })
+    }
+
+    fn symlink(&mut self, p: &str, target: &str, meta: &Meta) -> std::io::Result<()> {
+        let (parent, name) = split(p);
+        let dir = self.dir(parent)?;
+        let (c, t) = (cstr(name)?, cstr(target)?);
+        let ts = times(meta);
+        // SAFETY: *at calls with a held descriptor and NUL-terminated strings; owner and times
+        // are set on the link itself (AT_SYMLINK_NOFOLLOW).
+        unsafe {
+            check(libc::symlinkat(t.as_ptr(), dir, c.as_ptr()))?;
+            check(libc::fchownat(dir, c.as_ptr(), id(meta.uid), id(meta.gid), libc::AT_SYMLINK_NOFOLLOW))?;
+            check(libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW))
+        }
+    }
+
+    fn node(&mut self, p: &str, meta: &Meta, kind: libc::mode_t, dev: libc::dev_t) -> std::io::Result<()> {
+        let (parent, name) = split(p);
+        let dir = self.dir(parent)?;
+        let c = cstr(name)?;
+        let ts = times(meta);
+        // SAFETY: *at calls with a held descriptor and a NUL-terminated name. The node was just
+        // made by this process in a directory only it writes, so fchmodat (which has no
+        // no-follow mode for this) meets that node.
+        unsafe {
+            check(libc::mknodat(dir, c.as_ptr(), kind | 0o600, dev))?;
+            check(libc::fchownat(dir, c.as_ptr(), id(meta.uid), id(meta.gid), libc::AT_SYMLINK_NOFOLLOW))?;
+            check(libc::fchmodat(dir, c.as_ptr(), meta.mode & 0o7777, 0))?;
+            check(libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW))
+        }
+    }
+
+    /// A directory's mode, xattrs and times (`None`: the root, whose owner is set too).
+    fn finish_dir(&mut self, p: Option<&str>, meta: &Meta) -> std::io::Result<()> {
+        let fd = self.dir(p.unwrap_or(""))?;
+        let t = times(meta);
+        // SAFETY: fchown/fchmod/futimens on a held directory descriptor; `t` holds two timespecs.
+        unsafe {
+            if p.is_none() {
+                check(libc::fchown(fd, id(meta.uid), id(meta.gid)))?;
+            }
+            check(libc::fchmod(fd, meta.mode & 0o7777))?;
+        }
+        set_xattrs(fd, meta)?;
+        // SAFETY: as above.
+        check(unsafe { libc::futimens(fd, t.as_ptr()) })
+    }
+}
+
 impl<W: Write> Out<W> {
     fn entry_dev(
         &mut self,
@@ -996,5 +1288,67 @@ mod tests {
         let l3 = layer(&[Ent::File("x/file", b"owned", 0o644, 0, 0)], false);
         let e = merge_err(&[l1, l2, l3]);
         assert!(e.contains("\"x\" is a symlink that a later entry writes through"), "{e}");
+    }
+
+    #[test]
+    fn write_dir_creates_the_tree_and_never_follows_a_link() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: write_dir sets owners, which needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let l1 = layer(
+            &[
+                Ent::Dir("srv", 0o750, 1234, 4321),
+                Ent::File("srv/data", b"svc", 0o640, 1234, 4321),
+                Ent::File("bin/su", b"su", 0o4755, 0, 0),
+                Ent::Symlink("etc", "/etc"),
+                Ent::File("gone", b"x", 0o644, 0, 0),
+                Ent::File("big", b"orig", 0o644, 0, 0),
+                Ent::Hardlink("biglink", "big"),
+            ],
+            true,
+        );
+        let l2 = layer(
+            &[
+                Ent::File(".wh.gone", b"", 0o644, 0, 0),
+                Ent::File("big", b"new", 0o644, 0, 0),
+                Ent::Hardlink("srv/data2", "srv/data"),
+                Ent::File("odd\nname\\x", b"odd", 0o644, 0, 0),
+            ],
+            false,
+        );
+        let archive = docker_archive(t.path(), &[l1, l2]);
+        let store = Store::open_tar(&archive).unwrap();
+        let r = crate::image::resolve_docker_archive(&store, "test").unwrap();
+        let tree = merge(&store, &r.layers, || {}).unwrap_or_else(|e| panic!("{e}"));
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        write_dir(&store, &r.layers, &tree, &root, || {}).unwrap_or_else(|e| panic!("{e}"));
+        let m = std::fs::metadata(root.join("srv/data")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o640));
+        assert_eq!(std::fs::metadata(root.join("srv")).unwrap().mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::metadata(root.join("bin/su")).unwrap().mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!(std::fs::metadata(root.join("srv/data2")).unwrap().ino(), m.ino(), "a hardlink");
+        assert_eq!(std::fs::read_link(root.join("etc")).unwrap(), Path::new("/etc"));
+        assert!(!root.join("gone").exists());
+        assert_eq!(std::fs::read(root.join("big")).unwrap(), b"new");
+        assert_eq!(std::fs::read(root.join("biglink")).unwrap(), b"orig");
+        assert_eq!(std::fs::read(root.join("odd\nname\\x")).unwrap(), b"odd");
+        // A second write meets what is there and stops: nothing is written through `etc`.
+        let again = write_dir(&store, &r.layers, &tree, &root, || {});
+        assert!(again.is_err());
+        // A tree with a path below a symlink (as no merge makes it) fails at that path.
+        let mut bad = Tree::default();
+        let meta = Meta { mode: 0o644, uid: 0, gid: 0, mtime: 0, xattrs: vec![] };
+        bad.nodes
+            .insert("etc".into(), Node { layer: 0, kind: Kind::Symlink("/etc".into()), meta: meta.clone() });
+        bad.nodes.insert("etc/berth-test".into(), Node { layer: 0, kind: Kind::Data(b"x".to_vec()), meta });
+        let root2 = t.path().join("root2");
+        std::fs::create_dir(&root2).unwrap();
+        let e = write_dir(&store, &r.layers, &bad, &root2, || {}).unwrap_err().to_string();
+        assert!(e.contains("etc/berth-test"), "{e}");
+        assert!(!Path::new("/etc/berth-test").exists());
     }
 }
