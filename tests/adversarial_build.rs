@@ -8,6 +8,7 @@
 //! | 4: archive members that are symlinks to host files | `sudo_build_reads_archive_members_from_the_archive_only` |
 //! | 5: header memory bomb | `header_bombs_fail_fast_in_bounded_memory` |
 //! | 6: quadratic memory in path depth | `a_100kb_path_fails_fast_in_bounded_memory` |
+//! | 9: mksquashfs dying mid-stream | `mksquashfs_dying_mid_stream_is_reported_and_leaves_nothing` |
 
 mod harness;
 
@@ -449,4 +450,49 @@ fn a_100kb_path_fails_fast_in_bounded_memory() {
         "has a path longer than berth's limit of 4096 bytes",
     );
     assert!(!dir.join("out.sqsh").exists());
+}
+
+/// Finding 9. mksquashfs that dies mid-stream (here: a stand-in that reads a little, says the
+/// disk is full and exits) makes berth print mksquashfs' reason in one message and exit with
+/// its own error, not die of SIGPIPE (141) silently; no partial file is left.
+#[test]
+fn mksquashfs_dying_mid_stream_is_reported_and_leaves_nothing() {
+    let mallory = user("mallory");
+    let dir = case_dir("mksquashfs-dies", &mallory);
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real =
+        String::from_utf8(Command::new("sh").args(["-c", "command -v mksquashfs"]).output().unwrap().stdout)
+            .unwrap();
+    std::fs::write(
+        bin.join("mksquashfs"),
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" -tar \"*) ;; *) exec {} \"$@\" ;; esac\n\
+             head -c 65536 >/dev/null\necho 'FATAL ERROR: Failed to write to output filesystem: No space left on device' >&2\nexit 1\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("mksquashfs"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Content that does not compress, well past the pipe's and berth's buffers.
+    let mut data = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b'a' + (x % 26) as u8;
+    }
+    let layer = tar(&[M::File("big".into(), data)]);
+    let archive = dir.join("big.tar");
+    docker_archive(&archive, &[layer], &[], None);
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    sh(&format!("chown -R {}:{} {}", mallory.uid, mallory.gid, dir.display()));
+    let mut c = import_as(&mallory, &out_dir, &archive);
+    c.env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()));
+    let o = harness::Out(c.output().unwrap());
+    o.fails_with(&["mksquashfs", "No space left on device"]);
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

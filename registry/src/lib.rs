@@ -211,6 +211,26 @@ fn mksquashfs(source: &Path, dest: &Path) -> Command {
     cmd
 }
 
+/// SIGPIPE ignored while it lives: a write into the pipe of a child that has exited fails
+/// with EPIPE instead of ending berth (whose `main` restores the default disposition).
+struct IgnoreSigpipe(libc::sighandler_t);
+
+impl IgnoreSigpipe {
+    fn new() -> Self {
+        // SAFETY: signal(2) only swaps SIGPIPE's disposition; the old one is put back on drop.
+        IgnoreSigpipe(unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) })
+    }
+}
+
+impl Drop for IgnoreSigpipe {
+    fn drop(&mut self) {
+        if self.0 != libc::SIG_ERR {
+            // SAFETY: as in `new`: the disposition found there is restored.
+            unsafe { libc::signal(libc::SIGPIPE, self.0) };
+        }
+    }
+}
+
 /// Collect a child's stderr on a thread (so a chatty child never blocks on a full pipe).
 fn stderr_of(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
     let mut stderr = child.stderr.take().expect("piped stderr");
@@ -311,6 +331,9 @@ fn convert(
     })?;
     let stdin = child.stdin.take().expect("piped stdin");
     let errs = stderr_of(&mut child);
+    // A mksquashfs that dies mid-stream (a full disk, killed) is reported with its own words
+    // below, and the partial file removed, instead of berth dying of SIGPIPE.
+    let sigpipe = IgnoreSigpipe::new();
     progress.phase("writing squashfs", n, total);
     let written =
         flatten::write_tar(store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
@@ -320,6 +343,7 @@ fn convert(
             w.into_inner().map(drop).map_err(|e| Error::new("mksquashfs", e.error().to_string(), ""))
         });
     let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    drop(sigpipe);
     progress.finish();
     check(status, errs)?;
     written?;
