@@ -218,6 +218,7 @@ fn sudo_build_of_a_hostile_archive_writes_nothing_outside_its_work_directory() {
             "outside the image root",
         ),
     ];
+    let mut problems = vec![];
     for (name, layers, expect) in cases {
         let dir = case_dir(name, &mallory);
         let target = dir.join("target");
@@ -256,14 +257,21 @@ fn sudo_build_of_a_hostile_archive_writes_nothing_outside_its_work_directory() {
         let before = snapshot(&dir);
         let out = sudo_build(&dir, &archive);
         let err = out.stderr();
-        assert_eq!(out.code(), Some(255), "{name}: the build must fail with berth's error: {err}");
-        let msg = err.lines().find(|l| l.starts_with("berth: ")).unwrap_or_else(|| panic!("{name}: {err}"));
-        assert!(msg.contains(expect), "{name}: expected {expect:?} in: {err}");
-        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{name}: root wrote into the target");
-        assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1, "{name}: the victim's file gained a link");
-        assert_eq!(snapshot(&dir), before, "{name}: something outside the work directory changed");
-        assert!(!dir.join("img.sqsh").exists(), "{name}: an image was written");
+        // Every case is checked (and every failure listed), not only the first.
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                problems.push(format!("{name}: {what}; stderr: {err}"));
+            }
+        };
+        let msg = err.lines().find(|l| l.starts_with("berth: ")).unwrap_or("");
+        check(out.code() == Some(255), "the build did not fail with berth's error");
+        check(msg.contains(expect), &format!("the message lacks {expect:?}"));
+        check(std::fs::read_dir(&target).unwrap().count() == 0, "root wrote into the target");
+        check(std::fs::metadata(&secret).unwrap().nlink() == 1, "the victim's file gained a link");
+        check(snapshot(&dir) == before, "something outside the work directory changed");
+        check(!dir.join("img.sqsh").exists(), "an image was written");
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// Finding 4. The archive's `l0/layer.tar` and config are symlink members pointing at another
