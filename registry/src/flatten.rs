@@ -1280,6 +1280,237 @@ mod tests {
         assert_eq!(tree.nodes["d"].meta.mode, 0o640);
     }
 
+    /// The merged tree of `layers` as `berth pull` writes it: "path type content-or-target".
+    fn final_tree(layers: &[Vec<u8>]) -> Vec<String> {
+        let t = tempfile::tempdir().unwrap();
+        let p = docker_archive(t.path(), layers);
+        let store = Store::open_tar(&p).unwrap();
+        let r = crate::image::resolve_docker_archive(&store, "test").unwrap();
+        let tree = merge(&store, &r.layers, || {}).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = write_tar(&store, &r.layers, &tree, vec![], || {}).unwrap();
+        let mut out = vec![];
+        for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8_lossy(&e.path_bytes()).trim_end_matches('/').to_string();
+            let what = match e.header().entry_type() {
+                EntryType::Directory => "dir".to_string(),
+                EntryType::Symlink => format!("-> {}", e.link_name().unwrap().unwrap().display()),
+                EntryType::Link => format!("link {}", e.link_name().unwrap().unwrap().display()),
+                _ => {
+                    let mut s = String::new();
+                    e.read_to_string(&mut s).unwrap();
+                    format!("file {s}")
+                }
+            };
+            out.push(format!("{path} {what}"));
+        }
+        out.sort();
+        out
+    }
+
+    /// The OCI image-spec's layer rules, case by case: whiteouts hide only what lower layers
+    /// have (and only below a directory), opaque markers hide a directory's lower content but
+    /// not the layer's own, entries replace what is at their path whatever its type, a
+    /// directory entry over a directory keeps its content, hardlinks keep their content.
+    type Case = (&'static str, Vec<Vec<Ent<'static>>>, &'static [&'static str]);
+
+    /// Layer stacks for the OCI image-spec's rules, with the tree each must give.
+    fn rule_cases() -> Vec<Case> {
+        use Ent::*;
+        vec![
+            (
+                "whiteout a file",
+                vec![vec![File("a", b"1", 0o644, 0, 0)], vec![File(".wh.a", b"", 0o644, 0, 0)]],
+                &[],
+            ),
+            (
+                "whiteout a directory and its content",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/x", b"1", 0o644, 0, 0)],
+                    vec![File(".wh.d", b"", 0o644, 0, 0)],
+                ],
+                &[],
+            ),
+            (
+                "a whiteout leaves its own layer's entry",
+                vec![
+                    vec![File("a", b"1", 0o644, 0, 0)],
+                    vec![File("a", b"2", 0o644, 0, 0), File(".wh.a", b"", 0o644, 0, 0)],
+                ],
+                &["a file 2"],
+            ),
+            (
+                "opaque: lower content hidden, the layer's own kept",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/old", b"1", 0o644, 0, 0)],
+                    vec![
+                        Dir("d", 0o700, 0, 0),
+                        File("d/new", b"2", 0o644, 0, 0),
+                        File("d/.wh..wh..opq", b"", 0o644, 0, 0),
+                    ],
+                ],
+                &["d dir", "d/new file 2"],
+            ),
+            (
+                "a file replaces a directory",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/x", b"1", 0o644, 0, 0)],
+                    vec![File("d", b"f", 0o644, 0, 0)],
+                ],
+                &["d file f"],
+            ),
+            (
+                "a directory replaces a file",
+                vec![
+                    vec![File("d", b"f", 0o644, 0, 0)],
+                    vec![Dir("d", 0o755, 0, 0), File("d/x", b"1", 0o644, 0, 0)],
+                ],
+                &["d dir", "d/x file 1"],
+            ),
+            (
+                "a directory replaces a file (implicit)",
+                vec![vec![File("d", b"f", 0o644, 0, 0)], vec![File("d/x", b"1", 0o644, 0, 0)]],
+                &["d dir", "d/x file 1"],
+            ),
+            (
+                "a symlink replaces a directory",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/x", b"1", 0o644, 0, 0)],
+                    vec![Symlink("d", "elsewhere")],
+                ],
+                &["d -> elsewhere"],
+            ),
+            (
+                "a directory entry over a directory keeps its content",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/x", b"1", 0o644, 0, 0)],
+                    vec![Dir("d", 0o700, 0, 0)],
+                ],
+                &["d dir", "d/x file 1"],
+            ),
+            (
+                "a hardlink keeps the content its file had",
+                vec![
+                    vec![File("a", b"old", 0o644, 0, 0), Hardlink("b", "a"), Hardlink("c", "a")],
+                    vec![File("a", b"new", 0o644, 0, 0)],
+                ],
+                &["a file new", "b file old", "c link b"],
+            ),
+            (
+                "whiteouts under a file or a missing directory change nothing",
+                vec![
+                    vec![File("f", b"1", 0o644, 0, 0)],
+                    vec![File("f/.wh.x", b"", 0o644, 0, 0), File("m/n/.wh.x", b"", 0o644, 0, 0)],
+                ],
+                &["f file 1"],
+            ),
+            (
+                "a directory that became a file, as umoci writes it",
+                vec![
+                    vec![Dir("d", 0o755, 0, 0), File("d/inner", b"1", 0o644, 0, 0)],
+                    vec![File("d", b"f", 0o644, 0, 0), File("d/.wh.inner", b"", 0o644, 0, 0)],
+                ],
+                &["d file f"],
+            ),
+            (
+                "owners, modes, setuid, hardlinks to a symlink",
+                vec![
+                    vec![Dir("srv", 0o750, 1234, 4321), File("srv/data", b"svc", 0o640, 1234, 4321)],
+                    vec![
+                        File("bin/su", b"su", 0o4755, 0, 0),
+                        Symlink("lib", "usr/lib"),
+                        Hardlink("lib64", "lib"),
+                    ],
+                ],
+                &[
+                    "bin dir",
+                    "bin/su file su",
+                    "lib -> usr/lib",
+                    "lib64 -> usr/lib",
+                    "srv dir",
+                    "srv/data file svc",
+                ],
+            ),
+        ]
+    }
+
+    /// The OCI image-spec's layer rules, case by case: whiteouts hide only what lower layers
+    /// have (and only below a directory), opaque markers hide a directory's lower content but
+    /// not the layer's own, entries replace what is at their path whatever its type, a
+    /// directory entry over a directory keeps its content, hardlinks keep their content.
+    #[test]
+    fn layer_rules_of_the_oci_image_spec() {
+        for (name, layers, want) in rule_cases() {
+            let layers: Vec<Vec<u8>> = layers.iter().map(|l| layer(l, false)).collect();
+            assert_eq!(final_tree(&layers), want.to_vec(), "{name}");
+        }
+    }
+
+    /// Every file below `root`: path, type, mode, owner, content or link target, and the link
+    /// count of regular files.
+    fn walk(root: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = vec![];
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                let (kind, body) = if m.file_type().is_symlink() {
+                    ("l", std::fs::read_link(&p).unwrap().display().to_string())
+                } else if m.is_dir() {
+                    todo.push(p.clone());
+                    ("d", String::new())
+                } else {
+                    ("f", String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned())
+                };
+                // Regular files only: berth makes a hardlink to a symlink a second symlink
+                // with the same target (umoci links the symlink itself).
+                let nlink = if m.is_file() { m.nlink() } else { 0 };
+                let mode = if kind == "l" { 0 } else { m.mode() & 0o7777 };
+                out.push(format!("{rel} {kind} {mode:o} {}:{} {body:?} {nlink}", m.uid(), m.gid()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The same layouts unpacked by `umoci unpack` (as root) and created by [`write_dir`] give
+    /// the same tree: type, mode, owner, content, link target and link count.
+    #[test]
+    fn write_dir_agrees_with_umoci_unpack() {
+        let have_umoci =
+            std::process::Command::new("umoci").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !nix::unistd::geteuid().is_root() || !have_umoci {
+            eprintln!("SKIP: needs root and umoci");
+            return;
+        }
+        // umoci refuses a layer whose entry's missing parent is a lower file.
+        for (name, layers, _) in rule_cases().into_iter().filter(|c| !c.0.ends_with("(implicit)")) {
+            let t = tempfile::tempdir().unwrap();
+            let layout = t.path().join("layout");
+            let layers: Vec<Vec<u8>> = layers.iter().map(|l| layer(l, true)).collect();
+            let m = crate::testimg::image(&layout, &serde_json::json!({"config": {}}), &layers, "amd64");
+            crate::testimg::finish(&layout, vec![m], "v1");
+            let bundle = t.path().join("bundle");
+            let o = std::process::Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:v1", layout.display()))
+                .arg(&bundle)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{name}: umoci: {}", String::from_utf8_lossy(&o.stderr));
+            let store = Store::Dir(layout.clone());
+            let r = crate::image::resolve_oci(&store, Some("v1"), &crate::Platform::host(), "test").unwrap();
+            let tree = merge(&store, &r.layers, || {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ours = t.path().join("ours");
+            std::fs::create_dir(&ours).unwrap();
+            write_dir(&store, &r.layers, &tree, &ours, || {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(walk(&ours), walk(&bundle.join("rootfs")), "{name}");
+        }
+    }
+
     #[test]
     fn a_link_chain_across_layers_is_refused() {
         // Layer 1 `y -> /target`, layer 2 `x -> y`, layer 3 `x/file`: `x` is a symlink.
