@@ -343,12 +343,19 @@ fn local_image(from: &Path, ctx: &Context) -> Result<()> {
 /// `berth pull`, and the tree is created below a descriptor of the rootfs without following a
 /// link. No tar runs as root on the archive, and no tool's listing is parsed.
 fn archive(agent: &str, from: &Path, ctx: &Context) -> Result<()> {
-    let err =
-        |e: berth_registry::Error| Error::build(format!("{agent} {}", from.display()), e.reason, e.hint);
+    let read = if from.is_dir() { from.to_path_buf() } else { plain_archive(from, ctx, agent)? };
+    let err = |e: berth_registry::Error| {
+        // The layer (or the step) that failed, unless the message only names the archive.
+        let mut what = format!("{agent} {}", from.display());
+        if !e.what.contains(&*read.to_string_lossy()) {
+            what = format!("{what}: {}", e.what);
+        }
+        Error::build(what, e.reason, e.hint)
+    };
     let src = match agent {
-        "oci-archive" if from.is_dir() => berth_registry::Source::OciDir(from.to_path_buf(), None),
-        "oci-archive" => berth_registry::Source::OciArchive(plain_archive(from, ctx, agent)?),
-        _ => berth_registry::Source::DockerArchive(plain_archive(from, ctx, agent)?),
+        "oci-archive" if from.is_dir() => berth_registry::Source::OciDir(read.clone(), None),
+        "oci-archive" => berth_registry::Source::OciArchive(read.clone()),
+        _ => berth_registry::Source::DockerArchive(read.clone()),
     };
     let opts = berth_registry::Options {
         quiet: !runner::on_terminal(),
