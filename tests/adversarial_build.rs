@@ -156,8 +156,13 @@ fn snapshot(dir: &Path) -> String {
 
 /// `berth build` as root (as `sudo berth build` runs it) of a docker-archive bootstrap.
 fn sudo_build(dir: &Path, from: &Path) -> harness::Out {
+    sudo_build_with(dir, "docker-archive", from)
+}
+
+/// `berth build` as root of a `Bootstrap: AGENT` definition.
+fn sudo_build_with(dir: &Path, agent: &str, from: &Path) -> harness::Out {
     let def = dir.join("img.def");
-    std::fs::write(&def, format!("Bootstrap: docker-archive\nFrom: {}\n", from.display())).unwrap();
+    std::fs::write(&def, format!("Bootstrap: {agent}\nFrom: {}\n", from.display())).unwrap();
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let o = Command::new(&world().berth)
@@ -274,9 +279,10 @@ fn sudo_build_of_a_hostile_archive_writes_nothing_outside_its_work_directory() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Finding 4. The archive's `l0/layer.tar` and config are symlink members pointing at another
-/// user's private files (a tarball and a JSON file). Members are read from the archive only:
-/// the build fails naming the member, and no image holding the other user's data is written.
+/// Finding 4. A `docker save` archive whose `l0/layer.tar`, and an OCI archive whose layer blob,
+/// is a symlink member pointing at another user's private tarball (the OCI manifest even names
+/// that file's true digest). Members are read from the archive only: each build fails naming
+/// the member, and no image holding the other user's data is written.
 #[test]
 fn sudo_build_reads_archive_members_from_the_archive_only() {
     let mallory = user("mallory");
@@ -302,6 +308,48 @@ fn sudo_build_reads_archive_members_from_the_archive_only() {
     assert_eq!(out.code(), Some(255), "{err}");
     assert!(err.contains("l0/layer.tar is missing"), "{err}");
     assert!(!err.contains("VICTIM-SECRET"));
+    assert!(!dir.join("img.sqsh").exists(), "an image was written from another user's file");
+
+    // The same through an OCI archive: index.json -> manifest -> a layer blob that is a link.
+    let sha = |b: &[u8]| {
+        let p = dir.join("blob");
+        std::fs::write(&p, b).unwrap();
+        let o = Command::new("sha256sum").arg(&p).output().unwrap();
+        std::fs::remove_file(&p).unwrap();
+        text(&o.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    let layer_digest = sha(&std::fs::read(&backup).unwrap());
+    let config =
+        br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = sha(config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": 10240}],
+    }))
+    .unwrap();
+    let manifest_digest = sha(&manifest);
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}]}))
+    .unwrap();
+    let oci = dir.join("hostile-oci.tar");
+    std::fs::write(
+        &oci,
+        tar(&[
+            M::File("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            M::File("index.json".into(), index),
+            M::File(format!("blobs/sha256/{manifest_digest}").into(), manifest),
+            M::File(format!("blobs/sha256/{config_digest}").into(), config.to_vec()),
+            M::Symlink(format!("blobs/sha256/{layer_digest}").into(), backup.to_str().unwrap().into()),
+        ]),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&oci, Some(mallory.uid), Some(mallory.gid)).unwrap();
+    let out = sudo_build_with(&dir, "oci-archive", &oci);
+    let err = out.stderr();
+    assert_eq!(out.code(), Some(255), "{err}");
+    assert!(err.contains(&format!("blobs/sha256/{layer_digest} is missing")), "{err}");
     assert!(!dir.join("img.sqsh").exists(), "an image was written from another user's file");
 }
 
