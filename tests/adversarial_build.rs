@@ -9,6 +9,7 @@
 //! | 5: header memory bomb | `header_bombs_fail_fast_in_bounded_memory` |
 //! | 6: quadratic memory in path depth | `a_100kb_path_fails_fast_in_bounded_memory` |
 //! | 9: mksquashfs dying mid-stream | `mksquashfs_dying_mid_stream_is_reported_and_leaves_nothing` |
+//! | (build) a small archive that fills the disk as root | `sudo_build_of_a_disk_bomb_stops_at_what_a_user_could_write` |
 
 mod harness;
 
@@ -551,4 +552,94 @@ fn mksquashfs_dying_mid_stream_is_reported_and_leaves_nothing() {
     o.fails_with(&["mksquashfs", "No space left on device"]);
     let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A loop-mounted ext4 of `mib` MiB that keeps half its blocks for root, unmounted on drop.
+struct SmallDisk {
+    mnt: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(dir: &Path, mib: u64) -> Option<SmallDisk> {
+        let img = dir.join("disk.img");
+        let mnt = dir.join("disk");
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh(&format!("truncate -s {mib}M {} && mkfs.ext4 -q -F -m 50 {}", img.display(), img.display()));
+        let st = Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt).status().unwrap();
+        if !st.success() {
+            eprintln!("SKIP: cannot loop-mount an ext4 image here");
+            return None;
+        }
+        Some(SmallDisk { mnt })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// A disk bomb: a layer of a few KB (gzip) that holds 40 MiB of zeros, built with its work
+/// directory on a filesystem where ordinary users have about 27 MiB. Root could write all of
+/// it into the blocks the filesystem keeps for root; the build stops at what a user could
+/// write, with one message, and leaves nothing. The same for an archive that is itself
+/// compressed (decompressed into the work directory first).
+#[test]
+fn sudo_build_of_a_disk_bomb_stops_at_what_a_user_could_write() {
+    let mallory = user("mallory");
+    let dir = case_dir("disk-bomb", &mallory);
+    let Some(disk) = SmallDisk::new(&dir, 64) else { return };
+    let raw = dir.join("layer.tar");
+    let mut layer = header(b'0', b"big", b"", 40 << 20, 0o644);
+    layer.resize(layer.len() + (40 << 20), 0);
+    layer.extend([0u8; 1024]);
+    std::fs::write(&raw, &layer).unwrap();
+    sh(&format!("gzip -9 {}", raw.display()));
+    let gz = std::fs::read(dir.join("layer.tar.gz")).unwrap();
+    assert!(gz.len() < 1 << 20, "the layer is small: {} bytes", gz.len());
+    let archive = dir.join("bomb.tar");
+    docker_archive(&archive, &[gz], &[], None);
+    // The same 40 MiB as a compressed archive of a plain layer.
+    let plain = dir.join("plain.tar");
+    docker_archive(&plain, &[layer], &[], None);
+    sh(&format!("gzip -9 {}", plain.display()));
+    let used = || {
+        let o = Command::new("df").args(["--output=used", "-B1"]).arg(&disk.mnt).output().unwrap();
+        text(&o.stdout).lines().nth(1).unwrap().trim().to_string()
+    };
+    let before = used();
+    for (from, expect) in [
+        (archive.clone(), "40.0 MiB do not fit in the"),
+        (dir.join("plain.tar.gz"), "no space is left for ordinary users"),
+    ] {
+        let def = dir.join("img.def");
+        std::fs::write(&def, format!("Bootstrap: docker-archive\nFrom: {}\n", from.display())).unwrap();
+        let work = disk.mnt.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let o = harness::Out(
+            Command::new(&world().berth)
+                .arg("build")
+                .arg(dir.join("img.sqsh"))
+                .arg(&def)
+                .env("BERTH_TMPDIR", &work)
+                .env("BERTH_CACHE_DIR", work.join("cache"))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        );
+        let err = o.stderr();
+        assert_eq!(o.code(), Some(255), "{}: {err}", from.display());
+        let msg = err.lines().find(|l| l.starts_with("berth: ")).unwrap_or("");
+        assert!(
+            msg.contains(expect) && msg.contains("blocks reserved for root"),
+            "{}: {err}",
+            from.display()
+        );
+        assert!(err.contains("BERTH_TMPDIR"), "{err}");
+        assert!(!dir.join("img.sqsh").exists());
+        let _ = std::fs::remove_dir_all(work.join("cache"));
+        std::fs::remove_dir(&work).unwrap_or_else(|e| panic!("the work directory was not cleaned: {e}"));
+        assert_eq!(used(), before, "{}: space left in use", from.display());
+    }
 }

@@ -396,9 +396,28 @@ fn plain_archive(from: &Path, ctx: &Context, agent: &str) -> Result<PathBuf> {
         .create_new(true)
         .open(&plain)
         .map_err(|e| Error::io("create", &plain, e))?;
-    std::io::copy(&mut r, &mut out).map_err(|e| {
-        Error::build(what(), format!("cannot be decompressed: {e}"), "the archive is damaged or incomplete")
-    })?;
+    // In steps, checking after each that ordinary users still have space: a small archive may
+    // decompress to more than the disk holds, and root would go on into the reserved blocks.
+    let step = 8u64 << 20;
+    loop {
+        let n = std::io::copy(&mut (&mut r).take(step), &mut out).map_err(|e| {
+            Error::build(
+                what(),
+                format!("cannot be decompressed: {e}"),
+                "the archive is damaged or incomplete",
+            )
+        })?;
+        berth_registry::flatten::ensure_room(std::os::fd::AsRawFd::as_raw_fd(&out), 1).map_err(|e| {
+            Error::build(
+                what(),
+                format!("decompressing into {}: {e}", plain.display()),
+                "free some space, or build elsewhere (BERTH_TMPDIR)",
+            )
+        })?;
+        if n < step {
+            break;
+        }
+    }
     Ok(plain)
 }
 

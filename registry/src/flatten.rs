@@ -812,10 +812,9 @@ pub fn write_dir(
 ) -> Result<()> {
     let what = format!("unpacking into {}", dir.display());
     let fail = |p: &str, e: std::io::Error| {
-        let hint = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free some space, or build elsewhere (BERTH_TMPDIR)",
-            _ => "",
-        };
+        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || e.kind() == std::io::ErrorKind::StorageFull;
+        let hint = if full { "free some space, or build elsewhere (BERTH_TMPDIR)" } else { "" };
         Error::new(&what, format!("{}: {e}", shown(p)), hint)
     };
     let mut w = DirWriter::open(dir).map_err(|e| fail("", e))?;
@@ -925,6 +924,32 @@ fn open_dir_at(dir: std::os::fd::RawFd, name: &str) -> std::io::Result<std::os::
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// Fail unless the filesystem of `fd` has `size` bytes free for ordinary users. Root (`berth
+/// build`) could otherwise fill the blocks a filesystem keeps for root with a layer that is a
+/// few KB compressed: what it may write is what a user could.
+pub fn ensure_room(fd: std::os::fd::RawFd, size: u64) -> std::io::Result<()> {
+    // SAFETY: an all-zero statvfs is a valid value for fstatvfs to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs on a descriptor this process holds, filling `st`.
+    check(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    // The fields are u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    if size > free {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let msg = if size <= 1 {
+            "no space is left for ordinary users on this filesystem".to_string()
+        } else {
+            format!("{:.1} MiB do not fit in the {:.1} MiB left for ordinary users", mib(size), mib(free))
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{msg} (berth does not use the blocks reserved for root)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Set the xattrs of an open file or directory.
 fn set_xattrs(fd: std::os::fd::RawFd, meta: &Meta) -> std::io::Result<()> {
     for (k, v) in &meta.xattrs {
@@ -992,6 +1017,7 @@ impl DirWriter {
         use std::os::fd::{AsRawFd, FromRawFd};
         let (parent, name) = split(p);
         let dir = self.dir(parent)?;
+        ensure_room(dir, size)?;
         let c = cstr(name)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: openat with a held descriptor and a NUL-terminated name; checked below.
