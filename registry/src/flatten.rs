@@ -932,6 +932,10 @@ pub fn ensure_room(fd: std::os::fd::RawFd, size: u64) -> std::io::Result<()> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatvfs on a descriptor this process holds, filling `st`.
     check(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    if st.f_blocks == 0 {
+        // A filesystem that does not count its space (some FUSE ones): nothing to go by.
+        return Ok(());
+    }
     // The fields are u32 on 32-bit targets.
     #[allow(clippy::useless_conversion)]
     let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
