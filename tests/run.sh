@@ -29,7 +29,7 @@ fi
 
 cargo test --workspace --no-fail-fast 2>&1 || status=1
 
-echo "== fuzz: image, environment-file, definition-file, ld.so.cache, ELF and labels parsers (30 s)"
+echo "== fuzz: image, environment-file, definition-file, ld.so.cache, ELF, labels and layer parsers (30 s)"
 cargo run -q -p berth-build --example fuzz -- --seconds 30 --seed "$(date +%j)" 2>&1 || status=1
 
 # The Slurm suite runs once, against what an administrator installs: the .debs built from

@@ -1,6 +1,9 @@
 //! A mutation fuzzer for berth's parsers of untrusted input: image files (format sniffing,
-//! SquashFS/ext3 superblocks, SIF, Singularity 2.x), image environment files, definition files,
-//! ld.so.cache, ELF libraries and labels JSON.
+//! SquashFS/ext3 superblocks, SIF, Singularity 2.x), image environment files, definition files
+//! (archive bootstraps among them), ld.so.cache, ELF libraries, labels JSON, and image layers
+//! (a mutated layer tarball over a fixed lower one in a `docker save` archive, merged, written
+//! as the tar stream mksquashfs gets and created in a directory as `berth build` does: extension
+//! headers, deep paths, whiteouts, link chains across layers).
 //!
 //! In-process and deterministic: a seeded PRNG mutates seed inputs (built here, plus the SIF
 //! fixtures in tests/fixtures/sif); each case runs under `catch_unwind`, and a watchdog thread
@@ -49,11 +52,19 @@ enum Target {
     LdCache,
     Elf,
     Labels,
+    Layers,
 }
 
 impl Target {
-    const ALL: [Target; 6] =
-        [Target::Image, Target::Env, Target::Def, Target::LdCache, Target::Elf, Target::Labels];
+    const ALL: [Target; 7] = [
+        Target::Image,
+        Target::Env,
+        Target::Def,
+        Target::LdCache,
+        Target::Elf,
+        Target::Labels,
+        Target::Layers,
+    ];
     fn name(self) -> &'static str {
         match self {
             Target::Image => "image",
@@ -62,6 +73,7 @@ impl Target {
             Target::LdCache => "ldcache",
             Target::Elf => "elf",
             Target::Labels => "labels",
+            Target::Layers => "layers",
         }
     }
     /// Where mutations land: images are large and only their headers are parsed.
@@ -81,6 +93,57 @@ fn def_file(bytes: &[u8]) -> bool {
     berth_build::def::parse(&text, Path::new("fuzz.def")).is_ok()
 }
 
+/// The lower layer every `layers` case goes on: a directory, a file, a hardlink, and the first
+/// half of a link chain out of the image (`y -> /etc`, then `x -> y` in the case's layer).
+fn lower_layer() -> Vec<u8> {
+    use berth_registry::testimg::{layer, Ent};
+    layer(
+        &[
+            Ent::Dir("d", 0o755, 0, 0),
+            Ent::File("d/inner", b"lower", 0o644, 0, 0),
+            Ent::File("f", b"f", 0o644, 1000, 1000),
+            Ent::Hardlink("h", "f"),
+            Ent::Symlink("y", "/etc"),
+        ],
+        false,
+    )
+}
+
+/// One `layers` case: `input` as the upper layer of a `docker save` archive, read as
+/// `berth import` and `berth build` read it. The directory is made below `scratch`'s
+/// directory; whatever the layers hold, nothing may appear outside it.
+fn layers(scratch: &Path, input: &[u8]) -> bool {
+    use berth_registry::testimg::{layer, Ent};
+    let dir = scratch.with_extension("layers");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Private: as root the cases make setuid files and device nodes.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir).unwrap();
+    let manifest = br#"[{"Config":"c.json","Layers":["l0.tar","l1.tar"]}]"#;
+    let lower = lower_layer();
+    let outer = layer(
+        &[
+            Ent::File("manifest.json", manifest, 0o644, 0, 0),
+            Ent::File("c.json", b"{\"config\":{}}", 0o644, 0, 0),
+            Ent::File("l0.tar", &lower, 0o644, 0, 0),
+            Ent::File("l1.tar", input, 0o644, 0, 0),
+        ],
+        false,
+    );
+    let archive = dir.join("a.tar");
+    std::fs::write(&archive, outer).unwrap();
+    let Ok(store) = berth_registry::image::Store::open_tar(&archive) else { return false };
+    let Ok(r) = berth_registry::image::resolve_docker_archive(&store, "fuzz") else { return false };
+    let Ok(tree) = berth_registry::flatten::merge(&store, &r.layers, || {}) else { return false };
+    let ok = berth_registry::flatten::write_tar(&store, &r.layers, &tree, std::io::sink(), || {}).is_ok();
+    let root = dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let _ = berth_registry::flatten::write_dir(&store, &r.layers, &tree, &root, || {});
+    let outside: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(outside.len() == 2, "write_dir created {outside:?} beside the root");
+    let _ = std::fs::remove_dir_all(&dir);
+    ok
+}
+
 fn run_case(target: Target, scratch: &Path, input: &[u8]) -> bool {
     match target {
         Target::Image => fuzz_entry::image(scratch, input),
@@ -89,6 +152,7 @@ fn run_case(target: Target, scratch: &Path, input: &[u8]) -> bool {
         Target::LdCache => fuzz_entry::ld_cache(input),
         Target::Elf => fuzz_entry::elf(input),
         Target::Labels => fuzz_entry::labels(input),
+        Target::Layers => layers(scratch, input),
     }
 }
 
@@ -166,7 +230,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], pool: &[Vec<u8>], hot_len: usize) -> Vec<u
                 v.extend_from_slice(&other[from..]);
             }
             _ => {
-                let tokens: [&[u8]; 12] = [
+                let tokens: [&[u8]; 18] = [
                     b"$A$A",
                     b"${A:-${B:+x}}",
                     b"\\\n",
@@ -179,6 +243,12 @@ fn mutate(rng: &mut Rng, seed: &[u8], pool: &[Vec<u8>], hot_len: usize) -> Vec<u
                     b"hsqs",
                     b"SIF_MAGIC\0",
                     b"#!/usr/bin/env run-singularity\n",
+                    b"././@LongLink",
+                    b".wh.",
+                    b".wh..wh..opq",
+                    b"../",
+                    b"x/y/",
+                    b"ustar\x0000",
                 ];
                 let t = tokens[rng.below(tokens.len())];
                 let at = rng.below(v.len().min(hot) + 1);
@@ -264,6 +334,9 @@ fn text_seeds(target: Target) -> Vec<Vec<u8>> {
             "Bootstrap: docker\nFrom: debian:12\n\n%post\n  apt-get update\n%environment\n  export A=1\n%runscript\n  exec \"$@\"\n%labels\n  Maintainer me\n",
             "Bootstrap: scratch\n%files\n  a /b\n%help\n  help text\n%test\n  true\n",
             "Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://deb.debian.org/debian\n%post -c /bin/bash\n  echo hi\n",
+            "Bootstrap: docker-archive\nFrom: ./image.tar\n\n%post\n  test -f /etc/os-release\n%runscript\n  exec \"$@\"\n",
+            "Bootstrap: oci-archive\nFrom: /srv/images/app-oci.tar.gz\n%files\n  a /opt/\n%labels\n  Source archive\n",
+            "Bootstrap: oci-archive\nFrom: layout-dir\n%environment\n  export A=$B\n",
         ],
         Target::Labels => &["{\"org.label-schema.name\": \"x\", \"n\": 3, \"nested\": {\"a\": [1, 2]}}"],
         _ => &[],
@@ -313,6 +386,71 @@ fn binary_seeds(target: Target) -> Vec<Vec<u8>> {
         }
         _ => {}
     }
+    seeds
+}
+
+/// A pax header (`x`) with `records`, as raw tar blocks.
+fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = vec![];
+    for (k, v) in records {
+        let rest = k.len() + v.len() + 3;
+        let mut len = rest + rest.to_string().len();
+        if len.to_string().len() != rest.to_string().len() {
+            len += 1;
+        }
+        body.extend_from_slice(format!("{len} {k}=").as_bytes());
+        body.extend_from_slice(v);
+        body.push(b'\n');
+    }
+    let mut h = vec![0u8; 512];
+    h[..3].copy_from_slice(b"pax");
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = b'x';
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h.extend(body);
+    h.resize(h.len().div_ceil(512) * 512, 0);
+    h
+}
+
+/// Layer tarballs: every entry kind, whiteouts (also under a file and a missing directory),
+/// GNU long names and links, pax records (path, size, xattrs), a deep path, and the rest of
+/// the link chain the lower layer starts.
+fn layer_seeds() -> Vec<Vec<u8>> {
+    use berth_registry::testimg::{layer, Ent};
+    let long = format!("{}/file", "long-directory-name".repeat(8));
+    let deep = format!("{}leaf", "d/".repeat(300));
+    let mut seeds = vec![
+        layer(
+            &[
+                Ent::Dir("etc", 0o755, 0, 0),
+                Ent::File("etc/passwd", b"root:x:0:0\n", 0o644, 0, 0),
+                Ent::File(".wh.f", b"", 0o644, 0, 0),
+                Ent::File("d/.wh..wh..opq", b"", 0o644, 0, 0),
+                Ent::File("d/new", b"n", 0o4755, 5, 6),
+                Ent::Symlink("lib", "usr/lib"),
+                Ent::Hardlink("h2", "h"),
+            ],
+            false,
+        ),
+        layer(
+            &[Ent::File("d", b"a file now", 0o644, 0, 0), Ent::File("d/.wh.inner", b"", 0o644, 0, 0)],
+            false,
+        ),
+        layer(&[Ent::File("q/r/.wh.x", b"", 0o644, 0, 0), Ent::File(&deep, b"deep", 0o644, 0, 0)], false),
+        layer(
+            &[Ent::File(&long, b"long", 0o644, 0, 0), Ent::Symlink("s", &long), Ent::Hardlink("hl", &long)],
+            false,
+        ),
+        layer(&[Ent::Symlink("x", "y"), Ent::File("x/file", b"through the chain", 0o644, 0, 0)], false),
+        layer(&[Ent::RawFile("../escape", b"x"), Ent::Hardlink("out", "../../etc/shadow")], false),
+    ];
+    let mut p = pax(&[("path", b"p/x"), ("size", b"3"), ("SCHILY.xattr.user.k", b"v")]);
+    p.extend_from_slice(&layer(&[Ent::File("ignored", b"abc", 0o644, 0, 0)], false));
+    seeds.push(p);
     seeds
 }
 
@@ -385,7 +523,7 @@ fn parse_args() -> Args {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "fuzz: {why}\nusage: fuzz [--seconds N] [--seed N] [--target image,env,def,ldcache,elf,labels] \
+        "fuzz: {why}\nusage: fuzz [--seconds N] [--seed N] [--target image,env,def,ldcache,elf,labels,layers] \
          [--case-limit-ms N] [--max-memory-mib N] [--out DIR]"
     );
     std::process::exit(2)
@@ -404,6 +542,7 @@ fn main() {
                 Target::Image => image_seeds(&work),
                 Target::Env | Target::Def | Target::Labels => text_seeds(t),
                 Target::LdCache | Target::Elf => binary_seeds(t),
+                Target::Layers => layer_seeds(),
             };
             (t, seeds)
         })

@@ -305,6 +305,29 @@ fn build_from_docker_archive_honours_whiteouts() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "docker-cmd it's set\n");
     env.assert_clean(&["docker.img"]);
+    // `docker save | gzip` archives are read too; bzip2/xz ones get a hint.
+    for (tool, def, ok) in
+        [("gzip", "gz.def", true), ("bzip2", "bz.def", false)].into_iter().filter(|t| have(t.0))
+    {
+        let st = Command::new(tool).arg("-kf").arg(&tarball).status().unwrap();
+        assert!(st.success());
+        let ext = if ok { "gz" } else { "bz2" };
+        env.write(def, &format!("Bootstrap: docker-archive\nFrom: {}.{ext}\n", tarball.display()));
+        let r = build::build(&env.options(&format!("{def}.img"), def));
+        if ok {
+            r.unwrap_or_else(|e| panic!("{e}"));
+            let unpacked = env.path("unpacked-gz");
+            unpack(&env.path(&format!("{def}.img")), &unpacked);
+            assert!(!unpacked.join("etc/gone").exists() && unpacked.join("opt/dir/c").exists());
+        } else {
+            let err = r.unwrap_err().to_string();
+            assert!(
+                err.contains("compressed with bzip2 or xz") && err.contains("decompress it first"),
+                "{err}"
+            );
+        }
+    }
+    env.assert_clean(&["docker.img", "gz.def.img"]);
 }
 
 fn sha256_of(path: &Path) -> String {

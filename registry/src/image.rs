@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -168,8 +168,30 @@ pub struct Layer {
 pub enum Store {
     /// A directory with `blobs/sha256/...` (an OCI layout or the cache).
     Dir(PathBuf),
-    /// A tar archive: member name -> (offset, size).
-    Tar(PathBuf, HashMap<String, (u64, u64)>),
+    /// A tar archive, opened once (every member is read from this descriptor, so the archive
+    /// cannot be swapped between reads): member name -> (offset, size).
+    Tar(PathBuf, std::sync::Arc<File>, HashMap<String, (u64, u64)>),
+}
+
+/// `size` bytes of a file from `off`, read by position (readers of one file share nothing).
+struct Slice {
+    file: std::sync::Arc<File>,
+    off: u64,
+    left: u64,
+}
+
+impl Read for Slice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.off)?;
+        self.off += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn norm_member(name: &str) -> String {
@@ -179,12 +201,18 @@ fn norm_member(name: &str) -> String {
 impl Store {
     pub fn open_tar(path: &Path) -> Result<Self> {
         let what = format!("archive {}", path.display());
-        let f = File::open(path).map_err(|e| Error::io(&what, e))?;
-        let mut ar = tar::Archive::new(f);
+        let f = std::sync::Arc::new(File::open(path).map_err(|e| Error::io(&what, e))?);
+        // Members are found by reading the archive as a stream (never by unpacking it), with
+        // its extension headers bounded as in a layer.
+        let mut ar = tar::Archive::new(crate::flatten::HeaderGuard::new(Slice {
+            file: f.clone(),
+            off: 0,
+            left: u64::MAX,
+        }));
         let mut index = HashMap::new();
         let mut links = vec![];
         for e in ar.entries().map_err(|e| Error::new(&what, e.to_string(), "is it a tar file?"))? {
-            let e = e.map_err(|e| Error::new(&what, e.to_string(), "is it a complete tar file?"))?;
+            let e = e.map_err(|e| crate::flatten::archive_error(&what, e))?;
             let name = norm_member(&String::from_utf8_lossy(&e.path_bytes()));
             if e.header().entry_type().is_file() {
                 index.insert(name, (e.raw_file_position(), e.size()));
@@ -212,7 +240,7 @@ impl Store {
                 index.insert(name, v);
             }
         }
-        Ok(Store::Tar(path.to_path_buf(), index))
+        Ok(Store::Tar(path.to_path_buf(), f, index))
     }
 
     /// Open a blob by digest (`sha256:...`) or member name.
@@ -220,11 +248,19 @@ impl Store {
         let rel = if valid_digest(key) { format!("blobs/sha256/{}", &key[7..]) } else { norm_member(key) };
         match self {
             Store::Dir(d) => {
+                use std::os::unix::fs::OpenOptionsExt;
                 let p = d.join(&rel);
-                let f = File::open(&p).map_err(|e| Error::io(format!("blob {}", p.display()), e))?;
+                // A blob that is a symlink is refused: what is read is the layout's own file
+                // (root reads layouts for `berth build`), and it stays the file whose digest
+                // was checked.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&p)
+                    .map_err(|e| Error::io(format!("blob {}", p.display()), e))?;
                 Ok(Box::new(f))
             }
-            Store::Tar(path, index) => {
+            Store::Tar(path, file, index) => {
                 let &(off, size) = index.get(&rel).ok_or_else(|| {
                     Error::new(
                         format!("archive {}", path.display()),
@@ -232,12 +268,16 @@ impl Store {
                         "the archive is incomplete",
                     )
                 })?;
-                let mut f =
-                    File::open(path).map_err(|e| Error::io(format!("archive {}", path.display()), e))?;
-                f.seek(SeekFrom::Start(off))
-                    .map_err(|e| Error::io(format!("archive {}", path.display()), e))?;
-                Ok(Box::new(f.take(size)))
+                Ok(Box::new(Slice { file: file.clone(), off, left: size }))
             }
+        }
+    }
+
+    /// Whether the source has the member `name` (archives) or file `name` (directories).
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Store::Dir(d) => d.join(norm_member(name)).is_file(),
+            Store::Tar(_, _, index) => index.contains_key(&norm_member(name)),
         }
     }
 

@@ -141,11 +141,25 @@ fn locate(src: &Source, opts: &Options) -> Result<Located> {
         }
         Source::OciArchive(p) => {
             let store = Store::open_tar(p)?;
+            if !store.has("index.json") {
+                return Err(Error::new(
+                    &what,
+                    "not an OCI image layout (no index.json)",
+                    "make one with `skopeo copy docker://IMAGE oci-archive:FILE.tar` or `podman save --format oci-archive`",
+                ));
+            }
             let resolved = image::resolve_oci(&store, None, &opts.platform, &what)?;
             Ok(Located::Local { store, resolved })
         }
         Source::DockerArchive(p) => {
             let store = Store::open_tar(p)?;
+            if !store.has("manifest.json") {
+                return Err(Error::new(
+                    &what,
+                    "has no manifest.json: not a `docker save` tarball",
+                    "make one with `docker save IMAGE -o FILE.tar` (or use oci-archive for an OCI layout)",
+                ));
+            }
             let resolved = image::resolve_docker_archive(&store, &what)?;
             Ok(Located::Local { store, resolved })
         }
@@ -215,6 +229,26 @@ fn mksquashfs(source: &Path, dest: &Path) -> Command {
         });
     }
     cmd
+}
+
+/// SIGPIPE ignored while it lives: a write into the pipe of a child that has exited fails
+/// with EPIPE instead of ending berth (whose `main` restores the default disposition).
+struct IgnoreSigpipe(libc::sighandler_t);
+
+impl IgnoreSigpipe {
+    fn new() -> Self {
+        // SAFETY: signal(2) only swaps SIGPIPE's disposition; the old one is put back on drop.
+        IgnoreSigpipe(unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) })
+    }
+}
+
+impl Drop for IgnoreSigpipe {
+    fn drop(&mut self) {
+        if self.0 != libc::SIG_ERR {
+            // SAFETY: as in `new`: the disposition found there is restored.
+            unsafe { libc::signal(libc::SIGPIPE, self.0) };
+        }
+    }
 }
 
 /// Collect a child's stderr on a thread (so a chatty child never blocks on a full pipe).
@@ -320,6 +354,9 @@ fn convert(
     })?;
     let stdin = child.stdin.take().expect("piped stdin");
     let errs = stderr_of(&mut child);
+    // A mksquashfs that dies mid-stream (a full disk, killed) is reported with its own words
+    // below, and the partial file removed, instead of berth dying of SIGPIPE.
+    let sigpipe = IgnoreSigpipe::new();
     progress.phase("writing squashfs", n, total);
     let written =
         flatten::write_tar(store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
@@ -329,6 +366,7 @@ fn convert(
             w.into_inner().map(drop).map_err(|e| Error::new("mksquashfs", e.error().to_string(), ""))
         });
     let status = child.wait().map_err(|e| Error::new("mksquashfs", e.to_string(), ""))?;
+    drop(sigpipe);
     progress.finish();
     check(status, errs)?;
     written?;
@@ -385,8 +423,10 @@ pub fn pull(src: &Source, out: &Path, opts: &Options) -> Result<Report> {
 }
 
 /// Merge `src` into the directory `dir` (for `berth build`, which runs as root): the same tree
-/// and metadata as [`pull`] writes into SquashFS, unpacked by `tar` with owners, modes and xattrs
-/// as in the image. `dir` should be empty; the merged tree never writes through a symlink.
+/// and metadata as [`pull`] writes into SquashFS, created by [`flatten::write_dir`] with owners,
+/// modes and xattrs as in the image. No archive tool runs as root: the layers are read as
+/// streams and every path is created below a descriptor of `dir` without following a link.
+/// `dir` should be empty.
 pub fn extract(src: &Source, dir: &Path, opts: &Options) -> Result<Report> {
     let mut progress = Progress::new(opts.quiet);
     let loc = locate(src, opts)?;
@@ -396,45 +436,10 @@ pub fn extract(src: &Source, dir: &Path, opts: &Options) -> Result<Report> {
     progress.phase("reading layers", n, total);
     let mut tree = flatten::merge(&store, &resolved.layers, || progress.layer_done())?;
     meta::add_to(&mut tree, &resolved.config, &src.to_string(), resolved.digest.as_deref());
-    let mut cmd = Command::new("tar");
-    cmd.args(["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", "-", "-C"])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; tar must not outlive berth.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| Error::new("tar", e.to_string(), "install GNU tar"))?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let errs = stderr_of(&mut child);
     progress.phase("unpacking", n, total);
-    let written =
-        flatten::write_tar(&store, &resolved.layers, &tree, BufWriter::with_capacity(1 << 20, stdin), || {
-            progress.layer_done()
-        })
-        .and_then(|w| w.into_inner().map(drop).map_err(|e| Error::new("tar", e.error().to_string(), "")));
-    let status = child.wait().map_err(|e| Error::new("tar", e.to_string(), ""))?;
+    let written = flatten::write_dir(&store, &resolved.layers, &tree, dir, || progress.layer_done());
     progress.finish();
-    let msg = errs.join().unwrap_or_default();
-    if !status.success() {
-        let last = msg.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        return Err(Error::new(
-            format!("unpacking into {}", dir.display()),
-            format!("tar failed: {last}"),
-            "",
-        ));
-    }
     written?;
-    if let Some(root) = &tree.root {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(root.mode & 0o7777))
-            .map_err(|e| Error::io(format!("unpacking into {}", dir.display()), e))?;
-        let _ = std::os::unix::fs::chown(dir, Some(root.uid as u32), Some(root.gid as u32));
-    }
     Ok(Report { out: dir.to_path_buf(), digest: resolved.digest.clone(), layers: n })
 }
 
