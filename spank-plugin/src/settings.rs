@@ -642,13 +642,17 @@ mod tests {
         let packaged = include_str!("../../packaging/slurm/oci.conf");
         assert_eq!(OciConf::judge(Some(packaged)), OciConf::Berth);
         assert_eq!(OciConf::judge(None), OciConf::Absent);
-        let lower = "ignorefileconfigjson=YES\ncreateenvfile=null\nruntimerun=\"exec $BERTH_OCI_RUN %e %@\"\n";
+        let lower =
+            "ignorefileconfigjson=YES\ncreateenvfile=null\nruntimerun=\"exec $BERTH_OCI_RUN %e %@\"\n";
         assert_eq!(OciConf::judge(Some(lower)), OciConf::Berth);
         let runc = "RunTimeQuery=\"runc state %n.%u.%j.%s.%t\"\nRunTimeKill=\"runc kill\"\n\
                     RunTimeDelete=\"runc delete\"\nRunTimeRun=\"runc run %n.%u.%j.%s.%t -b %b\"\n";
         assert_eq!(OciConf::judge(Some(runc)), OciConf::Other);
         assert_eq!(OciConf::judge(Some(&packaged.replace("IgnoreFileConfigJson=true", ""))), OciConf::Other);
-        assert_eq!(OciConf::judge(Some(&packaged.replace("CreateEnvFile=null", "CreateEnvFile=newline"))), OciConf::Other);
+        assert_eq!(
+            OciConf::judge(Some(&packaged.replace("CreateEnvFile=null", "CreateEnvFile=newline"))),
+            OciConf::Other
+        );
         let commented = packaged.replace("RunTimeRun=", "# RunTimeRun=");
         assert_eq!(OciConf::judge(Some(&commented)), OciConf::Other);
     }
