@@ -141,21 +141,34 @@ slurm_number=$(sed -n 's/^#define SLURM_VERSION_NUMBER \(0x[0-9a-fA-F]*\).*/\1/p
 [ -n "$slurm_number" ] || { echo "build.sh: no SLURM_VERSION_NUMBER in slurm/slurm_version.h" >&2; exit 1; }
 n=$((slurm_number))
 slurm_release=$(printf '%d.%02d.%d' $((n >> 16)) $(((n >> 8) & 255)) $((n & 255)))
-slurm_next=$(printf '%d.%02d.%d~' $((n >> 16)) $(((n >> 8) & 255)) $(((n & 255) + 1)))
+# Slurm checks a plugin's major.minor only (24.11 loads a plugin built on 24.11.4 as well as
+# on 24.11.6): the package pins the release series, so point releases upgrade under it and a
+# new series (which would refuse the plugin) waits for berth-slurm built against it.
+slurm_series=$(printf '%d.%02d' $((n >> 16)) $(((n >> 8) & 255)))
+slurm_next=$(printf '%d.%02d~' $((n >> 16)) $((((n >> 8) & 255) + 1)))
 r=$stage/berth-slurm
 install -D -m 0644 "$plugin" "$r/usr/lib/$multiarch/slurm-wlm/spank_berth.so"
 strip --strip-unneeded "$r/usr/lib/$multiarch/slurm-wlm/spank_berth.so"
 install -D -m 0644 packaging/plugstack.conf.d/berth.conf "$r/etc/slurm/plugstack.conf.d/berth.conf"
+# Slurm 23.02 and later: the oci.conf that makes berth the runtime of Slurm's --container
+# (the administrator installs it beside slurm.conf) and the static runner it starts each task
+# with, inside images whose C library is not the host's.
+install -D -m 0644 packaging/slurm/oci.conf "$r/usr/share/berth-slurm/oci.conf"
+install -d "$r/usr/libexec/berth"
+gcc -static -Os -Wall -Werror -o "$r/usr/libexec/berth/berth-oci-run" spank-plugin/oci-run.c
+strip --strip-unneeded "$r/usr/libexec/berth/berth-oci-run"
+chmod 0755 "$r/usr/libexec/berth/berth-oci-run"
 man_gz packaging/man/spank_berth.8 "$r/usr/share/man/man8"
 doc berth-slurm
 cat > "$r/DEBIAN/description" <<TXT
 Slurm SPANK plugin for berth: srun/sbatch --container=IMAGE
 Every task of a step runs inside the image, one container per node and step.
 Built for Slurm $slurm_release; Slurm loads a SPANK plugin only on the release
-it was built for.
+series it was built for ($slurm_series). On Slurm 23.02 and later, Slurm's own
+--container needs /usr/share/berth-slurm/oci.conf installed beside slurm.conf.
 TXT
 control berth-slurm \
-    "berth (= $debversion), slurm-wlm-basic-plugins (>= $slurm_release), slurm-wlm-basic-plugins (<< $slurm_next), $(shlibdeps -e"$r/usr/lib/$multiarch/slurm-wlm/spank_berth.so")" \
+    "berth (= $debversion), slurm-wlm-basic-plugins (>= $slurm_series), slurm-wlm-basic-plugins (<< $slurm_next), $(shlibdeps -e"$r/usr/lib/$multiarch/slurm-wlm/spank_berth.so")" \
     "Slurm SPANK plugin for berth: srun/sbatch --container=IMAGE"
 # The snippet loads the plugin `required`, and dpkg keeps conffiles until purge: a snippet left
 # by `dpkg -r` would name a plugin that is gone and fail every srun and sbatch. postrm moves it

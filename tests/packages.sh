@@ -93,8 +93,12 @@ check "the snippet names the installed plugin and berth" \
     grep -q "^required /usr/lib/$multiarch/slurm-wlm/spank_berth.so berth=/usr/bin/berth" /etc/slurm/plugstack.conf.d/berth.conf
 check "the plugin is where the snippet says" test -f "/usr/lib/$multiarch/slurm-wlm/spank_berth.so"
 slurm=$(dpkg-query -W -f='${Version}' slurm-wlm-basic-plugins | sed 's/-[^-]*$//')
-check "berth-slurm depends on the Slurm release it was built for ($slurm)" \
-    sh -c "dpkg-query -W -f='\${Depends}' berth-slurm | grep -q 'slurm-wlm-basic-plugins (>= $slurm)'"
+series=${slurm%.*}
+next_series=$(printf '%s.%02d' "${series%.*}" $((10#${series#*.} + 1)))
+check "berth-slurm depends on the Slurm release series it was built for ($series, from $slurm)" \
+    sh -c "dpkg-query -W -f='\${Depends}' berth-slurm | grep -q 'slurm-wlm-basic-plugins (>= $series), slurm-wlm-basic-plugins (<< $next_series~)'"
+check "berth-slurm ships berth's oci.conf and its static task runner" \
+    sh -c "test -s /usr/share/berth-slurm/oci.conf && file -L /usr/libexec/berth/berth-oci-run | grep -q 'statically linked'"
 check "berth config check reports the plugin's Slurm release" \
     sh -c "/usr/bin/berth config check 2>&1 | grep -q 'spank_berth.so built for Slurm $slurm'"
 check "berth-pbs starter and rsh agent" test -x /usr/libexec/berth/berth-pbs -a -x /usr/libexec/berth/berth-pbs-rsh

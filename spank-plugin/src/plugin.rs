@@ -135,6 +135,12 @@ fn choose_client_image() -> Result<(), String> {
         return Err(why);
     }
     let cli = std::env::var(SLURM_CONTAINER).ok();
+    if sys::context() == Context::Local && cli.as_deref().is_some_and(|c| !c.is_empty()) {
+        let (oci_path, oci) = st.site.oci(std::env::var("SLURM_CONF").ok().as_deref());
+        if let Some(why) = settings::srun_container_refusal(sys::SLURM_VERSION_NUMBER, oci, &oci_path) {
+            return Err(why);
+        }
+    }
     let Some(image) =
         settings::choose_image(cli.as_deref(), st.opts.image.as_deref(), st.inherited.as_deref())?
     else {
@@ -153,8 +159,7 @@ fn choose_client_image() -> Result<(), String> {
 fn choose_step_image(sp: &Spank) -> Result<(), String> {
     let mut st = state();
     let slurm_container = sp.getenv(SLURM_CONTAINER).filter(|s| !s.is_empty());
-    let oci_path = st.site.oci_conf_path(std::env::var("SLURM_CONF").ok().as_deref());
-    let oci = OciConf::judge(std::fs::read_to_string(&oci_path).ok().as_deref());
+    let (oci_path, oci) = st.site.oci(std::env::var("SLURM_CONF").ok().as_deref());
     // Slurm runs the tasks of a step with its --container through oci.conf: berth's runs
     // them through its runner, in the container or (a batch script on the host) not.
     st.oci_tasks = oci == OciConf::Berth && slurm_container.is_some();

@@ -122,6 +122,13 @@ impl Site {
         Ok(site)
     }
 
+    /// This node's oci.conf and whose it is.
+    pub fn oci(&self, slurm_conf: Option<&str>) -> (PathBuf, OciConf) {
+        let path = self.oci_conf_path(slurm_conf);
+        let judged = OciConf::judge(std::fs::read_to_string(&path).ok().as_deref());
+        (path, judged)
+    }
+
     /// The oci.conf that turns on Slurm's OCI support for `--container` here.
     pub fn oci_conf_path(&self, slurm_conf: Option<&str>) -> PathBuf {
         if let Some(p) = &self.oci_conf {
@@ -421,6 +428,32 @@ pub fn choose_image(
     }
 }
 
+/// The first Slurm release whose PMIx plugin puts its server directory in the OCI spool
+/// directory of a step with `--container` (SchedMD/slurm 9985efc4a8, "mpi/pmix - use container
+/// spooldir", first in 23.02.0rc1). Without an oci.conf that directory is NULL: the step fails
+/// before any plugin runs (`Cannot bind() UNIX socket (null)/stepd.slurm.pmix.J.S`).
+pub const PMIX_IN_OCI_SPOOL: u32 = 0x17_02_00;
+
+/// srun's `--container=IMG` on this Slurm, with this oci.conf: refused, with what to use
+/// instead, where the step would fail in Slurm before berth runs (a release with
+/// [`PMIX_IN_OCI_SPOOL`] and no berth oci.conf). sbatch and salloc are not refused: their
+/// batch step or allocation has no PMIx server, and their sruns run in the image without it.
+pub fn srun_container_refusal(slurm: u32, oci: OciConf, oci_path: &Path) -> Option<String> {
+    if slurm < PMIX_IN_OCI_SPOOL || oci == OciConf::Berth {
+        return None;
+    }
+    let node = match oci {
+        OciConf::Other => format!("{} is another runtime's", oci_path.display()),
+        _ => format!("there is no {}", oci_path.display()),
+    };
+    Some(format!(
+        "srun --container: on Slurm 23.02 and later a step with Slurm's own --container needs berth's \
+         oci.conf on the nodes ({node}), else Slurm fails it before berth runs; use --container-image=IMG, \
+         which runs the same container, or ask the administrator to install berth's oci.conf \
+         (/usr/share/berth-slurm/oci.conf)"
+    ))
+}
+
 /// What a node has of named container NAME when a step asks for it (pyxis' three cases:
 /// `enroot_container_get` gives no container, a container that is not running, or its pid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -632,6 +665,22 @@ mod tests {
         let site = Site::parse(&s(&["oci_run=/opt/berth/oci-run"])).unwrap();
         assert_eq!(site.oci_run, PathBuf::from("/opt/berth/oci-run"));
         assert!(Site::parse(&s(&["oci_run=oci-run"])).is_err());
+    }
+
+    /// srun --container is refused before the step exists where Slurm would fail it: on 23.02
+    /// and later without berth's oci.conf, never on 22.05.
+    #[test]
+    fn srun_container_is_refused_where_slurm_would_fail_it() {
+        let p = Path::new("/etc/slurm/oci.conf");
+        assert_eq!(srun_container_refusal(0x16_05_08, OciConf::Absent, p), None);
+        assert_eq!(srun_container_refusal(0x18_0b_05, OciConf::Berth, p), None);
+        let absent = srun_container_refusal(0x18_0b_05, OciConf::Absent, p).unwrap();
+        assert!(
+            absent.contains("--container-image=IMG") && absent.contains("there is no /etc/slurm/oci.conf"),
+            "{absent}"
+        );
+        let other = srun_container_refusal(0x17_02_00, OciConf::Other, p).unwrap();
+        assert!(other.contains("/etc/slurm/oci.conf is another runtime's"), "{other}");
     }
 
     /// The oci.conf berth packages is berth's; one for runc, one that would make slurmstepd

@@ -129,10 +129,11 @@ suite() {
     export OCI_RUN=$BERTH_SLURM_DIR/plugin/berth-oci-run
     gcc -static -Os -Wall -Werror -o "$OCI_RUN.new" "$REPO/spank-plugin/oci-run.c" && mv -f "$OCI_RUN.new" "$OCI_RUN" \
         || { echo "0 passed, 1 failed"; return 1; }
-    local rc=0
-    enter bash "$HERE/run.sh" || rc=$?
-    enter bash "$HERE/cluster.sh" down >/dev/null 2>&1 || true
-    return $rc
+    # One mount namespace for the whole run: `ip netns add` mounts the nodes' namespaces on
+    # /run/netns/NAME inside it (a later `enter` sees the names but not those mounts), so the
+    # cluster is brought down and up, used and brought down again within it.
+    enter bash -c 'bash "$1/cluster.sh" down >/dev/null 2>&1; bash "$1/run.sh"; rc=$?
+                   bash "$1/cluster.sh" down >/dev/null 2>&1; exit $rc' _ "$HERE"
 }
 
 case ${1:-} in

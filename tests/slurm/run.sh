@@ -797,5 +797,7 @@ PNAMED
 fi
 
 echo "$SKIP skipped"
-echo "$PASS passed, $FAIL failed"
+# The closing line names the Slurm release the suite ran against (tests/run.sh runs it on
+# 22.05 and on 24.11).
+echo "slurm $(srun --version 2>/dev/null | awk '{print $2}'): $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
