@@ -154,6 +154,7 @@ install -D -m 0644 packaging/plugstack.conf.d/berth.conf "$r/etc/slurm/plugstack
 # (the administrator installs it beside slurm.conf) and the static runner it starts each task
 # with, inside images whose C library is not the host's.
 install -D -m 0644 packaging/slurm/oci.conf "$r/usr/share/berth-slurm/oci.conf"
+install -D -m 0644 packaging/slurm/berth-slurm.tmpfiles "$r/usr/lib/tmpfiles.d/berth-slurm.conf"
 install -d "$r/usr/libexec/berth"
 gcc -static -Os -Wall -Werror -o "$r/usr/libexec/berth/berth-oci-run" spank-plugin/oci-run.c
 strip --strip-unneeded "$r/usr/libexec/berth/berth-oci-run"
@@ -180,8 +181,17 @@ cat > "$r/DEBIAN/postrm" <<SH
 set -e
 case "\$1" in
     remove) if [ -e $conf ]; then mv -f $conf $conf.removed; fi ;;
-    purge) rm -f $conf.removed ;;
+    purge) rm -f $conf.removed; rmdir /run/berth-oci 2>/dev/null || true ;;
 esac
+exit 0
+SH
+# /run/berth-oci (tmpfiles.d makes it at boot): now, for the oci.conf to work without a reboot.
+cat > "$r/DEBIAN/postinst" <<SH
+#!/bin/sh
+set -e
+if [ "\$1" = configure ]; then
+    systemd-tmpfiles --create /usr/lib/tmpfiles.d/berth-slurm.conf 2>/dev/null || install -d -m 0755 -o root -g root /run/berth-oci
+fi
 exit 0
 SH
 cat > "$r/DEBIAN/preinst" <<SH
@@ -192,7 +202,7 @@ case "\$1" in
 esac
 exit 0
 SH
-chmod 0755 "$r/DEBIAN/postrm" "$r/DEBIAN/preinst"
+chmod 0755 "$r/DEBIAN/postrm" "$r/DEBIAN/preinst" "$r/DEBIAN/postinst"
 
 echo "== berth-pbs"
 r=$stage/berth-pbs

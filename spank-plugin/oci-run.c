@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* A task environment larger than this is refused rather than cut: the kernel's own limit for
@@ -55,9 +56,21 @@ int main(int argc, char **argv)
             close((int)fd);
     }
 
-    int fd = open(argv[1], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(argv[1], O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return fail("the task's environment file", argv[1]);
+    /* slurmstepd writes it as the task's user, mode 0750, in a directory its group may write:
+     * a file someone else put in its place (another user of that group) is refused. */
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return fail("the task's environment file", argv[1]);
+    if (!S_ISREG(st.st_mode) || st.st_uid != getuid() || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+        errno = EPERM;
+        fprintf(stderr, "berth: error: the task's environment file %s is not a file of yours that only you may "
+                        "write (owner uid %u, mode %o): refused\n",
+                argv[1], (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return 127;
+    }
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap + 1);
     if (!buf)

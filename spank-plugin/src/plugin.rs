@@ -46,6 +46,9 @@ struct State {
     /// slurmstepd: Slurm runs this step's tasks through berth's oci.conf (the step has
     /// Slurm's `--container`, and the node has berth's oci.conf).
     oci_tasks: bool,
+    /// slurmstepd, with `oci_tasks`: the step's OCI spool directory (oci.conf's
+    /// MountSpoolDir), bound into the container: the tasks' environment files and PMIx's.
+    oci_step_dir: Option<PathBuf>,
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -137,7 +140,7 @@ fn choose_client_image() -> Result<(), String> {
     let cli = std::env::var(SLURM_CONTAINER).ok();
     if sys::context() == Context::Local && cli.as_deref().is_some_and(|c| !c.is_empty()) {
         let (oci_path, oci) = st.site.oci(std::env::var("SLURM_CONF").ok().as_deref());
-        if let Some(why) = settings::srun_container_refusal(sys::SLURM_VERSION_NUMBER, oci, &oci_path) {
+        if let Some(why) = settings::srun_container_refusal(sys::SLURM_VERSION_NUMBER, &oci, &oci_path) {
             return Err(why);
         }
     }
@@ -162,7 +165,15 @@ fn choose_step_image(sp: &Spank) -> Result<(), String> {
     let (oci_path, oci) = st.site.oci(std::env::var("SLURM_CONF").ok().as_deref());
     // Slurm runs the tasks of a step with its --container through oci.conf: berth's runs
     // them through its runner, in the container or (a batch script on the host) not.
-    st.oci_tasks = oci == OciConf::Berth && slurm_container.is_some();
+    st.oci_tasks = matches!(oci, OciConf::Berth(_)) && slurm_container.is_some();
+    if let (true, OciConf::Berth(pattern)) = (st.oci_tasks, &oci) {
+        match oci_step_dir(sp, pattern) {
+            Ok(dir) => st.oci_step_dir = Some(dir),
+            Err(e) => {
+                st.failure.get_or_insert(e);
+            }
+        }
+    }
     let chosen =
         sp.getenv(IMAGE_VAR).filter(|s| !s.is_empty()).or_else(|| st.opts.image.clone()).or(slurm_container);
     // Tasks (and sruns inside the job) see the resolved BERTH_CONTAINER_IMAGE, never Slurm's raw value.
@@ -288,6 +299,43 @@ pub fn user_init(sp: &Spank, _args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The step's OCI spool directory under berth's oci.conf, whose base (the part of
+/// MountSpoolDir before its first replacement, `/run/berth-oci`) must be root's and writable by
+/// nobody else: slurmstepd makes the directories below it for the step's user, and keeps any
+/// that exist, so a base a user could write would let that user make another's first.
+fn oci_step_dir(sp: &Spank, pattern: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let (job, step, uid) = (
+        sp.job_id().ok_or("no job id")?,
+        sp.step_id().ok_or("no step id")?,
+        sp.job_uid().ok_or("no job uid")?,
+    );
+    let user = sp.getenv("SLURM_JOB_USER").or_else(|| sp.getenv("USER")).unwrap_or_default();
+    let dir = settings::expand_step_dir(pattern, uid, &user, job, step)
+        .ok_or_else(|| format!("oci.conf: MountSpoolDir={pattern}: a replacement berth cannot make"))?;
+    let base: PathBuf = Path::new(pattern)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains('%'))
+        .collect();
+    let unsafe_base = |why: String| {
+        format!(
+            "the node's OCI spool base {} {why}; ask the administrator (berth-slurm's tmpfiles.d makes it \
+             root's, mode 0755)",
+            base.display()
+        )
+    };
+    let meta =
+        std::fs::symlink_metadata(&base).map_err(|e| unsafe_base(format!("cannot be checked: {e}")))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(unsafe_base(format!(
+            "is not a directory of root's that only root may write (owner uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(dir)
+}
+
 /// How a step gets its container.
 enum Named {
     /// Its own holder runs `image` (with `--container-name`: the named container is opened
@@ -357,8 +405,11 @@ fn open_named(sp: &Spank, st: &mut State, asked: &Path) -> Result<Named, String>
             Err(OpenError::InUse) => {
                 // Joined only while the tasks of the step that has it run: once they ended,
                 // that step is stopping the container.
+                // Its holder is the one whose overlay is the container's writable layer
+                // (recorded by the step that made it, wherever the site keeps layers).
                 let holding = || {
-                    named::tasks_running(&dir).then(|| berth_runtime::holder::find_holding(&cfg, uid, &dir))
+                    let layer = named::recorded_layer(&dir)?;
+                    named::tasks_running(&dir).then(|| berth_runtime::holder::find_holding(&cfg, uid, &layer))
                 };
                 if let Some(h) = holding().flatten() {
                     // The container's image as its first step recorded it (that step may
@@ -409,7 +460,15 @@ fn start_holder(sp: &Spank, st: &State, image: &Path) -> Result<Running, String>
     let mut binds = Vec::new();
     // (The node's TmpFS, where PMIx puts the job's spmix_appdir, is usually /tmp, which berth
     // binds by default; sites with another TmpFS add it with bind= in plugstack.conf.)
-    if let Some(d) = pmix_server_dir(job, step) {
+    // With berth's oci.conf (Slurm 23.02+), the step's OCI spool directory holds PMIx's
+    // directory and the environment file slurmstepd writes for each task from inside the
+    // container: bound whole, read-write, at the same path.
+    if let Some(d) = &st.oci_step_dir {
+        binds.push(d.display().to_string());
+    }
+    if let Some(d) =
+        pmix_server_dir(job, step).filter(|d| st.oci_step_dir.as_ref().is_none_or(|o| !d.starts_with(o)))
+    {
         binds.push(d.display().to_string());
     }
     // The job's TMPDIR when it is not /tmp (a per-job tmp from a site prolog, for example).

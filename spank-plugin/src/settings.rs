@@ -149,14 +149,16 @@ pub const OCI_RUN_VAR: &str = "BERTH_OCI_RUN";
 pub const OCI_FD_VAR: &str = "BERTH_OCI_FD";
 
 /// Who runs `--container` tasks on a node, from its oci.conf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OciConf {
     /// No oci.conf: slurmstepd runs the task's program itself (and, since Slurm 23.02, its
     /// PMIx plugin has no directory for a `--container` step: see the plugin's README).
     Absent,
     /// berth's oci.conf: slurmstepd runs each task through RunTimeRun, which execs berth's
-    /// runner with the task's environment file.
-    Berth,
+    /// runner with the task's environment file. Holds MountSpoolDir, the pattern of the
+    /// step's directory (where the tasks' environment files and PMIx's files are), which the
+    /// container must have at the same path.
+    Berth(String),
     /// Another OCI runtime (runc, crun, ...) owns `--container` on this node.
     Other,
 }
@@ -168,7 +170,7 @@ impl OciConf {
     /// file is no bundle) and writes the environment file (CreateEnvFile).
     pub fn judge(text: Option<&str>) -> OciConf {
         let Some(text) = text else { return OciConf::Absent };
-        let mut run = None;
+        let (mut run, mut step_dir, mut task_dir) = (None, None, None);
         let (mut no_bundle, mut env_file) = (false, false);
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -177,16 +179,52 @@ impl OciConf {
             let yes = |v: &str| ["true", "yes", "y", "1", "null"].contains(&v.to_ascii_lowercase().as_str());
             match k.trim().to_ascii_lowercase().as_str() {
                 "runtimerun" => run = Some(v.to_string()),
+                "mountspooldir" => step_dir = Some(v.trim_end_matches('/').to_string()),
+                "containerpath" => task_dir = Some(v.to_string()),
                 "ignorefileconfigjson" => no_bundle = yes(v),
                 "createenvfile" => env_file = yes(v),
                 _ => {}
             }
         }
-        match run {
-            Some(r) if no_bundle && env_file && r.contains(OCI_RUN_VAR) => OciConf::Berth,
+        // The step's directory is bound into the container, so it must be one berth can
+        // name (an absolute pattern of the ids it knows) holding the tasks' directories.
+        let within = |dir: &str, task: &str| {
+            dir.starts_with('/')
+                && task.starts_with(&format!("{dir}/"))
+                && expand_step_dir(dir, 0, "", 0, 0).is_some()
+        };
+        match (run, step_dir, task_dir) {
+            (Some(r), Some(dir), Some(task))
+                if no_bundle && env_file && r.contains(OCI_RUN_VAR) && within(&dir, &task) =>
+            {
+                OciConf::Berth(dir)
+            }
             _ => OciConf::Other,
         }
     }
+}
+
+/// oci.conf's MountSpoolDir for one step: `%U` (uid), `%u` (user name), `%j`, `%s` and `%%`,
+/// the replacements slurmstepd makes there. None for a pattern with others (`%m`, `%n`...),
+/// which berth cannot know in the plugin.
+pub fn expand_step_dir(pattern: &str, uid: u32, user: &str, job: u32, step: u32) -> Option<PathBuf> {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'U' => out.push_str(&uid.to_string()),
+            'u' => out.push_str(user),
+            'j' => out.push_str(&job.to_string()),
+            's' => out.push_str(&step.to_string()),
+            '%' => out.push('%'),
+            _ => return None,
+        }
+    }
+    Some(PathBuf::from(out))
 }
 
 fn abs(v: &str) -> Result<PathBuf, String> {
@@ -438,8 +476,8 @@ pub const PMIX_IN_OCI_SPOOL: u32 = 0x17_02_00;
 /// instead, where the step would fail in Slurm before berth runs (a release with
 /// [`PMIX_IN_OCI_SPOOL`] and no berth oci.conf). sbatch and salloc are not refused: their
 /// batch step or allocation has no PMIx server, and their sruns run in the image without it.
-pub fn srun_container_refusal(slurm: u32, oci: OciConf, oci_path: &Path) -> Option<String> {
-    if slurm < PMIX_IN_OCI_SPOOL || oci == OciConf::Berth {
+pub fn srun_container_refusal(slurm: u32, oci: &OciConf, oci_path: &Path) -> Option<String> {
+    if slurm < PMIX_IN_OCI_SPOOL || matches!(oci, OciConf::Berth(_)) {
         return None;
     }
     let node = match oci {
@@ -672,14 +710,14 @@ mod tests {
     #[test]
     fn srun_container_is_refused_where_slurm_would_fail_it() {
         let p = Path::new("/etc/slurm/oci.conf");
-        assert_eq!(srun_container_refusal(0x16_05_08, OciConf::Absent, p), None);
-        assert_eq!(srun_container_refusal(0x18_0b_05, OciConf::Berth, p), None);
-        let absent = srun_container_refusal(0x18_0b_05, OciConf::Absent, p).unwrap();
+        assert_eq!(srun_container_refusal(0x16_05_08, &OciConf::Absent, p), None);
+        assert_eq!(srun_container_refusal(0x18_0b_05, &OciConf::Berth("/o".into()), p), None);
+        let absent = srun_container_refusal(0x18_0b_05, &OciConf::Absent, p).unwrap();
         assert!(
             absent.contains("--container-image=IMG") && absent.contains("there is no /etc/slurm/oci.conf"),
             "{absent}"
         );
-        let other = srun_container_refusal(0x17_02_00, OciConf::Other, p).unwrap();
+        let other = srun_container_refusal(0x17_02_00, &OciConf::Other, p).unwrap();
         assert!(other.contains("/etc/slurm/oci.conf is another runtime's"), "{other}");
     }
 
@@ -689,11 +727,26 @@ mod tests {
     #[test]
     fn only_berths_oci_conf_makes_berth_the_runtime() {
         let packaged = include_str!("../../packaging/slurm/oci.conf");
-        assert_eq!(OciConf::judge(Some(packaged)), OciConf::Berth);
+        assert_eq!(OciConf::judge(Some(packaged)), OciConf::Berth("/run/berth-oci/%U/%j.%s".into()));
         assert_eq!(OciConf::judge(None), OciConf::Absent);
+        // %m (slurmd's spool directory) is no id the plugin knows: not berth's.
+        let spool = packaged
+            .replace("ContainerPath=/run/berth-oci/%U", "ContainerPath=%m")
+            .replace("MountSpoolDir=/run/berth-oci/%U", "MountSpoolDir=%m");
+        assert_eq!(OciConf::judge(Some(&spool)), OciConf::Other);
+        // Task directories outside the step's.
+        let apart = packaged.replace("ContainerPath=/run/berth-oci/%U/%j.%s/", "ContainerPath=/var/tmp/%U/");
+        assert_eq!(OciConf::judge(Some(&apart)), OciConf::Other);
+        assert_eq!(
+            expand_step_dir("/run/berth-oci/%U/%j.%s", 2001, "ann", 12, 0),
+            Some(PathBuf::from("/run/berth-oci/2001/12.0"))
+        );
+        assert_eq!(expand_step_dir("/x/%u/100%%/%j", 1, "ann", 7, 3), Some(PathBuf::from("/x/ann/100%/7")));
+        assert_eq!(expand_step_dir("/x/%n", 1, "ann", 7, 3), None);
         let lower =
-            "ignorefileconfigjson=YES\ncreateenvfile=null\nruntimerun=\"exec $BERTH_OCI_RUN %e %@\"\n";
-        assert_eq!(OciConf::judge(Some(lower)), OciConf::Berth);
+            "ignorefileconfigjson=YES\ncreateenvfile=null\nruntimerun=\"exec $BERTH_OCI_RUN %e %@\"\n\
+                     containerpath=/o/%j.%s/%t\nmountspooldir=/o/%j.%s/\n";
+        assert_eq!(OciConf::judge(Some(lower)), OciConf::Berth("/o/%j.%s".into()));
         let runc = "RunTimeQuery=\"runc state %n.%u.%j.%s.%t\"\nRunTimeKill=\"runc kill\"\n\
                     RunTimeDelete=\"runc delete\"\nRunTimeRun=\"runc run %n.%u.%j.%s.%t -b %b\"\n";
         assert_eq!(OciConf::judge(Some(runc)), OciConf::Other);

@@ -167,6 +167,8 @@ start_munge() {
     local pid; pid=$(pidfile "$DIR/munge/munged.pid")
     if is "$pid" munged && munge_ok; then return; fi
     rm -f "$DIR/munge/munged.pid"
+    # A root with other ids (tests/slurm/debian13.sh, rebuilt) finds the files of an earlier one.
+    chown -R munge:munge "$DIR/munge"
     runuser -u munge -- /usr/sbin/munged --key-file="$DIR/munge/munge.key" \
         --socket="$DIR/munge/munge.socket" --pid-file="$DIR/munge/munged.pid" \
         --seed-file="$DIR/munge/munged.seed" --log-file="$DIR/munge/munged.log"
@@ -237,9 +239,11 @@ start_slurmd() {
         [ -s "$DIR/nodes/$n/boot_id" ] || cat /proc/sys/kernel/random/uuid > "$DIR/nodes/$n/boot_id"
         chmod 0444 "$DIR/nodes/$n/boot_id"
         setup_tmp="mount --bind $DIR/nodes/$n/boot_id /proc/sys/kernel/random/boot_id && $setup_tmp"
-        # And its own /run/berth, where the plugin makes each job user's state directory.
-        install -d -m 0755 /run/berth "$DIR/nodes/$n/runberth"
-        setup_tmp="mount --bind $DIR/nodes/$n/runberth /run/berth && $setup_tmp"
+        # And its own /run/berth, where the plugin makes each job user's state directory, and
+        # /run/berth-oci, where slurmstepd makes the OCI spool directories of --container steps
+        # under berth's oci.conf (Slurm 23.02+; root's, as berth-slurm's tmpfiles.d makes it).
+        install -d -m 0755 /run/berth "$DIR/nodes/$n/runberth" /run/berth-oci "$DIR/nodes/$n/runoci"
+        setup_tmp="mount --bind $DIR/nodes/$n/runberth /run/berth && mount --bind $DIR/nodes/$n/runoci /run/berth-oci && $setup_tmp"
         # nsenter --net, NOT `ip netns exec` (that remounts /sys and hides the cgroup v1 trees).
         nsenter --net="/run/netns/${NS}node$i" unshare --uts --mount --propagation slave \
             sh -c "hostname $n && $setup_tmp exec /usr/sbin/slurmd -N $n"
@@ -326,6 +330,13 @@ down() {
         while read -r name pid; do [ "$name" = munged ] && stop_pid "$name" "$pid" munged; done < "$DIR/pids"
         rm -f "$DIR/pids"
     fi
+    # Daemons of this cluster that `pids` does not name: Slurm 24.11's `scontrol reconfigure`
+    # restarts slurmctld and slurmd under new PIDs. They are this cluster's by their SLURM_CONF.
+    local p comm
+    for p in $(pgrep -x 'slurmctld|slurmd' || true); do
+        comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+        tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" && stop_pid "$comm" "$p" "$comm"
+    done
     local ns v d
     for ns in $(ip netns list | awk -v re="^${NS}node[0-9]+" '$1 ~ re {print $1}'); do ip netns del "$ns"; log "netns $ns removed"; done
     for v in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^${NS}v[0-9]+\$" || true); do ip link del "$v" 2>/dev/null || true; done

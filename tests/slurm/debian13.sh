@@ -27,6 +27,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PKGS="slurmd slurmctld slurm-client munge libslurm-dev slurm-wlm-basic-plugins
       libpmix-dev openmpi-bin libopenmpi-dev mpich libmpich-dev gcc libc6-dev
       squashfuse fuse3 squashfs-tools busybox-static file procps iproute2 util-linux
+      docker-registry skopeo
 "
 
 log() { printf '[debian13] %s\n' "$*" >&2; }
@@ -60,6 +61,11 @@ build_root() {
     chroot "$tmp" sh -c 'rm -f /etc/munge/munge.key; apt-get clean' >/dev/null 2>&1 || true
     touch "$tmp/.complete"
     rm -rf "$root"; mv "$tmp" "$root"
+    # Roots of other package lists are stale: one at a time on a machine.
+    local old
+    for old in "$ROOTS/$SUITE-slurm-"*; do
+        [ "$old" = "$root" ] || [ ! -d "$old" ] || case $old in *.part.*) ;; *) rm -rf "$old" ;; esac
+    done
     echo "$root"
 }
 
@@ -125,6 +131,7 @@ suite() {
         PLUGIN="$target/slurm-24.11/debug/libspank_berth.so" BERTH="$target/debug/berth" \
         OCI_CONF="$REPO/packaging/slurm/oci.conf"
     install -d -m 0755 "$BERTH_SLURM_DIR/plugin"
+
     # The runner runs inside images whose C library is not the host's: static.
     export OCI_RUN=$BERTH_SLURM_DIR/plugin/berth-oci-run
     gcc -static -Os -Wall -Werror -o "$OCI_RUN.new" "$REPO/spank-plugin/oci-run.c" && mv -f "$OCI_RUN.new" "$OCI_RUN" \
