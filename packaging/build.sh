@@ -112,6 +112,8 @@ r=$stage/berth
 install -D -m 0755 "$berth" "$r/usr/bin/berth"
 strip --strip-unneeded "$r/usr/bin/berth"
 install -D -m 0644 packaging/berth.toml "$r/etc/berth/berth.toml"
+# Ubuntu 23.10+ restricts unprivileged user namespaces to programs an AppArmor profile allows.
+install -D -m 0644 packaging/apparmor/berth "$r/etc/apparmor.d/berth"
 gen=$stage/generated
 "$berth" generate man "$gen/man"
 "$berth" generate completions "$gen/completions"
@@ -129,6 +131,19 @@ driver injected on request. Check a node with `berth config check`.
 TXT
 # libsquashfuse0: the image's server loads libsquashfuse_ll.so.0 with dlopen, which
 # dpkg-shlibdeps cannot see.
+# The profile is loaded where the kernel restricts user namespaces through AppArmor (its
+# `userns` rule needs AppArmor 4); elsewhere it stays a file.
+cat > "$r/DEBIAN/postinst" <<'SH'
+#!/bin/sh
+set -e
+if [ "$1" = configure ] && [ -e /proc/sys/kernel/apparmor_restrict_unprivileged_userns ] \
+    && command -v apparmor_parser >/dev/null 2>&1 && aa-enabled --quiet 2>/dev/null; then
+    apparmor_parser -r -T -W /etc/apparmor.d/berth \
+        || echo "berth: loading /etc/apparmor.d/berth failed; unprivileged containers may be refused (berth config check)" >&2
+fi
+exit 0
+SH
+chmod 0755 "$r/DEBIAN/postinst"
 control berth "$(shlibdeps -e"$r/usr/bin/berth"), squashfuse, libsquashfuse0" \
     "run single-file container images as the user, standalone or under Slurm/PBS"
 

@@ -546,6 +546,21 @@ fn config_check(cfg: &Config, path: Option<PathBuf>, pbs: bool) -> Result<i32, E
         format!("user namespaces (user.max_user_namespaces = {userns})"),
         "sysctl -w user.max_user_namespaces=15000",
     );
+    // Ubuntu 23.10+: user namespaces only for programs an AppArmor profile allows them.
+    let apparmor = std::fs::read_to_string("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
+    if let Some(restricted) = apparmor.ok().map(|v| v.trim() == "1") {
+        let loaded = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
+            .is_ok_and(|p| p.lines().any(|l| l.starts_with("berth ")));
+        check(
+            !restricted || loaded,
+            format!(
+                "AppArmor and user namespaces (kernel.apparmor_restrict_unprivileged_userns = {}{})",
+                u8::from(restricted),
+                if restricted { if loaded { "; berth's profile loaded" } else { "; berth's profile not loaded" } } else { "" }
+            ),
+            "apparmor_parser -r /etc/apparmor.d/berth (the berth package installs it; packaging/apparmor/berth)",
+        );
+    }
     let fuse = std::fs::metadata("/dev/fuse")
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o666 == 0o666);
     check(

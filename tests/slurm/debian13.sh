@@ -27,7 +27,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PKGS="slurmd slurmctld slurm-client munge libslurm-dev slurm-wlm-basic-plugins
       libpmix-dev openmpi-bin libopenmpi-dev mpich libmpich-dev gcc libc6-dev
       squashfuse fuse3 squashfs-tools busybox-static file procps iproute2 util-linux
-      docker-registry skopeo
+      docker-registry skopeo apparmor
 "
 
 log() { printf '[debian13] %s\n' "$*" >&2; }

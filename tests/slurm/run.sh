@@ -173,6 +173,16 @@ as_user sbatch --help > "$OUT" 2>&1
 check "(a) sbatch --help lists --container-image" has "--container-image" "$OUT"
 check "(a) no 'conflicting option' error" bash -c "! grep -q -i conflicting '$ERR' '$OUT'"
 
+# berth's AppArmor profile (packaging/apparmor/berth, for nodes that restrict user namespaces
+# through AppArmor) parses with AppArmor 4, where its `userns` rule exists (Debian 13's root).
+aa_major=$(apparmor_parser --version 2>/dev/null | awk 'NR == 1 { split($NF, v, "."); print v[1] }')
+if [ "${aa_major:-0}" -ge 4 ]; then
+    check "(a) berth's AppArmor profile parses (apparmor_parser -Q, $(apparmor_parser --version | awk 'NR == 1 { print $NF }'))" \
+        apparmor_parser -Q -K -T "$REPO/packaging/apparmor/berth"
+else
+    skip "(a) berth's AppArmor profile (no AppArmor 4 parser here)"
+fi
+
 # ------------------------------------------------------------------------- (b) no container: unchanged
 as_user srun -N2 -l hostname > "$OUT" 2> "$ERR"; rc=$?
 check "(b) srun -N2 without --container runs natively (rc=$rc)" \
