@@ -131,8 +131,11 @@ driver injected on request. Check a node with `berth config check`.
 TXT
 # libsquashfuse0: the image's server loads libsquashfuse_ll.so.0 with dlopen, which
 # dpkg-shlibdeps cannot see.
-# The profile is loaded where the kernel restricts user namespaces through AppArmor (its
-# `userns` rule needs AppArmor 4); elsewhere it stays a file.
+control berth "$(shlibdeps -e"$r/usr/bin/berth"), squashfuse, libsquashfuse0" \
+    "run single-file container images as the user, standalone or under Slurm/PBS"
+# After control, which makes DEBIAN's files 0644. The profile is loaded where the kernel
+# restricts user namespaces through AppArmor (its `userns` rule needs AppArmor 4); elsewhere
+# it stays a file.
 cat > "$r/DEBIAN/postinst" <<'SH'
 #!/bin/sh
 set -e
@@ -144,8 +147,6 @@ fi
 exit 0
 SH
 chmod 0755 "$r/DEBIAN/postinst"
-control berth "$(shlibdeps -e"$r/usr/bin/berth"), squashfuse, libsquashfuse0" \
-    "run single-file container images as the user, standalone or under Slurm/PBS"
 
 echo "== berth-slurm"
 # A SPANK plugin loads only on the Slurm release whose SLURM_VERSION_NUMBER it exports (the

@@ -116,6 +116,10 @@ mksquashfs "$WORK/imge.root" "$WORK/imge.sqsh" -noappend -quiet >/dev/null; chmo
 echo "data-file" > "$WORK/datafile"; chmod 0644 "$WORK/datafile"
 OUT=$WORK/out ERR=$WORK/err
 
+# Writable layers of named containers that a killed earlier run left in the nodes' /tmp (a
+# run that ends cleans up its own; the checks below must see only this run's).
+rm -rf "$DIR"/nodes/*/roottmp/berth-"$(id -u "$TEST_USER" 2>/dev/null || echo none)"-*-[0-9a-f]*
+
 # ------------------------------------------------------------------------- (p) what is tested
 if [ "$PACKAGED" = 1 ]; then
     check "(p) the cluster's plugstack.conf includes plugstack.conf.d/*.conf, as Debian's does" \
@@ -719,7 +723,10 @@ JOB
     as_user srun -N1 --container=imga.sqsh sleep 4 > /dev/null 2>&1 &
     bg=$!
     seen_loop=0
-    for _ in $(seq 30); do losetup -a | grep -q "$WORK/imga.sqsh" && { seen_loop=1; break; }; sleep 0.1; done
+    # By device and inode ("/dev/loopN: [DEV]:INODE (PATH)"): the path is the one the holder's
+    # mount namespace gave, which a reader in another (the Debian 13 root's) names otherwise.
+    image_id="[$(stat -c %d "$WORK/imga.sqsh")]:$(stat -c %i "$WORK/imga.sqsh") "
+    for _ in $(seq 30); do losetup -a | grep -qF "$image_id" && { seen_loop=1; break; }; sleep 0.1; done
     # By name: the image's server is named squashfuse_ll whether berth exec'd the program or
     # forked itself (its command line is then the holder's, which does not name the image).
     fuse_for_image=$(pgrep -u "$TEST_USER" -x squashfuse_ll | wc -l)
@@ -754,7 +761,7 @@ PNAMED
     [ "$(grep -cx p "$WORK/pnamed.out")" = 2 ] || sed 's/^/    /' "$WORK/pnamed.out"
     if [ -n "$saved_cfg" ]; then mv -f "$saved_cfg" /etc/berth/berth.toml; else rm -f /etc/berth/berth.toml; fi
     wait_idle
-    left=$(losetup -a | grep -c "$WORK/")
+    left=$(losetup -a | grep -c -F -e "$WORK/" -e "$image_id")
     check "(d) ... no loop device left ($left), nodes idle" bash -c "[ $left = 0 ] && [ \"\$(sinfo -h -N -o '%T' | sort -u | tr '\n' ' ')\" = 'idle ' ]"
 
     # Registry images: a docker-registry on the bridge's host address (the nodes reach only
