@@ -24,20 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::world;
-
-/// An ordinary user of this host, created if missing.
-struct User {
-    name: &'static str,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-}
-
-fn user(name: &'static str) -> User {
-    let pw = harness::ensure_user(name);
-    User { name, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
-}
+use harness::{user, world, User};
 
 impl User {
     /// `program ARGS` as this user, with a plain environment.

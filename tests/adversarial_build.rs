@@ -19,19 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::world;
-
-struct User {
-    name: &'static str,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-}
-
-fn user(name: &'static str) -> User {
-    let pw = harness::ensure_user(name);
-    User { name, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
-}
+use harness::{user, world, User};
 
 fn sh(cmd: &str) {
     let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();

@@ -264,21 +264,23 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "closed\n65534\n");
     }
 
+    /// An ordinary user of this host, when the test runs as root (the removal runs as that user).
+    fn unprivileged_user_as_root() -> Option<nix::unistd::User> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        ["berthuser", "berthtest", "nobody"]
+            .iter()
+            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+    }
+
     /// The job epilog removes a job's named containers from root as the user: a user's link
     /// to root's files gets nothing removed there, and the user's own tree goes, locked
     /// directories included.
     #[test]
     fn remove_as_user_removes_only_what_the_user_could() {
         use std::os::unix::fs::PermissionsExt;
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
-        let Some(user) = ["berthuser", "berthtest", "nobody"]
-            .iter()
-            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
-        else {
-            return;
-        };
+        let Some(user) = unprivileged_user_as_root() else { return };
         let t = tempfile::tempdir().unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let roots = t.path().join("roots");
@@ -312,15 +314,7 @@ mod tests {
     #[test]
     fn remove_as_user_removes_the_layers_the_records_name() {
         use std::os::unix::fs::PermissionsExt;
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
-        let Some(user) = ["berthuser", "berthtest", "nobody"]
-            .iter()
-            .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
-        else {
-            return;
-        };
+        let Some(user) = unprivileged_user_as_root() else { return };
         let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
         let t = tempfile::tempdir().unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

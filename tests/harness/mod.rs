@@ -79,6 +79,19 @@ pub fn ensure_user(name: &str) -> nix::unistd::User {
     nix::unistd::User::from_name(name).unwrap().unwrap_or_else(|| panic!("user {name} missing after useradd"))
 }
 
+/// An ordinary user of this host (a hostile second user, a victim), created if missing.
+pub struct User {
+    pub name: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+pub fn user(name: &'static str) -> User {
+    let pw = ensure_user(name);
+    User { name, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
+}
+
 /// The world of a test binary lives in a static, which is never dropped, so its directory
 /// (images of a few hundred MB) outlives the run. Each run removes those of runs whose process
 /// has ended; a live one (another test binary running now) keeps its own.
