@@ -723,10 +723,10 @@ JOB
     as_user srun -N1 --container=imga.sqsh sleep 4 > /dev/null 2>&1 &
     bg=$!
     seen_loop=0
-    # By device and inode ("/dev/loopN: [DEV]:INODE (PATH)"): the path is the one the holder's
-    # mount namespace gave, which a reader in another (the Debian 13 root's) names otherwise.
+    # By its path, or by device and inode ("/dev/loopN: [DEV]:INODE (PATH)"): the path is the
+    # one the holder's mount namespace gave, which a reader in another may see otherwise.
     image_id="[$(stat -c %d "$WORK/imga.sqsh")]:$(stat -c %i "$WORK/imga.sqsh") "
-    for _ in $(seq 30); do losetup -a | grep -qF "$image_id" && { seen_loop=1; break; }; sleep 0.1; done
+    for _ in $(seq 30); do losetup -a | grep -qF -e "$WORK/imga.sqsh" -e "$image_id" && { seen_loop=1; break; }; sleep 0.1; done
     # By name: the image's server is named squashfuse_ll whether berth exec'd the program or
     # forked itself (its command line is then the holder's, which does not name the image).
     fuse_for_image=$(pgrep -u "$TEST_USER" -x squashfuse_ll | wc -l)
