@@ -732,6 +732,7 @@ JOB
     fuse_for_image=$(pgrep -u "$TEST_USER" -x squashfuse_ll | wc -l)
     wait "$bg"
     check "(d) ... the image is on a kernel loop device, no FUSE server" test "$seen_loop$fuse_for_image" = 10
+    [ "$seen_loop$fuse_for_image" = 10 ] || { echo "    loop device seen: $seen_loop, FUSE servers of $TEST_USER: $fuse_for_image"; losetup -a | sed 's/^/    /'; }
     cp "$WORK/imgb.sqsh" "$DIR/work/unvetted.$$.sqsh"; chown "$TEST_USER" "$DIR/work/unvetted.$$.sqsh"
     as_user srun -N1 --container="$DIR/work/unvetted.$$.sqsh" true > "$OUT" 2> "$ERR"; rc=$?
     rm -f "$DIR/work/unvetted.$$.sqsh"
