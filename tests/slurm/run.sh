@@ -689,7 +689,8 @@ JOB
         # The lent commands are the host's, run with the image's C library: a host newer than
         # the image (Debian 13's Slurm 24.11 and a Debian 12 image) lends none, by design.
         host_glibc=$(ldd --version 2>/dev/null | awk 'NR == 1 { print $NF }')
-        image_glibc=$(as_user "$NODE_BERTH" exec "$BERTH_TEST_OPENMPI_IMAGE" ldd --version 2>/dev/null | awk 'NR == 1 { print $NF }')
+        # --no-share: no warm container (and its FUSE server) stays after this run.
+        image_glibc=$(as_user "$NODE_BERTH" exec --no-share "$BERTH_TEST_OPENMPI_IMAGE" ldd --version 2>/dev/null | awk 'NR == 1 { print $NF }')
         if [ -n "$host_glibc" ] && [ -n "$image_glibc" ] && [ "$host_glibc" != "$image_glibc" ] &&
            [ "$(printf '%s\n%s\n' "$host_glibc" "$image_glibc" | sort -V | tail -1)" = "$host_glibc" ]; then
             check "(d) Slurm in the image: the host's srun (glibc $host_glibc) is not lent to an image with glibc $image_glibc" \
