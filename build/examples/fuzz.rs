@@ -389,33 +389,6 @@ fn binary_seeds(target: Target) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// A pax header (`x`) with `records`, as raw tar blocks.
-fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut body = vec![];
-    for (k, v) in records {
-        let rest = k.len() + v.len() + 3;
-        let mut len = rest + rest.to_string().len();
-        if len.to_string().len() != rest.to_string().len() {
-            len += 1;
-        }
-        body.extend_from_slice(format!("{len} {k}=").as_bytes());
-        body.extend_from_slice(v);
-        body.push(b'\n');
-    }
-    let mut h = vec![0u8; 512];
-    h[..3].copy_from_slice(b"pax");
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
-    h[148..156].copy_from_slice(b"        ");
-    h[156] = b'x';
-    h[257..265].copy_from_slice(b"ustar\x0000");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h.extend(body);
-    h.resize(h.len().div_ceil(512) * 512, 0);
-    h
-}
-
 /// Layer tarballs: every entry kind, whiteouts (also under a file and a missing directory),
 /// GNU long names and links, pax records (path, size, xattrs), a deep path, and the rest of
 /// the link chain the lower layer starts.
@@ -448,7 +421,8 @@ fn layer_seeds() -> Vec<Vec<u8>> {
         layer(&[Ent::Symlink("x", "y"), Ent::File("x/file", b"through the chain", 0o644, 0, 0)], false),
         layer(&[Ent::RawFile("../escape", b"x"), Ent::Hardlink("out", "../../etc/shadow")], false),
     ];
-    let mut p = pax(&[("path", b"p/x"), ("size", b"3"), ("SCHILY.xattr.user.k", b"v")]);
+    let mut p =
+        berth_registry::testimg::pax(&[("path", b"p/x"), ("size", b"3"), ("SCHILY.xattr.user.k", b"v")]);
     p.extend_from_slice(&layer(&[Ent::File("ignored", b"abc", 0o644, 0, 0)], false));
     seeds.push(p);
     seeds

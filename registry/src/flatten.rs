@@ -1146,7 +1146,7 @@ impl<W: Write> Out<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testimg::{layer, Ent};
+    use crate::testimg::{layer, pad, pax, raw_header as header, Ent};
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
@@ -1184,40 +1184,6 @@ mod tests {
             Ok(_) => panic!("merged"),
             Err(e) => e.to_string(),
         }
-    }
-
-    /// One raw header block.
-    fn header(kind: u8, name: &str, size: u64) -> Vec<u8> {
-        let mut h = Header::new_gnu();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_entry_type(EntryType::new(kind));
-        h.set_cksum();
-        h.as_bytes().to_vec()
-    }
-
-    fn pad(v: &mut Vec<u8>) {
-        v.resize(v.len().div_ceil(512) * 512, 0);
-    }
-
-    /// A pax header block and body with `records`.
-    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut body = vec![];
-        for (k, v) in records {
-            let rest = k.len() + v.len() + 3;
-            let mut len = rest + rest.to_string().len();
-            if len.to_string().len() != rest.to_string().len() {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
-        }
-        let mut out = header(b'x', "pax", body.len() as u64);
-        out.extend_from_slice(&body);
-        pad(&mut out);
-        out
     }
 
     fn gzip(raw: &[u8]) -> Vec<u8> {

@@ -152,3 +152,39 @@ pub fn finish(dir: &Path, manifests: Vec<serde_json::Value>, tag: &str) {
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+/// One raw tar header block of entry type `kind` (for hand-made extension headers).
+pub fn raw_header(kind: u8, name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// Pad `v` with zeros to a whole number of 512-byte tar blocks.
+pub fn pad(v: &mut Vec<u8>) {
+    v.resize(v.len().div_ceil(512) * 512, 0);
+}
+
+/// A pax header (`x`) block and its body with `records`, padded to whole blocks.
+pub fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = vec![];
+    for (k, v) in records {
+        // The record's length counts its own digits.
+        let rest = k.len() + v.len() + 3;
+        let mut len = rest + rest.to_string().len();
+        if len.to_string().len() != rest.to_string().len() {
+            len += 1;
+        }
+        body.extend_from_slice(format!("{len} {k}=").as_bytes());
+        body.extend_from_slice(v);
+        body.push(b'\n');
+    }
+    let mut out = raw_header(b'x', "pax", body.len() as u64);
+    out.extend_from_slice(&body);
+    pad(&mut out);
+    out
+}
